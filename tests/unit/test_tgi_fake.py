@@ -1,0 +1,114 @@
+"""The TGI-protocol fake against the real `text-generation` client (and raw HTTP for the rest)."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from text_generation import Client
+from text_generation.errors import ValidationError
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tgi():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny",
+                             "--hostname", HOST, "--port", str(port), "--max-total-tokens", "256",
+                             "--max-input-tokens", "200", "--fake-token-delay-ms", "1",
+                             "--fake-prefill-ms-per-token", "2", "--fake-load-seconds", "0",
+                             "--sharded", "false"])  # an unknown launcher flag is accepted
+    url = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "fake TGI did not start"
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_generate_is_deterministic_and_typed(tgi):
+    c = Client(tgi)
+    a = c.generate("Hello there", max_new_tokens=7)
+    b = c.generate("Hello there", max_new_tokens=7)
+    assert a.generated_text == b.generated_text and a.generated_text
+    assert a.details.generated_tokens == 7
+    assert a.details.finish_reason.value == "length"
+    assert c.generate("Another prompt", max_new_tokens=7).generated_text != a.generated_text
+
+
+def test_generate_stream_matches_generate(tgi):
+    c = Client(tgi)
+    events = list(c.generate_stream("Stream me", max_new_tokens=5))
+    assert len(events) == 5
+    assert all(e.token.text for e in events)
+    assert events[-1].generated_text == "".join(e.token.text for e in events)
+    assert events[-1].details.generated_tokens == 5
+    assert c.generate("Stream me", max_new_tokens=5).generated_text == events[-1].generated_text
+
+
+def test_native_routes_and_sse_shape(tgi):
+    r = httpx.post(f"{tgi}/generate", json={"inputs": "x", "parameters": {"max_new_tokens": 2, "details": True}})
+    assert r.status_code == 200 and r.json()["details"]["generated_tokens"] == 2
+    with httpx.stream("POST", f"{tgi}/generate_stream", json={"inputs": "x", "parameters": {"max_new_tokens": 2}}) as s:
+        raw = s.read().decode()
+    assert s.headers["content-type"].startswith("text/event-stream")
+    chunks = [c for c in raw.split("\n\n") if c]
+    assert all(c.startswith("data:{") for c in chunks) and len(chunks) == 2
+    assert json.loads(chunks[-1][5:])["details"]["finish_reason"] == "length"
+
+
+def test_validation_error_maps_to_client_error(tgi):
+    with pytest.raises(ValidationError):
+        Client(tgi).generate("word " * 300, max_new_tokens=5)
+
+
+def test_chat_completions_with_real_client_and_stream(tgi):
+    c = Client(tgi)
+    done = c.chat(messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert done.choices[0].message.content and done.usage["completion_tokens"] == 4
+    chunks = list(c.chat(messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+    assert "".join(ch.choices[0].delta.content for ch in chunks) == done.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_completions_models_info_metrics(tgi):
+    r = httpx.post(f"{tgi}/v1/completions", json={"prompt": "abc", "max_tokens": 3})
+    assert r.json()["choices"][0]["text"]
+    assert httpx.get(f"{tgi}/v1/models").json()["data"][0]["id"] == "org/tiny"
+    info = httpx.get(f"{tgi}/info").json()
+    assert info["model_id"] == "org/tiny" and info["max_total_tokens"] == 256
+    metrics = httpx.get(f"{tgi}/metrics").text
+    for name in ("tgi_request_count", "tgi_queue_size", "tgi_batch_current_size", "tgi_request_duration_count"):
+        assert f"\n{name} " in "\n" + metrics
+
+
+def test_prefix_cache_shortens_time_to_first_token(tgi):
+    prompt = " ".join(f"w{i}" for i in range(160))  # 160 tokens x 2 ms prefill when cold
+
+    def ttft(p: str) -> float:
+        start = time.monotonic()
+        with httpx.stream("POST", f"{tgi}/generate_stream", json={"inputs": p, "parameters": {"max_new_tokens": 1}}) as s:
+            next(s.iter_bytes())
+        return time.monotonic() - start
+
+    cold = ttft(prompt)
+    warm = ttft(prompt + " and a different tail")
+    assert cold > 0.25, cold
+    assert warm < cold / 2, (cold, warm)
