@@ -26,6 +26,8 @@ class Ports:
 
 @dataclass
 class TestbedConfig:
+    __test__ = False  # not a pytest test class, despite its name
+
     ports: Ports = field(default_factory=Ports)
     # Services get ClusterIPs from a loopback range: nothing here routes them (there is no
     # kube-proxy), and a client that dials one by mistake stays on this machine.

@@ -1,0 +1,129 @@
+"""Fast tests of the test bed's pure parts: no cluster, no processes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from modelship_testbed import binaries, nodepools, pki, supervisor
+from modelship_testbed.config import TestbedConfig
+from modelship_testbed.localnode import envvars, images, volumes
+
+
+def test_with_flag_replaces_or_appends():
+    assert images.with_flag(["--host", "0.0.0.0", "--port", "1"], "--host", "127.1.2.3") == \
+        ["--host", "127.1.2.3", "--port", "1"]
+    assert images.with_flag(["--host=0.0.0.0"], "--host", "127.1.2.3") == ["--host=127.1.2.3"]
+    assert images.with_flag(["-m", "x"], "--host", "127.1.2.3") == ["-m", "x", "--host", "127.1.2.3"]
+
+
+def test_image_mapping_follows_entrypoint_and_cmd_rules(tmp_path):
+    f = tmp_path / "images.yaml"
+    f.write_text("""images:
+  - image: "srv:*"
+    entrypoint: ["/bin/server"]
+    cmd: ["--default"]
+    programs: {/app/server: "/bin/server --wrapped"}
+    bind: {flag: "--host"}
+    env: {A: "{python}"}
+""")
+    m = images.ImageMap(f)
+    assert m.resolve("srv:1", None, None, "127.9.0.2").argv == ["/bin/server", "--default", "--host", "127.9.0.2"]
+    assert m.resolve("srv:1", None, ["x"], "127.9.0.2").argv == ["/bin/server", "x", "--host", "127.9.0.2"]
+    launch = m.resolve("srv:1", ["/app/server"], ["y"], "127.9.0.2")
+    assert launch.argv == ["/bin/server", "--wrapped", "y", "--host", "127.9.0.2"]
+    assert launch.env["A"].endswith("python") or "python" in launch.env["A"]
+    with pytest.raises(images.ImageError) as e:
+        m.resolve("other:1", None, None, "127.9.0.2")
+    assert e.value.reason == "ErrImagePull" and str(f) in str(e.value)
+
+
+def test_shipped_mapping_covers_the_engines():
+    m = images.ImageMap()
+    for image in ("ghcr.io/ggml-org/llama.cpp:server", "ghcr.io/ggml-org/llama.cpp:server-cuda",
+                  "ghcr.io/huggingface/text-generation-inference:3.0.1", "ghcr.io/modelship/modelship:0.1.0"):
+        assert m.entry_for(image)
+
+
+def test_dollar_paren_expansion_follows_kubernetes():
+    env = {"A": "1", "B": "two"}
+    assert envvars.expand("$(A)-$(B)", env) == "1-two"
+    assert envvars.expand("$(MISSING)", env) == "$(MISSING)"
+    assert envvars.expand("$$(A)", env) == "$(A)"
+
+
+def test_downward_fields():
+    pod = {"metadata": {"name": "p", "namespace": "n", "uid": "u", "labels": {"a": "b"}},
+           "spec": {"nodeName": "node"}, "status": {"podIP": "127.10.0.2"}}
+    assert volumes.downward_field(pod, "metadata.labels['a']") == "b"
+    assert volumes.downward_field(pod, "status.podIP") == "127.10.0.2"
+    assert volumes.downward_field(pod, "metadata.labels") == 'a="b"'
+    with pytest.raises(volumes.VolumeError):
+        volumes.downward_field(pod, "spec.bogus")
+
+
+def test_volume_items_cannot_escape_the_volume(tmp_path):
+    with pytest.raises(volumes.VolumeError):
+        volumes._write(tmp_path, "../escape", b"x", 0o644)
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_kwok_nodes_declare_pools_gpus_and_taints():
+    gpu = nodepools.kwok_node("gpu", 3, "NVIDIA-H100-80GB-HBM3")
+    assert gpu["metadata"]["name"] == "kwok-gpu-0003"
+    assert gpu["metadata"]["labels"][nodepools.POOL_LABEL] == "gpu"
+    assert gpu["status"]["capacity"]["nvidia.com/gpu"] == "8"
+    assert gpu["spec"]["taints"] == [nodepools.GPU_TAINT]
+    cpu = nodepools.kwok_node("cpu", 0, "x")
+    assert "nvidia.com/gpu" not in cpu["status"]["capacity"] and cpu["spec"]["taints"] == []
+
+
+def test_every_address_the_test_bed_uses_is_loopback(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELSHIP_TESTBED_DIR", str(tmp_path))
+    cfg = TestbedConfig()
+    for cidr in (cfg.service_cidr, cfg.kwok_pod_cidr, cfg.local_pod_cidr):
+        assert ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+    assert ipaddress.ip_address(cfg.kwok_node_ip).is_loopback
+    monkeypatch.setattr(binaries, "path", lambda name, log=print: f"/bin/{name}")
+    for spec in supervisor.component_specs(cfg):
+        for arg in spec.argv:
+            for key in ("--bind-address=", "--advertise-address=", "--listen-client-urls=", "--server-address="):
+                if arg.startswith(key):
+                    assert "127.0.0.1" in arg, arg
+
+
+def test_certificates_are_made_once_and_reused(tmp_path):
+    p = pki.ensure(tmp_path, "127.96.0.1")
+    first = p.cert("apiserver").read_bytes()
+    assert pki.ensure(tmp_path, "127.96.0.1").cert("apiserver").read_bytes() == first
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(first)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in sans.get_values_for_type(x509.IPAddress)
+    assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
+    assert "client-certificate-data" in pki.kubeconfig(p, "https://127.0.0.1:6443", "admin")
+
+
+def test_go_mod_relative_replaces_are_found():
+    gomod = """module k8s.io/kubernetes
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go v0.0.0 => ./staging/src/k8s.io/client-go
+)
+replace go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY
+require k8s.io/utils v1.0.0
+"""
+    assert binaries._relative_replaces(gomod) == [
+        ("k8s.io/api", "./staging/src/k8s.io/api"), ("k8s.io/client-go", "./staging/src/k8s.io/client-go"),
+        ("go.etcd.io/etcd", "./FORBIDDEN_DEPENDENCY")]
+
+
+def test_a_missing_build_tool_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELSHIP_CACHE", str(tmp_path))
+    monkeypatch.setattr(binaries.shutil, "which", lambda name: None)
+    with pytest.raises(binaries.BuildError, match="`go` not found: install Go"):
+        binaries.ensure("kwok", log=lambda m: None)
+    with pytest.raises(binaries.BuildError, match="cmake"):
+        binaries.ensure("llama-server", log=lambda m: None)
