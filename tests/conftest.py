@@ -80,7 +80,7 @@ def cluster() -> Cluster:
     c.local_node = LOCAL_NODE_NAME if f"node/{LOCAL_NODE_NAME}" in nodes else None
     yield c
     if started:
-        testbed.down(log=print)
+        testbed.down(log=lambda _: None)
 
 
 @pytest.fixture(scope="session")

@@ -198,3 +198,38 @@ def test_tgi_image_runs_the_protocol_fake(cluster, namespace, local_node):
         "the TGI pod to be Ready")
     client = Client(f"http://{pod['status']['podIP']}:8080")
     assert client.generate("hello", max_new_tokens=3).details.generated_tokens == 3
+
+
+def test_crashing_container_restarts_with_back_off(cluster, namespace, local_node):
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crash", "labels": {"app": "crash"}},
+                   "spec": {"nodeSelector": ON_LOCAL, "containers": [
+                       {"name": "main", "image": "busybox", "command": ["sh", "-c", "echo run; exit 2"]}]}},
+                  namespace)
+
+    def backing_off():
+        cs = pod_of(cluster, namespace, "app=crash")["status"].get("containerStatuses") or [{}]
+        waiting = cs[0].get("state", {}).get("waiting", {})
+        return cs[0] if waiting.get("reason") == "CrashLoopBackOff" else None
+
+    first = wait_for(backing_off, 30, "CrashLoopBackOff")
+    assert first["lastState"]["terminated"]["exitCode"] == 2
+    # The kubelet's back-off: 10 s before the first restart.
+    restarted = wait_for(lambda: (c := backing_off()) and c["restartCount"] >= 1 and c, 40, "a restart")
+    assert restarted["restartCount"] >= 1
+    assert "run" in cluster.kubectl("logs", "-n", namespace, "crash", "--previous")
+
+
+def test_process_that_ignores_sigterm_is_killed_after_the_grace_period(cluster, namespace, local_node):
+    import time
+
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn", "labels": {"app": "s"}},
+                   "spec": {"nodeSelector": ON_LOCAL, "terminationGracePeriodSeconds": 3, "containers": [
+                       {"name": "main", "image": "busybox",
+                        "command": ["sh", "-c", "trap 'echo got TERM' TERM; while true; do sleep 0.2; done"]}]}},
+                  namespace)
+    wait_for(lambda: (p := pod_of(cluster, namespace, "app=s")) and p["status"].get("phase") == "Running", 30,
+             "pod Running")
+    start = time.monotonic()
+    cluster.kubectl("delete", "pod", "stubborn", "-n", namespace, "--wait=true", "--timeout=30s")
+    took = time.monotonic() - start
+    assert 2.5 < took < 15, f"deletion took {took:.1f}s with a 3 s grace period"
