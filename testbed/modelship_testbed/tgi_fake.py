@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -178,6 +179,24 @@ class Engine:
             self.metrics.durations.append(time.monotonic() - start)
 
 
+async def primed(agen: AsyncIterator) -> AsyncIterator:
+    """Run a stream to its first item before any response is sent, so that validation and
+    overload errors become an HTTP error status rather than a broken event stream."""
+    try:
+        first = await agen.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    async def rest() -> AsyncIterator:
+        if first is None:
+            return
+        yield first
+        async for item in agen:
+            yield item
+
+    return rest()
+
+
 def token_json(piece: str) -> dict:
     return {"id": token_id(piece), "text": piece, "logprob": -0.25, "special": False}
 
@@ -253,17 +272,11 @@ def make_app(engine: Engine) -> web.Application:
         body = body or await read_json(req)
         params = body.get("parameters") or {}
         prompt = body.get("inputs", "")
-        agen = engine.generate(prompt, params)
-        try:
-            first = await agen.__anext__()
-        except StopAsyncIteration:
-            first = None
+        tokens = await primed(engine.generate(prompt, params))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(req)
         text, n = "", 0
-        item = first
-        while item is not None:
-            piece, i, fin = item
+        async for piece, i, fin in tokens:
             text += piece
             n += 1
             ev = {"index": i + 1, "token": token_json(piece), "top_tokens": None, "generated_text": None,
@@ -273,10 +286,6 @@ def make_app(engine: Engine) -> web.Application:
                 ev["details"] = {"finish_reason": fin, "generated_tokens": n, "seed": params.get("seed"),
                                  "input_length": len(tokenize(prompt))}
             await resp.write(sse(ev))
-            try:
-                item = await agen.__anext__()
-            except StopAsyncIteration:
-                item = None
         await resp.write_eof()
         return resp
 
@@ -314,13 +323,10 @@ def make_app(engine: Engine) -> web.Application:
                 return web.json_response({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
             return web.json_response({**base, "object": "text_completion", "choices": [choice], "usage": usage})
-        agen = engine.generate(prompt, params)
-        first = await agen.__anext__()  # validation and overload errors surface before the stream starts
+        tokens = await primed(engine.generate(prompt, params))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(req)
-        item = first
-        while item is not None:
-            piece, _, fin = item
+        async for piece, _, fin in tokens:
             if chat:
                 choice = {"index": 0, "delta": {"role": "assistant", "content": piece, "tool_calls": None},
                           "logprobs": None, "finish_reason": fin}
@@ -328,10 +334,6 @@ def make_app(engine: Engine) -> web.Application:
             else:
                 choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": fin}
                 await resp.write(sse({**base, "object": "text_completion", "choices": [choice]}))
-            try:
-                item = await agen.__anext__()
-            except StopAsyncIteration:
-                item = None
         # TGI 2.0, the release the `text-generation` 0.7 client speaks to, ends the stream
         # without OpenAI's `data: [DONE]` (that client fails to parse it); so does this fake.
         await resp.write_eof()

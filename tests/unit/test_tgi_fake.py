@@ -112,3 +112,14 @@ def test_prefix_cache_shortens_time_to_first_token(tgi):
     warm = ttft(prompt + " and a different tail")
     assert cold > 0.25, cold
     assert warm < cold / 2, (cold, warm)
+
+
+def test_streaming_validation_errors_come_before_the_stream(tgi):
+    for path, body in (("/generate_stream", {"inputs": "word " * 300, "parameters": {"max_new_tokens": 5}}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 300}],
+                                                 "max_tokens": 5, "stream": True})):
+        r = httpx.post(f"{tgi}{path}", json=body)
+        assert r.status_code == 422, (path, r.status_code)
+        assert r.json()["error_type"] == "validation"
+    with pytest.raises(ValidationError):
+        list(Client(tgi).generate_stream("word " * 300, max_new_tokens=5))
