@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import binaries, nodepools, supervisor
+from . import binaries, nodepools, procs, supervisor
 from .config import LOCAL_NODE_NAME, TestbedConfig
 from .paths import kubeconfig_path, state_dir
 
@@ -80,11 +80,12 @@ def up(opts: UpOptions, log: Log = print) -> TestbedConfig:
     start = time.monotonic()
     if not 0 <= opts.gpu_nodes <= 5000 or not 0 <= opts.cpu_nodes <= 5000:
         raise TestbedError("--gpu-nodes and --cpu-nodes must be between 0 and 5000")
+    images_file = str(Path(opts.images_file).resolve()) if opts.images_file else None
     pid = supervisor_pid()
     if pid:
         cfg = TestbedConfig.load()
         if (cfg.local_node, cfg.local_node_gpus, cfg.images_file) != (opts.local_node, opts.local_node_gpus,
-                                                                       opts.images_file):
+                                                                       images_file):
             raise TestbedError("the test bed is already up with other local-node settings; "
                                "run `modelship testbed down` first to change them")
         status = read_status() or {}
@@ -96,7 +97,7 @@ def up(opts: UpOptions, log: Log = print) -> TestbedConfig:
         for name in NEEDED:
             binaries.ensure(name, log)
         cfg = TestbedConfig(local_node=opts.local_node, local_node_gpus=opts.local_node_gpus,
-                            images_file=str(Path(opts.images_file).resolve()) if opts.images_file else None)
+                            images_file=images_file)
         busy = [f"{name} ({port})" for name, port in vars(cfg.ports).items() if _port_in_use(port)]
         if busy:
             raise TestbedError(f"ports in use on 127.0.0.1: {', '.join(busy)}; stop what holds them "
@@ -165,18 +166,16 @@ def down(keep_data: bool = False, log: Log = print) -> None:
         while supervisor_pid() and time.monotonic() < deadline:
             time.sleep(0.1)
         if supervisor_pid():
-            os.killpg(pid, signal.SIGKILL)
+            supervisor.signal_group(pid, signal.SIGKILL)
         log("stopped the test bed")
     else:
         log("the test bed is not running")
-    # Anything left over, e.g. after a SIGKILLed supervisor whose children ignored SIGTERM.
-    leftovers = [c["pid"] for c in status.get("components", {}).values() if c.get("pid")]
-    leftovers += _pod_pids(d)
-    for p in leftovers:
-        try:
-            os.killpg(p, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    # Anything left over, e.g. after a SIGKILLed supervisor whose children ignored SIGTERM:
+    # components still running the test bed's own binaries, and recorded pod processes.
+    for c in status.get("components", {}).values():
+        if c.get("pid") and any(b in _proc_cmdline(c["pid"]) for b in ("/bin/", "modelship_testbed")):
+            supervisor.signal_group(c["pid"], signal.SIGKILL)
+    procs.kill_recorded(d / "localnode" / "pids")
     _remove_created_mountpoints(d)
     if not keep_data:
         for sub in ("etcd", "localnode", "volumes", "logs", "status.json", "controller-manager", "scheduler"):
@@ -185,16 +184,6 @@ def down(keep_data: bool = False, log: Log = print) -> None:
                 shutil.rmtree(target, ignore_errors=True)
             else:
                 target.unlink(missing_ok=True)
-
-
-def _pod_pids(d: Path) -> list[int]:
-    pids = []
-    for f in (d / "localnode" / "pids").glob("*"):
-        try:
-            pids.append(int(f.read_text()))
-        except (OSError, ValueError):
-            pass
-    return pids
 
 
 def _remove_created_mountpoints(d: Path) -> None:

@@ -124,8 +124,6 @@ def ensure(dir: Path, service_ip: str) -> Pki:
         "apiserver": dict(cn="kube-apiserver", org=None,
                           server_sans=[*local, service_ip, "kubernetes", "kubernetes.default",
                                        "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]),
-        "etcd": dict(cn="etcd", org=None, server_sans=local, client=True),
-        "apiserver-etcd-client": dict(cn="kube-apiserver-etcd-client", org=None, client=True),
         "apiserver-kubelet-client": dict(cn="kube-apiserver-kubelet-client", org="system:masters", client=True),
         "admin": dict(cn="modelship-admin", org="system:masters", client=True),
         "controller-manager": dict(cn="system:kube-controller-manager", org=None, client=True),

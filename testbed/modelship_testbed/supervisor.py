@@ -20,7 +20,6 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -28,12 +27,22 @@ from . import binaries, pki
 from .config import LOCAL_NODE_NAME, TestbedConfig
 
 PR_SET_PDEATHSIG = 1
+# Loaded once here: preexec_fn runs between fork and exec, where loading a library
+# (taking locks another thread may hold) could deadlock the child.
+_prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
 
 
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM when the process that started it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Signal a process group, tolerating one that is already gone."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -153,8 +162,8 @@ class Supervisor:
         ctx = ssl.create_default_context(cafile=str(p.ca))
         ctx.load_cert_chain(str(p.cert("admin")), str(p.key("admin")))
         # Controller-manager and scheduler serve self-signed certificates from --cert-dir.
-        self.http_verified = httpx.AsyncClient(verify=ctx, timeout=2.0)
-        self.http_unverified = httpx.AsyncClient(verify=False, timeout=2.0)
+        self.http_verified = httpx.AsyncClient(verify=ctx, timeout=2.0, trust_env=False)
+        self.http_unverified = httpx.AsyncClient(verify=False, timeout=2.0, trust_env=False)
 
     def write_status(self) -> None:
         data = {
@@ -248,7 +257,7 @@ class Supervisor:
             try:
                 await asyncio.wait_for(r.proc.wait(), timeout=r.spec.stop_timeout)
             except asyncio.TimeoutError:
-                os.killpg(r.proc.pid, signal.SIGKILL)
+                signal_group(r.proc.pid, signal.SIGKILL)
                 await r.proc.wait()
             r.state, r.ready = "stopped", False
             self.write_status()
@@ -266,7 +275,7 @@ class Supervisor:
                 watchers.append(asyncio.create_task(self.watch(r)))
             self.phase = "ready"
             self.write_status()
-        except RuntimeError as e:
+        except Exception as e:  # RuntimeError from a health check, OSError from a start
             self.phase, self.error = "failed", str(e)
             self.write_status()
             await self.stop()

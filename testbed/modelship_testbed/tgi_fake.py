@@ -136,9 +136,8 @@ class Engine:
         tokens = tokenize(prompt)
         max_new = int(params.get("max_new_tokens") or 20)
         if len(tokens) > self.s.max_input_tokens:
-            raise ValidationFailed(f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
-                                   f"{self.s.max_total_tokens}. Given: {len(tokens)} `inputs` tokens and "
-                                   f"{max_new} `max_new_tokens`")
+            raise ValidationFailed(f"Input validation error: `inputs` must have less than "
+                                   f"{self.s.max_input_tokens} tokens. Given: {len(tokens)}")
         if len(tokens) + max_new > self.s.max_total_tokens:
             raise ValidationFailed(f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
                                    f"{self.s.max_total_tokens}. Given: {len(tokens)} `inputs` tokens and "
@@ -150,9 +149,11 @@ class Engine:
         self.metrics.counters["tgi_request_input_tokens"] += len(tokens)
         start = time.monotonic()
         self.metrics.queue_size += 1
+        queued = True
         try:
             async with self.slots:
                 self.metrics.queue_size -= 1
+                queued = False
                 self.metrics.batch_size += 1
                 try:
                     hits = self.cache.lookup_and_insert(tokens)
@@ -175,6 +176,8 @@ class Engine:
             self.metrics.counters["tgi_request_failure"] += 1
             raise
         finally:
+            if queued:  # cancelled while waiting for a batch slot
+                self.metrics.queue_size -= 1
             self.inflight -= 1
             self.metrics.durations.append(time.monotonic() - start)
 
@@ -379,7 +382,7 @@ def env_float(name: str, default: float) -> float:
 def parse(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     p = argparse.ArgumentParser(prog="text-generation-launcher (modelship fake)")
     p.add_argument("--model-id", default=os.environ.get("MODEL_ID", "bigscience/bloom-560m"))
-    p.add_argument("--hostname", default="0.0.0.0")
+    p.add_argument("--hostname", default="127.0.0.1")  # TGI's is 0.0.0.0; here only loopback
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 3000)))
     p.add_argument("--max-concurrent-requests", type=int, default=128)
     p.add_argument("--max-input-tokens", "--max-input-length", type=int, default=1024)

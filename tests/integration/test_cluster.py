@@ -18,9 +18,16 @@ def testbed_only(cluster):
 def test_up_twice_reuses_the_running_cluster(testbed_only, cluster):
     from modelship_testbed import cluster as testbed
 
+    from modelship_testbed.config import TestbedConfig
+
     before = testbed.supervisor_pid()
+    nodes = cluster.kubectl("get", "nodes", "-l", "type=kwok", "-o", "name").split()
+    sizes = {p: sum(1 for n in nodes if n.startswith(f"node/kwok-{p}-") and len(n) == len(f"node/kwok-{p}-0000"))
+             for p in ("gpu", "cpu")}
+    cfg = TestbedConfig.load()  # the same settings, so this must be a no-op
     said: list[str] = []
-    testbed.up(testbed.UpOptions(gpu_nodes=2, cpu_nodes=2), log=said.append)
+    testbed.up(testbed.UpOptions(sizes["gpu"], sizes["cpu"], cfg.local_node, cfg.local_node_gpus, cfg.images_file),
+               log=said.append)
     assert testbed.supervisor_pid() == before
     assert any("already up" in line for line in said)
 

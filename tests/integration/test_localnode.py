@@ -215,7 +215,11 @@ def test_crashing_container_restarts_with_back_off(cluster, namespace, local_nod
     assert first["lastState"]["terminated"]["exitCode"] == 2
     # The kubelet's back-off: 10 s before the first restart.
     restarted = wait_for(lambda: (c := backing_off()) and c["restartCount"] >= 1 and c, 40, "a restart")
-    assert restarted["restartCount"] >= 1
+    import datetime as dt
+
+    ts = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    gap = ts(restarted["lastState"]["terminated"]["startedAt"]) - ts(first["lastState"]["terminated"]["finishedAt"])
+    assert gap.total_seconds() >= 9, gap
     assert "run" in cluster.kubectl("logs", "-n", namespace, "crash", "--previous")
 
 
@@ -233,3 +237,38 @@ def test_process_that_ignores_sigterm_is_killed_after_the_grace_period(cluster, 
     cluster.kubectl("delete", "pod", "stubborn", "-n", namespace, "--wait=true", "--timeout=30s")
     took = time.monotonic() - start
     assert 2.5 < took < 15, f"deletion took {took:.1f}s with a 3 s grace period"
+
+
+def test_init_containers_liveness_and_startup_probes(cluster, namespace, local_node):
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed", "labels": {"app": "probed"}},
+                   "spec": {"nodeSelector": ON_LOCAL, "terminationGracePeriodSeconds": 1,
+                            "initContainers": [{"name": "init", "image": "busybox",
+                                                "command": ["sh", "-c", "echo from-init > /shared/seed"],
+                                                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}],
+                            "containers": [{
+                                "name": "main", "image": "busybox",
+                                # Healthy for about 3 s after each start, then the liveness probe fails.
+                                "command": ["sh", "-c", "grep -q from-init /shared/seed && touch /tmp-live/ok "
+                                                        "&& sleep 3 && rm /tmp-live/ok && exec sleep 3600"],
+                                "startupProbe": {"exec": {"command": ["test", "-f", "/tmp-live/ok"]},
+                                                 "periodSeconds": 1, "failureThreshold": 10},
+                                "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp-live/ok"]},
+                                                  "periodSeconds": 1, "failureThreshold": 2},
+                                "volumeMounts": [{"name": "shared", "mountPath": "/shared"},
+                                                 {"name": "live", "mountPath": "/tmp-live"}]}],
+                            "volumes": [{"name": "shared", "emptyDir": {}}, {"name": "live", "emptyDir": {}}]}},
+                  namespace)
+
+    def killed_by_liveness():
+        p = pod_of(cluster, namespace, "app=probed")
+        init = (p["status"].get("initContainerStatuses") or [{}])[0]
+        cs = (p["status"].get("containerStatuses") or [{}])[0]
+        last = cs.get("lastState", {}).get("terminated")
+        return (init, cs) if last and init.get("state", {}).get("terminated") else None
+
+    init, cs = wait_for(killed_by_liveness, 40, "the liveness probe to kill the container",
+                        lambda: cluster.kubectl("describe", "pod", "probed", "-n", namespace))
+    assert init["state"]["terminated"]["exitCode"] == 0
+    assert cs["lastState"]["terminated"]["exitCode"] in (137, 143)
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=probed")
+    assert "Liveness probe failed" in events

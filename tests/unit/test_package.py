@@ -12,10 +12,13 @@ def test_product_never_imports_the_test_bed_and_does_not_shadow_operator():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_cli_lists_the_testbed_plugin_without_importing_it():
-    from click.testing import CliRunner
-
-    from modelship.cli import main
-
-    result = CliRunner().invoke(main, ["--help"])
-    assert result.exit_code == 0 and "testbed" in result.output
+def test_testbed_plugin_loads_only_when_asked_for():
+    code = ("import sys\n"
+            "from click.testing import CliRunner\n"
+            "from modelship.cli import main\n"
+            "r = CliRunner().invoke(main, ['version'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "assert 'modelship_testbed' not in sys.modules\n"
+            "r = CliRunner().invoke(main, ['--help'])\n"
+            "assert r.exit_code == 0 and 'testbed' in r.output, r.output\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -33,7 +33,9 @@ def test_image_mapping_follows_entrypoint_and_cmd_rules(tmp_path):
     assert m.resolve("srv:1", None, ["x"], "127.9.0.2").argv == ["/bin/server", "x", "--host", "127.9.0.2"]
     launch = m.resolve("srv:1", ["/app/server"], ["y"], "127.9.0.2")
     assert launch.argv == ["/bin/server", "--wrapped", "y", "--host", "127.9.0.2"]
-    assert launch.env["A"].endswith("python") or "python" in launch.env["A"]
+    import sys
+
+    assert launch.env["A"] == sys.executable
     with pytest.raises(images.ImageError) as e:
         m.resolve("other:1", None, None, "127.9.0.2")
     assert e.value.reason == "ErrImagePull" and str(f) in str(e.value)
@@ -41,9 +43,12 @@ def test_image_mapping_follows_entrypoint_and_cmd_rules(tmp_path):
 
 def test_shipped_mapping_covers_the_engines():
     m = images.ImageMap()
-    for image in ("ghcr.io/ggml-org/llama.cpp:server", "ghcr.io/ggml-org/llama.cpp:server-cuda",
-                  "ghcr.io/huggingface/text-generation-inference:3.0.1", "ghcr.io/modelship/modelship:0.1.0"):
-        assert m.entry_for(image)
+    expected = {"ghcr.io/ggml-org/llama.cpp:server": "{bin:llama-server}",
+                "ghcr.io/ggml-org/llama.cpp:server-cuda": "{bin:llama-server}",
+                "ghcr.io/huggingface/text-generation-inference:3.0.1": "modelship_testbed.tgi_fake",
+                "ghcr.io/modelship/modelship:0.1.0": "{venv}/bin/modelship"}
+    for image, program in expected.items():
+        assert program in m.entry_for(image).entrypoint, image
 
 
 def test_dollar_paren_expansion_follows_kubernetes():
@@ -86,11 +91,17 @@ def test_every_address_the_test_bed_uses_is_loopback(tmp_path, monkeypatch):
         assert ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network("127.0.0.0/8"))
     assert ipaddress.ip_address(cfg.kwok_node_ip).is_loopback
     monkeypatch.setattr(binaries, "path", lambda name, log=print: f"/bin/{name}")
+    import re
+
+    hosts = []
     for spec in supervisor.component_specs(cfg):
-        for arg in spec.argv:
-            for key in ("--bind-address=", "--advertise-address=", "--listen-client-urls=", "--server-address="):
-                if arg.startswith(key):
-                    assert "127.0.0.1" in arg, arg
+        for text in [a for a in spec.argv if not a.startswith("--service-account-issuer=")] + [spec.health_url or ""]:
+            # every URL's host, every host:port, every bare address a flag names
+            hosts += re.findall(r"://([^:/]+)", text)
+            hosts += re.findall(r"^--[\w-]+=(\d+\.\d+\.\d+\.\d+)(?::\d+)?$", text)
+    assert len(hosts) > 15
+    for h in hosts:
+        assert ipaddress.ip_address(h).is_loopback, h
 
 
 def test_certificates_are_made_once_and_reused(tmp_path):

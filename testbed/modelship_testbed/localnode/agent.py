@@ -23,7 +23,8 @@ from kubernetes import client
 
 from ..binaries import KUBERNETES_VERSION
 from ..config import TestbedConfig
-from ..nodepools import GPU_RESOURCE, GPU_TAINT, POOL_LABEL, PROVISIONER, pool_labels
+from .. import procs
+from ..nodepools import GPU_RESOURCE, GPU_TAINT, PROVISIONER, pool_labels
 from . import kube
 from .images import ImageMap
 from .pod import PodWorker, now_iso
@@ -56,7 +57,8 @@ class Agent:
         self.coord = client.CoordinationV1Api(self.api)
         self.storage = client.StorageV1Api(self.api)
         self.images = ImageMap(Path(cfg.images_file) if cfg.images_file else None)
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200), trust_env=False)
+        self.background: set[asyncio.Task] = set()  # fire-and-forget work, kept referenced
         port = str(cfg.ports.apiserver)
         # What a kubelet gives every container so that in-cluster clients find the API server;
         # here it is on loopback, not behind the `kubernetes` Service's ClusterIP.
@@ -141,7 +143,12 @@ class Agent:
             except Exception:
                 pass  # events are best effort, as in a kubelet
 
-        asyncio.get_running_loop().create_task(send())
+        self.spawn(send())
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def alloc_ip(self, uid: str, pod: dict, host_network: bool = False) -> str:
         if host_network:
@@ -167,7 +174,7 @@ class Agent:
         self.finished.add(uid)
 
     def remember_pid(self, uid: str, container: str, pid: int) -> None:
-        (self.pids_dir / f"{uid}-{container}").write_text(str(pid))
+        procs.record(self.pids_dir / f"{uid}-{container}", pid)
 
     def forget_pid(self, uid: str, container: str) -> None:
         (self.pids_dir / f"{uid}-{container}").unlink(missing_ok=True)
@@ -277,8 +284,7 @@ class Agent:
             # Finished before this agent started: nothing to run; finish a pending deletion.
             if pod["metadata"].get("deletionTimestamp"):
                 self.finished.add(uid)
-                asyncio.get_running_loop().create_task(
-                    self.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], uid))
+                self.spawn(self.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], uid))
             return
         worker = PodWorker(self, pod)
         self.workers[uid] = worker
@@ -364,6 +370,11 @@ class Agent:
         from .kubelet_api import serve
 
         loop = asyncio.get_running_loop()
+        # Processes of an earlier run of this agent (killed without stopping its pods):
+        # its pods are about to be started afresh, on the same addresses.
+        leftovers = procs.kill_recorded(self.pids_dir)
+        if leftovers:
+            log.info("killed %d processes left by an earlier run", leftovers)
         await self.register()
         server = await serve(self, self.cfg)
         pods = kube.Informer("pods", self.core.list_pod_for_all_namespaces, loop, self.on_pod,

@@ -4,14 +4,9 @@ and the in-cluster variables that point clients at the API server."""
 
 from __future__ import annotations
 
-import base64
 import re
-from typing import Awaitable, Callable
 
-from .volumes import downward_field, resource_field
-
-# (kind, namespace, name) -> the object as a dict, or None when it does not exist.
-Getter = Callable[[str, str, str], Awaitable[dict | None]]
+from .volumes import Getter, downward_field, key_items, resource_field
 
 
 class EnvError(Exception):
@@ -34,10 +29,14 @@ def expand(s: str, env: dict[str, str]) -> str:
 
 
 def _decode(obj: dict, key: str) -> str | None:
-    if obj.get("kind") == "Secret":
-        raw = (obj.get("data") or {}).get(key)
-        return base64.b64decode(raw).decode() if raw is not None else None
-    return (obj.get("data") or {}).get(key)
+    raw = key_items(obj).get(key)
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise EnvError(f"key {key} of {obj.get('kind')} {obj['metadata']['name']} is not UTF-8 text; "
+                       "mount it as a file instead of using it as an env var") from None
 
 
 async def _key_ref(get: Getter, kind: str, ns: str, ref: dict, var: str) -> str | None:
@@ -67,7 +66,7 @@ async def resolve(pod: dict, container: dict, get: Getter, service_env: dict[str
                 if ref.get("optional"):
                     continue
                 raise EnvError(f'{kind.lower()} "{ref["name"]}" not found (envFrom)')
-            for k in (obj.get("data") or {}):
+            for k in key_items(obj):
                 env[prefix + k] = _decode(obj, k) or ""
     for var in container.get("env") or []:
         name = var["name"]

@@ -42,10 +42,8 @@ class Informer:
         self.loop = loop
         self.on_change = on_change
         self.objects: dict[str, dict] = {}
-        self.synced = asyncio.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"informer-{name}", daemon=True)
-        self._serializer = client.ApiClient()
 
     def start(self) -> None:
         self._thread.start()
@@ -77,7 +75,6 @@ class Informer:
                 for uid, old in list(self.objects.items()):
                     if uid not in seen:
                         self._emit(old, True)
-                self.loop.call_soon_threadsafe(self.synced.set)
                 w = watch.Watch()
                 for event in w.stream(self.list_fn, resource_version=rv, timeout_seconds=300,
                                       allow_watch_bookmarks=True, **self.list_kwargs):

@@ -15,13 +15,14 @@ import datetime as dt
 import logging
 import os
 import shlex
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..supervisor import die_with_parent
+from ..supervisor import die_with_parent, signal_group
 from . import envvars
 from .images import ImageError
 from .probes import Prober
@@ -50,7 +51,7 @@ class Container:
     ready: bool = False
     started: bool = False
     proc: asyncio.subprocess.Process | None = None
-    kill_reason: str | None = None
+    started_at: float = 0.0  # monotonic, for probes' initialDelaySeconds
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     done: bool = False  # terminated and will not restart
@@ -106,8 +107,10 @@ class PodWorker:
             self.deleter = asyncio.create_task(self.terminate(delete_object=True))
 
     def removed(self) -> None:
-        """The pod object is gone (force-deleted): stop everything now."""
+        """The pod object is gone (force-deleted): stop everything now, and write no more
+        status: a new pod of the same name must not receive this one's."""
         self.gone = True
+        self.writer.cancel()
         if self.deleter is None:
             self.deleter = asyncio.create_task(self.terminate(delete_object=False, grace=0))
 
@@ -213,12 +216,16 @@ class PodWorker:
                 continue
             started = time.monotonic()
             probes = self.start_probes(c)
-            code = await c.proc.wait()
-            for t in probes:
-                t.cancel()
-            self.agent.forget_pid(self.uid, c.name)
+            try:
+                code = await c.proc.wait()
+            finally:
+                for t in probes:
+                    t.cancel()
+                # Whatever the main process left running in its group goes with it.
+                signal_group(c.proc.pid, signal.SIGKILL)
+                self.agent.forget_pid(self.uid, c.name)
             finished = now_iso()
-            reason = c.kill_reason or ("Completed" if code == 0 else "Error")
+            reason = "Completed" if code == 0 else "Error"
             exit_code = code if code >= 0 else 128 - code  # killed by signal N -> 128+N, as runtimes report
             c.state = {"terminated": {"exitCode": exit_code, "reason": reason,
                                       "startedAt": c.state.get("running", {}).get("startedAt", finished),
@@ -230,7 +237,6 @@ class PodWorker:
             if not self.stopping.is_set():
                 self.agent.event(self.pod, "Normal" if code == 0 else "Warning", "Exited",
                                  f"Container {c.name} exited with code {exit_code}")
-            c.kill_reason = None
             self.recompute()
             if self.stopping.is_set() or c.init and exit_code == 0 or not self.should_restart(exit_code):
                 c.done = True
@@ -264,7 +270,7 @@ class PodWorker:
         pod = {**self.pod, "status": {**(self.pod.get("status") or {}), "podIP": self.ip,
                                       "podIPs": [{"ip": self.ip}], "hostIP": "127.0.0.1",
                                       "hostIPs": [{"ip": "127.0.0.1"}]}}
-        env.update(await envvars.resolve(pod, spec, self.agent.get, {}))
+        env.update(await envvars.resolve(pod, spec, self.agent.get, self.agent.service_env))
         command = [envvars.expand(a, env) for a in spec.get("command") or []]
         args = [envvars.expand(a, env) for a in spec.get("args") or []]
         launch = self.agent.images.resolve(spec["image"], command, args, self.ip)
@@ -285,6 +291,9 @@ class PodWorker:
                 start_new_session=True, preexec_fn=die_with_parent,
             )
         self.agent.remember_pid(self.uid, c.name, c.proc.pid)
+        if self.stopping.is_set():  # deleted while this container was being set up
+            signal_group(c.proc.pid, signal.SIGKILL)
+        c.started_at = time.monotonic()
         c.state = {"running": {"startedAt": now_iso()}}
         no_startup = "startupProbe" not in spec
         c.started = no_startup
@@ -325,31 +334,32 @@ class PodWorker:
         if c.proc is None or c.proc.returncode is not None:
             return 1, "container is not running"
         argv = self.agent.images.program(c.spec["image"], cmd)
+        # Not root: the container's mount namespace belongs to its user namespace; join both.
+        userns = ["--user", "--preserve-credentials"] if os.geteuid() != 0 else []
         proc = await asyncio.create_subprocess_exec(
-            "nsenter", f"--target={c.proc.pid}", "--mount", f"--wd={c.workdir}", "--", *argv,
+            "nsenter", f"--target={c.proc.pid}", *userns, "--mount", f"--wd={c.workdir}", "--", *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env=c.env, start_new_session=True,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         except asyncio.TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
             return 1, f"command timed out after {timeout:.0f}s"
         return proc.returncode or 0, out.decode(errors="replace")
 
-    async def kill(self, c: Container, reason: str | None, grace: float) -> None:
-        """SIGTERM the container's process group, SIGKILL after `grace` seconds. `reason`
-        (e.g. LivenessProbeFailed) replaces Completed/Error in the terminated state."""
+    async def kill(self, c: Container, grace: float) -> None:
+        """SIGTERM the container's process group, SIGKILL after `grace` seconds. As with a
+        kubelet, the terminated state then says Error with exit code 143 or 137."""
         proc = c.proc
         if proc is None or proc.returncode is not None:
             return
-        c.kill_reason = reason
-        _signal_group(proc.pid, signal.SIGTERM)
+        signal_group(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout=max(grace, 0.0))
         except asyncio.TimeoutError:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
 
     # --- probes -------------------------------------------------------------------------
@@ -367,7 +377,9 @@ class PodWorker:
         failure = int(probe.get("failureThreshold", 3))
         while kind != "startup" and not c.started:
             await asyncio.sleep(0.1)
-        await asyncio.sleep(float(probe.get("initialDelaySeconds", 0)))
+        # initialDelaySeconds counts from the container's start, as in a kubelet.
+        delay = c.started_at + float(probe.get("initialDelaySeconds", 0)) - time.monotonic()
+        await asyncio.sleep(max(delay, 0.0))
         oks = fails = 0
         while c.proc is not None and c.proc.returncode is None:
             result = await prober.run(probe)
@@ -380,12 +392,12 @@ class PodWorker:
                     return
                 if fails >= failure:
                     self.agent.event(self.pod, "Warning", "Unhealthy", f"Startup probe failed: {result.message}")
-                    await self.kill(c, "StartupProbeFailed", self.grace())
+                    await self.kill(c, self.grace())
                     return
             elif kind == "liveness":
                 if fails >= failure:
                     self.agent.event(self.pod, "Warning", "Unhealthy", f"Liveness probe failed: {result.message}")
-                    await self.kill(c, "LivenessProbeFailed", self.grace())
+                    await self.kill(c, self.grace())
                     return
             else:
                 new = True if oks >= success else False if fails >= failure or not c.ready else c.ready
@@ -409,7 +421,7 @@ class PodWorker:
         if running:
             self.agent.event(self.pod, "Normal", "Killing", f"Stopping container(s) "
                                                            f"{', '.join(c.name for c in running)}")
-        await asyncio.gather(*(self.kill(c, None, grace) for c in running))
+        await asyncio.gather(*(self.kill(c, grace) for c in running))
         for t in self._tasks:
             t.cancel()
         try:
@@ -420,11 +432,13 @@ class PodWorker:
             c.ready = False
         self.recompute()
         self.writer.cancel()
+        if not self.gone:  # the last word on this pod, not left to the cancelled writer
+            await self.agent.patch_pod_status(self.ns, self.name, self.status())
         if delete_object and not self.gone:
             await self.agent.delete_pod(self.ns, self.name, self.uid)
         self.agent.release(self.uid)
         # Pod-private folders go with the pod; PersistentVolumes and hostPaths live elsewhere.
-        await asyncio.to_thread(_rmtree, self.dir)
+        await asyncio.to_thread(shutil.rmtree, self.dir, True)
 
     # --- status -------------------------------------------------------------------------
 
@@ -485,13 +499,6 @@ class PodWorker:
             await self.agent.patch_pod_status(self.ns, self.name, self.status())
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def _make_mountpoint(dst: Path, is_file: bool) -> list[str]:
     """Create a missing mount point on the host; returns what was created, for `down` to remove."""
     created = []
@@ -507,9 +514,3 @@ def _make_mountpoint(dst: Path, is_file: bool) -> list[str]:
         dst.touch()
         created.append(str(dst))
     return created
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

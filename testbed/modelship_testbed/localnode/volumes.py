@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+# (kind, namespace, name) -> the object as a dict (with `kind`), or None when it does not exist.
 Getter = Callable[[str, str, str], Awaitable[dict | None]]
 TokenRequester = Callable[[str, str, dict], Awaitable[tuple[str, int]]]
 
@@ -103,7 +104,8 @@ def _write(dir: Path, rel: str, data: bytes, mode: int) -> None:
     target.chmod(mode)
 
 
-def _key_items(obj: dict) -> dict[str, bytes]:
+def key_items(obj: dict) -> dict[str, bytes]:
+    """A Secret's or ConfigMap's keys and their bytes."""
     if obj.get("kind") == "Secret":
         return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
     out = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
@@ -118,7 +120,7 @@ async def _keyed(get: Getter, kind: str, ns: str, src: dict, dir: Path, default_
         if src.get("optional"):
             return
         raise VolumePending(f'{kind.lower()} "{name}" not found')
-    data = _key_items(obj)
+    data = key_items(obj)
     items = src.get("items")
     if items:
         for it in items:
@@ -132,7 +134,7 @@ async def _keyed(get: Getter, kind: str, ns: str, src: dict, dir: Path, default_
             _write(dir, k, v, default_mode)
 
 
-def _downward(pod: dict, container_res: dict | None, items: list[dict], dir: Path, default_mode: int) -> None:
+def _downward(pod: dict, items: list[dict], dir: Path, default_mode: int) -> None:
     for it in items:
         if "fieldRef" in it:
             value = downward_field(pod, it["fieldRef"]["fieldPath"]) or ""
@@ -161,7 +163,7 @@ async def materialize(pod: dict, pod_dir: Path, get: Getter, request_token: Toke
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
             src = vol["downwardAPI"]
-            _downward(pod, None, src.get("items") or [], target, src.get("defaultMode", 0o644))
+            _downward(pod, src.get("items") or [], target, src.get("defaultMode", 0o644))
             out.read_only.add(name)
         elif "projected" in vol:
             shutil.rmtree(target, ignore_errors=True)
@@ -180,7 +182,7 @@ async def materialize(pod: dict, pod_dir: Path, get: Getter, request_token: Toke
                 elif "configMap" in src:
                     await _keyed(get, "ConfigMap", ns, src["configMap"], target, mode)
                 elif "downwardAPI" in src:
-                    _downward(pod, None, src["downwardAPI"].get("items") or [], target, mode)
+                    _downward(pod, src["downwardAPI"].get("items") or [], target, mode)
                 else:
                     raise VolumeError(f"volume {name}: unsupported projected source {sorted(src)}")
             out.read_only.add(name)
