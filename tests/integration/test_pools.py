@@ -41,7 +41,6 @@ def test_gpu_pod_lands_on_a_gpu_node_not_a_cpu_node(cluster, namespace, core):
         items = wait_for(placed, 60, "three GPU pods Running",
                          lambda: cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide"))
         assert {p["spec"]["nodeName"] for p in items} == {gpu["metadata"]["name"]}
-        # A CPU-only pod with the same selector may land on either; a GPU request never on the CPU node.
         assert all(p["status"]["podIP"].startswith("127.") for p in items)
     finally:
         for n in (gpu, cpu):

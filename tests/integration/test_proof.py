@@ -28,7 +28,7 @@ CRD = {
 def test_custom_resource_becomes_a_real_llama_server_that_answers(cluster, namespace, local_node, monkeypatch):
     from kopf.testing import KopfRunner
 
-    from modelship_testbed.demo import ask
+    from modelship_testbed.demo import ask, pod_ready
 
     cluster.apply(CRD, namespace)
     cluster.kubectl("wait", "--for=condition=Established", "crd/chatservers.proof.modelship.io", "--timeout=30s")
@@ -40,10 +40,7 @@ def test_custom_resource_becomes_a_real_llama_server_that_answers(cluster, names
 
         def ready_pod():
             items = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", "app=smol", "-o", "json"))
-            for p in items["items"]:
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])):
-                    return p
-            return None
+            return next((p for p in items["items"] if pod_ready(p)), None)
 
         pod = wait_for(ready_pod, 180, "the llama-server pod to be Ready",
                        lambda: cluster.kubectl("describe", "pods", "-n", namespace))

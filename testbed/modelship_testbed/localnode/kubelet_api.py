@@ -1,6 +1,6 @@
 """The slice of the kubelet's HTTPS API that the API server calls for `kubectl logs`:
-`/containerLogs/{namespace}/{pod}/{container}` (follow, previous, tailLines, limitBytes,
-sinceSeconds), and `/healthz`. Client certificates signed by the test bed's CA are required,
+`/containerLogs/{namespace}/{pod}/{container}` (follow, previous, tailLines, limitBytes;
+not sinceSeconds or timestamps: the logs are plain files), and `/healthz`. Client certificates signed by the test bed's CA are required,
 as the API server presents one (--kubelet-client-certificate)."""
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def make_app(agent: "Agent") -> web.Application:
         await resp.write(data)
         if q.get("follow") == "true" and not previous:
             sent = path.stat().st_size
-            while True:
+            restarts = c.restart_count
+            while c.restart_count == restarts:  # a restart starts a new file: end, like kubectl's stream
                 size = path.stat().st_size if path.exists() else sent
                 if size > sent:
                     with open(path, "rb") as f:
