@@ -138,3 +138,28 @@ def test_a_missing_build_tool_is_named(monkeypatch, tmp_path):
         binaries.ensure("kwok", log=lambda m: None)
     with pytest.raises(binaries.BuildError, match="cmake"):
         binaries.ensure("llama-server", log=lambda m: None)
+
+
+def test_local_node_declares_real_resources_and_optionally_the_gpu_pool(tmp_path, monkeypatch):
+    import os
+
+    from modelship_testbed.localnode.agent import Agent
+
+    monkeypatch.setenv("MODELSHIP_TESTBED_DIR", str(tmp_path))
+
+    def node(gpus: int) -> dict:
+        agent = Agent.__new__(Agent)  # only the Node builder: no API client, no folders
+        agent.cfg, agent.name, agent.started_at = TestbedConfig(local_node_gpus=gpus), "modelship-local", "t"
+        return agent.node_object()
+
+    cpu = node(0)
+    assert cpu["status"]["capacity"]["cpu"] == str(os.cpu_count())
+    assert cpu["status"]["capacity"]["memory"].endswith("Ki")
+    assert cpu["metadata"]["labels"][nodepools.POOL_LABEL] == "cpu"
+    assert "nvidia.com/gpu" not in cpu["status"]["capacity"] and cpu["spec"]["taints"] == []
+    gpu = node(4)
+    assert gpu["status"]["capacity"]["nvidia.com/gpu"] == "4"
+    assert gpu["metadata"]["labels"][nodepools.POOL_LABEL] == "gpu"
+    assert gpu["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    assert gpu["spec"]["taints"] == [nodepools.GPU_TAINT]
+    assert gpu["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.0.1"}
