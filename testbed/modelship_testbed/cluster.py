@@ -166,15 +166,15 @@ def down(keep_data: bool = False, log: Log = print) -> None:
         while supervisor_pid() and time.monotonic() < deadline:
             time.sleep(0.1)
         if supervisor_pid():
-            supervisor.signal_group(pid, signal.SIGKILL)
+            procs.signal_group(pid, signal.SIGKILL)
         log("stopped the test bed")
     else:
         log("the test bed is not running")
     # Anything left over, e.g. after a SIGKILLed supervisor whose children ignored SIGTERM:
-    # components still running the test bed's own binaries, and recorded pod processes.
+    # the components the status file recorded, and recorded pod processes.
     for c in status.get("components", {}).values():
-        if c.get("pid") and any(b in _proc_cmdline(c["pid"]) for b in ("/bin/", "modelship_testbed")):
-            supervisor.signal_group(c["pid"], signal.SIGKILL)
+        if c.get("pid"):
+            procs.kill_if_same(c["pid"], c.get("started"))
     procs.kill_recorded(d / "localnode" / "pids")
     _remove_created_mountpoints(d)
     if not keep_data:

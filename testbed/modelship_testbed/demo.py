@@ -43,7 +43,7 @@ def kubectl(*args: str, stdin: str | None = None, namespace: str | None = None) 
 
 
 def ask(base_url: str, question: str = QUESTION, timeout: float = 120) -> str:
-    r = httpx.post(f"{base_url}/v1/chat/completions", timeout=timeout, trust_env=False, json={
+    r = httpx.post(f"{base_url}/v1/chat/completions", timeout=timeout, json={
         "model": "smollm2", "messages": [{"role": "user", "content": question}],
         "max_tokens": 64, "temperature": 0})
     r.raise_for_status()

@@ -12,7 +12,6 @@ and `status` read. Run as `python -m modelship_testbed.supervisor`.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import signal
@@ -25,24 +24,7 @@ import httpx
 
 from . import binaries, pki
 from .config import LOCAL_NODE_NAME, TestbedConfig
-
-PR_SET_PDEATHSIG = 1
-# Loaded once here: preexec_fn runs between fork and exec, where loading a library
-# (taking locks another thread may hold) could deadlock the child.
-_prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the process that started it dies."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def signal_group(pid: int, sig: int) -> None:
-    """Signal a process group, tolerating one that is already gone."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+from .procs import die_with_parent, signal_group, start_time
 
 
 @dataclass
@@ -162,8 +144,8 @@ class Supervisor:
         ctx = ssl.create_default_context(cafile=str(p.ca))
         ctx.load_cert_chain(str(p.cert("admin")), str(p.key("admin")))
         # Controller-manager and scheduler serve self-signed certificates from --cert-dir.
-        self.http_verified = httpx.AsyncClient(verify=ctx, timeout=2.0, trust_env=False)
-        self.http_unverified = httpx.AsyncClient(verify=False, timeout=2.0, trust_env=False)
+        self.http_verified = httpx.AsyncClient(verify=ctx, timeout=2.0)
+        self.http_unverified = httpx.AsyncClient(verify=False, timeout=2.0)
 
     def write_status(self) -> None:
         data = {
@@ -173,6 +155,8 @@ class Supervisor:
             "components": {
                 r.spec.name: {
                     "pid": r.proc.pid if r.proc and r.proc.returncode is None else None,
+                    # for `down`, to tell this process from a later one with the same pid
+                    "started": start_time(r.proc.pid) if r.proc and r.proc.returncode is None else None,
                     "state": r.state, "ready": r.ready, "restarts": r.restarts,
                     "log": str(self.cfg.dir / "logs" / f"{r.spec.name}.log"),
                 }

@@ -57,7 +57,7 @@ class Agent:
         self.coord = client.CoordinationV1Api(self.api)
         self.storage = client.StorageV1Api(self.api)
         self.images = ImageMap(Path(cfg.images_file) if cfg.images_file else None)
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200), trust_env=False)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
         self.background: set[asyncio.Task] = set()  # fire-and-forget work, kept referenced
         port = str(cfg.ports.apiserver)
         # What a kubelet gives every container so that in-cluster clients find the API server;

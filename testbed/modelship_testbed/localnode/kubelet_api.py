@@ -1,7 +1,8 @@
 """The slice of the kubelet's HTTPS API that the API server calls for `kubectl logs`:
 `/containerLogs/{namespace}/{pod}/{container}` (follow, previous, tailLines, limitBytes;
-not sinceSeconds or timestamps: the logs are plain files), and `/healthz`. Client certificates signed by the test bed's CA are required,
-as the API server presents one (--kubelet-client-certificate)."""
+not sinceSeconds or timestamps: the logs are plain files), and `/healthz`. Client
+certificates signed by the test bed's CA are required, as the API server presents one
+(--kubelet-client-certificate)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..supervisor import die_with_parent, signal_group
+from ..procs import die_with_parent, signal_group
 from . import envvars
 from .images import ImageError
 from .probes import Prober
@@ -264,7 +264,6 @@ class PodWorker:
             "HOME": os.environ.get("HOME", "/root"),
             "HOSTNAME": self.name,
             "LANG": "C.UTF-8",
-            **self.agent.service_env,
         }
         # The downward API sees the pod as it is about to be: with its address assigned.
         pod = {**self.pod, "status": {**(self.pod.get("status") or {}), "podIP": self.ip,
