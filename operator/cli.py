@@ -40,3 +40,74 @@ def main() -> None:
 def version() -> None:
     """Print the version."""
     click.echo(__version__)
+
+
+def fail(message: str) -> None:
+    """One line a person can act on, and a non-zero exit; no traceback."""
+    raise click.ClickException(message)
+
+
+@main.command()
+@click.option("--namespace", "-n", "namespaces", multiple=True,
+              help="Namespace to watch (repeatable). Default: the `namespaces` setting, or the whole cluster.")
+@click.option("--verbose", "-v", is_flag=True, help="Log Kopf's own activity too.")
+def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
+    """Run the operator (reads its configuration from MODELSHIP_* and MODELSHIP_CONFIG)."""
+    import logging
+
+    import kopf
+
+    from . import handlers
+    from .settings import ConfigError, load
+
+    try:
+        settings = load(**({"namespaces": list(namespaces)} if namespaces else {}))
+    except ConfigError as e:
+        fail(str(e))
+    handlers.STATE["settings"] = settings
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.bind_host)
+    kopf.run(
+        standalone=settings.standalone,
+        namespaces=settings.namespaces or None,
+        clusterwide=not settings.namespaces,
+        liveness_endpoint=f"http://{settings.bind_host}:{settings.health_port}/healthz",
+    )
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Fail if the committed files differ from what the models generate.")
+@click.option("--repo", "repo", type=click.Path(file_okay=False, exists=True), default=".",
+              show_default=True, help="The repository's root.")
+def crd(check: bool, repo: str) -> None:
+    """Generate crds/ and the README's API reference from the API's pydantic models."""
+    from pathlib import Path
+
+    from . import crd as gen
+
+    stale = gen.write(Path(repo), check)
+    if check and stale:
+        fail(f"{', '.join(stale)} differ from operator/api.py; run `modelship crd` and commit the result")
+    click.echo(("up to date: " if check or not stale else "wrote: ") + (", ".join(stale) or "crds/, README.md"))
+
+
+@main.command()
+@click.option("--repo", required=True, help="Hub repository, org/name.")
+@click.option("--revision", required=True, help="Commit sha to fetch.")
+@click.option("--endpoint", default=None, help="Hub endpoint (default: $HF_ENDPOINT or huggingface.co).")
+@click.option("--dest", required=True, type=click.Path(file_okay=False), help="Root of the Hub cache layout.")
+@click.option("--file", "files", multiple=True, metavar="SIZE:SHA256:PATH",
+              help="A file to fetch: its size, its sha256 (may be empty) and its path in the repository.")
+def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tuple[str, ...]) -> None:
+    """Put the given files of repo@revision under DEST in the Hub cache layout, checking what is there."""
+    from .fetch import FetchError, run
+
+    try:
+        run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True))
+    except FetchError as e:
+        fail(str(e))

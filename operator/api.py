@@ -1,0 +1,486 @@
+"""The ModelDeployment API (`modelship.io/v1alpha1`), defined once.
+
+These pydantic models are the single source of the API: the CRD in `crds/` and the
+reference in the README are generated from them (`modelship crd`), and the operator parses
+every object it reads with them. Field names are public API and follow Kubernetes' own
+conventions (camelCase, `...Ref` for references, `...Seconds` for durations).
+
+Cross-field rules are CEL expressions (`x-kubernetes-validations`) that the API server
+enforces at `kubectl apply` time, each with a message that says what to fix. Strings and
+lists carry a maximum length so the API server can bound the cost of those rules.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelship.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["md", "mdep"]
+
+# The flags the operator sets on each engine itself; `engine.args` may not set them.
+MANAGED_FLAGS = {
+    "llamacpp": ["-m", "--model", "--host", "--port", "--alias", "-hf", "--hf-repo"],
+    "tgi": ["--model-id", "--port", "--hostname", "--num-shard"],
+}
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# (CEL string literals treat '\' as an escape, so the patterns avoid it: '[.]', not '\.'.)
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def rule(expr: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict:
+    r = {"rule": expr, "message": message}
+    if field_path:
+        r["fieldPath"] = field_path
+    if reason:
+        r["reason"] = reason
+    return r
+
+
+def rules(*items: dict) -> dict:
+    return {"x-kubernetes-validations": list(items)}
+
+
+def cel_string(max_length: int, *items: dict, **extra: Any) -> dict:
+    """Schema extras for a string field with CEL rules (maxLength bounds their cost)."""
+    return {"maxLength": max_length, **({"x-kubernetes-validations": list(items)} if items else {}), **extra}
+
+
+class Model(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              use_attribute_docstrings=False)
+
+    def wire(self) -> dict:
+        """The object as the API server holds it (camelCase, without unset optional fields)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# Quantities ("10Gi", "500m", 4) are int-or-string, checked with CEL's quantity library.
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "x-modelship-quantity": True, "maxLength": 64}),
+]
+
+
+# --- spec -----------------------------------------------------------------------------------
+
+
+class SecretKeyRef(Model):
+    """A key of a Secret in the ModelDeployment's namespace."""
+
+    name: str = Field(description="Name of the Secret.", json_schema_extra=cel_string(
+        253, rule(f"self.matches('{DNS_SUBDOMAIN}')",
+                  "must be a Secret name: lower-case letters, digits, '-' and '.'")))
+    key: str = Field("token", description="Key in the Secret that holds the Hugging Face token.",
+                     json_schema_extra={"maxLength": 253, "minLength": 1})
+
+
+class ModelSource(Model):
+    """Which model to serve: a Hugging Face Hub repository, pinned to a commit when resolved."""
+
+    repo: str = Field(
+        description="Hub repository, as `org/name` (for example `HuggingFaceTB/SmolLM2-135M-Instruct-GGUF`).",
+        json_schema_extra=cel_string(
+            200, rule(r"self.matches('^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$')",
+                      "must be a Hub repository as org/name, for example HuggingFaceTB/SmolLM2-135M-Instruct")))
+    revision: str = Field(
+        "main", description="Branch, tag or commit sha. It is resolved to a commit sha once, reported in "
+                            "`status.resolved.sha`, and served until the spec changes.",
+        json_schema_extra=cel_string(
+            255, rule(r"self.matches('^[A-Za-z0-9][A-Za-z0-9_./-]*$') && !self.contains('..')",
+                      "must be a branch, tag or commit sha: letters, digits, '_', '.', '-' and '/', no '..'")))
+    files: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list, description="Glob patterns of repository files to download in addition to (or, "
+                                          "for repositories without weights the resolver recognises, instead "
+                                          "of) the ones chosen automatically, for example `*.json`.",
+        json_schema_extra={"maxItems": 64})
+    exclude: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list, description="Glob patterns of repository files never to download, applied last.",
+        json_schema_extra={"maxItems": 64})
+    quantization: str | None = Field(
+        None, description="GGUF quantization to serve: a tag such as `Q4_K_M` (case-insensitive) or a file "
+                          "name ending in `.gguf`. Unset: `Q4_K_M`, then `Q8_0`, then the first GGUF file. "
+                          "Not used for safetensors models (see `serving.quantize`).",
+        json_schema_extra=cel_string(
+            255, rule(r"self.matches('^[A-Za-z0-9_./-]+$') && !self.contains('..')",
+                      "must be a GGUF quantization tag such as Q4_K_M, or a .gguf file name")))
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret holding a Hugging Face token, for gated or private repositories. The token "
+                          "reaches only the download Job, as an environment variable.")
+    endpoint: str | None = Field(
+        None, description="Hub endpoint (a mirror such as olah in air-gapped clusters), overriding the "
+                          "operator's `hubEndpoint`.",
+        json_schema_extra=cel_string(
+            2048, rule("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHost() != ''",
+                       "must be an http:// or https:// URL, for example http://hub-mirror.hub.svc:8090")))
+
+
+class KeySelector(Model):
+    """A key of a Secret or ConfigMap."""
+
+    name: str = Field(description="Name of the Secret or ConfigMap.", json_schema_extra={"maxLength": 253})
+    key: str = Field(description="The key to read.", json_schema_extra={"maxLength": 253})
+    optional: bool | None = Field(None, description="Start even if the key is missing.")
+
+
+class FieldSelector(Model):
+    """A field of the pod (the downward API)."""
+
+    field_path: str = Field(description="Path of the field, for example `metadata.name` or `status.podIP`.",
+                            json_schema_extra={"maxLength": 256})
+
+
+class EnvVarSource(Model):
+    """Where an environment variable's value comes from."""
+
+    secret_key_ref: KeySelector | None = Field(None, description="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = Field(None, description="A key of a ConfigMap.")
+    field_ref: FieldSelector | None = Field(None, description="A field of the pod.")
+
+
+class EnvVar(Model):
+    """An environment variable of the serving container."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("has(self.value) != has(self.valueFrom)", "set exactly one of value and valueFrom")))
+
+    name: str = Field(description="Name of the variable.", json_schema_extra=cel_string(
+        256, rule(r"self.matches('^[A-Za-z_][A-Za-z0-9_]*$')",
+                  "must be a variable name: letters, digits and '_', not starting with a digit")))
+    value: str | None = Field(None, description="A literal value.", json_schema_extra={"maxLength": 32768})
+    value_from: EnvVarSource | None = Field(None, description="A value read from a Secret, ConfigMap or the pod.")
+
+
+def _no_managed_flags(engine: str) -> dict:
+    flags = MANAGED_FLAGS[engine]
+    expr = " && ".join(f"!(a == '{f}' || a.startsWith('{f}='))" for f in flags)
+    return rule(f"!has(self.type) || !has(self.args) || self.type != '{engine}' || self.args.all(a, {expr})",
+                f"engine.args must not set {', '.join(flags)}: the operator sets them for {engine}",
+                field_path=".args")
+
+
+class EngineSpec(Model):
+    """The inference engine that serves the model."""
+
+    model_config = ConfigDict(json_schema_extra=rules(_no_managed_flags("llamacpp"), _no_managed_flags("tgi")))
+
+    type: Literal["auto", "tgi", "llamacpp"] = Field(
+        "auto", description="`auto`: llama.cpp for GGUF models, TGI (text-generation-inference) for "
+                            "safetensors models. `tgi` or `llamacpp` to choose.")
+    image: str | None = Field(None, description="Container image, overriding the operator's image for the engine.",
+                              json_schema_extra={"maxLength": 512, "minLength": 1})
+    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, description="Extra command-line arguments, appended to the ones the operator sets.",
+        json_schema_extra={"maxItems": 64})
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.",
+                              json_schema_extra={"maxItems": 64})
+
+
+class ResourceRequirements(Model):
+    """Compute resources of the serving container (see Kubernetes' ResourceRequirements). GPUs come from
+    `gpus`, not from here."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("!has(self.limits) || !self.limits.exists(k, k.endsWith('/gpu'))",
+             "set GPUs with spec.gpus, not resources.limits", field_path=".limits"),
+        rule("!has(self.requests) || !self.requests.exists(k, k.endsWith('/gpu'))",
+             "set GPUs with spec.gpus, not resources.requests", field_path=".requests")))
+
+    requests: dict[str, Quantity] | None = Field(
+        None, description="Minimum resources, for example `{cpu: \"2\", memory: 4Gi}`.",
+        json_schema_extra={"maxProperties": 16})
+    limits: dict[str, Quantity] | None = Field(None, description="Maximum resources.",
+                                               json_schema_extra={"maxProperties": 16})
+
+
+class GenerationDefaults(Model):
+    """Defaults for requests that do not set them. llama.cpp applies them in the server; for TGI the
+    router applies them."""
+
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens "
+                                                             "whose probabilities add up to this.")
+    top_k: int | None = Field(None, ge=0, le=1000, description="Keep only the k most likely tokens; 0 turns it off.")
+    max_new_tokens: int | None = Field(None, ge=1, le=1048576, description="Tokens to generate at most.")
+
+
+class ServingSpec(Model):
+    """How the engine serves: limits, precision and generation defaults. Unset fields keep the
+    engine's own defaults."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("!has(self.maxInputTokens) || !has(self.maxTotalTokens) || self.maxInputTokens < self.maxTotalTokens",
+             "serving.maxInputTokens must be less than serving.maxTotalTokens (the total includes the new "
+             "tokens)", field_path=".maxInputTokens")))
+
+    context_length: int | None = Field(
+        None, ge=16, le=4194304, description="Context window in tokens. llama.cpp: `-c`, shared by the "
+                                             "parallel slots; TGI: the default of `maxTotalTokens`.")
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, le=65536, description="Requests a replica accepts at once; more are refused with 429 "
+                                          "(TGI `--max-concurrent-requests`).")
+    max_input_tokens: int | None = Field(None, ge=1, le=4194304, description="Longest prompt, in tokens (TGI).")
+    max_total_tokens: int | None = Field(None, ge=2, le=4194304,
+                                         description="Longest prompt plus generation, in tokens (TGI).")
+    dtype: Literal["float16", "bfloat16"] | None = Field(None, description="Weights' precision (TGI `--dtype`).")
+    quantize: Literal["awq", "compressed-tensors", "eetq", "exl2", "fp8", "gptq", "marlin", "bitsandbytes",
+                      "bitsandbytes-nf4", "bitsandbytes-fp4"] | None = Field(
+        None, description="On-the-fly or pre-quantized weights format (TGI `--quantize`).")
+    gpu_layers: int | None = Field(
+        None, ge=0, le=100000, description="Layers to offload to the GPU (llama.cpp `-ngl`). Default: all of "
+                                           "them when `gpus` > 0.")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for generation (llama.cpp `-t`).")
+    parallel: int | None = Field(None, ge=1, le=1024,
+                                 description="Parallel decoding slots (llama.cpp `--parallel`).")
+    chat_template: str | None = Field(
+        None, description="llama.cpp: a built-in chat template name (for example `chatml`, `llama3`) instead "
+                          "of the template shipped in the GGUF (which is used, with `--jinja`, by default).",
+        json_schema_extra=cel_string(64, rule(r"self.matches('^[a-z0-9][a-z0-9._-]*$')",
+                                               "must be a llama.cpp built-in template name such as chatml")))
+    generation: GenerationDefaults | None = Field(None, description="Generation defaults.")
+
+
+class StorageSpec(Model):
+    """The volume that holds the weights."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("!has(self.existingClaim) || (!has(self.size) && !has(self.storageClassName))",
+             "storage.existingClaim uses a volume that exists already; do not set size or storageClassName "
+             "with it")))
+
+    storage_class_name: str | None = Field(
+        None, description="StorageClass of the volume. Default: the cluster's default class.",
+        json_schema_extra=cel_string(253, rule("self == oldSelf", "storage.storageClassName cannot change once "
+                                                                  "set; delete and re-create the ModelDeployment")))
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteOnce", description="Access mode of the volume. Replicas on several nodes need `ReadWriteMany`.",
+        json_schema_extra=rules(rule("self == oldSelf", "storage.accessMode cannot change; delete and re-create "
+                                                        "the ModelDeployment")))
+    size: Quantity | None = Field(
+        None, description="Size of the volume, for example `20Gi`. Default: the resolved files' total plus "
+                          "10% (at least 1Gi more). A size too small for the files is an error.")
+    shared_cache: bool = Field(
+        False, description="Keep the weights in the namespace's shared, content-addressed cache volume, so "
+                           "ModelDeployments of the same repo@sha download once.")
+    existing_claim: str | None = Field(
+        None, description="Use this PersistentVolumeClaim, which exists already (for example pre-loaded in an "
+                          "air-gapped cluster), instead of creating one. Files already there in the Hub cache "
+                          "layout are checked, not downloaded again.",
+        json_schema_extra=cel_string(253, rule(f"self.matches('{DNS_SUBDOMAIN}')",
+                                               "must be a PersistentVolumeClaim name")))
+
+
+class LoadBalancing(Model):
+    """How the router spreads requests over the replicas."""
+
+    strategy: Literal["least-load", "prefix-cache", "queue-aware"] = Field(
+        "prefix-cache", description="`least-load`: fewest in-flight requests (power of two choices). "
+                                    "`prefix-cache`: the replica that most recently served the longest prefix of "
+                                    "the prompt, unless it is too busy, so the engine's prefix cache hits. "
+                                    "`queue-aware`: scores from the engines' own queue metrics.")
+    prefix_block_size: int = Field(128, ge=16, le=65536,
+                                   description="Prefix-cache strategy: characters per hashed prompt block.")
+    max_imbalance: int = Field(
+        4, ge=0, le=100000, description="Prefix-cache strategy: in-flight requests above the mean beyond which "
+                                        "affinity gives way to the least-loaded replica.")
+
+
+class RouterSpec(Model):
+    """How the router exposes this ModelDeployment."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("!has(self.aliases) || !has(self.tasks) || !self.aliases.exists(a, a in self.tasks)",
+             "a name cannot be both an alias and a task", field_path=".tasks")))
+
+    aliases: list[Annotated[str, Field(max_length=128, json_schema_extra=rules(rule(
+        r"self.matches('^[A-Za-z0-9][A-Za-z0-9_.:/-]*$')",
+        "aliases are model names: letters, digits, '_', '.', ':', '/' and '-'")))]] = Field(
+        default_factory=list, description="Other names that select this ModelDeployment in the `model` field of "
+                                          "a request.",
+        json_schema_extra={"maxItems": 32, "x-kubernetes-list-type": "set"})
+    tasks: list[Annotated[str, Field(max_length=63, json_schema_extra=rules(rule(
+        f"self.matches('{DNS_LABEL}')", "task names are lower-case words joined by '-'")))]] = Field(
+        default_factory=list, description="Task names this ModelDeployment serves (for example `chat`); a request "
+                                          "whose `model` is a task name goes to one of the ModelDeployments that "
+                                          "serve it.",
+        json_schema_extra={"maxItems": 32, "x-kubernetes-list-type": "set"})
+    fallback: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, description="ModelDeployments in this namespace to use, in order, when this one has "
+                                          "no ready replica.",
+        json_schema_extra={"maxItems": 8, "x-kubernetes-list-type": "set"})
+    load_balancing: LoadBalancing | None = Field(None, description="Load-balancing strategy and its parameters.")
+
+
+class ModelDeploymentSpec(Model):
+    """The desired state: a model, the engine that serves it, where, and how many replicas."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+             "minReplicas must not exceed maxReplicas", field_path=".minReplicas"),
+        rule("!has(self.minReplicas) || self.replicas >= self.minReplicas",
+             "replicas must be at least minReplicas", field_path=".replicas"),
+        rule("!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
+             "replicas must be at most maxReplicas", field_path=".replicas"),
+        rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.model.quantization)",
+             "model.quantization picks a GGUF file, which TGI cannot serve: remove it, or set engine.type to "
+             "llamacpp (TGI's own quantization is serving.quantize)", field_path=".model.quantization"),
+        rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.gpus) || self.gpus > 0",
+             "TGI needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp", field_path=".gpus"),
+        rule("!has(self.serving) || ((!has(self.serving.quantize) && !has(self.serving.dtype) && "
+             "!has(self.serving.maxInputTokens) && !has(self.serving.maxTotalTokens)) || "
+             "!has(self.engine) || self.engine.type != 'llamacpp')",
+             "serving.quantize, dtype, maxInputTokens and maxTotalTokens are TGI settings; llama.cpp uses "
+             "serving.contextLength and parallel", field_path=".serving"),
+        rule("!has(self.serving) || ((!has(self.serving.gpuLayers) && !has(self.serving.threads) && "
+             "!has(self.serving.parallel) && !has(self.serving.chatTemplate)) || "
+             "!has(self.engine) || self.engine.type != 'tgi')",
+             "serving.gpuLayers, threads, parallel and chatTemplate are llama.cpp settings, not TGI's",
+             field_path=".serving"),
+        rule("!has(self.serving) || !has(self.serving.gpuLayers) || self.serving.gpuLayers == 0 || "
+             "(has(self.gpus) && self.gpus > 0)",
+             "serving.gpuLayers offloads layers to a GPU: set gpus to 1 or more", field_path=".serving.gpuLayers"),
+    ))
+
+    model: ModelSource = Field(description="The model to serve.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="The inference engine.",
+                               json_schema_extra={"default": {}})
+    pool: str | None = Field(
+        None, description="Node pool profile (from the operator's configuration) to run on: its node selector, "
+                          "tolerations, affinity and GPU resource. Default: the operator's GPU pool when `gpus` "
+                          "> 0 or the engine is TGI, its CPU pool otherwise.",
+        json_schema_extra=cel_string(63, rule(f"self.matches('{DNS_LABEL}')",
+                                              "must be a pool name from the operator's configuration: "
+                                              "lower-case letters, digits and '-'")))
+    gpus: int | None = Field(None, ge=0, le=64, description="GPUs per replica. Default: 1 for TGI, 0 for "
+                                                            "llama.cpp. TGI shards the model over them.")
+    resources: ResourceRequirements | None = Field(
+        None, description="CPU and memory of each replica, overriding the pool's defaults.")
+    replicas: int = Field(1, ge=0, le=1000, description="Serving replicas. 0 keeps the weights and stops serving.")
+    min_replicas: int | None = Field(None, ge=0, le=1000, description="Reserved for autoscaling: fewest replicas.")
+    max_replicas: int | None = Field(None, ge=1, le=1000, description="Reserved for autoscaling: most replicas.")
+    serving: ServingSpec | None = Field(None, description="Engine settings.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="The weights' volume.",
+                                 json_schema_extra={"default": {}})
+    router: RouterSpec | None = Field(None, description="How the router exposes this ModelDeployment.")
+
+
+# --- status ---------------------------------------------------------------------------------
+
+PHASES = ("Pending", "Resolving", "Downloading", "Starting", "Ready", "Degraded", "Failed")
+Phase = Literal["Pending", "Resolving", "Downloading", "Starting", "Ready", "Degraded", "Failed"]
+CONDITION_TYPES = ("Resolved", "Downloaded", "Available", "Ready")
+
+
+class Condition(Model):
+    """An aspect of the state, following the Kubernetes convention."""
+
+    type: str = Field(description="`Resolved`, `Downloaded`, `Available` or `Ready`.", json_schema_extra={
+        "maxLength": 316})
+    status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
+    reason: str = Field(description="Why, in one CamelCase word (see the README for each reason).",
+                        json_schema_extra={"maxLength": 1024})
+    message: str = Field("", description="What is happening, and what to do about it.",
+                         json_schema_extra={"maxLength": 32768})
+    observed_generation: int = Field(0, description="The `metadata.generation` this condition describes.")
+    last_transition_time: str = Field(description="When `status` last changed.",
+                                      json_schema_extra={"format": "date-time"})
+
+
+class ResolvedFile(Model):
+    """A file of the resolved model."""
+
+    path: str = Field(description="Path in the repository.")
+    size: int = Field(description="Size in bytes.")
+    sha256: str | None = Field(None, description="SHA-256 of the content, where the Hub gives one (LFS files).")
+
+
+class ResolvedModel(Model):
+    """What the operator serves: the model resolved on the Hub."""
+
+    repo: str = Field(description="Hub repository.")
+    revision: str = Field(description="The revision asked for.")
+    sha: str = Field(description="The commit it resolved to; this is what is served.")
+    short_sha: str = Field("", description="The first 7 characters of `sha`, for display.")
+    engine: Literal["tgi", "llamacpp"] = Field(description="The engine that serves it.")
+    format: Literal["gguf", "safetensors"] = Field(description="Weights' format.")
+    model_file: str | None = Field(None, description="GGUF: the file (first shard) the engine loads.")
+    quantization: str | None = Field(None, description="GGUF: the quantization chosen.")
+    files: list[ResolvedFile] = Field(default_factory=list, description="The files downloaded.")
+    total_bytes: int = Field(0, description="Their total size.")
+    architecture: str | None = Field(None, description="Model architecture, where known.")
+    context_length: int | None = Field(None, description="The model's trained context length, where known.")
+    source_hash: str | None = Field(None, description="Hash of the `spec.model` and `spec.engine.type` this was "
+                                                      "resolved from: a change there resolves again, nothing else "
+                                                      "does (the revision stays pinned).")
+
+
+class DownloadStatus(Model):
+    """Progress of the weights' download."""
+
+    job: str | None = Field(None, description="The download Job.")
+    bytes_done: int = Field(0, description="Bytes on the volume so far.")
+    bytes_total: int = Field(0, description="Bytes to download in all.")
+    percent: int = Field(0, description="Done, in percent.")
+    eta_seconds: int | None = Field(None, description="Estimated seconds left.")
+
+
+class EndpointStatus(Model):
+    """Where to call the model from inside the cluster."""
+
+    url: str = Field(description="Base URL of the engine's Service (TGI's native API and `/health`).")
+    openai_base_url: str = Field(description="Base URL of the OpenAI-compatible API (`.../v1`).",
+                                 alias="openAIBaseURL")
+    model: str = Field(description="The value for the `model` field of requests.")
+
+
+class ModelDeploymentStatus(Model):
+    """The observed state, written only by the operator."""
+
+    observed_generation: int | None = Field(None, description="The `metadata.generation` last acted upon.")
+    phase: Phase | None = Field(None, description="One word for where it stands: Pending, Resolving, "
+                                                  "Downloading, Starting, Ready, Degraded or Failed.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Resolved, Downloaded, Available and Ready.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    resolved: ResolvedModel | None = Field(None, description="The model as resolved on the Hub.")
+    download: DownloadStatus | None = Field(None, description="Download progress.")
+    replicas: int | None = Field(None, description="Serving replicas that exist.")
+    ready_replicas: int | None = Field(None, description="Serving replicas that are ready.")
+    selector: str | None = Field(None, description="Label selector of the serving pods (for the scale "
+                                                   "subresource and autoscalers).")
+    endpoint: EndpointStatus | None = Field(None, description="How to call the model.")
+
+
+class ModelDeployment(BaseModel):
+    """A Hugging Face model served in the cluster: resolved to a commit, downloaded to a volume, served by
+    TGI or llama.cpp, and exposed through a Service."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = Field(API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: dict = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+    @property
+    def name(self) -> str:
+        return self.metadata["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.get("namespace", "default")
+
+    @property
+    def generation(self) -> int:
+        return int(self.metadata.get("generation") or 0)

@@ -1,0 +1,297 @@
+"""Pure builders: (ModelDeployment, resolved model, placement, settings) -> child objects.
+
+No I/O here. Every child carries the same labels, an owner reference to its ModelDeployment
+(so deleting it garbage-collects them) and `modelship.io/applied-hash`, the hash of what the
+operator wants it to be, which `plan()` compares with what it observes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from . import api
+from .api import ModelDeployment, ResolvedModel
+from .settings import PoolProfile, Settings
+
+PORT = 8080
+MODELS_MOUNT = "/models"
+APPLIED_HASH = "modelship.io/applied-hash"
+SPEC_HASH = "modelship.io/spec-hash"
+DEPLOYMENT_LABEL = "modelship.io/deployment"
+COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+UID, GID = 1000, 1000
+GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class Placement:
+    pool: str
+    profile: PoolProfile
+    gpus: int
+
+
+def digest(obj: object, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
+
+
+def labels(md: ModelDeployment, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "modelship", "app.kubernetes.io/instance": md.name,
+            COMPONENT: component, MANAGED_BY: "modelship", DEPLOYMENT_LABEL: md.name}
+
+
+def selector(md: ModelDeployment) -> dict[str, str]:
+    return {DEPLOYMENT_LABEL: md.name, COMPONENT: "server"}
+
+
+def selector_string(md: ModelDeployment) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(md).items())
+
+
+def owner_reference(md: ModelDeployment) -> dict:
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": md.name, "uid": md.metadata["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _finish(obj: dict, md: ModelDeployment) -> dict:
+    """Add namespace, owner reference and the applied-hash annotation."""
+    meta = obj["metadata"]
+    meta["namespace"] = md.namespace
+    meta["ownerReferences"] = [owner_reference(md)]
+    meta.setdefault("annotations", {})[APPLIED_HASH] = digest(obj)
+    return obj
+
+
+# --- names and paths ---------------------------------------------------------------------------
+
+
+def snapshot_dir(resolved: ResolvedModel) -> str:
+    """The Hub cache layout: one folder per repo, one snapshot per commit."""
+    return f"{MODELS_MOUNT}/models--{resolved.repo.replace('/', '--')}/snapshots/{resolved.sha}"
+
+
+def claim_name(md: ModelDeployment) -> str:
+    return md.spec.storage.existing_claim or f"{md.name}-weights"
+
+
+def download_fingerprint(md: ModelDeployment, resolved: ResolvedModel) -> str:
+    return digest([resolved.repo, resolved.sha, [f.wire() for f in resolved.files], claim_name(md)], 8)
+
+
+def job_name(md: ModelDeployment, resolved: ResolvedModel) -> str:
+    return f"{md.name}-fetch-{download_fingerprint(md, resolved)}"
+
+
+def service_url(md: ModelDeployment) -> str:
+    return f"http://{md.name}.{md.namespace}.svc"
+
+
+# --- sizes -----------------------------------------------------------------------------------
+
+
+_UNITS = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "P": 10 ** 15, "E": 10 ** 18,
+          "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
+
+
+def quantity_bytes(q: int | str) -> int:
+    """A Kubernetes quantity ("20Gi", "1.5G", "1e9", 4096) in bytes; ValueError if it is none."""
+    if isinstance(q, int):
+        return q
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[kMGTPE]|)", q.strip())
+    if not m:
+        raise ValueError(f"{q!r} is not a quantity")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def volume_size(total_bytes: int, margin_percent: int) -> str:
+    """Files' total plus the margin, at least 1Gi more, rounded up to whole GiB."""
+    want = max(total_bytes * (100 + margin_percent) / 100, total_bytes + GIB)
+    return f"{math.ceil(want / GIB)}Gi"
+
+
+# --- children --------------------------------------------------------------------------------
+
+
+def pvc(md: ModelDeployment, resolved: ResolvedModel, settings: Settings) -> dict:
+    st = md.spec.storage
+    size = str(st.size) if st.size is not None else volume_size(resolved.total_bytes, settings.storage_margin_percent)
+    spec: dict = {"accessModes": [st.access_mode], "resources": {"requests": {"storage": size}}}
+    if st.storage_class_name:
+        spec["storageClassName"] = st.storage_class_name
+    return _finish({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim_name(md), "labels": labels(md, "weights")}, "spec": spec}, md)
+
+
+def _restricted_container() -> dict:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _restricted_pod() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": GID, "fsGroup": GID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, settings: Settings) -> dict:
+    args = ["fetch", "--repo", resolved.repo, "--revision", resolved.sha, "--endpoint", endpoint,
+            "--dest", MODELS_MOUNT]
+    args += [f"--file={f.size}:{f.sha256 or ''}:{f.path}" for f in resolved.files]
+    env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
+    ref = md.spec.model.token_secret_ref
+    if ref:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    name = job_name(md, resolved)
+    pod = {
+        "metadata": {"labels": labels(md, "download")},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": _restricted_pod(),
+            "containers": [{
+                "name": "fetch", "image": settings.images.modelship, "args": args, "env": env,
+                "securityContext": _restricted_container(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT},
+                                 {"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(md)}},
+                        {"name": "tmp", "emptyDir": {}}],
+        },
+    }
+    return _finish({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "labels": labels(md, "download"),
+                     "annotations": {"modelship.io/revision": resolved.sha}},
+        "spec": {"backoffLimit": settings.download_backoff_limit,
+                 "activeDeadlineSeconds": settings.download_deadline_seconds,
+                 "template": pod},
+    }, md)
+
+
+def _flag(args: list[str], flag: str, value: object) -> None:
+    if value is not None:
+        args += [flag, str(value)]
+
+
+def llamacpp_args(md: ModelDeployment, resolved: ResolvedModel, gpus: int) -> list[str]:
+    s = md.spec.serving or api.ServingSpec()
+    model_file = resolved.model_file or next(f.path for f in resolved.files if f.path.endswith(".gguf"))
+    args = ["-m", f"{snapshot_dir(resolved)}/{model_file}", "--host", "0.0.0.0", "--port", str(PORT),
+            "--alias", md.name, "--metrics"]
+    if s.chat_template:
+        args += ["--chat-template", s.chat_template]
+    else:
+        args.append("--jinja")
+    _flag(args, "-c", s.context_length or 4096)
+    _flag(args, "--parallel", s.parallel)
+    _flag(args, "-t", s.threads)
+    if gpus:
+        _flag(args, "-ngl", s.gpu_layers if s.gpu_layers is not None else 999)
+    g = s.generation or api.GenerationDefaults()
+    _flag(args, "--temp", g.temperature)
+    _flag(args, "--top-p", g.top_p)
+    _flag(args, "--top-k", g.top_k)
+    _flag(args, "-n", g.max_new_tokens)
+    return args + list(md.spec.engine.args)
+
+
+def tgi_args(md: ModelDeployment, resolved: ResolvedModel, gpus: int) -> list[str]:
+    s = md.spec.serving or api.ServingSpec()
+    args = ["--model-id", snapshot_dir(resolved), "--port", str(PORT), "--hostname", "0.0.0.0",
+            "--num-shard", str(max(gpus, 1))]
+    _flag(args, "--max-concurrent-requests", s.max_concurrent_requests)
+    _flag(args, "--max-input-tokens", s.max_input_tokens)
+    _flag(args, "--max-total-tokens", s.max_total_tokens or s.context_length)
+    _flag(args, "--quantize", s.quantize)
+    _flag(args, "--dtype", s.dtype)
+    return args + list(md.spec.engine.args)
+
+
+def engine_image(md: ModelDeployment, engine: str, gpus: int, settings: Settings) -> str:
+    if md.spec.engine.image:
+        return md.spec.engine.image
+    if engine == "tgi":
+        return settings.images.tgi
+    return settings.images.llamacpp_cuda if gpus else settings.images.llamacpp_cpu
+
+
+def _resources(md: ModelDeployment, placement: Placement) -> dict:
+    out: dict[str, dict] = {k: dict(v) for k, v in placement.profile.resources.items()}
+    if md.spec.resources:
+        for kind in ("requests", "limits"):
+            override = getattr(md.spec.resources, kind)
+            if override:
+                out.setdefault(kind, {}).update({k: str(v) for k, v in override.items()})
+    if placement.gpus and placement.profile.gpu_resource:
+        out.setdefault("limits", {})[placement.profile.gpu_resource] = str(placement.gpus)
+    return out
+
+
+def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placement, settings: Settings) -> dict:
+    engine, gpus = resolved.engine, placement.gpus
+    args = tgi_args(md, resolved, gpus) if engine == "tgi" else llamacpp_args(md, resolved, gpus)
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if engine == "tgi":
+        env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf"}]
+    env += [e.wire() for e in md.spec.engine.env]
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5}
+    container = {
+        "name": engine, "image": engine_image(md, engine, gpus, settings), "args": args, "env": env,
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "startupProbe": {**probe, "periodSeconds": 5,
+                         "failureThreshold": max(1, settings.startup_timeout_seconds // 5)},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
+        "resources": _resources(md, placement),
+        "securityContext": _restricted_container(),
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    volumes = [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(md), "readOnly": True}},
+               {"name": "tmp", "emptyDir": {}}]
+    if engine == "tgi":  # NCCL shares memory between shards through /dev/shm
+        container["volumeMounts"].append({"name": "shm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+    pod_spec: dict = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": _restricted_pod(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    profile = placement.profile
+    if profile.node_selector:
+        pod_spec["nodeSelector"] = dict(profile.node_selector)
+    if profile.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in profile.tolerations]
+    if profile.affinity:
+        pod_spec["affinity"] = profile.affinity
+    template_labels = {**labels(md, "server"), "modelship.io/engine": engine}
+    template = {"metadata": {"labels": template_labels}, "spec": pod_spec}
+    template["metadata"]["annotations"] = {SPEC_HASH: digest(template), "modelship.io/revision": resolved.sha}
+    # A full GPU pool has no room for a surge pod: replace in place there.
+    strategy = ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}} if gpus else
+                {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    return _finish({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": md.name, "labels": labels(md, "server")},
+        "spec": {"replicas": md.spec.replicas, "selector": {"matchLabels": selector(md)},
+                 "strategy": strategy, "revisionHistoryLimit": 3, "template": template},
+    }, md)
+
+
+def service(md: ModelDeployment) -> dict:
+    return _finish({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": md.name, "labels": labels(md, "server")},
+        "spec": {"selector": selector(md),
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP",
+                            "appProtocol": "http"}]},
+    }, md)

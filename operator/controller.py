@@ -1,0 +1,144 @@
+"""The reconcile loop: read, resolve, observe, plan, act, report.
+
+One `reconcile(namespace, name)` serves create, update, resume and every change of a child:
+it never branches on what happened, only on what it sees. Decisions live in `plan.py`; API
+calls in `kube.py`; this module strings them together and counts what it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from . import api, builders
+from .builders import digest
+from .kube import Kube, is_transient, now
+from .plan import Event, SpecError, choose_engine, plan
+from .resolve import ResolveError, Resolver
+from .settings import Settings
+from .workqueue import WorkQueue
+
+log = logging.getLogger("modelship")
+
+RECONCILES = Counter("modelship_reconciles_total", "Reconciles of ModelDeployments, by result.", ["result"])
+RECONCILE_SECONDS = Histogram("modelship_reconcile_duration_seconds", "Time one reconcile took.",
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+PHASES = Gauge("modelship_modeldeployments", "ModelDeployments by phase.", ["phase"])
+CHILD_WRITES = Counter("modelship_child_writes_total", "Children created, updated or deleted.", ["kind", "verb"])
+RESOLUTIONS = Counter("modelship_resolutions_total", "Model resolutions, by result reason.", ["reason"])
+
+
+def source_hash(spec: api.ModelDeploymentSpec) -> str:
+    m = spec.model
+    return digest([m.repo, m.revision, m.quantization, m.files, m.exclude, spec.engine.type])
+
+
+class Controller:
+    def __init__(self, settings: Settings, kube: Kube, resolver: Resolver):
+        self.settings, self.kube, self.resolver = settings, kube, resolver
+        self.queue = WorkQueue(self._handle, workers=4)
+        self.phases: dict[tuple[str, str], str] = {}
+
+    def enqueue(self, namespace: str, name: str) -> None:
+        self.queue.add((namespace, name))
+
+    async def _handle(self, key) -> float | None:
+        started = time.monotonic()
+        try:
+            requeue = await self.reconcile(*key)
+        except Exception as e:
+            RECONCILES.labels("error").inc()
+            if not is_transient(e):
+                log.exception("reconcile of %s/%s failed unexpectedly", *key)
+            raise
+        finally:
+            RECONCILE_SECONDS.observe(time.monotonic() - started)
+        RECONCILES.labels("requeue" if requeue else "success").inc()
+        return requeue
+
+    def _record_phase(self, key: tuple[str, str], phase: str | None) -> None:
+        if phase is None:
+            self.phases.pop(key, None)
+        else:
+            self.phases[key] = phase
+        for p in api.PHASES:
+            PHASES.labels(p).set(sum(1 for v in self.phases.values() if v == p))
+
+    async def reconcile(self, namespace: str, name: str) -> float | None:
+        key = (namespace, name)
+        body = await asyncio.to_thread(self.kube.get_md, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.queue.forget(key)
+            self._record_phase(key, None)
+            return None  # the garbage collector removes the children through their owner references
+        try:
+            md = api.ModelDeployment.model_validate(body)
+        except ValidationError as e:  # the CRD admitted it, so this is a newer or older schema
+            log.error("ModelDeployment %s/%s does not match this operator's API: %s", namespace, name, e)
+            return None
+        resolution = await self._resolve(md)
+        endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
+        claim = builders.claim_name(md)
+        observed = await asyncio.to_thread(self.kube.observe, md, claim)
+        p = plan(md, resolution, observed, self.settings, now(), endpoint)
+        for action in p.actions:
+            await asyncio.to_thread(self.kube.execute, action, namespace)
+            CHILD_WRITES.labels(action.kind, action.verb).inc()
+            message = f"{action.past_tense()} {action.kind} {action.name}"
+            log.info("%s (for ModelDeployment %s/%s)", message, namespace, name)
+            await asyncio.to_thread(self.kube.post_event, md, Event("Normal", action.past_tense(), message))
+        old = body.get("status") or {}
+        if p.status != old:
+            await asyncio.to_thread(self.kube.patch_status, namespace, name, old, p.status)
+            if p.status.get("phase") != old.get("phase"):
+                log.info("ModelDeployment %s/%s is %s", namespace, name, p.status.get("phase"))
+        for event in p.events:
+            await asyncio.to_thread(self.kube.post_event, md, event)
+        self._record_phase(key, p.status.get("phase"))
+        return p.requeue_after
+
+    async def _resolve(self, md: api.ModelDeployment) -> api.ResolvedModel | ResolveError | SpecError:
+        """The pinned resolution while spec.model is unchanged; otherwise ask the resolver."""
+        want = source_hash(md.spec)
+        have = md.status.resolved
+        if have is not None and have.source_hash == want:
+            return have
+        token = None
+        ref = md.spec.model.token_secret_ref
+        if ref:
+            token = await asyncio.to_thread(self.kube.read_secret_key, md.namespace, ref.name, ref.key)
+            if token is None:
+                RESOLUTIONS.labels("SecretNotFound").inc()
+                return ResolveError("SecretNotFound",
+                                    f"model.tokenSecretRef names Secret {ref.name!r} key {ref.key!r}, which does not "
+                                    f"exist in namespace {md.namespace}: create it with `kubectl create secret "
+                                    f"generic {ref.name} --from-literal={ref.key}=<your Hugging Face token>`",
+                                    transient=True)
+        endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
+        try:
+            resolved = await asyncio.to_thread(self.resolver.resolve, md.spec.model, endpoint, token)
+            engine = choose_engine(md.spec.engine.type, resolved.format)
+        except (ResolveError, SpecError) as e:
+            RESOLUTIONS.labels(e.reason).inc()
+            return e
+        RESOLUTIONS.labels("Resolved").inc()
+        return resolved.model_copy(update={"engine": engine, "source_hash": want,
+                                           "short_sha": resolved.sha[:7], "revision": md.spec.model.revision})
+
+    async def resync(self, stop: asyncio.Event) -> None:
+        """Reconcile everything every `resyncSeconds`: never trust that an event was seen."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.resync_seconds)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                for md in await asyncio.to_thread(self.kube.list_mds, self.settings.namespaces):
+                    self.enqueue(md["metadata"]["namespace"], md["metadata"]["name"])
+            except Exception as e:  # noqa: BLE001 - the next round tries again
+                log.warning("resync could not list ModelDeployments: %s", e)

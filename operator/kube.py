@@ -1,0 +1,160 @@
+"""The one thin layer that talks to the API server for the reconcile loop.
+
+Children are written with server-side apply (field manager from the settings, conflicts
+forced: the operator owns what it declares), deleted tolerating 404, and every write is
+announced with an Event on the ModelDeployment. The `kubernetes` client is synchronous;
+callers run these methods in a thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import os
+import uuid
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from . import api
+from .builders import DEPLOYMENT_LABEL
+from .plan import Action, Event, Observed
+
+log = logging.getLogger("modelship")
+
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+
+
+def new_client() -> client.ApiClient:
+    """In a pod: its ServiceAccount. Elsewhere: $KUBECONFIG (read now, not at import time)."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
+            "/var/run/secrets/kubernetes.io/serviceaccount/token") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_transient(e: Exception) -> bool:
+    """Worth retrying: the API server is busy, away, or the object changed under us."""
+    if isinstance(e, ApiException):
+        return e.status in (0, 409, 429) or e.status >= 500
+    return isinstance(e, (ConnectionError, TimeoutError, OSError))
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient, field_manager: str):
+        self.client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.field_manager = field_manager
+
+    # --- the ModelDeployment ---------------------------------------------------------------
+
+    def get_md(self, namespace: str, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_mds(self, namespaces: list[str]) -> list[dict]:
+        if not namespaces:
+            return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
+        return [md for ns in namespaces
+                for md in self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]]
+
+    def patch_status(self, namespace: str, name: str, old: dict, new: dict) -> None:
+        patch = {**{k: None for k in old if k not in new}, **new}
+        self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                                                          {"status": patch}, _content_type=MERGE)
+
+    def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        """The value, or None if the Secret or its key is missing."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode().strip() if raw else None
+
+    # --- children --------------------------------------------------------------------------
+
+    def observe(self, md: api.ModelDeployment, claim: str) -> Observed:
+        ns, name = md.namespace, md.name
+        selector = f"{DEPLOYMENT_LABEL}={name}"
+
+        def get(fn, obj_name):
+            try:
+                return self.client.sanitize_for_serialization(fn(obj_name, ns))
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+
+        jobs = self.batch.list_namespaced_job(ns, label_selector=f"{selector},app.kubernetes.io/component=download")
+        pods = self.core.list_namespaced_pod(ns, label_selector=f"{selector},app.kubernetes.io/component=server")
+        uid = md.metadata.get("uid")
+
+        def owned(obj: dict | None) -> dict | None:
+            # Only children of *this* ModelDeployment (a re-created one has a new uid).
+            if obj is None:
+                return None
+            refs = obj.get("metadata", {}).get("ownerReferences") or []
+            return obj if any(r.get("uid") == uid for r in refs) else None
+
+        pvc = get(self.core.read_namespaced_persistent_volume_claim, claim)
+        return Observed(
+            pvc=pvc if md.spec.storage.existing_claim else owned(pvc),
+            jobs=[j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if owned(j)],
+            deployment=owned(get(self.apps.read_namespaced_deployment, name)),
+            service=owned(get(self.core.read_namespaced_service, name)),
+            pods=[self.client.sanitize_for_serialization(p) for p in pods.items],
+        )
+
+    def execute(self, action: Action, namespace: str) -> None:
+        kind, name = action.kind, action.name
+        if action.verb == "apply":
+            fn = {"PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
+                  "Service": self.core.patch_namespaced_service,
+                  "Job": self.batch.patch_namespaced_job,
+                  "Deployment": self.apps.patch_namespaced_deployment}[kind]
+            fn(name, namespace, action.body, field_manager=self.field_manager, force=True, _content_type=APPLY)
+            return
+        fn = {"Job": self.batch.delete_namespaced_job, "Deployment": self.apps.delete_namespaced_deployment,
+              "Service": self.core.delete_namespaced_service,
+              "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim}[kind]
+        try:
+            fn(name, namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def post_event(self, md: api.ModelDeployment, event: Event) -> None:
+        """An Event on the ModelDeployment; failing to post one never fails a reconcile."""
+        t = dt.datetime.now(dt.timezone.utc)
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{md.name}.{uuid.uuid4().hex[:12]}", "namespace": md.namespace},
+            "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": md.name,
+                               "namespace": md.namespace, "uid": md.metadata.get("uid"),
+                               "resourceVersion": md.metadata.get("resourceVersion")},
+            "reason": event.reason, "message": event.message[:1024], "type": event.type,
+            "source": {"component": "modelship-operator"}, "reportingComponent": "modelship.io/operator",
+            "reportingInstance": os.environ.get("HOSTNAME", "modelship-operator"),
+            "firstTimestamp": t.isoformat(), "lastTimestamp": t.isoformat(), "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(md.namespace, body, _preload_content=False)
+        except Exception as e:  # noqa: BLE001 - events are best effort
+            log.warning("could not post event %s on %s/%s: %s", event.reason, md.namespace, md.name, e)

@@ -1,0 +1,346 @@
+"""The decisions: pure functions from (desired, observed) to (actions, status).
+
+`plan()` never talks to the API server. It takes the ModelDeployment, the outcome of
+resolution, the children the operator observed and the settings, and returns the objects to
+apply or delete, the whole new status (conditions included) and when to look again. The
+controller executes the plan; the unit tests call `plan()` directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from . import builders
+from .api import Condition, ModelDeployment, ResolvedModel
+from .builders import APPLIED_HASH, Placement, quantity_bytes
+from .resolve import ResolveError
+from .settings import Settings
+
+
+@dataclass
+class SpecError(Exception):
+    """The spec was admitted but cannot work with this operator's configuration (permanent)."""
+
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+@dataclass
+class Observed:
+    """The children as the API server last showed them (None: absent)."""
+
+    pvc: dict | None = None
+    jobs: list[dict] = field(default_factory=list)
+    deployment: dict | None = None
+    service: dict | None = None
+    pods: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Action:
+    verb: Literal["apply", "delete"]
+    kind: str
+    name: str
+    body: dict | None = None
+    exists: bool = False  # the object exists now: "Updated" rather than "Created"
+
+    def past_tense(self) -> str:
+        return "Deleted" if self.verb == "delete" else ("Updated" if self.exists else "Created")
+
+
+@dataclass
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    actions: list[Action]
+    status: dict
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+def choose_engine(requested: str, fmt: str) -> str:
+    native = "llamacpp" if fmt == "gguf" else "tgi"
+    if requested in ("auto", native):
+        return native
+    if requested == "llamacpp":
+        raise SpecError("EngineMismatch", "engine.type is llamacpp, which serves GGUF files, but this repository "
+                                          "has safetensors weights: use engine.type tgi (or auto), or a GGUF repo")
+    raise SpecError("EngineMismatch", "engine.type is tgi, but the resolved files are GGUF, which llama.cpp "
+                                      "serves: use engine.type llamacpp (or auto), or a safetensors repo")
+
+
+def place(md: ModelDeployment, engine: str, settings: Settings) -> Placement:
+    spec = md.spec
+    gpus = spec.gpus if spec.gpus is not None else (1 if engine == "tgi" else 0)
+    if engine == "tgi" and gpus == 0:
+        raise SpecError("GPUsRequired", "TGI needs at least one GPU: set gpus to 1 or more")
+    name = spec.pool or (settings.default_gpu_pool if gpus else settings.default_cpu_pool)
+    profile = settings.pools.get(name)
+    if profile is None:
+        raise SpecError("PoolNotFound", f"pool {name!r} is not configured in the operator; known pools: "
+                                        f"{', '.join(sorted(settings.pools))}")
+    if gpus and not profile.gpu_resource:
+        raise SpecError("PoolHasNoGPUs", f"pool {name!r} has no GPUs (no gpuResource in the operator's "
+                                         f"configuration), but {gpus} GPU(s) were asked for: set gpus to 0 or "
+                                         f"choose a GPU pool")
+    if gpus and profile.max_gpus is not None and gpus > profile.max_gpus:
+        raise SpecError("TooManyGPUs", f"pool {name!r} has at most {profile.max_gpus} GPUs per node, but gpus "
+                                       f"is {gpus}: lower gpus or choose a larger pool")
+    return Placement(name, profile, gpus)
+
+
+def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:
+    size = md.spec.storage.size
+    if size is not None and quantity_bytes(size) < resolved.total_bytes:
+        need = builders.volume_size(resolved.total_bytes, 0)
+        raise SpecError("StorageTooSmall", f"storage.size {size} is smaller than the model's files "
+                                           f"({resolved.total_bytes} bytes): set it to at least {need}, or "
+                                           f"remove it to size the volume automatically")
+
+
+# --- conditions ------------------------------------------------------------------------------
+
+
+def set_condition(conditions: list[dict], type_: str, status: str, reason: str, message: str,
+                  generation: int, now: str) -> None:
+    """Set one condition in place; lastTransitionTime moves only when `status` flips."""
+    old = next((c for c in conditions if c["type"] == type_), None)
+    since = old["lastTransitionTime"] if old and old["status"] == status else now
+    new = Condition(type=type_, status=status, reason=reason, message=message, observed_generation=generation,
+                    last_transition_time=since).wire()
+    if old:
+        conditions[conditions.index(old)] = new
+    else:
+        conditions.append(new)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def pod_problems(pods: list[dict], limit: int = 3) -> list[str]:
+    """Why serving pods are not ready, in the words of the scheduler and the kubelet."""
+    out = []
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        name, status = pod["metadata"]["name"], pod.get("status") or {}
+        sched = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+        if sched and sched.get("status") == "False":
+            out.append(f"pod {name}: {sched.get('reason', 'Unschedulable')}: {sched.get('message', '')}".strip())
+            continue
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                last = ((cs.get("lastState") or {}).get("terminated") or {})
+                code = f" (last exit code {last['exitCode']})" if "exitCode" in last else ""
+                msg = waiting.get("message", "")
+                out.append(f"pod {name}: {waiting['reason']}{code}{': ' + msg if msg else ''}")
+    return out[:limit]
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+
+def _job_state(job: dict | None) -> tuple[str, str]:
+    if job is None:
+        return "Absent", ""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "Complete", ""
+        if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
+            return "Failed", f"{c.get('reason', 'Failed')}: {c.get('message', '')}".strip(": ")
+    return "Running", ""
+
+
+def _needs_apply(desired: dict, observed: dict | None) -> bool:
+    if observed is None:
+        return True
+    have = (observed.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+    return have != desired["metadata"]["annotations"][APPLIED_HASH]
+
+
+def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecError, observed: Observed,
+         settings: Settings, now: str, endpoint: str) -> Plan:
+    gen = md.generation
+    conditions = [c.wire() for c in md.status.conditions]
+    status: dict = {"observedGeneration": gen, "selector": builders.selector_string(md)}
+    prev = md.status.wire()
+    for key in ("resolved", "download", "endpoint"):
+        if key in prev:
+            status[key] = prev[key]
+    events: list[Event] = []
+    actions: list[Action] = []
+
+    def cond(type_: str, st: str, reason: str, message: str) -> None:
+        set_condition(conditions, type_, st, reason, message, gen, now)
+
+    def finish(phase: str, requeue: float | None = None) -> Plan:
+        status["phase"] = phase
+        status["conditions"] = conditions
+        dep = observed.deployment
+        status["replicas"] = int(((dep or {}).get("status") or {}).get("replicas") or 0)
+        status["readyReplicas"] = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+        before = {c.type: (c.status, c.reason) for c in md.status.conditions}
+        for c in conditions:
+            if before.get(c["type"]) != (c["status"], c["reason"]) and c["type"] == "Ready":
+                failed = phase == "Failed"
+                if c["status"] == "True" or failed:
+                    events.append(Event("Warning" if failed else "Normal", c["reason"], c["message"]))
+        return Plan(actions, status, events, requeue)
+
+    def stop(error: ResolveError | SpecError, stage: str) -> Plan:
+        """Resolution or placement failed: say so, change nothing that runs."""
+        transient = isinstance(error, ResolveError) and error.transient
+        if stage == "Resolved":
+            cond("Resolved", "False", error.reason, error.message)
+        cond("Ready", "False", error.reason, error.message)
+        _serving_conditions(observed, md, cond, downloaded=None)
+        return finish("Resolving" if transient else "Failed", 30.0 if transient else None)
+
+    if isinstance(resolution, SpecError):
+        return stop(resolution, "Ready")
+    if isinstance(resolution, ResolveError):
+        return stop(resolution, "Resolved")
+    resolved = resolution
+    status["resolved"] = resolved.wire()
+    cond("Resolved", "True", "Resolved",
+         f"{resolved.repo}@{resolved.revision} is commit {resolved.sha}: {len(resolved.files)} files, "
+         f"{human_bytes(resolved.total_bytes)}, served by {resolved.engine}")
+    try:
+        placement = place(md, resolved.engine, settings)
+        check_storage(md, resolved)
+    except SpecError as e:
+        return stop(e, "Ready")
+
+    svc = builders.service(md)
+    status["endpoint"] = {"url": builders.service_url(md), "openAIBaseURL": builders.service_url(md) + "/v1",
+                          "model": md.name}
+    desired: list[tuple[dict, dict | None]] = [(svc, observed.service)]
+
+    # The weights' volume: created unless the user brought one; grown, never shrunk.
+    if md.spec.storage.existing_claim:
+        if observed.pvc is None:
+            msg = (f"storage.existingClaim {md.spec.storage.existing_claim!r} does not exist in namespace "
+                   f"{md.namespace}: create it, or remove existingClaim to let the operator create a volume")
+            cond("Downloaded", "False", "ClaimNotFound", msg)
+            cond("Ready", "False", "ClaimNotFound", msg)
+            _serving_conditions(observed, md, cond, downloaded=False)
+            _apply(desired, actions)
+            return finish("Pending", 15.0)
+    else:
+        want = builders.pvc(md, resolved, settings)
+        if observed.pvc is None:
+            desired.append((want, None))
+        else:
+            have = quantity_bytes(((observed.pvc.get("spec") or {}).get("resources") or {})
+                                  .get("requests", {}).get("storage", "0"))
+            if quantity_bytes(want["spec"]["resources"]["requests"]["storage"]) > have:
+                desired.append((want, observed.pvc))
+
+    # The download: one Job per (revision, files, volume); stale ones go.
+    job = builders.download_job(md, resolved, endpoint, settings)
+    current = next((j for j in observed.jobs if j["metadata"]["name"] == job["metadata"]["name"]), None)
+    for other in observed.jobs:
+        if other is not current:
+            actions.append(Action("delete", "Job", other["metadata"]["name"], exists=True))
+    state, why = _job_state(current)
+    total = resolved.total_bytes
+    done = total if state == "Complete" else 0
+    status["download"] = {"job": job["metadata"]["name"], "bytesDone": done, "bytesTotal": total,
+                          "percent": 100 if total == 0 or done >= total else int(100 * done / total)}
+    downloaded = state == "Complete"
+    if downloaded:
+        cond("Downloaded", "True", "Downloaded",
+             f"{human_bytes(total)} of {resolved.repo}@{resolved.short_sha or resolved.sha[:7]} are on volume "
+             f"{builders.claim_name(md)}")
+    elif state == "Failed":
+        msg = (f"download Job {job['metadata']['name']} failed ({why}); see `kubectl logs "
+               f"job/{job['metadata']['name']}`, fix the cause, then delete the Job to retry")
+        cond("Downloaded", "False", "DownloadFailed", msg)
+        cond("Ready", "False", "DownloadFailed", msg)
+        _serving_conditions(observed, md, cond, downloaded=False)
+        _apply(desired, actions)
+        return finish("Failed")
+    else:
+        desired.append((job, current))
+        msg = (f"downloading {len(resolved.files)} files ({human_bytes(total)}) with Job {job['metadata']['name']}")
+        if md.spec.storage.shared_cache:
+            msg += " (storage.sharedCache is not implemented yet: a dedicated volume is used)"
+        cond("Downloaded", "False", "Downloading", msg)
+
+    # Serving: only once the weights are there. While a new revision downloads, the old
+    # Deployment (if any) keeps serving.
+    if downloaded:
+        dep = builders.deployment(md, resolved, placement, settings)
+        desired.append((dep, observed.deployment))
+        rolling = _needs_apply(dep, observed.deployment)
+    else:
+        rolling = False
+    _apply(desired, actions)
+
+    if not downloaded:
+        _serving_conditions(observed, md, cond, downloaded=False)
+        cond("Ready", "False", "Downloading", msg)
+        return finish("Downloading", 10.0)
+    return _serving(md, observed, cond, finish, rolling)
+
+
+def _apply(desired: list[tuple[dict, dict | None]], actions: list[Action]) -> None:
+    for body, seen in desired:
+        if _needs_apply(body, seen):
+            actions.append(Action("apply", body["kind"], body["metadata"]["name"], body, exists=seen is not None))
+
+
+def _serving_conditions(observed: Observed, md: ModelDeployment, cond, downloaded: bool | None) -> tuple[int, int]:
+    """Available from what runs now (an older revision may still serve)."""
+    dep_status = ((observed.deployment or {}).get("status") or {})
+    ready = int(dep_status.get("readyReplicas") or 0)
+    if observed.deployment is None:
+        reason = "WaitingForDownload" if downloaded is False else "NotCreated"
+        cond("Available", "False", reason, "no serving replica yet")
+    elif ready > 0:
+        cond("Available", "True", "ReplicasAvailable", f"{ready} replica(s) ready")
+    elif md.spec.replicas == 0:
+        cond("Available", "False", "ScaledToZero", "replicas is 0: nothing serves; the weights are kept")
+    else:
+        problems = pod_problems(observed.pods)
+        cond("Available", "False", "NoReplicaReady",
+             "; ".join(problems) if problems else "waiting for the engine to load the model and pass its probes")
+    return ready, int(dep_status.get("updatedReplicas") or 0)
+
+
+def _serving(md: ModelDeployment, observed: Observed, cond, finish, rolling: bool) -> Plan:
+    want = md.spec.replicas
+    ready, updated = _serving_conditions(observed, md, cond, downloaded=True)
+    dep = observed.deployment or {}
+    settled = (not rolling and dep and int((dep.get("status") or {}).get("observedGeneration") or 0)
+               >= int(dep.get("metadata", {}).get("generation") or 0))
+    if want == 0 and settled:
+        cond("Ready", "True", "ScaledToZero", "replicas is 0: nothing serves; scale up to serve again")
+        return finish("Ready")
+    if settled and ready >= want and updated >= want:
+        cond("Ready", "True", "Ready", f"{ready}/{want} replicas ready")
+        return finish("Ready")
+    problems = pod_problems(observed.pods)
+    detail = ("; " + "; ".join(problems)) if problems else ""
+    if rolling or not settled or updated < want:
+        cond("Ready", "False", "RollingOut", f"rolling out the serving pods: {updated}/{want} updated, "
+                                             f"{ready} ready{detail}")
+        return finish("Starting", 15.0)
+    cond("Ready", "False", "ReplicasNotReady", f"{ready}/{want} replicas ready{detail}")
+    return finish("Degraded" if ready > 0 else "Starting", 15.0)

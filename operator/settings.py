@@ -1,0 +1,158 @@
+"""The operator's configuration: one typed object, read once at start-up.
+
+Sources, later ones winning: the defaults below; a YAML file named by `MODELSHIP_CONFIG`
+(the Helm chart mounts one); environment variables `MODELSHIP_<FIELD>` (nested fields with
+`__`, for example `MODELSHIP_IMAGES__TGI`). Every field is documented in the README's
+"Configuration" section, which is checked against this file by a test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from . import __version__
+
+
+class PoolProfile(BaseModel):
+    """A node pool: where serving pods of ModelDeployments that name it run."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector",
+                                          description="Node labels the pods require.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Taints the pods tolerate.")
+    affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules (Kubernetes `Affinity`).")
+    gpu_resource: str | None = Field(None, alias="gpuResource",
+                                     description="Extended resource name of the pool's GPUs (for example "
+                                                 "`nvidia.com/gpu`); unset for a CPU-only pool.")
+    max_gpus: int | None = Field(None, alias="maxGpus", description="Most GPUs one node of the pool has.")
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Default `requests`/`limits` of serving containers in this pool.")
+
+
+def default_pools() -> dict[str, PoolProfile]:
+    gpu = "nvidia.com/gpu"
+    return {
+        "gpu": PoolProfile(node_selector={"modelship.io/pool": "gpu"}, gpu_resource=gpu, max_gpus=8,
+                           tolerations=[{"key": gpu, "operator": "Exists", "effect": "NoSchedule"}],
+                           resources={"requests": {"cpu": "4", "memory": "16Gi"}}),
+        "cpu": PoolProfile(node_selector={"modelship.io/pool": "cpu"},
+                           resources={"requests": {"cpu": "1", "memory": "1Gi"}}),
+    }
+
+
+class Images(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    tgi: str = Field("ghcr.io/huggingface/text-generation-inference:3.3.4", description="TGI's image.")
+    llamacpp_cpu: str = Field("ghcr.io/ggml-org/llama.cpp:server", alias="llamacppCpu",
+                              description="llama.cpp's server image for CPU pools.")
+    llamacpp_cuda: str = Field("ghcr.io/ggml-org/llama.cpp:server-cuda", alias="llamacppCuda",
+                               description="llama.cpp's server image for GPU pools.")
+    modelship: str = Field(f"ghcr.io/modelship/modelship:{__version__}",
+                           description="This project's image, for the download Jobs.")
+
+
+class _YamlFile(PydanticBaseSettingsSource):
+    """Values from the YAML file named by MODELSHIP_CONFIG (camelCase or snake_case keys)."""
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("MODELSHIP_CONFIG")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read the configuration file {path} (MODELSHIP_CONFIG): {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} (MODELSHIP_CONFIG) must hold a mapping of settings")
+        return data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
+        return None, field_name, False
+
+
+class ConfigError(Exception):
+    """The operator's configuration is unusable; the message says what to fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELSHIP_", env_nested_delimiter="__", extra="forbid",
+                                      populate_by_name=True)
+
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                  description="Namespaces to watch; empty watches the whole cluster.")
+    hub_endpoint: str = Field("https://huggingface.co", alias="hubEndpoint",
+                              description="Default Hugging Face Hub endpoint (or mirror) for `spec.model.endpoint`.")
+    catalog_file: Path | None = Field(
+        None, alias="catalogFile",
+        description="A YAML list of pre-resolved models (`status.resolved` entries, each with `repo` and "
+                    "`revision`), used instead of asking the Hub: for air-gapped clusters and tests.")
+    pools: dict[str, PoolProfile] = Field(default_factory=default_pools,
+                                          description="Node-pool profiles, by name.")
+    default_gpu_pool: str = Field("gpu", alias="defaultGpuPool",
+                                  description="Pool for TGI and for ModelDeployments with `gpus` > 0.")
+    default_cpu_pool: str = Field("cpu", alias="defaultCpuPool", description="Pool for the others.")
+    images: Images = Field(default_factory=Images, description="Container images.")
+    storage_margin_percent: int = Field(10, alias="storageMarginPercent", ge=0, le=1000,
+                                        description="Volume size = files' total + this margin (at least 1Gi).")
+    download_backoff_limit: int = Field(4, alias="downloadBackoffLimit", ge=0,
+                                        description="Retries of a failed download pod before the Job fails.")
+    download_deadline_seconds: int = Field(6 * 3600, alias="downloadDeadlineSeconds", ge=60,
+                                           description="A download Job running longer than this fails.")
+    startup_timeout_seconds: int = Field(1800, alias="startupTimeoutSeconds", ge=60,
+                                         description="How long an engine may take to load the model before its "
+                                                     "startup probe gives up and the pod restarts.")
+    resync_seconds: float = Field(60, alias="resyncSeconds", gt=0,
+                                  description="Every ModelDeployment is reconciled at least this often, even "
+                                              "without events.")
+    metrics_port: int = Field(9090, alias="metricsPort", description="Port of the Prometheus `/metrics`; 0: off.")
+    health_port: int = Field(8081, alias="healthPort", description="Port of the liveness endpoint `/healthz`.")
+    bind_host: str = Field("0.0.0.0", alias="bindHost", description="Address the metrics and health ports bind.")
+    standalone: bool = Field(True, description="Run without Kopf peering (one operator replica). Set false, with "
+                                               "the peering CRDs installed, to run several replicas of which one "
+                                               "is active.")
+    field_manager: str = Field("modelship", alias="fieldManager",
+                               description="Server-side apply field manager of the objects the operator owns.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, env_settings, _YamlFile(settings_cls)
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, v):
+        if isinstance(v, str):  # MODELSHIP_NAMESPACES=a,b
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    def check(self) -> "Settings":
+        for name in (self.default_gpu_pool, self.default_cpu_pool):
+            if name not in self.pools:
+                raise ConfigError(f"default pool {name!r} is not among the configured pools "
+                                  f"({', '.join(sorted(self.pools)) or 'none'}); add it under `pools`")
+        if self.pools[self.default_gpu_pool].gpu_resource is None:
+            raise ConfigError(f"defaultGpuPool {self.default_gpu_pool!r} has no gpuResource; set one")
+        return self
+
+
+def load(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides).check()
+    except SettingsError as e:
+        raise ConfigError(f"invalid operator setting: {e} (from MODELSHIP_* variables; nested values are JSON)") from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid operator setting {where}: {first['msg']} "
+                          f"(from MODELSHIP_CONFIG or MODELSHIP_* variables)") from e
