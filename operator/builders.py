@@ -164,6 +164,8 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
                         {"name": "tmp", "emptyDir": {}}],
         },
     }
+    if settings.download_pool:
+        _schedule(pod["spec"], settings.pools[settings.download_pool])
     return _finish({
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "labels": labels(md, "download"),
@@ -172,6 +174,16 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
                  "activeDeadlineSeconds": settings.download_deadline_seconds,
                  "template": pod},
     }, md)
+
+
+def _schedule(pod_spec: dict, profile: PoolProfile) -> None:
+    """The pool's node selector, tolerations and affinity."""
+    if profile.node_selector:
+        pod_spec["nodeSelector"] = dict(profile.node_selector)
+    if profile.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in profile.tolerations]
+    if profile.affinity:
+        pod_spec["affinity"] = profile.affinity
 
 
 def _flag(args: list[str], flag: str, value: object) -> None:
@@ -240,14 +252,16 @@ def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
     if engine == "tgi":
         env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf"}]
     env += [e.wire() for e in md.spec.engine.env]
-    probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5}
+    def probe(period: int, failures: int) -> dict:
+        return {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5, "periodSeconds": period,
+                "failureThreshold": failures}
     container = {
         "name": engine, "image": engine_image(md, engine, gpus, settings), "args": args, "env": env,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "startupProbe": {**probe, "periodSeconds": 5,
-                         "failureThreshold": max(1, settings.startup_timeout_seconds // 5)},
-        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
+        # Startup is generous (big models load for minutes); liveness and readiness begin after it.
+        "startupProbe": probe(5, max(1, settings.startup_timeout_seconds // 5)),
+        "readinessProbe": probe(5, 2),
+        "livenessProbe": probe(10, 6),
         "resources": _resources(md, placement),
         "securityContext": _restricted_container(),
         "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
@@ -266,13 +280,7 @@ def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
         "containers": [container],
         "volumes": volumes,
     }
-    profile = placement.profile
-    if profile.node_selector:
-        pod_spec["nodeSelector"] = dict(profile.node_selector)
-    if profile.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in profile.tolerations]
-    if profile.affinity:
-        pod_spec["affinity"] = profile.affinity
+    _schedule(pod_spec, placement.profile)
     template_labels = {**labels(md, "server"), "modelship.io/engine": engine}
     template = {"metadata": {"labels": template_labels}, "spec": pod_spec}
     template["metadata"]["annotations"] = {SPEC_HASH: digest(template), "modelship.io/revision": resolved.sha}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -40,6 +41,9 @@ def source_hash(spec: api.ModelDeploymentSpec) -> str:
 class Controller:
     def __init__(self, settings: Settings, kube: Kube, resolver: Resolver):
         self.settings, self.kube, self.resolver = settings, kube, resolver
+        # Fault injection for the restart test: exit abruptly after N child writes.
+        failpoint = os.environ.get("MODELSHIP_FAILPOINT_EXIT_AFTER_WRITES")
+        self.writes_left = int(failpoint) if failpoint else None
         self.queue = WorkQueue(self._handle, workers=4)
         self.phases: dict[tuple[str, str], str] = {}
 
@@ -88,6 +92,11 @@ class Controller:
         for action in p.actions:
             await asyncio.to_thread(self.kube.execute, action, namespace)
             CHILD_WRITES.labels(action.kind, action.verb).inc()
+            if self.writes_left is not None:
+                self.writes_left -= 1
+                if self.writes_left <= 0:
+                    log.error("failpoint: exiting abruptly after a child write, mid-reconcile")
+                    os._exit(137)
             message = f"{action.past_tense()} {action.kind} {action.name}"
             log.info("%s (for ModelDeployment %s/%s)", message, namespace, name)
             await asyncio.to_thread(self.kube.post_event, md, Event("Normal", action.past_tense(), message))

@@ -67,6 +67,10 @@ def run(repo: str, revision: str, endpoint: str | None, dest: str, files: list[s
             log(f"ok {rel} ({size} bytes) [{done}/{total} bytes]")
             continue
         log(f"fetching {rel}: {problem}")
+        if problem != "missing":  # never keep a wrong copy (nor the blob a snapshot link points to)
+            if target.is_symlink() or os.path.islink(root / rel):
+                Path(os.path.realpath(root / rel)).unlink(missing_ok=True)
+            (root / rel).unlink(missing_ok=True)
         try:
             from huggingface_hub import hf_hub_download
 

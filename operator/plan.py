@@ -104,7 +104,7 @@ def place(md: ModelDeployment, engine: str, settings: Settings) -> Placement:
 def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:
     size = md.spec.storage.size
     if size is not None and quantity_bytes(size) < resolved.total_bytes:
-        need = builders.volume_size(resolved.total_bytes, 0)
+        need = f"{-(-resolved.total_bytes // builders.GIB)}Gi"
         raise SpecError("StorageTooSmall", f"storage.size {size} is smaller than the model's files "
                                            f"({resolved.total_bytes} bytes): set it to at least {need}, or "
                                            f"remove it to size the volume automatically")
@@ -277,7 +277,8 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         _apply(desired, actions)
         return finish("Failed")
     else:
-        desired.append((job, current))
+        if current is None:  # a Job's pod template is immutable; its name already fingerprints it
+            desired.append((job, None))
         msg = (f"downloading {len(resolved.files)} files ({human_bytes(total)}) with Job {job['metadata']['name']}")
         if md.spec.storage.shared_cache:
             msg += " (storage.sharedCache is not implemented yet: a dedicated volume is used)"

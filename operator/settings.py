@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel, to_snake
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -73,7 +74,7 @@ class _YamlFile(PydanticBaseSettingsSource):
             raise ConfigError(f"cannot read the configuration file {path} (MODELSHIP_CONFIG): {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path} (MODELSHIP_CONFIG) must hold a mapping of settings")
-        return data
+        return {to_snake(k): v for k, v in data.items()}  # the file may use camelCase, as the README does
 
     def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
         return None, field_name, False
@@ -89,37 +90,40 @@ class Settings(BaseSettings):
 
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                   description="Namespaces to watch; empty watches the whole cluster.")
-    hub_endpoint: str = Field("https://huggingface.co", alias="hubEndpoint",
+    hub_endpoint: str = Field("https://huggingface.co",
                               description="Default Hugging Face Hub endpoint (or mirror) for `spec.model.endpoint`.")
     catalog_file: Path | None = Field(
-        None, alias="catalogFile",
+        None,
         description="A YAML list of pre-resolved models (`status.resolved` entries, each with `repo` and "
                     "`revision`), used instead of asking the Hub: for air-gapped clusters and tests.")
     pools: dict[str, PoolProfile] = Field(default_factory=default_pools,
                                           description="Node-pool profiles, by name.")
-    default_gpu_pool: str = Field("gpu", alias="defaultGpuPool",
+    default_gpu_pool: str = Field("gpu",
                                   description="Pool for TGI and for ModelDeployments with `gpus` > 0.")
-    default_cpu_pool: str = Field("cpu", alias="defaultCpuPool", description="Pool for the others.")
+    default_cpu_pool: str = Field("cpu", description="Pool for the others.")
+    download_pool: str | None = Field(None,
+                                      description="Pool whose node selector and tolerations the download Jobs "
+                                                  "use; unset: any node the scheduler picks.")
     images: Images = Field(default_factory=Images, description="Container images.")
-    storage_margin_percent: int = Field(10, alias="storageMarginPercent", ge=0, le=1000,
+    storage_margin_percent: int = Field(10, ge=0, le=1000,
                                         description="Volume size = files' total + this margin (at least 1Gi).")
-    download_backoff_limit: int = Field(4, alias="downloadBackoffLimit", ge=0,
+    download_backoff_limit: int = Field(4, ge=0,
                                         description="Retries of a failed download pod before the Job fails.")
-    download_deadline_seconds: int = Field(6 * 3600, alias="downloadDeadlineSeconds", ge=60,
+    download_deadline_seconds: int = Field(6 * 3600, ge=60,
                                            description="A download Job running longer than this fails.")
-    startup_timeout_seconds: int = Field(1800, alias="startupTimeoutSeconds", ge=60,
+    startup_timeout_seconds: int = Field(1800, ge=60,
                                          description="How long an engine may take to load the model before its "
                                                      "startup probe gives up and the pod restarts.")
-    resync_seconds: float = Field(60, alias="resyncSeconds", gt=0,
+    resync_seconds: float = Field(60, gt=0,
                                   description="Every ModelDeployment is reconciled at least this often, even "
                                               "without events.")
-    metrics_port: int = Field(9090, alias="metricsPort", description="Port of the Prometheus `/metrics`; 0: off.")
-    health_port: int = Field(8081, alias="healthPort", description="Port of the liveness endpoint `/healthz`.")
-    bind_host: str = Field("0.0.0.0", alias="bindHost", description="Address the metrics and health ports bind.")
+    metrics_port: int = Field(9090, description="Port of the Prometheus `/metrics`; 0: off.")
+    health_port: int = Field(8081, description="Port of the liveness endpoint `/healthz`.")
+    bind_host: str = Field("0.0.0.0", description="Address the metrics and health ports bind.")
     standalone: bool = Field(True, description="Run without Kopf peering (one operator replica). Set false, with "
                                                "the peering CRDs installed, to run several replicas of which one "
                                                "is active.")
-    field_manager: str = Field("modelship", alias="fieldManager",
+    field_manager: str = Field("modelship",
                                description="Server-side apply field manager of the objects the operator owns.")
 
     @classmethod
@@ -139,6 +143,9 @@ class Settings(BaseSettings):
             if name not in self.pools:
                 raise ConfigError(f"default pool {name!r} is not among the configured pools "
                                   f"({', '.join(sorted(self.pools)) or 'none'}); add it under `pools`")
+        if self.download_pool and self.download_pool not in self.pools:
+            raise ConfigError(f"downloadPool {self.download_pool!r} is not among the configured pools "
+                              f"({', '.join(sorted(self.pools))}); add it under `pools` or unset it")
         if self.pools[self.default_gpu_pool].gpu_resource is None:
             raise ConfigError(f"defaultGpuPool {self.default_gpu_pool!r} has no gpuResource; set one")
         return self
@@ -153,6 +160,6 @@ def load(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid operator setting: {e} (from MODELSHIP_* variables; nested values are JSON)") from e
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(to_camel(str(p)) for p in first["loc"])
         raise ConfigError(f"invalid operator setting {where}: {first['msg']} "
                           f"(from MODELSHIP_CONFIG or MODELSHIP_* variables)") from e

@@ -1,0 +1,213 @@
+"""Fixtures for the operator's integration tests: the CRD installed once, and the real
+operator (`modelship operator`) run as a subprocess per test, watching that test's namespace,
+with a catalog of pre-resolved models (Hub resolution is not what these tests are about)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..conftest import REPO, Cluster, wait_for
+
+SMOLLM2_SHA = "9a1b2c3d4e5f60718293a4b5c6d7e8f901234567"
+TINY_SHA = "1111111111111111111111111111111111111111"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_entry() -> dict:
+    from modelship_testbed.demo import smollm2_dir
+
+    path = Path(smollm2_dir()) / SMOLLM2_FILE
+    return {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "revision": "main", "sha": SMOLLM2_SHA,
+            "engine": "llamacpp", "format": "gguf", "modelFile": SMOLLM2_FILE, "quantization": "Q4_1",
+            "files": [{"path": SMOLLM2_FILE, "size": path.stat().st_size}], "totalBytes": path.stat().st_size}
+
+
+def catalog() -> list[dict]:
+    tiny = [{"path": "config.json", "size": 2}, {"path": "model.safetensors", "size": 3}]
+    return [smollm2_entry(),
+            {"repo": "modelship-test/tiny-llama", "revision": "main", "sha": TINY_SHA, "engine": "tgi",
+             "format": "safetensors", "files": tiny, "totalBytes": 5},
+            {"repo": "modelship-test/tiny-llama-GGUF", "revision": "main", "sha": TINY_SHA, "engine": "llamacpp",
+             "format": "gguf", "modelFile": "tiny.Q4_K_M.gguf", "quantization": "Q4_K_M",
+             "files": [{"path": "tiny.Q4_K_M.gguf", "size": 4}], "totalBytes": 4}]
+
+
+# Pools for the test bed: kwok nodes stand in for GPU and CPU pools; "local" is the node whose
+# pods really run. Download Jobs run on the local node, so they really complete.
+POOLS = {
+    "gpu": {"nodeSelector": {"modelship.io/pool": "gpu", "type": "kwok"}, "gpuResource": "nvidia.com/gpu",
+            "maxGpus": 8, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    "cpu": {"nodeSelector": {"modelship.io/pool": "cpu", "type": "kwok"}},
+    "local": {"nodeSelector": {"modelship.io/local-node": "true"}},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Operator:
+    cluster: Cluster
+    namespace: str
+    workdir: Path
+    env_extra: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    metrics_port: int = 0
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "operator.log"
+
+    def start(self, pools: dict | None = None, **env: str) -> "Operator":
+        self.metrics_port = free_port()
+        config = {"catalogFile": str(self.workdir / "catalog.yaml"), "pools": pools or POOLS, "downloadPool": "local",
+                  "metricsPort": self.metrics_port, "healthPort": free_port(), "bindHost": "127.0.0.1",
+                  "resyncSeconds": 20}
+        (self.workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog()))
+        (self.workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        full_env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig,
+                    "MODELSHIP_CONFIG": str(self.workdir / "config.yaml"), **self.env_extra, **env}
+        self.starts += 1
+        log = open(self.log_path, "a")
+        log.write(f"--- start {self.starts}\n")
+        log.flush()
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator",
+                                      "--namespace", self.namespace], env=full_env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+@pytest.fixture
+def kwok_pools(cluster, core, local_node):
+    """A GPU and a CPU kwok node of this test's own, and pool profiles that select only them,
+    so placement checks hold whatever pools the cluster already has."""
+    import uuid
+
+    from modelship_testbed.nodepools import kwok_node
+
+    tag = uuid.uuid4().hex[:6]
+    nodes = [kwok_node("gpu", 9100, "NVIDIA-H100-80GB-HBM3"), kwok_node("cpu", 9100, "")]
+    for n in nodes:
+        n["metadata"]["name"] += f"-{tag}"
+        n["metadata"]["labels"]["kubernetes.io/hostname"] = n["metadata"]["name"]
+        n["metadata"]["labels"]["test"] = tag
+        core.create_node(n)
+    pools = {name: {**p, "nodeSelector": {**p["nodeSelector"], "test": tag}} if name != "local" else p
+             for name, p in POOLS.items()}
+    yield pools
+    for n in nodes:
+        core.delete_node(n["metadata"]["name"])
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelship.io", "--timeout=60s")
+
+
+@pytest.fixture
+def operator(cluster, namespace, crd_installed, tmp_path):
+    op = Operator(cluster, namespace, tmp_path)
+    yield op
+    op.stop()
+    if op.proc and op.proc.returncode not in (0, -15, None):
+        print(op.log()[-4000:])
+
+
+def md_status(cluster: Cluster, namespace: str, name: str) -> dict:
+    return json.loads(cluster.kubectl("get", "md", name, "-n", namespace, "-o", "json")).get("status") or {}
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def wait_phase(cluster: Cluster, op: Operator, name: str, phase: str, timeout: float = 90) -> dict:
+    def check():
+        st = md_status(cluster, op.namespace, name)
+        return st if st.get("phase") == phase else None
+
+    return wait_for(check, timeout, f"ModelDeployment {name} to be {phase}",
+                    lambda: cluster.kubectl("get", "md,deploy,job,pod,pvc", "-n", op.namespace, "-o", "wide",
+                                            check=False) + json.dumps(md_status(cluster, op.namespace, name),
+                                                                      indent=1) + "\n--- operator log\n"
+                    + op.log()[-3000:])
+
+
+def children(cluster: Cluster, namespace: str, name: str) -> dict[str, list[str]]:
+    out = {}
+    for kind in ("deployments", "jobs", "services", "persistentvolumeclaims"):
+        items = json.loads(cluster.kubectl("get", kind, "-n", namespace, "-l", f"modelship.io/deployment={name}",
+                                           "-o", "json"))["items"]
+        out[kind] = sorted(i["metadata"]["name"] for i in items)
+    return out
+
+
+def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded") -> Path:
+    """A PVC holding SmolLM2 in the Hub cache layout, as an air-gapped cluster would have it."""
+    from modelship_testbed.demo import smollm2_dir
+
+    cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+                  namespace)
+    volume = wait_for(lambda: json.loads(cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "json"))
+                      ["spec"].get("volumeName"), 30, f"PVC {claim} to be bound")
+    path = Path(json.loads(cluster.kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])
+    snap = path / "models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF" / "snapshots" / SMOLLM2_SHA
+    snap.mkdir(parents=True, exist_ok=True)
+    src = Path(smollm2_dir()) / SMOLLM2_FILE
+    try:
+        os.link(src, snap / SMOLLM2_FILE)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, snap / SMOLLM2_FILE)
+    return snap
+
+
+def seed_volume(cluster: Cluster, namespace: str, claim: str, repo: str, sha: str, files: dict[str, bytes]) -> None:
+    """Write files into a bound claim's folder (the local provisioner's hostPath)."""
+    volume = wait_for(lambda: json.loads(cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "json"))
+                      ["spec"].get("volumeName"), 30, f"PVC {claim} to be bound")
+    path = Path(json.loads(cluster.kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])
+    snap = path / f"models--{repo.replace('/', '--')}" / "snapshots" / sha
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (snap / name).write_bytes(data)
+
+
+def until(seconds: float) -> float:
+    return time.monotonic() + seconds

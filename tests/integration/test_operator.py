@@ -1,0 +1,223 @@
+"""The operator on the test bed: the real `modelship operator` process against the real API
+server, its children scheduled on kwok pools and on the local node (where pods really run)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import yaml
+
+from ..conftest import wait_for
+from .conftest import (SMOLLM2_SHA, TINY_SHA, children, condition, md_status, preload_claim, seed_volume,
+                       wait_phase)
+
+pytestmark = [pytest.mark.integration]
+
+
+def smollm2(name: str = "smollm2", **spec) -> dict:
+    return {"apiVersion": "modelship.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": {"model": {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "quantization": "Q4_1"},
+                     "pool": "local", "storage": {"existingClaim": "preloaded"},
+                     "serving": {"contextLength": 2048, "chatTemplate": "chatml", "threads": 1}, **spec}}
+
+
+def tiny(name: str, repo: str = "modelship-test/tiny-llama", **spec) -> dict:
+    return {"apiVersion": "modelship.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": {"model": {"repo": repo}, **spec}}
+
+
+def get(cluster, kind: str, name: str, ns: str) -> dict:
+    return json.loads(cluster.kubectl("get", kind, name, "-n", ns, "-o", "json"))
+
+
+def node_labels(cluster, node: str) -> dict:
+    return json.loads(cluster.kubectl("get", "node", node, "-o", "json"))["metadata"]["labels"]
+
+
+def serving_pods(cluster, ns: str, name: str) -> list[dict]:
+    return json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l",
+                                      f"modelship.io/deployment={name},app.kubernetes.io/component=server",
+                                      "-o", "json"))["items"]
+
+
+def call_endpoint(cluster, status: dict) -> str:
+    """POST a chat completion to the endpoint the status names. The test bed has no cluster DNS
+    and no kube-proxy, so the Service name in the URL is resolved the way a router does it:
+    through the Service's EndpointSlices, to a ready pod address and its port."""
+    ep = status["endpoint"]
+    host = urlparse(ep["openAIBaseURL"]).hostname
+    svc_name, ns = host.split(".")[:2]
+    slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", ns, "-l",
+                                        f"kubernetes.io/service-name={svc_name}", "-o", "json"))["items"]
+    addr, port = next((e["addresses"][0], s["ports"][0]["port"]) for s in slices for e in s.get("endpoints") or []
+                      if (e.get("conditions") or {}).get("ready"))
+    r = httpx.post(f"http://{addr}:{port}{urlparse(ep['openAIBaseURL']).path}/chat/completions", timeout=120,
+                   json={"model": ep["model"], "max_tokens": 32, "temperature": 0,
+                         "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    r.raise_for_status()
+    return r.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.localnode
+@pytest.mark.slow
+def test_llamacpp_with_weights_on_the_volume_becomes_ready_and_answers(cluster, namespace, local_node, operator):
+    preload_claim(cluster, namespace)
+    operator.start()
+    manifest = yaml.safe_dump(smollm2())
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest)
+    # kubectl wait on the Ready condition, as a user (or a pipeline) would.
+    cluster.kubectl("wait", "--for=condition=Ready", "md/smollm2", "-n", namespace, "--timeout=180s")
+    status = md_status(cluster, namespace, "smollm2")
+    assert status["phase"] == "Ready" and status["observedGeneration"] == 1
+    assert status["resolved"]["sha"] == SMOLLM2_SHA and status["resolved"]["engine"] == "llamacpp"
+    assert status["readyReplicas"] == 1 and status["download"]["percent"] == 100
+    assert status["endpoint"]["openAIBaseURL"] == f"http://smollm2.{namespace}.svc/v1"
+    for type_ in ("Resolved", "Downloaded", "Available", "Ready"):
+        c = condition(status, type_)
+        assert c["status"] == "True" and c["observedGeneration"] == 1 and c["reason"], c
+    assert "paris" in call_endpoint(cluster, status).lower()
+    pod = serving_pods(cluster, namespace, "smollm2")[0]
+    assert pod["spec"]["nodeName"] == local_node
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("-m") + 1].endswith(f"/snapshots/{SMOLLM2_SHA}/SmolLM2-135M-Instruct.Q4_1.gguf")
+    # GitOps: the operator never writes what the user applied.
+    diff = subprocess.run([cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "diff", "-n", namespace,
+                           "-f", "-"], input=manifest, capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    meta = get(cluster, "md", "smollm2", namespace)["metadata"]
+    assert not meta.get("finalizers") and not any(k.startswith("modelship.io") for k in meta.get("annotations", {}))
+    # The printer columns, and the Events the operator posted.
+    row = cluster.kubectl("get", "md", "smollm2", "-n", namespace).splitlines()
+    assert row[0].split()[:6] == ["NAME", "ENGINE", "READY", "REPLICAS", "PHASE", "REVISION"]
+    assert row[1].split()[1:6] == ["llamacpp", "1", "1", "Ready", SMOLLM2_SHA[:7]]
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.kind=ModelDeployment")
+    assert "Created Deployment smollm2" in events and "Created Job smollm2-fetch-" in events
+    metrics = operator.metrics()
+    assert 'modelship_modeldeployments{phase="Ready"} 1.0' in metrics
+    assert 'modelship_reconciles_total{result="success"}' in metrics
+
+
+@pytest.mark.localnode
+def test_pools_children_rollout_scale_and_delete(cluster, namespace, operator, kwok_pools):
+    """TGI lands on the GPU pool, llama.cpp on the CPU pool; the children have the right shape;
+    a spec change rolls the Deployment; `kubectl scale` works; delete removes every child."""
+    operator.start(pools=kwok_pools)
+    cluster.apply(tiny("tgi-model"), namespace)
+    cluster.apply(tiny("cpp-model", repo="modelship-test/tiny-llama-GGUF"), namespace)
+    # The download Jobs check the weights on the new volumes; put them there (the Job retries).
+    seed_volume(cluster, namespace, "tgi-model-weights", "modelship-test/tiny-llama", TINY_SHA,
+                {"config.json": b"{}", "model.safetensors": b"abc"})
+    seed_volume(cluster, namespace, "cpp-model-weights", "modelship-test/tiny-llama-GGUF", TINY_SHA,
+                {"tiny.Q4_K_M.gguf": b"gguf"})
+    wait_phase(cluster, operator, "tgi-model", "Ready", timeout=120)
+    wait_phase(cluster, operator, "cpp-model", "Ready", timeout=120)
+
+    tgi_pod = serving_pods(cluster, namespace, "tgi-model")[0]
+    assert node_labels(cluster, tgi_pod["spec"]["nodeName"])["modelship.io/pool"] == "gpu"
+    c = tgi_pod["spec"]["containers"][0]
+    assert c["image"].startswith("ghcr.io/huggingface/text-generation-inference")
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    cpp_pod = serving_pods(cluster, namespace, "cpp-model")[0]
+    assert node_labels(cluster, cpp_pod["spec"]["nodeName"])["modelship.io/pool"] == "cpu"
+    assert "nvidia.com/gpu" not in (cpp_pod["spec"]["containers"][0].get("resources", {}).get("limits") or {})
+
+    kids = children(cluster, namespace, "tgi-model")
+    assert kids["deployments"] == ["tgi-model"] and kids["services"] == ["tgi-model"]
+    assert kids["persistentvolumeclaims"] == ["tgi-model-weights"] and len(kids["jobs"]) == 1
+    pvc = get(cluster, "pvc", "tgi-model-weights", namespace)
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"  # 5 bytes + the 1Gi minimum margin, rounded
+    assert pvc["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+
+    # A spec change rolls the serving pods (a new pod template hash) and Ready follows.
+    dep = get(cluster, "deployment", "cpp-model", namespace)
+    old_hash = dep["spec"]["template"]["metadata"]["annotations"]["modelship.io/spec-hash"]
+    cluster.kubectl("patch", "md", "cpp-model", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"serving": {"parallel": 2}}}))
+    wait_for(lambda: md_status(cluster, namespace, "cpp-model").get("observedGeneration") == 2, 30,
+             "the operator to observe generation 2")
+    dep = get(cluster, "deployment", "cpp-model", namespace)
+    assert dep["spec"]["template"]["metadata"]["annotations"]["modelship.io/spec-hash"] != old_hash
+    assert "--parallel" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    wait_phase(cluster, operator, "cpp-model", "Ready", timeout=60)
+
+    # The scale subresource: kubectl scale on the ModelDeployment reaches the Deployment.
+    cluster.kubectl("scale", "md/cpp-model", "-n", namespace, "--replicas=2")
+    wait_for(lambda: get(cluster, "deployment", "cpp-model", namespace)["spec"]["replicas"] == 2, 30,
+             "the Deployment to have 2 replicas")
+    st = wait_phase(cluster, operator, "cpp-model", "Ready", timeout=60)
+    assert st["readyReplicas"] == 2 and st["selector"] == \
+        "modelship.io/deployment=cpp-model,app.kubernetes.io/component=server"
+
+    # Delete: the garbage collector removes every child through the owner references.
+    cluster.kubectl("delete", "md", "tgi-model", "cpp-model", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_for(lambda: not any(children(cluster, namespace, "tgi-model").values())
+             and not any(children(cluster, namespace, "cpp-model").values()), 60, "every child to be gone",
+             lambda: json.dumps(children(cluster, namespace, "tgi-model")))
+
+
+@pytest.mark.localnode
+def test_unusable_spec_gets_a_condition_and_no_children(cluster, namespace, operator):
+    operator.start()
+    cluster.apply(tiny("nopool", pool="nope"), namespace)
+    cluster.apply(tiny("gpus-on-cpu", repo="modelship-test/tiny-llama-GGUF", pool="cpu", gpus=1), namespace)
+    cluster.apply(tiny("unknown-repo", repo="modelship-test/absent"), namespace)
+    st = wait_phase(cluster, operator, "nopool", "Failed")
+    ready = condition(st, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "PoolNotFound"
+    assert "known pools: cpu, gpu, local" in ready["message"]
+    st = wait_phase(cluster, operator, "gpus-on-cpu", "Failed")
+    assert condition(st, "Ready")["reason"] == "PoolHasNoGPUs"
+    st = wait_phase(cluster, operator, "unknown-repo", "Failed")
+    assert condition(st, "Resolved")["reason"] == "RepoNotFound"
+    for name in ("nopool", "gpus-on-cpu", "unknown-repo"):
+        assert not any(children(cluster, namespace, name).values()), name
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning")
+    assert "PoolNotFound" in events
+    # No retry storm: a permanent error is not retried until something changes.
+    before = operator.metrics().count("\n")
+    lines = lambda: [l for l in operator.metrics().splitlines() if l.startswith("modelship_reconciles_total")]
+    first = lines()
+    import time
+
+    time.sleep(3)
+    assert lines() == first, (first, lines(), before)
+    # Fixing the spec recovers.
+    cluster.kubectl("patch", "md", "nopool", "-n", namespace, "--type=json",
+                    "-p", json.dumps([{"op": "remove", "path": "/spec/pool"}]))
+    wait_for(lambda: condition(md_status(cluster, namespace, "nopool"), "Ready").get("reason") != "PoolNotFound",
+             30, "the fixed ModelDeployment to move on")
+
+
+@pytest.mark.localnode
+@pytest.mark.slow
+def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster, namespace, local_node, operator):
+    preload_claim(cluster, namespace)
+    # The failpoint makes the operator exit abruptly (like SIGKILL) right after its first
+    # child write, in the middle of a reconcile.
+    operator.start(MODELSHIP_FAILPOINT_EXIT_AFTER_WRITES="1")
+    cluster.apply(smollm2(), namespace)
+    wait_for(lambda: operator.proc.poll() is not None, 30, "the operator to die at the failpoint")
+    assert operator.proc.returncode == 137
+    assert "failpoint" in operator.log()
+    half = children(cluster, namespace, "smollm2")
+    assert sum(len(v) for v in half.values()) == 1, half  # exactly one child was written
+    operator.start()
+    wait_phase(cluster, operator, "smollm2", "Ready", timeout=180)
+    kids = children(cluster, namespace, "smollm2")
+    assert kids["deployments"] == ["smollm2"] and kids["services"] == ["smollm2"] and len(kids["jobs"]) == 1, kids
+    assert len(serving_pods(cluster, namespace, "smollm2")) == 1
+    # A plain SIGTERM stops it cleanly, and a third start changes nothing that exists.
+    assert operator.stop(signal.SIGTERM) == 0
+    uids = {k: get(cluster, "deployment", "smollm2", namespace)["metadata"]["resourceVersion"] for k in ("d",)}
+    operator.start()
+    import time
+
+    time.sleep(4)
+    assert get(cluster, "deployment", "smollm2", namespace)["metadata"]["resourceVersion"] == uids["d"]
+    assert md_status(cluster, namespace, "smollm2")["phase"] == "Ready"

@@ -1,0 +1,84 @@
+"""The API's single source: the committed CRD and README reference match the models, and the
+generated schema is structural (what the API server requires of a CRD)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelship import api, crd
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_committed_crd_and_readme_reference_match_the_models():
+    stale = crd.write(REPO, check=True)
+    assert not stale, f"{stale} differ from operator/api.py: run `modelship crd` and commit the result"
+
+
+def _nodes(node: dict, path: str = ""):
+    yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from _nodes(child, f"{path}.{name}")
+    if "items" in node:
+        yield from _nodes(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _nodes(node["additionalProperties"], f"{path}{{}}")
+
+
+def schema() -> dict:
+    return crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_schema_is_structural_and_every_field_is_described():
+    for path, node in _nodes(schema()):
+        text = repr(node)
+        assert "$ref" not in text and "$defs" not in text and "'null'" not in text, path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        assert "anyOf" not in node or node.get("x-kubernetes-int-or-string"), f"{path} is a union"
+        if path.startswith((".spec", ".status")) and not path.endswith(("[]", "{}")):
+            assert node.get("description"), f"{path} has no description"
+
+
+def test_defaults_enums_and_subresources():
+    doc = schema()["properties"]["spec"]["properties"]
+    assert doc["model"]["properties"]["revision"]["default"] == "main"
+    assert doc["replicas"]["default"] == 1
+    assert doc["engine"]["default"] == {} and doc["engine"]["properties"]["type"]["default"] == "auto"
+    assert doc["engine"]["properties"]["type"]["enum"] == ["auto", "tgi", "llamacpp"]
+    assert doc["storage"]["properties"]["accessMode"]["enum"][0] == "ReadWriteOnce"
+    version = crd.crd()["spec"]["versions"][0]
+    assert version["subresources"]["status"] == {}
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns[:5] == ["Engine", "Ready", "Replicas", "Phase", "Revision"] and columns[-1] == "Age"
+    assert crd.crd()["spec"]["names"]["shortNames"] == ["md", "mdep"]
+
+
+def test_status_has_no_defaults_and_conditions_are_a_map_by_type():
+    status = schema()["properties"]["status"]
+    assert all("default" not in n for _, n in _nodes(status))
+    conds = status["properties"]["conditions"]
+    assert conds["x-kubernetes-list-type"] == "map" and conds["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_the_models_refuse_what_the_crd_refuses():
+    with pytest.raises(ValueError):
+        api.ModelDeploymentSpec.model_validate({"model": {"repo": "a/b"}, "replica": 2})  # unknown field
+    with pytest.raises(ValueError):
+        api.ModelDeploymentSpec.model_validate({"model": {"repo": "a/b"}, "engine": {"type": "vllm"}})
+    spec = api.ModelDeploymentSpec.model_validate({"model": {"repo": "a/b"}})
+    assert spec.engine.type == "auto" and spec.model.revision == "main" and spec.replicas == 1
+
+
+def test_examples_are_valid_model_deployments():
+    import yaml
+
+    examples = sorted((REPO / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == api.KIND:
+                api.ModelDeployment.model_validate(doc)

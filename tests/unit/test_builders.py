@@ -1,0 +1,180 @@
+"""The pure builders, against golden YAML files.
+
+A golden file is the exact object the operator would apply. When a change is intended,
+regenerate them with `MODELSHIP_UPDATE_GOLDEN=1 pytest tests/unit/test_builders.py` and
+review the diff like any other change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelship import builders
+from modelship.api import ModelDeployment, ResolvedModel
+from modelship.plan import place
+from modelship.settings import Settings
+
+GOLDEN = Path(__file__).with_name("golden")
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def md(spec: dict, name: str = "m") -> ModelDeployment:
+    return ModelDeployment.model_validate({"apiVersion": "modelship.io/v1alpha1", "kind": "ModelDeployment",
+                                           "metadata": {"name": name, "namespace": "ns", "uid": "uid-1",
+                                                        "generation": 1}, "spec": spec})
+
+
+GGUF = ResolvedModel(repo="org/tiny-GGUF", revision="main", sha=SHA, short_sha=SHA[:7], engine="llamacpp",
+                     format="gguf", model_file="tiny-Q4_K_M-00001-of-00002.gguf", quantization="Q4_K_M",
+                     files=[{"path": "tiny-Q4_K_M-00001-of-00002.gguf", "size": 3 * 2**30, "sha256": "a" * 64},
+                            {"path": "tiny-Q4_K_M-00002-of-00002.gguf", "size": 2 * 2**30, "sha256": "b" * 64}],
+                     total_bytes=5 * 2**30)
+SAFETENSORS = ResolvedModel(repo="org/tiny", revision="v1", sha=SHA, short_sha=SHA[:7], engine="tgi",
+                            format="safetensors",
+                            files=[{"path": "config.json", "size": 700},
+                                   {"path": "model.safetensors", "size": 14 * 2**30, "sha256": "c" * 64}],
+                            total_bytes=14 * 2**30 + 700)
+
+CASES = {
+    "llamacpp-cpu": ({"model": {"repo": "org/tiny-GGUF", "quantization": "Q4_K_M"},
+                      "serving": {"contextLength": 8192, "parallel": 4, "threads": 8,
+                                  "generation": {"temperature": 0.2, "topP": 0.9, "topK": 40, "maxNewTokens": 256}},
+                      "engine": {"args": ["--no-webui"], "env": [{"name": "LLAMA_ARG_FLASH_ATTN", "value": "1"}]},
+                      "router": {"aliases": ["tiny"]}}, GGUF),
+    "llamacpp-gpu": ({"model": {"repo": "org/tiny-GGUF"}, "gpus": 1, "replicas": 2,
+                      "resources": {"requests": {"memory": "8Gi"}}}, GGUF),
+    "tgi": ({"model": {"repo": "org/tiny", "revision": "v1", "tokenSecretRef": {"name": "hf"}}, "gpus": 2,
+             "serving": {"maxConcurrentRequests": 64, "maxInputTokens": 4000, "maxTotalTokens": 4096,
+                         "dtype": "bfloat16"}}, SAFETENSORS),
+}
+
+
+def build_all(name: str) -> list[dict]:
+    spec, resolved = CASES[name]
+    m = md(spec)
+    settings = Settings()
+    placement = place(m, resolved.engine, settings)
+    return [builders.service(m), builders.pvc(m, resolved, settings),
+            builders.download_job(m, resolved, "https://huggingface.co", settings),
+            builders.deployment(m, resolved, placement, settings)]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_children_match_golden_files(name):
+    text = yaml.safe_dump_all(build_all(name), sort_keys=True, width=120)
+    path = GOLDEN / f"{name}.yaml"
+    if os.environ.get("MODELSHIP_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with MODELSHIP_UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"{name} differs from {path}; if intended, regenerate and review"
+
+
+def test_llamacpp_loads_the_first_shard_from_the_read_only_snapshot():
+    svc, pvc, job, dep = build_all("llamacpp-cpu")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    args = c["args"]
+    assert args[args.index("-m") + 1] == (f"/models/models--org--tiny-GGUF/snapshots/{SHA}/"
+                                          "tiny-Q4_K_M-00001-of-00002.gguf")
+    assert args[args.index("-c") + 1] == "8192" and args[args.index("--parallel") + 1] == "4"
+    assert "--jinja" in args and "--metrics" in args and args[args.index("--alias") + 1] == "m"
+    assert "-ngl" not in args and args[-1] == "--no-webui"
+    assert c["image"] == "ghcr.io/ggml-org/llama.cpp:server"
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "m-weights", "readOnly": True}
+    assert pod["nodeSelector"] == {"modelship.io/pool": "cpu"} and "tolerations" not in pod
+
+
+def test_gpu_pods_ask_for_gpus_tolerate_the_taint_and_use_the_cuda_image():
+    dep = build_all("llamacpp-gpu")[3]
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["resources"]["requests"]["memory"] == "8Gi"  # override wins over the pool's default
+    assert c["args"][c["args"].index("-ngl") + 1] == "999"
+    assert pod["nodeSelector"] == {"modelship.io/pool": "gpu"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_tgi_shards_over_its_gpus_offline():
+    svc, pvc, job, dep = build_all("tgi")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    a = c["args"]
+    assert a[a.index("--model-id") + 1] == f"/models/models--org--tiny/snapshots/{SHA}"
+    assert a[a.index("--num-shard") + 1] == "2" and a[a.index("--dtype") + 1] == "bfloat16"
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"]
+    assert c["image"].startswith("ghcr.io/huggingface/text-generation-inference:")
+    assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard():
+    for name in CASES:
+        for obj in build_all(name)[2:]:
+            pod = obj["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert pod["automountServiceAccountToken"] is False
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_token_reaches_the_download_job_only_through_a_secret_ref():
+    svc, pvc, job, dep = build_all("tgi")
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in env
+    assert "HF_TOKEN" not in yaml.safe_dump(dep)
+
+
+def test_volume_is_sized_from_the_files_with_a_margin():
+    assert build_all("tgi")[1]["spec"]["resources"]["requests"]["storage"] == "16Gi"  # 14 GiB + 10%, rounded up
+    assert builders.volume_size(100 * 2**20, 10) == "2Gi"  # at least 1 GiB of margin
+    m = md({"model": {"repo": "org/tiny"}, "storage": {"size": "50Gi", "storageClassName": "fast",
+                                                     "accessMode": "ReadWriteMany"}})
+    spec = builders.pvc(m, SAFETENSORS, Settings())["spec"]
+    assert spec == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}},
+                    "storageClassName": "fast"}
+
+
+def test_children_are_owned_labelled_and_hashed():
+    for obj in build_all("llamacpp-cpu"):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "ns"
+        assert meta["ownerReferences"] == [{"apiVersion": "modelship.io/v1alpha1", "kind": "ModelDeployment",
+                                            "name": "m", "uid": "uid-1", "controller": True,
+                                            "blockOwnerDeletion": True}]
+        assert meta["labels"]["modelship.io/deployment"] == "m"
+        assert len(meta["annotations"][builders.APPLIED_HASH]) == 16
+
+
+def test_a_spec_change_changes_the_pod_template_hash_and_a_scale_does_not():
+    a = md(CASES["llamacpp-cpu"][0])
+    changed = md({**CASES["llamacpp-cpu"][0], "serving": {"contextLength": 4096}})
+    scaled = md({**CASES["llamacpp-cpu"][0], "replicas": 3})
+    s = Settings()
+    p = place(a, "llamacpp", s)
+    h = lambda m: builders.deployment(m, GGUF, p, s)["spec"]["template"]["metadata"]["annotations"][builders.SPEC_HASH]
+    assert h(a) != h(changed)
+    assert h(a) == h(scaled)
+    dep = lambda m: builders.deployment(m, GGUF, p, s)["metadata"]["annotations"][builders.APPLIED_HASH]
+    assert dep(a) != dep(scaled)  # the Deployment itself is re-applied with the new replica count
+
+
+def test_download_job_name_follows_revision_and_files():
+    m = md({"model": {"repo": "org/tiny-GGUF"}})
+    other = GGUF.model_copy(update={"sha": "f" * 40})
+    assert builders.job_name(m, GGUF) != builders.job_name(m, other)
+    assert builders.job_name(m, GGUF) == builders.job_name(m, GGUF.model_copy())
+    assert len(builders.job_name(md({"model": {"repo": "a/b"}}, "x" * 48), GGUF)) <= 63
+
+
+@pytest.mark.parametrize("q,expected", [("20Gi", 20 * 2**30), ("1.5G", 1_500_000_000), ("1e9", 10**9),
+                                         (4096, 4096), ("100Mi", 100 * 2**20)])
+def test_quantity_bytes(q, expected):
+    assert builders.quantity_bytes(q) == expected

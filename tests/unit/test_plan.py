@@ -1,0 +1,512 @@
+"""The decisions of `modelship.plan`: from (desired, observed) to (actions, status), with no API server.
+
+Observed children are built with the operator's own builders (so their applied-hash matches what
+`plan()` wants) plus the `status` the API server would add.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from modelship import builders
+from modelship.api import ModelDeployment, ModelDeploymentStatus, ResolvedModel
+from modelship.plan import Observed, SpecError, choose_engine, place, plan, pod_problems
+from modelship.resolve import ResolveError
+from modelship.settings import Settings
+
+NAME, NS = "tiny", "ns1"
+ENDPOINT = "https://huggingface.co"
+T0, T1, T2 = "2025-01-01T00:00:00Z", "2025-01-01T00:05:00Z", "2025-01-01T00:10:00Z"
+GGUF_BYTES = 100_000_000
+
+
+def make_md(spec: dict | None = None, generation: int = 1, status: dict | None = None) -> ModelDeployment:
+    raw = {
+        "apiVersion": "modelship.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "0000-uid-1", "generation": generation},
+        "spec": {"model": {"repo": "org/tiny-GGUF"}, **(spec or {})},
+    }
+    if status is not None:
+        raw["status"] = status
+    return ModelDeployment.model_validate(raw)
+
+
+def gguf() -> ResolvedModel:
+    return ResolvedModel.model_validate({
+        "repo": "org/tiny-GGUF", "revision": "main", "sha": "a" * 40, "shortSha": "aaaaaaa",
+        "engine": "llamacpp", "format": "gguf", "modelFile": "tiny-Q4_K_M.gguf", "quantization": "Q4_K_M",
+        "files": [{"path": "tiny-Q4_K_M.gguf", "size": GGUF_BYTES, "sha256": "b" * 64}],
+        "totalBytes": GGUF_BYTES,
+    })
+
+
+def safetensors() -> ResolvedModel:
+    files = [{"path": "model.safetensors", "size": 3 * 1024 ** 3, "sha256": "c" * 64},
+             {"path": "config.json", "size": 700}]
+    return ResolvedModel.model_validate({
+        "repo": "org/tiny", "revision": "main", "sha": "d" * 40, "shortSha": "ddddddd", "engine": "tgi",
+        "format": "safetensors", "files": files, "totalBytes": sum(f["size"] for f in files),
+    })
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def cond(p, type_: str) -> dict:
+    found = [c for c in p.status["conditions"] if c["type"] == type_]
+    assert len(found) == 1, f"expected one {type_} condition, got {p.status['conditions']}"
+    return found[0]
+
+
+def applied(p) -> set[tuple[str, str]]:
+    return {(a.kind, a.name) for a in p.actions if a.verb == "apply"}
+
+
+# --- observed children, as the API server would show them --------------------------------------
+
+
+def obs_service(md):
+    return builders.service(md)
+
+
+def obs_pvc(md, resolved, size: str | None = None):
+    """The PVC as created earlier, from this spec or (with `size`) from one that set storage.size."""
+    if size is not None:
+        md = make_md({**md.spec.wire(), "storage": {**md.spec.storage.wire(), "size": size}})
+    pvc = builders.pvc(md, resolved, settings())
+    pvc["status"] = {"phase": "Bound", "capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"]}}
+    return pvc
+
+
+def obs_job(md, resolved, state: str | None = None, message: str = ""):
+    job = builders.download_job(md, resolved, ENDPOINT, settings())
+    if state == "Complete":
+        job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    elif state == "Failed":
+        job["status"] = {"failed": 5, "conditions": [{"type": "Failed", "status": "True",
+                                                      "reason": "BackoffLimitExceeded", "message": message}]}
+    else:
+        job["status"] = {"active": 1}
+    return job
+
+
+def obs_deployment(md, resolved, ready: int = 1, replicas: int | None = None, generation: int = 1,
+                   observed_generation: int | None = None, updated: int | None = None):
+    dep = builders.deployment(md, resolved, place(md, resolved.engine, settings()), settings())
+    dep["metadata"]["generation"] = generation
+    replicas = md.spec.replicas if replicas is None else replicas
+    dep["status"] = {"replicas": replicas, "readyReplicas": ready,
+                     "updatedReplicas": replicas if updated is None else updated,
+                     "observedGeneration": generation if observed_generation is None else observed_generation}
+    return dep
+
+
+def observed(md, resolved, job_state: str | None = "Running", deployment: dict | None = None, **kw) -> Observed:
+    """Every child present and current (job in `job_state`), plus a Deployment if given."""
+    return Observed(pvc=obs_pvc(md, resolved), jobs=[obs_job(md, resolved, job_state)],
+                    service=obs_service(md), deployment=deployment, **kw)
+
+
+def run(md, resolution, obs: Observed, now: str = T0):
+    return plan(md, resolution, copy.deepcopy(obs), settings(), now, ENDPOINT)
+
+
+# --- the happy path, step by step -------------------------------------------------------------
+
+
+def test_fresh_object_creates_service_volume_and_job():
+    md, r = make_md(), gguf()
+    p = run(md, r, Observed())
+    job_name = builders.job_name(md, r)
+    assert applied(p) == {("Service", NAME), ("PersistentVolumeClaim", f"{NAME}-weights"), ("Job", job_name)}
+    assert all(a.verb == "apply" and not a.exists for a in p.actions)
+    assert len(p.actions) == 3
+    assert p.status["phase"] == "Downloading"
+    assert cond(p, "Resolved")["status"] == "True"
+    d = cond(p, "Downloaded")
+    assert (d["status"], d["reason"]) == ("False", "Downloading")
+    assert job_name in d["message"]
+    assert cond(p, "Ready")["status"] == "False"
+    assert cond(p, "Available")["reason"] == "WaitingForDownload"
+    assert p.requeue_after is not None and p.requeue_after > 0
+    assert p.status["download"] == {"job": job_name, "bytesDone": 0, "bytesTotal": GGUF_BYTES, "percent": 0}
+    assert p.status["observedGeneration"] == 1
+    assert p.status["resolved"]["sha"] == "a" * 40
+    for c in p.status["conditions"]:
+        assert c["lastTransitionTime"] == T0 and c["observedGeneration"] == 1
+
+
+def test_fresh_pvc_is_sized_from_the_files_with_a_margin():
+    md, r = make_md(), safetensors()
+    p = run(md, r, Observed())
+    pvc = next(a.body for a in p.actions if a.kind == "PersistentVolumeClaim")
+    # 3 GiB + 700 B, plus at least 1 GiB, rounded up to whole GiB
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_job_running_needs_no_new_actions():
+    md, r = make_md(), gguf()
+    p = run(md, r, observed(md, r, "Running"))
+    assert p.actions == []
+    assert p.status["phase"] == "Downloading"
+    assert cond(p, "Downloaded")["reason"] == "Downloading"
+    assert p.requeue_after is not None
+
+
+def test_job_complete_creates_the_deployment():
+    md, r = make_md(), gguf()
+    p = run(md, r, observed(md, r, "Complete"))
+    assert [(a.verb, a.kind, a.name, a.exists) for a in p.actions] == [("apply", "Deployment", NAME, False)]
+    dep = p.actions[0].body
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"/models/models--org--tiny-GGUF/snapshots/{'a' * 40}/tiny-Q4_K_M.gguf" in args
+    d = cond(p, "Downloaded")
+    assert (d["status"], d["reason"]) == ("True", "Downloaded")
+    assert p.status["download"]["bytesDone"] == GGUF_BYTES and p.status["download"]["percent"] == 100
+    assert p.status["phase"] == "Starting"
+    assert cond(p, "Ready")["reason"] == "RollingOut"
+
+
+def test_ready_and_settled_deployment():
+    md, r = make_md(), gguf()
+    p = run(md, r, observed(md, r, "Complete", deployment=obs_deployment(md, r, ready=1)))
+    assert p.actions == []
+    assert p.status["phase"] == "Ready"
+    ready = cond(p, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Ready")
+    assert cond(p, "Available")["status"] == "True"
+    assert p.status["readyReplicas"] == 1 and p.status["replicas"] == 1
+    assert p.status["endpoint"]["url"] == f"http://{NAME}.{NS}.svc"
+    assert p.status["endpoint"]["openAIBaseURL"] == f"http://{NAME}.{NS}.svc/v1"
+    assert p.status["endpoint"]["model"] == NAME
+    assert p.requeue_after is None
+    assert [(e.type, e.reason) for e in p.events] == [("Normal", "Ready")]
+
+
+def test_deployment_not_yet_observed_by_its_controller_is_not_ready():
+    md, r = make_md(), gguf()
+    dep = obs_deployment(md, r, ready=1, generation=2, observed_generation=1)
+    p = run(md, r, observed(md, r, "Complete", deployment=dep))
+    assert p.actions == []
+    assert p.status["phase"] == "Starting"
+    assert cond(p, "Ready")["reason"] == "RollingOut"
+
+
+def test_spec_change_rolls_out_the_deployment():
+    old = make_md({"serving": {"threads": 2}})
+    r = gguf()
+    old_dep = obs_deployment(old, r, ready=1)
+    new = make_md({"serving": {"threads": 4}}, generation=2)
+    p = run(new, r, observed(new, r, "Complete", deployment=old_dep))
+    assert [(a.verb, a.kind, a.name, a.exists) for a in p.actions] == [("apply", "Deployment", NAME, True)]
+    args = p.actions[0].body["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("-t") + 1] == "4"
+    ready = cond(p, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "RollingOut")
+    assert p.status["phase"] == "Starting"
+    assert p.status["observedGeneration"] == 2
+    assert cond(p, "Available")["status"] == "True"  # the old pods still serve
+
+
+def test_last_transition_time_moves_only_when_status_flips():
+    r = gguf()
+    md = make_md()
+    obs = observed(md, r, "Running")
+    p1 = run(md, r, obs, now=T0)
+    md2 = make_md(status=p1.status)
+    p2 = run(md2, r, obs, now=T1)
+    for type_ in ("Resolved", "Downloaded", "Ready", "Available"):
+        assert cond(p2, type_)["lastTransitionTime"] == T0, type_
+    # The Job completes: Downloaded flips to True, Resolved stays True.
+    md3 = make_md(status=p2.status)
+    p3 = run(md3, r, observed(md3, r, "Complete"), now=T2)
+    assert cond(p3, "Downloaded")["status"] == "True"
+    assert cond(p3, "Downloaded")["lastTransitionTime"] == T2
+    assert cond(p3, "Resolved")["lastTransitionTime"] == T0
+    assert cond(p3, "Ready")["lastTransitionTime"] == T0  # still False (RollingOut)
+    assert cond(p3, "Ready")["reason"] == "RollingOut"
+
+
+def test_status_round_trips_through_the_api_model():
+    md, r = make_md(), gguf()
+    p = run(md, r, observed(md, r, "Complete", deployment=obs_deployment(md, r)))
+    assert ModelDeploymentStatus.model_validate(p.status).wire() == p.status
+
+
+# --- spec errors: nothing is created ---------------------------------------------------------
+
+
+def test_unknown_pool_fails_without_actions():
+    md, r = make_md({"pool": "nope"}), gguf()
+    p = run(md, r, Observed())
+    assert p.actions == []
+    assert p.status["phase"] == "Failed"
+    ready = cond(p, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PoolNotFound")
+    assert "'nope'" in ready["message"] and "known pools: cpu, gpu" in ready["message"]
+    assert p.requeue_after is None
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "PoolNotFound")]
+
+
+def test_gpus_on_a_cpu_pool():
+    md, r = make_md({"pool": "cpu", "gpus": 2}), gguf()
+    p = run(md, r, Observed())
+    assert p.actions == []
+    assert p.status["phase"] == "Failed"
+    assert cond(p, "Ready")["reason"] == "PoolHasNoGPUs"
+
+
+def test_more_gpus_than_the_pool_has():
+    md, r = make_md({"gpus": 9}), gguf()  # the default gpu pool has maxGpus 8
+    p = run(md, r, Observed())
+    assert p.actions == []
+    assert cond(p, "Ready")["reason"] == "TooManyGPUs"
+    assert "at most 8" in cond(p, "Ready")["message"]
+
+
+def test_gpu_placement_uses_the_gpu_pool():
+    md, r = make_md({"gpus": 2}), gguf()
+    pl = place(md, r.engine, settings())
+    assert (pl.pool, pl.gpus) == ("gpu", 2)
+    assert place(make_md(), "llamacpp", settings()).pool == "cpu"
+    assert place(make_md(), "tgi", settings()).gpus == 1
+    with pytest.raises(SpecError) as e:
+        place(make_md({"gpus": 0}), "tgi", settings())
+    assert e.value.reason == "GPUsRequired"
+
+
+def test_storage_too_small():
+    md, r = make_md({"storage": {"size": "50M"}}), gguf()  # 50 MB < 100 MB of files
+    p = run(md, r, Observed())
+    assert p.actions == []
+    assert p.status["phase"] == "Failed"
+    ready = cond(p, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "StorageTooSmall")
+    # the files' total, rounded up to whole GiB
+    assert "set it to at least 1Gi" in ready["message"]
+
+
+def test_storage_size_large_enough_is_used():
+    md, r = make_md({"storage": {"size": "2Gi"}}), gguf()
+    p = run(md, r, Observed())
+    pvc = next(a.body for a in p.actions if a.kind == "PersistentVolumeClaim")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
+
+
+# --- resolution errors -------------------------------------------------------------------------
+
+
+def test_transient_resolve_error_retries():
+    md = make_md()
+    p = run(md, ResolveError("HubUnreachable", "the Hub did not answer", transient=True), Observed())
+    assert p.actions == []
+    assert p.status["phase"] == "Resolving"
+    res = cond(p, "Resolved")
+    assert (res["status"], res["reason"], res["message"]) == ("False", "HubUnreachable", "the Hub did not answer")
+    assert cond(p, "Ready")["reason"] == "HubUnreachable"
+    assert p.requeue_after is not None and p.requeue_after > 0
+    assert p.events == []  # not a failure yet
+
+
+def test_permanent_resolve_error_fails():
+    md = make_md()
+    p = run(md, ResolveError("RepoNotFound", "org/tiny-GGUF is not in the catalog"), Observed())
+    assert p.actions == []
+    assert p.status["phase"] == "Failed"
+    res = cond(p, "Resolved")
+    assert (res["status"], res["reason"]) == ("False", "RepoNotFound")
+    assert p.requeue_after is None
+
+
+def test_resolve_error_keeps_what_runs_untouched():
+    md, r = make_md(), gguf()
+    obs = observed(md, r, "Complete", deployment=obs_deployment(md, r))
+    p = run(md, ResolveError("HubUnreachable", "timeout", transient=True), obs)
+    assert p.actions == []
+    assert cond(p, "Available")["status"] == "True"
+    assert p.status["readyReplicas"] == 1
+
+
+def test_spec_error_as_resolution():
+    md = make_md()
+    p = run(md, SpecError("EngineMismatch", "wrong engine"), Observed())
+    assert p.actions == []
+    assert p.status["phase"] == "Failed"
+    assert cond(p, "Ready")["reason"] == "EngineMismatch"
+    assert p.requeue_after is None
+
+
+# --- children's life cycle ---------------------------------------------------------------------
+
+
+def test_stale_job_from_another_revision_is_deleted():
+    md, r = make_md(), gguf()
+    old_r = ResolvedModel.model_validate({**r.wire(), "sha": "e" * 40, "shortSha": "eeeeeee"})
+    stale = obs_job(md, old_r, "Complete")
+    assert stale["metadata"]["name"] != builders.job_name(md, r)
+    obs = Observed(pvc=obs_pvc(md, r), service=obs_service(md), jobs=[stale])
+    p = run(md, r, obs)
+    deletes = [(a.kind, a.name) for a in p.actions if a.verb == "delete"]
+    assert deletes == [("Job", stale["metadata"]["name"])]
+    assert applied(p) == {("Job", builders.job_name(md, r))}
+    assert p.status["phase"] == "Downloading"
+
+
+def test_stale_job_is_deleted_next_to_the_current_one():
+    md, r = make_md(), gguf()
+    old_r = ResolvedModel.model_validate({**r.wire(), "sha": "e" * 40})
+    stale, current = obs_job(md, old_r, "Running"), obs_job(md, r, "Complete")
+    obs = Observed(pvc=obs_pvc(md, r), service=obs_service(md), jobs=[stale, current],
+                   deployment=obs_deployment(md, r))
+    p = run(md, r, obs)
+    assert [(a.verb, a.kind, a.name) for a in p.actions] == [("delete", "Job", stale["metadata"]["name"])]
+    assert p.status["phase"] == "Ready"
+
+
+def test_pvc_is_never_shrunk():
+    md, r = make_md(), gguf()  # wants 1Gi
+    obs = observed(md, r, "Running")
+    obs.pvc = obs_pvc(md, r, size="10Gi")
+    want = builders.pvc(md, r, settings())
+    assert want["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert obs.pvc["metadata"]["annotations"] != want["metadata"]["annotations"]  # would be re-applied
+    p = run(md, r, obs)
+    assert not [a for a in p.actions if a.kind == "PersistentVolumeClaim"]
+
+
+def test_pvc_is_expanded():
+    md, r = make_md({"storage": {"size": "5Gi"}}), gguf()
+    obs = observed(md, r, "Running")
+    obs.pvc = obs_pvc(md, r, size="2Gi")
+    p = run(md, r, obs)
+    pvcs = [a for a in p.actions if a.kind == "PersistentVolumeClaim"]
+    assert len(pvcs) == 1
+    assert (pvcs[0].verb, pvcs[0].exists) == ("apply", True)
+    assert pvcs[0].body["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_existing_claim_missing():
+    md, r = make_md({"storage": {"existingClaim": "preloaded"}}), gguf()
+    p = run(md, r, Observed())
+    assert p.status["phase"] == "Pending"
+    ready, dl = cond(p, "Ready"), cond(p, "Downloaded")
+    assert (ready["status"], ready["reason"]) == ("False", "ClaimNotFound")
+    assert (dl["status"], dl["reason"]) == ("False", "ClaimNotFound")
+    assert "'preloaded'" in ready["message"] and NS in ready["message"]
+    assert not [a for a in p.actions if a.kind in ("PersistentVolumeClaim", "Job", "Deployment")]
+    assert p.requeue_after is not None
+
+
+def test_existing_claim_present_is_used_not_created():
+    md, r = make_md({"storage": {"existingClaim": "preloaded"}}), gguf()
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "preloaded", "namespace": NS},
+             "spec": {"resources": {"requests": {"storage": "1Gi"}}}}
+    p = run(md, r, Observed(pvc=claim, service=obs_service(md)))
+    assert applied(p) == {("Job", builders.job_name(md, r))}
+    job = next(a.body for a in p.actions if a.kind == "Job")
+    vols = job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "preloaded"}} in vols
+
+
+def test_failed_download_job():
+    md, r = make_md(), gguf()
+    obs = observed(md, r, None)
+    obs.jobs = [obs_job(md, r, "Failed", message="Job has reached the specified backoff limit")]
+    p = run(md, r, obs)
+    job_name = builders.job_name(md, r)
+    assert p.actions == []
+    assert p.status["phase"] == "Failed"
+    ready, dl = cond(p, "Ready"), cond(p, "Downloaded")
+    assert (ready["status"], ready["reason"]) == ("False", "DownloadFailed")
+    assert (dl["status"], dl["reason"]) == ("False", "DownloadFailed")
+    assert f"kubectl logs job/{job_name}" in ready["message"]
+    assert "backoff limit" in ready["message"]
+    assert p.requeue_after is None
+
+
+def test_scaled_to_zero():
+    md, r = make_md({"replicas": 0}), gguf()
+    dep = obs_deployment(md, r, ready=0, replicas=0)
+    p = run(md, r, observed(md, r, "Complete", deployment=dep))
+    assert p.actions == []
+    assert p.status["phase"] == "Ready"
+    ready, avail = cond(p, "Ready"), cond(p, "Available")
+    assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
+    assert (avail["status"], avail["reason"]) == ("False", "ScaledToZero")
+    assert p.status["replicas"] == 0 and p.status["readyReplicas"] == 0
+
+
+def test_not_ready_pods_explain_themselves():
+    md, r = make_md({"replicas": 2}), gguf()
+    dep = obs_deployment(md, r, ready=1, replicas=2, updated=2)
+    pod = {"metadata": {"name": f"{NAME}-abc"},
+           "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                      "message": "0/3 nodes are available"}]}}
+    p = run(md, r, observed(md, r, "Complete", deployment=dep, pods=[pod]))
+    assert p.status["phase"] == "Degraded"
+    ready = cond(p, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReplicasNotReady")
+    assert f"pod {NAME}-abc: Unschedulable: 0/3 nodes are available" in ready["message"]
+
+
+def test_tgi_deployment_on_the_gpu_pool():
+    md = make_md({"model": {"repo": "org/tiny"}})
+    r = safetensors()
+    p = run(md, r, observed(md, r, "Complete"))
+    dep = next(a.body for a in p.actions if a.kind == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["name"] == "tgi"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"modelship.io/pool": "gpu"}
+    assert c["args"][c["args"].index("--num-shard") + 1] == "1"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def test_pod_problems_reads_scheduler_and_kubelet():
+    pods = [
+        {"metadata": {"name": "b-pod"},
+         "status": {"containerStatuses": [{
+             "name": "llamacpp",
+             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
+             "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}},
+        {"metadata": {"name": "a-pod"},
+         "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                    "message": "0/3 nodes are available"}]}},
+        {"metadata": {"name": "c-pod"},
+         "status": {"containerStatuses": [{"name": "x", "state": {"waiting": {"reason": "ContainerCreating"}}}]}},
+    ]
+    assert pod_problems(pods) == [
+        "pod a-pod: Unschedulable: 0/3 nodes are available",
+        "pod b-pod: CrashLoopBackOff (last exit code 1): back-off 40s restarting",
+    ]
+
+
+def test_pod_problems_is_limited():
+    pods = [{"metadata": {"name": f"p{i}"},
+             "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                        "message": "no"}]}} for i in range(5)]
+    assert len(pod_problems(pods)) == 3
+    assert pod_problems(pods, limit=1) == ["pod p0: Unschedulable: no"]
+
+
+@pytest.mark.parametrize("requested,fmt,engine", [
+    ("auto", "gguf", "llamacpp"), ("auto", "safetensors", "tgi"),
+    ("llamacpp", "gguf", "llamacpp"), ("tgi", "safetensors", "tgi"),
+])
+def test_choose_engine(requested, fmt, engine):
+    assert choose_engine(requested, fmt) == engine
+
+
+@pytest.mark.parametrize("requested,fmt", [("llamacpp", "safetensors"), ("tgi", "gguf")])
+def test_choose_engine_mismatch(requested, fmt):
+    with pytest.raises(SpecError) as e:
+        choose_engine(requested, fmt)
+    assert e.value.reason == "EngineMismatch"
+    assert requested in e.value.message
