@@ -24,7 +24,8 @@ SPEC_HASH = "modelship.io/spec-hash"
 DEPLOYMENT_LABEL = "modelship.io/deployment"
 COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "app.kubernetes.io/managed-by"
-UID, GID = 1000, 1000
+UID, GID = 1000, 1000  # the engines run as this user and group
+FETCH_UID = 65532  # the modelship image's user (Dockerfile); files it writes get group GID (fsGroup)
 GIB = 1024 ** 3
 
 
@@ -131,8 +132,8 @@ def _restricted_container() -> dict:
             "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _restricted_pod() -> dict:
-    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": GID, "fsGroup": GID,
+def _restricted_pod(uid: int = UID) -> dict:
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": GID, "fsGroup": GID,
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
@@ -151,7 +152,7 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            "securityContext": _restricted_pod(),
+            "securityContext": _restricted_pod(FETCH_UID),
             "containers": [{
                 "name": "fetch", "image": settings.images.modelship, "args": args, "env": env,
                 "securityContext": _restricted_container(),

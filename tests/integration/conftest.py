@@ -67,17 +67,18 @@ class Operator:
     env_extra: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     metrics_port: int = 0
+    health_port: int = 0
     starts: int = 0
 
     @property
     def log_path(self) -> Path:
         return self.workdir / "operator.log"
 
-    def start(self, pools: dict | None = None, **env: str) -> "Operator":
-        self.metrics_port = free_port()
+    def start(self, pools: dict | None = None, config: dict | None = None, **env: str) -> "Operator":
+        self.metrics_port, self.health_port = free_port(), free_port()
         config = {"catalogFile": str(self.workdir / "catalog.yaml"), "pools": pools or POOLS, "downloadPool": "local",
-                  "metricsPort": self.metrics_port, "healthPort": free_port(), "bindHost": "127.0.0.1",
-                  "resyncSeconds": 20}
+                  "metricsPort": self.metrics_port, "healthPort": self.health_port, "bindHost": "127.0.0.1",
+                  "resyncSeconds": 20, **(config or {})}
         (self.workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog()))
         (self.workdir / "config.yaml").write_text(yaml.safe_dump(config))
         full_env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig,
@@ -176,13 +177,15 @@ def children(cluster: Cluster, namespace: str, name: str) -> dict[str, list[str]
     return out
 
 
-def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded") -> Path:
-    """A PVC holding SmolLM2 in the Hub cache layout, as an air-gapped cluster would have it."""
+def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded", create: bool = True) -> Path:
+    """A PVC holding SmolLM2 in the Hub cache layout, as an air-gapped cluster would have it
+    (create=False: put the weights on a claim the operator made, as a download would)."""
     from modelship_testbed.demo import smollm2_dir
 
-    cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-                   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
-                  namespace)
+    if create:
+        cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+                       "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+                      namespace)
     volume = wait_for(lambda: json.loads(cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "json"))
                       ["spec"].get("volumeName"), 30, f"PVC {claim} to be bound")
     path = Path(json.loads(cluster.kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])

@@ -98,6 +98,7 @@ def test_llamacpp_with_weights_on_the_volume_becomes_ready_and_answers(cluster, 
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.kind=ModelDeployment")
     assert "Created Deployment smollm2" in events and "Created Job smollm2-fetch-" in events
+    assert httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5).status_code == 200
     metrics = operator.metrics()
     assert 'modelship_modeldeployments{phase="Ready"} 1.0' in metrics
     assert 'modelship_reconciles_total{result="success"}' in metrics

@@ -82,3 +82,15 @@ def test_examples_are_valid_model_deployments():
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == api.KIND:
                 api.ModelDeployment.model_validate(doc)
+
+
+def test_every_condition_reason_the_operator_writes_is_documented():
+    import re
+
+    source = "".join((REPO / "operator" / f).read_text() for f in ("plan.py", "resolve.py", "controller.py"))
+    reasons = set(re.findall(r'(?:SpecError|ResolveError)\(\s*"([A-Za-z]+)"', source))
+    reasons |= set(re.findall(r'cond\("\w+", "(?:True|False)", "([A-Za-z]+)"', source))
+    assert {"PoolNotFound", "Downloading", "RollingOut", "RepoNotFound"} <= reasons  # the scan works
+    readme = (REPO / "README.md").read_text()
+    missing = sorted(r for r in reasons if f"`{r}`" not in readme)
+    assert not missing, f"README.md does not explain the condition reasons {missing}"
