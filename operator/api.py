@@ -115,8 +115,9 @@ class ModelSource(Model):
             255, rule(r"self.matches('^[A-Za-z0-9_./-]+$') && !self.contains('..')",
                       "must be a GGUF quantization tag such as Q4_K_M, or a .gguf file name")))
     token_secret_ref: SecretKeyRef | None = Field(
-        None, description="Secret holding a Hugging Face token, for gated or private repositories. The token "
-                          "reaches only the download Job, as an environment variable.")
+        None, description="Secret holding a Hugging Face token, for gated or private repositories. The operator "
+                          "reads it to resolve the model; the download Job gets it as an environment variable "
+                          "from the Secret. It never appears in status, events, logs or arguments.")
     endpoint: str | None = Field(
         None, description="Hub endpoint (a mirror such as olah in air-gapped clusters), overriding the "
                           "operator's `hubEndpoint`.",
@@ -128,7 +129,9 @@ class ModelSource(Model):
 class KeySelector(Model):
     """A key of a Secret or ConfigMap."""
 
-    name: str = Field(description="Name of the Secret or ConfigMap.", json_schema_extra={"maxLength": 253})
+    name: str = Field(description="Name of the Secret or ConfigMap.", json_schema_extra=cel_string(
+        253, rule(f"self.matches('{DNS_SUBDOMAIN}')",
+                  "must be a Secret or ConfigMap name: lower-case letters, digits, '-' and '.'")))
     key: str = Field(description="The key to read.", json_schema_extra={"maxLength": 253})
     optional: bool | None = Field(None, description="Start even if the key is missing.")
 
@@ -142,6 +145,10 @@ class FieldSelector(Model):
 
 class EnvVarSource(Model):
     """Where an environment variable's value comes from."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef)].filter(x, x).size() == 1",
+             "set exactly one of secretKeyRef, configMapKeyRef and fieldRef")))
 
     secret_key_ref: KeySelector | None = Field(None, description="A key of a Secret.")
     config_map_key_ref: KeySelector | None = Field(None, description="A key of a ConfigMap.")
@@ -256,14 +263,23 @@ class StorageSpec(Model):
     model_config = ConfigDict(json_schema_extra=rules(
         rule("!has(self.existingClaim) || (!has(self.size) && !has(self.storageClassName))",
              "storage.existingClaim uses a volume that exists already; do not set size or storageClassName "
-             "with it")))
+             "with it"),
+        rule("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || "
+             "self.storageClassName == oldSelf.storageClassName)",
+             "storage.storageClassName cannot be set, changed or removed after creation (a volume's class is "
+             "fixed); delete and re-create the ModelDeployment", field_path=".storageClassName"),
+        rule("has(self.existingClaim) == has(oldSelf.existingClaim) && (!has(self.existingClaim) || "
+             "self.existingClaim == oldSelf.existingClaim)",
+             "storage.existingClaim cannot be set, changed or removed after creation; delete and re-create the "
+             "ModelDeployment", field_path=".existingClaim")))
 
     storage_class_name: str | None = Field(
         None, description="StorageClass of the volume. Default: the cluster's default class.",
-        json_schema_extra=cel_string(253, rule("self == oldSelf", "storage.storageClassName cannot change once "
-                                                                  "set; delete and re-create the ModelDeployment")))
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"] = Field(
-        "ReadWriteOnce", description="Access mode of the volume. Replicas on several nodes need `ReadWriteMany`.",
+        json_schema_extra={"maxLength": 253})
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = Field(
+        "ReadWriteOnce", description="Access mode of the volume. Replicas on several nodes need `ReadWriteMany` "
+                                     "(or `ReadOnlyMany`); with `ReadWriteOnce` the serving pods and the download "
+                                     "Job share one node, and rollouts replace pods one at a time.",
         json_schema_extra=rules(rule("self == oldSelf", "storage.accessMode cannot change; delete and re-create "
                                                         "the ModelDeployment")))
     size: Quantity | None = Field(
@@ -428,6 +444,8 @@ class DownloadStatus(Model):
     """Progress of the weights' download."""
 
     job: str | None = Field(None, description="The download Job.")
+    completed_job: str | None = Field(None, description="The download Job that last completed: its files are on "
+                                                        "the volume, even after the Job itself is deleted.")
     bytes_done: int = Field(0, description="Bytes on the volume so far.")
     bytes_total: int = Field(0, description="Bytes to download in all.")
     percent: int = Field(0, description="Done, in percent.")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+from decimal import Decimal
 from dataclasses import dataclass
 
 from . import api
@@ -21,6 +22,8 @@ PORT = 8080
 MODELS_MOUNT = "/models"
 APPLIED_HASH = "modelship.io/applied-hash"
 SPEC_HASH = "modelship.io/spec-hash"
+REVISION = "modelship.io/revision"
+WEIGHTS_BYTES = "modelship.io/weights-bytes"
 DEPLOYMENT_LABEL = "modelship.io/deployment"
 COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -79,14 +82,6 @@ def claim_name(md: ModelDeployment) -> str:
     return md.spec.storage.existing_claim or f"{md.name}-weights"
 
 
-def download_fingerprint(md: ModelDeployment, resolved: ResolvedModel) -> str:
-    return digest([resolved.repo, resolved.sha, [f.wire() for f in resolved.files], claim_name(md)], 8)
-
-
-def job_name(md: ModelDeployment, resolved: ResolvedModel) -> str:
-    return f"{md.name}-fetch-{download_fingerprint(md, resolved)}"
-
-
 def service_url(md: ModelDeployment) -> str:
     return f"http://{md.name}.{md.namespace}.svc"
 
@@ -94,18 +89,26 @@ def service_url(md: ModelDeployment) -> str:
 # --- sizes -----------------------------------------------------------------------------------
 
 
-_UNITS = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "P": 10 ** 15, "E": 10 ** 18,
-          "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
+_SUFFIX = {"": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10 ** 3, "M": 10 ** 6,
+           "G": 10 ** 9, "T": 10 ** 12, "P": 10 ** 15, "E": 10 ** 18,
+           "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
+_QUANTITY = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)")
+
+
+def quantity(q: int | str) -> Decimal:
+    """A Kubernetes quantity ("20Gi", "1.5G", "1e9", "500m", ".5Gi", 4096) as a number;
+    ValueError if it is none (the grammar of apimachinery's resource.Quantity)."""
+    if isinstance(q, int):
+        return Decimal(q)
+    m = _QUANTITY.fullmatch(q.strip())
+    if not m:
+        raise ValueError(f"{q!r} is not a quantity")
+    number, exponent, suffix = m.groups()
+    return Decimal(number + (exponent or "")) * Decimal(_SUFFIX[suffix or ""])
 
 
 def quantity_bytes(q: int | str) -> int:
-    """A Kubernetes quantity ("20Gi", "1.5G", "1e9", 4096) in bytes; ValueError if it is none."""
-    if isinstance(q, int):
-        return q
-    m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[kMGTPE]|)", q.strip())
-    if not m:
-        raise ValueError(f"{q!r} is not a quantity")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    return math.ceil(quantity(q))
 
 
 def volume_size(total_bytes: int, margin_percent: int) -> str:
@@ -117,9 +120,10 @@ def volume_size(total_bytes: int, margin_percent: int) -> str:
 # --- children --------------------------------------------------------------------------------
 
 
-def pvc(md: ModelDeployment, resolved: ResolvedModel, settings: Settings) -> dict:
+def pvc(md: ModelDeployment, resolved: ResolvedModel, settings: Settings, total_bytes: int | None = None) -> dict:
     st = md.spec.storage
-    size = str(st.size) if st.size is not None else volume_size(resolved.total_bytes, settings.storage_margin_percent)
+    total = resolved.total_bytes if total_bytes is None else total_bytes
+    size = str(st.size) if st.size is not None else volume_size(total, settings.storage_margin_percent)
     spec: dict = {"accessModes": [st.access_mode], "resources": {"requests": {"storage": size}}}
     if st.storage_class_name:
         spec["storageClassName"] = st.storage_class_name
@@ -137,7 +141,11 @@ def _restricted_pod(uid: int = UID) -> dict:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, settings: Settings) -> dict:
+def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, settings: Settings,
+                 pin_node: str | None = None) -> dict:
+    """The Job that puts the files on the volume. Its name fingerprints everything it does
+    (a Job's pod template cannot change, so a different download is a different Job).
+    `pin_node` runs it on the node of a serving pod, where a ReadWriteOnce volume is attached."""
     args = ["fetch", "--repo", resolved.repo, "--revision", resolved.sha, "--endpoint", endpoint,
             "--dest", MODELS_MOUNT]
     args += [f"--file={f.size}:{f.sha256 or ''}:{f.path}" for f in resolved.files]
@@ -145,7 +153,6 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     ref = md.spec.model.token_secret_ref
     if ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    name = job_name(md, resolved)
     pod = {
         "metadata": {"labels": labels(md, "download")},
         "spec": {
@@ -167,10 +174,15 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     }
     if settings.download_pool:
         _schedule(pod["spec"], settings.pools[settings.download_pool])
+    name = f"{md.name}-fetch-{digest([resolved.repo, resolved.sha, pod], 8)}"
+    if pin_node:
+        pod["spec"].pop("nodeSelector", None)
+        pod["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In",
+                                                    "values": [pin_node]}]}]}}}
     return _finish({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "labels": labels(md, "download"),
-                     "annotations": {"modelship.io/revision": resolved.sha}},
+        "metadata": {"name": name, "labels": labels(md, "download"), "annotations": {REVISION: resolved.sha}},
         "spec": {"backoffLimit": settings.download_backoff_limit,
                  "activeDeadlineSeconds": settings.download_deadline_seconds,
                  "template": pod},
@@ -241,6 +253,12 @@ def _resources(md: ModelDeployment, placement: Placement) -> dict:
             override = getattr(md.spec.resources, kind)
             if override:
                 out.setdefault(kind, {}).update({k: str(v) for k, v in override.items()})
+    # A limit below the pool's default request lowers the request, as Kubernetes itself does
+    # when only a limit is given (a request above its limit is refused).
+    for key, limit in (out.get("limits") or {}).items():
+        request = (out.get("requests") or {}).get(key)
+        if request is not None and quantity(request) > quantity(limit):
+            out["requests"][key] = limit
     if placement.gpus and placement.profile.gpu_resource:
         out.setdefault("limits", {})[placement.profile.gpu_resource] = str(placement.gpus)
     return out
@@ -284,13 +302,17 @@ def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
     _schedule(pod_spec, placement.profile)
     template_labels = {**labels(md, "server"), "modelship.io/engine": engine}
     template = {"metadata": {"labels": template_labels}, "spec": pod_spec}
-    template["metadata"]["annotations"] = {SPEC_HASH: digest(template), "modelship.io/revision": resolved.sha}
-    # A full GPU pool has no room for a surge pod: replace in place there.
-    strategy = ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}} if gpus else
+    template["metadata"]["annotations"] = {SPEC_HASH: digest(template), REVISION: resolved.sha}
+    # Replace pods one at a time (no surge pod) where a surge pod could not run: a full GPU
+    # pool has no room for it, and a ReadWriteOnce volume cannot attach to a second node.
+    shared = md.spec.storage.access_mode in ("ReadWriteMany", "ReadOnlyMany")
+    strategy = ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+                if gpus or not shared else
                 {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
     return _finish({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": md.name, "labels": labels(md, "server")},
+        "metadata": {"name": md.name, "labels": labels(md, "server"),
+                     "annotations": {REVISION: resolved.sha, WEIGHTS_BYTES: str(resolved.total_bytes)}},
         "spec": {"replicas": md.spec.replicas, "selector": {"matchLabels": selector(md)},
                  "strategy": strategy, "revisionHistoryLimit": 3, "template": template},
     }, md)

@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from . import api, builders
 from .builders import digest
 from .kube import Kube, is_transient, now
-from .plan import Event, SpecError, choose_engine, plan
+from kubernetes.client.rest import ApiException
+
+from .plan import Event, Plan, SpecError, choose_engine, plan, set_condition
 from .resolve import ResolveError, Resolver
 from .settings import Settings
 from .workqueue import WorkQueue
@@ -90,7 +92,14 @@ class Controller:
         observed = await asyncio.to_thread(self.kube.observe, md, claim)
         p = plan(md, resolution, observed, self.settings, now(), endpoint)
         for action in p.actions:
-            await asyncio.to_thread(self.kube.execute, action, namespace)
+            try:
+                await asyncio.to_thread(self.kube.execute, action, namespace)
+            except ApiException as e:
+                if is_transient(e):
+                    raise
+                self._rejected(md, p, f"{action.kind} {action.name} was refused by the API server: "
+                                      f"{self.kube.refusal(e)}")
+                break
             CHILD_WRITES.labels(action.kind, action.verb).inc()
             if self.writes_left is not None:
                 self.writes_left -= 1
@@ -102,13 +111,25 @@ class Controller:
             await asyncio.to_thread(self.kube.post_event, md, Event("Normal", action.past_tense(), message))
         old = body.get("status") or {}
         if p.status != old:
-            await asyncio.to_thread(self.kube.patch_status, namespace, name, old, p.status)
+            await asyncio.to_thread(self.kube.write_status, namespace, name, p.status)
             if p.status.get("phase") != old.get("phase"):
                 log.info("ModelDeployment %s/%s is %s", namespace, name, p.status.get("phase"))
         for event in p.events:
             await asyncio.to_thread(self.kube.post_event, md, event)
         self._record_phase(key, p.status.get("phase"))
         return p.requeue_after
+
+    @staticmethod
+    def _rejected(md: api.ModelDeployment, p: Plan, message: str) -> None:
+        """A child the operator built was refused (a spec the CRD admits but the API server does
+        not, a quota, a StorageClass that cannot grow): report it, do not retry until a change."""
+        message += "; fix the ModelDeployment (or the cluster's policy) and the operator tries again"
+        set_condition(p.status["conditions"], "Ready", "False", "ApplyRejected", message, md.generation, now())
+        p.status["phase"] = "Failed"
+        p.requeue_after = None
+        before = next((c for c in md.status.conditions if c.type == "Ready"), None)
+        if not (before and before.reason == "ApplyRejected" and before.message == message):
+            p.events.append(Event("Warning", "ApplyRejected", message))  # once, not at every resync
 
     async def _resolve(self, md: api.ModelDeployment) -> api.ResolvedModel | ResolveError | SpecError:
         """The pinned resolution while spec.model is unchanged; otherwise ask the resolver."""

@@ -27,10 +27,12 @@ def parse_file(spec: str) -> tuple[int, str | None, str]:
 
 
 def safe_target(root: Path, rel: str) -> Path:
-    target = (root / rel).resolve()
-    if rel.startswith("/") or ".." in Path(rel).parts or not target.is_relative_to(root.resolve()):
+    """root/rel, refusing names that leave root. Checked on the name itself, not by resolving
+    links: in the Hub cache layout every snapshot file is a link into ../../blobs."""
+    parts = Path(rel).parts
+    if not rel or rel.startswith(("/", "\\")) or ".." in parts or "\x00" in rel or os.path.normpath(rel) != rel:
         raise FetchError(f"refusing file {rel!r}: its path leaves the snapshot folder")
-    return target
+    return root / rel
 
 
 def sha256_of(path: Path) -> str:

@@ -43,6 +43,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    # Filter children on the API server, not in the operator: only objects it manages.
+    for plural in CHILD_PLURALS:
+        settings.watching.label_selectors[plural] = f"{MANAGED_BY}=modelship"
 
 
 @kopf.on.login()
@@ -93,6 +96,8 @@ async def _child_changed(labels: dict, namespace: str, **_) -> None:
 
 
 _OURS = {MANAGED_BY: "modelship", DEPLOYMENT_LABEL: kopf.PRESENT}
-for resource in (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1", "services"),
-                 ("v1", "persistentvolumeclaims"), ("v1", "pods")):
+CHILD_RESOURCES = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1", "services"),
+                   ("v1", "persistentvolumeclaims"), ("v1", "pods"))
+CHILD_PLURALS = [r[-1] for r in CHILD_RESOURCES]
+for resource in CHILD_RESOURCES:
     kopf.on.event(*resource, labels=_OURS, id=f"child-{resource[-1]}")(_child_changed)

@@ -24,7 +24,7 @@ from .plan import Action, Event, Observed
 log = logging.getLogger("modelship")
 
 APPLY = "application/apply-patch+yaml"
-MERGE = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 def new_client() -> client.ApiClient:
@@ -72,10 +72,21 @@ class Kube:
         return [md for ns in namespaces
                 for md in self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]]
 
-    def patch_status(self, namespace: str, name: str, old: dict, new: dict) -> None:
-        patch = {**{k: None for k in old if k not in new}, **new}
-        self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
-                                                          {"status": patch}, _content_type=MERGE)
+    def write_status(self, namespace: str, name: str, status: dict) -> None:
+        """Replace the whole status (a merge patch would keep nested fields that went away)."""
+        self.custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
+            _content_type=JSON_PATCH)
+
+    @staticmethod
+    def refusal(e: ApiException) -> str:
+        """The API server's own words for a refused request."""
+        try:
+            import json
+
+            return json.loads(e.body).get("message") or str(e.reason)
+        except (TypeError, ValueError):
+            return f"{e.status} {e.reason}"
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         """The value, or None if the Secret or its key is missing."""
@@ -114,12 +125,20 @@ class Kube:
             return obj if any(r.get("uid") == uid for r in refs) else None
 
         pvc = get(self.core.read_namespaced_persistent_volume_claim, claim)
+        deployment = get(self.apps.read_namespaced_deployment, name)
+        service = get(self.core.read_namespaced_service, name)
+        # Objects with our names that this ModelDeployment does not own are never taken over.
+        conflicts = [f"{kind} {obj['metadata']['name']}" for kind, obj in
+                     (("Deployment", deployment), ("Service", service),
+                      ("PersistentVolumeClaim", None if md.spec.storage.existing_claim else pvc))
+                     if obj is not None and owned(obj) is None]
         return Observed(
             pvc=pvc if md.spec.storage.existing_claim else owned(pvc),
             jobs=[j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if owned(j)],
-            deployment=owned(get(self.apps.read_namespaced_deployment, name)),
-            service=owned(get(self.core.read_namespaced_service, name)),
+            deployment=owned(deployment),
+            service=owned(service),
             pods=[self.client.sanitize_for_serialization(p) for p in pods.items],
+            conflicts=conflicts,
         )
 
     def execute(self, action: Action, namespace: str) -> None:

@@ -38,6 +38,7 @@ class Observed:
     deployment: dict | None = None
     service: dict | None = None
     pods: list[dict] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # "Service x": ours by name, not by owner
 
 
 @dataclass
@@ -227,23 +228,37 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     except SpecError as e:
         return stop(e, "Ready")
 
+    if observed.conflicts:
+        return stop(SpecError("ResourceConflict", f"{', '.join(observed.conflicts)} already exist(s) and do(es) "
+                                                  f"not belong to this ModelDeployment; the operator does not take "
+                                                  f"over objects it did not create: delete or rename them, or "
+                                                  f"give the ModelDeployment another name"), "Ready")
+
     svc = builders.service(md)
     status["endpoint"] = {"url": builders.service_url(md), "openAIBaseURL": builders.service_url(md) + "/v1",
                           "model": md.name}
     desired: list[tuple[dict, dict | None]] = [(svc, observed.service)]
 
+    def blocked(reason: str, message: str, phase: str, requeue: float | None) -> Plan:
+        """The weights cannot be had: say why; keep applying what does not depend on them."""
+        cond("Downloaded", "False", reason, message)
+        cond("Ready", "False", reason, message)
+        _serving_conditions(observed, md, cond, downloaded=False)
+        _apply(desired, actions)
+        return finish(phase, requeue)
+
     # The weights' volume: created unless the user brought one; grown, never shrunk.
     if md.spec.storage.existing_claim:
         if observed.pvc is None:
-            msg = (f"storage.existingClaim {md.spec.storage.existing_claim!r} does not exist in namespace "
-                   f"{md.namespace}: create it, or remove existingClaim to let the operator create a volume")
-            cond("Downloaded", "False", "ClaimNotFound", msg)
-            cond("Ready", "False", "ClaimNotFound", msg)
-            _serving_conditions(observed, md, cond, downloaded=False)
-            _apply(desired, actions)
-            return finish("Pending", 15.0)
+            return blocked("ClaimNotFound", f"storage.existingClaim {md.spec.storage.existing_claim!r} does not "
+                           f"exist in namespace {md.namespace}: create it, or remove existingClaim to let the "
+                           f"operator create a volume", "Pending", 15.0)
     else:
-        want = builders.pvc(md, resolved, settings)
+        # While a new revision downloads next to the one being served, the volume holds both.
+        served = ((observed.deployment or {}).get("metadata", {}).get("annotations") or {})
+        both = (resolved.total_bytes + int(served.get(builders.WEIGHTS_BYTES, 0))
+                if served.get(builders.REVISION, resolved.sha) != resolved.sha else resolved.total_bytes)
+        want = builders.pvc(md, resolved, settings, total_bytes=both)
         if observed.pvc is None:
             desired.append((want, None))
         else:
@@ -253,29 +268,34 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
                 desired.append((want, observed.pvc))
 
     # The download: one Job per (revision, files, volume); stale ones go.
-    job = builders.download_job(md, resolved, endpoint, settings)
+    pin = None
+    if md.spec.storage.access_mode == "ReadWriteOnce":  # the volume is attached where the servers run
+        pin = next((p["spec"]["nodeName"] for p in observed.pods
+                    if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
+    job = builders.download_job(md, resolved, endpoint, settings, pin_node=pin)
     current = next((j for j in observed.jobs if j["metadata"]["name"] == job["metadata"]["name"]), None)
     for other in observed.jobs:
         if other is not current:
             actions.append(Action("delete", "Job", other["metadata"]["name"], exists=True))
     state, why = _job_state(current)
+    completed = md.status.download.completed_job if md.status.download else None
+    if current is None and completed == job["metadata"]["name"]:
+        state = "Complete"  # verified earlier; the Job has been cleaned up since
     total = resolved.total_bytes
     done = total if state == "Complete" else 0
     status["download"] = {"job": job["metadata"]["name"], "bytesDone": done, "bytesTotal": total,
                           "percent": 100 if total == 0 or done >= total else int(100 * done / total)}
+    if state == "Complete":
+        status["download"]["completedJob"] = job["metadata"]["name"]
     downloaded = state == "Complete"
     if downloaded:
         cond("Downloaded", "True", "Downloaded",
              f"{human_bytes(total)} of {resolved.repo}@{resolved.short_sha or resolved.sha[:7]} are on volume "
              f"{builders.claim_name(md)}")
     elif state == "Failed":
-        msg = (f"download Job {job['metadata']['name']} failed ({why}); see `kubectl logs "
-               f"job/{job['metadata']['name']}`, fix the cause, then delete the Job to retry")
-        cond("Downloaded", "False", "DownloadFailed", msg)
-        cond("Ready", "False", "DownloadFailed", msg)
-        _serving_conditions(observed, md, cond, downloaded=False)
-        _apply(desired, actions)
-        return finish("Failed")
+        return blocked("DownloadFailed", f"download Job {job['metadata']['name']} failed ({why}); see `kubectl "
+                       f"logs job/{job['metadata']['name']}`, fix the cause, then delete the Job to retry",
+                       "Failed", None)
     else:
         if current is None:  # a Job's pod template is immutable; its name already fingerprints it
             desired.append((job, None))

@@ -8,6 +8,7 @@ of pre-resolved models (air-gapped clusters, tests); the Hub resolver comes with
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,8 +72,25 @@ class CatalogResolver:
                 raise ResolveError("QuantizationNotFound",
                                    f"{source.repo}@{source.revision} has no {source.quantization}; it has: "
                                    f"{have or 'no GGUF quantizations'}")
-            return chosen[0]
-        return at_rev[0]
+            return _exclude(chosen[0], source)
+        # No quantization asked: Q4_K_M, then Q8_0, then the first entry (as for the Hub).
+        for tag in ("Q4_K_M", "Q8_0"):
+            for e in at_rev:
+                if quant_matches(tag, e):
+                    return _exclude(e, source)
+        return _exclude(at_rev[0], source)
+
+
+def _exclude(model: ResolvedModel, source: ModelSource) -> ResolvedModel:
+    """Drop the files `spec.model.exclude` names (a catalog entry already lists its files, so
+    `spec.model.files` cannot add any)."""
+    if not source.exclude:
+        return model
+    keep = [f for f in model.files if not any(fnmatch.fnmatch(f.path, p) for p in source.exclude)]
+    if model.model_file and model.model_file not in {f.path for f in keep}:
+        raise ResolveError("NoServableFiles", f"model.exclude removes {model.model_file}, the file to serve; "
+                                              f"narrow the exclude patterns")
+    return model.model_copy(update={"files": keep, "total_bytes": sum(f.size for f in keep)})
 
 
 class HubUnavailable:

@@ -194,7 +194,9 @@ def test_tgi_image_runs_the_protocol_fake(cluster, namespace, local_node):
                 "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1}}]}}}},
         namespace)
     pod = wait_for(lambda: (p := pod_of(cluster, namespace, "app=tgi")) and pod_ready(p) and p, 60,
-                   "the TGI pod to be Ready")
+                   "the TGI pod to be Ready",
+                   lambda: cluster.kubectl("describe", "pods", "-n", namespace, "-l", "app=tgi", check=False)
+                   + cluster.kubectl("logs", "-n", namespace, "-l", "app=tgi", "--tail=20", check=False))
     client = Client(f"http://{pod['status']['podIP']}:8080")
     assert client.generate("hello", max_new_tokens=3).details.generated_tokens == 3
 

@@ -164,7 +164,7 @@ def test_pools_children_rollout_scale_and_delete(cluster, namespace, operator, k
 
 @pytest.mark.localnode
 def test_unusable_spec_gets_a_condition_and_no_children(cluster, namespace, operator):
-    operator.start()
+    operator.start(config={"resyncSeconds": 3600})  # so that only events cause reconciles here
     cluster.apply(tiny("nopool", pool="nope"), namespace)
     cluster.apply(tiny("gpus-on-cpu", repo="modelship-test/tiny-llama-GGUF", pool="cpu", gpus=1), namespace)
     cluster.apply(tiny("unknown-repo", repo="modelship-test/absent"), namespace)
@@ -181,13 +181,13 @@ def test_unusable_spec_gets_a_condition_and_no_children(cluster, namespace, oper
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning")
     assert "PoolNotFound" in events
     # No retry storm: a permanent error is not retried until something changes.
-    before = operator.metrics().count("\n")
-    lines = lambda: [l for l in operator.metrics().splitlines() if l.startswith("modelship_reconciles_total")]
-    first = lines()
     import time
 
+    lines = lambda: [l for l in operator.metrics().splitlines() if l.startswith("modelship_reconciles_total")]
+    time.sleep(1)  # the echo of the last status write settles
+    first = lines()
     time.sleep(3)
-    assert lines() == first, (first, lines(), before)
+    assert lines() == first, (first, lines())
     # Fixing the spec recovers.
     cluster.kubectl("patch", "md", "nopool", "-n", namespace, "--type=json",
                     "-p", json.dumps([{"op": "remove", "path": "/spec/pool"}]))
@@ -222,3 +222,27 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster, nam
     time.sleep(4)
     assert get(cluster, "deployment", "smollm2", namespace)["metadata"]["resourceVersion"] == uids["d"]
     assert md_status(cluster, namespace, "smollm2")["phase"] == "Ready"
+
+
+def test_refusals_and_foreign_objects_become_conditions(cluster, namespace, operator):
+    """A child the API server refuses (here: a ResourceQuota on storage) and an object of the
+    same name that the operator did not create both end as a condition, not a retry loop."""
+    cluster.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "tiny-storage"},
+                   "spec": {"hard": {"requests.storage": "1Mi"}}}, namespace)
+    cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken"},
+                   "spec": {"selector": {"app": "mine"}, "ports": [{"port": 80}]}}, namespace)
+    operator.start(config={"resyncSeconds": 3600})
+    cluster.apply(tiny("quota"), namespace)
+    cluster.apply(tiny("taken"), namespace)
+    st = wait_phase(cluster, operator, "quota", "Failed")
+    ready = condition(st, "Ready")
+    assert ready["reason"] == "ApplyRejected", ready
+    assert "PersistentVolumeClaim quota-weights was refused by the API server" in ready["message"]
+    assert "exceeded quota" in ready["message"]
+    st = wait_phase(cluster, operator, "taken", "Failed")
+    assert condition(st, "Ready")["reason"] == "ResourceConflict"
+    svc = get(cluster, "service", "taken", namespace)
+    assert svc["spec"]["selector"] == {"app": "mine"} and not svc["metadata"].get("ownerReferences")
+    warnings = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning,reason=ApplyRejected",
+                               "-o", "name")
+    assert len(warnings.split()) == 1

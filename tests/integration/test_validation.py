@@ -41,6 +41,13 @@ INVALID = [
     ("env-both", with_(engine={"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}),
      "set exactly one of value and valueFrom"),
     ("env-name", with_(engine={"env": [{"name": "1A", "value": "1"}]}), "must be a variable name"),
+    ("env-empty-source", with_(engine={"env": [{"name": "A", "valueFrom": {}}]}),
+     "set exactly one of secretKeyRef, configMapKeyRef and fieldRef"),
+    ("env-secret-name", with_(engine={"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "My_S",
+                                                                                          "key": "k"}}}]}),
+     "must be a Secret or ConfigMap name"),
+    ("access-mode-once-pod", with_(storage={"accessMode": "ReadWriteOncePod"}),
+     'Unsupported value: "ReadWriteOncePod"'),
     ("tgi-with-gguf-quant", md({"model": {"repo": "a/b", "quantization": "Q4_K_M"}, "engine": {"type": "tgi"}}),
      "model.quantization picks a GGUF file, which TGI cannot serve"),
     ("tgi-without-gpus", with_(engine={"type": "tgi"}, gpus=0), "TGI needs at least one GPU"),
@@ -97,7 +104,13 @@ def test_storage_class_and_access_mode_cannot_change(cluster, crd_installed, nam
     changed = with_(storage={"storageClassName": "other"}) | {"metadata": {"name": "pinned"}}
     proc = subprocess.run([cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "apply", "-n", namespace,
                            "-f", "-"], input=yaml.safe_dump(changed), capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "storage.storageClassName cannot change" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and "storage.storageClassName cannot be set, changed or removed" in proc.stderr, \
+        proc.stderr
+    changed = with_(storage={"storageClassName": "modelship-local", "accessMode": "ReadWriteMany"}) | {
+        "metadata": {"name": "pinned"}}
+    proc = subprocess.run([cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "apply", "-n", namespace,
+                           "-f", "-"], input=yaml.safe_dump(changed), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "storage.accessMode cannot change" in proc.stderr, proc.stderr
 
 
 def test_kubectl_explain_reads_the_descriptions(cluster, crd_installed):

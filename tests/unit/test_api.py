@@ -89,8 +89,12 @@ def test_every_condition_reason_the_operator_writes_is_documented():
 
     source = "".join((REPO / "operator" / f).read_text() for f in ("plan.py", "resolve.py", "controller.py"))
     reasons = set(re.findall(r'(?:SpecError|ResolveError)\(\s*"([A-Za-z]+)"', source))
-    reasons |= set(re.findall(r'cond\("\w+", "(?:True|False)", "([A-Za-z]+)"', source))
-    assert {"PoolNotFound", "Downloading", "RollingOut", "RepoNotFound"} <= reasons  # the scan works
+    reasons |= set(re.findall(r'"(?:True|False)", "([A-Za-z]+)"', source))  # cond(...), set_condition(...)
+    reasons |= set(re.findall(r'blocked\("([A-Za-z]+)"', source))
+    reasons |= set(re.findall(r'Event\("Warning", "([A-Za-z]+)"', source))
+    reasons |= set(re.findall(r'reason = "([A-Za-z]+)" if', source))
+    assert {"PoolNotFound", "Downloading", "RollingOut", "RepoNotFound", "ClaimNotFound", "ApplyRejected",
+            "WaitingForDownload"} <= reasons, reasons  # the scan finds reasons however they are written
     readme = (REPO / "README.md").read_text()
     missing = sorted(r for r in reasons if f"`{r}`" not in readme)
     assert not missing, f"README.md does not explain the condition reasons {missing}"

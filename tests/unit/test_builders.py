@@ -166,15 +166,38 @@ def test_a_spec_change_changes_the_pod_template_hash_and_a_scale_does_not():
     assert dep(a) != dep(scaled)  # the Deployment itself is re-applied with the new replica count
 
 
-def test_download_job_name_follows_revision_and_files():
+def test_download_job_name_follows_what_the_job_does():
     m = md({"model": {"repo": "org/tiny-GGUF"}})
-    other = GGUF.model_copy(update={"sha": "f" * 40})
-    assert builders.job_name(m, GGUF) != builders.job_name(m, other)
-    assert builders.job_name(m, GGUF) == builders.job_name(m, GGUF.model_copy())
-    assert len(builders.job_name(md({"model": {"repo": "a/b"}}, "x" * 48), GGUF)) <= 63
+    s = Settings()
+    name = lambda m, r, endpoint="https://huggingface.co", **kw: builders.download_job(m, r, endpoint, s, **kw)[
+        "metadata"]["name"]
+    assert name(m, GGUF) != name(m, GGUF.model_copy(update={"sha": "f" * 40}))
+    assert name(m, GGUF) != name(m, GGUF, endpoint="http://mirror:8090")  # a fixed endpoint is a new Job
+    assert name(m, GGUF) == name(m, GGUF.model_copy())
+    assert name(m, GGUF) == name(m, GGUF, pin_node="node-1")  # where it runs is not what it does
+    assert len(name(md({"model": {"repo": "a/b"}}, "x" * 48), GGUF)) <= 63
+    pinned = builders.download_job(m, GGUF, "https://huggingface.co", s, pin_node="node-1")["spec"]["template"]
+    terms = pinned["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-1"]
 
 
 @pytest.mark.parametrize("q,expected", [("20Gi", 20 * 2**30), ("1.5G", 1_500_000_000), ("1e9", 10**9),
-                                         (4096, 4096), ("100Mi", 100 * 2**20)])
+                                         (4096, 4096), ("100Mi", 100 * 2**20), (".5Gi", 2**29), ("+1Gi", 2**30),
+                                         ("500m", 1), ("1E3", 1000), ("2E", 2 * 10**18)])
 def test_quantity_bytes(q, expected):
     assert builders.quantity_bytes(q) == expected
+
+
+@pytest.mark.parametrize("bad", ["ten", "1 Gi", "Gi", "1.2.3", ""])
+def test_quantity_refuses_what_is_not_one(bad):
+    with pytest.raises(ValueError):
+        builders.quantity(bad)
+
+
+def test_a_limit_below_the_pools_default_request_lowers_the_request():
+    m = md({"model": {"repo": "org/tiny"}, "gpus": 1, "resources": {"limits": {"memory": "12Gi", "cpu": 8}}})
+    s = Settings()
+    res = builders.deployment(m, SAFETENSORS, place(m, "tgi", s), s)["spec"]["template"]["spec"]["containers"][0][
+        "resources"]
+    assert res["requests"] == {"cpu": "4", "memory": "12Gi"}  # the pool asks 16Gi and 4 CPUs by default
+    assert res["limits"] == {"memory": "12Gi", "cpu": "8", "nvidia.com/gpu": "1"}

@@ -120,7 +120,7 @@ def run(md, resolution, obs: Observed, now: str = T0):
 def test_fresh_object_creates_service_volume_and_job():
     md, r = make_md(), gguf()
     p = run(md, r, Observed())
-    job_name = builders.job_name(md, r)
+    job_name = builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     assert applied(p) == {("Service", NAME), ("PersistentVolumeClaim", f"{NAME}-weights"), ("Job", job_name)}
     assert all(a.verb == "apply" and not a.exists for a in p.actions)
     assert len(p.actions) == 3
@@ -346,12 +346,12 @@ def test_stale_job_from_another_revision_is_deleted():
     md, r = make_md(), gguf()
     old_r = ResolvedModel.model_validate({**r.wire(), "sha": "e" * 40, "shortSha": "eeeeeee"})
     stale = obs_job(md, old_r, "Complete")
-    assert stale["metadata"]["name"] != builders.job_name(md, r)
+    assert stale["metadata"]["name"] != builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     obs = Observed(pvc=obs_pvc(md, r), service=obs_service(md), jobs=[stale])
     p = run(md, r, obs)
     deletes = [(a.kind, a.name) for a in p.actions if a.verb == "delete"]
     assert deletes == [("Job", stale["metadata"]["name"])]
-    assert applied(p) == {("Job", builders.job_name(md, r))}
+    assert applied(p) == {("Job", builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"])}
     assert p.status["phase"] == "Downloading"
 
 
@@ -406,7 +406,7 @@ def test_existing_claim_present_is_used_not_created():
              "metadata": {"name": "preloaded", "namespace": NS},
              "spec": {"resources": {"requests": {"storage": "1Gi"}}}}
     p = run(md, r, Observed(pvc=claim, service=obs_service(md)))
-    assert applied(p) == {("Job", builders.job_name(md, r))}
+    assert applied(p) == {("Job", builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"])}
     job = next(a.body for a in p.actions if a.kind == "Job")
     vols = job["spec"]["template"]["spec"]["volumes"]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "preloaded"}} in vols
@@ -417,7 +417,7 @@ def test_failed_download_job():
     obs = observed(md, r, None)
     obs.jobs = [obs_job(md, r, "Failed", message="Job has reached the specified backoff limit")]
     p = run(md, r, obs)
-    job_name = builders.job_name(md, r)
+    job_name = builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     assert p.actions == []
     assert p.status["phase"] == "Failed"
     ready, dl = cond(p, "Ready"), cond(p, "Downloaded")
@@ -510,3 +510,50 @@ def test_choose_engine_mismatch(requested, fmt):
         choose_engine(requested, fmt)
     assert e.value.reason == "EngineMismatch"
     assert requested in e.value.message
+
+
+# --- ownership, remembered downloads, revision changes -----------------------------------------
+
+
+def test_objects_of_the_same_name_that_are_not_ours_are_never_taken_over():
+    md, r = make_md(), gguf()
+    p = run(md, r, Observed(conflicts=[f"Service {NAME}"]))
+    assert p.actions == [] and p.status["phase"] == "Failed" and p.requeue_after is None
+    ready = cond(p, "Ready")
+    assert ready["reason"] == "ResourceConflict" and f"Service {NAME}" in ready["message"]
+
+
+def test_a_completed_download_is_remembered_after_its_job_is_deleted():
+    md, r = make_md(), gguf()
+    first = run(md, r, observed(md, r, job_state="Complete"))
+    job = first.status["download"]["completedJob"]
+    assert job == builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
+    later = make_md(status=first.status)
+    obs = Observed(pvc=obs_pvc(md, r), jobs=[], service=obs_service(md), deployment=obs_deployment(md, r))
+    p = run(later, r, obs)
+    assert not any(a.kind == "Job" for a in p.actions)  # no second download
+    assert cond(p, "Downloaded")["status"] == "True" and p.status["phase"] == "Ready"
+
+
+def test_a_new_revision_downloads_next_to_the_served_one_on_its_node():
+    md = make_md()
+    big = 5 * 1024 ** 3
+    old = gguf().model_copy(update={"total_bytes": big, "files": [
+        gguf().files[0].model_copy(update={"size": big})]})
+    new = old.model_copy(update={"sha": "e" * 40, "short_sha": "eeeeeee"})
+    serving = obs_deployment(md, old)
+    pod = {"metadata": {"name": f"{NAME}-abc"}, "spec": {"nodeName": "node-7"}, "status": {}}
+    obs = Observed(pvc=obs_pvc(md, old), jobs=[obs_job(md, old, "Complete")], service=obs_service(md),
+                   deployment=serving, pods=[pod])
+    p = run(md, new, obs)
+    kinds = {a.kind: a for a in p.actions if a.verb == "apply"}
+    # The volume grows to hold both revisions; the served Deployment is left alone meanwhile.
+    want = builders.volume_size(2 * big, settings().storage_margin_percent)
+    assert want == "11Gi"
+    assert kinds["PersistentVolumeClaim"].body["spec"]["resources"]["requests"]["storage"] == want
+    assert "Deployment" not in kinds and cond(p, "Available")["status"] == "True"
+    # The new Job runs where the ReadWriteOnce volume is attached.
+    affinity = kinds["Job"].body["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0][
+        "values"] == ["node-7"]
+    assert ("delete", "Job") in {(a.verb, a.kind) for a in p.actions}  # the old revision's Job goes

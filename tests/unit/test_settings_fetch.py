@@ -72,3 +72,17 @@ def test_fetch_does_not_trust_a_corrupt_file(tmp_path, monkeypatch):
     with pytest.raises(fetch.FetchError, match="cannot download m.gguf"):
         fetch.run("org/m", "a" * 40, "http://127.0.0.1:9", str(tmp_path), [f"10:{'0' * 64}:m.gguf"],
                   log=lambda _: None)
+
+
+def test_fetch_accepts_the_hub_cache_layout_with_links_into_blobs(tmp_path):
+    data = b"gguf weights"
+    sha = hashlib.sha256(data).hexdigest()
+    repo_dir = tmp_path / "models--org--m"
+    (repo_dir / "blobs").mkdir(parents=True)
+    (repo_dir / "blobs" / sha).write_bytes(data)
+    snap = repo_dir / "snapshots" / ("b" * 40) / "sub"
+    snap.mkdir(parents=True)
+    (snap / "m.gguf").symlink_to(Path("../../../blobs") / sha)
+    lines = []
+    fetch.run("org/m", "b" * 40, None, str(tmp_path), [f"{len(data)}:{sha}:sub/m.gguf"], log=lines.append)
+    assert lines[0].startswith("ok sub/m.gguf")

@@ -72,6 +72,7 @@ class Agent:
         self.workers: dict[str, PodWorker] = {}
         self.finished: set[str] = set()
         self.ips: dict[str, str] = {}
+        self.cursor = 0  # index in self.net of the last pod address handed out
         self.net = ipaddress.ip_network(cfg.local_pod_cidr)
         self.provision_wanted = asyncio.Event()
 
@@ -160,8 +161,13 @@ class Agent:
         if old and ipaddress.ip_address(old) in self.net and old not in taken:
             self.ips[uid] = old
             return old
-        for host in self.net.hosts():
-            ip = str(host)
+        # Round robin from the last address handed out, not the lowest free one: a released
+        # address may still have sockets of its old pod's server winding down (FIN_WAIT,
+        # TIME_WAIT), and a new server binding the same address and port would fail.
+        size = self.net.num_addresses
+        for step in range(1, size):
+            self.cursor = (self.cursor + 1) % size
+            ip = str(self.net[self.cursor])
             if ip.endswith((".0", ".1", ".255")) or ip in taken:
                 continue
             self.ips[uid] = ip
