@@ -168,11 +168,26 @@ def _job_state(job: dict | None) -> tuple[str, str]:
     return "Running", ""
 
 
+def contains(observed: object, desired: object) -> bool:
+    """Whether everything `desired` says is in `observed` (which also holds the API server's
+    defaults and other managers' fields)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(k in observed and contains(observed[k], v)
+                                                  for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(observed, list) and len(observed) == len(desired)
+                and all(contains(o, d) for o, d in zip(observed, desired)))
+    return observed == desired or str(observed) == str(desired)
+
+
 def _needs_apply(desired: dict, observed: dict | None) -> bool:
+    """Absent, built from another spec (the applied hash), or changed by hand since (drift)."""
     if observed is None:
         return True
     have = (observed.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
-    return have != desired["metadata"]["annotations"][APPLIED_HASH]
+    if have != desired["metadata"]["annotations"][APPLIED_HASH]:
+        return True
+    return not contains(observed.get("spec"), desired.get("spec"))
 
 
 def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecError, observed: Observed,

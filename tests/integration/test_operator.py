@@ -98,6 +98,13 @@ def test_llamacpp_with_weights_on_the_volume_becomes_ready_and_answers(cluster, 
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.kind=ModelDeployment")
     assert "Created Deployment smollm2" in events and "Created Job smollm2-fetch-" in events
+    # Level-based: a child changed by hand is put back (here a field that does not restart pods).
+    cluster.kubectl("patch", "deployment", "smollm2", "-n", namespace, "-p", '{"spec":{"revisionHistoryLimit":9}}')
+    wait_for(lambda: get(cluster, "deployment", "smollm2", namespace)["spec"]["revisionHistoryLimit"] == 3, 30,
+             "the operator to put the Deployment back")
+    operator_log = operator.log()
+    assert operator_log.count("Updated Deployment smollm2") == 1, operator_log  # no spurious re-applies
+    assert "Updated Service" not in operator_log, operator_log
     assert httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5).status_code == 200
     metrics = operator.metrics()
     assert 'modelship_modeldeployments{phase="Ready"} 1.0' in metrics

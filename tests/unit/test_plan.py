@@ -557,3 +557,15 @@ def test_a_new_revision_downloads_next_to_the_served_one_on_its_node():
     assert affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0][
         "values"] == ["node-7"]
     assert ("delete", "Job") in {(a.verb, a.kind) for a in p.actions}  # the old revision's Job goes
+
+
+def test_a_child_changed_by_hand_is_put_back():
+    md, r = make_md(), gguf()
+    dep = obs_deployment(md, r)
+    dep["spec"]["replicas"] = 3  # kubectl scale deployment/... behind the operator's back
+    dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"  # default
+    p = run(md, r, observed(md, r, job_state="Complete", deployment=dep))
+    assert applied(p) == {("Deployment", NAME)} and p.actions[0].exists
+    # Fields only the API server added are not drift.
+    dep["spec"]["replicas"] = 1
+    assert run(md, r, observed(md, r, job_state="Complete", deployment=dep)).actions == []
