@@ -103,11 +103,13 @@ def crd(check: bool, repo: str) -> None:
 @click.option("--dest", required=True, type=click.Path(file_okay=False), help="Root of the Hub cache layout.")
 @click.option("--file", "files", multiple=True, metavar="SIZE:SHA256:PATH",
               help="A file to fetch: its size, its sha256 (may be empty) and its path in the repository.")
-def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tuple[str, ...]) -> None:
-    """Put the given files of repo@revision under DEST in the Hub cache layout, checking what is there."""
+@click.option("--parallel", default=4, show_default=True, help="Files downloaded at once.")
+def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tuple[str, ...], parallel: int) -> None:
+    """Put the given files of repo@revision under DEST in the Hub cache layout: verified,
+    resumable, content-addressed. Progress goes to stdout as JSON lines."""
     from .fetch import FetchError, run
 
     try:
-        run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True))
+        run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True), parallel=parallel)
     except FetchError as e:
         fail(str(e))

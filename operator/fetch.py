@@ -1,29 +1,68 @@
 """`modelship fetch`: what the download Job runs.
 
-It lays files out as the Hub cache does (`models--org--name/snapshots/<sha>/<path>`), so one
-volume can hold several revisions and engines find a plain folder per commit. A file already
-there with the right size (and sha256, where known) is kept; a missing one is downloaded with
-`huggingface_hub`. No path may leave DEST, whatever the repository's file names say.
+Files land in the Hub cache layout, content-addressed:
+
+    DEST/models--org--name/blobs/<sha256>                 the bytes, named by their hash
+    DEST/models--org--name/snapshots/<commit>/<path>  ->  ../../blobs/<sha256>
+
+so one volume holds several revisions (and ModelDeployments) with one copy of each file, and
+an engine gets a plain folder per commit. For each file:
+
+- a blob that exists with the right size is done (blobs are only ever renamed into place
+  after they were verified); a plain file already in the snapshot (a pre-loaded volume) is
+  verified (size, and sha256 where known) and kept;
+- otherwise it is downloaded to `blobs/<key>.incomplete`, resuming from what is there with
+  an HTTP Range request (after a crash, a killed pod, a dropped connection), then checked
+  (size, and sha256 where the Hub gives one) and only then renamed into place and linked;
+- several files download at once (`--parallel`);
+- no name can leave DEST: paths are checked as names, never resolved through links.
+
+Progress goes to stdout as one JSON object per line (`{"event": "progress", "done": ...,
+"total": ..., "rate": ..., "eta": ...}`), every two seconds and at the end; the operator
+reads the last one from the pod's log. Messages for people go to stderr. The exit code is
+non-zero with one line saying what failed, which Kubernetes keeps as the termination
+message.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
+
+CHUNK = 1 << 20
+ATTEMPTS = 5
 
 
 class FetchError(Exception):
     pass
 
 
-def parse_file(spec: str) -> tuple[int, str | None, str]:
+@dataclass
+class Wanted:
+    path: str
+    size: int
+    sha256: str | None
+
+
+def parse_file(spec: str) -> Wanted:
     try:
         size, sha, path = spec.split(":", 2)
-        return int(size), (sha or None), path
+        wanted = Wanted(path, int(size), sha.lower() or None)
     except ValueError:
         raise FetchError(f"--file {spec!r} is not SIZE:SHA256:PATH") from None
+    if wanted.sha256 and not re.fullmatch(r"[0-9a-f]{64}", wanted.sha256):
+        raise FetchError(f"--file {spec!r}: the sha256 is not 64 hex digits")
+    return wanted
 
 
 def safe_target(root: Path, rel: str) -> Path:
@@ -38,52 +77,214 @@ def safe_target(root: Path, rel: str) -> Path:
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def check(path: Path, size: int, sha: str | None) -> str | None:
-    """None if the file is complete and intact, else what is wrong."""
-    if not path.exists():
-        return "missing"
-    have = path.stat().st_size
-    if have != size:
-        return f"{have} bytes instead of {size}"
-    if sha and sha256_of(path) != sha:
-        return "sha256 mismatch"
-    return None
+class Progress:
+    def __init__(self, total: int, files: int, out=None):
+        self.total, self.files, self.out = total, files, out
+        self.done = self.files_done = 0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+
+    def file_done(self) -> None:
+        with self.lock:
+            self.files_done += 1
+
+    def line(self, event: str = "progress") -> str:
+        with self.lock:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            rate = self.done / elapsed
+            left = max(self.total - self.done, 0)
+            return json.dumps({"event": event, "done": self.done, "total": self.total, "files_done": self.files_done,
+                               "files": self.files, "rate": int(rate),
+                               "eta": int(left / rate) if rate > 0 and left else 0})
+
+    def emit(self, event: str = "progress") -> None:
+        print(self.line(event), file=self.out or sys.stdout, flush=True)
+
+
+class Fetcher:
+    def __init__(self, repo: str, revision: str, endpoint: str, dest: Path, token: str | None,
+                 log: Callable[[str], None], parallel: int = 4, timeout: float = 30.0, retry_delay: float = 1.0):
+        import httpx
+
+        if not re.fullmatch(r"[0-9a-f]{40}", revision):
+            raise FetchError(f"--revision {revision!r} is not a commit sha (the operator pins one before "
+                             f"downloading)")
+        self.repo, self.revision, self.endpoint = repo, revision, endpoint.rstrip("/")
+        self.repo_dir = dest / f"models--{repo.replace('/', '--')}"
+        self.snapshot = self.repo_dir / "snapshots" / revision
+        self.blobs = self.repo_dir / "blobs"
+        self.log, self.parallel, self.retry_delay = log, max(1, parallel), retry_delay
+        headers = {"User-Agent": "modelship-fetch"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"  # httpx drops it on redirects to another host
+        self.client = httpx.Client(headers=headers, follow_redirects=True,
+                                   timeout=httpx.Timeout(timeout, connect=10.0),
+                                   limits=httpx.Limits(max_connections=self.parallel * 2))
+
+    def url(self, path: str) -> str:
+        return f"{self.endpoint}/{self.repo}/resolve/{self.revision}/{quote(path)}"
+
+    # --- one file ---------------------------------------------------------------------------
+
+    def present(self, w: Wanted, target: Path) -> bool:
+        """Whether the snapshot already holds this file, intact."""
+        if target.is_symlink():
+            blob = Path(os.path.realpath(target))
+            if blob.parent != self.blobs.resolve() or not blob.exists():
+                return False
+            ok = blob.stat().st_size == w.size and (w.sha256 is None or blob.name == w.sha256
+                                                     or sha256_of(blob) == w.sha256)
+            return ok
+        if target.is_file():  # pre-loaded as a plain file
+            return target.stat().st_size == w.size and (w.sha256 is None or sha256_of(target) == w.sha256)
+        return False
+
+    def fetch_one(self, w: Wanted, progress: Progress) -> None:
+        target = safe_target(self.snapshot, w.path)
+        if self.present(w, target):
+            progress.add(w.size)
+            progress.file_done()
+            self.log(f"ok {w.path} ({w.size} bytes, already there)")
+            return
+        key = w.sha256 or hashlib.sha256(f"{self.revision}/{w.path}".encode()).hexdigest()
+        blob = self.blobs / key
+        if not (w.sha256 and blob.exists() and blob.stat().st_size == w.size):
+            self.download(w, blob, progress)
+        else:
+            progress.add(w.size)
+        if not w.sha256:  # name a blob without a known hash by its content, like the others
+            digest = sha256_of(blob)
+            named = self.blobs / digest
+            os.replace(blob, named)
+            blob = named
+        self.link(target, blob)
+        progress.file_done()
+        self.log(f"ok {w.path} ({w.size} bytes)")
+
+    def download(self, w: Wanted, blob: Path, progress: Progress) -> None:
+        import httpx
+
+        part = blob.with_name(blob.name + ".incomplete")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        last: Exception | None = None
+        for attempt in range(1, ATTEMPTS + 1):
+            have = part.stat().st_size if part.exists() else 0
+            if have > w.size:
+                part.unlink()
+                have = 0
+            h = hashlib.sha256()
+            if have:
+                with open(part, "rb") as f:  # the hash must cover the bytes kept from before
+                    for chunk in iter(lambda: f.read(CHUNK), b""):
+                        h.update(chunk)
+            progress.add(have)
+            counted = have
+            try:
+                headers = {"Range": f"bytes={have}-"} if have else {}
+                with self.client.stream("GET", self.url(w.path), headers=headers) as r:
+                    if r.status_code in (401, 403):
+                        raise FetchError(f"{self.repo}: {w.path} answered {r.status_code}: the token from "
+                                         f"model.tokenSecretRef is missing or has no access")
+                    if r.status_code == 404:
+                        raise FetchError(f"{self.repo}@{self.revision} has no file {w.path} (404)")
+                    if r.status_code == 416 and have == w.size:
+                        pass  # already complete
+                    elif r.status_code not in (200, 206):
+                        raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
+                    else:
+                        mode = "ab"
+                        if r.status_code == 200 and have:  # the server ignored Range: start over
+                            mode, h = "wb", hashlib.sha256()
+                            progress.add(-have)
+                            counted = 0
+                        with open(part, mode) as f:
+                            for chunk in r.iter_bytes(CHUNK):
+                                f.write(chunk)
+                                h.update(chunk)
+                                progress.add(len(chunk))
+                                counted += len(chunk)
+                size = part.stat().st_size
+                if size != w.size:
+                    raise Incomplete(f"{w.path}: {size} bytes so far, expected {w.size}")
+                if w.sha256 and h.hexdigest() != w.sha256:
+                    part.unlink()
+                    raise ChecksumError(f"{w.path}: sha256 {h.hexdigest()} instead of {w.sha256}")
+                os.replace(part, blob)
+                return
+            except ChecksumError as e:
+                progress.add(-counted)
+                if attempt >= 2:
+                    raise FetchError(f"{e} (twice): the source serves corrupt data") from None
+                last = e
+                self.log(f"retrying {w.path} from scratch: {e}")
+            except FetchError:
+                progress.add(-counted)
+                raise
+            except (Incomplete, httpx.HTTPError, OSError) as e:  # resumed from what is there
+                progress.add(-counted)
+                last = e
+                self.log(f"retrying {w.path} (attempt {attempt}/{ATTEMPTS}) after {type(e).__name__}: {e}")
+            time.sleep(min(self.retry_delay * 2 ** (attempt - 1), 10))
+        raise FetchError(f"cannot download {w.path} of {self.repo}@{self.revision} from {self.endpoint}: "
+                         f"{type(last).__name__}: {last}")
+
+    def link(self, target: Path, blob: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        rel = os.path.relpath(blob, target.parent)
+        tmp = target.with_name(f".{target.name}.link")
+        tmp.unlink(missing_ok=True)
+        os.symlink(rel, tmp)
+        os.replace(tmp, target)
+
+    # --- all files --------------------------------------------------------------------------
+
+    def run(self, wanted: list[Wanted], emit_every: float = 2.0) -> Progress:
+        for w in wanted:
+            safe_target(self.snapshot, w.path)  # refuse a bad name before anything is written
+        progress = Progress(sum(w.size for w in wanted), len(wanted))
+        stop = threading.Event()
+
+        def reporter() -> None:
+            while not stop.wait(emit_every):
+                progress.emit()
+
+        thread = threading.Thread(target=reporter, daemon=True)
+        thread.start()
+        try:
+            with ThreadPoolExecutor(self.parallel) as pool:
+                for future in [pool.submit(self.fetch_one, w, progress) for w in wanted]:
+                    future.result()
+        finally:
+            stop.set()
+            thread.join()
+            self.client.close()
+        progress.emit("done")
+        return progress
+
+
+class ChecksumError(Exception):
+    """The bytes do not hash to what the Hub says: start the file again."""
+
+
+class Incomplete(Exception):
+    """The connection ended before the file did: resume it."""
 
 
 def run(repo: str, revision: str, endpoint: str | None, dest: str, files: list[str],
-        log: Callable[[str], None]) -> None:
-    root = Path(dest) / f"models--{repo.replace('/', '--')}" / "snapshots" / revision
+        log: Callable[[str], None], parallel: int = 4, retry_delay: float = 1.0) -> Progress:
     wanted = [parse_file(f) for f in files]
-    targets = [(size, sha, rel, safe_target(root, rel)) for size, sha, rel in wanted]
-    total = sum(size for size, *_ in wanted)
-    done = 0
-    for size, sha, rel, target in targets:
-        problem = check(target, size, sha)
-        if problem is None:
-            done += size
-            log(f"ok {rel} ({size} bytes) [{done}/{total} bytes]")
-            continue
-        log(f"fetching {rel}: {problem}")
-        if problem != "missing":  # never keep a wrong copy (nor the blob a snapshot link points to)
-            if target.is_symlink() or os.path.islink(root / rel):
-                Path(os.path.realpath(root / rel)).unlink(missing_ok=True)
-            (root / rel).unlink(missing_ok=True)
-        try:
-            from huggingface_hub import hf_hub_download
-
-            hf_hub_download(repo, rel, revision=revision, cache_dir=dest, endpoint=endpoint,
-                            token=os.environ.get("HF_TOKEN") or None)
-        except Exception as e:  # noqa: BLE001 - one line for the Job's termination message
-            raise FetchError(f"cannot download {rel} of {repo}@{revision} from {endpoint or 'the Hub'}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-        problem = check(target, size, sha)
-        if problem:
-            raise FetchError(f"{rel} of {repo}@{revision} is corrupt after download: {problem}")
-        done += size
-        log(f"ok {rel} ({size} bytes) [{done}/{total} bytes]")
-    log(f"all {len(targets)} files of {repo}@{revision} are in place ({total} bytes)")
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    fetcher = Fetcher(repo, revision, endpoint, Path(dest), os.environ.get("HF_TOKEN") or None, log, parallel,
+                      retry_delay=retry_delay)
+    progress = fetcher.run(wanted)
+    log(f"all {len(wanted)} files of {repo}@{revision} are in place ({progress.total} bytes)")
+    return progress

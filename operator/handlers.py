@@ -22,7 +22,7 @@ from . import api
 from .builders import DEPLOYMENT_LABEL, MANAGED_BY
 from .controller import Controller
 from .kube import Kube, new_client
-from .resolve import CatalogResolver, HubUnavailable
+from .resolve import CatalogResolver, HubResolver
 from .settings import Settings, load
 
 log = logging.getLogger("modelship")
@@ -62,7 +62,8 @@ async def startup(settings: kopf.OperatorSettings, **_) -> None:
     config = STATE.get("settings") or load()
     configure_kopf(settings, config)
     kube = Kube(new_client(), config.field_manager)
-    resolver = CatalogResolver(config.catalog_file) if config.catalog_file else HubUnavailable()
+    hub = HubResolver()
+    resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
     controller = Controller(config, kube, resolver)
     stop = asyncio.Event()
     STATE.update(settings=config, controller=controller, stop=stop,

@@ -132,14 +132,49 @@ class Kube:
                      (("Deployment", deployment), ("Service", service),
                       ("PersistentVolumeClaim", None if md.spec.storage.existing_claim else pvc))
                      if obj is not None and owned(obj) is None]
+        own_jobs = [j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if owned(j)]
+        progress, failure = {}, {}
+        for job in own_jobs:
+            if not any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []):
+                progress[job["metadata"]["name"]], failure[job["metadata"]["name"]] = self.job_pods_say(
+                    ns, job["metadata"]["name"])
         return Observed(
             pvc=pvc if md.spec.storage.existing_claim else owned(pvc),
-            jobs=[j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if owned(j)],
+            jobs=own_jobs, download_progress=progress, download_errors=failure,
             deployment=owned(deployment),
             service=owned(service),
             pods=[self.client.sanitize_for_serialization(p) for p in pods.items],
             conflicts=conflicts,
         )
+
+    def job_pods_say(self, namespace: str, job: str) -> tuple[dict | None, str | None]:
+        """The download's last progress line (from the running pod's log) and the last failed
+        pod's one-line error (its termination message)."""
+        import json
+
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}").items
+        pods.sort(key=lambda p: p.metadata.creation_timestamp)
+        progress, error = None, None
+        for pod in pods:
+            for cs in pod.status.container_statuses or []:
+                term = cs.state.terminated if cs.state else None
+                if term and term.exit_code and term.message:
+                    error = term.message.strip().splitlines()[-1][:500]
+        running = [p for p in pods if p.status.phase == "Running"]
+        if running:
+            try:
+                log_text = self.core.read_namespaced_pod_log(running[-1].metadata.name, namespace, tail_lines=20,
+                                                             _preload_content=False).data.decode(errors="replace")
+            except ApiException:
+                log_text = ""
+            for line in reversed(log_text.splitlines()):
+                if line.startswith('{"event"'):
+                    try:
+                        progress = json.loads(line)
+                    except ValueError:
+                        continue
+                    break
+        return progress, error
 
     def execute(self, action: Action, namespace: str) -> None:
         kind, name = action.kind, action.name

@@ -39,6 +39,8 @@ class Observed:
     service: dict | None = None
     pods: list[dict] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)  # "Service x": ours by name, not by owner
+    download_progress: dict = field(default_factory=dict)  # Job name -> its last progress line
+    download_errors: dict = field(default_factory=dict)  # Job name -> its last failed pod's message
 
 
 @dataclass
@@ -297,9 +299,12 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     if current is None and completed == job["metadata"]["name"]:
         state = "Complete"  # verified earlier; the Job has been cleaned up since
     total = resolved.total_bytes
-    done = total if state == "Complete" else 0
+    live = observed.download_progress.get(job["metadata"]["name"]) or {}
+    done = total if state == "Complete" else min(int(live.get("done") or 0), total)
     status["download"] = {"job": job["metadata"]["name"], "bytesDone": done, "bytesTotal": total,
                           "percent": 100 if total == 0 or done >= total else int(100 * done / total)}
+    if state == "Running" and live.get("eta"):
+        status["download"]["etaSeconds"] = int(live["eta"])
     if state == "Complete":
         status["download"]["completedJob"] = job["metadata"]["name"]
     downloaded = state == "Complete"
@@ -308,13 +313,18 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
              f"{human_bytes(total)} of {resolved.repo}@{resolved.short_sha or resolved.sha[:7]} are on volume "
              f"{builders.claim_name(md)}")
     elif state == "Failed":
-        return blocked("DownloadFailed", f"download Job {job['metadata']['name']} failed ({why}); see `kubectl "
-                       f"logs job/{job['metadata']['name']}`, fix the cause, then delete the Job to retry",
-                       "Failed", None)
+        said = observed.download_errors.get(job["metadata"]["name"])
+        return blocked("DownloadFailed", f"download Job {job['metadata']['name']} failed ({why})"
+                       + (f": {said}" if said else "") + f"; see `kubectl logs job/{job['metadata']['name']}`, fix "
+                       f"the cause, then delete the Job to retry", "Failed", None)
     else:
         if current is None:  # a Job's pod template is immutable; its name already fingerprints it
             desired.append((job, None))
-        msg = (f"downloading {len(resolved.files)} files ({human_bytes(total)}) with Job {job['metadata']['name']}")
+        msg = (f"downloading {len(resolved.files)} files with Job {job['metadata']['name']}: "
+               f"{human_bytes(done)} of {human_bytes(total)} ({status['download']['percent']}%)"
+               + (f", about {status['download']['etaSeconds']} s left" if "etaSeconds" in status["download"] else "")
+               + (f"; last attempt: {observed.download_errors[job['metadata']['name']]}"
+                  if observed.download_errors.get(job["metadata"]["name"]) else ""))
         if md.spec.storage.shared_cache:
             msg += " (storage.sharedCache is not implemented yet: a dedicated volume is used)"
         cond("Downloaded", "False", "Downloading", msg)
@@ -332,7 +342,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     if not downloaded:
         _serving_conditions(observed, md, cond, downloaded=False)
         cond("Ready", "False", "Downloading", msg)
-        return finish("Downloading", 10.0)
+        return finish("Downloading", 3.0)  # the Job's log is read for progress
     return _serving(md, observed, cond, finish, rolling)
 
 

@@ -2,13 +2,16 @@
 
 The reconcile loop depends only on the small `Resolver` interface below. A resolver returns a
 `ResolvedModel` (commit sha, format, files with sizes) or raises `ResolveError` with a
-CamelCase reason and a message a person can act on. `CatalogResolver` answers from a YAML file
-of pre-resolved models (air-gapped clusters, tests); the Hub resolver comes with Hub support.
+CamelCase reason and a message a person can act on. `HubResolver` asks a Hub or a mirror;
+`CatalogResolver` answers from a YAML file of pre-resolved models first (pinned entries for
+air-gapped clusters and tests) and asks the Hub for the rest.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +19,7 @@ from typing import Protocol
 import yaml
 from pydantic import ValidationError
 
-from .api import ModelSource, ResolvedModel
+from .api import ModelSource, ResolvedFile, ResolvedModel
 
 
 @dataclass
@@ -93,10 +96,217 @@ def _exclude(model: ResolvedModel, source: ModelSource) -> ResolvedModel:
     return model.model_copy(update={"files": keep, "total_bytes": sum(f.size for f in keep)})
 
 
-class HubUnavailable:
-    """Stands in until the operator resolves models on the Hub itself (a later release)."""
+# --- the Hub ---------------------------------------------------------------------------------
+
+SHARD = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.I)
+QUANT = re.compile(r"(?<![A-Za-z0-9])(I?Q\d(?:_[A-Z0-9]+)*|F16|BF16|F32|TQ\d_\d)(?=[.-])", re.I)
+SAFETENSORS_EXTRAS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "tokenizer.model", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
+                      "chat_template.jinja", "chat_template.json", "preprocessor_config.json")
+NOT_A_MODEL = ("mmproj", "imatrix")
+
+
+def _is_gguf_model(path: str) -> bool:
+    base = path.rsplit("/", 1)[-1].lower()
+    return base.endswith(".gguf") and not any(word in base for word in NOT_A_MODEL)
+
+
+def quant_tag(path: str) -> str | None:
+    m = QUANT.search(path.rsplit("/", 1)[-1])
+    return m.group(1).upper() if m else None
+
+
+def _tag_matches(tag: str, path: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(tag)}[.-]", path.rsplit("/", 1)[-1], re.I) is not None
+
+
+def _with_shards(chosen: str, names: list[str]) -> list[str]:
+    """A shard of a split GGUF brings all its shards; the first one is the file to load."""
+    m = SHARD.match(chosen)
+    if not m:
+        return [chosen]
+    prefix, count = m.group("prefix"), m.group("count")
+    return sorted(n for n in names if (s := SHARD.match(n)) and s.group("prefix") == prefix
+                  and s.group("count") == count)
+
+
+def choose_gguf(names: list[str], quantization: str | None) -> list[str] | None:
+    """The GGUF files to download, the one to load first; None when the tag is absent."""
+    models = sorted(n for n in names if _is_gguf_model(n))
+    if quantization and quantization.lower().endswith(".gguf"):
+        found = [n for n in models if n == quantization or n.rsplit("/", 1)[-1] == quantization]
+        return _with_shards(found[0], names) if found else None
+    for tag in ([quantization] if quantization else ["Q4_K_M", "Q8_0"]):
+        found = [n for n in models if _tag_matches(tag, n)]
+        if found:
+            return _with_shards(found[0], names)
+    if quantization:
+        return None
+    return _with_shards(models[0], names) if models else None
+
+
+def choose_safetensors(names: list[str]) -> list[str]:
+    top = [n for n in names if "/" not in n]
+    weights = [n for n in top if n.endswith(".safetensors")] + (["model.safetensors.index.json"]
+                                                               if "model.safetensors.index.json" in top else [])
+    if not any(n.endswith(".safetensors") for n in weights):
+        weights = [n for n in top if re.match(r"pytorch_model.*\.bin$", n)] + (
+            ["pytorch_model.bin.index.json"] if "pytorch_model.bin.index.json" in top else [])
+    if not weights:
+        return []
+    return sorted(set(weights) | {n for n in top if n in SAFETENSORS_EXTRAS})
+
+
+def _apply_patterns(selected: list[str], names: list[str], source: ModelSource) -> list[str]:
+    chosen = set(selected) | {n for n in names if any(fnmatch.fnmatch(n, p) for p in source.files)}
+    return sorted(n for n in chosen if not any(fnmatch.fnmatch(n, p) for p in source.exclude))
+
+
+class HubResolver:
+    """Resolution against a Hub (or a mirror) with `huggingface_hub`."""
+
+    def __init__(self, timeout: float = 30.0):
+        self.timeout = timeout
 
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
-        raise ResolveError("HubResolutionUnavailable",
-                           f"this operator build resolves models only from its catalog (catalogFile), and "
-                           f"{source.repo} is not in it; add it to the catalog", transient=False)
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint, token=token or False)
+        with _hub_errors(source, endpoint, token):
+            info = api.model_info(source.repo, revision=source.revision, files_metadata=True)
+            names = [s.rfilename for s in info.siblings or []]
+            known = {s.rfilename: s for s in info.siblings or []}
+            fmt, selected, model_file = self._select(source, names, lambda ns: self._sizes(ns, known, source,
+                                                                                          endpoint, token, info.sha))
+            files = _apply_patterns(selected, names, source)
+            if model_file and model_file not in files:
+                raise ResolveError("NoServableFiles", f"model.exclude removes {model_file}, the file to serve; "
+                                                      f"narrow the exclude patterns")
+            sizes = self._sizes(files, known, source, endpoint, token, info.sha)
+            if getattr(info, "gated", False) and files:
+                # model_info answers for gated repos without a token; the files do not.
+                self._head(source.repo, files[0], info.sha, endpoint, token)
+            arch, ctx = self._architecture(info, names, source, endpoint, token)
+        resolved = [ResolvedFile(path=f, size=sizes[f][0], sha256=sizes[f][1]) for f in files]
+        return ResolvedModel(
+            repo=source.repo, revision=source.revision, sha=info.sha, short_sha=info.sha[:7],
+            engine="llamacpp" if fmt == "gguf" else "tgi", format=fmt, model_file=model_file,
+            quantization=quant_tag(model_file) if model_file else None, files=resolved,
+            total_bytes=sum(f.size for f in resolved), architecture=arch, context_length=ctx)
+
+    def _select(self, source: ModelSource, names: list[str], sizes_of) -> tuple[str, list[str], str | None]:
+        ggufs = [n for n in names if _is_gguf_model(n)]
+        weights = choose_safetensors(names)
+        want_gguf = ggufs and (source.quantization or not weights)
+        if want_gguf:
+            chosen = choose_gguf(names, source.quantization)
+            if chosen is None:
+                by_tag: dict[str, int] = {}
+                sizes = sizes_of(ggufs)
+                for n in ggufs:
+                    tag = quant_tag(n) or n
+                    by_tag[tag] = by_tag.get(tag, 0) + sizes[n][0]
+                have = ", ".join(f"{t} ({_human(b)})" for t, b in sorted(by_tag.items()))
+                raise ResolveError("QuantizationNotFound", f"{source.repo}@{source.revision} has no GGUF file for "
+                                                           f"{source.quantization!r}; it has: {have}")
+            return "gguf", chosen, chosen[0]
+        if weights:
+            return "safetensors", weights, None
+        sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ResolveError("NoServableFiles", f"{source.repo}@{source.revision} has no GGUF, safetensors or "
+                                              f"PyTorch weights to serve (files: {sample or 'none'})")
+
+    def _sizes(self, paths: list[str], known: dict, source: ModelSource, endpoint: str, token: str | None,
+               sha: str) -> dict[str, tuple[int, str | None]]:
+        """Size and sha256 of each file: from the listing, or (olah's listing has no sizes)
+        from each file's own metadata."""
+        out = {}
+        for p in paths:
+            s = known.get(p)
+            lfs = getattr(s, "lfs", None)
+            if s is not None and getattr(s, "size", None) is not None:
+                sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None))
+                out[p] = (int(s.size), sha256)
+                continue
+            meta = self._head(source.repo, p, sha, endpoint, token)
+            etag = (meta.etag or "").strip('"')
+            out[p] = (int(meta.size or 0), etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+        return out
+
+    def _head(self, repo: str, path: str, sha: str, endpoint: str, token: str | None):
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        return get_hf_file_metadata(hf_hub_url(repo, path, revision=sha, endpoint=endpoint), token=token or False,
+                                    timeout=self.timeout)
+
+    def _architecture(self, info, names: list[str], source: ModelSource, endpoint: str,
+                      token: str | None) -> tuple[str | None, int | None]:
+        gguf = getattr(info, "gguf", None) or {}
+        if gguf:
+            return gguf.get("architecture"), gguf.get("context_length")
+        if "config.json" not in names:
+            return None, None
+        import json
+
+        import httpx
+        from huggingface_hub import hf_hub_url
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            r = httpx.get(hf_hub_url(source.repo, "config.json", revision=info.sha, endpoint=endpoint),
+                          headers=headers, follow_redirects=True, timeout=self.timeout)
+            r.raise_for_status()
+            config = json.loads(r.text)
+        except (httpx.HTTPError, ValueError):
+            return None, None  # nice to have, never a reason to fail
+        arch = (config.get("architectures") or [None])[0] or config.get("model_type")
+        ctx = config.get("max_position_embeddings") or config.get("n_positions")
+        return arch, int(ctx) if isinstance(ctx, int) else None
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@contextmanager
+def _hub_errors(source: ModelSource, endpoint: str, token: str | None):
+    """The Hub's failures as conditions a person can act on."""
+    import requests
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    where = f"{source.repo} on {endpoint}"
+    try:
+        yield
+    except GatedRepoError:
+        if token is None:
+            raise ResolveError("GatedRepo", f"{where} is gated: accept its terms on the Hub with your account, then "
+                                            f"`kubectl create secret generic hf-token --from-literal=token=hf_...` "
+                                            f"and set spec.model.tokenSecretRef.name: hf-token") from None
+        raise ResolveError("Unauthorized", f"the token from model.tokenSecretRef has no access to the gated "
+                                           f"{where}: request access on the model's page, or use a token of an "
+                                           f"account that has it") from None
+    except RevisionNotFoundError:
+        raise ResolveError("RevisionNotFound", f"{where} has no branch, tag or commit {source.revision!r}: check "
+                                               f"spec.model.revision") from None
+    except RepositoryNotFoundError:
+        hint = ("; if it is private, the token from model.tokenSecretRef cannot see it" if token else
+                "; if it is private, set spec.model.tokenSecretRef")
+        raise ResolveError("RepoNotFound", f"{where} does not exist: check spec.model.repo{hint}") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else 0
+        if status in (401, 403):
+            raise ResolveError("Unauthorized", f"{where} refused the token from model.tokenSecretRef ({status}): "
+                                               f"check that it is valid and has read access") from None
+        if status == 429 or status >= 500 or status == 0:
+            raise ResolveError("HubUnavailable", f"{where} answered {status or 'nothing'}; retrying with backoff",
+                               transient=True) from None
+        raise ResolveError("HubError", f"{where} answered {status}: {str(e).splitlines()[0]}") from None
+    except (requests.ConnectionError, requests.Timeout, OfflineModeIsEnabled, OSError) as e:
+        raise ResolveError("HubUnreachable", f"cannot reach {endpoint} ({type(e).__name__}); retrying with backoff. "
+                                             f"In an air-gapped cluster set spec.model.endpoint or the operator's "
+                                             f"hubEndpoint to a mirror", transient=True) from None

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
 
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                   description="Namespaces to watch; empty watches the whole cluster.")
-    hub_endpoint: str = Field("https://huggingface.co",
+    hub_endpoint: str = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
                               description="Default Hugging Face Hub endpoint (or mirror) for `spec.model.endpoint`.")
     catalog_file: Path | None = Field(
         None,

@@ -157,6 +157,7 @@ def start_operator(workdir: Path, catalog: list[dict]) -> tuple[subprocess.Popen
     (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     # The local node is this demo's CPU pool: its pods really run.
     config = {"catalogFile": str(workdir / "catalog.yaml"), "namespaces": [DEMO_NAMESPACE],
+              "hubEndpoint": "http://127.0.0.1:9",  # loopback only: nothing but the catalog is resolvable
               "pools": {"gpu": {"nodeSelector": {"modelship.io/pool": "gpu"}, "gpuResource": "nvidia.com/gpu",
                                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
                                                  "effect": "NoSchedule"}]},

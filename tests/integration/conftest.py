@@ -111,6 +111,16 @@ class Operator:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
 
+@pytest.fixture(scope="session")
+def fake_hub():
+    """A Hub on loopback for the operators under test (never the real one)."""
+    from modelship_testbed.hub_fake import FakeHub
+
+    hub = FakeHub().start()
+    yield hub
+    hub.stop()
+
+
 @pytest.fixture
 def kwok_pools(cluster, core, local_node):
     """A GPU and a CPU kwok node of this test's own, and pool profiles that select only them,
@@ -140,8 +150,8 @@ def crd_installed(cluster: Cluster) -> None:
 
 
 @pytest.fixture
-def operator(cluster, namespace, crd_installed, tmp_path):
-    op = Operator(cluster, namespace, tmp_path)
+def operator(cluster, namespace, crd_installed, tmp_path, fake_hub):
+    op = Operator(cluster, namespace, tmp_path, env_extra={"MODELSHIP_HUB_ENDPOINT": fake_hub.url})
     yield op
     op.stop()
     if op.proc and op.proc.returncode not in (0, -15, None):

@@ -253,3 +253,53 @@ def test_refusals_and_foreign_objects_become_conditions(cluster, namespace, oper
     warnings = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning,reason=ApplyRejected",
                                "-o", "name")
     assert len(warnings.split()) == 1
+
+
+@pytest.mark.localnode
+@pytest.mark.slow
+def test_resolves_on_a_hub_downloads_with_progress_then_serves(cluster, namespace, local_node, operator, fake_hub):
+    """Resolved on a Hub (the fake one, on loopback), downloaded by the Job with progress in
+    status, verified on the volume, then Ready and answering."""
+    import hashlib
+    import time
+    from pathlib import Path
+
+    from modelship_testbed.demo import smollm2_dir
+    from modelship_testbed.hub_fake import FakeRepo
+
+    data = (Path(smollm2_dir()) / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()
+    sha = "5" * 40
+    fake_hub.add_repo(FakeRepo("hub-test/SmolLM2-GGUF", {sha: {"README.md": b"# SmolLM2",
+                                                               "SmolLM2-135M-Instruct.Q4_1.gguf": data,
+                                                               "SmolLM2-135M-Instruct.Q8_0.gguf": b"x" * 1000}},
+                               {"main": sha}))
+    fake_hub.chunk_delay = 0.003  # ~5 s for the 98 MB file: long enough to watch
+    try:
+        operator.start()
+        manifest = smollm2("hubsmol")
+        manifest["spec"]["model"] = {"repo": "hub-test/SmolLM2-GGUF", "quantization": "q4_1"}
+        del manifest["spec"]["storage"]
+        cluster.apply(manifest, namespace)
+        seen: list[dict] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            st = md_status(cluster, namespace, "hubsmol")
+            if st.get("phase") == "Downloading":
+                seen.append(st["download"])
+            if st.get("phase") in ("Starting", "Ready", "Failed"):
+                break
+            time.sleep(0.3)
+        assert st.get("phase") != "Failed", st
+        assert st["resolved"]["sha"] == sha and st["resolved"]["modelFile"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert st["resolved"]["files"] == [{"path": "SmolLM2-135M-Instruct.Q4_1.gguf", "size": len(data),
+                                            "sha256": hashlib.sha256(data).hexdigest()}]
+        partial = [d for d in seen if 0 < d["bytesDone"] < d["bytesTotal"]]
+        assert partial, f"no progress seen while downloading: {seen}"
+        assert any("etaSeconds" in d for d in partial), partial
+        cluster.kubectl("wait", "--for=condition=Ready", "md/hubsmol", "-n", namespace, "--timeout=120s")
+        st = md_status(cluster, namespace, "hubsmol")
+        assert st["download"]["percent"] == 100 and condition(st, "Downloaded")["status"] == "True"
+        assert "paris" in call_endpoint(cluster, st).lower()
+        assert fake_hub.served["SmolLM2-135M-Instruct.Q4_1.gguf"] == len(data)  # downloaded once
+    finally:
+        fake_hub.chunk_delay = 0.0

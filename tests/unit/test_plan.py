@@ -569,3 +569,21 @@ def test_a_child_changed_by_hand_is_put_back():
     # Fields only the API server added are not drift.
     dep["spec"]["replicas"] = 1
     assert run(md, r, observed(md, r, job_state="Complete", deployment=dep)).actions == []
+
+
+def test_download_progress_and_the_last_failure_come_from_the_jobs_pods():
+    md, r = make_md(), gguf()
+    job = obs_job(md, r, "Running")
+    name = job["metadata"]["name"]
+    obs = observed(md, r, job_state="Running")
+    obs.download_progress = {name: {"event": "progress", "done": GGUF_BYTES // 4, "total": GGUF_BYTES, "eta": 12}}
+    obs.download_errors = {name: "Error: cannot download x: ConnectError"}
+    p = run(md, r, obs)
+    assert p.status["download"] == {"job": name, "bytesDone": GGUF_BYTES // 4, "bytesTotal": GGUF_BYTES,
+                                    "percent": 25, "etaSeconds": 12}
+    msg = cond(p, "Downloaded")["message"]
+    assert "23.8 MiB of 95.4 MiB (25%), about 12 s left" in msg and "last attempt: Error: cannot download" in msg
+    assert p.requeue_after and p.requeue_after <= 5
+    failed = observed(md, r, job_state="Failed")
+    failed.download_errors = {name: "Error: x.gguf: sha256 ... (twice): the source serves corrupt data"}
+    assert "the source serves corrupt data" in cond(run(md, r, failed), "Ready")["message"]

@@ -1,0 +1,228 @@
+"""A fake Hugging Face Hub that speaks the Hub's HTTP API to the real `huggingface_hub` client.
+
+What it reproduces (the parts the resolver and the downloader use):
+- `GET /api/models/{repo}[/revision/{rev}]`: model info with `sha`, `gated`, `private` and
+  `siblings`; with `?blobs=true` each sibling has `size` and, for LFS files, `lfs.sha256`
+  (a repo can be told to leave sizes out, as the olah mirror does).
+- `HEAD|GET /{repo}/resolve/{rev}/{path}`: `X-Repo-Commit` and `ETag`; LFS files answer a
+  302 to `/cdn/<sha256>` with `X-Linked-Etag` and `X-Linked-Size`, as the Hub does; `Range`.
+- Errors with the Hub's `X-Error-Code` headers: unknown repo (401 RepoNotFound), unknown
+  revision (404 RevisionNotFound), missing file (404 EntryNotFound), gated repo without a
+  token (401 GatedRepo) or with a token that lacks access (403 GatedRepo), private repo.
+- Faults for tests: cut a response after N bytes (once), flip a byte of a file's content.
+Counters record the bytes served per file, so tests can tell how often a file was downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+LFS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".onnx")
+
+
+@dataclass
+class FakeRepo:
+    id: str
+    commits: dict[str, dict[str, bytes]]  # sha -> {path: content}
+    refs: dict[str, str]  # branch or tag -> sha
+    gated: bool = False
+    private: bool = False
+    tokens: set[str] = field(default_factory=set)  # tokens with access (gated or private)
+    sizes_in_listing: bool = True  # False: like olah, siblings carry no sizes
+    extra_info: dict = field(default_factory=dict)
+
+    def resolve(self, rev: str) -> str | None:
+        if rev in self.commits:
+            return rev
+        return self.refs.get(rev)
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def is_lfs(path: str, data: bytes) -> bool:
+    return path.endswith(LFS_SUFFIXES) or len(data) > 10 * 1024 * 1024
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.repos: dict[str, FakeRepo] = {}
+        self.blobs: dict[str, bytes] = {}  # sha256 -> content (the "CDN")
+        self.served: dict[str, int] = {}  # path -> bytes sent in GET bodies
+        self.cut_after: dict[str, int] = {}  # path -> cut the next GET after this many bytes
+        self.corrupt: set[str] = set()  # paths whose content is served with a flipped byte
+        self.requests: list[tuple[str, str]] = []
+        self.chunk_delay = 0.0  # seconds between 64 KiB chunks: a slow link, to watch progress
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- content ---------------------------------------------------------------------------
+
+    def add_repo(self, repo: FakeRepo) -> FakeRepo:
+        self.repos[repo.id] = repo
+        for files in repo.commits.values():
+            for path, data in files.items():
+                if is_lfs(path, data):
+                    self.blobs[hashlib.sha256(data).hexdigest()] = data
+        return repo
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def _auth(self, request: web.Request, repo: FakeRepo, files: bool) -> web.Response | None:
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip() or None
+        if repo.private and token not in repo.tokens:
+            return self._error(401, "RepoNotFound", "Repository not found")
+        if repo.gated and files:
+            if token is None:
+                return self._error(401, "GatedRepo", "Access to model is restricted. You must have access to it "
+                                                     "and be authenticated to access it.")
+            if token not in repo.tokens:
+                return self._error(403, "GatedRepo", "Access to model is restricted and you are not in the "
+                                                     "authorized list.")
+        return None
+
+    @staticmethod
+    def _error(status: int, code: str, message: str) -> web.Response:
+        return web.json_response({"error": message}, status=status,
+                                 headers={"X-Error-Code": code, "X-Error-Message": message})
+
+    def _repo(self, request: web.Request) -> FakeRepo | None:
+        return self.repos.get(f"{request.match_info['org']}/{request.match_info['name']}")
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        self.requests.append(("info", request.path_qs))
+        if repo is None:
+            return self._error(401, "RepoNotFound", "Repository not found")
+        if (denied := self._auth(request, repo, files=False)) is not None:
+            return denied
+        rev = request.match_info.get("rev", "main")
+        sha = repo.resolve(rev)
+        if sha is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        blobs = request.query.get("blobs") in ("true", "True", "1")
+        siblings = []
+        for path, data in sorted(repo.commits[sha].items()):
+            s: dict = {"rfilename": path}
+            if blobs and repo.sizes_in_listing:
+                s["size"] = len(data)
+                s["blobId"] = git_blob_sha1(data)
+                if is_lfs(path, data):
+                    s["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+            siblings.append(s)
+        return web.json_response({"_id": repo.id, "id": repo.id, "modelId": repo.id, "sha": sha,
+                                  "private": repo.private, "gated": "manual" if repo.gated else False,
+                                  "disabled": False, "downloads": 0, "likes": 0, "tags": [],
+                                  "lastModified": "2026-01-01T00:00:00.000Z", "siblings": siblings,
+                                  **repo.extra_info})
+
+    async def resolve_file(self, request: web.Request) -> web.StreamResponse:
+        repo = self._repo(request)
+        self.requests.append((request.method, request.path))
+        if repo is None:
+            return self._error(401, "RepoNotFound", "Repository not found")
+        if (denied := self._auth(request, repo, files=True)) is not None:
+            return denied
+        sha = repo.resolve(request.match_info["rev"])
+        if sha is None:
+            return self._error(404, "RevisionNotFound", "Invalid rev id")
+        path = request.match_info["path"]
+        data = repo.commits[sha].get(path)
+        if data is None:
+            return self._error(404, "EntryNotFound", f"{path} does not exist")
+        headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
+        if is_lfs(path, data):
+            digest = hashlib.sha256(data).hexdigest()
+            headers.update({"X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(data)),
+                            "ETag": f'"{git_blob_sha1(data)}"', "Location": f"{self.url}/cdn/{digest}?path={path}",
+                            "Content-Length": "0"})
+            return web.Response(status=302, headers=headers)
+        headers["ETag"] = f'"{git_blob_sha1(data)}"'
+        return await self._send(request, path, data, headers)
+
+    async def cdn(self, request: web.Request) -> web.StreamResponse:
+        data = self.blobs.get(request.match_info["sha256"])
+        self.requests.append((request.method, request.path))
+        if data is None:
+            return web.Response(status=404)
+        return await self._send(request, request.query.get("path", ""), data, {"Accept-Ranges": "bytes"})
+
+    async def _send(self, request: web.Request, path: str, data: bytes, headers: dict) -> web.StreamResponse:
+        if path in self.corrupt and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        start, status = 0, 200
+        rng = request.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            first = rng[6:].split("-", 1)[0]
+            start = int(first) if first else 0
+            if start >= len(data) and data:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        headers["Content-Length"] = str(len(body))
+        resp = web.StreamResponse(status=status, headers=headers)
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        cut = self.cut_after.pop(path, None)
+        sent, chunk = 0, 64 * 1024
+        while sent < len(body):
+            piece = body[sent:sent + chunk]
+            if cut is not None and sent + len(piece) > cut:
+                await resp.write(piece[: max(cut - sent, 0)])
+                self.served[path] = self.served.get(path, 0) + max(cut - sent, 0) + sent
+                request.transport.close()  # the connection drops mid-file
+                return resp
+            await resp.write(piece)
+            sent += len(piece)
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        self.served[path] = self.served.get(path, 0) + sent
+        await resp.write_eof()
+        return resp
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/models/{org}/{name}", self.model_info)
+        app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self.model_info)
+        app.router.add_route("*", "/{org}/{name}/resolve/{rev}/{path:.+}", self.resolve_file)
+        app.router.add_route("*", "/cdn/{sha256}", self.cdn)
+        return app
+
+    # --- lifecycle (a thread of its own, for tests) ----------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> "FakeHub":
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, host, port)
+            self._loop.run_until_complete(site.start())
+            bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://{host}:{bound}"
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="fake-hub", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the fake Hub did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._thread:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)

@@ -1,0 +1,133 @@
+"""`modelship fetch` against the fake Hub: the layout, resuming, verification, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from modelship import fetch
+from modelship_testbed.hub_fake import FakeHub, FakeRepo
+
+SHA = "3" * 40
+MiB = 1024 * 1024
+GGUF = (b"GGUF" + bytes(range(256)) * 4096 * 3)[: 3 * MiB]
+CONFIG = b'{"architectures": ["X"]}'
+SECOND = b"second weights" * 50_000
+
+
+@pytest.fixture
+def hub():
+    h = FakeHub()
+    h.add_repo(FakeRepo("org/m", {SHA: {"m-Q4_K_M.gguf": GGUF, "config.json": CONFIG, "sub/w.safetensors": SECOND,
+                                        "../evil.gguf": b"x"}}, {"main": SHA}))
+    h.add_repo(FakeRepo("org/gated", {SHA: {"m.gguf": b"gated"}}, {"main": SHA}, gated=True, tokens={"ok"}))
+    h.start()
+    yield h
+    h.stop()
+
+
+def spec(path: str, data: bytes, with_sha: bool = True) -> str:
+    return f"{len(data)}:{hashlib.sha256(data).hexdigest() if with_sha else ''}:{path}"
+
+
+def run(hub, dest: Path, files: list[str], repo: str = "org/m", **kw):
+    lines: list[str] = []
+    out = io.StringIO()
+    fetcher = fetch.Fetcher(repo, SHA, hub.url, dest, kw.pop("token", None), lines.append, retry_delay=0.01, **kw)
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        progress = fetcher.run([fetch.parse_file(f) for f in files], emit_every=0.05)
+    fetcher.progress_lines = [json.loads(l) for l in out.getvalue().splitlines()]
+    return progress, lines, fetcher
+
+
+def snapshot(dest: Path, repo: str = "org/m") -> Path:
+    return dest / f"models--{repo.replace('/', '--')}" / "snapshots" / SHA
+
+
+def test_files_land_content_addressed_and_linked_from_the_snapshot(hub, tmp_path):
+    progress, lines, f = run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG, False),
+                                             spec("sub/w.safetensors", SECOND)])
+    snap = snapshot(tmp_path)
+    for name, data in (("m-Q4_K_M.gguf", GGUF), ("config.json", CONFIG), ("sub/w.safetensors", SECOND)):
+        link = snap / name
+        assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+        assert link.read_bytes() == data
+        assert Path(os.path.realpath(link)).name == hashlib.sha256(data).hexdigest()
+    assert progress.done == progress.total == len(GGUF) + len(CONFIG) + len(SECOND)
+    last = f.progress_lines[-1]
+    assert last["event"] == "done" and last["done"] == last["total"] and last["files_done"] == 3
+    assert not list(tmp_path.rglob("*.incomplete"))
+    # A second run finds everything in place and downloads nothing.
+    served = dict(hub.served)
+    run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG, False)])
+    assert hub.served == served
+
+
+def test_a_dropped_connection_resumes_where_it_stopped(hub, tmp_path):
+    hub.cut_after["m-Q4_K_M.gguf"] = MiB
+    progress, lines, _ = run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF)])
+    assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
+    assert any("retrying m-Q4_K_M.gguf" in l for l in lines), lines
+    assert hub.served["m-Q4_K_M.gguf"] == len(GGUF)  # 1 MiB, then the rest from a Range request: no byte twice
+    assert progress.done == len(GGUF)
+
+
+def test_a_killed_download_resumes_from_its_partial_file(hub, tmp_path):
+    digest = hashlib.sha256(GGUF).hexdigest()
+    blobs = tmp_path / "models--org--m" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{digest}.incomplete").write_bytes(GGUF[: 2 * MiB])  # what a killed pod left behind
+    run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF)])
+    assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
+    assert hub.served["m-Q4_K_M.gguf"] == len(GGUF) - 2 * MiB
+
+
+def test_a_corrupted_byte_is_caught_and_nothing_becomes_visible(hub, tmp_path):
+    hub.corrupt.add("m-Q4_K_M.gguf")
+    with pytest.raises(fetch.FetchError, match="sha256 .* instead of .*twice.*corrupt"):
+        run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF)])
+    assert not (snapshot(tmp_path) / "m-Q4_K_M.gguf").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no blob, no partial file kept
+
+
+def test_a_wrong_preloaded_file_is_replaced_and_a_right_one_kept(hub, tmp_path):
+    snap = snapshot(tmp_path)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_bytes(CONFIG)  # right: kept as it is
+    (snap / "m-Q4_K_M.gguf").write_bytes(b"not the weights")  # wrong: replaced
+    run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG)])
+    assert not (snap / "config.json").is_symlink() and "config.json" not in hub.served
+    assert (snap / "m-Q4_K_M.gguf").read_bytes() == GGUF
+
+
+@pytest.mark.parametrize("bad", ["../evil.gguf", "/etc/passwd", "a/../../b", "sub/./x"])
+def test_names_that_leave_the_volume_are_refused_before_anything_is_written(hub, tmp_path, bad):
+    with pytest.raises(fetch.FetchError, match="leaves the snapshot folder"):
+        run(hub, tmp_path, [spec("config.json", CONFIG), f"1::{bad}"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_gated_file_needs_the_token(hub, tmp_path):
+    with pytest.raises(fetch.FetchError, match="token from model.tokenSecretRef is missing or has no access"):
+        run(hub, tmp_path, [spec("m.gguf", b"gated")], repo="org/gated")
+    run(hub, tmp_path, [spec("m.gguf", b"gated")], repo="org/gated", token="ok")
+    assert (snapshot(tmp_path, "org/gated") / "m.gguf").read_bytes() == b"gated"
+
+
+def test_the_command_fails_with_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from modelship.cli import main
+
+    result = CliRunner().invoke(main, ["fetch", "--repo", "org/m", "--revision", "main", "--dest", str(tmp_path),
+                                       "--file", "1::a"])
+    assert result.exit_code == 1
+    assert "Error: --revision 'main' is not a commit sha" in result.output
+    assert "Traceback" not in result.output
