@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml testbed/pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/modelship testbed demo
+	$(BIN)/modelship demo
 
 build: $(VENV)/.installed
 	$(BIN)/modelship testbed build

@@ -86,6 +86,9 @@ class Controller:
         except ValidationError as e:  # the CRD admitted it, so this is a newer or older schema
             log.error("ModelDeployment %s/%s does not match this operator's API: %s", namespace, name, e)
             return None
+        if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and \
+                md.status.phase != "Resolving":
+            await self._say_resolving(md, body)
         resolution = await self._resolve(md)
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
         claim = builders.claim_name(md)
@@ -118,6 +121,17 @@ class Controller:
             await asyncio.to_thread(self.kube.post_event, md, event)
         self._record_phase(key, p.status.get("phase"))
         return p.requeue_after
+
+    async def _say_resolving(self, md: api.ModelDeployment, body: dict) -> None:
+        """Resolution may take a while (a slow Hub, many files): say so first."""
+        status = dict(body.get("status") or {})
+        conditions = [c.wire() for c in md.status.conditions]
+        endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
+        set_condition(conditions, "Resolved", "Unknown", "Resolving",
+                      f"asking {endpoint} for {md.spec.model.repo}@{md.spec.model.revision}", md.generation, now())
+        status.update(phase="Resolving", conditions=conditions)
+        await asyncio.to_thread(self.kube.write_status, md.namespace, md.name, status)
+        md.status = api.ModelDeploymentStatus.model_validate(status)
 
     @staticmethod
     def _rejected(md: api.ModelDeployment, p: Plan, message: str) -> None:

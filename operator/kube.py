@@ -160,10 +160,10 @@ class Kube:
                 term = cs.state.terminated if cs.state else None
                 if term and term.exit_code and term.message:
                     error = term.message.strip().splitlines()[-1][:500]
-        running = [p for p in pods if p.status.phase == "Running"]
-        if running:
+        started = [p for p in pods if p.status.phase in ("Running", "Succeeded")]
+        if started:  # the newest pod's last words (a finished pod said "done")
             try:
-                log_text = self.core.read_namespaced_pod_log(running[-1].metadata.name, namespace, tail_lines=20,
+                log_text = self.core.read_namespaced_pod_log(started[-1].metadata.name, namespace, tail_lines=20,
                                                              _preload_content=False).data.decode(errors="replace")
             except ApiException:
                 log_text = ""

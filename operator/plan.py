@@ -300,7 +300,9 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         state = "Complete"  # verified earlier; the Job has been cleaned up since
     total = resolved.total_bytes
     live = observed.download_progress.get(job["metadata"]["name"]) or {}
-    done = total if state == "Complete" else min(int(live.get("done") or 0), total)
+    before = md.status.download if md.status.download and md.status.download.job == job["metadata"]["name"] else None
+    done = total if state == "Complete" else min(max(int(live.get("done") or 0),
+                                                     before.bytes_done if before else 0), total)
     status["download"] = {"job": job["metadata"]["name"], "bytesDone": done, "bytesTotal": total,
                           "percent": 100 if total == 0 or done >= total else int(100 * done / total)}
     if state == "Running" and live.get("eta"):

@@ -74,6 +74,11 @@ def status() -> None:
 def env() -> None:
     """Print the shell line that points kubectl (and tests) at the test bed: eval "$(modelship testbed env)"."""
     click.echo(f"export KUBECONFIG={kubeconfig_path()}")
+    from .config import TestbedConfig
+
+    cfg = TestbedConfig.load() if (kubeconfig_path().parent / "config.json").exists() else TestbedConfig()
+    if cfg.hub_mirror:
+        click.echo(f"export HF_ENDPOINT=http://127.0.0.1:{cfg.ports.hub_mirror}")
     kubectl = binaries.find("kubectl")
     if kubectl:
         click.echo(f"export PATH={kubectl.parent}:$PATH")
@@ -93,14 +98,17 @@ def build(components: tuple[str, ...]) -> None:
     _log(f"binaries ready in {time.monotonic() - start:.0f}s")
 
 
-@testbed.command()
+@click.command()
 @one_line_errors
 def demo() -> None:
-    """Start the test bed, run the real llama-server with SmolLM2 on it, and ask it a question."""
+    """The whole path on a local cluster: test bed, Hub mirror, operator, examples/smollm2.yaml
+    served by llama.cpp, and a real answer."""
     from . import demo as demo_mod
 
-    answer = demo_mod.run(_log)
-    click.echo(answer)
+    demo_mod.run(_log)
+
+
+testbed.add_command(demo)  # `modelship demo` and `modelship testbed demo` are the same
 
 
 @testbed.command(context_settings={"ignore_unknown_options": True})

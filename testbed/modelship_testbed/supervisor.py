@@ -104,6 +104,11 @@ def component_specs(cfg: TestbedConfig) -> list[Spec]:
             f"--server-address=127.0.0.1:{ports.kwok}", "--node-lease-duration-seconds=40",
         ], f"http://127.0.0.1:{ports.kwok}/healthz"),
     ]
+    if cfg.hub_mirror:
+        from . import hubmirror
+
+        specs.append(Spec("hub-mirror", [str(hubmirror.olah_cli()), "-c", str(hubmirror.write_config(d, ports.hub_mirror))],
+                          hubmirror.health_url(ports.hub_mirror)))
     if cfg.local_node:
         specs.append(Spec("local-node", [
             sys.executable, "-m", "modelship_testbed.localnode", f"--state-dir={d}", f"--name={LOCAL_NODE_NAME}",

@@ -23,7 +23,7 @@ def test_llama_server_example_answers_the_demo_question(cluster, namespace, loca
 
 
 # The operator's examples. The operator and CRD fixtures come from the integration layer.
-from ..integration.conftest import crd_installed, operator  # noqa: E402,F401  (fixtures)
+from ..integration.conftest import crd_installed, fake_hub, operator  # noqa: E402,F401  (fixtures)
 from ..integration.conftest import md_status, preload_claim  # noqa: E402
 
 EXAMPLES = sorted((REPO_EXAMPLES := __import__("pathlib").Path(__file__).resolve().parents[2] / "examples")
@@ -53,17 +53,20 @@ def test_smollm2_example_becomes_ready_through_the_operator_and_answers(cluster,
 
 
 def test_make_demo_runs_the_operator_path_and_answers(cluster, local_node):
-    """The README's first command (`make demo` runs `modelship testbed demo`)."""
+    """The README's first command (`make demo` runs `modelship demo`): the Hub mirror, the
+    operator, the example, progress, and the answer."""
     import subprocess
     import sys
     from pathlib import Path
 
-    proc = subprocess.run([str(Path(sys.executable).with_name("modelship")), "testbed", "demo"],
+    cluster.kubectl("delete", "namespace", "modelship-demo", "--ignore-not-found", "--timeout=120s")
+    proc = subprocess.run([str(Path(sys.executable).with_name("modelship")), "demo"],
                           capture_output=True, text=True, timeout=600)
     try:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout + proc.stderr
-        for step in ("operator started", "kubectl apply -f examples/smollm2.yaml", "Downloading:", "Ready in"):
+        for step in ("operator started, Hub mirror http://127.0.0.1:", "kubectl apply -f examples/smollm2.yaml",
+                     "Resolving: asking http://127.0.0.1:", "Downloading:", "MiB of 93.8 MiB", "Ready in"):
             assert step in out, out
         assert "answer: " in out and "paris" in out.split("answer: ", 1)[1].lower(), out
     finally:
