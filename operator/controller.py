@@ -86,9 +86,10 @@ class Controller:
         except ValidationError as e:  # the CRD admitted it, so this is a newer or older schema
             log.error("ModelDeployment %s/%s does not match this operator's API: %s", namespace, name, e)
             return None
-        if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and \
-                md.status.phase != "Resolving":
-            await self._say_resolving(md, body)
+        tried = next((c for c in md.status.conditions if c.type == "Resolved"
+                      and c.observed_generation == md.generation), None)
+        if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and tried is None:
+            await self._say_resolving(md, body)  # once per generation: a failure is not announced again
         resolution = await self._resolve(md)
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
         claim = builders.claim_name(md)
