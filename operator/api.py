@@ -118,6 +118,10 @@ class ModelSource(Model):
         None, description="Secret holding a Hugging Face token, for gated or private repositories. The operator "
                           "reads it to resolve the model; the download Job gets it as an environment variable "
                           "from the Secret. It never appears in status, events, logs or arguments.")
+    revision_policy: Literal["Pin", "Follow"] = Field(
+        "Pin", description="`Pin`: resolve `revision` to a commit once and serve it until the spec changes. "
+                           "`Follow`: ask the Hub again every `followIntervalSeconds` (operator setting) and roll "
+                           "to the branch's new commit; the `Resolved` condition says it moved, and to what.")
     endpoint: str | None = Field(
         None, description="Hub endpoint (a mirror such as olah in air-gapped clusters), overriding the "
                           "operator's `hubEndpoint`.",
@@ -435,6 +439,10 @@ class ResolvedModel(Model):
     total_bytes: int = Field(0, description="Their total size.")
     architecture: str | None = Field(None, description="Model architecture, where known.")
     context_length: int | None = Field(None, description="The model's trained context length, where known.")
+    resolved_at: str | None = Field(None, description="When the Hub was last asked.",
+                                    json_schema_extra={"format": "date-time"})
+    moved_from: str | None = Field(None, description="With `revisionPolicy: Follow`, the commit served before the "
+                                                     "branch last moved.")
     source_hash: str | None = Field(None, description="Hash of the `spec.model` and `spec.engine.type` this was "
                                                       "resolved from: a change there resolves again, nothing else "
                                                       "does (the revision stays pinned).")

@@ -153,6 +153,9 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     ref = md.spec.model.token_secret_ref
     if ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    elif settings.default_token_secret:  # the operator's default, where the namespace has it
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": settings.default_token_secret, "key": "token", "optional": True}}})
     pod = {
         "metadata": {"labels": labels(md, "download")},
         "spec": {

@@ -121,6 +121,8 @@ class Controller:
         for event in p.events:
             await asyncio.to_thread(self.kube.post_event, md, event)
         self._record_phase(key, p.status.get("phase"))
+        if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while
+            return min(p.requeue_after or float("inf"), float(self.settings.follow_interval_seconds))
         return p.requeue_after
 
     async def _say_resolving(self, md: api.ModelDeployment, body: dict) -> None:
@@ -146,14 +148,27 @@ class Controller:
         if not (before and before.reason == "ApplyRejected" and before.message == message):
             p.events.append(Event("Warning", "ApplyRejected", message))  # once, not at every resync
 
+    def _follow_due(self, have: api.ResolvedModel) -> bool:
+        import datetime as dt
+
+        if not have.resolved_at:
+            return True
+        at = dt.datetime.strptime(have.resolved_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        return (dt.datetime.now(dt.timezone.utc) - at).total_seconds() >= self.settings.follow_interval_seconds
+
     async def _resolve(self, md: api.ModelDeployment) -> api.ResolvedModel | ResolveError | SpecError:
-        """The pinned resolution while spec.model is unchanged; otherwise ask the resolver."""
+        """The pinned resolution while spec.model is unchanged (with revisionPolicy Follow: until
+        followIntervalSeconds have passed); otherwise ask the resolver."""
         want = source_hash(md.spec)
         have = md.status.resolved
         if have is not None and have.source_hash == want:
-            return have
+            if md.spec.model.revision_policy != "Follow" or not self._follow_due(have):
+                return have
         token = None
         ref = md.spec.model.token_secret_ref
+        if ref is None and self.settings.default_token_secret:
+            token = await asyncio.to_thread(self.kube.read_secret_key, md.namespace,
+                                            self.settings.default_token_secret, "token")
         if ref:
             token = await asyncio.to_thread(self.kube.read_secret_key, md.namespace, ref.name, ref.key)
             if token is None:
@@ -171,8 +186,12 @@ class Controller:
             RESOLUTIONS.labels(e.reason).inc()
             return e
         RESOLUTIONS.labels("Resolved").inc()
-        return resolved.model_copy(update={"engine": engine, "source_hash": want,
-                                           "short_sha": resolved.sha[:7], "revision": md.spec.model.revision})
+        moved = have.sha if have is not None and have.source_hash == want and have.sha != resolved.sha else None
+        if have is not None and have.source_hash == want and not moved:
+            moved = have.moved_from  # still the same commit: keep saying where it came from
+        return resolved.model_copy(update={"engine": engine, "source_hash": want, "short_sha": resolved.sha[:7],
+                                           "revision": md.spec.model.revision, "resolved_at": now(),
+                                           "moved_from": moved})
 
     async def resync(self, stop: asyncio.Event) -> None:
         """Reconcile everything every `resyncSeconds`: never trust that an event was seen."""

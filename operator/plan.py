@@ -236,9 +236,12 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         return stop(resolution, "Resolved")
     resolved = resolution
     status["resolved"] = resolved.wire()
-    cond("Resolved", "True", "Resolved",
-         f"{resolved.repo}@{resolved.revision} is commit {resolved.sha}: {len(resolved.files)} files, "
-         f"{human_bytes(resolved.total_bytes)}, served by {resolved.engine}")
+    what = (f"{len(resolved.files)} files, {human_bytes(resolved.total_bytes)}, served by {resolved.engine}")
+    if resolved.moved_from:
+        cond("Resolved", "True", "RevisionMoved", f"{resolved.revision} moved from {resolved.moved_from[:7]} to "
+                                                  f"{resolved.sha[:7]} (revisionPolicy Follow): {what}")
+    else:
+        cond("Resolved", "True", "Resolved", f"{resolved.repo}@{resolved.revision} is commit {resolved.sha}: {what}")
     try:
         placement = place(md, resolved.engine, settings)
         check_storage(md, resolved)

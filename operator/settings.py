@@ -92,6 +92,12 @@ class Settings(BaseSettings):
                                   description="Namespaces to watch; empty watches the whole cluster.")
     hub_endpoint: str = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
                               description="Default Hugging Face Hub endpoint (or mirror) for `spec.model.endpoint`.")
+    default_token_secret: str | None = Field(
+        None, description="Secret (in each ModelDeployment's namespace, key `token`) holding a Hugging Face token "
+                          "for ModelDeployments without model.tokenSecretRef; where it does not exist, none is used.")
+    follow_interval_seconds: int = Field(600, ge=5, description="How often ModelDeployments with "
+                                                                 "model.revisionPolicy Follow ask the Hub whether "
+                                                                 "their branch moved.")
     catalog_file: Path | None = Field(
         None,
         description="A YAML list of pre-resolved models (`status.resolved` entries, each with `repo` and "

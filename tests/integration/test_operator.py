@@ -303,3 +303,56 @@ def test_resolves_on_a_hub_downloads_with_progress_then_serves(cluster, namespac
         assert fake_hub.served["SmolLM2-135M-Instruct.Q4_1.gguf"] == len(data)  # downloaded once
     finally:
         fake_hub.chunk_delay = 0.0
+
+
+TOKEN = "hf_leakcheck_5f3a9c0d2e"
+
+
+@pytest.mark.localnode
+def test_gated_model_needs_its_token_secret_and_the_token_never_leaks(cluster, namespace, operator, fake_hub,
+                                                                      kwok_pools):
+    from modelship_testbed.hub_fake import FakeRepo
+
+    fake_hub.add_repo(FakeRepo("hub-test/gated-GGUF", {"6" * 40: {"m-Q4_K_M.gguf": b"gated weights"}},
+                               {"main": "6" * 40}, gated=True, tokens={TOKEN}))
+    cluster.kubectl("create", "secret", "generic", "hf-token", f"--from-literal=token={TOKEN}", "-n", namespace)
+    operator.start(pools=kwok_pools)
+    cluster.apply(tiny("no-token", repo="hub-test/gated-GGUF"), namespace)
+    cluster.apply(tiny("with-token", repo="hub-test/gated-GGUF") | {"spec": {
+        "model": {"repo": "hub-test/gated-GGUF", "tokenSecretRef": {"name": "hf-token"}}}}, namespace)
+    st = wait_phase(cluster, operator, "no-token", "Failed")
+    assert condition(st, "Resolved")["reason"] == "GatedRepo"
+    assert "kubectl create secret generic" in condition(st, "Resolved")["message"]
+    wait_phase(cluster, operator, "with-token", "Ready", timeout=120)  # downloaded with the token, served
+    job = children(cluster, namespace, "with-token")["jobs"][0]
+    seen = [cluster.kubectl("get", "md,jobs,pods,deployments,services,pvc", "-n", namespace, "-o", "yaml"),
+            cluster.kubectl("get", "events", "-n", namespace, "-o", "yaml"),
+            cluster.kubectl("logs", f"job/{job}", "-n", namespace, check=False),
+            operator.log(), operator.metrics()]
+    assert all(TOKEN not in text for text in seen)
+    env = get(cluster, "job", job, namespace)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+
+
+@pytest.mark.localnode
+def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespace, operator, fake_hub, kwok_pools):
+    from modelship_testbed.hub_fake import FakeRepo
+
+    old, new = "7" * 40, "8" * 40
+    repo = fake_hub.add_repo(FakeRepo("hub-test/follow-GGUF", {old: {"m-Q4_K_M.gguf": b"v1"},
+                                                              new: {"m-Q4_K_M.gguf": b"v2 weights"}},
+                                      {"main": old}))
+    operator.start(pools=kwok_pools, config={"followIntervalSeconds": 5})
+    cluster.apply(tiny("pinned", repo="hub-test/follow-GGUF"), namespace)
+    cluster.apply(tiny("follower", repo="hub-test/follow-GGUF") | {"spec": {
+        "model": {"repo": "hub-test/follow-GGUF", "revisionPolicy": "Follow"}}}, namespace)
+    for name in ("pinned", "follower"):
+        assert wait_phase(cluster, operator, name, "Ready", timeout=120)["resolved"]["sha"] == old
+    repo.refs["main"] = new  # someone pushes to main
+    st = wait_for(lambda: (s := md_status(cluster, namespace, "follower"))["resolved"]["sha"] == new and s, 60,
+                  "the follower to move to the new commit")
+    moved = condition(st, "Resolved")
+    assert moved["reason"] == "RevisionMoved" and f"moved from {old[:7]} to {new[:7]}" in moved["message"]
+    wait_for(lambda: get(cluster, "deployment", "follower", namespace)["spec"]["template"]["metadata"]
+             ["annotations"]["modelship.io/revision"] == new, 60, "the Deployment to roll to the new commit")
+    assert md_status(cluster, namespace, "pinned")["resolved"]["sha"] == old  # Pin stays where it was
