@@ -26,6 +26,7 @@ message.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -157,15 +158,22 @@ class Fetcher:
             return
         key = w.sha256 or hashlib.sha256(f"{self.revision}/{w.path}".encode()).hexdigest()
         blob = self.blobs / key
-        if not (w.sha256 and blob.exists() and blob.stat().st_size == w.size):
-            self.download(w, blob, progress)
-        else:
-            progress.add(w.size)
-        if not w.sha256:  # name a blob without a known hash by its content, like the others
-            digest = sha256_of(blob)
-            named = self.blobs / digest
-            os.replace(blob, named)
-            blob = named
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        # Other Jobs may want the same blob at the same time (ModelDeployments sharing a cache
+        # volume): one downloads, the others wait and then find it there.
+        locks = self.repo_dir / ".locks"  # empty files, kept: deleting one would let two holders in
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / key, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (w.sha256 and blob.exists() and blob.stat().st_size == w.size):
+                self.download(w, blob, progress)
+            else:
+                progress.add(w.size)
+            if not w.sha256:  # name a blob without a known hash by its content, like the others
+                digest = sha256_of(blob)
+                named = self.blobs / digest
+                os.replace(blob, named)
+                blob = named
         self.link(target, blob)
         progress.file_done()
         self.log(f"ok {w.path} ({w.size} bytes)")

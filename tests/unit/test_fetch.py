@@ -94,7 +94,8 @@ def test_a_corrupted_byte_is_caught_and_nothing_becomes_visible(hub, tmp_path):
     with pytest.raises(fetch.FetchError, match="sha256 .* instead of .*twice.*corrupt"):
         run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF)])
     assert not (snapshot(tmp_path) / "m-Q4_K_M.gguf").exists()
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no blob, no partial file kept
+    kept = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != ".locks"]
+    assert not kept  # no blob, no partial file
 
 
 def test_a_wrong_preloaded_file_is_replaced_and_a_right_one_kept(hub, tmp_path):
@@ -131,3 +132,27 @@ def test_the_command_fails_with_one_line(tmp_path):
     assert result.exit_code == 1
     assert "Error: --revision 'main' is not a commit sha" in result.output
     assert "Traceback" not in result.output
+
+
+def test_two_fetchers_of_the_same_files_download_them_once(hub, tmp_path):
+    """ModelDeployments sharing a cache volume run their Jobs at once: one copy, one download."""
+    import threading
+
+    hub.chunk_delay = 0.002  # long enough for both to be downloading at once
+    errors = []
+
+    def one():
+        try:
+            run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF), spec("sub/w.safetensors", SECOND)])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert hub.served["m-Q4_K_M.gguf"] == len(GGUF) and hub.served["sub/w.safetensors"] == len(SECOND)
+    assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
+    assert len([p for p in (tmp_path / "models--org--m" / "blobs").iterdir()]) == 2  # no lock files left
