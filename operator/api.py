@@ -290,8 +290,10 @@ class StorageSpec(Model):
         None, description="Size of the volume, for example `20Gi`. Default: the resolved files' total plus "
                           "10% (at least 1Gi more). A size too small for the files is an error.")
     shared_cache: bool = Field(
-        False, description="Keep the weights in the namespace's shared, content-addressed cache volume, so "
-                           "ModelDeployments of the same repo@sha download once.")
+        False, description="Keep the weights on the namespace's shared, content-addressed cache volume "
+                           "(`modelship-cache`) instead of a volume of its own: ModelDeployments of the same "
+                           "repo@sha download once and read the same files, and the volume goes with the last "
+                           "of them. Serving pods on several nodes need `accessMode: ReadWriteMany`.")
     existing_claim: str | None = Field(
         None, description="Use this PersistentVolumeClaim, which exists already (for example pre-loaded in an "
                           "air-gapped cluster), instead of creating one. Files already there in the Hub cache "

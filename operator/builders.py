@@ -25,6 +25,8 @@ SPEC_HASH = "modelship.io/spec-hash"
 REVISION = "modelship.io/revision"
 WEIGHTS_BYTES = "modelship.io/weights-bytes"
 DEPLOYMENT_LABEL = "modelship.io/deployment"
+SHARED_CACHE = "modelship.io/shared-cache"
+SHARED_CLAIM = "modelship-cache"  # the namespace's shared, content-addressed cache volume
 COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 UID, GID = 1000, 1000  # the engines run as this user and group
@@ -56,16 +58,30 @@ def selector_string(md: ModelDeployment) -> str:
     return ",".join(f"{k}={v}" for k, v in selector(md).items())
 
 
-def owner_reference(md: ModelDeployment) -> dict:
+def owner_reference(md: ModelDeployment, controller: bool = True) -> dict:
     return {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": md.name, "uid": md.metadata["uid"],
-            "controller": True, "blockOwnerDeletion": True}
+            "controller": controller, "blockOwnerDeletion": True}
 
 
-def _finish(obj: dict, md: ModelDeployment) -> dict:
-    """Add namespace, owner reference and the applied-hash annotation."""
+def shared_labels(component: str) -> dict[str, str]:
+    """Objects of the shared cache belong to every ModelDeployment that uses them, none in
+    particular: they carry no ModelDeployment's name."""
+    return {"app.kubernetes.io/name": "modelship", COMPONENT: component, MANAGED_BY: "modelship",
+            SHARED_CACHE: SHARED_CLAIM}
+
+
+def field_manager_of(owner: dict, obj: dict) -> str:
+    """The field manager of one ModelDeployment's share of a shared object (its owner
+    reference): server-side apply then keeps every owner's entry."""
+    return f"modelship/{obj['metadata']['namespace']}/{owner['name']}"[:128]
+
+
+def _finish(obj: dict, md: ModelDeployment, shared: bool = False) -> dict:
+    """Add namespace, owner reference and the applied-hash annotation. A shared object gets this
+    ModelDeployment as one of its owners: the garbage collector deletes it with the last one."""
     meta = obj["metadata"]
     meta["namespace"] = md.namespace
-    meta["ownerReferences"] = [owner_reference(md)]
+    meta["ownerReferences"] = [owner_reference(md, controller=not shared)]
     meta.setdefault("annotations", {})[APPLIED_HASH] = digest(obj)
     return obj
 
@@ -79,7 +95,9 @@ def snapshot_dir(resolved: ResolvedModel) -> str:
 
 
 def claim_name(md: ModelDeployment) -> str:
-    return md.spec.storage.existing_claim or f"{md.name}-weights"
+    if md.spec.storage.existing_claim:
+        return md.spec.storage.existing_claim
+    return SHARED_CLAIM if md.spec.storage.shared_cache else f"{md.name}-weights"
 
 
 def service_url(md: ModelDeployment) -> str:
@@ -127,8 +145,11 @@ def pvc(md: ModelDeployment, resolved: ResolvedModel, settings: Settings, total_
     spec: dict = {"accessModes": [st.access_mode], "resources": {"requests": {"storage": size}}}
     if st.storage_class_name:
         spec["storageClassName"] = st.storage_class_name
+    shared = st.shared_cache
     return _finish({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": claim_name(md), "labels": labels(md, "weights")}, "spec": spec}, md)
+                    "metadata": {"name": claim_name(md),
+                                 "labels": shared_labels("weights") if shared else labels(md, "weights")},
+                    "spec": spec}, md, shared=shared)
 
 
 def _restricted_container() -> dict:
@@ -156,8 +177,10 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     elif settings.default_token_secret:  # the operator's default, where the namespace has it
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": settings.default_token_secret, "key": "token", "optional": True}}})
+    shared = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
+    job_labels = shared_labels("download") if shared else labels(md, "download")
     pod = {
-        "metadata": {"labels": labels(md, "download")},
+        "metadata": {"labels": dict(job_labels)},
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
@@ -177,7 +200,8 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     }
     if settings.download_pool:
         _schedule(pod["spec"], settings.pools[settings.download_pool])
-    name = f"{md.name}-fetch-{digest([resolved.repo, resolved.sha, pod], 8)}"
+    # Shared: named by what it does alone, so ModelDeployments of one repo@sha share one Job.
+    name = f"{'modelship' if shared else md.name}-fetch-{digest([resolved.repo, resolved.sha, pod], 8)}"
     if pin_node:
         pod["spec"].pop("nodeSelector", None)
         pod["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -185,11 +209,11 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
                                                     "values": [pin_node]}]}]}}}
     return _finish({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "labels": labels(md, "download"), "annotations": {REVISION: resolved.sha}},
+        "metadata": {"name": name, "labels": dict(job_labels), "annotations": {REVISION: resolved.sha}},
         "spec": {"backoffLimit": settings.download_backoff_limit,
                  "activeDeadlineSeconds": settings.download_deadline_seconds,
                  "template": pod},
-    }, md)
+    }, md, shared=shared)
 
 
 def _schedule(pod_spec: dict, profile: PoolProfile) -> None:

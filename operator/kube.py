@@ -18,7 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from . import api
-from .builders import DEPLOYMENT_LABEL
+from .builders import DEPLOYMENT_LABEL, SHARED_CACHE, SHARED_CLAIM
 from .plan import Action, Event, Observed
 
 log = logging.getLogger("modelship")
@@ -113,7 +113,9 @@ class Kube:
                     return None
                 raise
 
-        jobs = self.batch.list_namespaced_job(ns, label_selector=f"{selector},app.kubernetes.io/component=download")
+        shared = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
+        jobs = self.batch.list_namespaced_job(ns, label_selector=(
+            f"{SHARED_CACHE}={SHARED_CLAIM}" if shared else f"{selector},app.kubernetes.io/component=download"))
         pods = self.core.list_namespaced_pod(ns, label_selector=f"{selector},app.kubernetes.io/component=server")
         uid = md.metadata.get("uid")
 
@@ -130,16 +132,27 @@ class Kube:
         # Objects with our names that this ModelDeployment does not own are never taken over.
         conflicts = [f"{kind} {obj['metadata']['name']}" for kind, obj in
                      (("Deployment", deployment), ("Service", service),
-                      ("PersistentVolumeClaim", None if md.spec.storage.existing_claim else pvc))
+                      ("PersistentVolumeClaim", None if md.spec.storage.existing_claim or shared else pvc))
                      if obj is not None and owned(obj) is None]
-        own_jobs = [j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if owned(j)]
+        if shared and pvc is not None and (pvc["metadata"].get("labels") or {}).get(SHARED_CACHE) != SHARED_CLAIM:
+            conflicts.append(f"PersistentVolumeClaim {claim} (not a modelship shared cache)")
+        own_jobs = [j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if shared or owned(j)]
         progress, failure = {}, {}
         for job in own_jobs:
             if not any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []):
                 progress[job["metadata"]["name"]], failure[job["metadata"]["name"]] = self.job_pods_say(
                     ns, job["metadata"]["name"])
+        shared_bytes = 0
+        if shared:  # what the other users of the shared volume keep on it
+            seen = {(md.status.resolved.repo, md.status.resolved.sha)} if md.status.resolved else set()
+            for other in self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]:
+                st = (other.get("status") or {}).get("resolved") or {}
+                uses = ((other.get("spec") or {}).get("storage") or {}).get("sharedCache")
+                if uses and other["metadata"]["uid"] != uid and (st.get("repo"), st.get("sha")) not in seen:
+                    seen.add((st.get("repo"), st.get("sha")))
+                    shared_bytes += int(st.get("totalBytes") or 0)
         return Observed(
-            pvc=pvc if md.spec.storage.existing_claim else owned(pvc),
+            pvc=pvc if md.spec.storage.existing_claim or shared else owned(pvc), shared_bytes=shared_bytes,
             jobs=own_jobs, download_progress=progress, download_errors=failure,
             deployment=owned(deployment),
             service=owned(service),
@@ -183,7 +196,8 @@ class Kube:
                   "Service": self.core.patch_namespaced_service,
                   "Job": self.batch.patch_namespaced_job,
                   "Deployment": self.apps.patch_namespaced_deployment}[kind]
-            fn(name, namespace, action.body, field_manager=self.field_manager, force=True, _content_type=APPLY)
+            fn(name, namespace, action.body, field_manager=action.field_manager or self.field_manager, force=True,
+               _content_type=APPLY)
             return
         fn = {"Job": self.batch.delete_namespaced_job, "Deployment": self.apps.delete_namespaced_deployment,
               "Service": self.core.delete_namespaced_service,

@@ -41,6 +41,7 @@ class Observed:
     conflicts: list[str] = field(default_factory=list)  # "Service x": ours by name, not by owner
     download_progress: dict = field(default_factory=dict)  # Job name -> its last progress line
     download_errors: dict = field(default_factory=dict)  # Job name -> its last failed pod's message
+    shared_bytes: int = 0  # other ModelDeployments' distinct repo@sha on the shared cache volume
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Action:
     name: str
     body: dict | None = None
     exists: bool = False  # the object exists now: "Updated" rather than "Created"
+    field_manager: str | None = None  # a ModelDeployment's own share of a shared object
 
     def past_tense(self) -> str:
         return "Deleted" if self.verb == "delete" else ("Updated" if self.exists else "Created")
@@ -274,17 +276,24 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
                            f"exist in namespace {md.namespace}: create it, or remove existingClaim to let the "
                            f"operator create a volume", "Pending", 15.0)
     else:
-        # While a new revision downloads next to the one being served, the volume holds both.
+        # While a new revision downloads next to the one being served, the volume holds both;
+        # the shared cache holds every repo@sha of the ModelDeployments that use it.
         served = ((observed.deployment or {}).get("metadata", {}).get("annotations") or {})
         both = (resolved.total_bytes + int(served.get(builders.WEIGHTS_BYTES, 0))
                 if served.get(builders.REVISION, resolved.sha) != resolved.sha else resolved.total_bytes)
-        want = builders.pvc(md, resolved, settings, total_bytes=both)
+        shared = md.spec.storage.shared_cache
+        want = builders.pvc(md, resolved, settings, total_bytes=both + (observed.shared_bytes if shared else 0))
         if observed.pvc is None:
             desired.append((want, None))
         else:
             have = quantity_bytes(((observed.pvc.get("spec") or {}).get("resources") or {})
                                   .get("requests", {}).get("storage", "0"))
-            if quantity_bytes(want["spec"]["resources"]["requests"]["storage"]) > have:
+            joined = _owned_by(observed.pvc, md)
+            if quantity_bytes(want["spec"]["resources"]["requests"]["storage"]) > have or not joined:
+                if shared and not joined:  # join as an owner; never shrink what others need
+                    want["spec"]["resources"]["requests"]["storage"] = max(
+                        want["spec"]["resources"]["requests"]["storage"], observed.pvc["spec"]["resources"]
+                        ["requests"]["storage"], key=quantity_bytes)
                 desired.append((want, observed.pvc))
 
     # The download: one Job per (revision, files, volume); stale ones go.
@@ -294,8 +303,9 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
                     if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
     job = builders.download_job(md, resolved, endpoint, settings, pin_node=pin)
     current = next((j for j in observed.jobs if j["metadata"]["name"] == job["metadata"]["name"]), None)
+    shared_job = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
     for other in observed.jobs:
-        if other is not current:
+        if other is not current and not shared_job:  # shared Jobs go with their last owner
             actions.append(Action("delete", "Job", other["metadata"]["name"], exists=True))
     state, why = _job_state(current)
     completed = md.status.download.completed_job if md.status.download else None
@@ -325,13 +335,13 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     else:
         if current is None:  # a Job's pod template is immutable; its name already fingerprints it
             desired.append((job, None))
+        elif shared_job and not _owned_by(current, md):  # another's download of the same files: join it
+            desired.append((job, current))
         msg = (f"downloading {len(resolved.files)} files with Job {job['metadata']['name']}: "
                f"{human_bytes(done)} of {human_bytes(total)} ({status['download']['percent']}%)"
                + (f", about {status['download']['etaSeconds']} s left" if "etaSeconds" in status["download"] else "")
                + (f"; last attempt: {observed.download_errors[job['metadata']['name']]}"
                   if observed.download_errors.get(job["metadata"]["name"]) else ""))
-        if md.spec.storage.shared_cache:
-            msg += " (storage.sharedCache is not implemented yet: a dedicated volume is used)"
         cond("Downloaded", "False", "Downloading", msg)
 
     # Serving: only once the weights are there. While a new revision downloads, the old
@@ -351,10 +361,17 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     return _serving(md, observed, cond, finish, rolling)
 
 
+def _owned_by(obj: dict, md: ModelDeployment) -> bool:
+    return any(r.get("uid") == md.metadata.get("uid") for r in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
 def _apply(desired: list[tuple[dict, dict | None]], actions: list[Action]) -> None:
     for body, seen in desired:
         if _needs_apply(body, seen):
-            actions.append(Action("apply", body["kind"], body["metadata"]["name"], body, exists=seen is not None))
+            refs = body["metadata"].get("ownerReferences") or [{}]
+            manager = None if refs[0].get("controller", True) else builders.field_manager_of(refs[0], body)
+            actions.append(Action("apply", body["kind"], body["metadata"]["name"], body, exists=seen is not None,
+                                  field_manager=manager))
 
 
 def _serving_conditions(observed: Observed, md: ModelDeployment, cond, downloaded: bool | None) -> tuple[int, int]:

@@ -356,3 +356,37 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     wait_for(lambda: get(cluster, "deployment", "follower", namespace)["spec"]["template"]["metadata"]
              ["annotations"]["modelship.io/revision"] == new, 60, "the Deployment to roll to the new commit")
     assert md_status(cluster, namespace, "pinned")["resolved"]["sha"] == old  # Pin stays where it was
+
+
+@pytest.mark.localnode
+def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, operator, fake_hub, kwok_pools):
+    """Two ModelDeployments of one repo@sha on the namespace's shared cache volume: one Job,
+    one download, one volume owned by both and deleted with the last of them."""
+    from modelship_testbed.hub_fake import FakeRepo
+
+    weights = b"shared weights " * 20_000
+    fake_hub.add_repo(FakeRepo("hub-test/shared-GGUF", {"9" * 40: {"m-Q4_K_M.gguf": weights}}, {"main": "9" * 40}))
+    operator.start(pools=kwok_pools)
+    for name in ("first", "second"):
+        cluster.apply(tiny(name, repo="hub-test/shared-GGUF") | {"spec": {
+            "model": {"repo": "hub-test/shared-GGUF"}, "storage": {"sharedCache": True}}}, namespace)
+    for name in ("first", "second"):
+        st = wait_phase(cluster, operator, name, "Ready", timeout=120)
+        assert st["download"]["job"].startswith("modelship-fetch-")
+    jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json"))["items"]
+    assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+    assert fake_hub.served["m-Q4_K_M.gguf"] == len(weights)
+    pvc = get(cluster, "pvc", "modelship-cache", namespace)
+    assert sorted(r["name"] for r in pvc["metadata"]["ownerReferences"]) == ["first", "second"]
+    assert sorted(r["name"] for r in jobs[0]["metadata"]["ownerReferences"]) == ["first", "second"]
+    for name in ("first", "second"):
+        claim = get(cluster, "deployment", name, namespace)["spec"]["template"]["spec"]["volumes"][0]
+        assert claim["persistentVolumeClaim"] == {"claimName": "modelship-cache", "readOnly": True}
+    cluster.kubectl("delete", "md", "first", "-n", namespace, "--wait=true")
+    import time
+
+    time.sleep(3)  # the garbage collector keeps what "second" still owns
+    assert get(cluster, "pvc", "modelship-cache", namespace)["metadata"].get("deletionTimestamp") is None
+    cluster.kubectl("delete", "md", "second", "-n", namespace, "--wait=true")
+    wait_for(lambda: "modelship-cache" not in cluster.kubectl("get", "pvc", "-n", namespace, "-o", "name"), 60,
+             "the shared volume to go with its last owner")
