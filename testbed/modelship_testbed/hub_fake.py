@@ -226,3 +226,26 @@ class FakeHub:
         if self._loop and self._thread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one repo of local files: `python -m modelship_testbed.hub_fake --repo org/name FILE...`."""
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m modelship_testbed.hub_fake")
+    p.add_argument("--repo", required=True)
+    p.add_argument("--sha", default="0" * 40)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("files", nargs="+")
+    args = p.parse_args(argv)
+    hub = FakeHub()
+    hub.add_repo(FakeRepo(args.repo, {args.sha: {Path(f).name: Path(f).read_bytes() for f in args.files}},
+                          {"main": args.sha}))
+    hub.start(port=args.port)
+    print(hub.url, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
