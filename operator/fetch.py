@@ -270,7 +270,8 @@ class Fetcher:
     def link(self, target: Path, blob: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         rel = os.path.relpath(blob, target.parent)
-        tmp = target.with_name(f".{target.name}.link")
+        # A name of its own: another Job (or thread) may be linking the same file right now.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.link")
         tmp.unlink(missing_ok=True)
         os.symlink(rel, tmp)
         os.replace(tmp, target)

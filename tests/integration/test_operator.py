@@ -365,7 +365,9 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     from modelship_testbed.hub_fake import FakeRepo
 
     weights = b"shared weights " * 20_000
-    fake_hub.add_repo(FakeRepo("hub-test/shared-GGUF", {"9" * 40: {"m-Q4_K_M.gguf": weights}}, {"main": "9" * 40}))
+    # (file names are unique across the session: the fake Hub counts bytes per file name)
+    fake_hub.add_repo(FakeRepo("hub-test/shared-GGUF", {"9" * 40: {"shared-Q4_K_M.gguf": weights}},
+                               {"main": "9" * 40}))
     operator.start(pools=kwok_pools)
     for name in ("first", "second"):
         cluster.apply(tiny(name, repo="hub-test/shared-GGUF") | {"spec": {
@@ -375,7 +377,7 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
         assert st["download"]["job"].startswith("modelship-fetch-")
     jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json"))["items"]
     assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
-    assert fake_hub.served["m-Q4_K_M.gguf"] == len(weights)
+    assert fake_hub.served["shared-Q4_K_M.gguf"] == len(weights)
     pvc = get(cluster, "pvc", "modelship-cache", namespace)
     assert sorted(r["name"] for r in pvc["metadata"]["ownerReferences"]) == ["first", "second"]
     assert sorted(r["name"] for r in jobs[0]["metadata"]["ownerReferences"]) == ["first", "second"]
