@@ -236,7 +236,8 @@ class ServingSpec(Model):
 
     context_length: int | None = Field(
         None, ge=16, le=4194304, description="Context window in tokens. llama.cpp: `-c`, shared by the "
-                                             "parallel slots; TGI: the default of `maxTotalTokens`.")
+                                             "parallel slots (default: the model's trained context, at most "
+                                             "4096); TGI: the default of `maxTotalTokens`.")
     max_concurrent_requests: int | None = Field(
         None, ge=1, le=65536, description="Requests a replica accepts at once; more are refused with 429 "
                                           "(TGI `--max-concurrent-requests`).")

@@ -240,7 +240,9 @@ def llamacpp_args(md: ModelDeployment, resolved: ResolvedModel, gpus: int) -> li
         args += ["--chat-template", s.chat_template]
     else:
         args.append("--jinja")
-    _flag(args, "-c", s.context_length or 4096)
+    # Default: the model's own context, at most 4096 (llama.cpp would take the trained length,
+    # which can be 128k tokens and more memory than the pool has).
+    _flag(args, "-c", s.context_length or min(resolved.context_length or 4096, 4096))
     _flag(args, "--parallel", s.parallel)
     _flag(args, "-t", s.threads)
     if gpus:

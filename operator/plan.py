@@ -16,6 +16,7 @@ from .api import Condition, ModelDeployment, ResolvedModel
 from .builders import APPLIED_HASH, Placement, quantity_bytes
 from .resolve import ResolveError
 from .settings import Settings
+from .units import human_bytes
 
 
 @dataclass
@@ -129,14 +130,6 @@ def set_condition(conditions: list[dict], type_: str, status: str, reason: str, 
         conditions[conditions.index(old)] = new
     else:
         conditions.append(new)
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def pod_problems(pods: list[dict], limit: int = 3) -> list[str]:

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from .api import ModelSource, ResolvedFile, ResolvedModel
+from .units import human_bytes
 
 
 @dataclass
@@ -206,7 +207,7 @@ class HubResolver:
                 for n in ggufs:
                     tag = quant_tag(n) or n
                     by_tag[tag] = by_tag.get(tag, 0) + sizes[n][0]
-                have = ", ".join(f"{t} ({_human(b)})" for t, b in sorted(by_tag.items()))
+                have = ", ".join(f"{t} ({human_bytes(b)})" for t, b in sorted(by_tag.items()))
                 raise ResolveError("QuantizationNotFound", f"{source.repo}@{source.revision} has no GGUF file for "
                                                            f"{source.quantization!r}; it has: {have}")
             return "gguf", chosen, chosen[0]
@@ -262,14 +263,6 @@ class HubResolver:
         arch = (config.get("architectures") or [None])[0] or config.get("model_type")
         ctx = config.get("max_position_embeddings") or config.get("n_positions")
         return arch, int(ctx) if isinstance(ctx, int) else None
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 @contextmanager

@@ -201,3 +201,11 @@ def test_a_limit_below_the_pools_default_request_lowers_the_request():
         "resources"]
     assert res["requests"] == {"cpu": "4", "memory": "12Gi"}  # the pool asks 16Gi and 4 CPUs by default
     assert res["limits"] == {"memory": "12Gi", "cpu": "8", "nvidia.com/gpu": "1"}
+
+
+def test_llamacpp_context_defaults_to_the_models_own_up_to_4096():
+    m = md({"model": {"repo": "org/tiny-GGUF"}})
+    c = lambda r: (a := builders.llamacpp_args(m, r, 0))[a.index("-c") + 1]
+    assert c(GGUF) == "4096"  # unknown
+    assert c(GGUF.model_copy(update={"context_length": 2048})) == "2048"
+    assert c(GGUF.model_copy(update={"context_length": 131072})) == "4096"
