@@ -129,7 +129,7 @@ def kwok_pools(cluster, core, local_node):
 
     from modelship_testbed.nodepools import kwok_node
 
-    tag = uuid.uuid4().hex[:6]
+    tag = "t" + uuid.uuid4().hex[:6]  # a letter first: all digits would read as a YAML number
     nodes = [kwok_node("gpu", 9100, "NVIDIA-H100-80GB-HBM3"), kwok_node("cpu", 9100, "")]
     for n in nodes:
         n["metadata"]["name"] += f"-{tag}"

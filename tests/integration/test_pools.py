@@ -16,7 +16,7 @@ def test_gpu_pod_lands_on_a_gpu_node_not_a_cpu_node(cluster, namespace, core):
     from modelship_testbed.nodepools import kwok_node
 
     # Nodes of this test's own, so the check holds whatever pools the cluster already has.
-    tag = uuid.uuid4().hex[:6]
+    tag = "t" + uuid.uuid4().hex[:6]  # a letter first: all digits would read as a YAML number
     gpu, cpu = kwok_node("gpu", 9000, "NVIDIA-H100-80GB-HBM3"), kwok_node("cpu", 9000, "")
     for n in (gpu, cpu):
         n["metadata"]["name"] += f"-{tag}"
