@@ -48,6 +48,7 @@ class Controller:
         self.writes_left = int(failpoint) if failpoint else None
         self.queue = WorkQueue(self._handle, workers=4)
         self.phases: dict[tuple[str, str], str] = {}
+        self.follow_failures: dict[tuple[str, str], str] = {}  # the last failed Follow re-check
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -95,12 +96,16 @@ class Controller:
         claim = builders.claim_name(md)
         observed = await asyncio.to_thread(self.kube.observe, md, claim)
         p = plan(md, resolution, observed, self.settings, now(), endpoint)
+        if key in self.follow_failures and isinstance(resolution, api.ResolvedModel):
+            set_condition(p.status["conditions"], "Resolved", "True", "FollowCheckFailed",
+                          f"still serving {resolution.sha[:7]}; asking the Hub whether {resolution.revision} moved "
+                          f"failed ({self.follow_failures[key]}); retrying", md.generation, now())
         for action in p.actions:
             try:
                 await asyncio.to_thread(self.kube.execute, action, namespace)
             except ApiException as e:
-                if is_transient(e):
-                    raise
+                if is_transient(e) or (action.field_manager and e.status == 422):
+                    raise  # (a shared object others are changing too: try again shortly)
                 self._rejected(md, p, f"{action.kind} {action.name} was refused by the API server: "
                                       f"{self.kube.refusal(e)}")
                 break
@@ -121,8 +126,9 @@ class Controller:
         for event in p.events:
             await asyncio.to_thread(self.kube.post_event, md, event)
         self._record_phase(key, p.status.get("phase"))
-        if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while
-            return min(p.requeue_after or float("inf"), float(self.settings.follow_interval_seconds))
+        if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while (sooner after a failure)
+            wait = 30.0 if key in self.follow_failures else float(self.settings.follow_interval_seconds)
+            return min(p.requeue_after or float("inf"), wait)
         return p.requeue_after
 
     async def _say_resolving(self, md: api.ModelDeployment, body: dict) -> None:
@@ -148,10 +154,10 @@ class Controller:
         if not (before and before.reason == "ApplyRejected" and before.message == message):
             p.events.append(Event("Warning", "ApplyRejected", message))  # once, not at every resync
 
-    def _follow_due(self, have: api.ResolvedModel) -> bool:
+    def _follow_due(self, have: api.ResolvedModel, key: tuple[str, str] | None = None) -> bool:
         import datetime as dt
 
-        if not have.resolved_at:
+        if not have.resolved_at or key in self.follow_failures:
             return True
         at = dt.datetime.strptime(have.resolved_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
         return (dt.datetime.now(dt.timezone.utc) - at).total_seconds() >= self.settings.follow_interval_seconds
@@ -162,7 +168,7 @@ class Controller:
         want = source_hash(md.spec)
         have = md.status.resolved
         if have is not None and have.source_hash == want:
-            if md.spec.model.revision_policy != "Follow" or not self._follow_due(have):
+            if md.spec.model.revision_policy != "Follow" or not self._follow_due(have, (md.namespace, md.name)):
                 return have
         token = None
         ref = md.spec.model.token_secret_ref
@@ -184,7 +190,12 @@ class Controller:
             engine = choose_engine(md.spec.engine.type, resolved.format)
         except (ResolveError, SpecError) as e:
             RESOLUTIONS.labels(e.reason).inc()
+            if have is not None and have.source_hash == want:
+                # A Follow re-check failed: keep serving the commit we have, say why, try later.
+                self.follow_failures[(md.namespace, md.name)] = f"{e.reason}: {e.message}"
+                return have
             return e
+        self.follow_failures.pop((md.namespace, md.name), None)
         RESOLUTIONS.labels("Resolved").inc()
         moved = have.sha if have is not None and have.source_hash == want and have.sha != resolved.sha else None
         if have is not None and have.source_hash == want and not moved:

@@ -129,13 +129,13 @@ class Fetcher:
     @contextmanager
     def open(self, url: str, headers: dict[str, str], redirects: int = 5):
         """GET with redirects; the token goes only to the endpoint's own host (not to a CDN)."""
-        origin = urlsplit(self.endpoint).netloc
+        origin = urlsplit(self.endpoint)
         for _ in range(redirects + 1):
             parts = urlsplit(url)
             conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
             conn = conn_cls(parts.netloc, timeout=self.timeout)
             hdrs = {"User-Agent": "modelship-fetch", "Accept-Encoding": "identity", **headers}
-            if self.token and parts.netloc == origin:
+            if self.token and (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc):
                 hdrs["Authorization"] = f"Bearer {self.token}"
             try:
                 conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=hdrs)
@@ -148,7 +148,7 @@ class Fetcher:
                 return
             finally:
                 conn.close()
-        raise HTTPError(f"too many redirects for {url}")
+        raise HTTPError(f"too many redirects for {urlsplit(url)._replace(query='').geturl()}")
 
     def url(self, path: str) -> str:
         return f"{self.endpoint}/{self.repo}/resolve/{self.revision}/{quote(path)}"
@@ -228,6 +228,7 @@ class Fetcher:
                     else:
                         mode = "ab"
                         if r.status == 200 and have:  # the server ignored Range: start over
+                            hasher.close()
                             mode, hasher = "wb", Hasher()
                             progress.add(-have)
                             counted = 0
@@ -246,7 +247,15 @@ class Fetcher:
                 if w.sha256 and digest != w.sha256:
                     part.unlink()
                     raise ChecksumError(f"{w.path}: sha256 {digest} instead of {w.sha256}")
+                # On disk before it is visible: after a crash a blob's name must still mean its bytes.
+                with open(part, "rb+") as f:
+                    os.fsync(f.fileno())
                 os.replace(part, blob)
+                dir_fd = os.open(blob.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
                 return digest
             except ChecksumError as e:
                 progress.add(-counted)
@@ -309,7 +318,9 @@ class Hasher:
         import queue
 
         self.h = hashlib.sha256()
-        self.q: "queue.Queue[bytes | None]" = queue.Queue(maxsize=256)
+        # A few chunks in flight are enough to overlap hashing with I/O; more would only hold
+        # memory (4 files at once share the Job's memory limit).
+        self.q: "queue.Queue[bytes | None]" = queue.Queue(maxsize=8)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         self.closed = False

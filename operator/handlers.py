@@ -90,13 +90,18 @@ async def modeldeployment_changed(name: str, namespace: str, **_) -> None:
     STATE["controller"].enqueue(namespace, name)
 
 
-async def _child_changed(labels: dict, namespace: str, **_) -> None:
-    owner = labels.get(DEPLOYMENT_LABEL)
-    if owner and "controller" in STATE:
-        STATE["controller"].enqueue(namespace, owner)
+async def _child_changed(labels: dict, namespace: str, meta: dict, **_) -> None:
+    if "controller" not in STATE:
+        return
+    if labels.get(DEPLOYMENT_LABEL):
+        STATE["controller"].enqueue(namespace, labels[DEPLOYMENT_LABEL])
+    else:  # a shared object (the cache volume, its download Jobs): every owner cares
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == api.KIND:
+                STATE["controller"].enqueue(namespace, ref["name"])
 
 
-_OURS = {MANAGED_BY: "modelship", DEPLOYMENT_LABEL: kopf.PRESENT}
+_OURS = {MANAGED_BY: "modelship"}
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1", "services"),
                    ("v1", "persistentvolumeclaims"), ("v1", "pods"))
 CHILD_PLURALS = [r[-1] for r in CHILD_RESOURCES]

@@ -171,12 +171,16 @@ class Kube:
         for pod in pods:
             for cs in pod.status.container_statuses or []:
                 term = cs.state.terminated if cs.state else None
-                if term and term.exit_code and term.message:
-                    error = term.message.strip().splitlines()[-1][:500]
+                if term and term.exit_code:
+                    said = (term.message or "").strip().splitlines()
+                    last = said[-1] if said else ""
+                    # A progress line (the log fallback after an OOM kill, say) explains nothing.
+                    error = (last[:500] if last and not last.startswith("{") else
+                             f"{term.reason or 'Error'} (exit code {term.exit_code})")
         started = [p for p in pods if p.status.phase in ("Running", "Succeeded")]
         if started:  # the newest pod's last words (a finished pod said "done")
             try:
-                log_text = self.core.read_namespaced_pod_log(started[-1].metadata.name, namespace, tail_lines=20,
+                log_text = self.core.read_namespaced_pod_log(started[-1].metadata.name, namespace, tail_lines=200,
                                                              _preload_content=False).data.decode(errors="replace")
             except ApiException:
                 log_text = ""

@@ -108,6 +108,11 @@ def place(md: ModelDeployment, engine: str, settings: Settings) -> Placement:
 
 
 def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:
+    if md.spec.storage.shared_cache and md.spec.model.endpoint:
+        # Paths in the cache name a repo and a commit, not where they came from: a Hub of one's
+        # own could otherwise put other bytes under a name others trust.
+        raise SpecError("SharedCacheEndpoint", "storage.sharedCache holds files from the operator's hubEndpoint "
+                                               "only; remove model.endpoint or set storage.sharedCache: false")
     size = md.spec.storage.size
     if size is not None and quantity_bytes(size) < resolved.total_bytes:
         need = f"{-(-resolved.total_bytes // builders.GIB)}Gi"
@@ -291,7 +296,8 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
 
     # The download: one Job per (revision, files, volume); stale ones go.
     pin = None
-    if md.spec.storage.access_mode == "ReadWriteOnce":  # the volume is attached where the servers run
+    shared_volume = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
+    if md.spec.storage.access_mode == "ReadWriteOnce" and not shared_volume:  # attached where the servers run
         pin = next((p["spec"]["nodeName"] for p in observed.pods
                     if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
     job = builders.download_job(md, resolved, endpoint, settings, pin_node=pin)

@@ -146,10 +146,17 @@ def choose_gguf(names: list[str], quantization: str | None) -> list[str] | None:
     return _with_shards(models[0], names) if models else None
 
 
-def choose_safetensors(names: list[str]) -> list[str]:
+def choose_safetensors(names: list[str], indexed: list[str] | None = None) -> list[str]:
+    """The weights (`indexed`: the files an index's weight_map names; else the top-level
+    model*.safetensors, never `consolidated*` duplicates), config and tokenizer files."""
     top = [n for n in names if "/" not in n]
-    weights = [n for n in top if n.endswith(".safetensors")] + (["model.safetensors.index.json"]
-                                                               if "model.safetensors.index.json" in top else [])
+    shards = [n for n in top if n.endswith(".safetensors")]
+    if indexed:
+        shards = [n for n in shards if n in indexed]
+    elif any(n.startswith("model") for n in shards):
+        shards = [n for n in shards if n.startswith("model")]
+    shards = [n for n in shards if not n.startswith("consolidated")] or shards
+    weights = shards + (["model.safetensors.index.json"] if "model.safetensors.index.json" in top else [])
     if not any(n.endswith(".safetensors") for n in weights):
         weights = [n for n in top if re.match(r"pytorch_model.*\.bin$", n)] + (
             ["pytorch_model.bin.index.json"] if "pytorch_model.bin.index.json" in top else [])
@@ -177,8 +184,11 @@ class HubResolver:
             info = api.model_info(source.repo, revision=source.revision, files_metadata=True)
             names = [s.rfilename for s in info.siblings or []]
             known = {s.rfilename: s for s in info.siblings or []}
+            indexed = (self._json(source, "model.safetensors.index.json", info.sha, endpoint, token)
+                       .get("weight_map", {}).values() if "model.safetensors.index.json" in names else None)
             fmt, selected, model_file = self._select(source, names, lambda ns: self._sizes(ns, known, source,
-                                                                                          endpoint, token, info.sha))
+                                                                                          endpoint, token, info.sha),
+                                                     sorted(set(indexed)) if indexed else None)
             files = _apply_patterns(selected, names, source)
             if model_file and model_file not in files:
                 raise ResolveError("NoServableFiles", f"model.exclude removes {model_file}, the file to serve; "
@@ -195,9 +205,10 @@ class HubResolver:
             quantization=quant_tag(model_file) if model_file else None, files=resolved,
             total_bytes=sum(f.size for f in resolved), architecture=arch, context_length=ctx)
 
-    def _select(self, source: ModelSource, names: list[str], sizes_of) -> tuple[str, list[str], str | None]:
+    def _select(self, source: ModelSource, names: list[str], sizes_of,
+                indexed: list[str] | None = None) -> tuple[str, list[str], str | None]:
         ggufs = [n for n in names if _is_gguf_model(n)]
-        weights = choose_safetensors(names)
+        weights = choose_safetensors(names, indexed)
         want_gguf = ggufs and (source.quantization or not weights)
         if want_gguf:
             chosen = choose_gguf(names, source.quantization)
@@ -234,6 +245,23 @@ class HubResolver:
             out[p] = (int(meta.size or 0), etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
         return out
 
+    def _json(self, source: ModelSource, path: str, sha: str, endpoint: str, token: str | None) -> dict:
+        """A small JSON file of the repo ({} when it cannot be had: it only refines choices)."""
+        import json
+
+        import httpx
+        from huggingface_hub import hf_hub_url
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            r = httpx.get(hf_hub_url(source.repo, path, revision=sha, endpoint=endpoint), headers=headers,
+                          follow_redirects=True, timeout=self.timeout)
+            r.raise_for_status()
+            data = json.loads(r.text)
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def _head(self, repo: str, path: str, sha: str, endpoint: str, token: str | None):
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
@@ -247,19 +275,7 @@ class HubResolver:
             return gguf.get("architecture"), gguf.get("context_length")
         if "config.json" not in names:
             return None, None
-        import json
-
-        import httpx
-        from huggingface_hub import hf_hub_url
-
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            r = httpx.get(hf_hub_url(source.repo, "config.json", revision=info.sha, endpoint=endpoint),
-                          headers=headers, follow_redirects=True, timeout=self.timeout)
-            r.raise_for_status()
-            config = json.loads(r.text)
-        except (httpx.HTTPError, ValueError):
-            return None, None  # nice to have, never a reason to fail
+        config = self._json(source, "config.json", info.sha, endpoint, token)
         arch = (config.get("architectures") or [None])[0] or config.get("model_type")
         ctx = config.get("max_position_embeddings") or config.get("n_positions")
         return arch, int(ctx) if isinstance(ctx, int) else None
@@ -269,12 +285,15 @@ class HubResolver:
 def _hub_errors(source: ModelSource, endpoint: str, token: str | None):
     """The Hub's failures as conditions a person can act on."""
     import requests
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     where = f"{source.repo} on {endpoint}"
     try:
         yield
+    except HFValidationError as e:
+        raise ResolveError("InvalidRepo", f"{source.repo!r} is not a valid Hub repository name: "
+                                          f"{str(e).splitlines()[0]}; fix spec.model.repo") from None
     except GatedRepoError:
         if token is None:
             raise ResolveError("GatedRepo", f"{where} is gated: accept its terms on the Hub with your account, then "

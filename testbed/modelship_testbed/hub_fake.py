@@ -51,7 +51,9 @@ def is_lfs(path: str, data: bytes) -> bool:
 
 
 class FakeHub:
-    def __init__(self) -> None:
+    def __init__(self, cdn_host: str | None = None) -> None:
+        self.cdn_host = cdn_host  # another loopback address for the CDN, as the Hub's is another host
+        self.authorized: list[tuple[str, str, bool]] = []  # (host, path, had an Authorization header)
         self.repos: dict[str, FakeRepo] = {}
         self.blobs: dict[str, bytes] = {}  # sha256 -> content (the "CDN")
         self.served: dict[str, int] = {}  # path -> bytes sent in GET bodies
@@ -141,8 +143,9 @@ class FakeHub:
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if is_lfs(path, data):
             digest = hashlib.sha256(data).hexdigest()
+            cdn = self.url.replace("127.0.0.1", self.cdn_host) if self.cdn_host else self.url
             headers.update({"X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(data)),
-                            "ETag": f'"{git_blob_sha1(data)}"', "Location": f"{self.url}/cdn/{digest}?path={path}",
+                            "ETag": f'"{git_blob_sha1(data)}"', "Location": f"{cdn}/cdn/{digest}?path={path}",
                             "Content-Length": "0"})
             return web.Response(status=302, headers=headers)
         headers["ETag"] = f'"{git_blob_sha1(data)}"'
@@ -156,6 +159,7 @@ class FakeHub:
         return await self._send(request, request.query.get("path", ""), data, {"Accept-Ranges": "bytes"})
 
     async def _send(self, request: web.Request, path: str, data: bytes, headers: dict) -> web.StreamResponse:
+        self.authorized.append((request.host.split(":")[0], request.path, "Authorization" in request.headers))
         if path in self.corrupt and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         start, status = 0, 200
@@ -211,6 +215,8 @@ class FakeHub:
             self._loop.run_until_complete(site.start())
             bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             self.url = f"http://{host}:{bound}"
+            if self.cdn_host:
+                self._loop.run_until_complete(web.TCPSite(self._runner, self.cdn_host, bound).start())
             ready.set()
             self._loop.run_forever()
             self._loop.run_until_complete(self._runner.cleanup())

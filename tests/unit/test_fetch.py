@@ -156,3 +156,20 @@ def test_two_fetchers_of_the_same_files_download_them_once(hub, tmp_path):
     assert hub.served["m-Q4_K_M.gguf"] == len(GGUF) and hub.served["sub/w.safetensors"] == len(SECOND)
     assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
     assert len([p for p in (tmp_path / "models--org--m" / "blobs").iterdir()]) == 2  # no lock files left
+
+
+def test_the_token_goes_to_the_hub_and_not_to_its_cdn(tmp_path):
+    """The Hub redirects LFS files to a CDN on another host: the token must not follow."""
+    h = FakeHub(cdn_host="127.0.0.2")
+    h.add_repo(FakeRepo("org/gated", {SHA: {"m.gguf": b"gated", "config.json": b"{}"}}, {"main": SHA},
+                        gated=True, tokens={"ok"}))
+    h.start()
+    try:
+        run(h, tmp_path, [spec("m.gguf", b"gated"), spec("config.json", b"{}")], repo="org/gated", token="ok")
+    finally:
+        h.stop()
+    assert (snapshot(tmp_path, "org/gated") / "m.gguf").read_bytes() == b"gated"
+    cdn = [a for a in h.authorized if a[0] == "127.0.0.2"]
+    hub = [a for a in h.authorized if a[0] == "127.0.0.1"]
+    assert cdn and not any(had for _, _, had in cdn)  # the LFS file came from the CDN, without the token
+    assert hub and all(had for _, _, had in hub)  # config.json came from the Hub itself, with it

@@ -44,6 +44,12 @@ def hub():
                         tokens={"hf_good"}))
     h.add_repo(FakeRepo("org/private", {SHA1: {"m-Q4_K_M.gguf": blob(300, "p")}}, {"main": SHA1}, private=True,
                         tokens={"hf_good"}))
+    index = json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                       "b": "model-00002-of-00002.safetensors"}}).encode()
+    h.add_repo(FakeRepo("org/mistral", {SHA1: {  # the original weights beside the sharded ones, at the top
+        "config.json": b"{}", "consolidated.safetensors": blob(3000, "r"), "params.json": b"{}",
+        "model-00001-of-00002.safetensors": blob(1000, "s"), "model-00002-of-00002.safetensors": blob(1000, "t"),
+        "model.safetensors.index.json": index, "tokenizer.json": b"{}"}}, {"main": SHA1}))
     h.add_repo(FakeRepo("org/docs-only", {SHA1: {"README.md": b"# no weights", "notes.txt": b"x"}},
                         {"main": SHA1}))
     h.add_repo(FakeRepo("mirror/chat-GGUF", {SHA1: {"chat-Q4_K_M.gguf": blob(3000, "q"),
@@ -154,3 +160,14 @@ def test_an_unreachable_hub_is_temporary():
     with pytest.raises(ResolveError) as e:
         HubResolver(timeout=2).resolve(ModelSource(repo="org/x"), f"http://127.0.0.1:{port}", None)
     assert e.value.reason == "HubUnreachable" and e.value.transient and "mirror" in e.value.message
+
+
+def test_safetensors_takes_the_shards_the_index_names_not_consolidated_copies(hub):
+    r = resolve(hub, "org/mistral")
+    assert paths(r) == ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                        "model.safetensors.index.json", "tokenizer.json"]
+
+
+def test_a_repo_name_the_hub_refuses_is_a_clear_permanent_error(hub):
+    e = fails(hub, "InvalidRepo", "a--b/c")
+    assert not e.transient and "fix spec.model.repo" in e.message

@@ -587,3 +587,10 @@ def test_download_progress_and_the_last_failure_come_from_the_jobs_pods():
     failed = observed(md, r, job_state="Failed")
     failed.download_errors = {name: "Error: x.gguf: sha256 ... (twice): the source serves corrupt data"}
     assert "the source serves corrupt data" in cond(run(md, r, failed), "Ready")["message"]
+
+
+def test_the_shared_cache_refuses_files_from_an_endpoint_of_ones_own():
+    md, r = make_md({"model": {"repo": "org/tiny-GGUF", "endpoint": "http://my-hub:8080"},
+                     "storage": {"sharedCache": True}}), gguf()
+    p = run(md, r, Observed())
+    assert p.actions == [] and cond(p, "Ready")["reason"] == "SharedCacheEndpoint"
