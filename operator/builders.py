@@ -23,6 +23,7 @@ MODELS_MOUNT = "/models"
 APPLIED_HASH = "modelship.io/applied-hash"
 SPEC_HASH = "modelship.io/spec-hash"
 REVISION = "modelship.io/revision"
+REPO = "modelship.io/repo"
 WEIGHTS_BYTES = "modelship.io/weights-bytes"
 DEPLOYMENT_LABEL = "modelship.io/deployment"
 SHARED_CACHE = "modelship.io/shared-cache"
@@ -163,13 +164,16 @@ def _restricted_pod(uid: int = UID) -> dict:
 
 
 def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, settings: Settings,
-                 pin_node: str | None = None) -> dict:
+                 pin_node: str | None = None, serving: str | None = None) -> dict:
     """The Job that puts the files on the volume. Its name fingerprints everything it does
     (a Job's pod template cannot change, so a different download is a different Job).
     `pin_node` runs it on the node of a serving pod, where a ReadWriteOnce volume is attached."""
     args = ["fetch", "--repo", resolved.repo, "--revision", resolved.sha, "--endpoint", endpoint,
             "--dest", MODELS_MOUNT]
     args += [f"--file={f.size}:{f.sha256 or ''}:{f.path}" for f in resolved.files]
+    if not md.spec.storage.existing_claim and not md.spec.storage.shared_cache:
+        # A volume of its own holds what is served and what is about to be, nothing else.
+        args += ["--prune"] + (["--keep", serving] if serving else [])
     env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
     ref = md.spec.model.token_secret_ref
     if ref:
@@ -341,7 +345,8 @@ def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
     return _finish({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": md.name, "labels": labels(md, "server"),
-                     "annotations": {REVISION: resolved.sha, WEIGHTS_BYTES: str(resolved.total_bytes)}},
+                     "annotations": {REVISION: resolved.sha, REPO: resolved.repo,
+                                     WEIGHTS_BYTES: str(resolved.total_bytes)}},
         "spec": {"replicas": md.spec.replicas, "selector": {"matchLabels": selector(md)},
                  "strategy": strategy, "revisionHistoryLimit": 3, "template": template},
     }, md)

@@ -105,13 +105,18 @@ def crd(check: bool, repo: str) -> None:
 @click.option("--file", "files", multiple=True, metavar="SIZE:SHA256:PATH",
               help="A file to fetch: its size, its sha256 (may be empty) and its path in the repository.")
 @click.option("--parallel", default=4, show_default=True, help="Files downloaded at once.")
-def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tuple[str, ...], parallel: int) -> None:
+@click.option("--prune", is_flag=True, help="Afterwards remove snapshots other than this one and --keep ones, "
+                                            "and blobs nothing links to (a volume of one ModelDeployment's own).")
+@click.option("--keep", "keep", multiple=True, metavar="REPO@SHA", help="A snapshot --prune keeps.")
+def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tuple[str, ...], parallel: int,
+          prune: bool, keep: tuple[str, ...]) -> None:
     """Put the given files of repo@revision under DEST in the Hub cache layout: verified,
     resumable, content-addressed. Progress goes to stdout as JSON lines."""
     from .fetch import FetchError, run
 
     try:
-        run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True), parallel=parallel)
+        run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True), parallel=parallel,
+            keep=list(keep) if prune else None)
     except FetchError as e:
         try:  # in a pod, the kubelet's termination-message file: the condition quotes it
             fd = os.open("/dev/termination-log", os.O_WRONLY | os.O_TRUNC)  # never created here

@@ -32,6 +32,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -192,7 +193,7 @@ class Fetcher:
                     blob = named
             else:
                 progress.add(w.size)
-        self.link(target, blob)
+            self.link(target, blob)  # under the lock: a pruner never sees it finished and unlinked
         progress.file_done()
         self.log(f"ok {w.path} ({w.size} bytes)")
 
@@ -355,12 +356,49 @@ class Incomplete(Exception):
     """The connection ended before the file did: resume it."""
 
 
+def prune(dest: Path, keep: set[str], log: Callable[[str], None]) -> int:
+    """Remove snapshots not in `keep` ("org/name@sha"), then blobs no snapshot links to and
+    abandoned partial files. A blob whose lock another Job holds is left alone. Returns the
+    bytes freed."""
+    freed = 0
+    for repo_dir in sorted(dest.glob("models--*")):
+        repo = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
+        for snap in sorted((repo_dir / "snapshots").glob("*")):
+            if f"{repo}@{snap.name}" not in keep:
+                shutil.rmtree(snap, ignore_errors=True)
+                log(f"pruned snapshot {repo}@{snap.name[:7]}")
+        linked = {os.path.realpath(p) for p in (repo_dir / "snapshots").rglob("*") if p.is_symlink()}
+        locks = repo_dir / ".locks"
+        for blob in sorted((repo_dir / "blobs").glob("*")):
+            if str(blob.resolve()) in linked:
+                continue
+            key = blob.name.removesuffix(".incomplete")
+            locks.mkdir(parents=True, exist_ok=True)
+            with open(locks / key, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # being downloaded (or linked) right now
+                if str(blob.resolve()) not in {os.path.realpath(p) for p in (repo_dir / "snapshots").rglob("*")
+                                               if p.is_symlink()}:
+                    freed += blob.stat().st_size
+                    blob.unlink(missing_ok=True)
+        if not any((repo_dir / "snapshots").glob("*")) and not any((repo_dir / "blobs").glob("*")):
+            shutil.rmtree(repo_dir, ignore_errors=True)
+    if freed:
+        log(f"pruned {freed} bytes no snapshot uses")
+    return freed
+
+
 def run(repo: str, revision: str, endpoint: str | None, dest: str, files: list[str],
-        log: Callable[[str], None], parallel: int = 4, retry_delay: float = 1.0) -> Progress:
+        log: Callable[[str], None], parallel: int = 4, retry_delay: float = 1.0,
+        keep: list[str] | None = None) -> Progress:
     wanted = [parse_file(f) for f in files]
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     fetcher = Fetcher(repo, revision, endpoint, Path(dest), os.environ.get("HF_TOKEN") or None, log, parallel,
                       retry_delay=retry_delay)
     progress = fetcher.run(wanted)
     log(f"all {len(wanted)} files of {repo}@{revision} are in place ({progress.total} bytes)")
+    if keep is not None:  # this volume's own: what is not served or about to be goes
+        prune(Path(dest), set(keep) | {f"{repo}@{revision}"}, log)
     return progress

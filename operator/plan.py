@@ -300,7 +300,10 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     if md.spec.storage.access_mode == "ReadWriteOnce" and not shared_volume:  # attached where the servers run
         pin = next((p["spec"]["nodeName"] for p in observed.pods
                     if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
-    job = builders.download_job(md, resolved, endpoint, settings, pin_node=pin)
+    annotations = ((observed.deployment or {}).get("metadata", {}).get("annotations") or {})
+    serving = (f"{annotations[builders.REPO]}@{annotations[builders.REVISION]}"
+               if builders.REPO in annotations and annotations.get(builders.REVISION) != resolved.sha else None)
+    job = builders.download_job(md, resolved, endpoint, settings, pin_node=pin, serving=serving)
     current = next((j for j in observed.jobs if j["metadata"]["name"] == job["metadata"]["name"]), None)
     shared_job = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
     for other in observed.jobs:

@@ -173,3 +173,46 @@ def test_the_token_goes_to_the_hub_and_not_to_its_cdn(tmp_path):
     hub = [a for a in h.authorized if a[0] == "127.0.0.1"]
     assert cdn and not any(had for _, _, had in cdn)  # the LFS file came from the CDN, without the token
     assert hub and all(had for _, _, had in hub)  # config.json came from the Hub itself, with it
+
+
+def test_prune_keeps_what_is_served_and_wanted_and_removes_the_rest(hub, tmp_path):
+    other = "4" * 40
+    old = hub.repos["org/m"]
+    hub.add_repo(FakeRepo("org/m", {**old.commits, other: {"m-Q4_K_M.gguf": b"older weights",
+                                                           "config.json": CONFIG}}, old.refs))
+    hub.add_repo(FakeRepo("org/gone", {SHA: {"g.gguf": b"nobody serves this"}}, {"main": SHA}))
+    # Three snapshots on one volume: the one served, an older one, another repo's.
+    fetch.run("org/m", other, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", b"older weights"),
+                                                        spec("config.json", CONFIG)], log=lambda _: None)
+    fetch.run("org/gone", SHA, hub.url, str(tmp_path), [spec("g.gguf", b"nobody serves this")], log=lambda _: None)
+    # The new revision downloads while `other` is still served: both stay, the rest goes.
+    lines: list[str] = []
+    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG)],
+              log=lines.append, keep=[f"org/m@{other}"])
+    snaps = sorted(p.name for p in (tmp_path / "models--org--m" / "snapshots").iterdir())
+    assert snaps == sorted([SHA, other]) and not (tmp_path / "models--org--gone").exists()
+    assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
+    # The served revision done with: the next download keeps only itself, and its blobs.
+    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG)],
+              log=lines.append, keep=[])
+    assert [p.name for p in (tmp_path / "models--org--m" / "snapshots").iterdir()] == [SHA]
+    blobs = sorted(p.name for p in (tmp_path / "models--org--m" / "blobs").iterdir())
+    assert blobs == sorted([hashlib.sha256(GGUF).hexdigest(), hashlib.sha256(CONFIG).hexdigest()])
+    assert any(l.startswith("pruned snapshot org/m@4444444") for l in lines)
+
+
+def test_prune_leaves_a_blob_another_job_is_writing(tmp_path):
+    import fcntl
+
+    repo = tmp_path / "models--org--m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots").mkdir()
+    (repo / ".locks").mkdir()
+    part = repo / "blobs" / ("c" * 64 + ".incomplete")
+    part.write_bytes(b"half")
+    abandoned = repo / "blobs" / ("d" * 64 + ".incomplete")
+    abandoned.write_bytes(b"left by a killed pod")
+    with open(repo / ".locks" / ("c" * 64), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another Job is downloading this one
+        fetch.prune(tmp_path, set(), lambda _: None)
+    assert part.exists() and not abandoned.exists()

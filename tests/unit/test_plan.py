@@ -594,3 +594,16 @@ def test_the_shared_cache_refuses_files_from_an_endpoint_of_ones_own():
                      "storage": {"sharedCache": True}}), gguf()
     p = run(md, r, Observed())
     assert p.actions == [] and cond(p, "Ready")["reason"] == "SharedCacheEndpoint"
+
+
+def test_the_download_prunes_a_volume_of_its_own_keeping_the_served_revision():
+    md, old = make_md(), gguf()
+    new = gguf().model_copy(update={"sha": "e" * 40})
+    obs = Observed(pvc=obs_pvc(md, old), jobs=[], service=obs_service(md), deployment=obs_deployment(md, old))
+    job = next(a.body for a in run(md, new, obs).actions if a.kind == "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--prune"):] == ["--prune", "--keep", f"org/tiny-GGUF@{'a' * 40}"]
+    for storage in ({"sharedCache": True}, {"existingClaim": "mine"}):  # others' files, or the user's
+        other = make_md({"storage": storage})
+        job = builders.download_job(other, new, ENDPOINT, settings())
+        assert "--prune" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
