@@ -174,7 +174,7 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     if not md.spec.storage.existing_claim and not md.spec.storage.shared_cache:
         # A volume of its own holds what is served and what is about to be, nothing else.
         args += ["--prune"] + (["--keep", serving] if serving else [])
-    env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
+    env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}]
     ref = md.spec.model.token_secret_ref
     if ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -195,11 +195,11 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
                 "securityContext": _restricted_container(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-                "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT},
-                                 {"name": "tmp", "mountPath": "/tmp"}],
+                # fetch writes only to the volume: no /tmp (on the test bed's local node an
+                # emptyDir there would also hide a checkout that lives under /tmp)
+                "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}],
             }],
-            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(md)}},
-                        {"name": "tmp", "emptyDir": {}}],
+            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(md)}}],
         },
     }
     if settings.download_pool:
