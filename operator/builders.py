@@ -64,6 +64,11 @@ def owner_reference(md: ModelDeployment, controller: bool = True) -> dict:
             "controller": controller, "blockOwnerDeletion": True}
 
 
+def owned_by(obj: dict, uid: str | None) -> bool:
+    """Whether `obj` has an owner reference to the object with this uid."""
+    return any(r.get("uid") == uid for r in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
 def shared_labels(component: str) -> dict[str, str]:
     """Objects of the shared cache belong to every ModelDeployment that uses them, none in
     particular: they carry no ModelDeployment's name."""

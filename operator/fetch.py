@@ -78,11 +78,16 @@ def safe_target(root: Path, rel: str) -> Path:
     return root / rel
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def feed(path: Path, update: Callable[[bytes], None]) -> None:
+    """Pass a file's bytes, a chunk at a time, to `update` (a hash's)."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
+            update(chunk)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    feed(path, h.update)
     return h.hexdigest()
 
 
@@ -208,10 +213,8 @@ class Fetcher:
                 part.unlink()
                 have = 0
             hasher = Hasher()
-            if have:
-                with open(part, "rb") as f:  # the hash must cover the bytes kept from before
-                    for chunk in iter(lambda: f.read(CHUNK), b""):
-                        hasher.update(chunk)
+            if have:  # the hash must cover the bytes kept from before
+                feed(part, hasher.update)
             progress.add(have)
             counted = have
             try:

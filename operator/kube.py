@@ -18,7 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from . import api
-from .builders import DEPLOYMENT_LABEL, SHARED_CACHE, SHARED_CLAIM
+from .builders import DEPLOYMENT_LABEL, SHARED_CACHE, SHARED_CLAIM, owned_by
 from .plan import Action, Event, Observed
 
 log = logging.getLogger("modelship")
@@ -121,10 +121,7 @@ class Kube:
 
         def owned(obj: dict | None) -> dict | None:
             # Only children of *this* ModelDeployment (a re-created one has a new uid).
-            if obj is None:
-                return None
-            refs = obj.get("metadata", {}).get("ownerReferences") or []
-            return obj if any(r.get("uid") == uid for r in refs) else None
+            return obj if obj is not None and owned_by(obj, uid) else None
 
         pvc = get(self.core.read_namespaced_persistent_volume_claim, claim)
         deployment = get(self.apps.read_namespaced_deployment, name)

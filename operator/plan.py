@@ -286,7 +286,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         else:
             have = quantity_bytes(((observed.pvc.get("spec") or {}).get("resources") or {})
                                   .get("requests", {}).get("storage", "0"))
-            joined = _owned_by(observed.pvc, md)
+            joined = builders.owned_by(observed.pvc, md.metadata.get("uid"))
             if quantity_bytes(want["spec"]["resources"]["requests"]["storage"]) > have or not joined:
                 if shared and not joined:  # join as an owner; never shrink what others need
                     want["spec"]["resources"]["requests"]["storage"] = max(
@@ -337,7 +337,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     else:
         if current is None:  # a Job's pod template is immutable; its name already fingerprints it
             desired.append((job, None))
-        elif shared_job and not _owned_by(current, md):  # another's download of the same files: join it
+        elif shared_job and not builders.owned_by(current, md.metadata.get("uid")):  # another's download of the same files: join it
             desired.append((job, current))
         msg = (f"downloading {len(resolved.files)} files with Job {job['metadata']['name']}: "
                f"{human_bytes(done)} of {human_bytes(total)} ({status['download']['percent']}%)"
@@ -361,10 +361,6 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         cond("Ready", "False", "Downloading", msg)
         return finish("Downloading", 3.0)  # the Job's log is read for progress
     return _serving(md, observed, cond, finish, rolling)
-
-
-def _owned_by(obj: dict, md: ModelDeployment) -> bool:
-    return any(r.get("uid") == md.metadata.get("uid") for r in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
 def _apply(desired: list[tuple[dict, dict | None]], actions: list[Action]) -> None:

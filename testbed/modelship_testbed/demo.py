@@ -82,17 +82,19 @@ SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def endpoint_address(status: dict, namespace: str, timeout: float = 30) -> str:
-    """The Service that status.endpoint names, as the router resolves it: a ready address from
-    its EndpointSlices (the test bed has no cluster DNS and no kube-proxy). The slice follows
-    the pod's readiness a moment later, so wait for it."""
+def endpoint_address(status: dict, run: Callable[..., str] | None = None, timeout: float = 30) -> str:
+    """The Service that status.endpoint names (`http://NAME.NAMESPACE.svc`), as the router
+    resolves it: a ready address from its EndpointSlices (the test bed has no cluster DNS and
+    no kube-proxy). The slice follows the pod's readiness a moment later, so wait for it.
+    `run(*kubectl_args)` returns kubectl's output (default: the test bed's kubectl)."""
     import json
 
-    svc = status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
+    svc, namespace = status["endpoint"]["url"].split("//", 1)[1].split(".")[:2]
+    run = run or kubectl
     deadline = time.monotonic() + timeout
     while True:
-        slices = json.loads(kubectl("get", "endpointslices", "-l", f"kubernetes.io/service-name={svc}", "-o",
-                                    "json", namespace=namespace))["items"]
+        slices = json.loads(run("get", "endpointslices", "-n", namespace, "-l",
+                                f"kubernetes.io/service-name={svc}", "-o", "json"))["items"]
         for sl in slices:
             for ep in sl.get("endpoints") or []:
                 if (ep.get("conditions") or {}).get("ready"):
@@ -175,7 +177,7 @@ def run(log: Callable[[str], None]) -> str:
                 raise cluster.TestbedError(f"smollm2 did not become Ready ({now}); see "
                                            f"`modelship testbed kubectl describe md smollm2 -n {DEMO_NAMESPACE}`")
             time.sleep(0.5)
-        url = endpoint_address(st, DEMO_NAMESPACE)
+        url = endpoint_address(st)
         log(f"Ready in {time.monotonic() - start:.0f}s: {st['endpoint']['openAIBaseURL']} "
             f"(here {url}/v1), model {st['endpoint']['model']!r}, revision {st['resolved']['shortSha']}")
         log(f"asking: {QUESTION}")

@@ -187,6 +187,13 @@ def children(cluster: Cluster, namespace: str, name: str) -> dict[str, list[str]
     return out
 
 
+def claim_path(cluster: Cluster, namespace: str, claim: str) -> Path:
+    """The folder of a bound claim (the local provisioner's hostPath), once it is bound."""
+    volume = wait_for(lambda: json.loads(cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "json"))
+                      ["spec"].get("volumeName"), 30, f"PVC {claim} to be bound")
+    return Path(json.loads(cluster.kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])
+
+
 def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded", create: bool = True) -> Path:
     """A PVC holding SmolLM2 in the Hub cache layout, as an air-gapped cluster would have it
     (create=False: put the weights on a claim the operator made, as a download would)."""
@@ -196,9 +203,7 @@ def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded", cr
         cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
                       namespace)
-    volume = wait_for(lambda: json.loads(cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "json"))
-                      ["spec"].get("volumeName"), 30, f"PVC {claim} to be bound")
-    path = Path(json.loads(cluster.kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])
+    path = claim_path(cluster, namespace, claim)
     snap = path / "models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF" / "snapshots" / SMOLLM2_SHA
     snap.mkdir(parents=True, exist_ok=True)
     src = Path(smollm2_dir()) / SMOLLM2_FILE
@@ -213,9 +218,7 @@ def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded", cr
 
 def seed_volume(cluster: Cluster, namespace: str, claim: str, repo: str, sha: str, files: dict[str, bytes]) -> None:
     """Write files into a bound claim's folder (the local provisioner's hostPath)."""
-    volume = wait_for(lambda: json.loads(cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "json"))
-                      ["spec"].get("volumeName"), 30, f"PVC {claim} to be bound")
-    path = Path(json.loads(cluster.kubectl("get", "pv", volume, "-o", "json"))["spec"]["hostPath"]["path"])
+    path = claim_path(cluster, namespace, claim)
     snap = path / f"models--{repo.replace('/', '--')}" / "snapshots" / sha
     snap.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

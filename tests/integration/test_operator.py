@@ -49,14 +49,11 @@ def call_endpoint(cluster, status: dict) -> str:
     """POST a chat completion to the endpoint the status names. The test bed has no cluster DNS
     and no kube-proxy, so the Service name in the URL is resolved the way a router does it:
     through the Service's EndpointSlices, to a ready pod address and its port."""
+    from modelship_testbed.demo import endpoint_address
+
     ep = status["endpoint"]
-    host = urlparse(ep["openAIBaseURL"]).hostname
-    svc_name, ns = host.split(".")[:2]
-    slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", ns, "-l",
-                                        f"kubernetes.io/service-name={svc_name}", "-o", "json"))["items"]
-    addr, port = next((e["addresses"][0], s["ports"][0]["port"]) for s in slices for e in s.get("endpoints") or []
-                      if (e.get("conditions") or {}).get("ready"))
-    r = httpx.post(f"http://{addr}:{port}{urlparse(ep['openAIBaseURL']).path}/chat/completions", timeout=120,
+    base = endpoint_address(status, run=cluster.kubectl)
+    r = httpx.post(f"{base}{urlparse(ep['openAIBaseURL']).path}/chat/completions", timeout=120,
                    json={"model": ep["model"], "max_tokens": 32, "temperature": 0,
                          "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     r.raise_for_status()
