@@ -457,6 +457,8 @@ class DownloadStatus(Model):
     job: str | None = Field(None, description="The download Job.")
     completed_job: str | None = Field(None, description="The download Job that last completed: its files are on "
                                                         "the volume, even after the Job itself is deleted.")
+    volume_uid: str | None = Field(None, alias="volumeUID", description="The uid of the volume (claim) that Job "
+                                   "filled: a claim deleted and made again is empty, and is downloaded to again.")
     bytes_done: int = Field(0, description="Bytes on the volume so far.")
     bytes_total: int = Field(0, description="Bytes to download in all.")
     percent: int = Field(0, description="Done, in percent.")

@@ -25,6 +25,8 @@ SPEC_HASH = "modelship.io/spec-hash"
 REVISION = "modelship.io/revision"
 REPO = "modelship.io/repo"
 WEIGHTS_BYTES = "modelship.io/weights-bytes"
+KEEP = "modelship.io/keep"  # a collection Job's snapshots to keep
+SNAPSHOT_PREFIX = "snapshot.modelship.io/"  # a volume's ledger: one annotation per snapshot put on it
 DEPLOYMENT_LABEL = "modelship.io/deployment"
 SHARED_CACHE = "modelship.io/shared-cache"
 SHARED_CLAIM = "modelship-cache"  # the namespace's shared, content-addressed cache volume
@@ -186,8 +188,36 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     elif settings.default_token_secret:  # the operator's default, where the namespace has it
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": settings.default_token_secret, "key": "token", "optional": True}}})
+    return _volume_job(md, settings, "download", "fetch", args, env, pin_node,
+                       {REVISION: resolved.sha, REPO: resolved.repo}, [resolved.repo, resolved.sha],
+                       backoff=settings.download_backoff_limit, deadline=settings.download_deadline_seconds)
+
+
+def snapshot_key(repo: str, sha: str) -> str:
+    """The name of a snapshot in a volume's ledger and in `--keep`."""
+    return f"{repo}@{sha}"
+
+
+def ledger_annotation(key: str) -> str:
+    """The PVC annotation that records that a snapshot was put on the volume."""
+    return f"{SNAPSHOT_PREFIX}{digest(key, 12)}"
+
+
+def collect_job(md: ModelDeployment, settings: Settings, keep: list[str], pin_node: str | None = None) -> dict:
+    """The Job that removes from the volume every snapshot not in `keep` (and the blobs only
+    they used). Named by what it keeps: one collection per set of snapshots in use."""
+    keep = sorted(keep)
+    args = ["collect", "--dest", MODELS_MOUNT] + [a for k in keep for a in ("--keep", k)]
+    return _volume_job(md, settings, "collect", "collect", args, [], pin_node, {KEEP: ",".join(keep)}, keep,
+                       backoff=2, deadline=1800)
+
+
+def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: str, args: list[str],
+                env: list[dict], pin_node: str | None, annotations: dict[str, str], identity: list,
+                backoff: int, deadline: int) -> dict:
+    """A Job of the modelship image that works on the weights' volume (and on nothing else)."""
     shared = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
-    job_labels = shared_labels("download") if shared else labels(md, "download")
+    job_labels = shared_labels(component) if shared else labels(md, component)
     pod = {
         "metadata": {"labels": dict(job_labels)},
         "spec": {
@@ -196,11 +226,11 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
             "enableServiceLinks": False,
             "securityContext": _restricted_pod(FETCH_UID),
             "containers": [{
-                "name": "fetch", "image": settings.images.modelship, "args": args, "env": env,
+                "name": verb, "image": settings.images.modelship, "args": args, "env": env,
                 "securityContext": _restricted_container(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-                # fetch writes only to the volume: no /tmp (on the test bed's local node an
+                # it writes only to the volume: no /tmp (on the test bed's local node an
                 # emptyDir there would also hide a checkout that lives under /tmp)
                 "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}],
             }],
@@ -210,7 +240,7 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     if settings.download_pool:
         _schedule(pod["spec"], settings.pools[settings.download_pool])
     # Shared: named by what it does alone, so ModelDeployments of one repo@sha share one Job.
-    name = f"{'modelship' if shared else md.name}-fetch-{digest([resolved.repo, resolved.sha, pod], 8)}"
+    name = f"{'modelship' if shared else md.name}-{verb}-{digest([*identity, pod], 8)}"
     if pin_node:
         pod["spec"].pop("nodeSelector", None)
         pod["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -218,10 +248,8 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
                                                     "values": [pin_node]}]}]}}}
     return _finish({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "labels": dict(job_labels), "annotations": {REVISION: resolved.sha}},
-        "spec": {"backoffLimit": settings.download_backoff_limit,
-                 "activeDeadlineSeconds": settings.download_deadline_seconds,
-                 "template": pod},
+        "metadata": {"name": name, "labels": dict(job_labels), "annotations": annotations},
+        "spec": {"backoffLimit": backoff, "activeDeadlineSeconds": deadline, "template": pod},
     }, md, shared=shared)
 
 
@@ -340,7 +368,8 @@ def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
     _schedule(pod_spec, placement.profile)
     template_labels = {**labels(md, "server"), "modelship.io/engine": engine}
     template = {"metadata": {"labels": template_labels}, "spec": pod_spec}
-    template["metadata"]["annotations"] = {SPEC_HASH: digest(template), REVISION: resolved.sha}
+    template["metadata"]["annotations"] = {SPEC_HASH: digest(template), REVISION: resolved.sha,
+                                           REPO: resolved.repo}
     # Replace pods one at a time (no surge pod) where a surge pod could not run: a full GPU
     # pool has no room for it, and a ReadWriteOnce volume cannot attach to a second node.
     shared = md.spec.storage.access_mode in ("ReadWriteMany", "ReadOnlyMany")

@@ -118,10 +118,28 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
         run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True), parallel=parallel,
             keep=list(keep) if prune else None)
     except FetchError as e:
-        try:  # in a pod, the kubelet's termination-message file: the condition quotes it
-            fd = os.open("/dev/termination-log", os.O_WRONLY | os.O_TRUNC)  # never created here
-            with os.fdopen(fd, "w") as f:
-                f.write(f"Error: {e}\n")
-        except OSError:
-            pass
-        fail(str(e))
+        _terminate(e)
+
+
+@main.command()
+@click.option("--dest", required=True, type=click.Path(file_okay=False), help="Root of the Hub cache layout.")
+@click.option("--keep", "keep", multiple=True, metavar="REPO@SHA", help="A snapshot to keep (all others go).")
+def collect(dest: str, keep: tuple[str, ...]) -> None:
+    """Remove from DEST every snapshot not kept and the blobs only they used. Waits for the
+    downloads on the volume to finish first; downloads wait for it in turn."""
+    from .fetch import FetchError, collect as run_collect
+
+    try:
+        run_collect(dest, list(keep), log=lambda m: click.echo(m, err=True))
+    except FetchError as e:
+        _terminate(e)
+
+
+def _terminate(e: Exception) -> None:
+    try:  # in a pod, the kubelet's termination-message file: the condition quotes it
+        fd = os.open("/dev/termination-log", os.O_WRONLY | os.O_TRUNC)  # never created here
+        with os.fdopen(fd, "w") as f:
+            f.write(f"Error: {e}\n")
+    except OSError:
+        pass
+    fail(str(e))

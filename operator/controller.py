@@ -49,6 +49,7 @@ class Controller:
         self.queue = WorkQueue(self._handle, workers=4)
         self.phases: dict[tuple[str, str], str] = {}
         self.follow_failures: dict[tuple[str, str], str] = {}  # the last failed Follow re-check
+        self.volume_locks: dict[tuple[str, str], asyncio.Lock] = {}  # (namespace, claim) of a shared volume
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -92,6 +93,16 @@ class Controller:
         if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and tried is None:
             await self._say_resolving(md, body)  # once per generation: a failure is not announced again
         resolution = await self._resolve(md)
+        if md.spec.storage.shared_cache and not md.spec.storage.existing_claim:
+            # One volume, several ModelDeployments: one of them at a time looks at it and acts,
+            # so a collection never starts beside a download it did not see (or the reverse).
+            async with self.volume_locks.setdefault((namespace, builders.claim_name(md)), asyncio.Lock()):
+                return await self._reconcile(key, md, body, resolution)
+        return await self._reconcile(key, md, body, resolution)
+
+    async def _reconcile(self, key: tuple[str, str], md: api.ModelDeployment, body: dict,
+                         resolution: api.ResolvedModel | ResolveError | SpecError) -> float | None:
+        namespace, name = key
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
         claim = builders.claim_name(md)
         observed = await asyncio.to_thread(self.kube.observe, md, claim)

@@ -393,6 +393,27 @@ def prune(dest: Path, keep: set[str], log: Callable[[str], None]) -> int:
     return freed
 
 
+VOLUME_LOCK = ".modelship.lock"
+
+
+@contextmanager
+def volume_lock(dest: Path, exclusive: bool, log: Callable[[str], None] | None = None):
+    """The whole volume: downloads hold it shared, a collection holds it alone. The operator
+    never starts one while the other runs; this lock makes that hold even for a Job that
+    outlived its reason (a retried pod, a Job left from before)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / VOLUME_LOCK, "a") as lock:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(lock, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log("waiting for " + ("the downloads on this volume to finish" if exclusive
+                                      else "the collection of unused snapshots on this volume to finish"))
+            fcntl.flock(lock, mode)
+        yield
+
+
 def run(repo: str, revision: str, endpoint: str | None, dest: str, files: list[str],
         log: Callable[[str], None], parallel: int = 4, retry_delay: float = 1.0,
         keep: list[str] | None = None) -> Progress:
@@ -400,8 +421,24 @@ def run(repo: str, revision: str, endpoint: str | None, dest: str, files: list[s
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     fetcher = Fetcher(repo, revision, endpoint, Path(dest), os.environ.get("HF_TOKEN") or None, log, parallel,
                       retry_delay=retry_delay)
-    progress = fetcher.run(wanted)
-    log(f"all {len(wanted)} files of {repo}@{revision} are in place ({progress.total} bytes)")
-    if keep is not None:  # this volume's own: what is not served or about to be goes
-        prune(Path(dest), set(keep) | {f"{repo}@{revision}"}, log)
+    with volume_lock(Path(dest), exclusive=False, log=log):
+        progress = fetcher.run(wanted)
+        log(f"all {len(wanted)} files of {repo}@{revision} are in place ({progress.total} bytes)")
+        if keep is not None:  # this volume's own: what is not served or about to be goes
+            prune(Path(dest), set(keep) | {f"{repo}@{revision}"}, log)
     return progress
+
+
+def collect(dest: str, keep: list[str], log: Callable[[str], None]) -> int:
+    """Remove every snapshot not in `keep` and the blobs only they used, alone on the volume.
+    Returns the bytes freed; prints one JSON line saying so (the operator reads it)."""
+    for k in keep:
+        if not re.fullmatch(r"[^@\s]+/[^@\s]+@[0-9a-f]{40}", k):
+            raise FetchError(f"--keep {k!r} is not ORG/NAME@COMMIT_SHA")
+    root = Path(dest)
+    if not root.is_dir():
+        raise FetchError(f"--dest {dest} is not a folder (is the volume mounted?)")
+    with volume_lock(root, exclusive=True, log=log):
+        freed = prune(root, set(keep), log)
+    print(json.dumps({"event": "collected", "freed": freed}), flush=True)
+    return freed

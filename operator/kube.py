@@ -18,7 +18,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from . import api
-from .builders import DEPLOYMENT_LABEL, SHARED_CACHE, SHARED_CLAIM, owned_by
+from .builders import (COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, REPO, REVISION, SHARED_CACHE, SHARED_CLAIM,
+                       owned_by, snapshot_key)
 from .plan import Action, Event, Observed
 
 log = logging.getLogger("modelship")
@@ -115,8 +116,9 @@ class Kube:
 
         shared = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
         jobs = self.batch.list_namespaced_job(ns, label_selector=(
-            f"{SHARED_CACHE}={SHARED_CLAIM}" if shared else f"{selector},app.kubernetes.io/component=download"))
-        pods = self.core.list_namespaced_pod(ns, label_selector=f"{selector},app.kubernetes.io/component=server")
+            f"{SHARED_CACHE}={SHARED_CLAIM}" if shared else
+            f"{selector},{COMPONENT} in (download,collect)"))
+        pods = self.core.list_namespaced_pod(ns, label_selector=f"{selector},{COMPONENT}=server")
         uid = md.metadata.get("uid")
 
         def owned(obj: dict | None) -> dict | None:
@@ -133,27 +135,46 @@ class Kube:
                      if obj is not None and owned(obj) is None]
         if shared and pvc is not None and (pvc["metadata"].get("labels") or {}).get(SHARED_CACHE) != SHARED_CLAIM:
             conflicts.append(f"PersistentVolumeClaim {claim} (not a modelship shared cache)")
-        own_jobs = [j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if shared or owned(j)]
+        all_jobs = [j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if shared or owned(j)]
+        own_jobs = [j for j in all_jobs if j["metadata"]["labels"].get(COMPONENT) == "download"]
+        collect_jobs = [j for j in all_jobs if j["metadata"]["labels"].get(COMPONENT) == "collect"]
+        pods = [self.client.sanitize_for_serialization(p) for p in pods.items]
         progress, failure = {}, {}
         for job in own_jobs:
             if not any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []):
                 progress[job["metadata"]["name"]], failure[job["metadata"]["name"]] = self.job_pods_say(
                     ns, job["metadata"]["name"])
-        shared_bytes = 0
+        shared_bytes, in_use = 0, set()
         if shared:  # what the other users of the shared volume keep on it
             seen = {(md.status.resolved.repo, md.status.resolved.sha)} if md.status.resolved else set()
             for other in self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]:
                 st = (other.get("status") or {}).get("resolved") or {}
                 uses = ((other.get("spec") or {}).get("storage") or {}).get("sharedCache")
-                if uses and other["metadata"]["uid"] != uid and (st.get("repo"), st.get("sha")) not in seen:
-                    seen.add((st.get("repo"), st.get("sha")))
-                    shared_bytes += int(st.get("totalBytes") or 0)
+                if uses and other["metadata"]["uid"] != uid and st.get("repo") and st.get("sha"):
+                    in_use.add(snapshot_key(st["repo"], st["sha"]))
+                    if (st["repo"], st["sha"]) not in seen:
+                        seen.add((st["repo"], st["sha"]))
+                        shared_bytes += int(st.get("totalBytes") or 0)
+        # Every pod that mounts the volume reads the revision its template names (an old
+        # ReplicaSet's pods included, until they are gone).
+        mounting = (self.client.sanitize_for_serialization(p) for p in self.core.list_namespaced_pod(
+            ns, label_selector=f"{MANAGED_BY}=modelship,{COMPONENT}=server").items) if shared else iter(pods)
+        for pod in mounting:
+            claims = {(v.get("persistentVolumeClaim") or {}).get("claimName") for v in pod["spec"].get("volumes") or []}
+            if claim not in claims or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            notes = pod["metadata"].get("annotations") or {}
+            if REPO not in notes or REVISION not in notes:
+                in_use = None  # a pod from before revisions were recorded: cannot tell what it reads
+                break
+            in_use.add(snapshot_key(notes[REPO], notes[REVISION]))
         return Observed(
             pvc=pvc if md.spec.storage.existing_claim or shared else owned(pvc), shared_bytes=shared_bytes,
-            jobs=own_jobs, download_progress=progress, download_errors=failure,
+            jobs=own_jobs, collect_jobs=collect_jobs, download_progress=progress, download_errors=failure,
+            volume_in_use=in_use,
             deployment=owned(deployment),
             service=owned(service),
-            pods=[self.client.sanitize_for_serialization(p) for p in pods.items],
+            pods=pods,
             conflicts=conflicts,
         )
 
@@ -192,6 +213,12 @@ class Kube:
 
     def execute(self, action: Action, namespace: str) -> None:
         kind, name = action.kind, action.name
+        if action.verb == "annotate":  # a merge patch: one key per snapshot, so writers never collide
+            assert kind == "PersistentVolumeClaim"
+            self.core.patch_namespaced_persistent_volume_claim(
+                name, namespace, {"metadata": {"annotations": action.body}}, field_manager=self.field_manager,
+                _content_type="application/merge-patch+json")
+            return
         if action.verb == "apply":
             fn = {"PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
                   "Service": self.core.patch_namespaced_service,

@@ -43,11 +43,15 @@ class Observed:
     download_progress: dict = field(default_factory=dict)  # Job name -> its last progress line
     download_errors: dict = field(default_factory=dict)  # Job name -> its last failed pod's message
     shared_bytes: int = 0  # other ModelDeployments' distinct repo@sha on the shared cache volume
+    collect_jobs: list[dict] = field(default_factory=list)  # Jobs collecting unused snapshots on the volume
+    # "repo@sha" that something else on the volume uses: other ModelDeployments' resolved
+    # revisions and what every pod mounting it serves (None: cannot tell, so collect nothing)
+    volume_in_use: set[str] | None = None
 
 
 @dataclass
 class Action:
-    verb: Literal["apply", "delete"]
+    verb: Literal["apply", "delete", "annotate"]  # annotate: merge-patch these annotations (None removes)
     kind: str
     name: str
     body: dict | None = None
@@ -55,6 +59,8 @@ class Action:
     field_manager: str | None = None  # a ModelDeployment's own share of a shared object
 
     def past_tense(self) -> str:
+        if self.verb == "annotate":
+            return "Annotated"
         return "Deleted" if self.verb == "delete" else ("Updated" if self.exists else "Created")
 
 
@@ -310,9 +316,12 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         if other is not current and not shared_job:  # shared Jobs go with their last owner
             actions.append(Action("delete", "Job", other["metadata"]["name"], exists=True))
     state, why = _job_state(current)
-    completed = md.status.download.completed_job if md.status.download else None
-    if current is None and completed == job["metadata"]["name"]:
-        state = "Complete"  # verified earlier; the Job has been cleaned up since
+    volume_uid = (observed.pvc or {}).get("metadata", {}).get("uid")
+    before_dl = md.status.download
+    if (current is None and before_dl and before_dl.completed_job == job["metadata"]["name"]
+            and before_dl.volume_uid in (None, volume_uid)):
+        state = "Complete"  # verified earlier on this very volume; the Job has been cleaned up since
+    collecting = next((j for j in observed.collect_jobs if _job_state(j)[0] == "Running"), None)
     total = resolved.total_bytes
     live = observed.download_progress.get(job["metadata"]["name"]) or {}
     before = md.status.download if md.status.download and md.status.download.job == job["metadata"]["name"] else None
@@ -324,6 +333,8 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         status["download"]["etaSeconds"] = int(live["eta"])
     if state == "Complete":
         status["download"]["completedJob"] = job["metadata"]["name"]
+        if volume_uid:
+            status["download"]["volumeUID"] = volume_uid
     downloaded = state == "Complete"
     if downloaded:
         cond("Downloaded", "True", "Downloaded",
@@ -334,6 +345,10 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         return blocked("DownloadFailed", f"download Job {job['metadata']['name']} failed ({why})"
                        + (f": {said}" if said else "") + f"; see `kubectl logs job/{job['metadata']['name']}`, fix "
                        f"the cause, then delete the Job to retry", "Failed", None)
+    elif current is None and collecting is not None:  # downloads wait for the collection, and it for them
+        msg = (f"waiting for Job {collecting['metadata']['name']}, which removes snapshots nothing uses any more "
+               f"from volume {builders.claim_name(md)}, to finish before downloading")
+        cond("Downloaded", "False", "WaitingForCollection", msg)
     else:
         if current is None:  # a Job's pod template is immutable; its name already fingerprints it
             desired.append((job, None))
@@ -355,12 +370,69 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     else:
         rolling = False
     _apply(desired, actions)
+    if not md.spec.storage.existing_claim:  # a volume the operator made: it keeps its ledger, and collects
+        key = builders.snapshot_key(resolved.repo, resolved.sha)
+        ledger = _ledger(observed.pvc)
+        if key not in ledger.values():  # recorded before the Job that puts it there is created
+            at = next((i for i, a in enumerate(actions) if a.kind == "Job"), len(actions))
+            actions.insert(at, Action("annotate", "PersistentVolumeClaim", builders.claim_name(md),
+                                      {builders.ledger_annotation(key): key}, exists=True))
+        if downloaded and observed.pvc is not None:
+            failed = _collect(md, resolved, observed, settings, ledger, pin, actions, events)
+            if failed:
+                conditions[[c["type"] for c in conditions].index("Downloaded")]["message"] += failed
 
     if not downloaded:
         _serving_conditions(observed, md, cond, downloaded=False)
         cond("Ready", "False", "Downloading", msg)
         return finish("Downloading", 3.0)  # the Job's log is read for progress
     return _serving(md, observed, cond, finish, rolling)
+
+
+def _ledger(pvc: dict | None) -> dict[str, str]:
+    """The snapshots the operator let onto a volume and has not collected: annotation -> repo@sha."""
+    annotations = ((pvc or {}).get("metadata") or {}).get("annotations") or {}
+    return {k: v for k, v in annotations.items() if k.startswith(builders.SNAPSHOT_PREFIX)}
+
+
+def _collect(md: ModelDeployment, resolved: ResolvedModel, observed: Observed, settings: Settings,
+             ledger: dict[str, str], pin: str | None, actions: list[Action], events: list[Event]) -> str:
+    """Collect the snapshots of the volume that nothing uses any more: once no download runs
+    on it, with one Job that keeps everything in use. Returns what to add to the Downloaded
+    message when a collection failed."""
+    if observed.volume_in_use is None or any(_job_state(j)[0] == "Running" for j in observed.jobs):
+        return ""  # cannot tell what is in use, or a download is running: later
+    in_use = set(observed.volume_in_use) | {builders.snapshot_key(resolved.repo, resolved.sha)}
+    served = ((observed.deployment or {}).get("metadata") or {}).get("annotations") or {}
+    if builders.REPO in served and builders.REVISION in served:
+        in_use.add(builders.snapshot_key(served[builders.REPO], served[builders.REVISION]))
+    claim = builders.claim_name(md)
+    failed = ""
+    for job in observed.collect_jobs:
+        state, why = _job_state(job)
+        name = job["metadata"]["name"]
+        if state == "Running":
+            return ""
+        if state == "Failed":
+            failed = (f"; removing unused snapshots from the volume failed (Job {name}: {why}): see `kubectl logs "
+                      f"job/{name}`, then delete the Job to try again")
+            continue
+        kept = set(filter(None, ((job["metadata"].get("annotations") or {}).get(builders.KEEP) or "").split(",")))
+        gone = {k: None for k, v in ledger.items() if v not in kept and v not in in_use}
+        if gone:
+            actions.append(Action("annotate", "PersistentVolumeClaim", claim, gone, exists=True))
+            events.append(Event("Normal", "Collected", f"removed {', '.join(sorted(ledger[k] for k in gone))} from "
+                                                       f"volume {claim}: nothing uses it any more"))
+            for k in gone:
+                ledger.pop(k)
+        actions.append(Action("delete", "Job", name, exists=True))
+    stale = set(ledger.values()) - in_use
+    if stale and not failed:
+        job = builders.collect_job(md, settings, sorted(in_use),
+                                   pin_node=None if md.spec.storage.shared_cache else pin)
+        if not any(j["metadata"]["name"] == job["metadata"]["name"] for j in observed.collect_jobs):
+            _apply([(job, None)], actions)
+    return failed
 
 
 def _apply(desired: list[tuple[dict, dict | None]], actions: list[Action]) -> None:

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from ..conftest import wait_for
-from .conftest import (SMOLLM2_SHA, TINY_SHA, children, condition, md_status, preload_claim, seed_volume,
-                       wait_phase)
+from .conftest import (SMOLLM2_SHA, TINY_SHA, children, claim_path, condition, md_status, preload_claim,
+                       seed_volume, wait_phase)
 
 pytestmark = [pytest.mark.integration]
 
@@ -43,6 +43,16 @@ def serving_pods(cluster, ns: str, name: str) -> list[dict]:
     return json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l",
                                       f"modelship.io/deployment={name},app.kubernetes.io/component=server",
                                       "-o", "json"))["items"]
+
+
+def ledger(cluster, ns: str, claim: str) -> list[str]:
+    """The snapshots a volume's ledger names (annotations on its claim)."""
+    notes = get(cluster, "pvc", claim, ns)["metadata"].get("annotations") or {}
+    return sorted(v for k, v in notes.items() if k.startswith("snapshot.modelship.io/"))
+
+
+def job_names(cluster, ns: str) -> list[str]:
+    return cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").split()
 
 
 def call_endpoint(cluster, status: dict) -> str:
@@ -342,9 +352,14 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     operator.start(pools=kwok_pools, config={"followIntervalSeconds": 5})
     cluster.apply(tiny("pinned", repo="hub-test/follow-GGUF"), namespace)
     cluster.apply(tiny("follower", repo="hub-test/follow-GGUF") | {"spec": {
-        "model": {"repo": "hub-test/follow-GGUF", "revisionPolicy": "Follow"}}}, namespace)
+        # (ReadWriteMany: the Jobs run on the local node, where files really land, rather than
+        # next to the serving pods on a kwok node, where nothing really runs)
+        "model": {"repo": "hub-test/follow-GGUF", "revisionPolicy": "Follow"},
+        "storage": {"accessMode": "ReadWriteMany"}}}, namespace)
     for name in ("pinned", "follower"):
         assert wait_phase(cluster, operator, name, "Ready", timeout=120)["resolved"]["sha"] == old
+    snapshots = claim_path(cluster, namespace, "follower-weights") / "models--hub-test--follow-GGUF" / "snapshots"
+    assert [p.name for p in snapshots.iterdir()] == [old]
     repo.refs["main"] = new  # someone pushes to main
     st = wait_for(lambda: (s := md_status(cluster, namespace, "follower"))["resolved"]["sha"] == new and s, 60,
                   "the follower to move to the new commit")
@@ -353,6 +368,14 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     wait_for(lambda: get(cluster, "deployment", "follower", namespace)["spec"]["template"]["metadata"]
              ["annotations"]["modelship.io/revision"] == new, 60, "the Deployment to roll to the new commit")
     assert md_status(cluster, namespace, "pinned")["resolved"]["sha"] == old  # Pin stays where it was
+    # Once the old pods are gone, the old snapshot is collected and the ledger says so.
+    wait_for(lambda: [p.name for p in snapshots.iterdir()] == [new], 60, "the old snapshot to be collected")
+    wait_for(lambda: ledger(cluster, namespace, "follower-weights") == [f"hub-test/follow-GGUF@{new}"], 30,
+             "the ledger to drop the collected snapshot")
+    wait_for(lambda: not [j for j in job_names(cluster, namespace) if "-collect-" in j], 30, "the collection Job to go")
+    assert "Collected" in cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                          "involvedObject.name=follower", "-o", "jsonpath={.items[*].reason}")
+    assert md_status(cluster, namespace, "follower")["phase"] == "Ready"
 
 
 @pytest.mark.localnode
@@ -381,6 +404,25 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     for name in ("first", "second"):
         claim = get(cluster, "deployment", name, namespace)["spec"]["template"]["spec"]["volumes"][0]
         assert claim["persistentVolumeClaim"] == {"claimName": "modelship-cache", "readOnly": True}
+    # A third one, of another repo, on the same volume; deleted again, its snapshot is collected.
+    fake_hub.add_repo(FakeRepo("hub-test/shared2-GGUF", {"a" * 40: {"shared2-Q4_K_M.gguf": b"other weights"}},
+                               {"main": "a" * 40}))
+    cluster.apply(tiny("third", repo="hub-test/shared2-GGUF") | {"spec": {
+        "model": {"repo": "hub-test/shared2-GGUF"}, "storage": {"sharedCache": True}}}, namespace)
+    wait_phase(cluster, operator, "third", "Ready", timeout=120)
+    volume = claim_path(cluster, namespace, "modelship-cache")
+    assert (volume / "models--hub-test--shared2-GGUF" / "snapshots" / ("a" * 40)).is_dir()
+    assert ledger(cluster, namespace, "modelship-cache") == [f"hub-test/shared-GGUF@{'9' * 40}",
+                                                             f"hub-test/shared2-GGUF@{'a' * 40}"]
+    cluster.kubectl("delete", "md", "third", "-n", namespace, "--wait=true")
+    wait_for(lambda: not (volume / "models--hub-test--shared2-GGUF").exists(), 60, "the unused repo to be collected")
+    wait_for(lambda: ledger(cluster, namespace, "modelship-cache") == [f"hub-test/shared-GGUF@{'9' * 40}"], 30,
+             "the ledger to drop it")
+    assert (volume / "models--hub-test--shared-GGUF" / "snapshots" / ("9" * 40) / "shared-Q4_K_M.gguf").read_bytes() \
+        == weights
+    wait_for(lambda: not [j for j in job_names(cluster, namespace) if "-collect-" in j], 30, "the collection Job to go")
+    assert md_status(cluster, namespace, "first")["phase"] == "Ready"
+
     cluster.kubectl("delete", "md", "first", "-n", namespace, "--wait=true")
     import time
 

@@ -216,3 +216,37 @@ def test_prune_leaves_a_blob_another_job_is_writing(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX)  # another Job is downloading this one
         fetch.prune(tmp_path, set(), lambda _: None)
     assert part.exists() and not abandoned.exists()
+
+
+def test_collect_keeps_what_is_in_use_and_frees_the_rest(hub, tmp_path):
+    hub.add_repo(FakeRepo("org/gone", {SHA: {"g.gguf": b"nobody serves this"}}, {"main": SHA}))
+    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None)
+    fetch.run("org/gone", SHA, hub.url, str(tmp_path), [spec("g.gguf", b"nobody serves this")], log=lambda _: None)
+    out = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        freed = fetch.collect(str(tmp_path), [f"org/m@{SHA}"], log=lambda _: None)
+    assert freed == len(b"nobody serves this")
+    assert json.loads(out.getvalue()) == {"event": "collected", "freed": freed}
+    assert not (tmp_path / "models--org--gone").exists()
+    assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
+    with pytest.raises(fetch.FetchError, match="is not ORG/NAME@COMMIT_SHA"):
+        fetch.collect(str(tmp_path), ["org/m@main"], log=lambda _: None)
+
+
+def test_collect_waits_for_the_downloads_on_the_volume(hub, tmp_path):
+    """A download holds the volume shared; a collection waits for it, then removes what it
+    was not told to keep (and the download started first, so it had the volume first)."""
+    import threading
+
+    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None)
+    said: list[str] = []
+    with fetch.volume_lock(tmp_path, exclusive=False):  # a download in progress
+        t = threading.Thread(target=fetch.collect, args=(str(tmp_path), [], said.append))
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and snapshot(tmp_path).exists()  # waiting, nothing removed yet
+        assert said == ["waiting for the downloads on this volume to finish"]
+    t.join(5)
+    assert not t.is_alive() and not (tmp_path / "models--org--m").exists()

@@ -78,6 +78,10 @@ def obs_pvc(md, resolved, size: str | None = None):
         md = make_md({**md.spec.wire(), "storage": {**md.spec.storage.wire(), "size": size}})
     pvc = builders.pvc(md, resolved, settings())
     pvc["status"] = {"phase": "Bound", "capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"]}}
+    pvc["metadata"]["uid"] = "pvc-uid-1"
+    if not md.spec.storage.existing_claim:  # the ledger names what was put on it
+        key = builders.snapshot_key(resolved.repo, resolved.sha)
+        pvc["metadata"]["annotations"][builders.ledger_annotation(key)] = key
     return pvc
 
 
@@ -122,8 +126,11 @@ def test_fresh_object_creates_service_volume_and_job():
     p = run(md, r, Observed())
     job_name = builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     assert applied(p) == {("Service", NAME), ("PersistentVolumeClaim", f"{NAME}-weights"), ("Job", job_name)}
-    assert all(a.verb == "apply" and not a.exists for a in p.actions)
-    assert len(p.actions) == 3
+    assert [(a.verb, a.kind) for a in p.actions] == [("apply", "Service"), ("apply", "PersistentVolumeClaim"),
+                                                     ("annotate", "PersistentVolumeClaim"), ("apply", "Job")]
+    assert all(not a.exists for a in p.actions if a.verb == "apply")
+    key = f"{r.repo}@{r.sha}"  # the ledger records the snapshot before the Job that puts it there exists
+    assert p.actions[2].body == {builders.ledger_annotation(key): key}
     assert p.status["phase"] == "Downloading"
     assert cond(p, "Resolved")["status"] == "True"
     d = cond(p, "Downloaded")
@@ -607,3 +614,117 @@ def test_the_download_prunes_a_volume_of_its_own_keeping_the_served_revision():
         other = make_md({"storage": storage})
         job = builders.download_job(other, new, ENDPOINT, settings())
         assert "--prune" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# --- collecting snapshots nothing uses any more ------------------------------------------------
+
+
+def after_rollout(md, old, new, pods_revisions=None, jobs=None, collect_jobs=None, in_use=None):
+    """`new` downloaded and served; the volume's ledger still names `old` too."""
+    pvc = obs_pvc(md, new)
+    for r in (old, new):
+        key = builders.snapshot_key(r.repo, r.sha)
+        pvc["metadata"]["annotations"][builders.ledger_annotation(key)] = key
+    pods = [{"metadata": {"name": f"{NAME}-{i}", "annotations": {builders.REPO: r.repo, builders.REVISION: r.sha}},
+             "spec": {"nodeName": "node-7"}, "status": {"phase": "Running"}}
+            for i, r in enumerate(pods_revisions or [new])]
+    volume_in_use = ({builders.snapshot_key(r.repo, r.sha) for r in (pods_revisions or [new])}
+                     if in_use is None else in_use)
+    return Observed(pvc=pvc, jobs=[obs_job(md, new, "Complete")] if jobs is None else jobs,
+                    service=obs_service(md), deployment=obs_deployment(md, new), pods=pods,
+                    collect_jobs=collect_jobs or [], volume_in_use=volume_in_use)
+
+
+def old_and_new():
+    old = gguf()
+    return old, old.model_copy(update={"sha": "e" * 40, "short_sha": "eeeeeee"})
+
+
+def test_after_a_rollout_the_old_snapshot_is_collected_on_the_volumes_node():
+    md = make_md()
+    old, new = old_and_new()
+    p = run(md, new, after_rollout(md, old, new))
+    jobs = [a.body for a in p.actions if a.kind == "Job" and a.verb == "apply"]
+    assert len(jobs) == 1 and jobs[0]["metadata"]["name"].startswith(f"{NAME}-collect-")
+    spec = jobs[0]["spec"]["template"]["spec"]
+    assert spec["containers"][0]["args"] == ["collect", "--dest", "/models", "--keep", f"org/tiny-GGUF@{new.sha}"]
+    assert spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-7"]  # where the RWO volume is attached
+    assert jobs[0]["metadata"]["labels"]["app.kubernetes.io/component"] == "collect"
+    assert p.status["phase"] == "Ready"  # serving is not held up by it
+
+
+@pytest.mark.parametrize("why", ["old pods still run", "unknown pods", "download running"])
+def test_nothing_is_collected_while_something_may_still_read_it(why):
+    md = make_md()
+    old, new = old_and_new()
+    if why == "old pods still run":  # the old ReplicaSet's pod, until it is gone
+        obs = after_rollout(md, old, new, pods_revisions=[new, old])
+    elif why == "unknown pods":
+        obs = after_rollout(md, old, new, in_use=None)
+        obs.volume_in_use = None
+    else:  # another ModelDeployment's download on the shared volume
+        md = make_md({"storage": {"sharedCache": True}})
+        other = gguf().model_copy(update={"repo": "org/other-GGUF", "sha": "f" * 40})
+        obs = after_rollout(md, old, new, jobs=[obs_job(md, new, "Complete"), obs_job(md, other, "Running")])
+    p = run(md, new, obs)
+    assert not [a for a in p.actions if a.kind == "Job" or a.verb == "annotate"]
+
+
+def test_a_finished_collection_updates_the_ledger_and_goes():
+    md = make_md()
+    old, new = old_and_new()
+    job = builders.collect_job(md, settings(), [builders.snapshot_key(new.repo, new.sha)])
+    job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    p = run(md, new, after_rollout(md, old, new, collect_jobs=[job]))
+    old_key = builders.snapshot_key(old.repo, old.sha)
+    assert [(a.verb, a.kind, a.body if a.verb == "annotate" else a.name) for a in p.actions] == [
+        ("annotate", "PersistentVolumeClaim", {builders.ledger_annotation(old_key): None}),
+        ("delete", "Job", job["metadata"]["name"])]
+    assert [old_key in e.message for e in p.events if e.reason == "Collected"] == [True]
+
+
+def test_a_failed_collection_is_reported_and_not_retried_until_its_job_is_deleted():
+    md = make_md()
+    old, new = old_and_new()
+    job = builders.collect_job(md, settings(), [builders.snapshot_key(new.repo, new.sha)])
+    job["status"] = {"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                  "message": "Job has reached the specified backoff limit"}]}
+    p = run(md, new, after_rollout(md, old, new, collect_jobs=[job]))
+    assert p.actions == [] and p.status["phase"] == "Ready"
+    msg = cond(p, "Downloaded")["message"]
+    assert "removing unused snapshots from the volume failed" in msg and "delete the Job" in msg
+
+
+def test_a_download_waits_for_a_running_collection():
+    md = make_md({"storage": {"sharedCache": True}})
+    old, new = old_and_new()
+    collecting = builders.collect_job(md, settings(), ["org/x@" + "1" * 40])
+    collecting["status"] = {"active": 1}
+    obs = Observed(pvc=obs_pvc(md, old), jobs=[], service=obs_service(md), collect_jobs=[collecting],
+                   volume_in_use=set())
+    p = run(md, new, obs)
+    assert not [a for a in p.actions if a.kind == "Job"]
+    d = cond(p, "Downloaded")
+    assert d["reason"] == "WaitingForCollection" and collecting["metadata"]["name"] in d["message"]
+    collecting["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    assert any(a.kind == "Job" and a.verb == "apply" for a in run(md, new, obs).actions)
+
+
+def test_a_claim_made_again_is_downloaded_to_again():
+    md, r = make_md(), gguf()
+    first = run(md, r, observed(md, r, job_state="Complete"))
+    assert first.status["download"]["volumeUID"] == "pvc-uid-1"
+    pvc = obs_pvc(md, r)
+    pvc["metadata"]["uid"] = "pvc-uid-2"  # deleted and created again: empty
+    p = run(make_md(status=first.status), r, Observed(pvc=pvc, jobs=[], service=obs_service(md),
+                                                       deployment=obs_deployment(md, r)))
+    assert any(a.kind == "Job" and a.verb == "apply" for a in p.actions)
+
+
+def test_a_users_claim_has_no_ledger_and_is_never_collected():
+    md = make_md({"storage": {"existingClaim": "mine"}})
+    old, new = old_and_new()
+    obs = after_rollout(md, old, new)
+    p = run(md, new, obs)
+    assert not [a for a in p.actions if a.kind == "Job" or a.verb == "annotate"]
