@@ -1,12 +1,13 @@
 """Benchmark: `modelship fetch` against curl, the same file from the same mirror, side by side.
 
-    .venv/bin/python bench/fetch_throughput.py [--rounds 3]
+    .venv/bin/python bench/fetch_throughput.py [--rounds 5] [--mib 1024]
 
-Sources, on 127.0.0.1: the fake Hub (aiohttp, in a process of its own) serving a 512 MB
-file, and the test bed's olah mirror (when the test bed is up) serving SmolLM2's 98 MB GGUF. Each round runs curl
-(`-L -o FILE`, written to disk like fetch) and then `modelship fetch` (which also hashes and
-links), alternating so both see the same machine. Prints MB/s (median of the rounds) and the
-ratio; the goal is fetch >= 90% of curl.
+Sources, on 127.0.0.1: the fake Hub (aiohttp, in a process of its own) serving a 1 GiB file
+(`--mib`), and the test bed's olah mirror (when the test bed is up) serving SmolLM2's 98 MB
+GGUF. Each round runs, one after the other so all see the same machine: curl (`-L -o FILE`,
+written to the page cache), curl then `sync FILE` (on disk when done, as fetch's files
+are), and `modelship fetch` (which also hashes, fsyncs and links). Prints MB/s (median of
+the rounds) and the ratios; the goal is fetch >= 90% of curl.
 """
 
 from __future__ import annotations
@@ -50,34 +51,38 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, endpoint: str, sha: str, size: int, rounds: int) -> tuple[float, float]:
+def measure(name: str, endpoint: str, sha: str, size: int, rounds: int) -> None:
     url = f"{endpoint}/{REPO}/resolve/{sha}/{FILE}"
     modelship = str(Path(sys.executable).with_name("modelship"))
-    curl_s, fetch_s = [], []
+    runs: dict[str, list[float]] = {"curl": [], "curl+fsync": [], "fetch": []}
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            curl_s.append(timed(["curl", "-sSfL", "-o", f"{tmp}/f", url]))
+            runs["curl"].append(timed(["curl", "-sSfL", "-o", f"{tmp}/f", url]))
+        with tempfile.TemporaryDirectory() as tmp:  # on disk when done, as fetch's files are
+            runs["curl+fsync"].append(timed(["sh", "-c", f'curl -sSfL -o "$1" {url} && sync "$1"', "-", f"{tmp}/f"]))
         with tempfile.TemporaryDirectory() as tmp:
-            fetch_s.append(timed([modelship, "fetch", "--repo", REPO, "--revision", sha, "--endpoint", endpoint,
-                                  "--dest", tmp, f"--file={size}::{FILE}"]))
-    curl, fetch = size / statistics.median(curl_s) / 1e6, size / statistics.median(fetch_s) / 1e6
-    print(f"{name:<10} curl {curl:8.1f} MB/s   modelship fetch {fetch:8.1f} MB/s   fetch/curl {fetch / curl:6.1%}"
-          f"   ({rounds} rounds, {size / 1e6:.0f} MB)")
-    return curl, fetch
+            runs["fetch"].append(timed([modelship, "fetch", "--repo", REPO, "--revision", sha, "--endpoint", endpoint,
+                                        "--dest", tmp, f"--file={size}::{FILE}"]))
+    rate = {k: size / statistics.median(v) / 1e6 for k, v in runs.items()}
+    print(f"{name:<9} curl {rate['curl']:7.1f} MB/s   curl+fsync {rate['curl+fsync']:7.1f} MB/s   "
+          f"modelship fetch {rate['fetch']:7.1f} MB/s   fetch/curl {rate['fetch'] / rate['curl']:6.1%}   "
+          f"fetch/(curl+fsync) {rate['fetch'] / rate['curl+fsync']:6.1%}   "
+          f"(median of {rounds}, {size / 1e6:.0f} MB)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--mib", type=int, default=1024, help="size of the fake Hub's file (a multiple of 64)")
     args = p.parse_args()
     if not shutil.which("curl"):
         raise SystemExit("curl is needed for the comparison")
     sha = "a" * 40
     with tempfile.TemporaryDirectory() as tmp:
-        big = Path(tmp) / FILE  # 512 MB: process start-up (curl's and Python's) weighs little
+        big = Path(tmp) / FILE  # 1 GiB by default: process start-up (curl's and Python's) weighs little
         with open(big, "wb") as f:
             block = smollm2().read_bytes()[: 64 << 20]
-            for _ in range(8):
+            for _ in range(args.mib // 64):
                 f.write(block)
         fake = subprocess.Popen([sys.executable, "-m", "modelship_testbed.hub_fake", "--repo", REPO, "--sha", sha,
                                  str(big)], stdout=subprocess.PIPE, text=True)

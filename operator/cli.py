@@ -8,7 +8,6 @@ product never imports them and works without them.
 from __future__ import annotations
 
 import os
-from importlib.metadata import entry_points
 
 import click
 
@@ -19,6 +18,8 @@ class PluginGroup(click.Group):
     """A click group whose extra subcommands come from entry points, loaded only when named."""
 
     def _plugins(self) -> dict:
+        from importlib.metadata import entry_points  # (slow to import: only when a plugin is asked for)
+
         return {ep.name: ep for ep in entry_points(group="modelship.commands")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:

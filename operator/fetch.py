@@ -212,9 +212,6 @@ class Fetcher:
             if have > w.size:
                 part.unlink()
                 have = 0
-            hasher = Hasher()
-            if have:  # the hash must cover the bytes kept from before
-                feed(part, hasher.update)
             progress.add(have)
             counted = have
             try:
@@ -225,35 +222,28 @@ class Fetcher:
                                          f"model.tokenSecretRef is missing or has no access")
                     if r.status == 404:
                         raise FetchError(f"{self.repo}@{self.revision} has no file {w.path} (404)")
-                    if r.status == 416 and have == w.size:
-                        pass  # already complete
-                    elif r.status not in (200, 206):
+                    complete = r.status == 416 and have == w.size
+                    if not complete and r.status not in (200, 206):
                         raise HTTPError(f"HTTP {r.status} for {w.path}")
-                    else:
-                        mode = "ab"
-                        if r.status == 200 and have:  # the server ignored Range: start over
-                            hasher.close()
-                            mode, hasher = "wb", Hasher()
-                            progress.add(-have)
-                            counted = 0
-                        with open(part, mode) as f:
-                            # Large reads straight from the socket (http.client): a third faster
-                            # than httpx's streaming here; hashing runs in a thread of its own.
-                            while chunk := r.read(CHUNK):
-                                f.write(chunk)
-                                hasher.update(chunk)
-                                progress.add(len(chunk))
-                                counted += len(chunk)
-                digest = hasher.hexdigest()
+                    if r.status == 200 and have:  # the server ignored Range: start over
+                        progress.add(-have)
+                        counted -= have
+                        have = 0
+                    with Sink(part, keep=have) as sink:
+                        # Large reads straight from the socket into reused buffers (http.client:
+                        # a third faster than httpx's streaming here); hashed in a thread.
+                        while not complete and (n := sink.fill(r)):
+                            progress.add(n)
+                            counted += n
+                        digest = sink.finish()  # hashed, and on disk
                 size = part.stat().st_size
                 if size != w.size:
                     raise Incomplete(f"{w.path}: {size} bytes so far, expected {w.size}")
                 if w.sha256 and digest != w.sha256:
                     part.unlink()
                     raise ChecksumError(f"{w.path}: sha256 {digest} instead of {w.sha256}")
-                # On disk before it is visible: after a crash a blob's name must still mean its bytes.
-                with open(part, "rb+") as f:
-                    os.fsync(f.fileno())
+                # On disk (Sink.finish) before it is visible: after a crash a blob's name must
+                # still mean its bytes.
                 os.replace(part, blob)
                 dir_fd = os.open(blob.parent, os.O_RDONLY)
                 try:
@@ -274,8 +264,6 @@ class Fetcher:
                 progress.add(-counted)
                 last = e
                 self.log(f"retrying {w.path} (attempt {attempt}/{ATTEMPTS}) after {type(e).__name__}: {e}")
-            finally:
-                hasher.close()
             time.sleep(min(self.retry_delay * 2 ** (attempt - 1), 10))
         raise FetchError(f"cannot download {w.path} of {self.repo}@{self.revision} from {self.endpoint}: "
                          f"{type(last).__name__}: {last}")
@@ -314,37 +302,91 @@ class Fetcher:
         return progress
 
 
-class Hasher:
-    """sha256 in a thread of its own (hashlib releases the GIL), so hashing overlaps the
-    network and the disk."""
+class Sink:
+    """Where a download's bytes go: the partial file, written from a few reused buffers, and
+    sha256, computed in a thread of its own (hashlib releases the GIL) so that hashing
+    overlaps the network and the disk.
 
-    def __init__(self) -> None:
+    Behind the writes, the thread also starts the writeback of what it has hashed and drops
+    it from the page cache (posix_fadvise DONTNEED): the final fsync then has little left to
+    do, and a 100 GB download does not fill the Job's memory (page cache is charged to it)
+    with pages nobody reads. `keep` bytes already in the file (a resumed download) are
+    hashed first."""
+
+    BUFFERS = 4  # a few chunks in flight overlap hashing with I/O; 4 files at once share 1 GiB
+    WINDOW = 32 << 20
+
+    def __init__(self, path: Path, keep: int = 0) -> None:
         import queue
 
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.ftruncate(self.fd, keep)
+        os.lseek(self.fd, keep, os.SEEK_SET)
         self.h = hashlib.sha256()
-        # A few chunks in flight are enough to overlap hashing with I/O; more would only hold
-        # memory (4 files at once share the Job's memory limit).
-        self.q: "queue.Queue[bytes | None]" = queue.Queue(maxsize=8)
+        self.free: "queue.Queue[bytearray]" = queue.Queue()
+        for _ in range(self.BUFFERS):
+            self.free.put(bytearray(CHUNK))
+        self.work: "queue.Queue[tuple[bytearray, int] | None]" = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         self.closed = False
+        if keep:
+            with open(path, "rb") as f:
+                left = keep
+                while left:
+                    buf = self.free.get()
+                    n = f.readinto(memoryview(buf)[:min(left, CHUNK)])
+                    if not n:
+                        break
+                    self.work.put((buf, n))
+                    left -= n
 
     def _run(self) -> None:
-        while (chunk := self.q.get()) is not None:
-            self.h.update(chunk)
+        done = older = last = 0  # bytes hashed; where the window before the last one began, and the last
+        while (item := self.work.get()) is not None:
+            buf, n = item
+            self.h.update(memoryview(buf)[:n])
+            self.free.put(buf)
+            done += n
+            if done - last >= self.WINDOW and hasattr(os, "posix_fadvise"):
+                try:  # writeback starts for the last window; the one before is clean by now, and goes
+                    os.posix_fadvise(self.fd, older, done - older, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    pass
+                older, last = last, done
 
-    def update(self, chunk: bytes) -> None:
-        self.q.put(chunk)
+    def fill(self, r) -> int:
+        """Read the next piece of the response `r` into a buffer, write it, pass it on to be
+        hashed; return its size (0: the response ended)."""
+        buf = self.free.get()
+        n = r.readinto(buf)
+        if not n:
+            self.free.put(buf)
+            return 0
+        view = memoryview(buf)[:n]
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.work.put((buf, n))
+        return n
 
-    def hexdigest(self) -> str:
-        self.close()
+    def finish(self) -> str:
+        """The sha256 of the whole file, once it is on disk."""
+        self._stop()
+        os.fsync(self.fd)
         return self.h.hexdigest()
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         if not self.closed:
             self.closed = True
-            self.q.put(None)
+            self.work.put(None)
             self.thread.join()
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+        os.close(self.fd)
 
 
 class HTTPError(Exception):

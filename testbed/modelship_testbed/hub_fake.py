@@ -42,8 +42,26 @@ class FakeRepo:
         return self.refs.get(rev)
 
 
+_DIGESTS: dict[tuple[int, str], tuple[bytes, str]] = {}
+
+
+def _digest(data: bytes, kind: str) -> str:
+    """A file's hash, computed once per file (not per request: benchmarks fetch 512 MB files
+    from this server, on the same two cores as the client)."""
+    hit = _DIGESTS.get((id(data), kind))
+    if hit is None or hit[0] is not data:
+        h = hashlib.sha1(b"blob %d\0" % len(data)) if kind == "git" else hashlib.sha256()
+        h.update(data)
+        hit = _DIGESTS[(id(data), kind)] = (data, h.hexdigest())
+    return hit[1]
+
+
 def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return _digest(data, "git")
+
+
+def sha256(data: bytes) -> str:
+    return _digest(data, "sha256")
 
 
 def is_lfs(path: str, data: bytes) -> bool:
@@ -73,7 +91,7 @@ class FakeHub:
         for files in repo.commits.values():
             for path, data in files.items():
                 if is_lfs(path, data):
-                    self.blobs[hashlib.sha256(data).hexdigest()] = data
+                    self.blobs[sha256(data)] = data
         return repo
 
     # --- HTTP ------------------------------------------------------------------------------
@@ -118,7 +136,7 @@ class FakeHub:
                 s["size"] = len(data)
                 s["blobId"] = git_blob_sha1(data)
                 if is_lfs(path, data):
-                    s["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+                    s["lfs"] = {"size": len(data), "sha256": sha256(data), "pointerSize": 134}
             siblings.append(s)
         return web.json_response({"_id": repo.id, "id": repo.id, "modelId": repo.id, "sha": sha,
                                   "private": repo.private, "gated": "manual" if repo.gated else False,
@@ -142,7 +160,7 @@ class FakeHub:
             return self._error(404, "EntryNotFound", f"{path} does not exist")
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if is_lfs(path, data):
-            digest = hashlib.sha256(data).hexdigest()
+            digest = sha256(data)
             cdn = self.url.replace("127.0.0.1", self.cdn_host) if self.cdn_host else self.url
             headers.update({"X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(data)),
                             "ETag": f'"{git_blob_sha1(data)}"', "Location": f"{cdn}/cdn/{digest}?path={path}",
@@ -171,14 +189,16 @@ class FakeHub:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+        body = memoryview(data)[start:]  # no copy of the file per request
         headers["Content-Length"] = str(len(body))
         resp = web.StreamResponse(status=status, headers=headers)
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
         cut = self.cut_after.pop(path, None)
-        sent, chunk = 0, 64 * 1024
+        # 64 KiB pieces while a delay simulates a slow link; otherwise 1 MiB, so that the
+        # server spends little CPU per byte (benchmarks share two cores with it).
+        sent, chunk = 0, 64 * 1024 if self.chunk_delay or cut is not None else 1 << 20
         while sent < len(body):
             piece = body[sent:sent + chunk]
             if cut is not None and sent + len(piece) > cut:
