@@ -425,6 +425,9 @@ class ResolvedFile(Model):
     path: str = Field(description="Path in the repository.")
     size: int = Field(description="Size in bytes.")
     sha256: str | None = Field(None, description="SHA-256 of the content, where the Hub gives one (LFS files).")
+    git_sha1: str | None = Field(None, description="Git blob SHA-1 of a file kept in git rather than LFS (of "
+                                 "`blob <size>\\0` and the content), where the Hub or mirror gives one: it verifies "
+                                 "the file when there is no SHA-256.")
 
 
 class ResolvedModel(Model):

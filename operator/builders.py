@@ -177,7 +177,7 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     `pin_node` runs it on the node of a serving pod, where a ReadWriteOnce volume is attached."""
     args = ["fetch", "--repo", resolved.repo, "--revision", resolved.sha, "--endpoint", endpoint,
             "--dest", MODELS_MOUNT]
-    args += [f"--file={f.size}:{f.sha256 or ''}:{f.path}" for f in resolved.files]
+    args += [f"--file={file_spec(f)}" for f in resolved.files]
     if not md.spec.storage.existing_claim and not md.spec.storage.shared_cache:
         # A volume of its own holds what is served and what is about to be, nothing else.
         args += ["--prune"] + (["--keep", serving] if serving else [])
@@ -191,6 +191,11 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     return _volume_job(md, settings, "download", "fetch", args, env, pin_node,
                        {REVISION: resolved.sha, REPO: resolved.repo}, [resolved.repo, resolved.sha],
                        backoff=settings.download_backoff_limit, deadline=settings.download_deadline_seconds)
+
+
+def file_spec(f: api.ResolvedFile) -> str:
+    """A file as `modelship fetch --file` takes it: SIZE:SHA256:PATH, SIZE:git-SHA1:PATH or SIZE::PATH."""
+    return f"{f.size}:{f.sha256 or (f'git-{f.git_sha1}' if f.git_sha1 else '')}:{f.path}"
 
 
 def snapshot_key(repo: str, sha: str) -> str:

@@ -56,16 +56,32 @@ class Wanted:
     path: str
     size: int
     sha256: str | None
+    git_sha1: str | None = None  # a file kept in git, not LFS: its git blob id
+
+    def verify(self, path: Path) -> bool:
+        """Whether the file at `path` is this one (size, then the strongest hash there is)."""
+        if path.stat().st_size != self.size:
+            return False
+        if self.sha256:
+            return sha256_of(path) == self.sha256
+        if self.git_sha1:
+            return git_sha1_of(path) == self.git_sha1
+        return True
 
 
 def parse_file(spec: str) -> Wanted:
+    """SIZE:SHA256:PATH, or SIZE:git-SHA1:PATH (a file kept in git), or SIZE::PATH."""
     try:
-        size, sha, path = spec.split(":", 2)
-        wanted = Wanted(path, int(size), sha.lower() or None)
+        size, digest, path = spec.split(":", 2)
+        digest = digest.lower()
+        git = digest.removeprefix("git-") if digest.startswith("git-") else None
+        wanted = Wanted(path, int(size), None if git is not None else (digest or None), git)
     except ValueError:
-        raise FetchError(f"--file {spec!r} is not SIZE:SHA256:PATH") from None
+        raise FetchError(f"--file {spec!r} is not SIZE:SHA256:PATH (or SIZE:git-SHA1:PATH)") from None
     if wanted.sha256 and not re.fullmatch(r"[0-9a-f]{64}", wanted.sha256):
         raise FetchError(f"--file {spec!r}: the sha256 is not 64 hex digits")
+    if git is not None and not re.fullmatch(r"[0-9a-f]{40}", git):
+        raise FetchError(f"--file {spec!r}: the git blob sha1 is not 40 hex digits")
     return wanted
 
 
@@ -87,6 +103,13 @@ def feed(path: Path, update: Callable[[bytes], None]) -> None:
 
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
+    feed(path, h.update)
+    return h.hexdigest()
+
+
+def git_sha1_of(path: Path) -> str:
+    """The id git gives the file's content: sha1 of `blob <size>\\0` and the bytes."""
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     feed(path, h.update)
     return h.hexdigest()
 
@@ -167,11 +190,11 @@ class Fetcher:
             blob = Path(os.path.realpath(target))
             if blob.parent != self.blobs.resolve() or not blob.exists():
                 return False
-            ok = blob.stat().st_size == w.size and (w.sha256 is None or blob.name == w.sha256
-                                                     or sha256_of(blob) == w.sha256)
-            return ok
+            if w.sha256 and blob.name == w.sha256:  # renamed into place only once verified
+                return blob.stat().st_size == w.size
+            return w.verify(blob)
         if target.is_file():  # pre-loaded as a plain file
-            return target.stat().st_size == w.size and (w.sha256 is None or sha256_of(target) == w.sha256)
+            return w.verify(target)
         return False
 
     def fetch_one(self, w: Wanted, progress: Progress) -> None:
@@ -242,6 +265,9 @@ class Fetcher:
                 if w.sha256 and digest != w.sha256:
                     part.unlink()
                     raise ChecksumError(f"{w.path}: sha256 {digest} instead of {w.sha256}")
+                if not w.sha256 and w.git_sha1 and (got := git_sha1_of(part)) != w.git_sha1:
+                    part.unlink()
+                    raise ChecksumError(f"{w.path}: git blob sha1 {got} instead of {w.git_sha1}")
                 # On disk (Sink.finish) before it is visible: after a crash a blob's name must
                 # still mean its bytes.
                 os.replace(part, blob)

@@ -198,7 +198,7 @@ class HubResolver:
                 # model_info answers for gated repos without a token; the files do not.
                 self._head(source.repo, files[0], info.sha, endpoint, token)
             arch, ctx = self._architecture(info, names, source, endpoint, token)
-        resolved = [ResolvedFile(path=f, size=sizes[f][0], sha256=sizes[f][1]) for f in files]
+        resolved = [ResolvedFile(path=f, size=sizes[f][0], sha256=sizes[f][1], git_sha1=sizes[f][2]) for f in files]
         return ResolvedModel(
             repo=source.repo, revision=source.revision, sha=info.sha, short_sha=info.sha[:7],
             engine="llamacpp" if fmt == "gguf" else "tgi", format=fmt, model_file=model_file,
@@ -229,20 +229,23 @@ class HubResolver:
                                               f"PyTorch weights to serve (files: {sample or 'none'})")
 
     def _sizes(self, paths: list[str], known: dict, source: ModelSource, endpoint: str, token: str | None,
-               sha: str) -> dict[str, tuple[int, str | None]]:
-        """Size and sha256 of each file: from the listing, or (olah's listing has no sizes)
-        from each file's own metadata."""
+               sha: str) -> dict[str, tuple[int, str | None, str | None]]:
+        """Size, sha256 (LFS files) and git blob sha1 (files kept in git) of each file: from
+        the listing, or (olah's listing has no sizes) from each file's own metadata, where the
+        ETag is the sha256 of an LFS file (X-Linked-Etag) or the git blob sha1 of another."""
         out = {}
         for p in paths:
             s = known.get(p)
             lfs = getattr(s, "lfs", None)
             if s is not None and getattr(s, "size", None) is not None:
                 sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None))
-                out[p] = (int(s.size), sha256)
+                blob = getattr(s, "blob_id", None) if lfs is None else None  # an LFS file's is its pointer's
+                out[p] = (int(s.size), sha256, blob if blob and re.fullmatch(r"[0-9a-f]{40}", blob) else None)
                 continue
             meta = self._head(source.repo, p, sha, endpoint, token)
             etag = (meta.etag or "").strip('"')
-            out[p] = (int(meta.size or 0), etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+            out[p] = (int(meta.size or 0), etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None,
+                      etag if re.fullmatch(r"[0-9a-f]{40}", etag) else None)
         return out
 
     def _json(self, source: ModelSource, path: str, sha: str, endpoint: str, token: str | None) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship import fetch
+from modelship import builders, fetch
 from modelship.api import ModelSource
 from modelship.resolve import HubResolver, ResolveError
 
@@ -43,7 +43,13 @@ def test_resolution_and_download_through_olah(mirror, tmp_path):
     src = Path(smollm2_dir()) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert r.sha == mirror_head(repo) and r.model_file == src.name and r.quantization == "Q4_1"
     assert [(f.path, f.size) for f in r.files] == [(src.name, src.stat().st_size)]  # sizes from HEAD requests
-    progress = fetch.run(r.repo, r.sha, mirror, str(tmp_path), [f"{f.size}:{f.sha256 or ''}:{f.path}" for f in r.files],
+    from modelship_testbed.hubmirror import mirror_dir
+
+    # olah's files are kept in git: each is verified by its git blob id, the ETag of its HEAD answer
+    assert r.files[0].git_sha1 == subprocess.run(
+        ["git", "-C", str(mirror_dir() / "models" / repo), "rev-parse", f"{r.sha}:{src.name}"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    progress = fetch.run(r.repo, r.sha, mirror, str(tmp_path), [builders.file_spec(f) for f in r.files],
                          log=lambda _: None)
     got = tmp_path / "models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF" / "snapshots" / r.sha / src.name
     assert progress.done == src.stat().st_size

@@ -250,3 +250,24 @@ def test_collect_waits_for_the_downloads_on_the_volume(hub, tmp_path):
         assert said == ["waiting for the downloads on this volume to finish"]
     t.join(5)
     assert not t.is_alive() and not (tmp_path / "models--org--m").exists()
+
+
+def test_a_file_kept_in_git_is_verified_by_its_git_blob_id(hub, tmp_path):
+    from modelship_testbed.hub_fake import git_blob_sha1
+
+    good = f"{len(CONFIG)}:git-{git_blob_sha1(CONFIG)}:config.json"
+    run(hub, tmp_path, [good])
+    assert (snapshot(tmp_path) / "config.json").read_bytes() == CONFIG
+    # A pre-loaded plain file of the right size but other bytes is caught and replaced.
+    target = snapshot(tmp_path) / "config.json"
+    target.unlink()
+    target.write_bytes(CONFIG.replace(b"X", b"Y"))
+    run(hub, tmp_path, [good])
+    assert target.is_symlink() and target.read_bytes() == CONFIG
+    # The source serving other bytes than the id names: refused, nothing becomes visible.
+    wrong = f"{len(CONFIG)}:git-{'0' * 40}:config.json"
+    with pytest.raises(fetch.FetchError, match="git blob sha1 .* instead of 0000.*twice.*corrupt"):
+        run(hub, tmp_path / "other", [wrong])
+    assert not (snapshot(tmp_path / "other") / "config.json").exists()
+    with pytest.raises(fetch.FetchError, match="not 40 hex digits"):
+        fetch.parse_file("2:git-abc:x.json")

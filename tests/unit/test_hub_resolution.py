@@ -10,7 +10,7 @@ import pytest
 
 from modelship.api import ModelSource
 from modelship.resolve import HubResolver, ResolveError, choose_gguf
-from modelship_testbed.hub_fake import FakeHub, FakeRepo
+from modelship_testbed.hub_fake import FakeHub, FakeRepo, git_blob_sha1
 
 SHA1, SHA2 = "1" * 40, "2" * 40
 MiB = 1024 * 1024
@@ -110,6 +110,11 @@ def test_safetensors_picks_weights_config_and_tokenizer_and_reads_the_architectu
                         "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
                         "tokenizer_config.json"]
     assert r.total_bytes == sum(f.size for f in r.files) and r.files[2].sha256
+    # Files kept in git (not LFS) have no sha256 but a git blob id, which verifies them too.
+    config = next(f for f in r.files if f.path == "config.json")
+    assert config.sha256 is None and config.git_sha1 == git_blob_sha1(hub.repos["org/llama"].commits[SHA1]
+                                                                     ["config.json"])
+    assert r.files[2].git_sha1 is None  # an LFS file's blob id names its pointer, not its bytes
     assert (r.architecture, r.context_length) == ("LlamaForCausalLM", 8192)
     assert resolve(hub, "org/old").files[-1].path == "pytorch_model.bin"  # no safetensors: .bin
 
@@ -149,6 +154,9 @@ def test_a_mirror_without_sizes_in_its_listing_is_asked_per_file(hub):
     r = resolve(hub, "mirror/chat-GGUF")
     assert r.files[0].size == 3000 and r.files[0].sha256 == hashlib.sha256(blob(3000, "q")).hexdigest()
     assert any(m == "HEAD" and p.endswith("chat-Q4_K_M.gguf") for m, p in hub.requests)
+    config = next(f for f in resolve(hub, "mirror/chat-GGUF", files=["config.json"]).files
+                  if f.path == "config.json")  # kept in git: its ETag is the git blob id
+    assert config.git_sha1 == git_blob_sha1(b"{}") and config.sha256 is None
 
 
 def test_an_unreachable_hub_is_temporary():
