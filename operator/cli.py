@@ -123,6 +123,40 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
 
 
 @main.command()
+@click.option("--static", "static", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A YAML file of models and their endpoints (benchmarks, tests, a router outside a cluster).")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Accept only requests with one of these keys (one per line; a mounted Secret).")
+@click.option("--max-body-bytes", default=8 << 20, show_default=True, help="Larger request bodies get 413.")
+@click.option("--connect-timeout", default=5.0, show_default=True, help="Seconds to connect to an endpoint.")
+@click.option("--first-byte-timeout", default=300.0, show_default=True,
+              help="Seconds to wait for an endpoint's answer to begin (504 after).")
+@click.option("--idle-timeout", default=120.0, show_default=True,
+              help="Seconds between two chunks of an answer before it is ended.")
+@click.option("--retries", default=2, show_default=True, help="Other endpoints tried before the first byte.")
+@click.option("--drain-seconds", default=30, show_default=True, help="On SIGTERM, time given to open requests.")
+def router(static: str | None, host: str, port: int, api_keys_file: str | None, max_body_bytes: int,
+           connect_timeout: float, first_byte_timeout: float, idle_timeout: float, retries: int,
+           drain_seconds: int) -> None:
+    """Serve the OpenAI and TGI APIs in front of the models, balancing over their endpoints."""
+    from .router.proxy import Limits
+    from .router.server import api_keys_from, build, serve
+
+    limits = Limits(max_body_bytes=max_body_bytes, connect_timeout=connect_timeout,
+                    first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout, retries=retries)
+    try:
+        app = build(static, limits, api_keys_from(api_keys_file))
+    except (OSError, ValueError) as e:
+        fail(f"cannot start the router: {e}")
+    if not static:
+        fail("give --static FILE (models and endpoints); discovery from the cluster comes with the next step")
+    click.echo(f"modelship router on http://{host}:{port} ({len(app.registry.targets)} models)", err=True)
+    serve(app, host, port, drain_seconds)
+
+
+@main.command()
 @click.option("--dest", required=True, type=click.Path(file_okay=False), help="Root of the Hub cache layout.")
 @click.option("--keep", "keep", multiple=True, metavar="REPO@SHA", help="A snapshot to keep (all others go).")
 def collect(dest: str, keep: tuple[str, ...]) -> None:

@@ -406,7 +406,9 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, str, int]:
 def main(argv: list[str] | None = None) -> None:
     settings, host, port = parse(argv)
     print(f"fake TGI {VERSION}: serving {settings.model_id} on {host}:{port}", file=sys.stderr, flush=True)
-    web.run_app(make_app(Engine(settings)), host=host, port=port, print=None, access_log=None)
+    # TGI (axum) drops a request whose client went away, generation included: so does the fake.
+    web.run_app(make_app(Engine(settings)), host=host, port=port, print=None, access_log=None,
+                handler_cancellation=True)
 
 
 if __name__ == "__main__":

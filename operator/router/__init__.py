@@ -1,0 +1,1 @@
+"""`modelship router`: one HTTP entry point in front of every ModelDeployment."""

@@ -1,0 +1,154 @@
+"""Choosing an endpoint for a request: pure functions of (request, endpoint state).
+
+Every strategy takes the request's key (its rendered prompt, cut into prefix blocks), the
+model's ready endpoints with their load, and whatever index the strategy keeps, and returns
+one endpoint. No I/O, no clock: the proxy owns the endpoints' counters and calls `pick`.
+
+- `round-robin`: the next endpoint in turn (the baseline benchmarks compare with).
+- `least-load`: power of two choices on the load (requests in flight here, plus the
+  backend's own queue where it is scraped).
+- `prefix-cache`: the prompt is cut into fixed-size blocks whose hashes are chained (a
+  block's hash covers everything before it), and an LRU index remembers which endpoint last
+  served each block hash. The endpoint holding the longest prefix of this prompt wins (its
+  engine's prefix cache, llama.cpp's `cache_prompt` or TGI's prefix caching, will hit),
+  unless its load is above the mean by more than `max_imbalance`; then the least loaded of
+  two.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+BLOCK_CHARS = 128  # ~32 tokens: a prefix cache hit is counted in whole blocks
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One serving pod (or a static address), with the load the router sees."""
+
+    url: str  # http://10.1.2.3:8080
+    in_flight: int = 0  # requests this router has open to it
+    queued: float = 0.0  # the backend's own queue and batch (scraped), where known
+    ready: bool = True
+
+    @property
+    def load(self) -> float:
+        return self.in_flight + self.queued
+
+
+def block_hashes(text: str, block: int = BLOCK_CHARS) -> list[int]:
+    """Chained hashes of the whole blocks of `text`: equal hashes mean equal prefixes. (The
+    last, partial block is left out: it is where conversations diverge.)"""
+    out, h = [], 0
+    for i in range(0, len(text) - block + 1, block):
+        h = hash((h, text[i:i + block]))
+        out.append(h)
+    return out
+
+
+class Strategy(Protocol):
+    name: str
+
+    def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint: ...
+
+    def served(self, blocks: list[int], endpoint: Endpoint) -> None: ...
+
+
+class RoundRobin:
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self.turn = 0
+
+    def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint:
+        self.turn += 1
+        return endpoints[self.turn % len(endpoints)]
+
+    def served(self, blocks: list[int], endpoint: Endpoint) -> None:
+        pass
+
+
+def two_choices(endpoints: list[Endpoint], rng: random.Random) -> Endpoint:
+    """The less loaded of two endpoints drawn at random (ties: the first drawn)."""
+    if len(endpoints) == 1:
+        return endpoints[0]
+    a, b = rng.sample(endpoints, 2)
+    return b if b.load < a.load else a
+
+
+class LeastLoad:
+    name = "least-load"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.rng = random.Random(seed)
+
+    def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint:
+        return two_choices(endpoints, self.rng)
+
+    def served(self, blocks: list[int], endpoint: Endpoint) -> None:
+        pass
+
+
+@dataclass
+class PrefixAffinity:
+    """Longest cached prefix wins, within a load bound."""
+
+    block: int = BLOCK_CHARS  # characters per hashed block (the proxy cuts the prompt with it)
+    max_imbalance: float = 4  # requests above the mean the prefix holder may carry
+    capacity: int = 200_000  # block hashes remembered (LRU), across the model's endpoints
+    seed: int | None = None
+    name: str = "prefix-cache"
+    index: "OrderedDict[int, str]" = field(default_factory=OrderedDict)
+    hits: int = 0  # blocks matched, for the hit-rate estimate
+    blocks_seen: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def longest(self, blocks: list[int], endpoints: list[Endpoint]) -> tuple[Endpoint | None, int]:
+        """The endpoint holding the longest prefix of `blocks`, and how many blocks it holds."""
+        by_url = {e.url: e for e in endpoints}
+        for n in range(len(blocks), 0, -1):
+            url = self.index.get(blocks[n - 1])
+            if url is not None and url in by_url:
+                return by_url[url], n
+        return None, 0
+
+    def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint:
+        holder, n = self.longest(blocks, endpoints)
+        self.blocks_seen += len(blocks)
+        if holder is not None:
+            mean = sum(e.load for e in endpoints) / len(endpoints)
+            if holder.load <= mean + self.max_imbalance:
+                self.hits += n
+                return holder
+        return two_choices(endpoints, self.rng)
+
+    def served(self, blocks: list[int], endpoint: Endpoint) -> None:
+        """Remember that `endpoint` now caches these blocks (the newest at the LRU's end)."""
+        for h in blocks:
+            self.index[h] = endpoint.url
+            self.index.move_to_end(h)
+        while len(self.index) > self.capacity:
+            self.index.popitem(last=False)
+
+    def forget(self, url: str) -> None:
+        """An endpoint is gone: its cache went with it."""
+        for h in [h for h, u in self.index.items() if u == url]:
+            del self.index[h]
+
+
+STRATEGIES = ("least-load", "prefix-cache", "round-robin")
+
+
+def make(name: str, block: int = BLOCK_CHARS, max_imbalance: float = 4, seed: int | None = None) -> Strategy:
+    if name == "round-robin":
+        return RoundRobin()
+    if name in ("least-load", "queue-aware"):  # queue-aware: least-load whose load includes the scraped queue
+        return LeastLoad(seed)
+    if name == "prefix-cache":
+        return PrefixAffinity(block=block, max_imbalance=max_imbalance, seed=seed)
+    raise ValueError(f"unknown load-balancing strategy {name!r}: one of {', '.join(STRATEGIES)}")

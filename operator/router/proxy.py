@@ -1,0 +1,357 @@
+"""The router's HTTP side: a plain ASGI application (no framework on the hot path).
+
+Requests name a model; the registry finds its target; the target's strategy picks an
+endpoint; the request is forwarded with one pooled upstream client, and the answer is passed
+through as it arrives (server-sent events included, never buffered). Connect errors and 429,
+502 and 503 answers before the first byte are retried on another endpoint, within a count and
+a time budget; after the first byte a failure ends the stream with an SSE error event. A
+client that goes away cancels its upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+
+import httpx
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from . import balance
+from .registry import Registry, Target
+
+log = logging.getLogger("modelship.router")
+
+OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (what its client calls)
+RETRY_STATUSES = (429, 502, 503)
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 8 << 20
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 300.0  # a long prompt's prefill, a cold engine
+    idle_timeout: float = 120.0  # between two chunks of an answer
+    retries: int = 2  # further endpoints tried before the first byte
+    retry_budget: float = 10.0  # seconds, all tries included
+    retry_after: int = 5  # seconds, told to clients when nothing is ready
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("modelship_router_requests_total", "Requests, by model, endpoint and status code.",
+                                ["model", "endpoint", "code"], registry=r)
+        buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+        self.ttfb = Histogram("modelship_router_time_to_first_byte_seconds", "From the request to the first byte "
+                              "of the answer.", ["model"], buckets=buckets, registry=r)
+        self.latency = Histogram("modelship_router_request_duration_seconds", "From the request to the end of the "
+                                 "answer.", ["model"], buckets=buckets, registry=r)
+        self.in_flight = Gauge("modelship_router_in_flight_requests", "Requests open to each endpoint.",
+                               ["model", "endpoint"], registry=r)
+        self.retries = Counter("modelship_router_retries_total", "Requests sent again to another endpoint.",
+                               ["model", "reason"], registry=r)
+        self.chunks = Counter("modelship_router_streamed_chunks_total", "Chunks passed through in streamed "
+                              "answers.", ["model"], registry=r)
+        self.prefix_blocks = Counter("modelship_router_prefix_blocks_total", "Prompt blocks routed with the "
+                                     "prefix-cache strategy.", ["model"], registry=r)
+        self.prefix_hits = Counter("modelship_router_prefix_hit_blocks_total", "Prompt blocks sent to the endpoint "
+                                   "that last served them (an estimate of prefix-cache hits).", ["model"], registry=r)
+
+
+class HTTPError(Exception):
+    """An answer in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers or []
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {"message": self.message, "type": self.kind, "param": None,
+                                       "code": self.code or self.kind}})
+
+
+def prompt_text(kind: str, body: dict) -> str:
+    """The text a backend's prefix cache sees first: the conversation, or the prompt."""
+    if kind == "chat":
+        parts = []
+        for m in body.get("messages") or []:
+            if not isinstance(m, dict):
+                continue
+            content = m.get("content")
+            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(f"{m.get('role', '')}\x00{content or ''}\x01")
+        return "".join(parts)
+    prompt = body.get("prompt") if kind == "completion" else body.get("inputs")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
+    return prompt if isinstance(prompt, str) else ""
+
+
+class Router:
+    def __init__(self, registry: Registry, client: httpx.AsyncClient, limits: Limits | None = None,
+                 api_keys: list[str] | None = None, metrics: Metrics | None = None):
+        self.registry, self.client = registry, client
+        self.limits = limits or Limits()
+        self.api_keys = [k.encode() for k in api_keys or []]
+        self.metrics = metrics or Metrics()
+
+    # --- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except HTTPError as e:
+            await _respond(send, e.status, e.body(), e.headers)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope, receive, send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/health":
+            await _respond(send, 200, b'{"status":"ok"}')
+            return
+        if path == "/metrics":
+            await _respond(send, 200, generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.encode())
+            return
+        self._authorize(scope)
+        if path == "/v1/models" and method == "GET":
+            now = int(time.time())
+            data = [{"id": name, "object": "model", "created": now, "owned_by": "modelship",
+                     "modelship": {"target": t.name, "engine": t.engine, "ready_endpoints": len(t.ready())}}
+                    for name, t in self.registry.serving()]
+            await _respond(send, 200, orjson.dumps({"object": "list", "data": data}))
+            return
+        kind = OPENAI_PATHS.get(path)
+        if kind is not None:
+            if method != "POST":
+                raise HTTPError(405, f"{path} takes POST")
+            raw, body = await self._read_json(scope, receive)
+            target = self._target(body.get("model"), path)
+            await self._forward(target, path, raw, body, kind, receive, send)
+            return
+        if path.startswith("/models/"):  # TGI's native API: /models/{name}/generate
+            name, _, rest = path[len("/models/"):].rstrip("/").partition("/")
+            if rest not in TGI_PATHS:
+                raise HTTPError(404, f"no route {path}: the TGI API is at /models/{{name}}/generate, "
+                                     f"/models/{{name}}/generate_stream and /models/{{name}}/info", code="not_found")
+            target = self._target(name, path)
+            if target.engine != "tgi":
+                raise HTTPError(400, f"model {name!r} is served by llama.cpp, which has no TGI API: use the "
+                                     f"OpenAI API (/v1/chat/completions, /v1/completions)", code="unsupported_api")
+            if rest == "info":
+                await self._forward(target, "/info", b"", {}, "info", receive, send, method="GET")
+                return
+            raw, body = await self._read_json(scope, receive)
+            await self._forward(target, "/" + rest, raw, body, "tgi", receive, send)
+            return
+        raise HTTPError(404, f"no route {method} {path}: the router serves /v1/chat/completions, /v1/completions, "
+                             f"/v1/models, /models/{{name}}/generate[_stream], /models/{{name}}/info, /health and "
+                             f"/metrics", code="not_found")
+
+    def _authorize(self, scope) -> None:
+        if not self.api_keys:
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        token = given[7:] if given[:7].lower() == b"bearer " else b""
+        if not any(hmac.compare_digest(token, k) for k in self.api_keys):
+            raise HTTPError(401, "a valid API key is needed: send `Authorization: Bearer <key>`",
+                            "authentication_error", "invalid_api_key")
+
+    def _target(self, model, path: str) -> Target:
+        if model is None:
+            names = list(self.registry.targets)
+            if len(names) == 1:
+                return self.registry.targets[names[0]]
+            raise HTTPError(400, f"the request names no model: set \"model\" to one of {', '.join(self.registry.names())}")
+        if not isinstance(model, str):
+            raise HTTPError(400, "\"model\" must be a string")
+        target = self.registry.lookup(model)
+        if target is None:
+            raise HTTPError(404, f"the model {model!r} does not exist here; the models are: "
+                                 f"{', '.join(self.registry.names()) or '(none)'}", code="model_not_found")
+        return target
+
+    async def _read_json(self, scope, receive) -> tuple[bytes, dict]:
+        limit = self.limits.max_body_bytes
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPError(413, f"the request body is {int(declared)} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise asyncio.CancelledError
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"the request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        raw = b"".join(chunks)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise HTTPError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the request body must be a JSON object")
+        return raw, body
+
+    # --- forwarding ---------------------------------------------------------------------
+
+    async def _forward(self, target: Target, path: str, raw: bytes, body: dict, kind: str, receive, send,
+                       method: str = "POST") -> None:
+        started = time.monotonic()
+        strategy = target.strategy
+        block = getattr(strategy, "block", balance.BLOCK_CHARS)
+        blocks = balance.block_hashes(prompt_text(kind, body), block) if kind != "info" else []
+        # A client that goes away cancels its request, upstream included.
+        task = asyncio.current_task()
+        watcher = asyncio.create_task(_on_disconnect(receive, task))
+        try:
+            await self._try_endpoints(target, path, raw, blocks, send, method, started)
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled():  # the client went away: not an error
+                task.uncancel()
+                self.metrics.requests.labels(target.name, "", "499").inc()
+                return
+            raise
+        finally:
+            watcher.cancel()
+
+    async def _try_endpoints(self, target: Target, path: str, raw: bytes, blocks: list[int], send, method: str,
+                             started: float) -> None:
+        m, limits = self.metrics, self.limits
+        tried: set[str] = set()
+        last: HTTPError | None = None
+        for attempt in range(limits.retries + 1):
+            candidates = [e for e in target.ready() if e.url not in tried]
+            if not candidates or (attempt and time.monotonic() - started > limits.retry_budget):
+                break
+            hits_before = getattr(target.strategy, "hits", 0)
+            ep = target.strategy.pick(blocks, candidates)
+            tried.add(ep.url)
+            ep.in_flight += 1
+            gauge = m.in_flight.labels(target.name, ep.url)
+            gauge.inc()
+            try:
+                request = self.client.build_request(method, ep.url + path, content=raw or None,
+                                                    headers={"content-type": "application/json"} if raw else None)
+                try:
+                    async with asyncio.timeout(limits.first_byte_timeout):
+                        upstream = await self.client.send(request, stream=True)
+                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
+                    m.retries.labels(target.name, "connect").inc()
+                    last = HTTPError(502, f"could not reach {target.name} at {ep.url}: {type(e).__name__}",
+                                     "upstream_error", "bad_gateway")
+                    continue
+                except (TimeoutError, httpx.TimeoutException):
+                    m.requests.labels(target.name, ep.url, "504").inc()
+                    raise HTTPError(504, f"{target.name} at {ep.url} did not answer within "
+                                         f"{limits.first_byte_timeout:g} s", "upstream_error", "gateway_timeout")
+                if upstream.status_code in RETRY_STATUSES and attempt < limits.retries:
+                    await upstream.aclose()
+                    m.retries.labels(target.name, str(upstream.status_code)).inc()
+                    last = HTTPError(upstream.status_code, f"{target.name} answered {upstream.status_code}",
+                                     "upstream_error")
+                    continue
+                if blocks:
+                    target.strategy.served(blocks, ep)
+                    m.prefix_blocks.labels(target.name).inc(len(blocks))
+                    hit = getattr(target.strategy, "hits", 0) - hits_before
+                    if hit:
+                        m.prefix_hits.labels(target.name).inc(hit)
+                await self._relay(target, ep, upstream, send, started)
+                return
+            finally:
+                ep.in_flight -= 1
+                gauge.dec()
+        if last is not None:
+            raise last
+        raise HTTPError(503, f"the model {target.name!r} has no ready endpoint yet; try again shortly",
+                        "service_unavailable", "no_ready_endpoint",
+                        headers=[(b"retry-after", str(self.limits.retry_after).encode())])
+
+    async def _relay(self, target: Target, ep: balance.Endpoint, upstream: httpx.Response, send,
+                     started: float) -> None:
+        m = self.metrics
+        ctype = upstream.headers.get("content-type", "application/json")
+        sse = ctype.startswith("text/event-stream")
+        headers = [(b"content-type", ctype.encode())]
+        if sse:
+            headers.append((b"cache-control", b"no-cache"))
+        code = upstream.status_code
+        m.requests.labels(target.name, ep.url, str(code)).inc()
+        try:
+            await send({"type": "http.response.start", "status": code, "headers": headers})
+            first, chunks = True, 0
+            it = upstream.aiter_raw()
+            while True:
+                try:
+                    async with asyncio.timeout(self.limits.idle_timeout):
+                        chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (TimeoutError, httpx.HTTPError) as e:  # after the first byte: end cleanly
+                    why = "idle timeout" if isinstance(e, TimeoutError) else type(e).__name__
+                    log.warning("upstream %s failed mid-answer: %s", ep.url, why)
+                    if sse:
+                        await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
+                            {"error": {"message": f"the upstream answer broke off ({why})",
+                                       "type": "upstream_error", "code": "upstream_broke_off"}}) + b"\n\n"})
+                    break
+                if first:
+                    m.ttfb.labels(target.name).observe(time.monotonic() - started)
+                    first = False
+                chunks += 1
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if sse:
+                m.chunks.labels(target.name).inc(chunks)
+            m.latency.labels(target.name).observe(time.monotonic() - started)
+        finally:
+            await upstream.aclose()
+
+
+async def _on_disconnect(receive, task: asyncio.Task) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return
+
+
+async def _respond(send, status: int, body: bytes, headers: list | None = None,
+                   content_type: bytes = b"application/json") -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def upstream_client(limits: Limits, max_connections: int = 1000) -> httpx.AsyncClient:
+    """The one pooled client every request goes through."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=limits.connect_timeout, read=None, write=30.0, pool=limits.connect_timeout),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 4),
+        follow_redirects=False, trust_env=False)

@@ -1,0 +1,116 @@
+"""What the router knows: the models it serves, by every name a request may use, and their
+endpoints. Discovery (a static file, or the cluster's ModelDeployments and EndpointSlices)
+writes it; the proxy reads it on every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from . import balance
+
+
+@dataclass(eq=False)
+class Target:
+    """One ModelDeployment, as the router sees it."""
+
+    name: str
+    engine: str = "llamacpp"  # "tgi" or "llamacpp": which native API it has
+    strategy: balance.Strategy = field(default_factory=lambda: balance.make("prefix-cache"))
+    endpoints: dict[str, balance.Endpoint] = field(default_factory=dict)  # url -> endpoint
+    aliases: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    fallback: list[str] = field(default_factory=list)
+
+    def ready(self) -> list[balance.Endpoint]:
+        return [e for e in self.endpoints.values() if e.ready]
+
+    def set_endpoints(self, urls: dict[str, bool]) -> None:
+        """The endpoints now (url -> ready). Counters of those that stay are kept; a gone
+        endpoint's cached prefixes are forgotten."""
+        for url in [u for u in self.endpoints if u not in urls]:
+            del self.endpoints[url]
+            forget = getattr(self.strategy, "forget", None)
+            if forget:
+                forget(url)
+        for url, ready in urls.items():
+            self.endpoints.setdefault(url, balance.Endpoint(url)).ready = ready
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.targets: dict[str, Target] = {}
+
+    def put(self, target: Target) -> None:
+        self.targets[target.name] = target
+
+    def remove(self, name: str) -> None:
+        self.targets.pop(name, None)
+
+    def lookup(self, model: str) -> Target | None:
+        """By name, then alias, then task (the task's target with the most ready endpoints);
+        a target with no ready endpoint gives way to its first fallback that has one."""
+        found = self.targets.get(model)
+        if found is None:
+            found = next((t for t in self.targets.values() if model in t.aliases), None)
+        if found is None:
+            serving = [t for t in self.targets.values() if model in t.tasks]
+            found = max(serving, key=lambda t: len(t.ready()), default=None)
+        if found is not None and not found.ready():
+            for name in found.fallback:
+                other = self.targets.get(name)
+                if other is not None and other.ready():
+                    return other
+        return found
+
+    def names(self) -> list[str]:
+        """Every name a request may use."""
+        out = set(self.targets)
+        for t in self.targets.values():
+            out.update(t.aliases)
+            out.update(t.tasks)
+        return sorted(out)
+
+    def serving(self) -> list[tuple[str, Target]]:
+        """(name, target) for every name whose target has a ready endpoint: /v1/models."""
+        return [(n, t) for n in self.names() if (t := self.lookup(n)) is not None and t.ready()]
+
+
+# --- the static list (benchmarks, tests, a router outside the cluster) ----------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class StaticModel(_Model):
+    name: str
+    engine: str = Field("llamacpp", pattern="^(tgi|llamacpp)$")
+    endpoints: list[str] = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(default_factory=list)
+    fallback: list[str] = Field(default_factory=list)
+    strategy: str = Field("prefix-cache", pattern="^(least-load|prefix-cache|queue-aware|round-robin)$")
+    prefix_block_size: int = Field(balance.BLOCK_CHARS, ge=16)
+    max_imbalance: int = Field(4, ge=0)
+
+
+class StaticConfig(_Model):
+    models: list[StaticModel]
+
+
+def load_static(path: str | Path, seed: int | None = None) -> Registry:
+    """A registry from a YAML file: `models: [{name, engine, endpoints: [url...], aliases,
+    tasks, strategy}]`."""
+    config = StaticConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    reg = Registry()
+    for m in config.models:
+        t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed),
+                   aliases=m.aliases, tasks=m.tasks, fallback=m.fallback)
+        t.set_endpoints({u.rstrip("/"): True for u in m.endpoints})
+        reg.put(t)
+    return reg

@@ -1,0 +1,37 @@
+"""Running the router: the ASGI app, served by uvicorn (uvloop and httptools)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from .proxy import Limits, Router, upstream_client
+from .registry import Registry, load_static
+
+log = logging.getLogger("modelship.router")
+
+
+def api_keys_from(path: str | None) -> list[str]:
+    """One key per line (a mounted Secret's file); blank lines and # comments ignored."""
+    if not path:
+        return []
+    keys = [line.strip() for line in Path(path).read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise ValueError(f"{path} holds no API key")
+    return keys
+
+
+def build(static: str | None, limits: Limits, api_keys: list[str], seed: int | None = None) -> Router:
+    registry = load_static(static, seed=seed) if static else Registry()
+    return Router(registry, upstream_client(limits), limits, api_keys)
+
+
+def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning") -> None:
+    import uvicorn
+
+    config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                            access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
+                            backlog=4096, timeout_keep_alive=75)
+    asyncio.run(uvicorn.Server(config).serve())

@@ -1,0 +1,262 @@
+"""`modelship router` as a process, in front of TGI-protocol fakes, with real clients: the
+`openai` client, the `text-generation` client, curl; errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.1)
+
+
+def start(argv: list[str], health: str, what: str) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(health, what)
+    except AssertionError:
+        proc.kill()
+        raise AssertionError(f"{what} did not start: {proc.communicate()[1][-2000:]}") from None
+    return proc
+
+
+@pytest.fixture(scope="module")
+def backends():
+    """Three fake TGIs, each with its own request counter (`/metrics`)."""
+    procs, urls = [], []
+    for _ in range(3):
+        port = free_port()
+        urls.append(f"http://{HOST}:{port}")
+        procs.append(start([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny",
+                            "--hostname", HOST, "--port", str(port), "--fake-token-delay-ms", "2",
+                            "--fake-load-seconds", "0"], f"{urls[-1]}/health", "fake TGI"))
+    yield urls
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def router(backends, tmp_path_factory):
+    dead = f"http://{HOST}:{free_port()}"  # nothing listens there
+    config = {"models": [
+        {"name": "tiny", "engine": "tgi", "endpoints": backends, "aliases": ["tiny-latest"], "tasks": ["chat"],
+         "strategy": "least-load"},
+        {"name": "cpu-model", "engine": "llamacpp", "endpoints": [backends[0]]},
+        {"name": "half-dead", "engine": "tgi", "endpoints": [dead, backends[1]], "strategy": "round-robin"},
+        {"name": "dead", "engine": "tgi", "endpoints": [dead]},
+    ]}
+    path = tmp_path_factory.mktemp("router") / "static.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
+                  "--port", str(port), "--max-body-bytes", "100000", "--retries", "2"], f"{url}/health", "router")
+    yield url
+    proc.terminate()  # uvicorn drains, then exits by the signal it was sent
+    code, said = proc.wait(20), proc.stderr.read()
+    assert code in (0, -15) and "Traceback" not in said, said[-3000:]
+
+
+def counts(backends: list[str]) -> list[int]:
+    """Requests each fake TGI has served, from its own metrics."""
+    out = []
+    for b in backends:
+        text = httpx.get(f"{b}/metrics").text
+        out.append(int(sum(float(line.split()[-1]) for line in text.splitlines()
+                           if line.startswith("tgi_request_count"))))
+    return out
+
+
+def test_openai_client_chat_completions_and_streams(router):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{router}/v1", api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model="tiny", max_tokens=5,
+                                       messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert r.choices[0].message.content and r.usage.completion_tokens == 5
+    chunks = list(client.chat.completions.create(model="tiny-latest", max_tokens=4, stream=True,
+                                                 messages=[{"role": "user", "content": "Stream, please"}]))
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == 4
+    text = client.completions.create(model="chat", prompt="Once upon a time", max_tokens=3)  # a task name
+    assert text.choices[0].text
+    streamed = list(client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=3, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text.choices[0].text
+
+
+def test_models_lists_every_name_a_request_may_use(router):
+    from openai import OpenAI
+
+    ids = {m.id for m in OpenAI(base_url=f"{router}/v1", api_key="x").models.list()}
+    assert {"tiny", "tiny-latest", "chat", "cpu-model", "half-dead", "dead"} <= ids
+
+
+def test_tgi_client_through_the_model_path(router):
+    from text_generation import Client
+
+    c = Client(f"{router}/models/tiny")
+    direct = c.generate("Hello there", max_new_tokens=6)
+    assert direct.details.generated_tokens == 6
+    events = list(c.generate_stream("Hello there", max_new_tokens=6))
+    assert "".join(e.token.text for e in events) == direct.generated_text
+    assert httpx.get(f"{router}/models/tiny/info").json()["model_id"] == "org/tiny"
+
+
+def test_curl_sees_server_sent_events_as_they_come(router):
+    out = subprocess.run(["curl", "-sN", f"{router}/v1/chat/completions", "-H", "content-type: application/json",
+                          "-d", '{"model":"tiny","stream":true,"max_tokens":3,'
+                                '"messages":[{"role":"user","content":"hi"}]}'],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    import json
+
+    events = [json.loads(line[5:]) for line in out.splitlines() if line.startswith("data:")]  # passed through as is
+    assert len(events) == 3 and all(e["object"] == "chat.completion.chunk" for e in events)
+
+
+def error(r: httpx.Response) -> dict:
+    body = r.json()
+    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"]), body
+    return body["error"]
+
+
+def test_errors_come_in_openai_shape(router):
+    chat = f"{router}/v1/chat/completions"
+    r = httpx.post(chat, json={"model": "nope", "messages": []})
+    assert r.status_code == 404 and "'nope' does not exist" in error(r)["message"] and "tiny" in error(r)["message"]
+    r = httpx.post(chat, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in error(r)["message"]
+    r = httpx.post(chat, json={"model": "tiny", "messages": [{"role": "user", "content": "x" * 200_000}]})
+    assert r.status_code == 413 and "limit" in error(r)["message"]
+    r = httpx.post(chat, json={"model": "dead", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 502 and error(r)["code"] == "bad_gateway"
+    r = httpx.post(f"{router}/models/cpu-model/generate", json={"inputs": "hi"})
+    assert r.status_code == 400 and "llama.cpp" in error(r)["message"] and "/v1/chat/completions" in error(r)["message"]
+    r = httpx.get(f"{router}/v2/nothing")
+    assert r.status_code == 404 and "/v1/chat/completions" in error(r)["message"]
+
+
+def test_a_connect_error_is_retried_on_another_endpoint(router):
+    for _ in range(4):  # round robin: every other request meets the dead endpoint first
+        r = httpx.post(f"{router}/v1/completions", json={"model": "half-dead", "prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 200, r.text
+    metrics = httpx.get(f"{router}/metrics").text
+    assert 'modelship_router_retries_total{model="half-dead",reason="connect"}' in metrics
+
+
+def test_load_is_spread_over_every_endpoint(router, backends):
+    import concurrent.futures
+
+    before = counts(backends)
+
+    def one(i: int) -> int:
+        return httpx.post(f"{router}/v1/completions", timeout=30,
+                          json={"model": "tiny", "prompt": f"request {i}", "max_tokens": 8}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        assert set(pool.map(one, range(60))) == {200}
+    served = [a - b for a, b in zip(counts(backends), before)]
+    assert sum(served) == 60 and min(served) >= 8, served  # least-load: all three take a share
+
+
+def test_a_client_that_goes_away_cancels_its_upstream_request(router, backends):
+    def busy() -> float:
+        total = 0.0
+        for b in backends:
+            for line in httpx.get(f"{b}/metrics").text.splitlines():
+                if line.startswith(("tgi_batch_current_size", "tgi_queue_size")):
+                    total += float(line.split()[-1])
+        return total
+
+    with httpx.stream("POST", f"{router}/v1/completions", timeout=30,
+                      json={"model": "tiny", "prompt": "a long story", "max_tokens": 2000, "stream": True}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data:")  # streaming has begun (2000 tokens: 4 s at 2 ms each)
+        assert busy() >= 1
+    deadline = time.monotonic() + 3
+    while busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert busy() == 0, "the backend still generates for a client that left"
+
+
+# --- in-process: the router app with hand-made registries -----------------------------------
+
+
+def call(app, method: str, path: str, **kw) -> httpx.Response:
+    import asyncio
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
+            return await c.request(method, path, **kw)
+
+    return asyncio.run(go())
+
+
+def app_with(targets, limits=None, api_keys=None):
+    from modelship.router.proxy import Limits, Router, upstream_client
+    from modelship.router.registry import Registry
+
+    reg = Registry()
+    for t in targets:
+        reg.put(t)
+    limits = limits or Limits()
+    return Router(reg, upstream_client(limits), limits, api_keys)
+
+
+def test_no_ready_endpoint_is_503_with_retry_after():
+    from modelship.router.registry import Target
+
+    t = Target("warming")
+    t.set_endpoints({"http://127.0.0.1:9": False})  # a pod that is not ready yet
+    r = call(app_with([t]), "POST", "/v1/chat/completions", json={"model": "warming", "messages": []})
+    assert r.status_code == 503 and r.headers["retry-after"] == "5" and error(r)["code"] == "no_ready_endpoint"
+    assert call(app_with([t]), "GET", "/v1/models").json()["data"] == []  # only what can answer is listed
+
+
+def test_api_keys_are_required_when_configured():
+    from modelship.router.registry import Target
+
+    app = app_with([Target("m")], api_keys=["s3cret"])
+    r = call(app, "GET", "/v1/models")
+    assert r.status_code == 401 and error(r)["code"] == "invalid_api_key"
+    assert call(app, "GET", "/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert call(app, "GET", "/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
+    assert call(app, "GET", "/health").status_code == 200  # probes need no key
+
+
+def test_an_endpoint_that_never_answers_is_a_504():
+    from modelship.router.proxy import Limits
+    from modelship.router.registry import Target
+
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind((HOST, 0))
+        silent.listen(8)
+        t = Target("slow", engine="tgi")
+        t.set_endpoints({f"http://{HOST}:{silent.getsockname()[1]}": True})
+        started = time.monotonic()
+        r = call(app_with([t], Limits(first_byte_timeout=0.5)), "POST", "/v1/completions",
+                 json={"model": "slow", "prompt": "hi"})
+    assert r.status_code == 504 and error(r)["code"] == "gateway_timeout" and time.monotonic() - started < 5
