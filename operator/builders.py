@@ -176,7 +176,7 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
     (a Job's pod template cannot change, so a different download is a different Job).
     `pin_node` runs it on the node of a serving pod, where a ReadWriteOnce volume is attached."""
     args = ["fetch", "--repo", resolved.repo, "--revision", resolved.sha, "--endpoint", endpoint,
-            "--dest", MODELS_MOUNT]
+            "--dest", MODELS_MOUNT, "--user", md.namespace]
     args += [f"--file={file_spec(f)}" for f in resolved.files]
     if not md.spec.storage.existing_claim and not md.spec.storage.shared_cache:
         # A volume of its own holds what is served and what is about to be, nothing else.
@@ -212,7 +212,7 @@ def collect_job(md: ModelDeployment, settings: Settings, keep: list[str], pin_no
     """The Job that removes from the volume every snapshot not in `keep` (and the blobs only
     they used). Named by what it keeps: one collection per set of snapshots in use."""
     keep = sorted(keep)
-    args = ["collect", "--dest", MODELS_MOUNT] + [a for k in keep for a in ("--keep", k)]
+    args = ["collect", "--dest", MODELS_MOUNT, "--user", md.namespace] + [a for k in keep for a in ("--keep", k)]
     return _volume_job(md, settings, "collect", "collect", args, [], pin_node, {KEEP: ",".join(keep)}, keep,
                        backoff=2, deadline=1800)
 

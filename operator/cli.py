@@ -109,15 +109,17 @@ def crd(check: bool, repo: str) -> None:
 @click.option("--prune", is_flag=True, help="Afterwards remove snapshots other than this one and --keep ones, "
                                             "and blobs nothing links to (a volume of one ModelDeployment's own).")
 @click.option("--keep", "keep", multiple=True, metavar="REPO@SHA", help="A snapshot --prune keeps.")
+@click.option("--user", default=None, metavar="NAMESPACE",
+              help="Record on the volume that this namespace uses the snapshot (volumes shared across namespaces).")
 def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tuple[str, ...], parallel: int,
-          prune: bool, keep: tuple[str, ...]) -> None:
+          prune: bool, keep: tuple[str, ...], user: str | None) -> None:
     """Put the given files of repo@revision under DEST in the Hub cache layout: verified,
     resumable, content-addressed. Progress goes to stdout as JSON lines."""
     from .fetch import FetchError, run
 
     try:
         run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True), parallel=parallel,
-            keep=list(keep) if prune else None)
+            keep=list(keep) if prune else None, user=user)
     except FetchError as e:
         _terminate(e)
 
@@ -137,35 +139,42 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
               help="Seconds between two chunks of an answer before it is ended.")
 @click.option("--retries", default=2, show_default=True, help="Other endpoints tried before the first byte.")
 @click.option("--drain-seconds", default=30, show_default=True, help="On SIGTERM, time given to open requests.")
+@click.option("--namespace", "-n", "namespaces", multiple=True,
+              help="Serve the ModelDeployments of this namespace (repeatable; default: all namespaces).")
 def router(static: str | None, host: str, port: int, api_keys_file: str | None, max_body_bytes: int,
            connect_timeout: float, first_byte_timeout: float, idle_timeout: float, retries: int,
-           drain_seconds: int) -> None:
+           drain_seconds: int, namespaces: tuple[str, ...]) -> None:
     """Serve the OpenAI and TGI APIs in front of the models, balancing over their endpoints."""
     from .router.proxy import Limits
     from .router.server import api_keys_from, build, serve
 
     limits = Limits(max_body_bytes=max_body_bytes, connect_timeout=connect_timeout,
                     first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout, retries=retries)
+    from kubernetes.config import ConfigException
+
     try:
-        app = build(static, limits, api_keys_from(api_keys_file))
-    except (OSError, ValueError) as e:
+        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces))
+    except (OSError, ValueError, ConfigException) as e:
         fail(f"cannot start the router: {e}")
-    if not static:
-        fail("give --static FILE (models and endpoints); discovery from the cluster comes with the next step")
-    click.echo(f"modelship router on http://{host}:{port} ({len(app.registry.targets)} models)", err=True)
+    source = (f"{len(app.registry.targets)} models from {static}" if static else
+              f"ModelDeployments of {', '.join(namespaces) or 'all namespaces'}")
+    click.echo(f"modelship router on http://{host}:{port} ({source})", err=True)
     serve(app, host, port, drain_seconds)
 
 
 @main.command()
 @click.option("--dest", required=True, type=click.Path(file_okay=False), help="Root of the Hub cache layout.")
 @click.option("--keep", "keep", multiple=True, metavar="REPO@SHA", help="A snapshot to keep (all others go).")
-def collect(dest: str, keep: tuple[str, ...]) -> None:
-    """Remove from DEST every snapshot not kept and the blobs only they used. Waits for the
-    downloads on the volume to finish first; downloads wait for it in turn."""
+@click.option("--user", default=None, metavar="NAMESPACE",
+              help="This namespace's records of snapshots not kept go; other namespaces' keep theirs.")
+def collect(dest: str, keep: tuple[str, ...], user: str | None) -> None:
+    """Remove from DEST every snapshot not kept (nor used by another namespace) and the blobs
+    only they used. Waits for the downloads on the volume to finish first; downloads wait for
+    it in turn."""
     from .fetch import FetchError, collect as run_collect
 
     try:
-        run_collect(dest, list(keep), log=lambda m: click.echo(m, err=True))
+        run_collect(dest, list(keep), log=lambda m: click.echo(m, err=True), user=user)
     except FetchError as e:
         _terminate(e)
 

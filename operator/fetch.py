@@ -427,10 +427,42 @@ class Incomplete(Exception):
     """The connection ended before the file did: resume it."""
 
 
-def prune(dest: Path, keep: set[str], log: Callable[[str], None]) -> int:
-    """Remove snapshots not in `keep` ("org/name@sha"), then blobs no snapshot links to and
-    abandoned partial files. A blob whose lock another Job holds is left alone. Returns the
-    bytes freed."""
+USERS = Path(".modelship") / "users"  # DEST/.modelship/users/<namespace>/<org--name@sha>: who uses what
+
+
+def _user_file(dest: Path, user: str, key: str) -> Path:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", user):
+        raise FetchError(f"--user {user!r} is not a namespace name")
+    return dest / USERS / user / key.replace("/", "--", 1)
+
+
+def record_use(dest: Path, user: str, key: str) -> None:
+    """Say on the volume itself that `user` (a namespace) uses snapshot `key`: a volume shared
+    by several namespaces (ReadWriteMany) is collected by each of them, and none of them sees
+    the others' ModelDeployments."""
+    marker = _user_file(dest, user, key)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def used_by_others(dest: Path, user: str | None) -> set[str]:
+    out = set()
+    for marker in (dest / USERS).glob("*/*"):
+        if marker.parent.name != user:
+            out.add(marker.name.replace("--", "/", 1))
+    return out
+
+
+def prune(dest: Path, keep: set[str], log: Callable[[str], None], user: str | None = None) -> int:
+    """Remove snapshots not in `keep` ("org/name@sha") and not used by another namespace (as
+    recorded on the volume), then blobs no snapshot links to and abandoned partial files. A
+    blob whose lock another Job holds is left alone. `user`'s own records of snapshots not
+    kept go first. Returns the bytes freed."""
+    if user:
+        for marker in (dest / USERS / user).glob("*"):
+            if marker.name.replace("--", "/", 1) not in keep:
+                marker.unlink(missing_ok=True)
+    keep = set(keep) | used_by_others(dest, user)
     freed = 0
     for repo_dir in sorted(dest.glob("models--*")):
         repo = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
@@ -484,7 +516,7 @@ def volume_lock(dest: Path, exclusive: bool, log: Callable[[str], None] | None =
 
 def run(repo: str, revision: str, endpoint: str | None, dest: str, files: list[str],
         log: Callable[[str], None], parallel: int = 4, retry_delay: float = 1.0,
-        keep: list[str] | None = None) -> Progress:
+        keep: list[str] | None = None, user: str | None = None) -> Progress:
     wanted = [parse_file(f) for f in files]
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     fetcher = Fetcher(repo, revision, endpoint, Path(dest), os.environ.get("HF_TOKEN") or None, log, parallel,
@@ -492,12 +524,14 @@ def run(repo: str, revision: str, endpoint: str | None, dest: str, files: list[s
     with volume_lock(Path(dest), exclusive=False, log=log):
         progress = fetcher.run(wanted)
         log(f"all {len(wanted)} files of {repo}@{revision} are in place ({progress.total} bytes)")
+        if user:
+            record_use(Path(dest), user, f"{repo}@{revision}")
         if keep is not None:  # this volume's own: what is not served or about to be goes
-            prune(Path(dest), set(keep) | {f"{repo}@{revision}"}, log)
+            prune(Path(dest), set(keep) | {f"{repo}@{revision}"}, log, user)
     return progress
 
 
-def collect(dest: str, keep: list[str], log: Callable[[str], None]) -> int:
+def collect(dest: str, keep: list[str], log: Callable[[str], None], user: str | None = None) -> int:
     """Remove every snapshot not in `keep` and the blobs only they used, alone on the volume.
     Returns the bytes freed; prints one JSON line saying so (the operator reads it)."""
     for k in keep:
@@ -507,6 +541,6 @@ def collect(dest: str, keep: list[str], log: Callable[[str], None]) -> int:
     if not root.is_dir():
         raise FetchError(f"--dest {dest} is not a folder (is the volume mounted?)")
     with volume_lock(root, exclusive=True, log=log):
-        freed = prune(root, set(keep), log)
+        freed = prune(root, set(keep), log, user)
     print(json.dumps({"event": "collected", "freed": freed}), flush=True)
     return freed

@@ -101,6 +101,7 @@ class Router:
         self.limits = limits or Limits()
         self.api_keys = [k.encode() for k in api_keys or []]
         self.metrics = metrics or Metrics()
+        self.on_startup: list = []  # called with the running loop (discovery starts its watches)
 
     # --- ASGI ---------------------------------------------------------------------------
 
@@ -119,6 +120,12 @@ class Router:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    for fn in self.on_startup:
+                        fn(asyncio.get_running_loop())
+                except Exception as e:  # noqa: BLE001 - said in one line, and the server stops
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.client.aclose()

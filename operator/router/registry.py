@@ -25,6 +25,7 @@ class Target:
     aliases: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     fallback: list[str] = field(default_factory=list)
+    config: tuple = ()  # what the target was built from (discovery replaces it when that changes)
 
     def ready(self) -> list[balance.Endpoint]:
         return [e for e in self.endpoints.values() if e.ready]

@@ -23,9 +23,32 @@ def api_keys_from(path: str | None) -> list[str]:
     return keys
 
 
-def build(static: str | None, limits: Limits, api_keys: list[str], seed: int | None = None) -> Router:
+def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
+          seed: int | None = None) -> Router:
+    """The router, with endpoints from a static file or (without one) from the cluster."""
     registry = load_static(static, seed=seed) if static else Registry()
-    return Router(registry, upstream_client(limits), limits, api_keys)
+    router = Router(registry, upstream_client(limits), limits, api_keys)
+    if not static:
+        from .discovery import Watcher
+
+        _kube_login()
+
+        def start(loop: asyncio.AbstractEventLoop) -> None:
+            Watcher(registry, list(namespaces or []), loop).start()
+
+        router.on_startup.append(start)
+    return router
+
+
+def _kube_login() -> None:
+    import os
+
+    from kubernetes import config
+
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config()
 
 
 def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning") -> None:

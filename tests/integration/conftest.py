@@ -65,6 +65,7 @@ class Operator:
     namespace: str
     workdir: Path
     env_extra: dict = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)  # watched besides `namespace`
     proc: subprocess.Popen | None = None
     metrics_port: int = 0
     health_port: int = 0
@@ -87,8 +88,9 @@ class Operator:
         log = open(self.log_path, "a")
         log.write(f"--- start {self.starts}\n")
         log.flush()
-        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator",
-                                      "--namespace", self.namespace], env=full_env, stdout=log,
+        watched = [a for ns in [self.namespace, *self.namespaces] for a in ("--namespace", ns)]
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator", *watched],
+                                     env=full_env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

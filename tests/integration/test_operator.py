@@ -431,3 +431,58 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     cluster.kubectl("delete", "md", "second", "-n", namespace, "--wait=true")
     wait_for(lambda: "modelship-cache" not in cluster.kubectl("get", "pvc", "-n", namespace, "-o", "name"), 60,
              "the shared volume to go with its last owner")
+
+
+@pytest.mark.localnode
+def test_a_volume_shared_across_namespaces_downloads_once_and_keeps_what_others_use(
+        cluster, namespace, core, operator, fake_hub, kwok_pools, tmp_path):
+    """Two namespaces whose `modelship-cache` claims bind to one ReadWriteMany export (here
+    two static PVs on one folder): one download for both; when one namespace moves on, its
+    collection keeps what the other still serves."""
+    from modelship_testbed.hub_fake import FakeRepo
+
+    other = f"{namespace[:50]}-b"
+    core.create_namespace({"metadata": {"name": other}})
+    export = tmp_path / "export"  # the NFS export both namespaces mount
+    export.mkdir(mode=0o777)
+    export.chmod(0o777)
+    pvs = [f"{ns}-cache" for ns in (namespace, other)]
+    try:
+        for ns, pv in zip((namespace, other), pvs):
+            core.create_persistent_volume({"metadata": {"name": pv}, "spec": {
+                "capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                "storageClassName": "modelship-export", "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(export), "type": "Directory"},
+                "claimRef": {"namespace": ns, "name": "modelship-cache"}}})
+        weights = b"weights shared by two teams " * 10_000
+        fake_hub.add_repo(FakeRepo("hub-test/xns-GGUF", {"b" * 40: {"xns-Q4_K_M.gguf": weights}}, {"main": "b" * 40}))
+        fake_hub.add_repo(FakeRepo("hub-test/xns2-GGUF", {"c" * 40: {"xns2-Q4_K_M.gguf": b"team a's next model"}},
+                                   {"main": "c" * 40}))
+        operator.namespaces = [other]
+        operator.start(pools=kwok_pools)
+        storage = {"sharedCache": True, "accessMode": "ReadWriteMany", "storageClassName": "modelship-export"}
+        for ns in (namespace, other):
+            cluster.apply(tiny("team", repo="hub-test/xns-GGUF") | {"spec": {
+                "model": {"repo": "hub-test/xns-GGUF"}, "storage": storage}}, ns)
+        for ns in (namespace, other):
+            wait_for(lambda: md_status(cluster, ns, "team").get("phase") == "Ready", 120, f"team in {ns} to be Ready")
+        assert fake_hub.served["xns-Q4_K_M.gguf"] == len(weights)  # one download for both namespaces
+        snapshot = export / "models--hub-test--xns-GGUF" / "snapshots" / ("b" * 40)
+        assert (snapshot / "xns-Q4_K_M.gguf").read_bytes() == weights
+        assert sorted(p.parent.name for p in (export / ".modelship" / "users").glob("*/*")) == sorted([namespace, other])
+        # The first namespace moves on to another model: its collection must keep what the other serves.
+        cluster.apply(tiny("team", repo="hub-test/xns2-GGUF") | {"spec": {
+            "model": {"repo": "hub-test/xns2-GGUF"}, "storage": storage}}, namespace)
+        wait_for(lambda: ledger(cluster, namespace, "modelship-cache") == [f"hub-test/xns2-GGUF@{'c' * 40}"], 90,
+                 "the first namespace to collect what it no longer uses")
+        assert (snapshot / "xns-Q4_K_M.gguf").read_bytes() == weights  # the other namespace still serves it
+        assert [p.parent.name for p in (export / ".modelship" / "users").glob("*/hub-test--xns-GGUF@*")] == [other]
+        assert md_status(cluster, other, "team")["phase"] == "Ready"
+    finally:
+        operator.stop()
+        core.delete_namespace(other)
+        for pv in pvs:
+            try:
+                core.delete_persistent_volume(pv)
+            except Exception:  # noqa: BLE001 - already gone
+                pass

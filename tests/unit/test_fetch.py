@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -271,3 +272,23 @@ def test_a_file_kept_in_git_is_verified_by_its_git_blob_id(hub, tmp_path):
     assert not (snapshot(tmp_path / "other") / "config.json").exists()
     with pytest.raises(fetch.FetchError, match="not 40 hex digits"):
         fetch.parse_file("2:git-abc:x.json")
+
+
+def test_a_volume_shared_by_namespaces_keeps_what_another_namespace_uses(hub, tmp_path):
+    """Each namespace collects with only its own ModelDeployments in view; the records on the
+    volume keep it from removing what another namespace still serves."""
+    hub.add_repo(FakeRepo("org/b", {SHA: {"b.gguf": b"team b's weights"}}, {"main": SHA}))
+    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None, user="team-a")
+    fetch.run("org/b", SHA, hub.url, str(tmp_path), [spec("b.gguf", b"team b's weights")], log=lambda _: None,
+              user="team-b")
+    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None, user="team-b")
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:  # team a no longer uses org/m, and never used org/b: team b uses both
+        assert fetch.collect(str(tmp_path), [], log=lambda _: None, user="team-a") == 0
+    assert snapshot(tmp_path).exists() and snapshot(tmp_path, "org/b").exists()
+    assert sorted(p.name for p in (tmp_path / fetch.USERS / "team-a").glob("*")) == []
+    with contextlib.redirect_stdout(io.StringIO()):  # team b moves on from org/m: nobody uses it now
+        fetch.collect(str(tmp_path), [f"org/b@{SHA}"], log=lambda _: None, user="team-b")
+    assert not (tmp_path / "models--org--m").exists() and snapshot(tmp_path, "org/b").exists()
+    with pytest.raises(fetch.FetchError, match="not a namespace name"):
+        fetch.record_use(tmp_path, "../x", f"org/b@{SHA}")

@@ -647,7 +647,8 @@ def test_after_a_rollout_the_old_snapshot_is_collected_on_the_volumes_node():
     jobs = [a.body for a in p.actions if a.kind == "Job" and a.verb == "apply"]
     assert len(jobs) == 1 and jobs[0]["metadata"]["name"].startswith(f"{NAME}-collect-")
     spec = jobs[0]["spec"]["template"]["spec"]
-    assert spec["containers"][0]["args"] == ["collect", "--dest", "/models", "--keep", f"org/tiny-GGUF@{new.sha}"]
+    assert spec["containers"][0]["args"] == ["collect", "--dest", "/models", "--user", NS,
+                                             "--keep", f"org/tiny-GGUF@{new.sha}"]
     assert spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-7"]  # where the RWO volume is attached
     assert jobs[0]["metadata"]["labels"]["app.kubernetes.io/component"] == "collect"

@@ -1,0 +1,195 @@
+"""Where the endpoints come from in a cluster: ModelDeployments and the EndpointSlices of
+their Services, watched (never polled).
+
+`State` is pure: it takes watch events and says what the registry should hold. `Watcher`
+runs the two watches (list, then watch from the list's resourceVersion, again from a fresh
+list when the server says the version is gone) in threads, and applies each change to the
+registry on the event loop. An endpoint that turns unready leaves the registry with the very
+event that says so, so no new request goes to it.
+
+Names: a ModelDeployment is `namespace/name`, and also `name` (and its aliases and tasks)
+when no other watched namespace uses that name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from .. import api
+from . import balance
+from .registry import Registry, Target
+
+log = logging.getLogger("modelship.router")
+
+SERVICE_NAME = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True)
+class Model:
+    """What the router needs from a ModelDeployment."""
+
+    namespace: str
+    name: str
+    engine: str
+    aliases: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    fallback: tuple[str, ...] = ()
+    strategy: str = "prefix-cache"
+    block: int = balance.BLOCK_CHARS
+    max_imbalance: int = 4
+
+    @classmethod
+    def from_object(cls, obj: dict) -> "Model":
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        router = spec.get("router") or {}
+        lb = router.get("loadBalancing") or {}
+        engine = ((status.get("resolved") or {}).get("engine")
+                  or ("tgi" if (spec.get("engine") or {}).get("type") == "tgi" else "llamacpp"))
+        return cls(obj["metadata"]["namespace"], obj["metadata"]["name"], engine,
+                   tuple(router.get("aliases") or ()), tuple(router.get("tasks") or ()),
+                   tuple(router.get("fallback") or ()), lb.get("strategy", "prefix-cache"),
+                   int(lb.get("prefixBlockSize", balance.BLOCK_CHARS)), int(lb.get("maxImbalance", 4)))
+
+
+def slice_endpoints(obj: dict) -> tuple[str | None, dict[str, bool]]:
+    """(service name, {url: ready}) of one EndpointSlice; terminating endpoints are not ready."""
+    service = (obj.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME)
+    port = next((p.get("port") for p in obj.get("ports") or [] if p.get("name") == "http"), None)
+    if port is None:
+        port = next((p.get("port") for p in obj.get("ports") or []), None)
+    out: dict[str, bool] = {}
+    if port is None or obj.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
+        return service, out
+    for ep in obj.get("endpoints") or []:
+        cond = ep.get("conditions") or {}
+        ready = cond.get("ready") is not False and not cond.get("terminating")
+        for address in ep.get("addresses") or []:
+            host = f"[{address}]" if ":" in address else address
+            out[f"http://{host}:{port}"] = ready
+    return service, out
+
+
+@dataclass
+class State:
+    models: dict[tuple[str, str], Model] = field(default_factory=dict)
+    slices: dict[tuple[str, str], tuple[str | None, dict[str, bool]]] = field(default_factory=dict)
+
+    def on_model(self, kind: str, obj: dict) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if kind == "DELETED":
+            self.models.pop(key, None)
+        else:
+            self.models[key] = Model.from_object(obj)
+
+    def on_slice(self, kind: str, obj: dict) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if kind == "DELETED":
+            self.slices.pop(key, None)
+        else:
+            self.slices[key] = slice_endpoints(obj)
+
+    def endpoints(self, namespace: str, service: str) -> dict[str, bool]:
+        out: dict[str, bool] = {}
+        for (ns, _), (svc, eps) in self.slices.items():
+            if ns == namespace and svc == service:
+                for url, ready in eps.items():
+                    out[url] = out.get(url, False) or ready
+        return out
+
+    def apply(self, registry: Registry) -> None:
+        """Make the registry hold these models and endpoints. Targets that stay keep their
+        strategy's index and their endpoints' counters."""
+        counts: dict[str, int] = {}
+        for ns, name in self.models:
+            counts[name] = counts.get(name, 0) + 1
+        wanted: dict[str, Model] = {}
+        for (ns, name), m in self.models.items():
+            wanted[f"{ns}/{name}"] = m
+        for key, m in wanted.items():
+            unique = counts[m.name] == 1
+            target = registry.targets.get(key)
+            config = (m.engine, m.strategy, m.block, m.max_imbalance)
+            if target is None or target.config != config:
+                target = Target(key, m.engine, balance.make(m.strategy, m.block, m.max_imbalance), config=config)
+                registry.put(target)
+            target.aliases = [m.name, *m.aliases] if unique else []
+            target.tasks = list(m.tasks)
+            target.fallback = [f"{m.namespace}/{f}" for f in m.fallback]
+            target.set_endpoints(self.endpoints(m.namespace, m.name))
+        for key in [k for k in registry.targets if k not in wanted]:
+            registry.remove(key)
+
+
+class Watcher:
+    """The two watches, in threads, feeding `State` and the registry on the event loop."""
+
+    def __init__(self, registry: Registry, namespaces: list[str], loop: asyncio.AbstractEventLoop):
+        from kubernetes import client
+
+        self.registry, self.namespaces, self.loop = registry, namespaces, loop
+        self.state = State()
+        self.custom, self.discovery = client.CustomObjectsApi(), client.DiscoveryV1Api()
+        self.synced = {"models": threading.Event(), "slices": threading.Event()}
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        for what in ("models", "slices"):
+            for ns in self.namespaces or [None]:
+                threading.Thread(target=self._run, args=(what, ns), daemon=True, name=f"watch-{what}").start()
+
+    def _list_fn(self, what: str, ns: str | None):
+        if what == "models":
+            if ns:
+                return (lambda **kw: self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL,
+                                                                                 **kw))
+            return lambda **kw: self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL, **kw)
+        selector = "app.kubernetes.io/managed-by=modelship"
+        if ns:
+            return lambda **kw: self.discovery.list_namespaced_endpoint_slice(ns, label_selector=selector, **kw)
+        return lambda **kw: self.discovery.list_endpoint_slice_for_all_namespaces(label_selector=selector, **kw)
+
+    def _run(self, what: str, ns: str | None) -> None:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        fn = self._list_fn(what, ns)
+        on = self.state.on_model if what == "models" else self.state.on_slice
+        while not self.stop.is_set():
+            try:
+                listed = fn(_preload_content=False)
+                import json
+
+                body = json.loads(listed.data)
+                items, version = body.get("items") or [], body["metadata"]["resourceVersion"]
+                self._submit(lambda: self._replace(what, ns, items))
+                self.synced[what].set()
+                for event in watch.Watch().stream(fn, resource_version=version, timeout_seconds=300,
+                                                  allow_watch_bookmarks=True):
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    obj = event["raw_object"]
+                    kind = event["type"]
+                    self._submit(lambda k=kind, o=obj: (on(k, o), self.state.apply(self.registry)))
+            except ApiException as e:
+                if e.status != 410:  # 410: the version is gone; list again
+                    log.warning("watching %s failed: %s; retrying", what, e.reason)
+                    self.stop.wait(2)
+            except Exception as e:  # noqa: BLE001 - a dropped watch: list and watch again
+                log.warning("watching %s failed: %s; retrying", what, e)
+                self.stop.wait(2)
+
+    def _replace(self, what: str, ns: str | None, items: list[dict]) -> None:
+        table = self.state.models if what == "models" else self.state.slices
+        for key in [k for k in table if ns is None or k[0] == ns]:
+            del table[key]
+        on = self.state.on_model if what == "models" else self.state.on_slice
+        for obj in items:
+            obj.setdefault("metadata", {})
+            on("ADDED", obj)
+        self.state.apply(self.registry)
+
+    def _submit(self, fn) -> None:
+        self.loop.call_soon_threadsafe(fn)
