@@ -141,9 +141,11 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
 @click.option("--drain-seconds", default=30, show_default=True, help="On SIGTERM, time given to open requests.")
 @click.option("--namespace", "-n", "namespaces", multiple=True,
               help="Serve the ModelDeployments of this namespace (repeatable; default: all namespaces).")
+@click.option("--scrape-interval", default=1.0, show_default=True,
+              help="Seconds between scrapes of the engines' queue metrics (0: never).")
 def router(static: str | None, host: str, port: int, api_keys_file: str | None, max_body_bytes: int,
            connect_timeout: float, first_byte_timeout: float, idle_timeout: float, retries: int,
-           drain_seconds: int, namespaces: tuple[str, ...]) -> None:
+           drain_seconds: int, namespaces: tuple[str, ...], scrape_interval: float) -> None:
     """Serve the OpenAI and TGI APIs in front of the models, balancing over their endpoints."""
     from .router.proxy import Limits
     from .router.server import api_keys_from, build, serve
@@ -153,7 +155,7 @@ def router(static: str | None, host: str, port: int, api_keys_file: str | None, 
     from kubernetes.config import ConfigException
 
     try:
-        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces))
+        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval)
     except (OSError, ValueError, ConfigException) as e:
         fail(f"cannot start the router: {e}")
     source = (f"{len(app.registry.targets)} models from {static}" if static else

@@ -31,12 +31,15 @@ class Endpoint:
 
     url: str  # http://10.1.2.3:8080
     in_flight: int = 0  # requests this router has open to it
-    queued: float = 0.0  # the backend's own queue and batch (scraped), where known
+    running: float = 0.0  # requests the engine says it is working on (scraped; other routers' too)
+    waiting: float = 0.0  # requests the engine says are queued (scraped)
     ready: bool = True
 
     @property
     def load(self) -> float:
-        return self.in_flight + self.queued
+        """Requests at the endpoint: this router's, or the engine's own count where that is
+        larger (other router replicas send to it too), plus its queue."""
+        return max(self.in_flight, self.running) + self.waiting
 
 
 def block_hashes(text: str, block: int = BLOCK_CHARS) -> list[int]:

@@ -102,6 +102,7 @@ class Router:
         self.api_keys = [k.encode() for k in api_keys or []]
         self.metrics = metrics or Metrics()
         self.on_startup: list = []  # called with the running loop (discovery starts its watches)
+        self.background: list[asyncio.Task] = []  # cancelled at shutdown
 
     # --- ASGI ---------------------------------------------------------------------------
 
@@ -128,6 +129,8 @@ class Router:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for task in self.background:
+                    task.cancel()
                 await self.client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -24,10 +24,17 @@ def api_keys_from(path: str | None) -> list[str]:
 
 
 def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
-          seed: int | None = None) -> Router:
+          scrape_interval: float = 1.0, seed: int | None = None) -> Router:
     """The router, with endpoints from a static file or (without one) from the cluster."""
     registry = load_static(static, seed=seed) if static else Registry()
     router = Router(registry, upstream_client(limits), limits, api_keys)
+    if scrape_interval > 0:
+        from .scrape import scrape_forever
+
+        def scrape(loop: asyncio.AbstractEventLoop) -> None:
+            router.background.append(loop.create_task(scrape_forever(registry, router.client, scrape_interval)))
+
+        router.on_startup.append(scrape)
     if not static:
         from .discovery import Watcher
 

@@ -260,3 +260,37 @@ def test_an_endpoint_that_never_answers_is_a_504():
         r = call(app_with([t], Limits(first_byte_timeout=0.5)), "POST", "/v1/completions",
                  json={"model": "slow", "prompt": "hi"})
     assert r.status_code == 504 and error(r)["code"] == "gateway_timeout" and time.monotonic() - started < 5
+
+
+def test_scrape_reads_tgi_and_llamacpp_metrics():
+    from modelship.router.scrape import parse
+
+    assert parse("# TYPE tgi_queue_size gauge\ntgi_queue_size 3\ntgi_batch_current_size 5\n") == (5.0, 3.0)
+    llama = ('# HELP llamacpp:requests_processing x\nllamacpp:requests_processing 2\n'
+             'llamacpp:requests_deferred{slot="a"} 1\nllamacpp:prompt_tokens_total 99\n')
+    assert parse(llama) == (2.0, 1.0)
+    assert parse("process_cpu_seconds_total 1\n") is None
+
+
+def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
+    import asyncio
+
+    from modelship.router.registry import Target, Registry
+    from modelship.router.scrape import scrape_once
+
+    reg, t = Registry(), Target("tiny", "tgi")
+    t.set_endpoints({b: True for b in backends})
+    reg.put(t)
+    with httpx.stream("POST", f"{backends[0]}/generate_stream", timeout=30,
+                      json={"inputs": "keep busy", "parameters": {"max_new_tokens": 1000}}) as r:
+        lines = r.iter_lines()
+        for _ in range(3):  # a few tokens in: generating
+            next(lines)
+
+        async def go() -> int:
+            async with httpx.AsyncClient() as c:
+                return await scrape_once(reg, c)
+
+        assert asyncio.run(go()) == 3
+    loads = [t.endpoints[b].load for b in backends]
+    assert loads == [1.0, 0.0, 0.0]  # the engine's own count, seen by a router that sent nothing
