@@ -143,9 +143,13 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
               help="Serve the ModelDeployments of this namespace (repeatable; default: all namespaces).")
 @click.option("--scrape-interval", default=1.0, show_default=True,
               help="Seconds between scrapes of the engines' queue metrics (0: never).")
+@click.option("--allow-cidr", "allowed", multiple=True,
+              help="Send requests only to endpoints in this network (repeatable; default: any). The test bed "
+                   "uses 127.0.0.0/8: its kwok pods report addresses nothing may be sent to.")
 def router(static: str | None, host: str, port: int, api_keys_file: str | None, max_body_bytes: int,
            connect_timeout: float, first_byte_timeout: float, idle_timeout: float, retries: int,
-           drain_seconds: int, namespaces: tuple[str, ...], scrape_interval: float) -> None:
+           drain_seconds: int, namespaces: tuple[str, ...], scrape_interval: float,
+           allowed: tuple[str, ...]) -> None:
     """Serve the OpenAI and TGI APIs in front of the models, balancing over their endpoints."""
     from .router.proxy import Limits
     from .router.server import api_keys_from, build, serve
@@ -155,7 +159,7 @@ def router(static: str | None, host: str, port: int, api_keys_file: str | None, 
     from kubernetes.config import ConfigException
 
     try:
-        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval)
+        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval, list(allowed))
     except (OSError, ValueError, ConfigException) as e:
         fail(f"cannot start the router: {e}")
     source = (f"{len(app.registry.targets)} models from {static}" if static else

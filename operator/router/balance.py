@@ -5,14 +5,15 @@ model's ready endpoints with their load, and whatever index the strategy keeps, 
 one endpoint. No I/O, no clock: the proxy owns the endpoints' counters and calls `pick`.
 
 - `round-robin`: the next endpoint in turn (the baseline benchmarks compare with).
-- `least-load`: power of two choices on the load (requests in flight here, plus the
-  backend's own queue where it is scraped).
+- `least-load`: power of two choices on the requests this router has in flight.
+- `queue-aware`: the same on the engines' own load, scraped from their metrics (their
+  running requests where those are more than this router's, plus their queues).
 - `prefix-cache`: the prompt is cut into fixed-size blocks whose hashes are chained (a
   block's hash covers everything before it), and an LRU index remembers which endpoint last
   served each block hash. The endpoint holding the longest prefix of this prompt wins (its
   engine's prefix cache, llama.cpp's `cache_prompt` or TGI's prefix caching, will hit),
-  unless its load is above the mean by more than `max_imbalance`; then the least loaded of
-  two.
+  unless its load (queue-aware) is above the mean by more than `max_imbalance`; then the
+  less loaded of two.
 """
 
 from __future__ import annotations
@@ -74,22 +75,27 @@ class RoundRobin:
         pass
 
 
-def two_choices(endpoints: list[Endpoint], rng: random.Random) -> Endpoint:
+def two_choices(endpoints: list[Endpoint], rng: random.Random, own_only: bool = False) -> Endpoint:
     """The less loaded of two endpoints drawn at random (ties: the first drawn)."""
     if len(endpoints) == 1:
         return endpoints[0]
     a, b = rng.sample(endpoints, 2)
+    if own_only:
+        return b if b.in_flight < a.in_flight else a
     return b if b.load < a.load else a
 
 
 class LeastLoad:
-    name = "least-load"
+    """`least-load`: by this router's requests in flight. `queue-aware`: by the engines' own
+    counts where they are larger (other router replicas), plus their queues (scraped)."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, queue_aware: bool = False) -> None:
         self.rng = random.Random(seed)
+        self.queue_aware = queue_aware
+        self.name = "queue-aware" if queue_aware else "least-load"
 
     def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint:
-        return two_choices(endpoints, self.rng)
+        return two_choices(endpoints, self.rng, own_only=not self.queue_aware)
 
     def served(self, blocks: list[int], endpoint: Endpoint) -> None:
         pass
@@ -144,14 +150,14 @@ class PrefixAffinity:
             del self.index[h]
 
 
-STRATEGIES = ("least-load", "prefix-cache", "round-robin")
+STRATEGIES = ("least-load", "prefix-cache", "queue-aware", "round-robin")
 
 
 def make(name: str, block: int = BLOCK_CHARS, max_imbalance: float = 4, seed: int | None = None) -> Strategy:
     if name == "round-robin":
         return RoundRobin()
-    if name in ("least-load", "queue-aware"):  # queue-aware: least-load whose load includes the scraped queue
-        return LeastLoad(seed)
+    if name in ("least-load", "queue-aware"):
+        return LeastLoad(seed, queue_aware=name == "queue-aware")
     if name == "prefix-cache":
         return PrefixAffinity(block=block, max_imbalance=max_imbalance, seed=seed)
     raise ValueError(f"unknown load-balancing strategy {name!r}: one of {', '.join(STRATEGIES)}")

@@ -54,8 +54,11 @@ class Model:
                    int(lb.get("prefixBlockSize", balance.BLOCK_CHARS)), int(lb.get("maxImbalance", 4)))
 
 
-def slice_endpoints(obj: dict) -> tuple[str | None, dict[str, bool]]:
-    """(service name, {url: ready}) of one EndpointSlice; terminating endpoints are not ready."""
+def slice_endpoints(obj: dict, allowed: list | None = None) -> tuple[str | None, dict[str, bool]]:
+    """(service name, {url: ready}) of one EndpointSlice; terminating endpoints are not ready.
+    With `allowed` (ip_network objects), addresses outside them are left out."""
+    import ipaddress
+
     service = (obj.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME)
     port = next((p.get("port") for p in obj.get("ports") or [] if p.get("name") == "http"), None)
     if port is None:
@@ -67,6 +70,13 @@ def slice_endpoints(obj: dict) -> tuple[str | None, dict[str, bool]]:
         cond = ep.get("conditions") or {}
         ready = cond.get("ready") is not False and not cond.get("terminating")
         for address in ep.get("addresses") or []:
+            if allowed is not None:
+                try:
+                    ip = ipaddress.ip_address(address)
+                except ValueError:
+                    continue
+                if not any(ip in net for net in allowed):
+                    continue
             host = f"[{address}]" if ":" in address else address
             out[f"http://{host}:{port}"] = ready
     return service, out
@@ -76,6 +86,7 @@ def slice_endpoints(obj: dict) -> tuple[str | None, dict[str, bool]]:
 class State:
     models: dict[tuple[str, str], Model] = field(default_factory=dict)
     slices: dict[tuple[str, str], tuple[str | None, dict[str, bool]]] = field(default_factory=dict)
+    allowed: list | None = None  # networks requests may go to (None: any)
 
     def on_model(self, kind: str, obj: dict) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
@@ -89,7 +100,7 @@ class State:
         if kind == "DELETED":
             self.slices.pop(key, None)
         else:
-            self.slices[key] = slice_endpoints(obj)
+            self.slices[key] = slice_endpoints(obj, self.allowed)
 
     def endpoints(self, namespace: str, service: str) -> dict[str, bool]:
         out: dict[str, bool] = {}
@@ -126,11 +137,12 @@ class State:
 class Watcher:
     """The two watches, in threads, feeding `State` and the registry on the event loop."""
 
-    def __init__(self, registry: Registry, namespaces: list[str], loop: asyncio.AbstractEventLoop):
+    def __init__(self, registry: Registry, namespaces: list[str], loop: asyncio.AbstractEventLoop,
+                 allowed: list | None = None):
         from kubernetes import client
 
         self.registry, self.namespaces, self.loop = registry, namespaces, loop
-        self.state = State()
+        self.state = State(allowed=allowed)
         self.custom, self.discovery = client.CustomObjectsApi(), client.DiscoveryV1Api()
         self.synced = {"models": threading.Event(), "slices": threading.Event()}
         self.stop = threading.Event()

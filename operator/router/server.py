@@ -24,7 +24,7 @@ def api_keys_from(path: str | None) -> list[str]:
 
 
 def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
-          scrape_interval: float = 1.0, seed: int | None = None) -> Router:
+          scrape_interval: float = 1.0, allowed: list[str] | None = None, seed: int | None = None) -> Router:
     """The router, with endpoints from a static file or (without one) from the cluster."""
     registry = load_static(static, seed=seed) if static else Registry()
     router = Router(registry, upstream_client(limits), limits, api_keys)
@@ -40,8 +40,12 @@ def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: l
 
         _kube_login()
 
+        import ipaddress
+
+        networks = [ipaddress.ip_network(n, strict=False) for n in allowed] if allowed else None
+
         def start(loop: asyncio.AbstractEventLoop) -> None:
-            Watcher(registry, list(namespaces or []), loop).start()
+            Watcher(registry, list(namespaces or []), loop, networks).start()
 
         router.on_startup.append(start)
     return router

@@ -35,6 +35,15 @@ def test_least_load_takes_the_less_loaded_of_two():
     assert ll.pick([], e[:1]) is e[0]
 
 
+def test_queue_aware_counts_what_the_engines_say_and_least_load_only_its_own():
+    e = eps(1, 1)
+    e[0].running, e[0].waiting = 6, 3  # another router replica keeps the first engine busy
+    assert e[0].load == 9 and e[1].load == 1
+    qa, ll = balance.make("queue-aware", seed=2), balance.make("least-load", seed=2)
+    assert all(qa.pick([], e) is e[1] for _ in range(20))
+    assert {ll.pick([], e).url for _ in range(40)} == {e[0].url, e[1].url}  # a tie, as far as it knows
+
+
 def test_prefix_cache_sends_a_conversation_back_to_the_endpoint_that_holds_its_prefix():
     pa, e = PrefixAffinity(block=10, seed=3), eps(0, 0, 0)
     turn1 = block_hashes("system: be brief. user: hello there", 10)
@@ -67,5 +76,5 @@ def test_prefix_index_is_bounded_and_forgets_gone_endpoints():
 
 
 def test_unknown_strategy_is_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="least-load, prefix-cache, round-robin"):
+    with pytest.raises(ValueError, match="least-load, prefix-cache, queue-aware, round-robin"):
         balance.make("random")

@@ -68,3 +68,13 @@ def test_a_new_strategy_replaces_the_target_and_fallbacks_stay_in_the_namespace(
     s.on_model("MODIFIED", md("a", "chat", loadBalancing={"strategy": "least-load"}))
     s.apply(reg)
     assert reg.targets["a/chat"] is not before and reg.targets["a/chat"].strategy.name == "least-load"
+
+
+def test_addresses_outside_the_allowed_networks_are_left_out():
+    import ipaddress
+
+    s, reg = State(allowed=[ipaddress.ip_network("127.0.0.0/8")]), Registry()
+    s.on_model("ADDED", md("a", "chat"))
+    s.on_slice("ADDED", eslice("a", "chat", [("127.10.0.4", True, False), ("10.244.0.7", True, False)]))
+    s.apply(reg)
+    assert [e.url for e in reg.lookup("chat").ready()] == ["http://127.10.0.4:8080"]
