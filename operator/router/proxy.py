@@ -63,6 +63,10 @@ class Metrics:
                                    "that last served them (an estimate of prefix-cache hits).", ["model"], registry=r)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
 class HTTPError(Exception):
     """An answer in OpenAI's error shape."""
 
@@ -116,6 +120,8 @@ class Router:
             await self._route(scope, receive, send)
         except HTTPError as e:
             await _respond(send, e.status, e.body(), e.headers)
+        except ClientGone:
+            pass
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -210,7 +216,7 @@ class Router:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -23,6 +23,7 @@ class Ports:
     kwok: int = 10247
     kubelet: int = 10250  # the local node's kubelet API (container logs)
     hub_mirror: int = 18090  # the olah Hub mirror (HF_ENDPOINT)
+    router: int = 18000  # the demo's `modelship router`
 
 
 @dataclass

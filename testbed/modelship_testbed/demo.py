@@ -131,6 +131,36 @@ def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
     return proc, log_path
 
 
+def start_router(workdir: Path, port: int) -> tuple[subprocess.Popen, Path]:
+    """`modelship router` for the demo's namespace, discovering endpoints through the API
+    server, sending only to loopback addresses (the test bed's pods)."""
+    import sys
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "router.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig_path())}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "-n", DEMO_NAMESPACE,
+                             "--host", "127.0.0.1", "--port", str(port), "--allow-cidr", "127.0.0.0/8"], env=env,
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log_path
+
+
+def wait_routed(router: str, model: str, proc: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
+    """Until the router lists `model` (it has seen a ready endpoint)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise cluster.TestbedError(f"the router exited ({proc.returncode}); see {log_path}")
+        try:
+            if model in {m["id"] for m in httpx.get(f"{router}/v1/models", timeout=5).json()["data"]}:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise cluster.TestbedError(f"the router does not list {model!r} after {timeout:.0f}s; see {log_path}")
+        time.sleep(0.3)
+
+
 def run(log: Callable[[str], None]) -> str:
     """The operator's path end to end: CRD, operator, `kubectl apply` of examples/smollm2.yaml,
     progress until Ready, and a question at the endpoint the status names."""
@@ -143,9 +173,15 @@ def run(log: Callable[[str], None]) -> str:
     repo = OPERATOR_EXAMPLE.parents[1]
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo / "crds"))
     kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelship.io", "--timeout=60s")
-    # A namespace left terminating by an earlier `kubectl delete` must be gone before reuse.
-    subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "wait", "--for=delete",
-                    f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"], capture_output=True)
+    # A namespace left terminating by an earlier `kubectl delete` must be gone before reuse
+    # (one that simply exists, from an earlier demo, is reused as it is).
+    ns = subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "get", "namespace",
+                         DEMO_NAMESPACE, "-o", "jsonpath={.metadata.deletionTimestamp}"],
+                        capture_output=True, text=True)
+    if ns.returncode == 0 and ns.stdout.strip():
+        log(f"waiting for namespace {DEMO_NAMESPACE} (being deleted) to be gone")
+        subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "wait", "--for=delete",
+                        f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"], capture_output=True)
     subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "create", "namespace",
                     DEMO_NAMESPACE], capture_output=True)
     from .config import TestbedConfig
@@ -153,6 +189,10 @@ def run(log: Callable[[str], None]) -> str:
     hub = f"http://127.0.0.1:{TestbedConfig.load().ports.hub_mirror}"
     proc, op_log = start_operator(state_dir() / "demo-operator", hub)
     log(f"operator started, Hub mirror {hub} (log: {op_log})")
+    router_port = TestbedConfig.load().ports.router
+    router = f"http://127.0.0.1:{router_port}"
+    router_proc, router_log = start_router(state_dir() / "demo-operator", router_port)
+    log(f"router started: {router} (log: {router_log})")
     try:
         log(f"kubectl apply -f {OPERATOR_EXAMPLE.relative_to(repo)} -n {DEMO_NAMESPACE}")
         log("  " + kubectl("apply", "-f", str(OPERATOR_EXAMPLE), namespace=DEMO_NAMESPACE).strip())
@@ -180,17 +220,20 @@ def run(log: Callable[[str], None]) -> str:
         url = endpoint_address(st)
         log(f"Ready in {time.monotonic() - start:.0f}s: {st['endpoint']['openAIBaseURL']} "
             f"(here {url}/v1), model {st['endpoint']['model']!r}, revision {st['resolved']['shortSha']}")
-        log(f"asking: {QUESTION}")
-        answer = ask(url)
+        wait_routed(router, "smollm2", router_proc, router_log)
+        log(f"asking through the router ({router}/v1, OpenAI API): {QUESTION}")
+        answer = ask(router)
         log(f"answer: {answer}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p in (router_proc, proc):
+            p.terminate()
+            p.wait(timeout=30)
     log("")
-    log("Keep using it (the model keeps serving; the operator stopped with this command):")
+    log("Keep using it (the model keeps serving; the operator and the router stopped with this command):")
     log(f"  export KUBECONFIG={kubeconfig_path()}")
     log(f"  modelship testbed kubectl get md -n {DEMO_NAMESPACE}")
-    log(f"  curl {url}/v1/chat/completions -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'")
+    log(f"  modelship router -n {DEMO_NAMESPACE} --host 127.0.0.1 --port {router_port} --allow-cidr 127.0.0.0/8 &")
+    log(f"  curl {router}/v1/chat/completions -d '{{\"model\":\"smollm2\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'")
     log(f"  MODELSHIP_CONFIG={op_log.parent / 'config.yaml'} modelship operator    # manage it again")
     log("Tear it down:  modelship testbed down")
     return answer

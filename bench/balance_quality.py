@@ -1,0 +1,169 @@
+"""Benchmark: balancing quality on a shared-prefix, multi-turn workload, strategy by strategy.
+
+    .venv/bin/python bench/balance_quality.py [--backends 4] [--conversations 48] [--turns 6]
+
+Four (by default) TGI-protocol fakes on 127.0.0.1, each with a simulated prefix cache: a
+prompt's uncached tokens cost `--prefill-ms` each before the first token, cached ones
+nothing. Conversations share a few long system prompts and grow turn by turn (each turn
+sends the whole conversation again, as chat clients do), `--concurrency` of them at a time.
+For each strategy the backends start afresh (empty caches), `modelship router --static`
+runs in front of them, and every turn is a streamed chat completion; time to first token
+(TTFT) is measured at the client. Printed side by side: TTFT p50/p90, requests per second,
+and the backends' own prefix-cache hit rate (`tgi_prefix_cache_hit_tokens` over
+`tgi_request_input_tokens`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+HOST = "127.0.0.1"
+SYSTEM_PROMPTS = [
+    " ".join(f"rule {i}.{j}: answer with care about topic {i} and cite section {j}." for j in range(60))
+    for i in range(4)
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def start_backends(n: int, prefill_ms: float, cache_blocks: int) -> tuple[list[subprocess.Popen], list[str]]:
+    procs, urls = [], []
+    for _ in range(n):
+        port = free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/bench", "--hostname", HOST,
+             "--port", str(port), "--fake-load-seconds", "0", "--fake-token-delay-ms", "2",
+             "--fake-prefill-ms-per-token", str(prefill_ms), "--fake-cache-blocks", str(cache_blocks),
+             "--max-input-tokens", "16000", "--max-total-tokens", "16384", "--fake-max-batch-size", "8"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls.append(f"http://{HOST}:{port}")
+    for u in urls:
+        wait(f"{u}/health")
+    return procs, urls
+
+
+def start_router(urls: list[str], strategy: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    config = workdir / f"{strategy}.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": "tgi", "endpoints": urls,
+                                                  "strategy": strategy}]}))
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(config),
+                             "--host", HOST, "--port", str(port), "--scrape-interval", "0.5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{HOST}:{port}"
+    wait(f"{url}/health")
+    return proc, url
+
+
+async def conversation(client: httpx.AsyncClient, url: str, cid: int, turns: int, ttfts: list[float],
+                       rng: random.Random) -> None:
+    messages = [{"role": "system", "content": SYSTEM_PROMPTS[cid % len(SYSTEM_PROMPTS)]}]
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"conversation {cid} turn {turn}: "
+                                                    + " ".join(rng.choice(["why", "how", "what", "more", "explain"])
+                                                               for _ in range(20))})
+        started = time.perf_counter()
+        first, text = None, []
+        async with client.stream("POST", f"{url}/v1/chat/completions",
+                                 json={"model": "bench", "messages": messages, "max_tokens": 16,
+                                       "stream": True}) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if line.startswith("data:") and "[DONE]" not in line:
+                    if first is None:
+                        first = time.perf_counter() - started
+                    text.append(line)
+        ttfts.append(first if first is not None else float("nan"))
+        messages.append({"role": "assistant", "content": f"answer {cid}.{turn} " * 8})
+
+
+def cache_hit_rate(urls: list[str]) -> float:
+    hit = total = 0.0
+    for u in urls:
+        for line in httpx.get(f"{u}/metrics").text.splitlines():
+            if line.startswith("tgi_prefix_cache_hit_tokens "):
+                hit += float(line.split()[-1])
+            elif line.startswith("tgi_request_input_tokens "):
+                total += float(line.split()[-1])
+    return hit / total if total else 0.0
+
+
+async def workload(url: str, conversations: int, turns: int, concurrency: int, seed: int) -> tuple[list[float], float]:
+    ttfts: list[float] = []
+    rng = random.Random(seed)
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async def one(cid: int) -> None:
+            async with sem:
+                await conversation(client, url, cid, turns, ttfts, random.Random(rng.random()))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(c) for c in range(conversations)))
+        return ttfts, time.perf_counter() - started
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(v for v in values if v == v)
+    return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backends", type=int, default=4)
+    ap.add_argument("--conversations", type=int, default=48)
+    ap.add_argument("--turns", type=int, default=6)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--prefill-ms", type=float, default=0.5, help="per uncached prompt token")
+    ap.add_argument("--cache-blocks", type=int, default=2048, help="per backend, of 16 tokens")
+    ap.add_argument("--strategies", default="round-robin,least-load,prefix-cache")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    print(f"{args.backends} backends, {args.conversations} conversations x {args.turns} turns, "
+          f"{args.concurrency} at a time, prefill {args.prefill_ms} ms per uncached token")
+    print(f"{'strategy':<14} {'TTFT p50':>10} {'TTFT p90':>10} {'req/s':>8} {'cache hits':>11}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for strategy in args.strategies.split(","):
+            procs, urls = start_backends(args.backends, args.prefill_ms, args.cache_blocks)
+            router, url = start_router(urls, strategy, Path(tmp))
+            try:
+                ttfts, elapsed = asyncio.run(workload(url, args.conversations, args.turns, args.concurrency,
+                                                      args.seed))
+                print(f"{strategy:<14} {pct(ttfts, 0.5) * 1000:8.1f}ms {pct(ttfts, 0.9) * 1000:8.1f}ms "
+                      f"{len(ttfts) / elapsed:8.1f} {cache_hit_rate(urls):10.1%}", flush=True)
+            finally:
+                for p in [router, *procs]:
+                    p.terminate()
+                for p in [router, *procs]:
+                    p.wait(10)
+
+
+if __name__ == "__main__":
+    main()
