@@ -13,7 +13,7 @@ one endpoint. No I/O, no clock: the proxy owns the endpoints' counters and calls
   served each block hash. The endpoint holding the longest prefix of this prompt wins (its
   engine's prefix cache, llama.cpp's `cache_prompt` or TGI's prefix caching, will hit),
   unless its load (queue-aware) is above the mean by more than `max_imbalance`; then the
-  less loaded of two.
+  holder of the next longest prefix within that bound; with none, the less loaded of two.
 """
 
 from __future__ import annotations
@@ -117,23 +117,38 @@ class PrefixAffinity:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    def longest(self, blocks: list[int], endpoints: list[Endpoint]) -> tuple[Endpoint | None, int]:
-        """The endpoint holding the longest prefix of `blocks`, and how many blocks it holds."""
-        by_url = {e.url: e for e in endpoints}
+    def matches(self, blocks: list[int], endpoints: list[Endpoint]) -> dict[str, int]:
+        """For each endpoint that holds a prefix of `blocks`: how many blocks it holds."""
+        urls = {e.url for e in endpoints}
+        found: dict[str, int] = {}
         for n in range(len(blocks), 0, -1):
             url = self.index.get(blocks[n - 1])
-            if url is not None and url in by_url:
-                return by_url[url], n
-        return None, 0
+            if url is not None and url in urls and url not in found:
+                found[url] = n
+                if len(found) == len(urls):
+                    break
+        return found
+
+    def longest(self, blocks: list[int], endpoints: list[Endpoint]) -> tuple[Endpoint | None, int]:
+        """The endpoint holding the longest prefix of `blocks`, and how many blocks it holds."""
+        found = self.matches(blocks, endpoints)
+        if not found:
+            return None, 0
+        url = max(found, key=found.get)
+        return next(e for e in endpoints if e.url == url), found[url]
 
     def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint:
-        holder, n = self.longest(blocks, endpoints)
+        """The endpoint with the longest prefix among those within the load bound: the holder
+        of the longest one, or if it is too busy the holder of the next longest, and so on;
+        with no prefix held within the bound, the less loaded of two."""
         self.blocks_seen += len(blocks)
-        if holder is not None:
+        found = self.matches(blocks, endpoints)
+        if found:
             mean = sum(e.load for e in endpoints) / len(endpoints)
-            if holder.load <= mean + self.max_imbalance:
-                self.hits += n
-                return holder
+            for e in sorted((e for e in endpoints if e.url in found), key=lambda e: (-found[e.url], e.load)):
+                if e.load <= mean + self.max_imbalance:
+                    self.hits += found[e.url]
+                    return e
         return two_choices(endpoints, self.rng)
 
     def served(self, blocks: list[int], endpoint: Endpoint) -> None:

@@ -78,3 +78,14 @@ def test_prefix_index_is_bounded_and_forgets_gone_endpoints():
 def test_unknown_strategy_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="least-load, prefix-cache, queue-aware, round-robin"):
         balance.make("random")
+
+
+def test_a_busy_holder_gives_way_to_the_next_longest_prefix_before_random_choice():
+    pa, e = PrefixAffinity(block=10, max_imbalance=1, seed=3), eps(0, 0, 0, 0)
+    blocks = block_hashes("x" * 100, 10)
+    pa.served(blocks[:3], e[1])  # holds 3 blocks
+    pa.served(blocks, e[0])  # holds all 10 (and the first 3 move to it too)
+    pa.served(blocks[:5], e[2])  # now holds the first 5
+    assert pa.matches(blocks, e) == {e[0].url: 10, e[2].url: 5}
+    e[0].in_flight = 4  # mean 1: too busy
+    assert all(pa.pick(blocks, e) is e[2] for _ in range(20))
