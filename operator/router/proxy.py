@@ -276,7 +276,8 @@ class Router:
                 try:
                     async with asyncio.timeout(limits.first_byte_timeout):
                         upstream = await self.client.send(request, stream=True)
-                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
+                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
+                        httpx.WriteError) as e:  # refused, or dropped before answering (a pod going away)
                     m.retries.labels(target.name, "connect").inc()
                     last = HTTPError(502, f"could not reach {target.name} at {ep.url}: {type(e).__name__}",
                                      "upstream_error", "bad_gateway")

@@ -1,0 +1,108 @@
+"""`modelship router` on the test bed: endpoints discovered from the operator's Services,
+requests routed by model to real llama-server pods on the local node."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import wait_for
+from .conftest import free_port, md_status, preload_claim
+
+pytestmark = [pytest.mark.integration, pytest.mark.localnode, pytest.mark.slow]
+
+
+def smollm2(name: str, replicas: int = 1) -> dict:
+    return {"apiVersion": "modelship.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": {"model": {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "quantization": "Q4_1"},
+                     "pool": "local", "replicas": replicas, "storage": {"existingClaim": "preloaded"},
+                     "serving": {"contextLength": 1024, "chatTemplate": "chatml", "threads": 1, "parallel": 2}}}
+
+
+@pytest.fixture
+def router(cluster, namespace):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "-n", namespace,
+                             "--host", "127.0.0.1", "--port", str(port), "--allow-cidr", "127.0.0.0/8"],
+                            env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 20, "the router to start")
+    yield url
+    proc.terminate()
+    code = proc.wait(20)
+    said = proc.stderr.read()
+    assert code in (0, -15) and "Traceback" not in said, said[-3000:]
+
+
+def served(router: str) -> set[str]:
+    try:
+        return {m["id"] for m in httpx.get(f"{router}/v1/models", timeout=5).json()["data"]}
+    except httpx.HTTPError:
+        return set()
+
+
+def ask(router: str, model: str, max_tokens: int = 4) -> httpx.Response:
+    return httpx.post(f"{router}/v1/chat/completions", timeout=120, json={
+        "model": model, "max_tokens": max_tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+
+
+def predicted(cluster, namespace: str, name: str) -> dict[str, float]:
+    """Tokens each of the ModelDeployment's pods has generated, from llama-server's metrics."""
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", f"modelship.io/deployment={name},"
+                                      "app.kubernetes.io/component=server", "-o", "json"))["items"]
+    out = {}
+    for pod in pods:
+        ip = pod["status"].get("podIP")
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+        if not ready or not ip or not ip.startswith("127.") or pod["metadata"].get("deletionTimestamp"):
+            continue  # serving, and on loopback (the local node's pods)
+        text = httpx.get(f"http://{ip}:8080/metrics", timeout=5).text
+        out[pod["metadata"]["name"]] = sum(float(line.split()[-1]) for line in text.splitlines()
+                                          if line.startswith("llamacpp:tokens_predicted_total"))
+    return out
+
+
+def test_models_are_routed_by_name_spread_over_replicas_and_survive_a_pod_going(cluster, namespace, local_node,
+                                                                                operator, router):
+    preload_claim(cluster, namespace)
+    operator.start()
+    cluster.apply(smollm2("alpha", replicas=3), namespace)
+    cluster.apply(smollm2("beta"), namespace)
+    for name in ("alpha", "beta"):
+        wait_for(lambda: md_status(cluster, namespace, name).get("phase") == "Ready", 240, f"{name} to be Ready")
+    wait_for(lambda: {"alpha", "beta", f"{namespace}/alpha"} <= served(router), 30, "the router to see both")
+    # Routed by model: llama-server answers with its --alias, the ModelDeployment's name.
+    assert ask(router, "beta").json()["model"] == "beta"
+    r = ask(router, "alpha", max_tokens=16)
+    assert r.json()["model"] == "alpha" and "paris" in r.json()["choices"][0]["message"]["content"].lower()
+    # A burst spreads over all three replicas (their own counters say so).
+    before = predicted(cluster, namespace, "alpha")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda i: ask(router, "alpha").status_code, range(24)))
+    assert codes == [200] * 24
+    after = predicted(cluster, namespace, "alpha")
+    assert len(after) == 3 and all(after[p] > before.get(p, 0) for p in after), (before, after)
+    # A pod deleted during a burst: no request is lost (the ones it had not answered go elsewhere).
+    victim = sorted(after)[0]
+
+    def timed_ask(_: int) -> tuple[int, float]:
+        return ask(router, "alpha", max_tokens=8).status_code, time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(timed_ask, i) for i in range(40)]
+        time.sleep(0.5)
+        deleted_at = time.monotonic()
+        cluster.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+        results = [f.result() for f in futures]
+    assert [code for code, _ in results] == [200] * 40, results
+    assert sum(1 for _, t in results if t > deleted_at + 1) >= 4, "the burst ended before the pod went"
