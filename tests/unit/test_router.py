@@ -294,3 +294,64 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
         assert asyncio.run(go()) == 3
     loads = [t.endpoints[b].load for b in backends]
     assert loads == [1.0, 0.0, 0.0]  # the engine's own count, seen by a router that sent nothing
+
+
+def own_router(tmp_path, backend: str) -> tuple[subprocess.Popen, str]:
+    path = tmp_path / "static.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "solo", "engine": "tgi", "endpoints": [backend]}]}))
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
+                  "--port", str(port), "--drain-seconds", "20"], f"{url}/health", "router")
+    return proc, url
+
+
+def own_backend(token_ms: int = 5) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    proc = start([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny", "--hostname", HOST,
+                  "--port", str(port), "--fake-token-delay-ms", str(token_ms), "--fake-load-seconds", "0"],
+                 f"{url}/health", "fake TGI")
+    return proc, url
+
+
+def test_sigterm_drains_open_streams(tmp_path):
+    import signal
+
+    backend, burl = own_backend()
+    router_proc, url = own_router(tmp_path, burl)
+    try:
+        with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
+                          json={"model": "solo", "prompt": "drain me", "max_tokens": 300, "stream": True}) as r:
+            lines = r.iter_lines()
+            next(lines)
+            router_proc.send_signal(signal.SIGTERM)  # 300 tokens at 5 ms: 1.5 s still to go
+            rest = [line for line in lines if line.startswith("data:")]
+        assert len(rest) == 299  # every token arrived
+        assert router_proc.wait(10) in (0, -15)
+        with pytest.raises(httpx.ConnectError):  # and it no longer takes new requests
+            httpx.get(f"{url}/health")
+    finally:
+        router_proc.kill()
+        backend.terminate()
+
+
+def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path):
+    import json
+
+    backend, burl = own_backend()
+    router_proc, url = own_router(tmp_path, burl)
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
+                          json={"model": "solo", "max_tokens": 1000, "stream": True,
+                                "messages": [{"role": "user", "content": "a long one"}]}) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data:")
+            backend.kill()
+            events = [line for line in lines if line.startswith("data:")]
+        last = json.loads(events[-1][5:])
+        assert last["error"]["code"] == "upstream_broke_off", events[-3:]
+    finally:
+        router_proc.terminate()
+        router_proc.wait(10)
+        backend.kill()
