@@ -211,7 +211,7 @@ class Fetcher:
         # volume): one downloads, the others wait and then find it there.
         locks = self.repo_dir / ".locks"  # empty files, kept: deleting one would let two holders in
         locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / key, "a") as lock:
+        with open(locks / key, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (w.sha256 and blob.exists() and blob.stat().st_size == w.size):
                 digest = self.download(w, blob, progress)
@@ -356,16 +356,20 @@ class Sink:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         self.closed = False
-        if keep:
-            with open(path, "rb") as f:
-                left = keep
-                while left:
-                    buf = self.free.get()
-                    n = f.readinto(memoryview(buf)[:min(left, CHUNK)])
-                    if not n:
-                        break
-                    self.work.put((buf, n))
-                    left -= n
+        try:
+            if keep:
+                with open(path, "rb") as f:
+                    left = keep
+                    while left:
+                        buf = self.free.get()
+                        n = f.readinto(memoryview(buf)[:min(left, CHUNK)])
+                        if not n:
+                            break
+                        self.work.put((buf, n))
+                        left -= n
+        except BaseException:  # no thread or descriptor left behind
+            self.__exit__(None, None, None)
+            raise
 
     def _run(self) -> None:
         done = older = last = 0  # bytes hashed; where the window before the last one began, and the last
@@ -477,7 +481,7 @@ def prune(dest: Path, keep: set[str], log: Callable[[str], None], user: str | No
                 continue
             key = blob.name.removesuffix(".incomplete")
             locks.mkdir(parents=True, exist_ok=True)
-            with open(locks / key, "a") as lock:
+            with open(locks / key, "a+") as lock:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -502,7 +506,8 @@ def volume_lock(dest: Path, exclusive: bool, log: Callable[[str], None] | None =
     never starts one while the other runs; this lock makes that hold even for a Job that
     outlived its reason (a retried pod, a Job left from before)."""
     dest.mkdir(parents=True, exist_ok=True)
-    with open(dest / VOLUME_LOCK, "a") as lock:
+    # read-write ("a+"): NFSv4 refuses a shared lock on a file opened write-only
+    with open(dest / VOLUME_LOCK, "a+") as lock:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
             fcntl.flock(lock, mode | fcntl.LOCK_NB)

@@ -157,12 +157,14 @@ class Kube:
                         shared_bytes += int(st.get("totalBytes") or 0)
         # Every pod that mounts the volume reads the revision its template names (an old
         # ReplicaSet's pods included, until they are gone).
+        node = None
         mounting = (self.client.sanitize_for_serialization(p) for p in self.core.list_namespaced_pod(
             ns, label_selector=f"{MANAGED_BY}=modelship,{COMPONENT}=server").items) if shared else iter(pods)
         for pod in mounting:
             claims = {(v.get("persistentVolumeClaim") or {}).get("claimName") for v in pod["spec"].get("volumes") or []}
             if claim not in claims or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
+            node = node or (pod.get("spec") or {}).get("nodeName")
             notes = pod["metadata"].get("annotations") or {}
             if REPO not in notes or REVISION not in notes:
                 in_use = None  # a pod from before revisions were recorded: cannot tell what it reads
@@ -171,7 +173,7 @@ class Kube:
         return Observed(
             pvc=pvc if md.spec.storage.existing_claim or shared else owned(pvc), shared_bytes=shared_bytes,
             jobs=own_jobs, collect_jobs=collect_jobs, download_progress=progress, download_errors=failure,
-            volume_in_use=in_use,
+            volume_in_use=in_use, volume_node=node,
             deployment=owned(deployment),
             service=owned(service),
             pods=pods,

@@ -47,6 +47,7 @@ class Observed:
     # "repo@sha" that something else on the volume uses: other ModelDeployments' resolved
     # revisions and what every pod mounting it serves (None: cannot tell, so collect nothing)
     volume_in_use: set[str] | None = None
+    volume_node: str | None = None  # a node where a pod mounting the volume runs (where RWO is attached)
 
 
 @dataclass
@@ -321,6 +322,20 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     if (current is None and before_dl and before_dl.completed_job == job["metadata"]["name"]
             and before_dl.volume_uid in (None, volume_uid)):
         state = "Complete"  # verified earlier on this very volume; the Job has been cleaned up since
+    # A finished download counts only while its files can still be there: the ledger of a
+    # volume the operator made still names them (a collection has not removed them), and
+    # the claim is the one it filled (not deleted and made again since).
+    key = builders.snapshot_key(resolved.repo, resolved.sha)
+    refill = None
+    if state == "Complete" and observed.pvc is not None:
+        if not md.spec.storage.existing_claim and key not in _ledger(observed.pvc).values():
+            refill = "they were removed from it (or it is a new claim)"
+        elif before_dl and before_dl.volume_uid and volume_uid and before_dl.volume_uid != volume_uid:
+            refill = "the claim was deleted and made again"
+    if refill:
+        if current is not None:  # its name is the download's: it must go before the download runs again
+            actions.append(Action("delete", "Job", job["metadata"]["name"], exists=True))
+        state = "Refill"
     collecting = next((j for j in observed.collect_jobs if _job_state(j)[0] == "Running"), None)
     total = resolved.total_bytes
     live = observed.download_progress.get(job["metadata"]["name"]) or {}
@@ -345,6 +360,12 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         return blocked("DownloadFailed", f"download Job {job['metadata']['name']} failed ({why})"
                        + (f": {said}" if said else "") + f"; see `kubectl logs job/{job['metadata']['name']}`, fix "
                        f"the cause, then delete the Job to retry", "Failed", None)
+    elif state == "Refill":
+        msg = (f"the files of {resolved.repo}@{resolved.sha[:7]} are no longer on volume {builders.claim_name(md)}: "
+               f"{refill}; downloading them again")
+        cond("Downloaded", "False", "Downloading", msg)
+        if current is None:
+            desired.append((job, None))
     elif current is None and collecting is not None:  # downloads wait for the collection, and it for them
         msg = (f"waiting for Job {collecting['metadata']['name']}, which removes snapshots nothing uses any more "
                f"from volume {builders.claim_name(md)}, to finish before downloading")
@@ -428,8 +449,10 @@ def _collect(md: ModelDeployment, resolved: ResolvedModel, observed: Observed, s
         actions.append(Action("delete", "Job", name, exists=True))
     stale = set(ledger.values()) - in_use
     if stale and not failed:
+        rwo = md.spec.storage.access_mode == "ReadWriteOnce"  # collected where the volume is attached
         job = builders.collect_job(md, settings, sorted(in_use),
-                                   pin_node=None if md.spec.storage.shared_cache else pin)
+                                   pin_node=(observed.volume_node if rwo else None) if md.spec.storage.shared_cache
+                                   else pin)
         if not any(j["metadata"]["name"] == job["metadata"]["name"] for j in observed.collect_jobs):
             _apply([(job, None)], actions)
     return failed

@@ -9,6 +9,8 @@ air-gapped clusters and tests) and asks the Hub for the rest.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import fnmatch
 import re
 from contextlib import contextmanager
@@ -244,8 +246,11 @@ class HubResolver:
                 continue
             meta = self._head(source.repo, p, sha, endpoint, token)
             etag = (meta.etag or "").strip('"')
+            # A 40-hex ETag is the git blob id only for a file served from git itself: an LFS
+            # file redirects (its ETag could be its pointer's id, if a proxy dropped X-Linked-Etag).
+            in_git = meta.location is None or meta.location.split("?")[0].endswith(quote(p))
             out[p] = (int(meta.size or 0), etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None,
-                      etag if re.fullmatch(r"[0-9a-f]{40}", etag) else None)
+                      etag if in_git and re.fullmatch(r"[0-9a-f]{40}", etag) else None)
         return out
 
     def _json(self, source: ModelSource, path: str, sha: str, endpoint: str, token: str | None) -> dict:

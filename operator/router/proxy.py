@@ -271,8 +271,9 @@ class Router:
             gauge = m.in_flight.labels(target.name, ep.url)
             gauge.inc()
             try:
-                request = self.client.build_request(method, ep.url + path, content=raw or None,
-                                                    headers={"content-type": "application/json"} if raw else None)
+                # identity: the body is relayed byte for byte, so it must not come compressed
+                headers = {"accept-encoding": "identity", **({"content-type": "application/json"} if raw else {})}
+                request = self.client.build_request(method, ep.url + path, content=raw or None, headers=headers)
                 try:
                     async with asyncio.timeout(limits.first_byte_timeout):
                         upstream = await self.client.send(request, stream=True)
@@ -332,6 +333,8 @@ class Router:
                 except (TimeoutError, httpx.HTTPError) as e:  # after the first byte: end cleanly
                     why = "idle timeout" if isinstance(e, TimeoutError) else type(e).__name__
                     log.warning("upstream %s failed mid-answer: %s", ep.url, why)
+                    if not sse:  # a cut JSON body must not look whole: abort the connection
+                        raise ConnectionAbortedError(f"upstream {ep.url} broke off ({why})") from None
                     if sse:
                         await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
                             {"error": {"message": f"the upstream answer broke off ({why})",

@@ -378,6 +378,11 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     assert md_status(cluster, namespace, "follower")["phase"] == "Ready"
 
 
+# ReadWriteMany: Jobs run on the local node, where files really land. (On ReadWriteOnce, a
+# collection runs where the volume is attached: next to the serving pods, here kwok nodes.)
+SHARED_RWX = {"sharedCache": True, "accessMode": "ReadWriteMany"}
+
+
 @pytest.mark.localnode
 def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, operator, fake_hub, kwok_pools):
     """Two ModelDeployments of one repo@sha on the namespace's shared cache volume: one Job,
@@ -391,7 +396,7 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     operator.start(pools=kwok_pools)
     for name in ("first", "second"):
         cluster.apply(tiny(name, repo="hub-test/shared-GGUF") | {"spec": {
-            "model": {"repo": "hub-test/shared-GGUF"}, "storage": {"sharedCache": True}}}, namespace)
+            "model": {"repo": "hub-test/shared-GGUF"}, "storage": SHARED_RWX}}, namespace)
     for name in ("first", "second"):
         st = wait_phase(cluster, operator, name, "Ready", timeout=120)
         assert st["download"]["job"].startswith("modelship-fetch-")
@@ -408,7 +413,7 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     fake_hub.add_repo(FakeRepo("hub-test/shared2-GGUF", {"a" * 40: {"shared2-Q4_K_M.gguf": b"other weights"}},
                                {"main": "a" * 40}))
     cluster.apply(tiny("third", repo="hub-test/shared2-GGUF") | {"spec": {
-        "model": {"repo": "hub-test/shared2-GGUF"}, "storage": {"sharedCache": True}}}, namespace)
+        "model": {"repo": "hub-test/shared2-GGUF"}, "storage": SHARED_RWX}}, namespace)
     wait_phase(cluster, operator, "third", "Ready", timeout=120)
     volume = claim_path(cluster, namespace, "modelship-cache")
     assert (volume / "models--hub-test--shared2-GGUF" / "snapshots" / ("a" * 40)).is_dir()

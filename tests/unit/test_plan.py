@@ -729,3 +729,45 @@ def test_a_users_claim_has_no_ledger_and_is_never_collected():
     obs = after_rollout(md, old, new)
     p = run(md, new, obs)
     assert not [a for a in p.actions if a.kind == "Job" or a.verb == "annotate"]
+
+
+def test_a_finished_download_whose_files_were_collected_is_downloaded_again():
+    """Back to a revision whose snapshot a collection removed: its old Job says Complete, but
+    the ledger no longer names it, so the Job goes and the files come again."""
+    md, r = make_md({"storage": {"sharedCache": True}}), gguf()
+    obs = observed(md, r, job_state="Complete")
+    key = builders.snapshot_key(r.repo, r.sha)
+    del obs.pvc["metadata"]["annotations"][builders.ledger_annotation(key)]  # collected
+    p = run(md, r, obs)
+    job = builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
+    assert [(a.verb, a.kind) for a in p.actions if a.kind != "Service"] == [
+        ("annotate", "PersistentVolumeClaim"), ("delete", "Job")]
+    assert p.actions[-1].name == job and p.status["phase"] == "Downloading"
+    assert "no longer on volume" in cond(p, "Downloaded")["message"]
+    assert "completedJob" not in p.status["download"]
+    # Once the Job is gone, it is created again (and the Deployment waits for it).
+    obs.jobs = []
+    obs.pvc["metadata"]["annotations"][builders.ledger_annotation(key)] = key
+    again = run(make_md(md.spec.wire(), status=p.status), r, obs)
+    assert applied(again) >= {("Job", job)} and ("Deployment", NAME) not in applied(again)
+
+
+def test_a_users_claim_made_again_under_a_complete_job_is_downloaded_to_again():
+    md, r = make_md({"storage": {"existingClaim": "mine"}}), gguf()
+    first = run(md, r, observed(md, r, job_state="Complete"))
+    obs = observed(md, r, job_state="Complete")
+    obs.pvc["metadata"]["uid"] = "pvc-uid-2"
+    p = run(make_md(md.spec.wire(), status=first.status), r, obs)
+    assert ("delete", "Job") in {(a.verb, a.kind) for a in p.actions}
+    assert "deleted and made again" in cond(p, "Downloaded")["message"]
+
+
+def test_a_readwriteonce_shared_cache_is_collected_where_it_is_attached():
+    md = make_md({"storage": {"sharedCache": True}})
+    old, new = old_and_new()
+    obs = after_rollout(md, old, new)
+    obs.volume_node = "node-3"
+    job = next(a.body for a in run(md, new, obs).actions if a.kind == "Job" and a.verb == "apply")
+    assert job["metadata"]["name"].startswith("modelship-collect-")
+    assert job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-3"]
