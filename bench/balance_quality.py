@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,29 +27,12 @@ from pathlib import Path
 import httpx
 import yaml
 
-HOST = "127.0.0.1"
+from loopback import HOST, free_port, wait
+
 SYSTEM_PROMPTS = [
     " ".join(f"rule {i}.{j}: answer with care about topic {i} and cite section {j}." for j in range(60))
     for i in range(4)
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
 def start_backends(n: int, prefill_ms: float, cache_blocks: int) -> tuple[list[subprocess.Popen], list[str]]:

@@ -13,7 +13,6 @@ whole request) for both, and the ratio. The goal is >= 98% of direct.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,25 +23,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-HOST = "127.0.0.1"
+from loopback import HOST, free_port, wait
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up")
 
 
 def stream(base: str, tokens: int) -> tuple[int, float, float]:
@@ -88,7 +70,7 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         routed = f"http://{HOST}:{rport}"
         try:
-            wait(f"{direct}/health")
+            wait(f"{direct}/health", timeout=120)  # the model loads
             wait(f"{routed}/health")
             stream(direct, 8)  # warm up
             runs: dict[str, list[tuple[int, float, float]]] = {"direct": [], "router": []}
