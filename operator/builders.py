@@ -102,6 +102,12 @@ def snapshot_dir(resolved: ResolvedModel) -> str:
     return f"{MODELS_MOUNT}/models--{resolved.repo.replace('/', '--')}/snapshots/{resolved.sha}"
 
 
+def on_shared_cache(md: ModelDeployment) -> bool:
+    """Whether the weights live on the namespace's shared cache volume (a claim of the user's
+    own wins over storage.sharedCache)."""
+    return md.spec.storage.shared_cache and not md.spec.storage.existing_claim
+
+
 def claim_name(md: ModelDeployment) -> str:
     if md.spec.storage.existing_claim:
         return md.spec.storage.existing_claim
@@ -221,7 +227,7 @@ def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: s
                 env: list[dict], pin_node: str | None, annotations: dict[str, str], identity: list,
                 backoff: int, deadline: int) -> dict:
     """A Job of the modelship image that works on the weights' volume (and on nothing else)."""
-    shared = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
+    shared = on_shared_cache(md)
     job_labels = shared_labels(component) if shared else labels(md, component)
     pod = {
         "metadata": {"labels": dict(job_labels)},

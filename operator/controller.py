@@ -93,7 +93,7 @@ class Controller:
         if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and tried is None:
             await self._say_resolving(md, body)  # once per generation: a failure is not announced again
         resolution = await self._resolve(md)
-        if md.spec.storage.shared_cache and not md.spec.storage.existing_claim:
+        if builders.on_shared_cache(md):
             # One volume, several ModelDeployments: one of them at a time looks at it and acts,
             # so a collection never starts beside a download it did not see (or the reverse).
             async with self.volume_locks.setdefault((namespace, builders.claim_name(md)), asyncio.Lock()):

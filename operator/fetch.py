@@ -252,20 +252,21 @@ class Fetcher:
                         progress.add(-have)
                         counted -= have
                         have = 0
-                    with Sink(part, keep=have) as sink:
+                    with Sink(part, keep=have, git_size=w.size if w.git_sha1 and not w.sha256 else None) as sink:
                         # Large reads straight from the socket into reused buffers (http.client:
                         # a third faster than httpx's streaming here); hashed in a thread.
                         while not complete and (n := sink.fill(r)):
                             progress.add(n)
                             counted += n
                         digest = sink.finish()  # hashed, and on disk
+                        got = sink.git.hexdigest() if sink.git else None
                 size = part.stat().st_size
                 if size != w.size:
                     raise Incomplete(f"{w.path}: {size} bytes so far, expected {w.size}")
                 if w.sha256 and digest != w.sha256:
                     part.unlink()
                     raise ChecksumError(f"{w.path}: sha256 {digest} instead of {w.sha256}")
-                if not w.sha256 and w.git_sha1 and (got := git_sha1_of(part)) != w.git_sha1:
+                if got is not None and got != w.git_sha1:
                     part.unlink()
                     raise ChecksumError(f"{w.path}: git blob sha1 {got} instead of {w.git_sha1}")
                 # On disk (Sink.finish) before it is visible: after a crash a blob's name must
@@ -342,13 +343,16 @@ class Sink:
     BUFFERS = 4  # a few chunks in flight overlap hashing with I/O; 4 files at once share 1 GiB
     WINDOW = 32 << 20
 
-    def __init__(self, path: Path, keep: int = 0) -> None:
+    def __init__(self, path: Path, keep: int = 0, git_size: int | None = None) -> None:
         import queue
 
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.ftruncate(self.fd, keep)
         os.lseek(self.fd, keep, os.SEEK_SET)
         self.h = hashlib.sha256()
+        # With `git_size`, also the git blob id of a file of that size, in the same pass.
+        self.git = hashlib.sha1(b"blob %d\0" % git_size) if git_size is not None else None
+        self.hashes = [self.h] + ([self.git] if self.git else [])
         self.free: "queue.Queue[bytearray]" = queue.Queue()
         for _ in range(self.BUFFERS):
             self.free.put(bytearray(CHUNK))
@@ -375,7 +379,8 @@ class Sink:
         done = older = last = 0  # bytes hashed; where the window before the last one began, and the last
         while (item := self.work.get()) is not None:
             buf, n = item
-            self.h.update(memoryview(buf)[:n])
+            for h in self.hashes:
+                h.update(memoryview(buf)[:n])
             self.free.put(buf)
             done += n
             if done - last >= self.WINDOW and hasattr(os, "posix_fadvise"):

@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 
 from . import api
 from .builders import (COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, REPO, REVISION, SHARED_CACHE, SHARED_CLAIM,
-                       owned_by, snapshot_key)
+                       on_shared_cache, owned_by, snapshot_key)
 from .plan import Action, Event, Observed
 
 log = logging.getLogger("modelship")
@@ -114,11 +114,16 @@ class Kube:
                     return None
                 raise
 
-        shared = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
+        shared = on_shared_cache(md)
         jobs = self.batch.list_namespaced_job(ns, label_selector=(
             f"{SHARED_CACHE}={SHARED_CLAIM}" if shared else
             f"{selector},{COMPONENT} in (download,collect)"))
-        pods = self.core.list_namespaced_pod(ns, label_selector=f"{selector},{COMPONENT}=server")
+        # On the shared cache every serving pod of the namespace may mount the volume; this
+        # ModelDeployment's own are among them.
+        server_pods = [self.client.sanitize_for_serialization(p) for p in self.core.list_namespaced_pod(
+            ns, label_selector=f"{MANAGED_BY}=modelship,{COMPONENT}=server" if shared else
+            f"{selector},{COMPONENT}=server").items]
+        pods = [p for p in server_pods if (p["metadata"].get("labels") or {}).get(DEPLOYMENT_LABEL) == name]
         uid = md.metadata.get("uid")
 
         def owned(obj: dict | None) -> dict | None:
@@ -138,7 +143,6 @@ class Kube:
         all_jobs = [j for j in (self.client.sanitize_for_serialization(j) for j in jobs.items) if shared or owned(j)]
         own_jobs = [j for j in all_jobs if j["metadata"]["labels"].get(COMPONENT) == "download"]
         collect_jobs = [j for j in all_jobs if j["metadata"]["labels"].get(COMPONENT) == "collect"]
-        pods = [self.client.sanitize_for_serialization(p) for p in pods.items]
         progress, failure = {}, {}
         for job in own_jobs:
             if not any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []):
@@ -158,9 +162,7 @@ class Kube:
         # Every pod that mounts the volume reads the revision its template names (an old
         # ReplicaSet's pods included, until they are gone).
         node = None
-        mounting = (self.client.sanitize_for_serialization(p) for p in self.core.list_namespaced_pod(
-            ns, label_selector=f"{MANAGED_BY}=modelship,{COMPONENT}=server").items) if shared else iter(pods)
-        for pod in mounting:
+        for pod in server_pods:
             claims = {(v.get("persistentVolumeClaim") or {}).get("claimName") for v in pod["spec"].get("volumes") or []}
             if claim not in claims or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue

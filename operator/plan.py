@@ -303,8 +303,8 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
 
     # The download: one Job per (revision, files, volume); stale ones go.
     pin = None
-    shared_volume = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
-    if md.spec.storage.access_mode == "ReadWriteOnce" and not shared_volume:  # attached where the servers run
+    shared = builders.on_shared_cache(md)
+    if md.spec.storage.access_mode == "ReadWriteOnce" and not shared:  # attached where the servers run
         pin = next((p["spec"]["nodeName"] for p in observed.pods
                     if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
     annotations = ((observed.deployment or {}).get("metadata", {}).get("annotations") or {})
@@ -312,9 +312,8 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
                if builders.REPO in annotations and annotations.get(builders.REVISION) != resolved.sha else None)
     job = builders.download_job(md, resolved, endpoint, settings, pin_node=pin, serving=serving)
     current = next((j for j in observed.jobs if j["metadata"]["name"] == job["metadata"]["name"]), None)
-    shared_job = md.spec.storage.shared_cache and not md.spec.storage.existing_claim
     for other in observed.jobs:
-        if other is not current and not shared_job:  # shared Jobs go with their last owner
+        if other is not current and not shared:  # shared Jobs go with their last owner
             actions.append(Action("delete", "Job", other["metadata"]["name"], exists=True))
     state, why = _job_state(current)
     volume_uid = (observed.pvc or {}).get("metadata", {}).get("uid")
@@ -326,9 +325,10 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     # volume the operator made still names them (a collection has not removed them), and
     # the claim is the one it filled (not deleted and made again since).
     key = builders.snapshot_key(resolved.repo, resolved.sha)
+    ledger = _ledger(observed.pvc)
     refill = None
     if state == "Complete" and observed.pvc is not None:
-        if not md.spec.storage.existing_claim and key not in _ledger(observed.pvc).values():
+        if not md.spec.storage.existing_claim and key not in ledger.values():
             refill = "they were removed from it (or it is a new claim)"
         elif before_dl and before_dl.volume_uid and volume_uid and before_dl.volume_uid != volume_uid:
             refill = "the claim was deleted and made again"
@@ -373,7 +373,8 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     else:
         if current is None:  # a Job's pod template is immutable; its name already fingerprints it
             desired.append((job, None))
-        elif shared_job and not builders.owned_by(current, md.metadata.get("uid")):  # another's download of the same files: join it
+        elif shared and not builders.owned_by(current, md.metadata.get("uid")):
+            # another ModelDeployment's download of the same files: join it
             desired.append((job, current))
         msg = (f"downloading {len(resolved.files)} files with Job {job['metadata']['name']}: "
                f"{human_bytes(done)} of {human_bytes(total)} ({status['download']['percent']}%)"
@@ -392,8 +393,6 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         rolling = False
     _apply(desired, actions)
     if not md.spec.storage.existing_claim:  # a volume the operator made: it keeps its ledger, and collects
-        key = builders.snapshot_key(resolved.repo, resolved.sha)
-        ledger = _ledger(observed.pvc)
         if key not in ledger.values():  # recorded before the Job that puts it there is created
             at = next((i for i, a in enumerate(actions) if a.kind == "Job"), len(actions))
             actions.insert(at, Action("annotate", "PersistentVolumeClaim", builders.claim_name(md),

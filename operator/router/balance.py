@@ -55,13 +55,30 @@ def block_hashes(text: str, block: int = BLOCK_CHARS) -> list[int]:
 
 class Strategy(Protocol):
     name: str
+    block: int | None  # characters per prompt block it reads; None: it does not read the prompt
+    hits: int  # prompt blocks sent to the endpoint that last served them
 
     def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint: ...
 
     def served(self, blocks: list[int], endpoint: Endpoint) -> None: ...
 
+    def forget(self, url: str) -> None: ...
 
-class RoundRobin:
+
+class Blind:
+    """A strategy that does not read the prompt: nothing to cut, remember or forget."""
+
+    block: int | None = None
+    hits = 0
+
+    def served(self, blocks: list[int], endpoint: Endpoint) -> None:
+        pass
+
+    def forget(self, url: str) -> None:
+        pass
+
+
+class RoundRobin(Blind):
     name = "round-robin"
 
     def __init__(self) -> None:
@@ -70,9 +87,6 @@ class RoundRobin:
     def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint:
         self.turn += 1
         return endpoints[self.turn % len(endpoints)]
-
-    def served(self, blocks: list[int], endpoint: Endpoint) -> None:
-        pass
 
 
 def two_choices(endpoints: list[Endpoint], rng: random.Random, own_only: bool = False) -> Endpoint:
@@ -85,7 +99,7 @@ def two_choices(endpoints: list[Endpoint], rng: random.Random, own_only: bool = 
     return b if b.load < a.load else a
 
 
-class LeastLoad:
+class LeastLoad(Blind):
     """`least-load`: by this router's requests in flight. `queue-aware`: by the engines' own
     counts where they are larger (other router replicas), plus their queues (scraped)."""
 
@@ -96,9 +110,6 @@ class LeastLoad:
 
     def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint:
         return two_choices(endpoints, self.rng, own_only=not self.queue_aware)
-
-    def served(self, blocks: list[int], endpoint: Endpoint) -> None:
-        pass
 
 
 @dataclass

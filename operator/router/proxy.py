@@ -162,7 +162,7 @@ class Router:
             if method != "POST":
                 raise HTTPError(405, f"{path} takes POST")
             raw, body = await self._read_json(scope, receive)
-            target = self._target(body.get("model"), path)
+            target = self._target(body.get("model"))
             await self._forward(target, path, raw, body, kind, receive, send)
             return
         if path.startswith("/models/"):  # TGI's native API: /models/{name}/generate
@@ -170,7 +170,7 @@ class Router:
             if rest not in TGI_PATHS:
                 raise HTTPError(404, f"no route {path}: the TGI API is at /models/{{name}}/generate, "
                                      f"/models/{{name}}/generate_stream and /models/{{name}}/info", code="not_found")
-            target = self._target(name, path)
+            target = self._target(name)
             if target.engine != "tgi":
                 raise HTTPError(400, f"model {name!r} is served by llama.cpp, which has no TGI API: use the "
                                      f"OpenAI API (/v1/chat/completions, /v1/completions)", code="unsupported_api")
@@ -193,12 +193,13 @@ class Router:
             raise HTTPError(401, "a valid API key is needed: send `Authorization: Bearer <key>`",
                             "authentication_error", "invalid_api_key")
 
-    def _target(self, model, path: str) -> Target:
+    def _target(self, model) -> Target:
         if model is None:
             names = list(self.registry.targets)
             if len(names) == 1:
                 return self.registry.targets[names[0]]
-            raise HTTPError(400, f"the request names no model: set \"model\" to one of {', '.join(self.registry.names())}")
+            raise HTTPError(400, f"the request names no model: set \"model\" to one of "
+                                 f"{', '.join(self.registry.names())}")
         if not isinstance(model, str):
             raise HTTPError(400, "\"model\" must be a string")
         target = self.registry.lookup(model)
@@ -238,9 +239,8 @@ class Router:
     async def _forward(self, target: Target, path: str, raw: bytes, body: dict, kind: str, receive, send,
                        method: str = "POST") -> None:
         started = time.monotonic()
-        strategy = target.strategy
-        block = getattr(strategy, "block", balance.BLOCK_CHARS)
-        blocks = balance.block_hashes(prompt_text(kind, body), block) if kind != "info" else []
+        block = target.strategy.block  # only a strategy that reads the prompt pays for cutting it
+        blocks = balance.block_hashes(prompt_text(kind, body), block) if block and kind != "info" else []
         # A client that goes away cancels its request, upstream included.
         task = asyncio.current_task()
         watcher = asyncio.create_task(_on_disconnect(receive, task))
@@ -264,7 +264,7 @@ class Router:
             candidates = [e for e in target.ready() if e.url not in tried]
             if not candidates or (attempt and time.monotonic() - started > limits.retry_budget):
                 break
-            hits_before = getattr(target.strategy, "hits", 0)
+            hits_before = target.strategy.hits
             ep = target.strategy.pick(blocks, candidates)
             tried.add(ep.url)
             ep.in_flight += 1
@@ -296,7 +296,7 @@ class Router:
                 if blocks:
                     target.strategy.served(blocks, ep)
                     m.prefix_blocks.labels(target.name).inc(len(blocks))
-                    hit = getattr(target.strategy, "hits", 0) - hits_before
+                    hit = target.strategy.hits - hits_before
                     if hit:
                         m.prefix_hits.labels(target.name).inc(hit)
                 await self._relay(target, ep, upstream, send, started)

@@ -35,9 +35,7 @@ class Target:
         endpoint's cached prefixes are forgotten."""
         for url in [u for u in self.endpoints if u not in urls]:
             del self.endpoints[url]
-            forget = getattr(self.strategy, "forget", None)
-            if forget:
-                forget(url)
+            self.strategy.forget(url)
         for url, ready in urls.items():
             self.endpoints.setdefault(url, balance.Endpoint(url)).ready = ready
 
