@@ -16,18 +16,19 @@ import logging
 import time
 from dataclasses import dataclass
 
-import httpx
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import balance
 from .registry import Registry, Target
+from .upstream import AiohttpUpstream, Answer, BrokeOff, Unreachable, Upstream
 
 log = logging.getLogger("modelship.router")
 
 OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (what its client calls)
 RETRY_STATUSES = (429, 502, 503)
+WHOLE_BODY_BYTES = 1 << 20  # a non-streamed answer up to this size is read whole, then sent
 
 
 @dataclass
@@ -61,6 +62,29 @@ class Metrics:
                                      "prefix-cache strategy.", ["model"], registry=r)
         self.prefix_hits = Counter("modelship_router_prefix_hit_blocks_total", "Prompt blocks sent to the endpoint "
                                    "that last served them (an estimate of prefix-cache hits).", ["model"], registry=r)
+        self._children: dict[tuple, object] = {}
+
+    def child(self, metric, *values: str):
+        """`metric.labels(*values)`, looked up once: `labels()` takes a lock and builds its key
+        on every call, which the hot path cannot afford."""
+        key = (metric._name, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
+    def prune(self, live: set[tuple[str, str]]) -> None:
+        """Drop the series of endpoints (model, url) that are gone and idle."""
+        for key in list(self._children):
+            name, values = key
+            if name not in (self.requests._name, self.in_flight._name) or (values[0], values[1]) in live \
+                    or not values[1]:
+                continue
+            metric = self.requests if name == self.requests._name else self.in_flight
+            if metric is self.in_flight and self._children[key]._value.get():
+                continue  # still has requests open
+            metric.remove(*values)
+            del self._children[key]
 
 
 class ClientGone(Exception):
@@ -99,7 +123,7 @@ def prompt_text(kind: str, body: dict) -> str:
 
 
 class Router:
-    def __init__(self, registry: Registry, client: httpx.AsyncClient, limits: Limits | None = None,
+    def __init__(self, registry: Registry, client: Upstream, limits: Limits | None = None,
                  api_keys: list[str] | None = None, metrics: Metrics | None = None):
         self.registry, self.client = registry, client
         self.limits = limits or Limits()
@@ -147,6 +171,7 @@ class Router:
             await _respond(send, 200, b'{"status":"ok"}')
             return
         if path == "/metrics":
+            self.metrics.prune({(t.name, url) for t in self.registry.targets.values() for url in t.endpoints})
             await _respond(send, 200, generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.encode())
             return
         self._authorize(scope)
@@ -249,7 +274,7 @@ class Router:
         except asyncio.CancelledError:
             if watcher.done() and not watcher.cancelled():  # the client went away: not an error
                 task.uncancel()
-                self.metrics.requests.labels(target.name, "", "499").inc()
+                self.metrics.child(self.metrics.requests, target.name, "", "499").inc()
                 return
             raise
         finally:
@@ -268,37 +293,35 @@ class Router:
             ep = target.strategy.pick(blocks, candidates)
             tried.add(ep.url)
             ep.in_flight += 1
-            gauge = m.in_flight.labels(target.name, ep.url)
+            gauge = m.child(m.in_flight, target.name, ep.url)
             gauge.inc()
             try:
                 # identity: the body is relayed byte for byte, so it must not come compressed
                 headers = {"accept-encoding": "identity", **({"content-type": "application/json"} if raw else {})}
-                request = self.client.build_request(method, ep.url + path, content=raw or None, headers=headers)
                 try:
                     async with asyncio.timeout(limits.first_byte_timeout):
-                        upstream = await self.client.send(request, stream=True)
-                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-                        httpx.WriteError) as e:  # refused, or dropped before answering (a pod going away)
-                    m.retries.labels(target.name, "connect").inc()
-                    last = HTTPError(502, f"could not reach {target.name} at {ep.url}: {type(e).__name__}",
+                        upstream = await self.client.open(method, ep.url + path, raw or None, headers)
+                except Unreachable as e:  # refused, or dropped before answering (a pod going away)
+                    m.child(m.retries, target.name, "connect").inc()
+                    last = HTTPError(502, f"could not reach {target.name} at {ep.url}: {e}",
                                      "upstream_error", "bad_gateway")
                     continue
-                except (TimeoutError, httpx.TimeoutException):
-                    m.requests.labels(target.name, ep.url, "504").inc()
+                except TimeoutError:
+                    m.child(m.requests, target.name, ep.url, "504").inc()
                     raise HTTPError(504, f"{target.name} at {ep.url} did not answer within "
                                          f"{limits.first_byte_timeout:g} s", "upstream_error", "gateway_timeout")
-                if upstream.status_code in RETRY_STATUSES and attempt < limits.retries:
-                    await upstream.aclose()
-                    m.retries.labels(target.name, str(upstream.status_code)).inc()
-                    last = HTTPError(upstream.status_code, f"{target.name} answered {upstream.status_code}",
+                if upstream.status in RETRY_STATUSES and attempt < limits.retries:
+                    await upstream.close()
+                    m.child(m.retries, target.name, str(upstream.status)).inc()
+                    last = HTTPError(upstream.status, f"{target.name} answered {upstream.status}",
                                      "upstream_error")
                     continue
                 if blocks:
                     target.strategy.served(blocks, ep)
-                    m.prefix_blocks.labels(target.name).inc(len(blocks))
+                    m.child(m.prefix_blocks, target.name).inc(len(blocks))
                     hit = target.strategy.hits - hits_before
                     if hit:
-                        m.prefix_hits.labels(target.name).inc(hit)
+                        m.child(m.prefix_hits, target.name).inc(hit)
                 await self._relay(target, ep, upstream, send, started)
                 return
             finally:
@@ -310,47 +333,67 @@ class Router:
                         "service_unavailable", "no_ready_endpoint",
                         headers=[(b"retry-after", str(self.limits.retry_after).encode())])
 
-    async def _relay(self, target: Target, ep: balance.Endpoint, upstream: httpx.Response, send,
-                     started: float) -> None:
+    async def _relay(self, target: Target, ep: balance.Endpoint, upstream: Answer, send, started: float) -> None:
         m = self.metrics
-        ctype = upstream.headers.get("content-type", "application/json")
+        ctype = upstream.content_type
+        code = upstream.status
+        m.child(m.requests, target.name, ep.url, str(code)).inc()
+        try:
+            if ctype.startswith("text/event-stream"):
+                await self._relay_stream(target, ep, upstream, send, started, ctype)
+            elif upstream.length is not None and upstream.length <= WHOLE_BODY_BYTES:
+                # A small whole answer (a non-streamed completion) is read, then sent at once,
+                # with its length: one write, no chunked encoding, and a broken one is a 502.
+                try:
+                    async with asyncio.timeout(self.limits.idle_timeout):
+                        body = await upstream.read()
+                except (TimeoutError, BrokeOff) as e:
+                    why = "idle timeout" if isinstance(e, TimeoutError) else str(e)
+                    raise HTTPError(502, f"the answer from {target.name} at {ep.url} broke off ({why})",
+                                    "upstream_error", "upstream_broke_off") from None
+                m.child(m.ttfb, target.name).observe(time.monotonic() - started)
+                await _respond(send, code, body, content_type=ctype.encode())
+            else:
+                await self._relay_stream(target, ep, upstream, send, started, ctype)
+            m.child(m.latency, target.name).observe(time.monotonic() - started)
+        finally:
+            await upstream.close()
+
+    async def _relay_stream(self, target: Target, ep: balance.Endpoint, upstream: Answer, send, started: float,
+                            ctype: str) -> None:
+        """Chunk by chunk, as they arrive."""
+        m = self.metrics
         sse = ctype.startswith("text/event-stream")
         headers = [(b"content-type", ctype.encode())]
         if sse:
             headers.append((b"cache-control", b"no-cache"))
-        code = upstream.status_code
-        m.requests.labels(target.name, ep.url, str(code)).inc()
-        try:
-            await send({"type": "http.response.start", "status": code, "headers": headers})
-            first, chunks = True, 0
-            it = upstream.aiter_raw()
-            while True:
-                try:
-                    async with asyncio.timeout(self.limits.idle_timeout):
-                        chunk = await it.__anext__()
-                except StopAsyncIteration:
-                    break
-                except (TimeoutError, httpx.HTTPError) as e:  # after the first byte: end cleanly
-                    why = "idle timeout" if isinstance(e, TimeoutError) else type(e).__name__
-                    log.warning("upstream %s failed mid-answer: %s", ep.url, why)
-                    if not sse:  # a cut JSON body must not look whole: abort the connection
-                        raise ConnectionAbortedError(f"upstream {ep.url} broke off ({why})") from None
-                    if sse:
-                        await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
-                            {"error": {"message": f"the upstream answer broke off ({why})",
-                                       "type": "upstream_error", "code": "upstream_broke_off"}}) + b"\n\n"})
-                    break
-                if first:
-                    m.ttfb.labels(target.name).observe(time.monotonic() - started)
-                    first = False
-                chunks += 1
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            if sse:
-                m.chunks.labels(target.name).inc(chunks)
-            m.latency.labels(target.name).observe(time.monotonic() - started)
-        finally:
-            await upstream.aclose()
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        first, chunks = True, 0
+        it = upstream.chunks()
+        idle = self.limits.idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            except (TimeoutError, BrokeOff) as e:  # after the first byte: end cleanly
+                why = "idle timeout" if isinstance(e, TimeoutError) else str(e)
+                log.warning("upstream %s failed mid-answer: %s", ep.url, why)
+                if not sse:  # a cut JSON body must not look whole: abort the connection
+                    raise ConnectionAbortedError(f"upstream {ep.url} broke off ({why})") from None
+                await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
+                    {"error": {"message": f"the upstream answer broke off ({why})",
+                               "type": "upstream_error", "code": "upstream_broke_off"}}) + b"\n\n"})
+                break
+            if first:
+                m.child(m.ttfb, target.name).observe(time.monotonic() - started)
+                first = False
+            chunks += 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if sse:
+            m.child(m.chunks, target.name).inc(chunks)
 
 
 async def _on_disconnect(receive, task: asyncio.Task) -> None:
@@ -369,9 +412,6 @@ async def _respond(send, status: int, body: bytes, headers: list | None = None,
     await send({"type": "http.response.body", "body": body})
 
 
-def upstream_client(limits: Limits, max_connections: int = 1000) -> httpx.AsyncClient:
+def upstream_client(limits: Limits, max_connections: int = 10_000) -> Upstream:
     """The one pooled client every request goes through."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=limits.connect_timeout, read=None, write=30.0, pool=limits.connect_timeout),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 4),
-        follow_redirects=False, trust_env=False)
+    return AiohttpUpstream(limits.connect_timeout, max_connections)

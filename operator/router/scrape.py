@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import httpx
-
 from .registry import Registry
+from .upstream import Unreachable, Upstream
 
 log = logging.getLogger("modelship.router")
 
@@ -40,15 +39,15 @@ def parse(text: str) -> tuple[float, float] | None:
     return running or 0.0, waiting or 0.0
 
 
-async def scrape_once(registry: Registry, client: httpx.AsyncClient, timeout: float = 1.0) -> int:
+async def scrape_once(registry: Registry, client: Upstream, timeout: float = 1.0) -> int:
     """Scrape every ready endpoint once, at the same time; returns how many answered."""
     endpoints = {e.url: e for t in registry.targets.values() for e in t.ready()}
 
     async def one(url: str) -> bool:
         try:
-            r = await client.get(f"{url}/metrics", timeout=timeout)
-            found = parse(r.text) if r.status_code == 200 else None
-        except httpx.HTTPError:
+            status, body = await client.get(f"{url}/metrics", timeout)
+            found = parse(body.decode("utf-8", "replace")) if status == 200 else None
+        except Unreachable:
             found = None
         e = endpoints[url]
         e.running, e.waiting = found if found else (0.0, 0.0)
@@ -57,7 +56,7 @@ async def scrape_once(registry: Registry, client: httpx.AsyncClient, timeout: fl
     return sum(await asyncio.gather(*(one(u) for u in endpoints)))
 
 
-async def scrape_forever(registry: Registry, client: httpx.AsyncClient, interval: float) -> None:
+async def scrape_forever(registry: Registry, client: Upstream, interval: float) -> None:
     while True:
         try:
             await scrape_once(registry, client, timeout=min(interval, 2.0))

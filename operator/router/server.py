@@ -62,10 +62,26 @@ def _kube_login() -> None:
         config.load_kube_config()
 
 
+def raise_open_files() -> int:
+    """Every open stream holds two sockets (client and engine): take the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning") -> None:
     import uvicorn
 
+    raise_open_files()
     config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
-                            backlog=4096, timeout_keep_alive=75)
-    asyncio.run(uvicorn.Server(config).serve())
+                            backlog=4096, timeout_keep_alive=75, proxy_headers=False,
+                            server_header=False)
+    import uvloop
+
+    # The loop is ours to make: uvicorn's `loop=` only applies when uvicorn makes the loop.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(uvicorn.Server(config).serve())

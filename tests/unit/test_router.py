@@ -277,6 +277,7 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
 
     from modelship.router.registry import Target, Registry
     from modelship.router.scrape import scrape_once
+    from modelship.router.upstream import AiohttpUpstream
 
     reg, t = Registry(), Target("tiny", "tgi")
     t.set_endpoints({b: True for b in backends})
@@ -288,8 +289,11 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
             next(lines)
 
         async def go() -> int:
-            async with httpx.AsyncClient() as c:
-                return await scrape_once(reg, c)
+            client = AiohttpUpstream(connect_timeout=2)
+            try:
+                return await scrape_once(reg, client)
+            finally:
+                await client.aclose()
 
         assert asyncio.run(go()) == 3
     loads = [t.endpoints[b].load for b in backends]

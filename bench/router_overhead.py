@@ -1,0 +1,130 @@
+"""Benchmark 1: what the router adds to a small, non-streamed request, side by side with
+the same backends reached directly, through nginx (the floor: a C reverse proxy) and through
+vllm-router (the peer: a Rust router for LLM engines).
+
+    .venv/bin/python bench/router_overhead.py [--rounds 3] [--seconds 4] [--backends 2]
+
+Every proxy runs pinned to core 0 (one worker, one process); the backends (nginx answering a
+fixed chat completion, so that the backend costs next to nothing) and the load generator
+(wrk, one thread) share core 1. Each round measures every proxy in turn: latency with one
+connection (one request at a time: p50 and p99, and the p50 added to direct), then
+throughput with `--connections` connections. Rounds alternate the proxies so that a noisy
+machine hits them alike; medians are printed.
+
+Needs Debian `nginx` and `wrk`; vllm-router from PyPI
+(`python3 -m venv ~/.cache/modelship/bench-venv && ~/.cache/modelship/bench-venv/bin/pip install vllm-router`),
+skipped with a line when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from loopback import HOST, Nginx, free_port, pinned, vllm_router, wait, wrk
+
+ANSWER = ('{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,'
+          '"message":{"role":"assistant","content":"The capital of France is Paris."},"finish_reason":"stop"}],'
+          '"usage":{"prompt_tokens":14,"completion_tokens":8,"total_tokens":22}}')
+REQUEST = ('{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},'
+           '{"role":"user","content":"What is the capital of France?"}],"max_tokens":16}')
+PROXY_CORE, LOAD_CORE = 0, 1
+
+
+class Proxy:
+    def __init__(self, name: str, url: str, stop):
+        self.name, self.url, self.stop = name, url, stop
+
+
+def start_modelship(backends: list[str], strategy: str, workdir: Path) -> Proxy:
+    config = workdir / "static.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": "llamacpp", "endpoints": backends,
+                                                  "strategy": strategy}]}))
+    port = free_port()
+    proc = subprocess.Popen(pinned([str(Path(sys.executable).with_name("modelship")), "router", "--static",
+                                    str(config), "--host", HOST, "--port", str(port), "--scrape-interval", "0"],
+                                   PROXY_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{HOST}:{port}"
+    wait(f"{url}/health")
+    return Proxy(f"modelship ({strategy})", url, lambda: (proc.terminate(), proc.wait(10)))
+
+
+def start_vllm_router(exe: str, backends: list[str]) -> Proxy:
+    port = free_port()
+    proc = subprocess.Popen(pinned([exe, "--host", HOST, "--port", str(port), "--worker-urls", *backends,
+                                    "--policy", "power_of_two", "--log-level", "warning",
+                                    "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
+                                    "--max-concurrent-requests", "4096", "--disable-retries"], PROXY_CORE),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{HOST}:{port}"
+    wait(f"{url}/health")
+    return Proxy("vllm-router (power_of_two)", url, lambda: (proc.terminate(), proc.wait(10)))
+
+
+def start_nginx(backends: list[str]) -> Proxy:
+    n = Nginx(PROXY_CORE, free_port(), upstreams=backends)
+    wait(f"{n.url}/health")
+    return Proxy("nginx (proxy_pass)", n.url, n.stop)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--backends", type=int, default=2)
+    ap.add_argument("--strategy", default="least-load", help="the modelship router's strategy")
+    args = ap.parse_args()
+    backends = [Nginx(LOAD_CORE, free_port(), body=ANSWER) for _ in range(args.backends)]
+    urls = [b.url for b in backends]
+    for u in urls:
+        wait(f"{u}/health")
+    proxies: list[Proxy] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            proxies.append(Proxy("direct (no proxy)", urls[0], lambda: None))
+            proxies.append(start_nginx(urls))
+            exe = vllm_router()
+            if exe:
+                proxies.append(start_vllm_router(exe, urls))
+            else:
+                print("vllm-router is not installed: skipped (see this file's docstring)")
+            proxies.append(start_modelship(urls, args.strategy, Path(tmp)))
+            results: dict[str, list[dict[str, float]]] = {p.name: [] for p in proxies}
+            for r in range(args.rounds):
+                order = proxies if r % 2 == 0 else list(reversed(proxies))
+                for p in order:
+                    one = wrk(f"{p.url}/v1/chat/completions", REQUEST, 1, args.seconds, LOAD_CORE)
+                    many = wrk(f"{p.url}/v1/chat/completions", REQUEST, args.connections, args.seconds, LOAD_CORE)
+                    results[p.name].append({"p50": one["p50"], "p99": one["p99"], "rps": many["rps"]})
+                print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        finally:
+            for p in proxies:
+                p.stop()
+            for b in backends:
+                b.stop()
+    med = {name: {k: statistics.median(x[k] for x in rs) for k in ("p50", "p99", "rps")}
+           for name, rs in results.items()}
+    direct = med["direct (no proxy)"]["p50"]
+    print(f"\n{args.backends} nginx backends; proxies pinned to one core; wrk: 1 connection for latency, "
+          f"{args.connections} for throughput; medians of {args.rounds} rounds of {args.seconds:g} s")
+    print(f"{'':<28} {'p50':>9} {'p99':>9} {'added p50':>10} {'req/s':>9}")
+    for name, m in med.items():
+        added = "" if name.startswith("direct") else f"{(m['p50'] - direct) * 1e6:7.0f} us"
+        print(f"{name:<28} {m['p50'] * 1e6:6.0f} us {m['p99'] * 1e6:6.0f} us {added:>10} {m['rps']:9.0f}")
+    ours = next(m for n, m in med.items() if n.startswith("modelship"))
+    added_ours = ours["p50"] - direct
+    for name, m in med.items():
+        if name.startswith(("nginx", "vllm")):
+            added = m["p50"] - direct
+            print(f"modelship vs {name}: added p50 {added_ours / added:.2f}x, throughput {ours['rps'] / m['rps']:.0%}")
+
+
+if __name__ == "__main__":
+    main()
