@@ -28,6 +28,7 @@ log = logging.getLogger("modelship.router")
 OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (what its client calls)
 RETRY_STATUSES = (429, 502, 503)
+WATCH_AFTER = 0.02  # seconds: a request still open then starts watching for its client leaving
 WHOLE_BODY_BYTES = 1 << 20  # a non-streamed answer up to this size is read whole, then sent
 
 
@@ -266,19 +267,24 @@ class Router:
         started = time.monotonic()
         block = target.strategy.block  # only a strategy that reads the prompt pays for cutting it
         blocks = balance.block_hashes(prompt_text(kind, body), block) if block and kind != "info" else []
-        # A client that goes away cancels its request, upstream included.
+        # A client that goes away cancels its request, upstream included. Watching costs a task,
+        # so it starts only once a request has lasted WATCH_AFTER: a quick answer never pays.
         task = asyncio.current_task()
-        watcher = asyncio.create_task(_on_disconnect(receive, task))
+        watcher: list[asyncio.Task] = []
+        handle = asyncio.get_running_loop().call_later(
+            WATCH_AFTER, lambda: watcher.append(asyncio.create_task(_on_disconnect(receive, task))))
         try:
             await self._try_endpoints(target, path, raw, blocks, send, method, started)
         except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled():  # the client went away: not an error
+            if watcher and watcher[0].done() and not watcher[0].cancelled():  # the client left: not an error
                 task.uncancel()
                 self.metrics.child(self.metrics.requests, target.name, "", "499").inc()
                 return
             raise
         finally:
-            watcher.cancel()
+            handle.cancel()
+            if watcher:
+                watcher[0].cancel()
 
     async def _try_endpoints(self, target: Target, path: str, raw: bytes, blocks: list[int], send, method: str,
                              started: float) -> None:
