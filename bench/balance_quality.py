@@ -1,11 +1,19 @@
-"""Benchmark: balancing quality on a shared-prefix, multi-turn workload, strategy by strategy.
+"""Benchmark 3: balancing quality on a shared-prefix, multi-turn workload, strategy by strategy,
+against vllm-router's cache_aware policy.
 
-    .venv/bin/python bench/balance_quality.py [--backends 4] [--conversations 48] [--turns 6]
+    .venv/bin/python bench/balance_quality.py [--workload documents|system-prompts] [--backends 4]
 
-Four (by default) TGI-protocol fakes on 127.0.0.1, each with a simulated prefix cache: a
-prompt's uncached tokens cost `--prefill-ms` each before the first token, cached ones
-nothing. Conversations share a few long system prompts and grow turn by turn (each turn
-sends the whole conversation again, as chat clients do), `--concurrency` of them at a time.
+Four (by default) TGI-protocol fakes on 127.0.0.1, each with a simulated prefix cache of
+`--cache-blocks` blocks of 16 tokens: a prompt's uncached tokens cost `--prefill-ms` each
+before the first token, cached ones nothing. Conversations grow turn by turn (each turn sends
+the whole conversation again, as chat clients do), `--concurrency` of them at a time. Two
+workloads:
+- `documents` (the default): one shared system prompt, then a long document of the
+  conversation's own (a RAG context, an agent's tool output), then the turns. Only an
+  endpoint that served this conversation before has its document cached, and the caches
+  cannot hold every conversation four times over.
+- `system-prompts`: four long system prompts shared by all conversations, short turns. Every
+  endpoint soon caches all four, so round robin hits most of the time too.
 For each strategy the backends start afresh (empty caches), `modelship router --static`
 runs in front of them, and every turn is a streamed chat completion; time to first token
 (TTFT) is measured at the client. Printed side by side: TTFT p50/p90, requests per second,
@@ -27,12 +35,27 @@ from pathlib import Path
 import httpx
 import yaml
 
-from loopback import HOST, free_port, wait
+from loopback import HOST, free_port, vllm_router, wait
 
 SYSTEM_PROMPTS = [
     " ".join(f"rule {i}.{j}: answer with care about topic {i} and cite section {j}." for j in range(60))
     for i in range(4)
 ]
+WORDS = ("alpha beta gamma delta river stone cloud paper engine signal harbor lantern meadow copper "
+         "violet orbit canyon ember falcon glacier").split()
+
+
+def document(cid: int, words: int) -> str:
+    rng = random.Random(cid * 7919)
+    return f"Document {cid}: " + " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def first_messages(workload: str, cid: int, doc_words: int) -> list[dict]:
+    if workload == "system-prompts":
+        return [{"role": "system", "content": SYSTEM_PROMPTS[cid % len(SYSTEM_PROMPTS)]}]
+    return [{"role": "system", "content": SYSTEM_PROMPTS[0][:600]},
+            {"role": "user", "content": "Read this and answer my questions.\n" + document(cid, doc_words)},
+            {"role": "assistant", "content": "I have read it."}]
 
 
 def start_backends(n: int, prefill_ms: float, cache_blocks: int) -> tuple[list[subprocess.Popen], list[str]]:
@@ -64,9 +87,19 @@ def start_router(urls: list[str], strategy: str, workdir: Path) -> tuple[subproc
     return proc, url
 
 
+def start_vllm_router(exe: str, urls: list[str], policy: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([exe, "--host", HOST, "--port", str(port), "--worker-urls", *urls, "--policy", policy,
+                             "--log-level", "warning", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
+                             "--disable-retries"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{HOST}:{port}"
+    wait(f"{url}/health")
+    return proc, url
+
+
 async def conversation(client: httpx.AsyncClient, url: str, cid: int, turns: int, ttfts: list[float],
-                       rng: random.Random) -> None:
-    messages = [{"role": "system", "content": SYSTEM_PROMPTS[cid % len(SYSTEM_PROMPTS)]}]
+                       rng: random.Random, first: list[dict]) -> None:
+    messages = list(first)
     for turn in range(turns):
         messages.append({"role": "user", "content": f"conversation {cid} turn {turn}: "
                                                     + " ".join(rng.choice(["why", "how", "what", "more", "explain"])
@@ -97,7 +130,8 @@ def cache_hit_rate(urls: list[str]) -> float:
     return hit / total if total else 0.0
 
 
-async def workload(url: str, conversations: int, turns: int, concurrency: int, seed: int) -> tuple[list[float], float]:
+async def workload(url: str, conversations: int, turns: int, concurrency: int, seed: int, kind: str,
+                   doc_words: int) -> tuple[list[float], float]:
     ttfts: list[float] = []
     rng = random.Random(seed)
     sem = asyncio.Semaphore(concurrency)
@@ -105,7 +139,8 @@ async def workload(url: str, conversations: int, turns: int, concurrency: int, s
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         async def one(cid: int) -> None:
             async with sem:
-                await conversation(client, url, cid, turns, ttfts, random.Random(rng.random()))
+                await conversation(client, url, cid, turns, ttfts, random.Random(rng.random()),
+                                   first_messages(kind, cid, doc_words))
 
         started = time.perf_counter()
         await asyncio.gather(*(one(c) for c in range(conversations)))
@@ -119,32 +154,50 @@ def pct(values: list[float], p: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--workload", choices=("documents", "system-prompts"), default="documents")
     ap.add_argument("--backends", type=int, default=4)
     ap.add_argument("--conversations", type=int, default=48)
-    ap.add_argument("--turns", type=int, default=6)
+    ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--document-words", type=int, default=1200, help="the documents workload's context")
     ap.add_argument("--prefill-ms", type=float, default=0.5, help="per uncached prompt token")
-    ap.add_argument("--cache-blocks", type=int, default=2048, help="per backend, of 16 tokens")
-    ap.add_argument("--strategies", default="round-robin,least-load,prefix-cache")
+    ap.add_argument("--cache-blocks", type=int, default=3072, help="per backend, of 16 tokens")
+    ap.add_argument("--strategies", default="round-robin,least-load,prefix-cache,vllm-router:cache_aware",
+                    help="ours, and vllm-router:<policy> (skipped when vllm-router is not installed)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    print(f"{args.backends} backends, {args.conversations} conversations x {args.turns} turns, "
-          f"{args.concurrency} at a time, prefill {args.prefill_ms} ms per uncached token")
-    print(f"{'strategy':<14} {'TTFT p50':>10} {'TTFT p90':>10} {'req/s':>8} {'cache hits':>11}")
+    print(f"workload {args.workload}: {args.backends} backends, {args.conversations} conversations x "
+          f"{args.turns} turns, {args.concurrency} at a time, prefill {args.prefill_ms} ms per uncached token, "
+          f"{args.cache_blocks} cache blocks of 16 tokens per backend")
+    print(f"{'strategy':<24} {'TTFT p50':>10} {'TTFT p90':>10} {'req/s':>8} {'cache hits':>11}")
+    exe = vllm_router()
+    rows: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies.split(","):
+            if strategy.startswith("vllm-router:") and not exe:
+                print(f"{strategy:<24} skipped: vllm-router is not installed (see bench/router_overhead.py)")
+                continue
             procs, urls = start_backends(args.backends, args.prefill_ms, args.cache_blocks)
-            router, url = start_router(urls, strategy, Path(tmp))
+            if strategy.startswith("vllm-router:"):
+                router, url = start_vllm_router(exe, urls, strategy.split(":", 1)[1])
+            else:
+                router, url = start_router(urls, strategy, Path(tmp))
             try:
                 ttfts, elapsed = asyncio.run(workload(url, args.conversations, args.turns, args.concurrency,
-                                                      args.seed))
-                print(f"{strategy:<14} {pct(ttfts, 0.5) * 1000:8.1f}ms {pct(ttfts, 0.9) * 1000:8.1f}ms "
+                                                      args.seed, args.workload, args.document_words))
+                rows[strategy] = pct(ttfts, 0.9)
+                print(f"{strategy:<24} {pct(ttfts, 0.5) * 1000:8.1f}ms {pct(ttfts, 0.9) * 1000:8.1f}ms "
                       f"{len(ttfts) / elapsed:8.1f} {cache_hit_rate(urls):10.1%}", flush=True)
             finally:
                 for p in [router, *procs]:
                     p.terminate()
                 for p in [router, *procs]:
                     p.wait(10)
+    ours = rows.get("prefix-cache")
+    if ours:
+        for name, p90 in rows.items():
+            if name != "prefix-cache":
+                print(f"prefix-cache TTFT p90 is {p90 / ours:.1f}x below {name}'s")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def main() -> None:
         print(f"note: {args.streams} streams need {args.streams * 2 + 50} open files in a proxy; "
               f"this machine's hard limit is {hard}", file=sys.stderr)
     os.sched_setaffinity(0, {LOAD_CORE})
-    HOLD_EVENTS[0] = 1 + int(args.hold // args.every)
+    HOLD_EVENTS[0] = int(args.hold // args.every)  # the first, then one per period until the end
     port = free_port()
     backend_proc = subprocess.Popen(pinned([sys.executable, str(BENCH / "sse_backend.py"), "--port", str(port),
                                             "--every", str(args.every), "--hold", str(args.hold)], LOAD_CORE))

@@ -27,8 +27,10 @@ class Streams:
 
     async def tick(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.every)
+        due = loop.time()
+        while True:  # on a fixed schedule: writing to many streams must not stretch the period
+            due += self.every
+            await asyncio.sleep(max(0.0, due - loop.time()))
             now = loop.time()
             for t, since in list(self.open.items()):
                 if t.is_closing():
