@@ -73,7 +73,8 @@ class Nginx:
             location = ("location / { proxy_pass http://backends; proxy_http_version 1.1; "
                         "proxy_set_header Connection \"\"; proxy_buffering off; }")
         (self.dir / "nginx.conf").write_text(
-            f"worker_processes 1; daemon off; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log warn;\n"
+            f"worker_processes 1; worker_rlimit_nofile 20000; daemon off; pid {self.dir}/nginx.pid;\n"
+            f"error_log {self.dir}/error.log warn;\n"
             f"events {{ worker_connections 20000; }}\n"
             f"http {{ access_log off; {temp} {upstream}\n"
             f"  server {{ listen {HOST}:{port} backlog=4096; keepalive_requests 1000000; {location} }} }}\n")

@@ -1,7 +1,7 @@
 """Benchmark: tokens per second through `modelship router` against the same llama-server
 reached directly, side by side in one run.
 
-    .venv/bin/python bench/router_tokens.py [--rounds 5] [--tokens 128]
+    .venv/bin/python bench/router_tokens.py [--rounds 5] [--tokens 128] [-- ROUTER-ARGS...]
 
 One real `llama-server` (the test bed's build) serves SmolLM2 on 127.0.0.1; the router runs
 in front of it with a static endpoint. Each round streams one completion of `--tokens`
@@ -24,6 +24,8 @@ import httpx
 import yaml
 
 from loopback import HOST, free_port, wait
+
+EXTRA = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
 
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="llama-server's -t")
-    args = ap.parse_args()
+    args = ap.parse_args(sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else None)
     from modelship_testbed import binaries
     from modelship_testbed.demo import SMOLLM2_FILE, smollm2_dir
 
@@ -66,7 +68,7 @@ def main() -> None:
                                                       "endpoints": [direct]}]}))
         rport = free_port()
         router = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "--static",
-                                   str(config), "--host", HOST, "--port", str(rport)],
+                                   str(config), "--host", HOST, "--port", str(rport), *EXTRA],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         routed = f"http://{HOST}:{rport}"
         try:
@@ -74,9 +76,9 @@ def main() -> None:
             wait(f"{routed}/health")
             stream(direct, 8)  # warm up
             runs: dict[str, list[tuple[int, float, float]]] = {"direct": [], "router": []}
-            for _ in range(args.rounds):
-                runs["direct"].append(stream(direct, args.tokens))
-                runs["router"].append(stream(routed, args.tokens))
+            for i in range(args.rounds):  # the order alternates, so that neither always goes first
+                for name in (("direct", "router") if i % 2 == 0 else ("router", "direct")):
+                    runs[name].append(stream(direct if name == "direct" else routed, args.tokens))
         finally:
             router.terminate()
             server.terminate()
