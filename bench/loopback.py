@@ -42,6 +42,24 @@ def pinned(cmd: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core % CORES), *cmd]
 
 
+def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: int) -> tuple[subprocess.Popen, str]:
+    """`modelship router --static` in front of `endpoints` as one model "bench", pinned to `core`."""
+    import sys
+
+    import yaml
+
+    config = workdir / "static.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": "llamacpp", "endpoints": endpoints,
+                                                  "strategy": strategy}]}))
+    port = free_port()
+    proc = subprocess.Popen(pinned([str(Path(sys.executable).with_name("modelship")), "router", "--static",
+                                    str(config), "--host", HOST, "--port", str(port), "--scrape-interval", "0"],
+                                   core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{HOST}:{port}"
+    wait(f"{url}/health")
+    return proc, url
+
+
 def need(tool: str, how: str) -> str:
     path = shutil.which(tool) or (f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None)
     if not path:

@@ -25,9 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from loopback import HOST, Nginx, free_port, pinned, vllm_router, wait, wrk
+from loopback import HOST, Nginx, free_port, modelship_router, pinned, vllm_router, wait, wrk
 
 ANSWER = ('{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,'
           '"message":{"role":"assistant","content":"The capital of France is Paris."},"finish_reason":"stop"}],'
@@ -43,15 +41,7 @@ class Proxy:
 
 
 def start_modelship(backends: list[str], strategy: str, workdir: Path) -> Proxy:
-    config = workdir / "static.yaml"
-    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": "llamacpp", "endpoints": backends,
-                                                  "strategy": strategy}]}))
-    port = free_port()
-    proc = subprocess.Popen(pinned([str(Path(sys.executable).with_name("modelship")), "router", "--static",
-                                    str(config), "--host", HOST, "--port", str(port), "--scrape-interval", "0"],
-                                   PROXY_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
+    proc, url = modelship_router(backends, strategy, workdir, PROXY_CORE)
     return Proxy(f"modelship ({strategy})", url, lambda: (proc.terminate(), proc.wait(10)))
 
 

@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 import uvloop
-import yaml
 
-from loopback import CORES, HOST, Nginx, free_port, pinned, vllm_router, wait
+from loopback import CORES, HOST, Nginx, free_port, modelship_router, pinned, vllm_router, wait
 
 PROXY_CORE, LOAD_CORE = 0, 1 % CORES
 REQUEST = (b'{"model":"bench","stream":true,"max_tokens":64,'
@@ -64,15 +63,7 @@ class Proxy:
 
 
 def start_modelship(backend: str, workdir: Path) -> Proxy:
-    config = workdir / "static.yaml"
-    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": "llamacpp", "endpoints": [backend],
-                                                  "strategy": "least-load"}]}))
-    port = free_port()
-    proc = subprocess.Popen(pinned([str(Path(sys.executable).with_name("modelship")), "router", "--static",
-                                    str(config), "--host", HOST, "--port", str(port), "--scrape-interval", "0"],
-                                   PROXY_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
+    proc, url = modelship_router([backend], "least-load", workdir, PROXY_CORE)
     return Proxy("modelship", url, proc)
 
 

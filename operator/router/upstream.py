@@ -92,7 +92,10 @@ def _url(url: str) -> yarl.URL:
 class AiohttpUpstream:
     """aiohttp's pool: at most `max_connections` open, kept alive between requests."""
 
-    def __init__(self, connect_timeout: float, max_connections: int = 10_000, keepalive: float = 60.0):
+    # Idle connections are closed after `keepalive` seconds. Short on purpose: llama-server's
+    # HTTP server gives each open connection a thread of a few (--threads-http), so idle
+    # ones kept by the router would keep its metrics scrapes and probes waiting.
+    def __init__(self, connect_timeout: float, max_connections: int = 10_000, keepalive: float = 2.0):
         self._connect_timeout, self._max, self._keepalive = connect_timeout, max_connections, keepalive
         self._session: aiohttp.ClientSession | None = None
 

@@ -66,7 +66,7 @@ def predicted(cluster, namespace: str, name: str) -> dict[str, float]:
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
         if not ready or not ip or not ip.startswith("127.") or pod["metadata"].get("deletionTimestamp"):
             continue  # serving, and on loopback (the local node's pods)
-        text = httpx.get(f"http://{ip}:8080/metrics", timeout=5).text
+        text = httpx.get(f"http://{ip}:8080/metrics", timeout=20).text
         out[pod["metadata"]["name"]] = sum(float(line.split()[-1]) for line in text.splitlines()
                                           if line.startswith("llamacpp:tokens_predicted_total"))
     return out
