@@ -68,7 +68,7 @@ class Metrics:
     def child(self, metric, *values: str):
         """`metric.labels(*values)`, looked up once: `labels()` takes a lock and builds its key
         on every call, which the hot path cannot afford."""
-        key = (metric._name, values)
+        key = (metric, values)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*values)
@@ -76,16 +76,13 @@ class Metrics:
 
     def prune(self, live: set[tuple[str, str]]) -> None:
         """Drop the series of endpoints (model, url) that are gone and idle."""
-        for key in list(self._children):
-            name, values = key
-            if name not in (self.requests._name, self.in_flight._name) or (values[0], values[1]) in live \
-                    or not values[1]:
+        for (metric, values), child in list(self._children.items()):
+            if metric not in (self.requests, self.in_flight) or not values[1] or values[:2] in live:
                 continue
-            metric = self.requests if name == self.requests._name else self.in_flight
-            if metric is self.in_flight and self._children[key]._value.get():
+            if metric is self.in_flight and child._value.get():
                 continue  # still has requests open
             metric.remove(*values)
-            del self._children[key]
+            del self._children[(metric, values)]
 
 
 class ClientGone(Exception):
@@ -345,17 +342,15 @@ class Router:
         code = upstream.status
         m.child(m.requests, target.name, ep.url, str(code)).inc()
         try:
-            if ctype.startswith("text/event-stream"):
-                await self._relay_stream(target, ep, upstream, send, started, ctype)
-            elif upstream.length is not None and upstream.length <= WHOLE_BODY_BYTES:
+            if not ctype.startswith("text/event-stream") and upstream.length is not None \
+                    and upstream.length <= WHOLE_BODY_BYTES:
                 # A small whole answer (a non-streamed completion) is read, then sent at once,
                 # with its length: one write, no chunked encoding, and a broken one is a 502.
                 try:
                     async with asyncio.timeout(self.limits.idle_timeout):
                         body = await upstream.read()
                 except (TimeoutError, BrokeOff) as e:
-                    why = "idle timeout" if isinstance(e, TimeoutError) else str(e)
-                    raise HTTPError(502, f"the answer from {target.name} at {ep.url} broke off ({why})",
+                    raise HTTPError(502, f"the answer from {target.name} at {ep.url} broke off ({_why(e)})",
                                     "upstream_error", "upstream_broke_off") from None
                 m.child(m.ttfb, target.name).observe(time.monotonic() - started)
                 await _respond(send, code, body, content_type=ctype.encode())
@@ -384,7 +379,7 @@ class Router:
             except StopAsyncIteration:
                 break
             except (TimeoutError, BrokeOff) as e:  # after the first byte: end cleanly
-                why = "idle timeout" if isinstance(e, TimeoutError) else str(e)
+                why = _why(e)
                 log.warning("upstream %s failed mid-answer: %s", ep.url, why)
                 if not sse:  # a cut JSON body must not look whole: abort the connection
                     raise ConnectionAbortedError(f"upstream {ep.url} broke off ({why})") from None
@@ -400,6 +395,11 @@ class Router:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if sse:
             m.child(m.chunks, target.name).inc(chunks)
+
+
+def _why(e: Exception) -> str:
+    """Why an answer broke off: the idle timeout, or what the upstream client said."""
+    return "idle timeout" if isinstance(e, TimeoutError) else str(e)
 
 
 async def _on_disconnect(receive, task: asyncio.Task) -> None:

@@ -74,14 +74,13 @@ def raise_open_files() -> int:
 
 def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning") -> None:
     import uvicorn
+    import uvloop
 
     raise_open_files()
     config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
                             backlog=4096, timeout_keep_alive=75, proxy_headers=False,
                             server_header=False)
-    import uvloop
-
     # The loop is ours to make: uvicorn's `loop=` only applies when uvicorn makes the loop.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(uvicorn.Server(config).serve())

@@ -359,3 +359,23 @@ def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path):
         router_proc.terminate()
         router_proc.wait(10)
         backend.kill()
+
+
+def test_the_series_of_an_endpoint_that_is_gone_are_dropped_once_it_is_idle():
+    from prometheus_client import generate_latest
+
+    from modelship.router.proxy import Metrics
+
+    m = Metrics()
+    m.child(m.requests, "chat", "http://a", "200").inc()
+    m.child(m.requests, "chat", "http://b", "200").inc()
+    m.child(m.requests, "chat", "", "499").inc()  # no endpoint: kept
+    m.child(m.in_flight, "chat", "http://a").inc()
+    m.prune({("chat", "http://b")})  # a is gone, with a request still open
+    text = generate_latest(m.registry).decode()
+    assert 'endpoint="http://b"' in text and 'code="499"' in text
+    assert 'modelship_router_requests_total{code="200",endpoint="http://a"' not in text
+    assert 'modelship_router_in_flight_requests{endpoint="http://a"' in text
+    m.child(m.in_flight, "chat", "http://a").dec()
+    m.prune({("chat", "http://b")})
+    assert 'endpoint="http://a"' not in generate_latest(m.registry).decode()
