@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
-from loopback import HOST, free_port, vllm_router, wait
+from loopback import HOST, free_port, modelship_router, pct, start_vllm_router, vllm_router, wait
 
 SYSTEM_PROMPTS = [
     " ".join(f"rule {i}.{j}: answer with care about topic {i} and cite section {j}." for j in range(60))
@@ -72,29 +71,6 @@ def start_backends(n: int, prefill_ms: float, cache_blocks: int) -> tuple[list[s
     for u in urls:
         wait(f"{u}/health")
     return procs, urls
-
-
-def start_router(urls: list[str], strategy: str, workdir: Path) -> tuple[subprocess.Popen, str]:
-    config = workdir / f"{strategy}.yaml"
-    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": "tgi", "endpoints": urls,
-                                                  "strategy": strategy}]}))
-    port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(config),
-                             "--host", HOST, "--port", str(port), "--scrape-interval", "0.5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
-    return proc, url
-
-
-def start_vllm_router(exe: str, urls: list[str], policy: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([exe, "--host", HOST, "--port", str(port), "--worker-urls", *urls, "--policy", policy,
-                             "--log-level", "warning", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
-                             "--disable-retries"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
-    return proc, url
 
 
 async def conversation(client: httpx.AsyncClient, url: str, cid: int, turns: int, ttfts: list[float],
@@ -147,11 +123,6 @@ async def workload(url: str, conversations: int, turns: int, concurrency: int, s
         return ttfts, time.perf_counter() - started
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(v for v in values if v == v)
-    return values[min(len(values) - 1, int(p * len(values)))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workload", choices=("documents", "system-prompts"), default="documents")
@@ -181,7 +152,7 @@ def main() -> None:
             if strategy.startswith("vllm-router:"):
                 router, url = start_vllm_router(exe, urls, strategy.split(":", 1)[1])
             else:
-                router, url = start_router(urls, strategy, Path(tmp))
+                router, url = modelship_router(urls, strategy, Path(tmp), engine="tgi", scrape_interval=0.5)
             try:
                 ttfts, elapsed = asyncio.run(workload(url, args.conversations, args.turns, args.concurrency,
                                                       args.seed, args.workload, args.document_words))

@@ -42,22 +42,46 @@ def pinned(cmd: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core % CORES), *cmd]
 
 
-def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: int) -> tuple[subprocess.Popen, str]:
-    """`modelship router --static` in front of `endpoints` as one model "bench", pinned to `core`."""
+def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: int | None = None,
+                     engine: str = "llamacpp", scrape_interval: float = 0) -> tuple[subprocess.Popen, str]:
+    """`modelship router --static` in front of `endpoints` as one model "bench" (pinned to
+    `core` when one is given)."""
     import sys
 
     import yaml
 
     config = workdir / "static.yaml"
-    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": "llamacpp", "endpoints": endpoints,
+    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": engine, "endpoints": endpoints,
                                                   "strategy": strategy}]}))
     port = free_port()
-    proc = subprocess.Popen(pinned([str(Path(sys.executable).with_name("modelship")), "router", "--static",
-                                    str(config), "--host", HOST, "--port", str(port), "--scrape-interval", "0"],
-                                   core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [str(Path(sys.executable).with_name("modelship")), "router", "--static", str(config), "--host", HOST,
+           "--port", str(port), "--scrape-interval", str(scrape_interval)]
+    proc = subprocess.Popen(pinned(cmd, core) if core is not None else cmd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://{HOST}:{port}"
     wait(f"{url}/health")
     return proc, url
+
+
+def start_vllm_router(exe: str, endpoints: list[str], policy: str, *extra: str,
+                      core: int | None = None) -> tuple[subprocess.Popen, str]:
+    """The peer: vllm-router with `policy` in front of `endpoints`, retries off (as ours count
+    only what they measure), metrics on a port of their own on loopback."""
+    port = free_port()
+    cmd = [exe, "--host", HOST, "--port", str(port), "--worker-urls", *endpoints, "--policy", policy,
+           "--log-level", "warning", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
+           "--disable-retries", *extra]
+    proc = subprocess.Popen(pinned(cmd, core) if core is not None else cmd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{HOST}:{port}"
+    wait(f"{url}/health")
+    return proc, url
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th quantile (0..1) of `values`, NaNs left out."""
+    values = sorted(v for v in values if v == v)
+    return values[min(len(values) - 1, int(p * len(values)))]
 
 
 def need(tool: str, how: str) -> str:

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from loopback import HOST, Nginx, free_port, modelship_router, pinned, vllm_router, wait, wrk
+from loopback import Nginx, free_port, modelship_router, start_vllm_router, vllm_router, wait, wrk
 
 ANSWER = ('{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,'
           '"message":{"role":"assistant","content":"The capital of France is Paris."},"finish_reason":"stop"}],'
@@ -45,15 +44,9 @@ def start_modelship(backends: list[str], strategy: str, workdir: Path) -> Proxy:
     return Proxy(f"modelship ({strategy})", url, lambda: (proc.terminate(), proc.wait(10)))
 
 
-def start_vllm_router(exe: str, backends: list[str]) -> Proxy:
-    port = free_port()
-    proc = subprocess.Popen(pinned([exe, "--host", HOST, "--port", str(port), "--worker-urls", *backends,
-                                    "--policy", "power_of_two", "--log-level", "warning",
-                                    "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
-                                    "--max-concurrent-requests", "4096", "--disable-retries"], PROXY_CORE),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
+def start_peer(exe: str, backends: list[str]) -> Proxy:
+    proc, url = start_vllm_router(exe, backends, "power_of_two", "--max-concurrent-requests", "4096",
+                                  core=PROXY_CORE)
     return Proxy("vllm-router (power_of_two)", url, lambda: (proc.terminate(), proc.wait(10)))
 
 
@@ -82,7 +75,7 @@ def main() -> None:
             proxies.append(start_nginx(urls))
             exe = vllm_router()
             if exe:
-                proxies.append(start_vllm_router(exe, urls))
+                proxies.append(start_peer(exe, urls))
             else:
                 print("vllm-router is not installed: skipped (see this file's docstring)")
             proxies.append(start_modelship(urls, args.strategy, Path(tmp)))

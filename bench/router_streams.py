@@ -31,7 +31,8 @@ from pathlib import Path
 
 import uvloop
 
-from loopback import CORES, HOST, Nginx, free_port, modelship_router, pinned, vllm_router, wait
+from loopback import (CORES, HOST, Nginx, free_port, modelship_router, pct, pinned, start_vllm_router, vllm_router,
+                      wait)
 
 PROXY_CORE, LOAD_CORE = 0, 1 % CORES
 REQUEST = (b'{"model":"bench","stream":true,"max_tokens":64,'
@@ -67,16 +68,10 @@ def start_modelship(backend: str, workdir: Path) -> Proxy:
     return Proxy("modelship", url, proc)
 
 
-def start_vllm_router(exe: str, backend: str, streams: int) -> Proxy:
-    port = free_port()
-    proc = subprocess.Popen(pinned([exe, "--host", HOST, "--port", str(port), "--worker-urls", backend,
-                                    "--policy", "round_robin", "--log-level", "warning",
-                                    "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
-                                    "--max-concurrent-requests", str(streams + 100), "--queue-size", "0",
-                                    "--disable-retries", "--request-timeout-secs", "600"], PROXY_CORE),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
+def start_peer(exe: str, backend: str, streams: int) -> Proxy:
+    proc, url = start_vllm_router(exe, [backend], "round_robin",  # power_of_two wants two workers
+                                  "--max-concurrent-requests", str(streams + 100), "--queue-size", "0",
+                                  "--request-timeout-secs", "600", core=PROXY_CORE)
     return Proxy("vllm-router", url, proc)
 
 
@@ -153,11 +148,6 @@ async def hold_many(proxy: Proxy, n: int, batch: int) -> dict:
             if failed else ""}
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p * len(values)))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, default=9900)
@@ -186,7 +176,7 @@ def main() -> None:
         try:
             starters = [("direct", lambda: Proxy("direct", backend, None, lambda: None)),
                         ("nginx", lambda: start_nginx(backend)),
-                        ("vllm-router", lambda: start_vllm_router(exe, backend, args.streams)),
+                        ("vllm-router", lambda: start_peer(exe, backend, args.streams)),
                         ("modelship", lambda: start_modelship(backend, Path(tmp)))]
             exe = vllm_router()
             for name, start in starters:
