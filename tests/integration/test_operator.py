@@ -109,6 +109,8 @@ def test_llamacpp_with_weights_on_the_volume_becomes_ready_and_answers(cluster, 
     cluster.kubectl("patch", "deployment", "smollm2", "-n", namespace, "-p", '{"spec":{"revisionHistoryLimit":9}}')
     wait_for(lambda: get(cluster, "deployment", "smollm2", namespace)["spec"]["revisionHistoryLimit"] == 3, 30,
              "the operator to put the Deployment back")
+    # The operator logs its update after the API server took it, so the line may trail the object.
+    wait_for(lambda: "Updated Deployment smollm2" in operator.log(), 10, "the operator to log its update")
     operator_log = operator.log()
     assert operator_log.count("Updated Deployment smollm2") == 1, operator_log  # no spurious re-applies
     assert "Updated Service" not in operator_log, operator_log
