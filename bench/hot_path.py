@@ -25,7 +25,7 @@ from pathlib import Path
 from loopback import HOST, Nginx, free_port, pinned, wait, wrk
 from router_overhead import ANSWER, LOAD_CORE, PROXY_CORE, REQUEST
 
-COMBOS = [("uvicorn", "aiohttp"), ("granian", "aiohttp"), ("aiohttp", "aiohttp"), ("uvicorn", "httpx")]
+COMBOS = [("uvicorn", "aiohttp"), ("uvicorn", "pyreqwest"), ("uvicorn", "rnet"), ("uvicorn", "aiosonic"), ("granian", "aiohttp"), ("granian-rsgi", "aiohttp"), ("granian-rsgi", "pyreqwest"), ("aiohttp", "aiohttp"), ("uvicorn", "httpx")]
 
 
 def make_post(client: str, backend: str):
@@ -54,7 +54,41 @@ def make_post(client: str, backend: str):
         await r.aclose()
         return r.status_code, r.headers.get("content-type", "application/json"), chunks
 
-    return with_aiohttp if client == "aiohttp" else with_httpx
+    async def with_pyreqwest(path: str, body: bytes):
+        from pyreqwest.client import ClientBuilder
+
+        if "s" not in state:
+            state["s"] = ClientBuilder().max_connections(1000).http1_only().build()
+        request = state["s"].post(backend + path).header("content-type", "application/json").body_bytes(body)
+        async with request.build_streamed() as r:
+            reader = r.body_reader
+            chunks = []
+            while (c := await reader.read_chunk()) is not None:
+                chunks.append(bytes(c))
+            return r.status, r.get_header("content-type") or "application/json", chunks
+
+    async def with_rnet(path: str, body: bytes):
+        import rnet
+
+        if "s" not in state:
+            state["s"] = rnet.Client(allow_redirects=False)
+        r = await state["s"].post(backend + path, body=body, headers={"content-type": "application/json"})
+        async with r.stream() as stream:
+            chunks = [c async for c in stream]
+        ctype = r.headers.get("content-type")
+        return r.status, ctype.decode() if ctype else "application/json", chunks
+
+    async def with_aiosonic(path: str, body: bytes):
+        import aiosonic
+
+        if "s" not in state:
+            state["s"] = aiosonic.HTTPClient()
+        r = await state["s"].post(backend + path, data=body, headers={"content-type": "application/json"})
+        chunks = [await r.content()]
+        return r.status_code, r.headers.get("content-type", "application/json"), chunks
+
+    return {"aiohttp": with_aiohttp, "httpx": with_httpx, "pyreqwest": with_pyreqwest, "rnet": with_rnet,
+            "aiosonic": with_aiosonic}[client]
 
 
 def asgi_app(post):
@@ -92,15 +126,16 @@ def serve(server: str, client: str, port: int, backend: str) -> None:
                                 log_level="warning")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(uvicorn.Server(config).serve())
-    elif server == "granian":
+    elif server in ("granian", "granian-rsgi"):
         from granian.constants import Interfaces, Loops
         from granian.server import Server
 
         # granian imports its app in a worker process of its own: from a factory, told by env
         os.environ["HOT_PATH_CLIENT"], os.environ["HOT_PATH_BACKEND"] = client, backend
-        Server(f"{Path(__file__).stem}:granian_app", address=HOST, port=port, interface=Interfaces.ASGI,
-               workers=1, loop=Loops.uvloop, log_enabled=False, factory=True,
-               working_dir=Path(__file__).parent).serve()
+        rsgi = server == "granian-rsgi"
+        Server(f"{Path(__file__).stem}:{'rsgi_app' if rsgi else 'granian_app'}", address=HOST, port=port,
+               interface=Interfaces.RSGI if rsgi else Interfaces.ASGI, workers=1, loop=Loops.uvloop,
+               log_enabled=False, factory=True, working_dir=Path(__file__).parent).serve()
     else:
         import uvloop
         from aiohttp import web
@@ -124,6 +159,22 @@ def granian_app():
     return asgi_app(make_post(os.environ["HOT_PATH_CLIENT"], os.environ["HOT_PATH_BACKEND"]))
 
 
+def rsgi_app():
+    """granian's own interface (RSGI): the body in one await, the answer in one call."""
+    post = make_post(os.environ["HOT_PATH_CLIENT"], os.environ["HOT_PATH_BACKEND"])
+
+    async def app(scope, protocol):
+        status, ctype, chunks = await post(scope.path, await protocol())
+        if len(chunks) == 1:
+            protocol.response_bytes(status, [("content-type", ctype)], chunks[0])
+            return
+        transport = protocol.response_stream(status, [("content-type", ctype)])
+        for c in chunks:
+            await transport.send_bytes(c)
+
+    return app
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--serve"]:
         server, client, port, backend = sys.argv[2:6]
@@ -134,9 +185,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
-    combos = [c for c in COMBOS if c[0] != "granian" or importlib.util.find_spec("granian")]
-    if len(combos) < len(COMBOS):
-        print("granian is not installed (pip install granian): its row is skipped", file=sys.stderr)
+    combos = [c for c in COMBOS if all(importlib.util.find_spec(m.split("-")[0]) for m in c)]
+    missing = sorted({m.split("-")[0] for c in COMBOS for m in c if not importlib.util.find_spec(m.split("-")[0])})
+    if missing:
+        print(f"not installed, their rows skipped: {', '.join(missing)} (pip install {' '.join(missing)})",
+              file=sys.stderr)
     backend = Nginx(LOAD_CORE, free_port(), body=ANSWER)
     procs: dict[tuple[str, str], tuple[subprocess.Popen, str]] = {}
     results: dict[tuple[str, str], list[tuple[float, float]]] = {c: [] for c in combos}

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from . import balance
 from .registry import Registry, Target
-from .upstream import AiohttpUpstream, Answer, BrokeOff, Unreachable, Upstream
+from .upstream import Answer, BrokeOff, PyreqwestUpstream, Unreachable, Upstream
 
 log = logging.getLogger("modelship.router")
 
@@ -420,4 +420,4 @@ async def _respond(send, status: int, body: bytes, headers: list | None = None,
 
 def upstream_client(limits: Limits, max_connections: int = 10_000) -> Upstream:
     """The one pooled client every request goes through."""
-    return AiohttpUpstream(limits.connect_timeout, max_connections)
+    return PyreqwestUpstream(limits.connect_timeout, max_connections)

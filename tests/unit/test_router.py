@@ -277,7 +277,7 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
 
     from modelship.router.registry import Target, Registry
     from modelship.router.scrape import scrape_once
-    from modelship.router.upstream import AiohttpUpstream
+    from modelship.router.upstream import PyreqwestUpstream
 
     reg, t = Registry(), Target("tiny", "tgi")
     t.set_endpoints({b: True for b in backends})
@@ -289,7 +289,7 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
             next(lines)
 
         async def go() -> int:
-            client = AiohttpUpstream(connect_timeout=2)
+            client = PyreqwestUpstream(connect_timeout=2)
             try:
                 return await scrape_once(reg, client)
             finally:
