@@ -57,6 +57,7 @@ class Strategy(Protocol):
     name: str
     block: int | None  # characters per prompt block it reads; None: it does not read the prompt
     hits: int  # prompt blocks sent to the endpoint that last served them
+    blocks_seen: int  # prompt blocks routed
 
     def pick(self, blocks: list[int], endpoints: list[Endpoint]) -> Endpoint: ...
 
@@ -69,7 +70,7 @@ class Blind:
     """A strategy that does not read the prompt: nothing to cut, remember or forget."""
 
     block: int | None = None
-    hits = 0
+    hits = blocks_seen = 0
 
     def served(self, blocks: list[int], endpoint: Endpoint) -> None:
         pass
@@ -91,9 +92,11 @@ class RoundRobin(Blind):
 
 def two_choices(endpoints: list[Endpoint], rng: random.Random, own_only: bool = False) -> Endpoint:
     """The less loaded of two endpoints drawn at random (ties: the first drawn)."""
-    if len(endpoints) == 1:
+    n = len(endpoints)
+    if n == 1:
         return endpoints[0]
-    a, b = rng.sample(endpoints, 2)
+    i, j = int(rng.random() * n), int(rng.random() * (n - 1))  # two distinct (cheaper than sample())
+    a, b = endpoints[i], endpoints[j + (j >= i)]
     if own_only:
         return b if b.in_flight < a.in_flight else a
     return b if b.load < a.load else a

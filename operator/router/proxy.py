@@ -17,11 +17,13 @@ import time
 from dataclasses import dataclass
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import balance
 from .registry import Registry, Target
 from .upstream import Answer, BrokeOff, PyreqwestUpstream, Unreachable, Upstream
+from .wheel import Wheel
 
 log = logging.getLogger("modelship.router")
 
@@ -30,6 +32,9 @@ TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (w
 RETRY_STATUSES = (429, 502, 503)
 WATCH_AFTER = 0.02  # seconds: a request still open then starts watching for its client leaving
 WHOLE_BODY_BYTES = 1 << 20  # a non-streamed answer up to this size is read whole, then sent
+# identity: the body is relayed byte for byte, so it must not come compressed
+HEADERS = {"accept-encoding": "identity"}
+JSON_HEADERS = {**HEADERS, "content-type": "application/json"}
 
 
 @dataclass
@@ -44,7 +49,12 @@ class Limits:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The router's metrics. What the hot path counts per request (requests, time to first
+    byte, duration) are prometheus_client metrics; what the registry already knows (requests
+    open per endpoint, prompt blocks routed and matched) is read from it at scrape time, so a
+    request pays nothing for it."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("modelship_router_requests_total", "Requests, by model, endpoint and status code.",
                                 ["model", "endpoint", "code"], registry=r)
@@ -53,16 +63,12 @@ class Metrics:
                               "of the answer.", ["model"], buckets=buckets, registry=r)
         self.latency = Histogram("modelship_router_request_duration_seconds", "From the request to the end of the "
                                  "answer.", ["model"], buckets=buckets, registry=r)
-        self.in_flight = Gauge("modelship_router_in_flight_requests", "Requests open to each endpoint.",
-                               ["model", "endpoint"], registry=r)
         self.retries = Counter("modelship_router_retries_total", "Requests sent again to another endpoint.",
                                ["model", "reason"], registry=r)
         self.chunks = Counter("modelship_router_streamed_chunks_total", "Chunks passed through in streamed "
                               "answers.", ["model"], registry=r)
-        self.prefix_blocks = Counter("modelship_router_prefix_blocks_total", "Prompt blocks routed with the "
-                                     "prefix-cache strategy.", ["model"], registry=r)
-        self.prefix_hits = Counter("modelship_router_prefix_hit_blocks_total", "Prompt blocks sent to the endpoint "
-                                   "that last served them (an estimate of prefix-cache hits).", ["model"], registry=r)
+        if registry is not None:
+            r.register(_RegistryCollector(registry))
         self._children: dict[tuple, object] = {}
 
     def child(self, metric, *values: str):
@@ -75,14 +81,33 @@ class Metrics:
         return found
 
     def prune(self, live: set[tuple[str, str]]) -> None:
-        """Drop the series of endpoints (model, url) that are gone and idle."""
-        for (metric, values), child in list(self._children.items()):
-            if metric not in (self.requests, self.in_flight) or not values[1] or values[:2] in live:
-                continue
-            if metric is self.in_flight and child._value.get():
-                continue  # still has requests open
-            metric.remove(*values)
-            del self._children[(metric, values)]
+        """Drop the request counts of endpoints (model, url) that are gone."""
+        for (metric, values), _ in list(self._children.items()):
+            if metric is self.requests and values[1] and values[:2] not in live:
+                metric.remove(*values)
+                del self._children[(metric, values)]
+
+
+class _RegistryCollector:
+    """Series read from the registry when /metrics is scraped."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        in_flight = GaugeMetricFamily("modelship_router_in_flight_requests", "Requests open to each endpoint.",
+                                      labels=["model", "endpoint"])
+        blocks = CounterMetricFamily("modelship_router_prefix_blocks", "Prompt blocks routed with the "
+                                     "prefix-cache strategy.", labels=["model"])
+        hits = CounterMetricFamily("modelship_router_prefix_hit_blocks", "Prompt blocks sent to the endpoint "
+                                   "that last served them (an estimate of prefix-cache hits).", labels=["model"])
+        for t in list(self.registry.targets.values()):
+            for url, ep in list(t.endpoints.items()):
+                in_flight.add_metric([t.name, url], ep.in_flight)
+            if t.strategy.block:
+                blocks.add_metric([t.name], t.strategy.blocks_seen)
+                hits.add_metric([t.name], t.strategy.hits)
+        yield from (in_flight, blocks, hits)
 
 
 class ClientGone(Exception):
@@ -126,7 +151,8 @@ class Router:
         self.registry, self.client = registry, client
         self.limits = limits or Limits()
         self.api_keys = [k.encode() for k in api_keys or []]
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(registry)
+        self.wheel = Wheel()  # every request's deadlines, on one timer
         self.on_startup: list = []  # called with the running loop (discovery starts its watches)
         self.background: list[asyncio.Task] = []  # cancelled at shutdown
 
@@ -268,10 +294,10 @@ class Router:
         # so it starts only once a request has lasted WATCH_AFTER: a quick answer never pays.
         task = asyncio.current_task()
         watcher: list[asyncio.Task] = []
-        handle = asyncio.get_running_loop().call_later(
-            WATCH_AFTER, lambda: watcher.append(asyncio.create_task(_on_disconnect(receive, task))))
+        slot = self.wheel.call_after(WATCH_AFTER, task,
+                                     lambda: watcher.append(asyncio.create_task(_on_disconnect(receive, task))))
         try:
-            await self._try_endpoints(target, path, raw, blocks, send, method, started)
+            await self._try_endpoints(target, path, raw, blocks, send, method, started, task)
         except asyncio.CancelledError:
             if watcher and watcher[0].done() and not watcher[0].cancelled():  # the client left: not an error
                 task.uncancel()
@@ -279,12 +305,12 @@ class Router:
                 return
             raise
         finally:
-            handle.cancel()
+            self.wheel.cancel(slot, task)
             if watcher:
                 watcher[0].cancel()
 
     async def _try_endpoints(self, target: Target, path: str, raw: bytes, blocks: list[int], send, method: str,
-                             started: float) -> None:
+                             started: float, task: asyncio.Task) -> None:
         m, limits = self.metrics, self.limits
         tried: set[str] = set()
         last: HTTPError | None = None
@@ -292,18 +318,14 @@ class Router:
             candidates = [e for e in target.ready() if e.url not in tried]
             if not candidates or (attempt and time.monotonic() - started > limits.retry_budget):
                 break
-            hits_before = target.strategy.hits
             ep = target.strategy.pick(blocks, candidates)
             tried.add(ep.url)
             ep.in_flight += 1
-            gauge = m.child(m.in_flight, target.name, ep.url)
-            gauge.inc()
             try:
-                # identity: the body is relayed byte for byte, so it must not come compressed
-                headers = {"accept-encoding": "identity", **({"content-type": "application/json"} if raw else {})}
                 try:
-                    async with asyncio.timeout(limits.first_byte_timeout):
-                        upstream = await self.client.open(method, ep.url + path, raw or None, headers)
+                    with self.wheel.timeout(limits.first_byte_timeout, task):
+                        upstream = await self.client.open(method, ep.url + path, raw or None,
+                                                          JSON_HEADERS if raw else HEADERS)
                 except Unreachable as e:  # refused, or dropped before answering (a pod going away)
                     m.child(m.retries, target.name, "connect").inc()
                     last = HTTPError(502, f"could not reach {target.name} at {ep.url}: {e}",
@@ -321,22 +343,18 @@ class Router:
                     continue
                 if blocks:
                     target.strategy.served(blocks, ep)
-                    m.child(m.prefix_blocks, target.name).inc(len(blocks))
-                    hit = target.strategy.hits - hits_before
-                    if hit:
-                        m.child(m.prefix_hits, target.name).inc(hit)
-                await self._relay(target, ep, upstream, send, started)
+                await self._relay(target, ep, upstream, send, started, task)
                 return
             finally:
                 ep.in_flight -= 1
-                gauge.dec()
         if last is not None:
             raise last
         raise HTTPError(503, f"the model {target.name!r} has no ready endpoint yet; try again shortly",
                         "service_unavailable", "no_ready_endpoint",
                         headers=[(b"retry-after", str(self.limits.retry_after).encode())])
 
-    async def _relay(self, target: Target, ep: balance.Endpoint, upstream: Answer, send, started: float) -> None:
+    async def _relay(self, target: Target, ep: balance.Endpoint, upstream: Answer, send, started: float,
+                     task: asyncio.Task) -> None:
         m = self.metrics
         ctype = upstream.content_type
         code = upstream.status
@@ -347,7 +365,7 @@ class Router:
                 # A small whole answer (a non-streamed completion) is read, then sent at once,
                 # with its length: one write, no chunked encoding, and a broken one is a 502.
                 try:
-                    async with asyncio.timeout(self.limits.idle_timeout):
+                    with self.wheel.timeout(self.limits.idle_timeout, task):
                         body = await upstream.read()
                 except (TimeoutError, BrokeOff) as e:
                     raise HTTPError(502, f"the answer from {target.name} at {ep.url} broke off ({_why(e)})",
@@ -355,13 +373,13 @@ class Router:
                 m.child(m.ttfb, target.name).observe(time.monotonic() - started)
                 await _respond(send, code, body, content_type=ctype.encode())
             else:
-                await self._relay_stream(target, ep, upstream, send, started, ctype)
+                await self._relay_stream(target, ep, upstream, send, started, ctype, task)
             m.child(m.latency, target.name).observe(time.monotonic() - started)
         finally:
             await upstream.close()
 
     async def _relay_stream(self, target: Target, ep: balance.Endpoint, upstream: Answer, send, started: float,
-                            ctype: str) -> None:
+                            ctype: str, task: asyncio.Task) -> None:
         """Chunk by chunk, as they arrive."""
         m = self.metrics
         sse = ctype.startswith("text/event-stream")
@@ -371,10 +389,10 @@ class Router:
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         first, chunks = True, 0
         it = upstream.chunks()
-        idle = self.limits.idle_timeout
+        idle, wheel = self.limits.idle_timeout, self.wheel
         while True:
             try:
-                async with asyncio.timeout(idle):
+                with wheel.timeout(idle, task):
                     chunk = await it.__anext__()
             except StopAsyncIteration:
                 break

@@ -361,21 +361,27 @@ def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path):
         backend.kill()
 
 
-def test_the_series_of_an_endpoint_that_is_gone_are_dropped_once_it_is_idle():
+def test_the_series_of_an_endpoint_that_is_gone_are_dropped():
     from prometheus_client import generate_latest
 
+    from modelship.router import balance
     from modelship.router.proxy import Metrics
+    from modelship.router.registry import Registry, Target
 
-    m = Metrics()
+    reg, t = Registry(), Target("chat", "llamacpp")
+    t.set_endpoints({"http://a": True, "http://b": True})
+    reg.put(t)
+    m = Metrics(reg)
     m.child(m.requests, "chat", "http://a", "200").inc()
     m.child(m.requests, "chat", "http://b", "200").inc()
     m.child(m.requests, "chat", "", "499").inc()  # no endpoint: kept
-    m.child(m.in_flight, "chat", "http://a").inc()
-    m.prune({("chat", "http://b")})  # a is gone, with a request still open
+    t.endpoints["http://a"].in_flight = 2
+    t.strategy.pick(balance.block_hashes("x" * 1000), list(t.endpoints.values()))
+    text = generate_latest(m.registry).decode()
+    assert 'modelship_router_in_flight_requests{endpoint="http://a",model="chat"} 2.0' in text
+    assert 'modelship_router_prefix_blocks_total{model="chat"} 7.0' in text  # read from the strategy
+    t.set_endpoints({"http://b": True})  # a is gone
+    m.prune({("chat", "http://b")})
     text = generate_latest(m.registry).decode()
     assert 'endpoint="http://b"' in text and 'code="499"' in text
-    assert 'modelship_router_requests_total{code="200",endpoint="http://a"' not in text
-    assert 'modelship_router_in_flight_requests{endpoint="http://a"' in text
-    m.child(m.in_flight, "chat", "http://a").dec()
-    m.prune({("chat", "http://b")})
-    assert 'endpoint="http://a"' not in generate_latest(m.registry).decode()
+    assert 'endpoint="http://a"' not in text
