@@ -60,7 +60,9 @@ def make_post(client: str, backend: str):
         if "s" not in state:
             state["s"] = ClientBuilder().max_connections(1000).http1_only().build()
         request = state["s"].post(backend + path).header("content-type", "application/json").body_bytes(body)
-        async with request.build_streamed() as r:
+        # no read-ahead (as in the router): by default pyreqwest reads up to 64 KiB of the body
+        # before handing over the answer, which would hold back a stream's events
+        async with request.streamed_read_buffer_limit(1).build_streamed() as r:
             reader = r.body_reader
             chunks = []
             while (c := await reader.read_chunk()) is not None:

@@ -108,7 +108,9 @@ class PyreqwestUpstream:
         builder = client.request(method, url).headers(headers)
         if body is not None:
             builder = builder.body_bytes(body)
-        request = builder.build_streamed()
+        # A read-ahead limit of one byte: pyreqwest otherwise reads up to 64 KiB of the body
+        # before it hands over the answer, which holds back every event of a short stream.
+        request = builder.streamed_read_buffer_limit(1).build_streamed()
         try:
             response = await request.__aenter__()
         except PyreqwestError as e:

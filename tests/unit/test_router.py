@@ -319,6 +319,25 @@ def own_backend(token_ms: int = 5) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path):
+    """No buffering on the way: with a token every 150 ms, the first event is through long
+    before the last one (a client library that reads ahead before handing over the answer
+    would deliver them all at the end)."""
+    backend, burl = own_backend(token_ms=150)
+    router_proc, url = own_router(tmp_path, burl)
+    try:
+        started = time.monotonic()
+        with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
+                          json={"model": "solo", "prompt": "slowly", "max_tokens": 8, "stream": True}) as r:
+            arrivals = [time.monotonic() - started for line in r.iter_lines() if line.startswith("data:")]
+        assert len(arrivals) >= 8
+        assert arrivals[0] < 0.6 and arrivals[-1] - arrivals[0] > 0.8, arrivals
+    finally:
+        router_proc.terminate()
+        router_proc.wait(10)
+        backend.kill()
+
+
 def test_sigterm_drains_open_streams(tmp_path):
     import signal
 
