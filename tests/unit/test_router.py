@@ -60,8 +60,11 @@ def backends():
         p.wait(10)
 
 
-@pytest.fixture(scope="module")
-def router(backends, tmp_path_factory):
+CLIENTS = ["aiohttp", "pyreqwest"]  # every test through the router runs with both upstream clients
+
+
+@pytest.fixture(scope="module", params=CLIENTS)
+def router(backends, tmp_path_factory, request):
     dead = f"http://{HOST}:{free_port()}"  # nothing listens there
     config = {"models": [
         {"name": "tiny", "engine": "tgi", "endpoints": backends, "aliases": ["tiny-latest"], "tasks": ["chat"],
@@ -75,7 +78,8 @@ def router(backends, tmp_path_factory):
     port = free_port()
     url = f"http://{HOST}:{port}"
     proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
-                  "--port", str(port), "--max-body-bytes", "100000", "--retries", "2"], f"{url}/health", "router")
+                  "--port", str(port), "--max-body-bytes", "100000", "--retries", "2",
+                  "--upstream-client", request.param], f"{url}/health", "router")
     yield url
     proc.terminate()  # uvicorn drains, then exits by the signal it was sent
     code, said = proc.wait(20), proc.stderr.read()
@@ -215,7 +219,7 @@ def call(app, method: str, path: str, **kw) -> httpx.Response:
     return asyncio.run(go())
 
 
-def app_with(targets, limits=None, api_keys=None):
+def app_with(targets, limits=None, api_keys=None, client="aiohttp"):
     from modelship.router.proxy import Limits, Router, upstream_client
     from modelship.router.registry import Registry
 
@@ -223,7 +227,7 @@ def app_with(targets, limits=None, api_keys=None):
     for t in targets:
         reg.put(t)
     limits = limits or Limits()
-    return Router(reg, upstream_client(limits), limits, api_keys)
+    return Router(reg, upstream_client(limits, client), limits, api_keys)
 
 
 def test_no_ready_endpoint_is_503_with_retry_after():
@@ -247,7 +251,8 @@ def test_api_keys_are_required_when_configured():
     assert call(app, "GET", "/health").status_code == 200  # probes need no key
 
 
-def test_an_endpoint_that_never_answers_is_a_504():
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_endpoint_that_never_answers_is_a_504(client):
     from modelship.router.proxy import Limits
     from modelship.router.registry import Target
 
@@ -257,7 +262,7 @@ def test_an_endpoint_that_never_answers_is_a_504():
         t = Target("slow", engine="tgi")
         t.set_endpoints({f"http://{HOST}:{silent.getsockname()[1]}": True})
         started = time.monotonic()
-        r = call(app_with([t], Limits(first_byte_timeout=0.5)), "POST", "/v1/completions",
+        r = call(app_with([t], Limits(first_byte_timeout=0.5), client=client), "POST", "/v1/completions",
                  json={"model": "slow", "prompt": "hi"})
     assert r.status_code == 504 and error(r)["code"] == "gateway_timeout" and time.monotonic() - started < 5
 
@@ -272,12 +277,13 @@ def test_scrape_reads_tgi_and_llamacpp_metrics():
     assert parse("process_cpu_seconds_total 1\n") is None
 
 
-def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_the_engines_own_load_is_scraped_into_the_endpoints(backends, kind):
     import asyncio
 
     from modelship.router.registry import Target, Registry
     from modelship.router.scrape import scrape_once
-    from modelship.router.upstream import PyreqwestUpstream
+    from modelship.router.upstream import CLIENTS as IMPLEMENTATIONS
 
     reg, t = Registry(), Target("tiny", "tgi")
     t.set_endpoints({b: True for b in backends})
@@ -289,7 +295,7 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
             next(lines)
 
         async def go() -> int:
-            client = PyreqwestUpstream(connect_timeout=2)
+            client = IMPLEMENTATIONS[kind](connect_timeout=2)
             try:
                 return await scrape_once(reg, client)
             finally:
@@ -300,13 +306,14 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
     assert loads == [1.0, 0.0, 0.0]  # the engine's own count, seen by a router that sent nothing
 
 
-def own_router(tmp_path, backend: str) -> tuple[subprocess.Popen, str]:
+def own_router(tmp_path, backend: str, client: str = "aiohttp") -> tuple[subprocess.Popen, str]:
     path = tmp_path / "static.yaml"
     path.write_text(yaml.safe_dump({"models": [{"name": "solo", "engine": "tgi", "endpoints": [backend]}]}))
     port = free_port()
     url = f"http://{HOST}:{port}"
     proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
-                  "--port", str(port), "--drain-seconds", "20"], f"{url}/health", "router")
+                  "--port", str(port), "--drain-seconds", "20", "--upstream-client", client],
+                 f"{url}/health", "router")
     return proc, url
 
 
@@ -319,12 +326,13 @@ def own_backend(token_ms: int = 5) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path, client):
     """No buffering on the way: with a token every 150 ms, the first event is through long
     before the last one (a client library that reads ahead before handing over the answer
     would deliver them all at the end)."""
     backend, burl = own_backend(token_ms=150)
-    router_proc, url = own_router(tmp_path, burl)
+    router_proc, url = own_router(tmp_path, burl, client)
     try:
         started = time.monotonic()
         with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
@@ -338,11 +346,12 @@ def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path):
         backend.kill()
 
 
-def test_sigterm_drains_open_streams(tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_sigterm_drains_open_streams(tmp_path, client):
     import signal
 
     backend, burl = own_backend()
-    router_proc, url = own_router(tmp_path, burl)
+    router_proc, url = own_router(tmp_path, burl, client)
     try:
         with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
                           json={"model": "solo", "prompt": "drain me", "max_tokens": 300, "stream": True}) as r:
@@ -359,11 +368,12 @@ def test_sigterm_drains_open_streams(tmp_path):
         backend.terminate()
 
 
-def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path, client):
     import json
 
     backend, burl = own_backend()
-    router_proc, url = own_router(tmp_path, burl)
+    router_proc, url = own_router(tmp_path, burl, client)
     try:
         with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
                           json={"model": "solo", "max_tokens": 1000, "stream": True,
