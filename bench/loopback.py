@@ -43,10 +43,9 @@ def pinned(cmd: list[str], core: int) -> list[str]:
 
 
 def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: int | None = None,
-                     engine: str = "llamacpp", scrape_interval: float = 0,
-                     client: str = "aiohttp") -> tuple[subprocess.Popen, str]:
+                     engine: str = "llamacpp", scrape_interval: float = 0) -> tuple[subprocess.Popen, str]:
     """`modelship router --static` in front of `endpoints` as one model "bench" (pinned to
-    `core` when one is given), with the `client` upstream client."""
+    `core` when one is given)."""
     import sys
 
     import yaml
@@ -56,7 +55,7 @@ def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: i
                                                   "strategy": strategy}]}))
     port = free_port()
     cmd = [str(Path(sys.executable).with_name("modelship")), "router", "--static", str(config), "--host", HOST,
-           "--port", str(port), "--scrape-interval", str(scrape_interval), "--upstream-client", client]
+           "--port", str(port), "--scrape-interval", str(scrape_interval)]
     proc = subprocess.Popen(pinned(cmd, core) if core is not None else cmd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://{HOST}:{port}"

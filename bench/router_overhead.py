@@ -3,9 +3,6 @@ the same backends reached directly, through nginx (the floor: a C reverse proxy)
 vllm-router (the peer: a Rust router for LLM engines).
 
     .venv/bin/python bench/router_overhead.py [--rounds 3] [--seconds 4] [--backends 2]
-                                              [--clients aiohttp,pyreqwest]
-
-modelship runs once per upstream client (`--upstream-client`), each a row of its own.
 
 Every proxy runs pinned to core 0 (one worker, one process); the backends (nginx answering a
 fixed chat completion, so that the backend costs next to nothing) and the load generator
@@ -42,9 +39,9 @@ class Proxy:
         self.name, self.url, self.stop = name, url, stop
 
 
-def start_modelship(backends: list[str], strategy: str, workdir: Path, client: str) -> Proxy:
-    proc, url = modelship_router(backends, strategy, workdir, PROXY_CORE, client=client)
-    return Proxy(f"modelship ({client})", url, lambda: (proc.terminate(), proc.wait(10)))
+def start_modelship(backends: list[str], strategy: str, workdir: Path) -> Proxy:
+    proc, url = modelship_router(backends, strategy, workdir, PROXY_CORE)
+    return Proxy(f"modelship ({strategy})", url, lambda: (proc.terminate(), proc.wait(10)))
 
 
 def start_peer(exe: str, backends: list[str]) -> Proxy:
@@ -66,7 +63,6 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--backends", type=int, default=2)
     ap.add_argument("--strategy", default="least-load", help="the modelship router's strategy")
-    ap.add_argument("--clients", default="aiohttp,pyreqwest", help="the modelship router's upstream clients")
     args = ap.parse_args()
     backends = [Nginx(LOAD_CORE, free_port(), body=ANSWER) for _ in range(args.backends)]
     urls = [b.url for b in backends]
@@ -82,8 +78,7 @@ def main() -> None:
                 proxies.append(start_peer(exe, urls))
             else:
                 print("vllm-router is not installed: skipped (see this file's docstring)")
-            for client in args.clients.split(","):
-                proxies.append(start_modelship(urls, args.strategy, Path(tmp), client))
+            proxies.append(start_modelship(urls, args.strategy, Path(tmp)))
             results: dict[str, list[dict[str, float]]] = {p.name: [] for p in proxies}
             for r in range(args.rounds):
                 order = proxies if r % 2 == 0 else list(reversed(proxies))
@@ -106,7 +101,6 @@ def main() -> None:
     for name, m in med.items():
         added = "" if name.startswith("direct") else f"{(m['p50'] - direct) * 1e6:7.0f} us"
         print(f"{name:<28} {m['p50'] * 1e6:6.0f} us {m['p99'] * 1e6:6.0f} us {added:>10} {m['rps']:9.0f}")
-    print(f"(modelship: strategy {args.strategy})")
     for ours_name, ours in med.items():
         if not ours_name.startswith("modelship"):
             continue

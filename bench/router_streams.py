@@ -10,7 +10,7 @@ directly, nginx (the floor) and vllm-router (the peer):
 
     .venv/bin/python bench/router_streams.py [--streams 9900] [--requests 300]
 
-modelship runs once per upstream client (aiohttp, pyreqwest). Proxies run pinned to core 0; the backend (bench/sse_backend.py, raw asyncio) and the
+Proxies run pinned to core 0; the backend (bench/sse_backend.py, raw asyncio) and the
 clients share core 1. A proxied stream takes two sockets in the proxy, so the number of
 streams is capped by the open-file limit (`ulimit -Hn`) at about half of it.
 """
@@ -63,9 +63,9 @@ class Proxy:
         self.stop = stop or (lambda: proc and (proc.terminate(), proc.wait(10)))
 
 
-def start_modelship(backend: str, workdir: Path, client: str) -> Proxy:
-    proc, url = modelship_router([backend], "least-load", workdir, PROXY_CORE, client=client)
-    return Proxy(f"modelship/{client}", url, proc)
+def start_modelship(backend: str, workdir: Path) -> Proxy:
+    proc, url = modelship_router([backend], "least-load", workdir, PROXY_CORE)
+    return Proxy("modelship", url, proc)
 
 
 def start_peer(exe: str, backend: str, streams: int) -> Proxy:
@@ -177,8 +177,7 @@ def main() -> None:
             starters = [("direct", lambda: Proxy("direct", backend, None, lambda: None)),
                         ("nginx", lambda: start_nginx(backend)),
                         ("vllm-router", lambda: start_peer(exe, backend, args.streams)),
-                        ("modelship", lambda: start_modelship(backend, Path(tmp), "aiohttp")),
-                        ("modelship", lambda: start_modelship(backend, Path(tmp), "pyreqwest"))]
+                        ("modelship", lambda: start_modelship(backend, Path(tmp)))]
             exe = vllm_router()
             for name, start in starters:
                 if wanted and name not in wanted:
@@ -203,11 +202,11 @@ def main() -> None:
     direct = rows[0][1] if rows and rows[0][0] == "direct" else None
     print(f"\nStreams: first event at once, then one every {args.every:g} s for {args.hold:g} s. "
           f"Proxies pinned to one core.")
-    print(f"{'':<19} {'TTFB p50':>9} {'p99':>9} {'added':>8} | {'streams ok':>10} {'idle RSS':>9} "
+    print(f"{'':<12} {'TTFB p50':>9} {'p99':>9} {'added':>8} | {'streams ok':>10} {'idle RSS':>9} "
           f"{'peak RSS':>9} {'per stream':>10} {'events':>6}")
     for name, p50, p99, held in rows:
         added = f"{(p50 - direct) * 1e6:5.0f} us" if direct is not None and name != "direct" else ""
-        line = f"{name:<19} {p50 * 1e6:6.0f} us {p99 * 1e6:6.0f} us {added:>8} |"
+        line = f"{name:<12} {p50 * 1e6:6.0f} us {p99 * 1e6:6.0f} us {added:>8} |"
         if held:
             per = (held["peak"] - held["idle"]) / max(1, held["ok"] + held["failed"])
             line += (f" {held['ok']:>5}/{held['ok'] + held['failed']:<4} {held['idle'] / 2**20:6.0f} MiB "

@@ -146,13 +146,10 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
 @click.option("--allow-cidr", "allowed", multiple=True,
               help="Send requests only to endpoints in this network (repeatable; default: any). The test bed "
                    "uses 127.0.0.0/8: its kwok pods report addresses nothing may be sent to.")
-@click.option("--upstream-client", "client", type=click.Choice(["aiohttp", "pyreqwest"]), default="aiohttp",
-              show_default=True, help="The HTTP client to the engines: aiohttp (least memory per stream, no thread "
-                                      "of its own) or pyreqwest (more small requests per core; see the README).")
 def router(static: str | None, host: str, port: int, api_keys_file: str | None, max_body_bytes: int,
            connect_timeout: float, first_byte_timeout: float, idle_timeout: float, retries: int,
            drain_seconds: int, namespaces: tuple[str, ...], scrape_interval: float,
-           allowed: tuple[str, ...], client: str) -> None:
+           allowed: tuple[str, ...]) -> None:
     """Serve the OpenAI and TGI APIs in front of the models, balancing over their endpoints."""
     from .router.proxy import Limits
     from .router.server import api_keys_from, build, serve
@@ -162,8 +159,7 @@ def router(static: str | None, host: str, port: int, api_keys_file: str | None, 
     from kubernetes.config import ConfigException
 
     try:
-        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval, list(allowed),
-                    client=client)
+        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval, list(allowed))
     except (OSError, ValueError, ConfigException) as e:
         fail(f"cannot start the router: {e}")
     source = (f"{len(app.registry.targets)} models from {static}" if static else

@@ -125,8 +125,8 @@ class PrefixAffinity:
     seed: int | None = None
     name: str = "prefix-cache"
     index: "OrderedDict[int, str]" = field(default_factory=OrderedDict)
-    hits: int = 0  # blocks matched, for the hit-rate estimate
-    blocks_seen: int = 0
+    hits: int = 0  # blocks sent where they were cached, for the hit-rate estimate (counted once served)
+    blocks_seen: int = 0  # blocks of prompts served
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -155,18 +155,23 @@ class PrefixAffinity:
         """The endpoint with the longest prefix among those within the load bound: the holder
         of the longest one, or if it is too busy the holder of the next longest, and so on;
         with no prefix held within the bound, the less loaded of two."""
-        self.blocks_seen += len(blocks)
         found = self.matches(blocks, endpoints)
         if found:
             mean = sum(e.load for e in endpoints) / len(endpoints)
             for e in sorted((e for e in endpoints if e.url in found), key=lambda e: (-found[e.url], e.load)):
                 if e.load <= mean + self.max_imbalance:
-                    self.hits += found[e.url]
                     return e
         return two_choices(endpoints, self.rng)
 
     def served(self, blocks: list[int], endpoint: Endpoint) -> None:
-        """Remember that `endpoint` now caches these blocks (the newest at the LRU's end)."""
+        """Count what `endpoint` already held of these blocks (a retried request is counted
+        once, where it was answered), then remember that it now caches them all (the newest
+        at the LRU's end)."""
+        self.blocks_seen += len(blocks)
+        for n in range(len(blocks), 0, -1):
+            if self.index.get(blocks[n - 1]) == endpoint.url:
+                self.hits += n
+                break
         for h in blocks:
             self.index[h] = endpoint.url
             self.index.move_to_end(h)

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import balance
 from .registry import Registry, Target
-from .upstream import CLIENTS, Answer, BrokeOff, Unreachable, Upstream
+from .upstream import AiohttpUpstream, Answer, BrokeOff, Unreachable, Upstream
 from .wheel import Wheel
 
 log = logging.getLogger("modelship.router")
@@ -436,6 +436,6 @@ async def _respond(send, status: int, body: bytes, headers: list | None = None,
     await send({"type": "http.response.body", "body": body})
 
 
-def upstream_client(limits: Limits, kind: str = "aiohttp", max_connections: int = 10_000) -> Upstream:
-    """The one pooled client every request goes through (`kind`: see upstream.py)."""
-    return CLIENTS[kind](limits.connect_timeout, max_connections)
+def upstream_client(limits: Limits, max_connections: int = 10_000) -> Upstream:
+    """The one pooled client every request goes through."""
+    return AiohttpUpstream(limits.connect_timeout, max_connections)

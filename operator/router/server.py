@@ -24,11 +24,10 @@ def api_keys_from(path: str | None) -> list[str]:
 
 
 def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
-          scrape_interval: float = 1.0, allowed: list[str] | None = None, seed: int | None = None,
-          client: str = "aiohttp") -> Router:
+          scrape_interval: float = 1.0, allowed: list[str] | None = None, seed: int | None = None) -> Router:
     """The router, with endpoints from a static file or (without one) from the cluster."""
     registry = load_static(static, seed=seed) if static else Registry()
-    router = Router(registry, upstream_client(limits, client), limits, api_keys)
+    router = Router(registry, upstream_client(limits), limits, api_keys)
     if scrape_interval > 0:
         from .scrape import scrape_forever
 

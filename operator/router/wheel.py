@@ -28,10 +28,16 @@ class Wheel:
         self._heap: list[int] = []  # slot numbers that have a dict, earliest first
         self._wake: asyncio.TimerHandle | None = None
         self._wake_slot = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def call_after(self, seconds: float, key: object, fn: Callable[[], None]) -> int:
         """Call `fn()` in about `seconds` (at most one tick late) unless `cancel(slot, key)`
         comes first; returns the slot. `key` is any hashable unique to this deadline."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests run several): the old one's deadlines died with it
+            self._slots.clear()
+            self._heap.clear()
+            self._wake, self._loop = None, loop
         slot = int((time.monotonic() + seconds) * self._per_second) + 1
         bucket = self._slots.get(slot)
         if bucket is None:
@@ -56,7 +62,7 @@ class Wheel:
             self._wake.cancel()
         self._wake_slot = slot
         delay = max(0.0, slot / self._per_second - time.monotonic())
-        self._wake = asyncio.get_running_loop().call_later(delay, self._sweep)
+        self._wake = self._loop.call_later(delay, self._sweep)
 
     def _sweep(self) -> None:
         self._wake = None
@@ -75,21 +81,22 @@ class Wheel:
 
 class Timeout:
     """A deadline for one task: when it passes, the task is cancelled, and the cancellation
-    leaves the `with` block as TimeoutError (as `asyncio.timeout()` does)."""
+    leaves the `with` block as TimeoutError (as `asyncio.timeout()` does). A cancellation
+    from elsewhere in the same moment (the client left) stays a cancellation."""
 
-    __slots__ = ("wheel", "seconds", "task", "slot", "expired")
+    __slots__ = ("wheel", "seconds", "task", "slot", "expired", "cancelling")
 
     def __init__(self, wheel: Wheel, seconds: float, task: asyncio.Task) -> None:
         self.wheel, self.seconds, self.task, self.expired = wheel, seconds, task, False
 
     def __enter__(self) -> Timeout:
+        self.cancelling = self.task.cancelling()
         self.slot = self.wheel.call_after(self.seconds, self, self._expire)
         return self
 
     def __exit__(self, kind, error, tb) -> None:
         self.wheel.cancel(self.slot, self)
-        if self.expired and kind is asyncio.CancelledError:
-            self.task.uncancel()
+        if self.expired and kind is asyncio.CancelledError and self.task.uncancel() <= self.cancelling:
             raise TimeoutError from error
 
     def _expire(self) -> None:

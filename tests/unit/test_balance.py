@@ -50,11 +50,13 @@ def test_prefix_cache_sends_a_conversation_back_to_the_endpoint_that_holds_its_p
     first = pa.pick(turn1, e)
     pa.served(turn1, first)
     turn2 = block_hashes("system: be brief. user: hello there assistant: hi user: more", 10)
-    assert pa.pick(turn2, e) is first and pa.hits == len(turn1)
+    assert pa.pick(turn2, e) is first and pa.hits == 0  # counted once served, not when picked
+    pa.served(turn2, first)
+    assert pa.hits == len(turn1) and pa.blocks_seen == len(turn1) + len(turn2)
     # the longest prefix wins over a shorter one held elsewhere
     other = next(x for x in e if x is not first)
     pa.served(turn2[:1], other)
-    assert pa.longest(turn2, e) == (first, len(turn1))
+    assert pa.longest(turn2, e) == (first, len(turn2))
 
 
 def test_prefix_cache_gives_way_to_load_beyond_the_bound():

@@ -60,11 +60,8 @@ def backends():
         p.wait(10)
 
 
-CLIENTS = ["aiohttp", "pyreqwest"]  # every test through the router runs with both upstream clients
-
-
-@pytest.fixture(scope="module", params=CLIENTS)
-def router(backends, tmp_path_factory, request):
+@pytest.fixture(scope="module")
+def router(backends, tmp_path_factory):
     dead = f"http://{HOST}:{free_port()}"  # nothing listens there
     config = {"models": [
         {"name": "tiny", "engine": "tgi", "endpoints": backends, "aliases": ["tiny-latest"], "tasks": ["chat"],
@@ -78,8 +75,7 @@ def router(backends, tmp_path_factory, request):
     port = free_port()
     url = f"http://{HOST}:{port}"
     proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
-                  "--port", str(port), "--max-body-bytes", "100000", "--retries", "2",
-                  "--upstream-client", request.param], f"{url}/health", "router")
+                  "--port", str(port), "--max-body-bytes", "100000", "--retries", "2"], f"{url}/health", "router")
     yield url
     proc.terminate()  # uvicorn drains, then exits by the signal it was sent
     code, said = proc.wait(20), proc.stderr.read()
@@ -219,7 +215,7 @@ def call(app, method: str, path: str, **kw) -> httpx.Response:
     return asyncio.run(go())
 
 
-def app_with(targets, limits=None, api_keys=None, client="aiohttp"):
+def app_with(targets, limits=None, api_keys=None):
     from modelship.router.proxy import Limits, Router, upstream_client
     from modelship.router.registry import Registry
 
@@ -227,7 +223,7 @@ def app_with(targets, limits=None, api_keys=None, client="aiohttp"):
     for t in targets:
         reg.put(t)
     limits = limits or Limits()
-    return Router(reg, upstream_client(limits, client), limits, api_keys)
+    return Router(reg, upstream_client(limits), limits, api_keys)
 
 
 def test_no_ready_endpoint_is_503_with_retry_after():
@@ -251,20 +247,50 @@ def test_api_keys_are_required_when_configured():
     assert call(app, "GET", "/health").status_code == 200  # probes need no key
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_an_endpoint_that_never_answers_is_a_504(client):
+def test_an_endpoint_that_never_answers_is_a_504_and_its_connection_is_closed():
+    """The engine learns that nobody waits any more: the router closes the connection (an
+    engine stops working on a request whose connection is gone)."""
+    import threading
+
     from modelship.router.proxy import Limits
     from modelship.router.registry import Target
 
-    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+    seen: dict[str, float] = {}
+
+    def engine(listener: socket.socket) -> None:  # reads the request, never answers, waits for EOF
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            seen["request"] = time.monotonic()
+            while conn.recv(65536):
+                pass
+            seen["closed"] = time.monotonic()
+
+    with socket.socket() as silent:
         silent.bind((HOST, 0))
         silent.listen(8)
+        thread = threading.Thread(target=engine, args=(silent,), daemon=True)
+        thread.start()
         t = Target("slow", engine="tgi")
         t.set_endpoints({f"http://{HOST}:{silent.getsockname()[1]}": True})
+        app = app_with([t], Limits(first_byte_timeout=0.5))
+
+        async def go() -> tuple[httpx.Response, bool]:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
+                r = await c.post("/v1/completions", json={"model": "slow", "prompt": "hi"})
+            for _ in range(100):  # the loop still runs: closing it cannot be what closes the connection
+                if "closed" in seen:
+                    return r, True
+                await asyncio.sleep(0.01)
+            return r, False
+
+        import asyncio
+
         started = time.monotonic()
-        r = call(app_with([t], Limits(first_byte_timeout=0.5), client=client), "POST", "/v1/completions",
-                 json={"model": "slow", "prompt": "hi"})
+        r, closed = asyncio.run(go())
+        thread.join(5)
     assert r.status_code == 504 and error(r)["code"] == "gateway_timeout" and time.monotonic() - started < 5
+    assert closed, "the router left the connection open: the engine would go on working for nobody"
 
 
 def test_scrape_reads_tgi_and_llamacpp_metrics():
@@ -277,13 +303,12 @@ def test_scrape_reads_tgi_and_llamacpp_metrics():
     assert parse("process_cpu_seconds_total 1\n") is None
 
 
-@pytest.mark.parametrize("kind", CLIENTS)
-def test_the_engines_own_load_is_scraped_into_the_endpoints(backends, kind):
+def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
     import asyncio
 
     from modelship.router.registry import Target, Registry
     from modelship.router.scrape import scrape_once
-    from modelship.router.upstream import CLIENTS as IMPLEMENTATIONS
+    from modelship.router.upstream import AiohttpUpstream
 
     reg, t = Registry(), Target("tiny", "tgi")
     t.set_endpoints({b: True for b in backends})
@@ -295,7 +320,7 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends, kind):
             next(lines)
 
         async def go() -> int:
-            client = IMPLEMENTATIONS[kind](connect_timeout=2)
+            client = AiohttpUpstream(connect_timeout=2)
             try:
                 return await scrape_once(reg, client)
             finally:
@@ -306,14 +331,13 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends, kind):
     assert loads == [1.0, 0.0, 0.0]  # the engine's own count, seen by a router that sent nothing
 
 
-def own_router(tmp_path, backend: str, client: str = "aiohttp") -> tuple[subprocess.Popen, str]:
+def own_router(tmp_path, backend: str) -> tuple[subprocess.Popen, str]:
     path = tmp_path / "static.yaml"
     path.write_text(yaml.safe_dump({"models": [{"name": "solo", "engine": "tgi", "endpoints": [backend]}]}))
     port = free_port()
     url = f"http://{HOST}:{port}"
     proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
-                  "--port", str(port), "--drain-seconds", "20", "--upstream-client", client],
-                 f"{url}/health", "router")
+                  "--port", str(port), "--drain-seconds", "20"], f"{url}/health", "router")
     return proc, url
 
 
@@ -326,13 +350,12 @@ def own_backend(token_ms: int = 5) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path, client):
+def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path):
     """No buffering on the way: with a token every 150 ms, the first event is through long
     before the last one (a client library that reads ahead before handing over the answer
     would deliver them all at the end)."""
     backend, burl = own_backend(token_ms=150)
-    router_proc, url = own_router(tmp_path, burl, client)
+    router_proc, url = own_router(tmp_path, burl)
     try:
         started = time.monotonic()
         with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
@@ -346,12 +369,11 @@ def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path, cli
         backend.kill()
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_sigterm_drains_open_streams(tmp_path, client):
+def test_sigterm_drains_open_streams(tmp_path):
     import signal
 
     backend, burl = own_backend()
-    router_proc, url = own_router(tmp_path, burl, client)
+    router_proc, url = own_router(tmp_path, burl)
     try:
         with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
                           json={"model": "solo", "prompt": "drain me", "max_tokens": 300, "stream": True}) as r:
@@ -368,12 +390,11 @@ def test_sigterm_drains_open_streams(tmp_path, client):
         backend.terminate()
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path, client):
+def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path):
     import json
 
     backend, burl = own_backend()
-    router_proc, url = own_router(tmp_path, burl, client)
+    router_proc, url = own_router(tmp_path, burl)
     try:
         with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
                           json={"model": "solo", "max_tokens": 1000, "stream": True,
@@ -405,7 +426,7 @@ def test_the_series_of_an_endpoint_that_is_gone_are_dropped():
     m.child(m.requests, "chat", "http://b", "200").inc()
     m.child(m.requests, "chat", "", "499").inc()  # no endpoint: kept
     t.endpoints["http://a"].in_flight = 2
-    t.strategy.pick(balance.block_hashes("x" * 1000), list(t.endpoints.values()))
+    t.strategy.served(balance.block_hashes("x" * 1000), t.endpoints["http://b"])
     text = generate_latest(m.registry).decode()
     assert 'modelship_router_in_flight_requests{endpoint="http://a",model="chat"} 2.0' in text
     assert 'modelship_router_prefix_blocks_total{model="chat"} 7.0' in text  # read from the strategy

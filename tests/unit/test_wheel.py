@@ -62,3 +62,45 @@ def test_a_failing_callback_does_not_stop_the_others():
         return fired
 
     assert asyncio.run(go()) == ["good"]
+
+
+def test_a_cancellation_from_elsewhere_in_the_same_moment_stays_a_cancellation():
+    async def go() -> str:
+        wheel = Wheel(tick=0.01)
+
+        async def request() -> str:
+            task = asyncio.current_task()
+            try:
+                with wheel.timeout(0.02, task):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                return "timeout"
+            return "done"
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        wheel.call_after(0.02, "client left", task.cancel)  # the same slot as the deadline
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert asyncio.run(go()) == "cancelled"
+
+
+def test_one_wheel_serves_one_loop_after_another():
+    """A router object may outlive a loop (tests call it under several asyncio.run)."""
+    wheel = Wheel(tick=0.01)
+
+    async def first() -> None:
+        wheel.call_after(0.2, "pending", lambda: None)  # its timer dies with this loop
+        await asyncio.sleep(0.05)
+
+    async def second() -> list[str]:
+        fired: list[str] = []
+        wheel.call_after(0.3, "later", lambda: fired.append("later"))  # after the dead timer's slot
+        await asyncio.sleep(0.45)
+        return fired
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == ["later"]
