@@ -130,7 +130,8 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, help="Port to listen on.")
 @click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Accept only requests with one of these keys (one per line; a mounted Secret).")
+              help="Accept only requests with one of these keys (one per line; a mounted Secret). The file is "
+                   "followed: changed keys apply within about 10 s.")
 @click.option("--max-body-bytes", default=8 << 20, show_default=True, help="Larger request bodies get 413.")
 @click.option("--connect-timeout", default=5.0, show_default=True, help="Seconds to connect to an endpoint.")
 @click.option("--first-byte-timeout", default=300.0, show_default=True,
@@ -159,7 +160,8 @@ def router(static: str | None, host: str, port: int, api_keys_file: str | None, 
     from kubernetes.config import ConfigException
 
     try:
-        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval, list(allowed))
+        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval, list(allowed),
+                    api_keys_file=api_keys_file)
     except (OSError, ValueError, ConfigException) as e:
         fail(f"cannot start the router: {e}")
     source = (f"{len(app.registry.targets)} models from {static}" if static else

@@ -150,11 +150,15 @@ class Router:
                  api_keys: list[str] | None = None, metrics: Metrics | None = None):
         self.registry, self.client = registry, client
         self.limits = limits or Limits()
-        self.api_keys = [k.encode() for k in api_keys or []]
+        self.set_api_keys(api_keys or [])
         self.metrics = metrics or Metrics(registry)
         self.wheel = Wheel()  # every request's deadlines, on one timer
         self.on_startup: list = []  # called with the running loop (discovery starts its watches)
         self.background: list[asyncio.Task] = []  # cancelled at shutdown
+
+    def set_api_keys(self, keys: list[str]) -> None:
+        """The keys a request may carry (none: no key needed)."""
+        self.api_keys = [k.encode() for k in keys]
 
     # --- ASGI ---------------------------------------------------------------------------
 

@@ -23,11 +23,49 @@ def api_keys_from(path: str | None) -> list[str]:
     return keys
 
 
+async def reload_keys_forever(router: Router, path: str, seen: tuple | None, interval: float = 10.0) -> None:
+    """Follow the API keys file: a Secret mounted as a volume is updated in place when the
+    Secret changes (a rotated key works within a minute or so, with no restart). A file that
+    cannot be read, or holds no key, leaves the keys as they were, with a warning. `seen`:
+    the file's stamp when the keys in use were read."""
+    while True:
+        await asyncio.sleep(interval)
+        stamp = _stamp(path)
+        if stamp == seen:
+            continue
+        seen = stamp
+        try:
+            keys = api_keys_from(path)
+        except (OSError, ValueError) as e:
+            log.warning("API keys not reloaded, the old ones stay: %s", e)
+            continue
+        router.set_api_keys(keys)
+        log.info("API keys reloaded from %s (%d keys)", path, len(keys))
+
+
+def _stamp(path: str) -> tuple | None:
+    try:
+        st = Path(path).stat()  # follows the Secret volume's symlinks to the current file
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
-          scrape_interval: float = 1.0, allowed: list[str] | None = None, seed: int | None = None) -> Router:
-    """The router, with endpoints from a static file or (without one) from the cluster."""
+          scrape_interval: float = 1.0, allowed: list[str] | None = None, seed: int | None = None,
+          api_keys_file: str | None = None, keys_interval: float = 10.0) -> Router:
+    """The router, with endpoints from a static file or (without one) from the cluster;
+    `api_keys_file`, when given, is followed for changes."""
     registry = load_static(static, seed=seed) if static else Registry()
     router = Router(registry, upstream_client(limits), limits, api_keys)
+    if api_keys_file:
+        stamp = _stamp(api_keys_file)
+
+        def follow_keys(loop: asyncio.AbstractEventLoop) -> None:
+            router.background.append(loop.create_task(reload_keys_forever(router, api_keys_file, stamp,
+                                                                          keys_interval)))
+
+        router.on_startup.append(follow_keys)
     if scrape_interval > 0:
         from .scrape import scrape_forever
 

@@ -435,3 +435,43 @@ def test_the_series_of_an_endpoint_that_is_gone_are_dropped():
     text = generate_latest(m.registry).decode()
     assert 'endpoint="http://b"' in text and 'code="499"' in text
     assert 'endpoint="http://a"' not in text
+
+
+def test_api_keys_follow_the_mounted_file(tmp_path):
+    """A rotated Secret applies without a restart; a broken file keeps the keys there were."""
+    import asyncio
+    import os
+
+    from modelship.router.proxy import Limits
+    from modelship.router.server import build
+
+    static = tmp_path / "static.yaml"
+    static.write_text(yaml.safe_dump({"models": [{"name": "m", "engine": "tgi", "endpoints": ["http://127.0.0.1:9"]}]}))
+    keys = tmp_path / "keys"
+    keys.write_text("old-key\n")
+    app = build(str(static), Limits(), ["old-key"], scrape_interval=0, api_keys_file=str(keys), keys_interval=0.05)
+
+    def swap(text: str) -> None:  # as the kubelet does: a new file put in place at once
+        (tmp_path / "next").write_text(text)
+        os.replace(tmp_path / "next", keys)
+
+    async def go() -> list[int]:
+        for start in app.on_startup:
+            start(asyncio.get_running_loop())
+        codes = []
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
+            async def status(key: str) -> int:
+                return (await c.get("/v1/models", headers={"authorization": f"Bearer {key}"})).status_code
+
+            codes += [await status("old-key"), await status("new-key")]
+            swap("# rotated\nnew-key\n")
+            await asyncio.sleep(0.3)
+            codes += [await status("old-key"), await status("new-key")]
+            swap("\n")  # no key at all: refused, the new key stays
+            await asyncio.sleep(0.3)
+            codes += [await status("new-key")]
+        for task in app.background:
+            task.cancel()
+        return codes
+
+    assert asyncio.run(go()) == [200, 401, 401, 200, 200]
