@@ -168,10 +168,7 @@ class PrefixAffinity:
         once, where it was answered), then remember that it now caches them all (the newest
         at the LRU's end)."""
         self.blocks_seen += len(blocks)
-        for n in range(len(blocks), 0, -1):
-            if self.index.get(blocks[n - 1]) == endpoint.url:
-                self.hits += n
-                break
+        self.hits += self.matches(blocks, [endpoint]).get(endpoint.url, 0)
         for h in blocks:
             self.index[h] = endpoint.url
             self.index.move_to_end(h)
