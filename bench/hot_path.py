@@ -7,8 +7,10 @@ connection for latency, `--connections` for throughput), rounds alternating, med
     .venv/bin/python bench/hot_path.py [--rounds 3] [--seconds 4]
     .venv/bin/python bench/hot_path.py --serve SERVER CLIENT PORT BACKEND   # one proxy (used by the above)
 
-Servers: uvicorn (httptools, uvloop), granian (Rust, ASGI), aiohttp's. Clients: aiohttp, httpx.
-granian is not a dependency: its rows are skipped with a line when it is not installed.
+Servers: uvicorn (httptools, uvloop), granian (Rust; ASGI, and its own RSGI), aiohttp's.
+Clients: aiohttp, httpx, pyreqwest and rnet (Rust), aiosonic. granian, pyreqwest, rnet and
+aiosonic are not dependencies: their rows are skipped with a line when they are not
+installed (`pip install granian pyreqwest rnet aiosonic`).
 """
 
 from __future__ import annotations
