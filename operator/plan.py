@@ -448,10 +448,9 @@ def _collect(md: ModelDeployment, resolved: ResolvedModel, observed: Observed, s
         actions.append(Action("delete", "Job", name, exists=True))
     stale = set(ledger.values()) - in_use
     if stale and not failed:
-        rwo = md.spec.storage.access_mode == "ReadWriteOnce"  # collected where the volume is attached
-        job = builders.collect_job(md, settings, sorted(in_use),
-                                   pin_node=(observed.volume_node if rwo else None) if md.spec.storage.shared_cache
-                                   else pin)
+        if builders.on_shared_cache(md):  # an RWO volume is collected where some pod has it attached
+            pin = observed.volume_node if md.spec.storage.access_mode == "ReadWriteOnce" else None
+        job = builders.collect_job(md, settings, sorted(in_use), pin_node=pin)
         if not any(j["metadata"]["name"] == job["metadata"]["name"] for j in observed.collect_jobs):
             _apply([(job, None)], actions)
     return failed

@@ -9,14 +9,13 @@ air-gapped clusters and tests) and asks the Hub for the rest.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import fnmatch
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import yaml
 from pydantic import ValidationError
