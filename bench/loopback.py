@@ -50,10 +50,10 @@ def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: i
 
     import yaml
 
-    config = workdir / f"static-{free_port()}.yaml"  # one per router: several may run at once
+    port = free_port()
+    config = workdir / f"static-{port}.yaml"  # one per router: several may run at once
     config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": engine, "endpoints": endpoints,
                                                   "strategy": strategy}]}))
-    port = free_port()
     cmd = [str(Path(sys.executable).with_name("modelship")), "router", "--static", str(config), "--host", HOST,
            "--port", str(port), "--scrape-interval", str(scrape_interval)]
     proc = subprocess.Popen(pinned(cmd, core) if core is not None else cmd,
