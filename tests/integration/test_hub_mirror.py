@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from modelship import builders, fetch
+from modelship import manifests, weights
 from modelship.api import ModelSource
-from modelship.resolve import HubResolver, ResolveError
+from modelship.reconcile.resolve import HubResolver, ResolveError
 
 pytestmark = [pytest.mark.integration, pytest.mark.localnode]
 
@@ -49,7 +49,7 @@ def test_resolution_and_download_through_olah(mirror, tmp_path):
     assert r.files[0].git_sha1 == subprocess.run(
         ["git", "-C", str(mirror_dir() / "models" / repo), "rev-parse", f"{r.sha}:{src.name}"],
         capture_output=True, text=True, check=True).stdout.strip()
-    progress = fetch.run(r.repo, r.sha, mirror, str(tmp_path), [builders.file_spec(f) for f in r.files],
+    progress = weights.download(r.repo, r.sha, mirror, str(tmp_path), [manifests.file_spec(f) for f in r.files],
                          log=lambda _: None)
     got = tmp_path / "models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF" / "snapshots" / r.sha / src.name
     assert progress.done == src.stat().st_size

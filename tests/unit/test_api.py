@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_committed_crd_and_readme_reference_match_the_models():
     stale = crd.write(REPO, check=True)
-    assert not stale, f"{stale} differ from operator/api.py: run `modelship crd` and commit the result"
+    assert not stale, f"{stale} differ from operator/modelship/api.py: run `modelship crd` and commit the result"
 
 
 def _nodes(node: dict, path: str = ""):
@@ -87,7 +87,7 @@ def test_examples_are_valid_model_deployments():
 def test_every_condition_reason_the_operator_writes_is_documented():
     import re
 
-    source = "".join((REPO / "operator" / f).read_text() for f in ("plan.py", "resolve.py", "controller.py"))
+    source = "".join(f.read_text() for f in sorted((REPO / "operator" / "modelship" / "reconcile").rglob("*.py")))
     reasons = set(re.findall(r'(?:SpecError|ResolveError)\(\s*"([A-Za-z]+)"', source))
     reasons |= set(re.findall(r'"(?:True|False)", "([A-Za-z]+)"', source))  # cond(...), set_condition(...)
     reasons |= set(re.findall(r'blocked\("([A-Za-z]+)"', source))

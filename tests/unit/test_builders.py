@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelship import builders
+from modelship import manifests, units
 from modelship.api import ModelDeployment, ResolvedModel
-from modelship.plan import place
+from modelship.reconcile.plan import place
 from modelship.settings import Settings
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -58,9 +58,9 @@ def build_all(name: str) -> list[dict]:
     m = md(spec)
     settings = Settings()
     placement = place(m, resolved.engine, settings)
-    return [builders.service(m), builders.pvc(m, resolved, settings),
-            builders.download_job(m, resolved, "https://huggingface.co", settings),
-            builders.deployment(m, resolved, placement, settings)]
+    return [manifests.service(m), manifests.pvc(m, resolved, settings),
+            manifests.download_job(m, resolved, "https://huggingface.co", settings),
+            manifests.deployment(m, resolved, placement, settings)]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -134,10 +134,10 @@ def test_token_reaches_the_download_job_only_through_a_secret_ref():
 
 def test_volume_is_sized_from_the_files_with_a_margin():
     assert build_all("tgi")[1]["spec"]["resources"]["requests"]["storage"] == "16Gi"  # 14 GiB + 10%, rounded up
-    assert builders.volume_size(100 * 2**20, 10) == "2Gi"  # at least 1 GiB of margin
+    assert manifests.volume_size(100 * 2**20, 10) == "2Gi"  # at least 1 GiB of margin
     m = md({"model": {"repo": "org/tiny"}, "storage": {"size": "50Gi", "storageClassName": "fast",
                                                      "accessMode": "ReadWriteMany"}})
-    spec = builders.pvc(m, SAFETENSORS, Settings())["spec"]
+    spec = manifests.pvc(m, SAFETENSORS, Settings())["spec"]
     assert spec == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}},
                     "storageClassName": "fast"}
 
@@ -150,7 +150,7 @@ def test_children_are_owned_labelled_and_hashed():
                                             "name": "m", "uid": "uid-1", "controller": True,
                                             "blockOwnerDeletion": True}]
         assert meta["labels"]["modelship.io/deployment"] == "m"
-        assert len(meta["annotations"][builders.APPLIED_HASH]) == 16
+        assert len(meta["annotations"][manifests.APPLIED_HASH]) == 16
 
 
 def test_a_spec_change_changes_the_pod_template_hash_and_a_scale_does_not():
@@ -159,24 +159,24 @@ def test_a_spec_change_changes_the_pod_template_hash_and_a_scale_does_not():
     scaled = md({**CASES["llamacpp-cpu"][0], "replicas": 3})
     s = Settings()
     p = place(a, "llamacpp", s)
-    h = lambda m: builders.deployment(m, GGUF, p, s)["spec"]["template"]["metadata"]["annotations"][builders.SPEC_HASH]
+    h = lambda m: manifests.deployment(m, GGUF, p, s)["spec"]["template"]["metadata"]["annotations"][manifests.SPEC_HASH]
     assert h(a) != h(changed)
     assert h(a) == h(scaled)
-    dep = lambda m: builders.deployment(m, GGUF, p, s)["metadata"]["annotations"][builders.APPLIED_HASH]
+    dep = lambda m: manifests.deployment(m, GGUF, p, s)["metadata"]["annotations"][manifests.APPLIED_HASH]
     assert dep(a) != dep(scaled)  # the Deployment itself is re-applied with the new replica count
 
 
 def test_download_job_name_follows_what_the_job_does():
     m = md({"model": {"repo": "org/tiny-GGUF"}})
     s = Settings()
-    name = lambda m, r, endpoint="https://huggingface.co", **kw: builders.download_job(m, r, endpoint, s, **kw)[
+    name = lambda m, r, endpoint="https://huggingface.co", **kw: manifests.download_job(m, r, endpoint, s, **kw)[
         "metadata"]["name"]
     assert name(m, GGUF) != name(m, GGUF.model_copy(update={"sha": "f" * 40}))
     assert name(m, GGUF) != name(m, GGUF, endpoint="http://mirror:8090")  # a fixed endpoint is a new Job
     assert name(m, GGUF) == name(m, GGUF.model_copy())
     assert name(m, GGUF) == name(m, GGUF, pin_node="node-1")  # where it runs is not what it does
     assert len(name(md({"model": {"repo": "a/b"}}, "x" * 48), GGUF)) <= 63
-    pinned = builders.download_job(m, GGUF, "https://huggingface.co", s, pin_node="node-1")["spec"]["template"]
+    pinned = manifests.download_job(m, GGUF, "https://huggingface.co", s, pin_node="node-1")["spec"]["template"]
     terms = pinned["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-1"]
 
@@ -185,19 +185,19 @@ def test_download_job_name_follows_what_the_job_does():
                                          (4096, 4096), ("100Mi", 100 * 2**20), (".5Gi", 2**29), ("+1Gi", 2**30),
                                          ("500m", 1), ("1E3", 1000), ("2E", 2 * 10**18)])
 def test_quantity_bytes(q, expected):
-    assert builders.quantity_bytes(q) == expected
+    assert units.quantity_bytes(q) == expected
 
 
 @pytest.mark.parametrize("bad", ["ten", "1 Gi", "Gi", "1.2.3", ""])
 def test_quantity_refuses_what_is_not_one(bad):
     with pytest.raises(ValueError):
-        builders.quantity(bad)
+        units.quantity(bad)
 
 
 def test_a_limit_below_the_pools_default_request_lowers_the_request():
     m = md({"model": {"repo": "org/tiny"}, "gpus": 1, "resources": {"limits": {"memory": "12Gi", "cpu": 8}}})
     s = Settings()
-    res = builders.deployment(m, SAFETENSORS, place(m, "tgi", s), s)["spec"]["template"]["spec"]["containers"][0][
+    res = manifests.deployment(m, SAFETENSORS, place(m, "tgi", s), s)["spec"]["template"]["spec"]["containers"][0][
         "resources"]
     assert res["requests"] == {"cpu": "4", "memory": "12Gi"}  # the pool asks 16Gi and 4 CPUs by default
     assert res["limits"] == {"memory": "12Gi", "cpu": "8", "nvidia.com/gpu": "1"}
@@ -205,7 +205,7 @@ def test_a_limit_below_the_pools_default_request_lowers_the_request():
 
 def test_llamacpp_context_defaults_to_the_models_own_up_to_4096():
     m = md({"model": {"repo": "org/tiny-GGUF"}})
-    c = lambda r: (a := builders.llamacpp_args(m, r, 0))[a.index("-c") + 1]
+    c = lambda r: (a := manifests.llamacpp_args(m, r, 0))[a.index("-c") + 1]
     assert c(GGUF) == "4096"  # unknown
     assert c(GGUF.model_copy(update={"context_length": 2048})) == "2048"
     assert c(GGUF.model_copy(update={"context_length": 131072})) == "4096"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship import fetch
+from modelship import weights
 from modelship_testbed.hub_fake import FakeHub, FakeRepo
 
 SHA = "3" * 40
@@ -39,11 +39,11 @@ def spec(path: str, data: bytes, with_sha: bool = True) -> str:
 def run(hub, dest: Path, files: list[str], repo: str = "org/m", **kw):
     lines: list[str] = []
     out = io.StringIO()
-    fetcher = fetch.Fetcher(repo, SHA, hub.url, dest, kw.pop("token", None), lines.append, retry_delay=0.01, **kw)
+    fetcher = weights.Fetcher(repo, SHA, hub.url, dest, kw.pop("token", None), lines.append, retry_delay=0.01, **kw)
     import contextlib
 
     with contextlib.redirect_stdout(out):
-        progress = fetcher.run([fetch.parse_file(f) for f in files], emit_every=0.05)
+        progress = fetcher.fetch_all([weights.parse_file(f) for f in files], emit_every=0.05)
     fetcher.progress_lines = [json.loads(l) for l in out.getvalue().splitlines()]
     return progress, lines, fetcher
 
@@ -92,7 +92,7 @@ def test_a_killed_download_resumes_from_its_partial_file(hub, tmp_path):
 
 def test_a_corrupted_byte_is_caught_and_nothing_becomes_visible(hub, tmp_path):
     hub.corrupt.add("m-Q4_K_M.gguf")
-    with pytest.raises(fetch.FetchError, match="sha256 .* instead of .*twice.*corrupt"):
+    with pytest.raises(weights.FetchError, match="sha256 .* instead of .*twice.*corrupt"):
         run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF)])
     assert not (snapshot(tmp_path) / "m-Q4_K_M.gguf").exists()
     kept = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != ".locks"]
@@ -111,13 +111,13 @@ def test_a_wrong_preloaded_file_is_replaced_and_a_right_one_kept(hub, tmp_path):
 
 @pytest.mark.parametrize("bad", ["../evil.gguf", "/etc/passwd", "a/../../b", "sub/./x"])
 def test_names_that_leave_the_volume_are_refused_before_anything_is_written(hub, tmp_path, bad):
-    with pytest.raises(fetch.FetchError, match="leaves the snapshot folder"):
+    with pytest.raises(weights.FetchError, match="leaves the snapshot folder"):
         run(hub, tmp_path, [spec("config.json", CONFIG), f"1::{bad}"])
     assert not list(tmp_path.iterdir())
 
 
 def test_a_gated_file_needs_the_token(hub, tmp_path):
-    with pytest.raises(fetch.FetchError, match="token from model.tokenSecretRef is missing or has no access"):
+    with pytest.raises(weights.FetchError, match="token from model.tokenSecretRef is missing or has no access"):
         run(hub, tmp_path, [spec("m.gguf", b"gated")], repo="org/gated")
     run(hub, tmp_path, [spec("m.gguf", b"gated")], repo="org/gated", token="ok")
     assert (snapshot(tmp_path, "org/gated") / "m.gguf").read_bytes() == b"gated"
@@ -183,18 +183,18 @@ def test_prune_keeps_what_is_served_and_wanted_and_removes_the_rest(hub, tmp_pat
                                                            "config.json": CONFIG}}, old.refs))
     hub.add_repo(FakeRepo("org/gone", {SHA: {"g.gguf": b"nobody serves this"}}, {"main": SHA}))
     # Three snapshots on one volume: the one served, an older one, another repo's.
-    fetch.run("org/m", other, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", b"older weights"),
+    weights.download("org/m", other, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", b"older weights"),
                                                         spec("config.json", CONFIG)], log=lambda _: None)
-    fetch.run("org/gone", SHA, hub.url, str(tmp_path), [spec("g.gguf", b"nobody serves this")], log=lambda _: None)
+    weights.download("org/gone", SHA, hub.url, str(tmp_path), [spec("g.gguf", b"nobody serves this")], log=lambda _: None)
     # The new revision downloads while `other` is still served: both stay, the rest goes.
     lines: list[str] = []
-    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG)],
+    weights.download("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG)],
               log=lines.append, keep=[f"org/m@{other}"])
     snaps = sorted(p.name for p in (tmp_path / "models--org--m" / "snapshots").iterdir())
     assert snaps == sorted([SHA, other]) and not (tmp_path / "models--org--gone").exists()
     assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
     # The served revision done with: the next download keeps only itself, and its blobs.
-    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG)],
+    weights.download("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF), spec("config.json", CONFIG)],
               log=lines.append, keep=[])
     assert [p.name for p in (tmp_path / "models--org--m" / "snapshots").iterdir()] == [SHA]
     blobs = sorted(p.name for p in (tmp_path / "models--org--m" / "blobs").iterdir())
@@ -215,25 +215,25 @@ def test_prune_leaves_a_blob_another_job_is_writing(tmp_path):
     abandoned.write_bytes(b"left by a killed pod")
     with open(repo / ".locks" / ("c" * 64), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another Job is downloading this one
-        fetch.prune(tmp_path, set(), lambda _: None)
+        weights.prune(tmp_path, set(), lambda _: None)
     assert part.exists() and not abandoned.exists()
 
 
 def test_collect_keeps_what_is_in_use_and_frees_the_rest(hub, tmp_path):
     hub.add_repo(FakeRepo("org/gone", {SHA: {"g.gguf": b"nobody serves this"}}, {"main": SHA}))
-    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None)
-    fetch.run("org/gone", SHA, hub.url, str(tmp_path), [spec("g.gguf", b"nobody serves this")], log=lambda _: None)
+    weights.download("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None)
+    weights.download("org/gone", SHA, hub.url, str(tmp_path), [spec("g.gguf", b"nobody serves this")], log=lambda _: None)
     out = io.StringIO()
     import contextlib
 
     with contextlib.redirect_stdout(out):
-        freed = fetch.collect(str(tmp_path), [f"org/m@{SHA}"], log=lambda _: None)
+        freed = weights.collect(str(tmp_path), [f"org/m@{SHA}"], log=lambda _: None)
     assert freed == len(b"nobody serves this")
     assert json.loads(out.getvalue()) == {"event": "collected", "freed": freed}
     assert not (tmp_path / "models--org--gone").exists()
     assert (snapshot(tmp_path) / "m-Q4_K_M.gguf").read_bytes() == GGUF
-    with pytest.raises(fetch.FetchError, match="is not ORG/NAME@COMMIT_SHA"):
-        fetch.collect(str(tmp_path), ["org/m@main"], log=lambda _: None)
+    with pytest.raises(weights.FetchError, match="is not ORG/NAME@COMMIT_SHA"):
+        weights.collect(str(tmp_path), ["org/m@main"], log=lambda _: None)
 
 
 def test_collect_waits_for_the_downloads_on_the_volume(hub, tmp_path):
@@ -241,10 +241,10 @@ def test_collect_waits_for_the_downloads_on_the_volume(hub, tmp_path):
     was not told to keep (and the download started first, so it had the volume first)."""
     import threading
 
-    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None)
+    weights.download("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None)
     said: list[str] = []
-    with fetch.volume_lock(tmp_path, exclusive=False):  # a download in progress
-        t = threading.Thread(target=fetch.collect, args=(str(tmp_path), [], said.append))
+    with weights.volume_lock(tmp_path, exclusive=False):  # a download in progress
+        t = threading.Thread(target=weights.collect, args=(str(tmp_path), [], said.append))
         t.start()
         t.join(0.5)
         assert t.is_alive() and snapshot(tmp_path).exists()  # waiting, nothing removed yet
@@ -267,28 +267,28 @@ def test_a_file_kept_in_git_is_verified_by_its_git_blob_id(hub, tmp_path):
     assert target.is_symlink() and target.read_bytes() == CONFIG
     # The source serving other bytes than the id names: refused, nothing becomes visible.
     wrong = f"{len(CONFIG)}:git-{'0' * 40}:config.json"
-    with pytest.raises(fetch.FetchError, match="git blob sha1 .* instead of 0000.*twice.*corrupt"):
+    with pytest.raises(weights.FetchError, match="git blob sha1 .* instead of 0000.*twice.*corrupt"):
         run(hub, tmp_path / "other", [wrong])
     assert not (snapshot(tmp_path / "other") / "config.json").exists()
-    with pytest.raises(fetch.FetchError, match="not 40 hex digits"):
-        fetch.parse_file("2:git-abc:x.json")
+    with pytest.raises(weights.FetchError, match="not 40 hex digits"):
+        weights.parse_file("2:git-abc:x.json")
 
 
 def test_a_volume_shared_by_namespaces_keeps_what_another_namespace_uses(hub, tmp_path):
     """Each namespace collects with only its own ModelDeployments in view; the records on the
     volume keep it from removing what another namespace still serves."""
     hub.add_repo(FakeRepo("org/b", {SHA: {"b.gguf": b"team b's weights"}}, {"main": SHA}))
-    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None, user="team-a")
-    fetch.run("org/b", SHA, hub.url, str(tmp_path), [spec("b.gguf", b"team b's weights")], log=lambda _: None,
+    weights.download("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None, user="team-a")
+    weights.download("org/b", SHA, hub.url, str(tmp_path), [spec("b.gguf", b"team b's weights")], log=lambda _: None,
               user="team-b")
-    fetch.run("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None, user="team-b")
+    weights.download("org/m", SHA, hub.url, str(tmp_path), [spec("m-Q4_K_M.gguf", GGUF)], log=lambda _: None, user="team-b")
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet:  # team a no longer uses org/m, and never used org/b: team b uses both
-        assert fetch.collect(str(tmp_path), [], log=lambda _: None, user="team-a") == 0
+        assert weights.collect(str(tmp_path), [], log=lambda _: None, user="team-a") == 0
     assert snapshot(tmp_path).exists() and snapshot(tmp_path, "org/b").exists()
-    assert sorted(p.name for p in (tmp_path / fetch.USERS / "team-a").glob("*")) == []
+    assert sorted(p.name for p in (tmp_path / weights.USERS / "team-a").glob("*")) == []
     with contextlib.redirect_stdout(io.StringIO()):  # team b moves on from org/m: nobody uses it now
-        fetch.collect(str(tmp_path), [f"org/b@{SHA}"], log=lambda _: None, user="team-b")
+        weights.collect(str(tmp_path), [f"org/b@{SHA}"], log=lambda _: None, user="team-b")
     assert not (tmp_path / "models--org--m").exists() and snapshot(tmp_path, "org/b").exists()
-    with pytest.raises(fetch.FetchError, match="not a namespace name"):
-        fetch.record_use(tmp_path, "../x", f"org/b@{SHA}")
+    with pytest.raises(weights.FetchError, match="not a namespace name"):
+        weights.record_use(tmp_path, "../x", f"org/b@{SHA}")

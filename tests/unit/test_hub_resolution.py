@@ -9,7 +9,7 @@ import json
 import pytest
 
 from modelship.api import ModelSource
-from modelship.resolve import HubResolver, ResolveError, choose_gguf
+from modelship.reconcile.resolve import HubResolver, ResolveError, choose_gguf
 from modelship_testbed.hub_fake import FakeHub, FakeRepo, git_blob_sha1
 
 SHA1, SHA2 = "1" * 40, "2" * 40

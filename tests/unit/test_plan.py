@@ -10,10 +10,10 @@ import copy
 
 import pytest
 
-from modelship import builders
+from modelship import manifests
 from modelship.api import ModelDeployment, ModelDeploymentStatus, ResolvedModel
-from modelship.plan import Observed, SpecError, choose_engine, place, plan, pod_problems
-from modelship.resolve import ResolveError
+from modelship.reconcile.plan import Observed, SpecError, choose_engine, place, plan, pod_problems
+from modelship.reconcile.resolve import ResolveError
 from modelship.settings import Settings
 
 NAME, NS = "tiny", "ns1"
@@ -69,24 +69,24 @@ def applied(p) -> set[tuple[str, str]]:
 
 
 def obs_service(md):
-    return builders.service(md)
+    return manifests.service(md)
 
 
 def obs_pvc(md, resolved, size: str | None = None):
     """The PVC as created earlier, from this spec or (with `size`) from one that set storage.size."""
     if size is not None:
         md = make_md({**md.spec.wire(), "storage": {**md.spec.storage.wire(), "size": size}})
-    pvc = builders.pvc(md, resolved, settings())
+    pvc = manifests.pvc(md, resolved, settings())
     pvc["status"] = {"phase": "Bound", "capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"]}}
     pvc["metadata"]["uid"] = "pvc-uid-1"
     if not md.spec.storage.existing_claim:  # the ledger names what was put on it
-        key = builders.snapshot_key(resolved.repo, resolved.sha)
-        pvc["metadata"]["annotations"][builders.ledger_annotation(key)] = key
+        key = manifests.snapshot_key(resolved.repo, resolved.sha)
+        pvc["metadata"]["annotations"][manifests.ledger_annotation(key)] = key
     return pvc
 
 
 def obs_job(md, resolved, state: str | None = None, message: str = ""):
-    job = builders.download_job(md, resolved, ENDPOINT, settings())
+    job = manifests.download_job(md, resolved, ENDPOINT, settings())
     if state == "Complete":
         job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
     elif state == "Failed":
@@ -99,7 +99,7 @@ def obs_job(md, resolved, state: str | None = None, message: str = ""):
 
 def obs_deployment(md, resolved, ready: int = 1, replicas: int | None = None, generation: int = 1,
                    observed_generation: int | None = None, updated: int | None = None):
-    dep = builders.deployment(md, resolved, place(md, resolved.engine, settings()), settings())
+    dep = manifests.deployment(md, resolved, place(md, resolved.engine, settings()), settings())
     dep["metadata"]["generation"] = generation
     replicas = md.spec.replicas if replicas is None else replicas
     dep["status"] = {"replicas": replicas, "readyReplicas": ready,
@@ -124,13 +124,13 @@ def run(md, resolution, obs: Observed, now: str = T0):
 def test_fresh_object_creates_service_volume_and_job():
     md, r = make_md(), gguf()
     p = run(md, r, Observed())
-    job_name = builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
+    job_name = manifests.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     assert applied(p) == {("Service", NAME), ("PersistentVolumeClaim", f"{NAME}-weights"), ("Job", job_name)}
     assert [(a.verb, a.kind) for a in p.actions] == [("apply", "Service"), ("apply", "PersistentVolumeClaim"),
                                                      ("annotate", "PersistentVolumeClaim"), ("apply", "Job")]
     assert all(not a.exists for a in p.actions if a.verb == "apply")
     key = f"{r.repo}@{r.sha}"  # the ledger records the snapshot before the Job that puts it there exists
-    assert p.actions[2].body == {builders.ledger_annotation(key): key}
+    assert p.actions[2].body == {manifests.ledger_annotation(key): key}
     assert p.status["phase"] == "Downloading"
     assert cond(p, "Resolved")["status"] == "True"
     d = cond(p, "Downloaded")
@@ -353,12 +353,12 @@ def test_stale_job_from_another_revision_is_deleted():
     md, r = make_md(), gguf()
     old_r = ResolvedModel.model_validate({**r.wire(), "sha": "e" * 40, "shortSha": "eeeeeee"})
     stale = obs_job(md, old_r, "Complete")
-    assert stale["metadata"]["name"] != builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
+    assert stale["metadata"]["name"] != manifests.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     obs = Observed(pvc=obs_pvc(md, r), service=obs_service(md), jobs=[stale])
     p = run(md, r, obs)
     deletes = [(a.kind, a.name) for a in p.actions if a.verb == "delete"]
     assert deletes == [("Job", stale["metadata"]["name"])]
-    assert applied(p) == {("Job", builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"])}
+    assert applied(p) == {("Job", manifests.download_job(md, r, ENDPOINT, settings())["metadata"]["name"])}
     assert p.status["phase"] == "Downloading"
 
 
@@ -377,7 +377,7 @@ def test_pvc_is_never_shrunk():
     md, r = make_md(), gguf()  # wants 1Gi
     obs = observed(md, r, "Running")
     obs.pvc = obs_pvc(md, r, size="10Gi")
-    want = builders.pvc(md, r, settings())
+    want = manifests.pvc(md, r, settings())
     assert want["spec"]["resources"]["requests"]["storage"] == "2Gi"
     assert obs.pvc["metadata"]["annotations"] != want["metadata"]["annotations"]  # would be re-applied
     p = run(md, r, obs)
@@ -413,7 +413,7 @@ def test_existing_claim_present_is_used_not_created():
              "metadata": {"name": "preloaded", "namespace": NS},
              "spec": {"resources": {"requests": {"storage": "1Gi"}}}}
     p = run(md, r, Observed(pvc=claim, service=obs_service(md)))
-    assert applied(p) == {("Job", builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"])}
+    assert applied(p) == {("Job", manifests.download_job(md, r, ENDPOINT, settings())["metadata"]["name"])}
     job = next(a.body for a in p.actions if a.kind == "Job")
     vols = job["spec"]["template"]["spec"]["volumes"]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "preloaded"}} in vols
@@ -424,7 +424,7 @@ def test_failed_download_job():
     obs = observed(md, r, None)
     obs.jobs = [obs_job(md, r, "Failed", message="Job has reached the specified backoff limit")]
     p = run(md, r, obs)
-    job_name = builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
+    job_name = manifests.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     assert p.actions == []
     assert p.status["phase"] == "Failed"
     ready, dl = cond(p, "Ready"), cond(p, "Downloaded")
@@ -534,7 +534,7 @@ def test_a_completed_download_is_remembered_after_its_job_is_deleted():
     md, r = make_md(), gguf()
     first = run(md, r, observed(md, r, job_state="Complete"))
     job = first.status["download"]["completedJob"]
-    assert job == builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
+    assert job == manifests.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     later = make_md(status=first.status)
     obs = Observed(pvc=obs_pvc(md, r), jobs=[], service=obs_service(md), deployment=obs_deployment(md, r))
     p = run(later, r, obs)
@@ -555,7 +555,7 @@ def test_a_new_revision_downloads_next_to_the_served_one_on_its_node():
     p = run(md, new, obs)
     kinds = {a.kind: a for a in p.actions if a.verb == "apply"}
     # The volume grows to hold both revisions; the served Deployment is left alone meanwhile.
-    want = builders.volume_size(2 * big, settings().storage_margin_percent)
+    want = manifests.volume_size(2 * big, settings().storage_margin_percent)
     assert want == "11Gi"
     assert kinds["PersistentVolumeClaim"].body["spec"]["resources"]["requests"]["storage"] == want
     assert "Deployment" not in kinds and cond(p, "Available")["status"] == "True"
@@ -612,7 +612,7 @@ def test_the_download_prunes_a_volume_of_its_own_keeping_the_served_revision():
     assert args[args.index("--prune"):] == ["--prune", "--keep", f"org/tiny-GGUF@{'a' * 40}"]
     for storage in ({"sharedCache": True}, {"existingClaim": "mine"}):  # others' files, or the user's
         other = make_md({"storage": storage})
-        job = builders.download_job(other, new, ENDPOINT, settings())
+        job = manifests.download_job(other, new, ENDPOINT, settings())
         assert "--prune" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
@@ -623,12 +623,12 @@ def after_rollout(md, old, new, pods_revisions=None, jobs=None, collect_jobs=Non
     """`new` downloaded and served; the volume's ledger still names `old` too."""
     pvc = obs_pvc(md, new)
     for r in (old, new):
-        key = builders.snapshot_key(r.repo, r.sha)
-        pvc["metadata"]["annotations"][builders.ledger_annotation(key)] = key
-    pods = [{"metadata": {"name": f"{NAME}-{i}", "annotations": {builders.REPO: r.repo, builders.REVISION: r.sha}},
+        key = manifests.snapshot_key(r.repo, r.sha)
+        pvc["metadata"]["annotations"][manifests.ledger_annotation(key)] = key
+    pods = [{"metadata": {"name": f"{NAME}-{i}", "annotations": {manifests.REPO: r.repo, manifests.REVISION: r.sha}},
              "spec": {"nodeName": "node-7"}, "status": {"phase": "Running"}}
             for i, r in enumerate(pods_revisions or [new])]
-    volume_in_use = ({builders.snapshot_key(r.repo, r.sha) for r in (pods_revisions or [new])}
+    volume_in_use = ({manifests.snapshot_key(r.repo, r.sha) for r in (pods_revisions or [new])}
                      if in_use is None else in_use)
     return Observed(pvc=pvc, jobs=[obs_job(md, new, "Complete")] if jobs is None else jobs,
                     service=obs_service(md), deployment=obs_deployment(md, new), pods=pods,
@@ -675,12 +675,12 @@ def test_nothing_is_collected_while_something_may_still_read_it(why):
 def test_a_finished_collection_updates_the_ledger_and_goes():
     md = make_md()
     old, new = old_and_new()
-    job = builders.collect_job(md, settings(), [builders.snapshot_key(new.repo, new.sha)])
+    job = manifests.collect_job(md, settings(), [manifests.snapshot_key(new.repo, new.sha)])
     job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
     p = run(md, new, after_rollout(md, old, new, collect_jobs=[job]))
-    old_key = builders.snapshot_key(old.repo, old.sha)
+    old_key = manifests.snapshot_key(old.repo, old.sha)
     assert [(a.verb, a.kind, a.body if a.verb == "annotate" else a.name) for a in p.actions] == [
-        ("annotate", "PersistentVolumeClaim", {builders.ledger_annotation(old_key): None}),
+        ("annotate", "PersistentVolumeClaim", {manifests.ledger_annotation(old_key): None}),
         ("delete", "Job", job["metadata"]["name"])]
     assert [old_key in e.message for e in p.events if e.reason == "Collected"] == [True]
 
@@ -688,7 +688,7 @@ def test_a_finished_collection_updates_the_ledger_and_goes():
 def test_a_failed_collection_is_reported_and_not_retried_until_its_job_is_deleted():
     md = make_md()
     old, new = old_and_new()
-    job = builders.collect_job(md, settings(), [builders.snapshot_key(new.repo, new.sha)])
+    job = manifests.collect_job(md, settings(), [manifests.snapshot_key(new.repo, new.sha)])
     job["status"] = {"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                                                   "message": "Job has reached the specified backoff limit"}]}
     p = run(md, new, after_rollout(md, old, new, collect_jobs=[job]))
@@ -700,7 +700,7 @@ def test_a_failed_collection_is_reported_and_not_retried_until_its_job_is_delete
 def test_a_download_waits_for_a_running_collection():
     md = make_md({"storage": {"sharedCache": True}})
     old, new = old_and_new()
-    collecting = builders.collect_job(md, settings(), ["org/x@" + "1" * 40])
+    collecting = manifests.collect_job(md, settings(), ["org/x@" + "1" * 40])
     collecting["status"] = {"active": 1}
     obs = Observed(pvc=obs_pvc(md, old), jobs=[], service=obs_service(md), collect_jobs=[collecting],
                    volume_in_use=set())
@@ -736,10 +736,10 @@ def test_a_finished_download_whose_files_were_collected_is_downloaded_again():
     the ledger no longer names it, so the Job goes and the files come again."""
     md, r = make_md({"storage": {"sharedCache": True}}), gguf()
     obs = observed(md, r, job_state="Complete")
-    key = builders.snapshot_key(r.repo, r.sha)
-    del obs.pvc["metadata"]["annotations"][builders.ledger_annotation(key)]  # collected
+    key = manifests.snapshot_key(r.repo, r.sha)
+    del obs.pvc["metadata"]["annotations"][manifests.ledger_annotation(key)]  # collected
     p = run(md, r, obs)
-    job = builders.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
+    job = manifests.download_job(md, r, ENDPOINT, settings())["metadata"]["name"]
     assert [(a.verb, a.kind) for a in p.actions if a.kind != "Service"] == [
         ("annotate", "PersistentVolumeClaim"), ("delete", "Job")]
     assert p.actions[-1].name == job and p.status["phase"] == "Downloading"
@@ -747,7 +747,7 @@ def test_a_finished_download_whose_files_were_collected_is_downloaded_again():
     assert "completedJob" not in p.status["download"]
     # Once the Job is gone, it is created again (and the Deployment waits for it).
     obs.jobs = []
-    obs.pvc["metadata"]["annotations"][builders.ledger_annotation(key)] = key
+    obs.pvc["metadata"]["annotations"][manifests.ledger_annotation(key)] = key
     again = run(make_md(md.spec.wire(), status=p.status), r, obs)
     assert applied(again) >= {("Job", job)} and ("Deployment", NAME) not in applied(again)
 

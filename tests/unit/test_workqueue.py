@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from modelship.workqueue import WorkQueue
+from modelship.reconcile.workqueue import WorkQueue
 
 pytestmark = pytest.mark.timeout(10)
 

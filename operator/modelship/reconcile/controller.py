@@ -15,14 +15,14 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
-from . import api, builders
-from .builders import digest
+from .. import api, manifests as builders
+from ..manifests import digest
 from .kube import Kube, is_transient, now
 from kubernetes.client.rest import ApiException
 
 from .plan import Event, Plan, SpecError, choose_engine, plan, set_condition
 from .resolve import ResolveError, Resolver
-from .settings import Settings
+from ..settings import Settings
 from .workqueue import WorkQueue
 
 log = logging.getLogger("modelship")

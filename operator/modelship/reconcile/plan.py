@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import builders
-from .api import Condition, ModelDeployment, ResolvedModel
-from .builders import APPLIED_HASH, Placement, quantity_bytes
+from .. import manifests as builders
+from ..api import Condition, ModelDeployment, ResolvedModel
+from ..manifests import APPLIED_HASH, Placement
+from ..units import quantity_bytes
 from .resolve import ResolveError
-from .settings import Settings
-from .units import human_bytes
+from ..settings import Settings
+from ..units import GIB, human_bytes
 
 
 @dataclass
@@ -122,7 +123,7 @@ def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:
                                                "only; remove model.endpoint or set storage.sharedCache: false")
     size = md.spec.storage.size
     if size is not None and quantity_bytes(size) < resolved.total_bytes:
-        need = f"{-(-resolved.total_bytes // builders.GIB)}Gi"
+        need = f"{-(-resolved.total_bytes // GIB)}Gi"
         raise SpecError("StorageTooSmall", f"storage.size {size} is smaller than the model's files "
                                            f"({resolved.total_bytes} bytes): set it to at least {need}, or "
                                            f"remove it to size the volume automatically")

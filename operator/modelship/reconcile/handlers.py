@@ -18,12 +18,12 @@ import os
 
 import kopf
 
-from . import api
-from .builders import DEPLOYMENT_LABEL, MANAGED_BY
+from .. import api
+from ..manifests import DEPLOYMENT_LABEL, MANAGED_BY
 from .controller import Controller
 from .kube import Kube, new_client
 from .resolve import CatalogResolver, HubResolver
-from .settings import Settings, load
+from ..settings import Settings, load
 
 log = logging.getLogger("modelship")
 

@@ -20,8 +20,8 @@ from urllib.parse import quote
 import yaml
 from pydantic import ValidationError
 
-from .api import ModelSource, ResolvedFile, ResolvedModel
-from .units import human_bytes
+from ..api import ModelSource, ResolvedFile, ResolvedModel
+from ..units import human_bytes
 
 
 @dataclass

@@ -17,8 +17,8 @@ import uuid
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from . import api
-from .builders import (COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, REPO, REVISION, SHARED_CACHE, SHARED_CLAIM,
+from .. import api
+from ..manifests import (COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, REPO, REVISION, SHARED_CACHE, SHARED_CLAIM,
                        on_shared_cache, owned_by, snapshot_key)
 from .plan import Action, Event, Observed
 

@@ -59,7 +59,7 @@ def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
 
     import kopf
 
-    from . import handlers
+    from .reconcile import handlers
     from .settings import ConfigError, load
 
     try:
@@ -94,7 +94,7 @@ def crd(check: bool, repo: str) -> None:
 
     stale = gen.write(Path(repo), check)
     if check and stale:
-        fail(f"{', '.join(stale)} differ from operator/api.py; run `modelship crd` and commit the result")
+        fail(f"{', '.join(stale)} differ from operator/modelship/api.py; run `modelship crd` and commit the result")
     click.echo(("up to date: " if check or not stale else "wrote: ") + (", ".join(stale) or "crds/, README.md"))
 
 
@@ -115,10 +115,10 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
           prune: bool, keep: tuple[str, ...], user: str | None) -> None:
     """Put the given files of repo@revision under DEST in the Hub cache layout: verified,
     resumable, content-addressed. Progress goes to stdout as JSON lines."""
-    from .fetch import FetchError, run
+    from .weights import FetchError, download
 
     try:
-        run(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True), parallel=parallel,
+        download(repo, revision, endpoint, dest, list(files), log=lambda m: click.echo(m, err=True), parallel=parallel,
             keep=list(keep) if prune else None, user=user)
     except FetchError as e:
         _terminate(e)
@@ -179,7 +179,7 @@ def collect(dest: str, keep: tuple[str, ...], user: str | None) -> None:
     """Remove from DEST every snapshot not kept (nor used by another namespace) and the blobs
     only they used. Waits for the downloads on the volume to finish first; downloads wait for
     it in turn."""
-    from .fetch import FetchError, collect as run_collect
+    from .weights import FetchError, collect as run_collect
 
     try:
         run_collect(dest, list(keep), log=lambda m: click.echo(m, err=True), user=user)

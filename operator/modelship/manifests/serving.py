@@ -1,0 +1,107 @@
+"""What serves the model: the engine's Deployment and the Service in front of it."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..api import ModelDeployment, ResolvedModel
+from ..settings import Settings
+from ..units import quantity
+from . import llamacpp, tgi
+from .meta import REPO, REVISION, SPEC_HASH, WEIGHTS_BYTES, claim_name, digest, finish, labels, selector
+from .pods import PORT, Placement, restricted_container, restricted_pod, schedule
+from .volume import MODELS_MOUNT
+
+ENGINES: dict[str, ModuleType] = {m.NAME: m for m in (tgi, llamacpp)}
+
+
+def resources(md: ModelDeployment, placement: Placement) -> dict:
+    """The pool's default requests and limits, overridden by the spec's, and the GPUs."""
+    out: dict[str, dict] = {k: dict(v) for k, v in placement.profile.resources.items()}
+    if md.spec.resources:
+        for kind in ("requests", "limits"):
+            override = getattr(md.spec.resources, kind)
+            if override:
+                out.setdefault(kind, {}).update({k: str(v) for k, v in override.items()})
+    # A limit below the pool's default request lowers the request, as Kubernetes itself does
+    # when only a limit is given (a request above its limit is refused).
+    for key, limit in (out.get("limits") or {}).items():
+        request = (out.get("requests") or {}).get(key)
+        if request is not None and quantity(request) > quantity(limit):
+            out["requests"][key] = limit
+    if placement.gpus and placement.profile.gpu_resource:
+        out.setdefault("limits", {})[placement.profile.gpu_resource] = str(placement.gpus)
+    return out
+
+
+def _probe(period: int, failures: int) -> dict:
+    return {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5, "periodSeconds": period,
+            "failureThreshold": failures}
+
+
+def _container(md: ModelDeployment, resolved: ResolvedModel, placement: Placement, settings: Settings,
+               engine: ModuleType) -> dict:
+    env = [{"name": "HOME", "value": "/tmp"}, *engine.env(), *(e.wire() for e in md.spec.engine.env)]
+    mounts = [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
+    if engine.SHARED_MEMORY:
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    return {
+        "name": engine.NAME, "image": engine.image(md, placement.gpus, settings),
+        "args": engine.args(md, resolved, placement.gpus), "env": env,
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        # Startup is generous (big models load for minutes); liveness and readiness begin after it.
+        "startupProbe": _probe(5, max(1, settings.startup_timeout_seconds // 5)),
+        "readinessProbe": _probe(5, 2),
+        "livenessProbe": _probe(10, 6),
+        "resources": resources(md, placement),
+        "securityContext": restricted_container(),
+        "volumeMounts": mounts,
+    }
+
+
+def _strategy(md: ModelDeployment, gpus: int) -> dict:
+    """Replace pods one at a time (no surge pod) where a surge pod could not run: a full GPU
+    pool has no room for it, and a ReadWriteOnce volume cannot attach to a second node."""
+    many_nodes = md.spec.storage.access_mode in ("ReadWriteMany", "ReadOnlyMany")
+    if gpus or not many_nodes:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placement, settings: Settings) -> dict:
+    engine = ENGINES[resolved.engine]
+    volumes = [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(md), "readOnly": True}},
+               {"name": "tmp", "emptyDir": {}}]
+    if engine.SHARED_MEMORY:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+    pod_spec: dict = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": restricted_pod(),
+        "containers": [_container(md, resolved, placement, settings, engine)],
+        "volumes": volumes,
+    }
+    schedule(pod_spec, placement.profile)
+    template = {"metadata": {"labels": {**labels(md, "server"), "modelship.io/engine": engine.NAME}},
+                "spec": pod_spec}
+    template["metadata"]["annotations"] = {SPEC_HASH: digest(template), REVISION: resolved.sha,
+                                           REPO: resolved.repo}
+    return finish({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": md.name, "labels": labels(md, "server"),
+                     "annotations": {REVISION: resolved.sha, REPO: resolved.repo,
+                                     WEIGHTS_BYTES: str(resolved.total_bytes)}},
+        "spec": {"replicas": md.spec.replicas, "selector": {"matchLabels": selector(md)},
+                 "strategy": _strategy(md, placement.gpus), "revisionHistoryLimit": 3, "template": template},
+    }, md)
+
+
+def service(md: ModelDeployment) -> dict:
+    return finish({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": md.name, "labels": labels(md, "server")},
+        "spec": {"selector": selector(md),
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP",
+                            "appProtocol": "http"}]},
+    }, md)

@@ -1,0 +1,17 @@
+"""What the download and collection Jobs run (`modelship fetch`, `modelship collect`).
+
+Standard library only: this is the Jobs' program, and keeping it so keeps a slim Job image
+possible (a test enforces it).
+
+- `volume`: the Hub cache layout on the volume, who uses what, the locks;
+- `fetch`: verified, resumable, parallel downloads into it;
+- `hashing`: the hashes, and the writer that hashes a download as it lands;
+- `collect`: snapshots nothing uses leave, then the blobs only they used.
+"""
+
+from .collect import collect, prune
+from .fetch import Fetcher, Progress, Wanted, download, parse_file
+from .volume import USERS, FetchError, record_use, safe_target, volume_lock
+
+__all__ = ["USERS", "FetchError", "Fetcher", "Progress", "Wanted", "collect", "download", "parse_file", "prune",
+           "record_use", "safe_target", "volume_lock"]

@@ -1,0 +1,113 @@
+"""The volume's layout and what every Job on it shares: the Hub cache layout's names, the
+records of which namespace uses which snapshot, and the locks.
+
+    DEST/models--org--name/blobs/<sha256>                 the bytes, named by their hash
+    DEST/models--org--name/snapshots/<commit>/<path>  ->  ../../blobs/<sha256>
+    DEST/models--org--name/.locks/<blob>                  one lock per blob (kept, empty)
+    DEST/.modelship/users/<namespace>/<org--name@sha>     who uses what (volumes shared across namespaces)
+    DEST/.modelship.lock                                  downloads hold it shared, a collection alone
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+CHUNK = 1 << 20
+
+
+class FetchError(Exception):
+    """What a Job says when it fails: one line a person can act on."""
+
+
+def repo_dir(dest: Path, repo: str) -> Path:
+    return dest / f"models--{repo.replace('/', '--')}"
+
+
+def repo_of(folder: Path) -> str:
+    """`org/name` of a `models--org--name` folder."""
+    return folder.name.removeprefix("models--").replace("--", "/", 1)
+
+
+def safe_target(root: Path, rel: str) -> Path:
+    """root/rel, refusing names that leave root. Checked on the name itself, not by resolving
+    links: in the Hub cache layout every snapshot file is a link into ../../blobs."""
+    parts = Path(rel).parts
+    if not rel or rel.startswith(("/", "\\")) or ".." in parts or "\x00" in rel or os.path.normpath(rel) != rel:
+        raise FetchError(f"refusing file {rel!r}: its path leaves the snapshot folder")
+    return root / rel
+
+
+@contextmanager
+def blob_lock(folder: Path, key: str, wait: bool = True):
+    """The lock of one blob of a repo folder: yields True when held (False: another Job holds
+    it and `wait` is False). Lock files are kept: deleting one would let two holders in."""
+    locks = folder / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / key, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+USERS = Path(".modelship") / "users"  # DEST/.modelship/users/<namespace>/<org--name@sha>: who uses what
+
+
+def _user_file(dest: Path, user: str, key: str) -> Path:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", user):
+        raise FetchError(f"--user {user!r} is not a namespace name")
+    return dest / USERS / user / key.replace("/", "--", 1)
+
+
+def record_use(dest: Path, user: str, key: str) -> None:
+    """Say on the volume itself that `user` (a namespace) uses snapshot `key`: a volume shared
+    by several namespaces (ReadWriteMany) is collected by each of them, and none of them sees
+    the others' ModelDeployments."""
+    marker = _user_file(dest, user, key)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def _key_of(marker: Path) -> str:
+    return marker.name.replace("--", "/", 1)
+
+
+def used_by_others(dest: Path, user: str | None) -> set[str]:
+    """The snapshots other namespaces said they use."""
+    return {_key_of(marker) for marker in (dest / USERS).glob("*/*") if marker.parent.name != user}
+
+
+def forget_uses(dest: Path, user: str, keep: set[str]) -> None:
+    """`user`'s records of the snapshots it no longer keeps go."""
+    for marker in (dest / USERS / user).glob("*"):
+        if _key_of(marker) not in keep:
+            marker.unlink(missing_ok=True)
+
+
+VOLUME_LOCK = ".modelship.lock"
+
+
+@contextmanager
+def volume_lock(dest: Path, exclusive: bool, log: Callable[[str], None] | None = None):
+    """The whole volume: downloads hold it shared, a collection holds it alone. The operator
+    never starts one while the other runs; this lock makes that hold even for a Job that
+    outlived its reason (a retried pod, a Job left from before)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    # read-write ("a+"): NFSv4 refuses a shared lock on a file opened write-only
+    with open(dest / VOLUME_LOCK, "a+") as lock:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(lock, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log("waiting for " + ("the downloads on this volume to finish" if exclusive
+                                      else "the collection of unused snapshots on this volume to finish"))
+            fcntl.flock(lock, mode)
+        yield
