@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import kopf
 
 from .. import api
 from ..manifests import DEPLOYMENT_LABEL, MANAGED_BY
 from .controller import Controller
-from .kube import Kube, new_client
+from .kube import Kube
 from .resolve import CatalogResolver, HubResolver
+from ..login import api_client, in_cluster
 from ..settings import Settings, load
 
 log = logging.getLogger("modelship")
@@ -50,9 +50,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
 
 @kopf.on.login()
 def login(**kwargs):
-    # The kubernetes library fixes its default kubeconfig path when first imported; Kopf's
-    # piggy-backing would miss a KUBECONFIG set later, so log in explicitly.
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+    # Explicitly, by the project's one rule (Kopf's piggy-backing would take the kubernetes
+    # library's default kubeconfig path, fixed when it was first imported).
+    if in_cluster():
         return kopf.login_with_service_account(**kwargs)
     return kopf.login_with_kubeconfig(**kwargs)
 
@@ -61,7 +61,7 @@ def login(**kwargs):
 async def startup(settings: kopf.OperatorSettings, **_) -> None:
     config = STATE.get("settings") or load()
     configure_kopf(settings, config)
-    kube = Kube(new_client(), config.field_manager)
+    kube = Kube(api_client(), config.field_manager)
     hub = HubResolver()
     resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
     controller = Controller(config, kube, resolver)

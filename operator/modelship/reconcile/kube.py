@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from .. import api
@@ -26,15 +26,6 @@ log = logging.getLogger("modelship")
 
 APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
-
-
-def new_client() -> client.ApiClient:
-    """In a pod: its ServiceAccount. Elsewhere: $KUBECONFIG (read now, not at import time)."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
-            "/var/run/secrets/kubernetes.io/serviceaccount/token") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 def now() -> str:

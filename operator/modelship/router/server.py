@@ -76,7 +76,7 @@ def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: l
     if not static:
         from .discovery import Watcher
 
-        _kube_login()
+        configure_default_client()
 
         import ipaddress
 
@@ -89,15 +89,14 @@ def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: l
     return router
 
 
-def _kube_login() -> None:
-    import os
+def configure_default_client() -> None:
+    """Discovery's watches use the kubernetes library's default client: log it in by the
+    project's one rule."""
+    from kubernetes import client
 
-    from kubernetes import config
+    from ..login import api_client
 
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-    else:
-        config.load_kube_config()
+    client.Configuration.set_default(api_client().configuration)
 
 
 def raise_open_files() -> int:

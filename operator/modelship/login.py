@@ -1,0 +1,28 @@
+"""The one rule for reaching the API server, used by every program that talks to it (the
+operator, its Kopf watches, the router): in a pod, its ServiceAccount; anywhere else (or
+with $KUBECONFIG set), the kubeconfig, read when asked for rather than when the kubernetes
+library is first imported (it fixes its default path then, and a KUBECONFIG set later would
+be missed)."""
+
+from __future__ import annotations
+
+import os
+
+from kubernetes import client, config
+
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def in_cluster() -> bool:
+    """In a pod with a ServiceAccount token, and no kubeconfig asked for instead."""
+    return (bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get("KUBECONFIG")
+            and os.path.exists(SERVICE_ACCOUNT_TOKEN))
+
+
+def api_client() -> client.ApiClient:
+    """A client of its own (never the library's global default configuration)."""
+    if in_cluster():
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
