@@ -54,7 +54,7 @@ def cel_string(max_length: int, *items: dict, **extra: Any) -> dict:
     return {"maxLength": max_length, **({"x-kubernetes-validations": list(items)} if items else {}), **extra}
 
 
-class Model(BaseModel):
+class ApiType(BaseModel):
     """Base of every API type: camelCase on the wire, unknown fields refused."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
@@ -75,7 +75,7 @@ Quantity = Annotated[
 # --- spec -----------------------------------------------------------------------------------
 
 
-class SecretKeyRef(Model):
+class SecretKeyRef(ApiType):
     """A key of a Secret in the ModelDeployment's namespace."""
 
     name: str = Field(description="Name of the Secret.", json_schema_extra=cel_string(
@@ -85,7 +85,7 @@ class SecretKeyRef(Model):
                      json_schema_extra={"maxLength": 253, "minLength": 1})
 
 
-class ModelSource(Model):
+class ModelSource(ApiType):
     """Which model to serve: a Hugging Face Hub repository, pinned to a commit when resolved."""
 
     repo: str = Field(
@@ -130,7 +130,7 @@ class ModelSource(Model):
                        "must be an http:// or https:// URL, for example http://hub-mirror.hub.svc:8090")))
 
 
-class KeySelector(Model):
+class KeySelector(ApiType):
     """A key of a Secret or ConfigMap."""
 
     name: str = Field(description="Name of the Secret or ConfigMap.", json_schema_extra=cel_string(
@@ -140,14 +140,14 @@ class KeySelector(Model):
     optional: bool | None = Field(None, description="Start even if the key is missing.")
 
 
-class FieldSelector(Model):
+class FieldSelector(ApiType):
     """A field of the pod (the downward API)."""
 
     field_path: str = Field(description="Path of the field, for example `metadata.name` or `status.podIP`.",
                             json_schema_extra={"maxLength": 256})
 
 
-class EnvVarSource(Model):
+class EnvVarSource(ApiType):
     """Where an environment variable's value comes from."""
 
     model_config = ConfigDict(json_schema_extra=rules(
@@ -159,7 +159,7 @@ class EnvVarSource(Model):
     field_ref: FieldSelector | None = Field(None, description="A field of the pod.")
 
 
-class EnvVar(Model):
+class EnvVar(ApiType):
     """An environment variable of the serving container."""
 
     model_config = ConfigDict(json_schema_extra=rules(
@@ -180,7 +180,7 @@ def _no_managed_flags(engine: str) -> dict:
                 field_path=".args")
 
 
-class EngineSpec(Model):
+class EngineSpec(ApiType):
     """The inference engine that serves the model."""
 
     model_config = ConfigDict(json_schema_extra=rules(_no_managed_flags("llamacpp"), _no_managed_flags("tgi")))
@@ -197,7 +197,7 @@ class EngineSpec(Model):
                               json_schema_extra={"maxItems": 64})
 
 
-class ResourceRequirements(Model):
+class ResourceRequirements(ApiType):
     """Compute resources of the serving container (see Kubernetes' ResourceRequirements). GPUs come from
     `gpus`, not from here."""
 
@@ -214,7 +214,7 @@ class ResourceRequirements(Model):
                                                json_schema_extra={"maxProperties": 16})
 
 
-class GenerationDefaults(Model):
+class GenerationDefaults(ApiType):
     """Defaults for requests that do not set them. llama.cpp applies them in the server; for TGI the
     router applies them."""
 
@@ -225,7 +225,7 @@ class GenerationDefaults(Model):
     max_new_tokens: int | None = Field(None, ge=1, le=1048576, description="Tokens to generate at most.")
 
 
-class ServingSpec(Model):
+class ServingSpec(ApiType):
     """How the engine serves: limits, precision and generation defaults. Unset fields keep the
     engine's own defaults."""
 
@@ -262,7 +262,7 @@ class ServingSpec(Model):
     generation: GenerationDefaults | None = Field(None, description="Generation defaults.")
 
 
-class StorageSpec(Model):
+class StorageSpec(ApiType):
     """The volume that holds the weights."""
 
     model_config = ConfigDict(json_schema_extra=rules(
@@ -303,7 +303,7 @@ class StorageSpec(Model):
                                                "must be a PersistentVolumeClaim name")))
 
 
-class LoadBalancing(Model):
+class LoadBalancing(ApiType):
     """How the router spreads requests over the replicas."""
 
     strategy: Literal["least-load", "prefix-cache", "queue-aware"] = Field(
@@ -318,7 +318,7 @@ class LoadBalancing(Model):
                                         "affinity gives way to the least-loaded replica.")
 
 
-class RouterSpec(Model):
+class RouterSpec(ApiType):
     """How the router exposes this ModelDeployment."""
 
     model_config = ConfigDict(json_schema_extra=rules(
@@ -344,7 +344,7 @@ class RouterSpec(Model):
     load_balancing: LoadBalancing | None = Field(None, description="Load-balancing strategy and its parameters.")
 
 
-class ModelDeploymentSpec(Model):
+class ModelDeploymentSpec(ApiType):
     """The desired state: a model, the engine that serves it, where, and how many replicas."""
 
     model_config = ConfigDict(json_schema_extra=rules(
@@ -404,7 +404,7 @@ Phase = Literal["Pending", "Resolving", "Downloading", "Starting", "Ready", "Deg
 CONDITION_TYPES = ("Resolved", "Downloaded", "Available", "Ready")
 
 
-class Condition(Model):
+class Condition(ApiType):
     """An aspect of the state, following the Kubernetes convention."""
 
     type: str = Field(description="`Resolved`, `Downloaded`, `Available` or `Ready`.", json_schema_extra={
@@ -419,7 +419,7 @@ class Condition(Model):
                                       json_schema_extra={"format": "date-time"})
 
 
-class ResolvedFile(Model):
+class ResolvedFile(ApiType):
     """A file of the resolved model."""
 
     path: str = Field(description="Path in the repository.")
@@ -430,7 +430,7 @@ class ResolvedFile(Model):
                                  "the file when there is no SHA-256.")
 
 
-class ResolvedModel(Model):
+class ResolvedModel(ApiType):
     """What the operator serves: the model resolved on the Hub."""
 
     repo: str = Field(description="Hub repository.")
@@ -454,7 +454,7 @@ class ResolvedModel(Model):
                                                       "does (the revision stays pinned).")
 
 
-class DownloadStatus(Model):
+class DownloadStatus(ApiType):
     """Progress of the weights' download."""
 
     job: str | None = Field(None, description="The download Job.")
@@ -468,7 +468,7 @@ class DownloadStatus(Model):
     eta_seconds: int | None = Field(None, description="Estimated seconds left.")
 
 
-class EndpointStatus(Model):
+class EndpointStatus(ApiType):
     """Where to call the model from inside the cluster."""
 
     url: str = Field(description="Base URL of the engine's Service (TGI's native API and `/health`).")
@@ -477,7 +477,7 @@ class EndpointStatus(Model):
     model: str = Field(description="The value for the `model` field of requests.")
 
 
-class ModelDeploymentStatus(Model):
+class ModelDeploymentStatus(ApiType):
     """The observed state, written only by the operator."""
 
     observed_generation: int | None = Field(None, description="The `metadata.generation` last acted upon.")

@@ -7,7 +7,9 @@ product never imports them and works without them.
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import click
 
@@ -55,30 +57,28 @@ def fail(message: str) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Log Kopf's own activity too.")
 def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
     """Run the operator (reads its configuration from MODELSHIP_* and MODELSHIP_CONFIG)."""
-    import logging
+    import kopf  # (slow to import: only for the command that needs it)
 
-    import kopf
-
-    from .reconcile import handlers
+    from .reconcile import handlers  # noqa: F401 - registers the Kopf handlers
+    from .reconcile.metrics import ControllerMetrics
     from .settings import ConfigError, load
 
     try:
         settings = load(**({"namespaces": list(namespaces)} if namespaces else {}))
     except ConfigError as e:
         fail(str(e))
-    handlers.STATE["settings"] = settings
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    metrics = ControllerMetrics()
     if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.bind_host)
+        metrics.serve(settings.metrics_port, settings.bind_host)
     kopf.run(
         standalone=settings.standalone,
         namespaces=settings.namespaces or None,
         clusterwide=not settings.namespaces,
         liveness_endpoint=f"http://{settings.bind_host}:{settings.health_port}/healthz",
+        memo=kopf.Memo(settings=settings, metrics=metrics),
     )
 
 
@@ -88,8 +88,6 @@ def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
               show_default=True, help="The repository's root.")
 def crd(check: bool, repo: str) -> None:
     """Generate crds/ and the README's API reference from the API's pydantic models."""
-    from pathlib import Path
-
     from . import crd as gen
 
     stale = gen.write(Path(repo), check)

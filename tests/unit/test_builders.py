@@ -15,7 +15,7 @@ import yaml
 
 from modelship import manifests, units
 from modelship.api import ModelDeployment, ResolvedModel
-from modelship.reconcile.plan import place
+from modelship.reconcile.policy import place
 from modelship.settings import Settings
 
 GOLDEN = Path(__file__).with_name("golden")

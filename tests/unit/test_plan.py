@@ -12,8 +12,10 @@ import pytest
 
 from modelship import manifests
 from modelship.api import ModelDeployment, ModelDeploymentStatus, ResolvedModel
-from modelship.reconcile.plan import Observed, SpecError, choose_engine, place, plan, pod_problems
-from modelship.reconcile.resolve import ResolveError
+from modelship.reconcile.facts import pod_problems
+from modelship.reconcile.plan import plan
+from modelship.reconcile.policy import choose_engine, place
+from modelship.reconcile.types import Observed, ResolveError, SpecError
 from modelship.settings import Settings
 
 NAME, NS = "tiny", "ns1"

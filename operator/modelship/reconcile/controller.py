@@ -1,8 +1,10 @@
 """The reconcile loop: read, resolve, observe, plan, act, report.
 
 One `reconcile(namespace, name)` serves create, update, resume and every change of a child:
-it never branches on what happened, only on what it sees. Decisions live in `plan.py`; API
-calls in `kube.py`; this module strings them together and counts what it does.
+it never branches on what happened, only on what it sees. It reads with `kube.py` (I/O
+only), makes the observed state with `observe.py` (pure), asks `plan.py` (pure) what to do,
+executes the actions in the order the plan states, writes the status the plan built, posts
+its events, and counts what it does (`metrics.py`).
 """
 
 from __future__ import annotations
@@ -12,27 +14,25 @@ import logging
 import os
 import time
 
-from prometheus_client import Counter, Gauge, Histogram
+from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from .. import api, manifests as builders
-from ..manifests import digest
-from .kube import Kube, is_transient, now
-from kubernetes.client.rest import ApiException
-
-from .plan import Event, Plan, SpecError, choose_engine, plan, set_condition
-from .resolve import ResolveError, Resolver
+from .. import api, clock
+from ..manifests import claim_name, digest, on_shared_cache
 from ..settings import Settings
+from . import observe, status
+from .kube import Kube, is_transient, refusal
+from .metrics import ControllerMetrics
+from .plan import plan
+from .policy import choose_engine
+from .resolve import Resolver
+from .types import Event, JobPods, Observed, Plan, ResolveError, SpecError
 from .workqueue import WorkQueue
 
 log = logging.getLogger("modelship")
 
-RECONCILES = Counter("modelship_reconciles_total", "Reconciles of ModelDeployments, by result.", ["result"])
-RECONCILE_SECONDS = Histogram("modelship_reconcile_duration_seconds", "Time one reconcile took.",
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-PHASES = Gauge("modelship_modeldeployments", "ModelDeployments by phase.", ["phase"])
-CHILD_WRITES = Counter("modelship_child_writes_total", "Children created, updated or deleted.", ["kind", "verb"])
-RESOLUTIONS = Counter("modelship_resolutions_total", "Model resolutions, by result reason.", ["reason"])
+Key = tuple[str, str]  # (namespace, name)
+Resolution = api.ResolvedModel | ResolveError | SpecError
 
 
 def source_hash(spec: api.ModelDeploymentSpec) -> str:
@@ -41,178 +41,174 @@ def source_hash(spec: api.ModelDeploymentSpec) -> str:
 
 
 class Controller:
-    def __init__(self, settings: Settings, kube: Kube, resolver: Resolver):
-        self.settings, self.kube, self.resolver = settings, kube, resolver
+    def __init__(self, settings: Settings, kube: Kube, resolver: Resolver, metrics: ControllerMetrics):
+        self.settings, self.kube, self.resolver, self.metrics = settings, kube, resolver, metrics
         # Fault injection for the restart test: exit abruptly after N child writes.
         failpoint = os.environ.get("MODELSHIP_FAILPOINT_EXIT_AFTER_WRITES")
         self.writes_left = int(failpoint) if failpoint else None
         self.queue = WorkQueue(self._handle, workers=4)
-        self.phases: dict[tuple[str, str], str] = {}
-        self.follow_failures: dict[tuple[str, str], str] = {}  # the last failed Follow re-check
-        self.volume_locks: dict[tuple[str, str], asyncio.Lock] = {}  # (namespace, claim) of a shared volume
+        self.follow_failures: dict[Key, str] = {}  # the last failed Follow re-check
+        self.volume_locks: dict[Key, asyncio.Lock] = {}  # (namespace, claim) of a shared volume
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
 
-    async def _handle(self, key) -> float | None:
-        started = time.monotonic()
+    async def _handle(self, key: Key) -> float | None:
+        started, m = time.monotonic(), self.metrics
         try:
             requeue = await self.reconcile(*key)
         except Exception as e:
-            RECONCILES.labels("error").inc()
+            m.reconciles.labels("error").inc()
             if not is_transient(e):
                 log.exception("reconcile of %s/%s failed unexpectedly", *key)
             raise
         finally:
-            RECONCILE_SECONDS.observe(time.monotonic() - started)
-        RECONCILES.labels("requeue" if requeue else "success").inc()
+            m.reconcile_seconds.observe(time.monotonic() - started)
+        m.reconciles.labels("requeue" if requeue else "success").inc()
         return requeue
-
-    def _record_phase(self, key: tuple[str, str], phase: str | None) -> None:
-        if phase is None:
-            self.phases.pop(key, None)
-        else:
-            self.phases[key] = phase
-        for p in api.PHASES:
-            PHASES.labels(p).set(sum(1 for v in self.phases.values() if v == p))
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         key = (namespace, name)
         body = await asyncio.to_thread(self.kube.get_md, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.queue.forget(key)
-            self._record_phase(key, None)
+            self.metrics.record_phase(key, None)
             return None  # the garbage collector removes the children through their owner references
         try:
             md = api.ModelDeployment.model_validate(body)
         except ValidationError as e:  # the CRD admitted it, so this is a newer or older schema
             log.error("ModelDeployment %s/%s does not match this operator's API: %s", namespace, name, e)
             return None
-        tried = next((c for c in md.status.conditions if c.type == "Resolved"
-                      and c.observed_generation == md.generation), None)
-        if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and tried is None:
-            await self._say_resolving(md, body)  # once per generation: a failure is not announced again
+        tried = any(c.type == "Resolved" and c.observed_generation == md.generation for c in md.status.conditions)
+        if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and not tried:
+            await self._say_resolving(key, md)  # once per generation: a failure is not announced again
         resolution = await self._resolve(md)
-        if builders.on_shared_cache(md):
+        if on_shared_cache(md):
             # One volume, several ModelDeployments: one of them at a time looks at it and acts,
             # so a collection never starts beside a download it did not see (or the reverse).
-            async with self.volume_locks.setdefault((namespace, builders.claim_name(md)), asyncio.Lock()):
+            async with self.volume_locks.setdefault((namespace, claim_name(md)), asyncio.Lock()):
                 return await self._reconcile(key, md, body, resolution)
         return await self._reconcile(key, md, body, resolution)
 
-    async def _reconcile(self, key: tuple[str, str], md: api.ModelDeployment, body: dict,
-                         resolution: api.ResolvedModel | ResolveError | SpecError) -> float | None:
-        namespace, name = key
+    async def _reconcile(self, key: Key, md: api.ModelDeployment, body: dict, resolution: Resolution) -> float | None:
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
-        claim = builders.claim_name(md)
-        observed = await asyncio.to_thread(self.kube.observe, md, claim)
-        p = plan(md, resolution, observed, self.settings, now(), endpoint)
-        if key in self.follow_failures and isinstance(resolution, api.ResolvedModel):
-            set_condition(p.status["conditions"], "Resolved", "True", "FollowCheckFailed",
-                          f"still serving {resolution.sha[:7]}; asking the Hub whether {resolution.revision} moved "
-                          f"failed ({self.follow_failures[key]}); retrying", md.generation, now())
-        for action in p.actions:
-            try:
-                await asyncio.to_thread(self.kube.execute, action, namespace)
-            except ApiException as e:
-                if is_transient(e) or (action.field_manager and e.status == 422):
-                    raise  # (a shared object others are changing too: try again shortly)
-                self._rejected(md, p, f"{action.kind} {action.name} was refused by the API server: "
-                                      f"{self.kube.refusal(e)}")
-                break
-            CHILD_WRITES.labels(action.kind, action.verb).inc()
-            if self.writes_left is not None:
-                self.writes_left -= 1
-                if self.writes_left <= 0:
-                    log.error("failpoint: exiting abruptly after a child write, mid-reconcile")
-                    os._exit(137)
-            message = f"{action.past_tense()} {action.kind} {action.name}"
-            log.info("%s (for ModelDeployment %s/%s)", message, namespace, name)
-            await asyncio.to_thread(self.kube.post_event, md, Event("Normal", action.past_tense(), message))
-        old = body.get("status") or {}
-        if p.status != old:
-            await asyncio.to_thread(self.kube.write_status, namespace, name, p.status)
-            if p.status.get("phase") != old.get("phase"):
-                log.info("ModelDeployment %s/%s is %s", namespace, name, p.status.get("phase"))
-        for event in p.events:
-            await asyncio.to_thread(self.kube.post_event, md, event)
-        self._record_phase(key, p.status.get("phase"))
+        observed = await self._observe(md)
+        follow_failure = self.follow_failures.get(key) if isinstance(resolution, api.ResolvedModel) else None
+        p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure)
+        await self._execute(md, p)
+        await self._report(key, md, body.get("status") or {}, p)
         if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while (sooner after a failure)
             wait = 30.0 if key in self.follow_failures else float(self.settings.follow_interval_seconds)
             return min(p.requeue_after or float("inf"), wait)
         return p.requeue_after
 
-    async def _say_resolving(self, md: api.ModelDeployment, body: dict) -> None:
+    async def _observe(self, md: api.ModelDeployment) -> Observed:
+        """Read the children (and the pods and last log lines of running downloads), then make
+        the observed state of them."""
+        claim = claim_name(md)
+        reads = await asyncio.to_thread(self.kube.read, md, claim)
+        for job in observe.downloads_to_follow(md, reads):
+            pods = await asyncio.to_thread(self.kube.job_pods, md.namespace, job)
+            source = observe.progress_pod(pods)
+            tail = await asyncio.to_thread(self.kube.log_tail, md.namespace, source) if source else ""
+            reads.job_pods[job] = JobPods(pods, tail)
+        return observe.observe(md, claim, reads)
+
+    async def _execute(self, md: api.ModelDeployment, p: Plan) -> None:
+        """The plan's actions, in its order; each announced with an Event. A child the API
+        server refuses for good stops the rest and goes into the status."""
+        for action in p.actions:
+            try:
+                await asyncio.to_thread(self.kube.execute, action, md.namespace)
+            except ApiException as e:
+                if is_transient(e) or (action.field_manager and e.status == 422):
+                    raise  # (a co-owned object others are changing too: try again shortly)
+                status.rejected(md, p, f"{action.kind} {action.name} was refused by the API server: {refusal(e)}",
+                                clock.now())
+                break
+            self.metrics.child_writes.labels(action.kind, action.verb).inc()
+            self._failpoint()
+            message = f"{action.past_tense()} {action.kind} {action.name}"
+            log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
+            await asyncio.to_thread(self.kube.post_event, md, Event("Normal", action.past_tense(), message))
+
+    def _failpoint(self) -> None:
+        if self.writes_left is not None:
+            self.writes_left -= 1
+            if self.writes_left <= 0:
+                log.error("failpoint: exiting abruptly after a child write, mid-reconcile")
+                os._exit(137)
+
+    async def _report(self, key: Key, md: api.ModelDeployment, old: dict, p: Plan) -> None:
+        """Write the status (when it changed), then post the plan's events."""
+        if p.status != old:
+            await asyncio.to_thread(self.kube.write_status, md.namespace, md.name, p.status)
+            if p.status.get("phase") != old.get("phase"):
+                log.info("ModelDeployment %s/%s is %s", md.namespace, md.name, p.status.get("phase"))
+        self.metrics.record_phase(key, p.status.get("phase"))
+        for event in p.events:
+            await asyncio.to_thread(self.kube.post_event, md, event)
+
+    async def _say_resolving(self, key: Key, md: api.ModelDeployment) -> None:
         """Resolution may take a while (a slow Hub, many files): say so first."""
-        status = dict(body.get("status") or {})
-        conditions = [c.wire() for c in md.status.conditions]
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
-        set_condition(conditions, "Resolved", "Unknown", "Resolving",
-                      f"asking {endpoint} for {md.spec.model.repo}@{md.spec.model.revision}", md.generation, now())
-        status.update(phase="Resolving", conditions=conditions)
-        await asyncio.to_thread(self.kube.write_status, md.namespace, md.name, status)
-        md.status = api.ModelDeploymentStatus.model_validate(status)
+        new = status.resolving(md, endpoint, clock.now())
+        await asyncio.to_thread(self.kube.write_status, md.namespace, md.name, new)
+        self.metrics.record_phase(key, new["phase"])
+        md.status = api.ModelDeploymentStatus.model_validate(new)
 
-    @staticmethod
-    def _rejected(md: api.ModelDeployment, p: Plan, message: str) -> None:
-        """A child the operator built was refused (a spec the CRD admits but the API server does
-        not, a quota, a StorageClass that cannot grow): report it, do not retry until a change."""
-        message += "; fix the ModelDeployment (or the cluster's policy) and the operator tries again"
-        set_condition(p.status["conditions"], "Ready", "False", "ApplyRejected", message, md.generation, now())
-        p.status["phase"] = "Failed"
-        p.requeue_after = None
-        before = next((c for c in md.status.conditions if c.type == "Ready"), None)
-        if not (before and before.reason == "ApplyRejected" and before.message == message):
-            p.events.append(Event("Warning", "ApplyRejected", message))  # once, not at every resync
-
-    def _follow_due(self, have: api.ResolvedModel, key: tuple[str, str] | None = None) -> bool:
-        import datetime as dt
-
+    def _follow_due(self, have: api.ResolvedModel, key: Key) -> bool:
         if not have.resolved_at or key in self.follow_failures:
             return True
-        at = dt.datetime.strptime(have.resolved_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-        return (dt.datetime.now(dt.timezone.utc) - at).total_seconds() >= self.settings.follow_interval_seconds
+        return clock.seconds_since(have.resolved_at) >= self.settings.follow_interval_seconds
 
-    async def _resolve(self, md: api.ModelDeployment) -> api.ResolvedModel | ResolveError | SpecError:
+    async def _token(self, md: api.ModelDeployment) -> str | None:
+        """The Hugging Face token: spec.model.tokenSecretRef's, else the operator's default
+        Secret's where the namespace has it. ResolveError when the named Secret is missing."""
+        ref = md.spec.model.token_secret_ref
+        if ref is None:
+            if not self.settings.default_token_secret:
+                return None
+            return await asyncio.to_thread(self.kube.read_secret_key, md.namespace,
+                                           self.settings.default_token_secret, "token")
+        token = await asyncio.to_thread(self.kube.read_secret_key, md.namespace, ref.name, ref.key)
+        if token is None:
+            raise ResolveError("SecretNotFound",
+                               f"model.tokenSecretRef names Secret {ref.name!r} key {ref.key!r}, which does not "
+                               f"exist in namespace {md.namespace}: create it with `kubectl create secret "
+                               f"generic {ref.name} --from-literal={ref.key}=<your Hugging Face token>`",
+                               transient=True)
+        return token
+
+    async def _resolve(self, md: api.ModelDeployment) -> Resolution:
         """The pinned resolution while spec.model is unchanged (with revisionPolicy Follow: until
         followIntervalSeconds have passed); otherwise ask the resolver."""
-        want = source_hash(md.spec)
-        have = md.status.resolved
-        if have is not None and have.source_hash == want:
-            if md.spec.model.revision_policy != "Follow" or not self._follow_due(have, (md.namespace, md.name)):
-                return have
-        token = None
-        ref = md.spec.model.token_secret_ref
-        if ref is None and self.settings.default_token_secret:
-            token = await asyncio.to_thread(self.kube.read_secret_key, md.namespace,
-                                            self.settings.default_token_secret, "token")
-        if ref:
-            token = await asyncio.to_thread(self.kube.read_secret_key, md.namespace, ref.name, ref.key)
-            if token is None:
-                RESOLUTIONS.labels("SecretNotFound").inc()
-                return ResolveError("SecretNotFound",
-                                    f"model.tokenSecretRef names Secret {ref.name!r} key {ref.key!r}, which does not "
-                                    f"exist in namespace {md.namespace}: create it with `kubectl create secret "
-                                    f"generic {ref.name} --from-literal={ref.key}=<your Hugging Face token>`",
-                                    transient=True)
+        key, want, have = (md.namespace, md.name), source_hash(md.spec), md.status.resolved
+        pinned = have if have is not None and have.source_hash == want else None
+        if pinned and (md.spec.model.revision_policy != "Follow" or not self._follow_due(pinned, key)):
+            return pinned
+        try:
+            token = await self._token(md)
+        except ResolveError as e:
+            self.metrics.resolutions.labels(e.reason).inc()
+            return e
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
         try:
             resolved = await asyncio.to_thread(self.resolver.resolve, md.spec.model, endpoint, token)
             engine = choose_engine(md.spec.engine.type, resolved.format)
         except (ResolveError, SpecError) as e:
-            RESOLUTIONS.labels(e.reason).inc()
-            if have is not None and have.source_hash == want:
-                # A Follow re-check failed: keep serving the commit we have, say why, try later.
-                self.follow_failures[(md.namespace, md.name)] = f"{e.reason}: {e.message}"
-                return have
+            self.metrics.resolutions.labels(e.reason).inc()
+            if pinned:  # a Follow re-check failed: keep serving the commit we have, say why, try later
+                self.follow_failures[key] = f"{e.reason}: {e.message}"
+                return pinned
             return e
-        self.follow_failures.pop((md.namespace, md.name), None)
-        RESOLUTIONS.labels("Resolved").inc()
-        moved = have.sha if have is not None and have.source_hash == want and have.sha != resolved.sha else None
-        if have is not None and have.source_hash == want and not moved:
-            moved = have.moved_from  # still the same commit: keep saying where it came from
+        self.follow_failures.pop(key, None)
+        self.metrics.resolutions.labels("Resolved").inc()
+        moved = pinned.sha if pinned and pinned.sha != resolved.sha else None
+        if pinned and not moved:
+            moved = pinned.moved_from  # still the same commit: keep saying where it came from
         return resolved.model_copy(update={"engine": engine, "source_hash": want, "short_sha": resolved.sha[:7],
-                                           "revision": md.spec.model.revision, "resolved_at": now(),
+                                           "revision": md.spec.model.revision, "resolved_at": clock.now(),
                                            "moved_from": moved})
 
     async def resync(self, stop: asyncio.Event) -> None:

@@ -1,4 +1,5 @@
-"""Kopf wiring: thin handlers that feed the reconcile loop's work queue.
+"""Kopf wiring: every Kopf decorator and setting, and thin handlers that feed the reconcile
+loop's work queue.
 
 Every handler only enqueues the ModelDeployment concerned; `Controller.reconcile` does the
 work, one ModelDeployment at a time. The handlers are event watchers, not Kopf's
@@ -8,6 +9,10 @@ tools see exactly what they applied, and deleting a ModelDeployment never waits 
 operator (owner references let the garbage collector remove the children). Timers and
 daemons are avoided for the same reason (Kopf gives them a finalizer); a resync task
 started at start-up reconciles everything periodically instead.
+
+What the handlers share (the settings, the metrics, the controller) is in Kopf's operator
+memo: `modelship operator` puts the settings and metrics there (`kopf.run(memo=...)`), the
+start-up handler the rest.
 """
 
 from __future__ import annotations
@@ -18,16 +23,19 @@ import logging
 import kopf
 
 from .. import api
+from ..login import api_client, in_cluster
 from ..manifests import DEPLOYMENT_LABEL, MANAGED_BY
+from ..settings import Settings, load
 from .controller import Controller
 from .kube import Kube
+from .metrics import ControllerMetrics
 from .resolve import CatalogResolver, HubResolver
-from ..login import api_client, in_cluster
-from ..settings import Settings, load
 
 log = logging.getLogger("modelship")
 
-STATE: dict = {}  # the running Controller and its resync task, set up at start-up
+CHILD_RESOURCES = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1", "services"),
+                   ("v1", "persistentvolumeclaims"), ("v1", "pods"))
+OURS = {MANAGED_BY: "modelship"}
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
@@ -44,7 +52,7 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     # Filter children on the API server, not in the operator: only objects it manages.
-    for plural in CHILD_PLURALS:
+    for *_, plural in CHILD_RESOURCES:
         settings.watching.label_selectors[plural] = f"{MANAGED_BY}=modelship"
 
 
@@ -58,52 +66,48 @@ def login(**kwargs):
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_) -> None:
-    config = STATE.get("settings") or load()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    config = memo.settings = memo.get("settings") or load()
     configure_kopf(settings, config)
-    kube = Kube(api_client(), config.field_manager)
     hub = HubResolver()
     resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
-    controller = Controller(config, kube, resolver)
-    stop = asyncio.Event()
-    STATE.update(settings=config, controller=controller, stop=stop,
-                 resync=asyncio.create_task(controller.resync(stop)))
+    metrics = memo.get("metrics") or ControllerMetrics()
+    memo.controller = Controller(config, Kube(api_client(), config.field_manager), resolver, metrics)
+    memo.stop = asyncio.Event()
+    memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
     log.info("modelship operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
 
 
 @kopf.on.cleanup()
-async def cleanup(**_) -> None:
-    if "controller" in STATE:
-        STATE["stop"].set()
-        await STATE["resync"]
-        await STATE["controller"].queue.close()
+async def cleanup(memo: kopf.Memo, **_) -> None:
+    if memo.get("controller"):
+        memo.stop.set()
+        await memo.resync
+        await memo.controller.queue.close()
 
 
 @kopf.on.probe(id="queue")
-def queue_depth(**_) -> int:
-    controller = STATE.get("controller")
+def queue_depth(memo: kopf.Memo, **_) -> int:
+    controller = memo.get("controller")
     return len(controller.queue) if controller else 0
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def modeldeployment_changed(name: str, namespace: str, **_) -> None:
-    STATE["controller"].enqueue(namespace, name)
+async def modeldeployment_changed(name: str, namespace: str, memo: kopf.Memo, **_) -> None:
+    memo.controller.enqueue(namespace, name)
 
 
-async def _child_changed(labels: dict, namespace: str, meta: dict, **_) -> None:
-    if "controller" not in STATE:
+async def child_changed(labels: dict, namespace: str, meta: dict, memo: kopf.Memo, **_) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is None:
         return
     if labels.get(DEPLOYMENT_LABEL):
-        STATE["controller"].enqueue(namespace, labels[DEPLOYMENT_LABEL])
-    else:  # a shared object (the cache volume, its download Jobs): every owner cares
+        controller.enqueue(namespace, labels[DEPLOYMENT_LABEL])
+    else:  # an object of the shared cache (its volume, its download Jobs): every owner cares
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == api.KIND:
-                STATE["controller"].enqueue(namespace, ref["name"])
+                controller.enqueue(namespace, ref["name"])
 
 
-_OURS = {MANAGED_BY: "modelship"}
-CHILD_RESOURCES = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1", "services"),
-                   ("v1", "persistentvolumeclaims"), ("v1", "pods"))
-CHILD_PLURALS = [r[-1] for r in CHILD_RESOURCES]
 for resource in CHILD_RESOURCES:
-    kopf.on.event(*resource, labels=_OURS, id=f"child-{resource[-1]}")(_child_changed)
+    kopf.on.event(*resource, labels=OURS, id=f"child-{resource[-1]}")(child_changed)

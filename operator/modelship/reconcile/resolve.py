@@ -10,28 +10,24 @@ air-gapped clusters and tests) and asks the Hub for the rest.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
+import httpx
+import requests
 import yaml
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
 from pydantic import ValidationError
 
 from ..api import ModelSource, ResolvedFile, ResolvedModel
 from ..units import human_bytes
-
-
-@dataclass
-class ResolveError(Exception):
-    reason: str
-    message: str
-    transient: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.message}"
+from .types import ResolveError
 
 
 class Resolver(Protocol):
@@ -178,8 +174,6 @@ class HubResolver:
         self.timeout = timeout
 
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
-        from huggingface_hub import HfApi
-
         api = HfApi(endpoint=endpoint, token=token or False)
         with _hub_errors(source, endpoint, token):
             info = api.model_info(source.repo, revision=source.revision, files_metadata=True)
@@ -254,11 +248,6 @@ class HubResolver:
 
     def _json(self, source: ModelSource, path: str, sha: str, endpoint: str, token: str | None) -> dict:
         """A small JSON file of the repo ({} when it cannot be had: it only refines choices)."""
-        import json
-
-        import httpx
-        from huggingface_hub import hf_hub_url
-
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             r = httpx.get(hf_hub_url(source.repo, path, revision=sha, endpoint=endpoint), headers=headers,
@@ -270,8 +259,6 @@ class HubResolver:
         return data if isinstance(data, dict) else {}
 
     def _head(self, repo: str, path: str, sha: str, endpoint: str, token: str | None):
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
         return get_hf_file_metadata(hf_hub_url(repo, path, revision=sha, endpoint=endpoint), token=token or False,
                                     timeout=self.timeout)
 
@@ -291,10 +278,6 @@ class HubResolver:
 @contextmanager
 def _hub_errors(source: ModelSource, endpoint: str, token: str | None):
     """The Hub's failures as conditions a person can act on."""
-    import requests
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
-
     where = f"{source.repo} on {endpoint}"
     try:
         yield

@@ -1,0 +1,64 @@
+"""Decisions that depend on the spec, the resolved model and the operator's settings alone
+(none on what runs): which engine, which pool, whether the volume can hold the files. Each
+raises `SpecError` with a message that says what to fix."""
+
+from __future__ import annotations
+
+from ..api import ModelDeployment, ResolvedModel
+from ..manifests import Placement
+from ..settings import Settings
+from ..units import GIB, quantity_bytes
+from .types import SpecError
+
+
+def choose_engine(requested: str, fmt: str) -> str:
+    native = "llamacpp" if fmt == "gguf" else "tgi"
+    if requested in ("auto", native):
+        return native
+    if requested == "llamacpp":
+        raise SpecError("EngineMismatch", "engine.type is llamacpp, which serves GGUF files, but this repository "
+                                          "has safetensors weights: use engine.type tgi (or auto), or a GGUF repo")
+    raise SpecError("EngineMismatch", "engine.type is tgi, but the resolved files are GGUF, which llama.cpp "
+                                      "serves: use engine.type llamacpp (or auto), or a safetensors repo")
+
+
+def place(md: ModelDeployment, engine: str, settings: Settings) -> Placement:
+    spec = md.spec
+    gpus = spec.gpus if spec.gpus is not None else (1 if engine == "tgi" else 0)
+    if engine == "tgi" and gpus == 0:
+        raise SpecError("GPUsRequired", "TGI needs at least one GPU: set gpus to 1 or more")
+    name = spec.pool or (settings.default_gpu_pool if gpus else settings.default_cpu_pool)
+    profile = settings.pools.get(name)
+    if profile is None:
+        raise SpecError("PoolNotFound", f"pool {name!r} is not configured in the operator; known pools: "
+                                        f"{', '.join(sorted(settings.pools))}")
+    if gpus and not profile.gpu_resource:
+        raise SpecError("PoolHasNoGPUs", f"pool {name!r} has no GPUs (no gpuResource in the operator's "
+                                         f"configuration), but {gpus} GPU(s) were asked for: set gpus to 0 or "
+                                         f"choose a GPU pool")
+    if gpus and profile.max_gpus is not None and gpus > profile.max_gpus:
+        raise SpecError("TooManyGPUs", f"pool {name!r} has at most {profile.max_gpus} GPUs per node, but gpus "
+                                       f"is {gpus}: lower gpus or choose a larger pool")
+    return Placement(name, profile, gpus)
+
+
+def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:
+    if md.spec.storage.shared_cache and md.spec.model.endpoint:
+        # Paths in the cache name a repo and a commit, not where they came from: a Hub of one's
+        # own could otherwise put other bytes under a name others trust.
+        raise SpecError("SharedCacheEndpoint", "storage.sharedCache holds files from the operator's hubEndpoint "
+                                               "only; remove model.endpoint or set storage.sharedCache: false")
+    size = md.spec.storage.size
+    if size is not None and quantity_bytes(size) < resolved.total_bytes:
+        need = f"{-(-resolved.total_bytes // GIB)}Gi"
+        raise SpecError("StorageTooSmall", f"storage.size {size} is smaller than the model's files "
+                                           f"({resolved.total_bytes} bytes): set it to at least {need}, or "
+                                           f"remove it to size the volume automatically")
+
+
+def check_ownership(conflicts: list[str]) -> None:
+    if conflicts:
+        raise SpecError("ResourceConflict", f"{', '.join(conflicts)} already exist(s) and do(es) not belong to this "
+                                            f"ModelDeployment; the operator does not take over objects it did not "
+                                            f"create: delete or rename them, or give the ModelDeployment another "
+                                            f"name")
