@@ -3,6 +3,10 @@
 Subcommands of the product live here. Other installed distributions add their own
 through the `modelship.commands` entry-point group (the test bed adds `testbed`), so the
 product never imports them and works without them.
+
+Each command imports what it runs inside its own body, on purpose: the operator, the router
+and the Jobs' program load only their own dependencies (`modelship fetch` in a download Job
+never imports Kopf or the kubernetes client), and `modelship --help` starts at once.
 """
 
 from __future__ import annotations

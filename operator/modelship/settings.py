@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
@@ -158,8 +158,6 @@ class Settings(BaseSettings):
 
 
 def load(**overrides: Any) -> Settings:
-    from pydantic import ValidationError
-
     try:
         return Settings(**overrides).check()
     except SettingsError as e:

@@ -1,4 +1,4 @@
-"""The decisions of `modelship.plan`: from (desired, observed) to (actions, status), with no API server.
+"""The decisions of `modelship.reconcile.plan`: from (desired, observed) to (actions, status), with no API server.
 
 Observed children are built with the operator's own builders (so their applied-hash matches what
 `plan()` wants) plus the `status` the API server would add.
