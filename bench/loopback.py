@@ -92,7 +92,7 @@ def need(tool: str, how: str) -> str:
 
 
 def vllm_router() -> str | None:
-    """The peer router's executable: on PATH, or in ~/.cache/modelship/bench-venv (see README)."""
+    """The peer router's executable: on PATH, or in ~/.cache/modelship/bench-venv (see bench/README.md)."""
     found = shutil.which("vllm-router")
     cached = Path.home() / ".cache/modelship/bench-venv/bin/vllm-router"
     return found or (str(cached) if cached.exists() else None)

@@ -1,9 +1,9 @@
 """The ModelDeployment API (`modelship.io/v1alpha1`), defined once.
 
 These pydantic models are the single source of the API: the CRD in `crds/` and the
-reference in the README are generated from them (`modelship crd`), and the operator parses
-every object it reads with them. Field names are public API and follow Kubernetes' own
-conventions (camelCase, `...Ref` for references, `...Seconds` for durations).
+reference in docs/reference.md are generated from them (`modelship crd`), and the operator
+parses every object it reads with them. Field names are public API and follow Kubernetes'
+own conventions (camelCase, `...Ref` for references, `...Seconds` for durations).
 
 Cross-field rules are CEL expressions (`x-kubernetes-validations`) that the API server
 enforces at `kubectl apply` time, each with a message that says what to fix. Strings and
@@ -410,7 +410,7 @@ class Condition(ApiType):
     type: str = Field(description="`Resolved`, `Downloaded`, `Available` or `Ready`.", json_schema_extra={
         "maxLength": 316})
     status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
-    reason: str = Field(description="Why, in one CamelCase word (see the README for each reason).",
+    reason: str = Field(description="Why, in one CamelCase word (docs/reference.md explains each reason).",
                         json_schema_extra={"maxLength": 1024})
     message: str = Field("", description="What is happening, and what to do about it.",
                          json_schema_extra={"maxLength": 32768})

@@ -91,13 +91,14 @@ def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
 @click.option("--repo", "repo", type=click.Path(file_okay=False, exists=True), default=".",
               show_default=True, help="The repository's root.")
 def crd(check: bool, repo: str) -> None:
-    """Generate crds/ and the README's API reference from the API's pydantic models."""
+    """Generate crds/ and the API reference in docs/reference.md from the API's pydantic models."""
     from . import crd as gen
 
     stale = gen.write(Path(repo), check)
     if check and stale:
         fail(f"{', '.join(stale)} differ from operator/modelship/api.py; run `modelship crd` and commit the result")
-    click.echo(("up to date: " if check or not stale else "wrote: ") + (", ".join(stale) or "crds/, README.md"))
+    done = ", ".join(stale) or "crds/, docs/reference.md"
+    click.echo(("up to date: " if check or not stale else "wrote: ") + done)
 
 
 @main.command()

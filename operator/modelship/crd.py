@@ -1,9 +1,10 @@
-"""Generate the CustomResourceDefinition (and the README's API reference) from `api.py`.
+"""Generate the CustomResourceDefinition (and the API reference in docs/reference.md) from `api.py`.
 
-`modelship crd` writes `crds/modeldeployments.modelship.io.yaml`; `modelship crd --check`
-fails when the committed file differs from what the models generate (CI runs it through a
-test). The CRD schema must be *structural*: no `$ref`, a `type` on every node, no `null`
-types; pydantic's JSON schema is turned into one here.
+`modelship crd` writes `crds/modeldeployments.modelship.io.yaml` and the generated part of
+`docs/reference.md`; `modelship crd --check` fails when a committed file differs from what
+the models generate (CI runs it through a test). The CRD schema must be *structural*: no
+`$ref`, a `type` on every node, no `null` types; pydantic's JSON schema is turned into one
+here.
 """
 
 from __future__ import annotations
@@ -152,10 +153,11 @@ def render() -> str:
     return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120, allow_unicode=True)
 
 
-# --- the README's reference -------------------------------------------------------------------
+# --- the reference in docs/reference.md ----------------------------------------------------------
 
 REF_BEGIN = "<!-- BEGIN GENERATED CRD REFERENCE (modelship crd) -->"
 REF_END = "<!-- END GENERATED CRD REFERENCE -->"
+REFERENCE_DOC = "docs/reference.md"  # the hand-written page the reference is spliced into
 
 
 def _type_name(node: dict) -> str:
@@ -209,19 +211,19 @@ def _walk(node: dict, path: str):
         yield from _walk(node["items"], f"{path}[]")
 
 
-def splice_readme(readme: str) -> str:
+def splice_reference(doc: str) -> str:
     pattern = re.compile(re.escape(REF_BEGIN) + ".*?" + re.escape(REF_END), re.S)
-    if not pattern.search(readme):
-        raise ValueError(f"README.md has no {REF_BEGIN} ... {REF_END} section")
-    return pattern.sub(lambda _: reference(), readme)
+    if not pattern.search(doc):
+        raise ValueError(f"{REFERENCE_DOC} has no {REF_BEGIN} ... {REF_END} section")
+    return pattern.sub(lambda _: reference(), doc)
 
 
 def write(repo: Path, check: bool) -> list[str]:
     """Write (or, with check, compare) the generated files; return the ones that differ."""
     targets = {repo / "crds" / CRD_FILE: render()}
-    readme = repo / "README.md"
-    if readme.exists():
-        targets[readme] = splice_readme(readme.read_text())
+    doc = repo / REFERENCE_DOC
+    if doc.exists():
+        targets[doc] = splice_reference(doc.read_text())
     stale = []
     for path, text in targets.items():
         if not path.exists() or path.read_text() != text:

@@ -2,8 +2,8 @@
 
 Sources, later ones winning: the defaults below; a YAML file named by `MODELSHIP_CONFIG`
 (the Helm chart mounts one); environment variables `MODELSHIP_<FIELD>` (nested fields with
-`__`, for example `MODELSHIP_IMAGES__TGI`). Every field is documented in the README's
-"Configuration" section, which is checked against this file by a test.
+`__`, for example `MODELSHIP_IMAGES__TGI`). Every field is documented in docs/configuration.md
+("The operator's settings"), which is checked against this file by a test.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class _YamlFile(PydanticBaseSettingsSource):
             raise ConfigError(f"cannot read the configuration file {path} (MODELSHIP_CONFIG): {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path} (MODELSHIP_CONFIG) must hold a mapping of settings")
-        return {to_snake(k): v for k, v in data.items()}  # the file may use camelCase, as the README does
+        return {to_snake(k): v for k, v in data.items()}  # the file may use camelCase, as the docs do
 
     def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
         return None, field_name, False

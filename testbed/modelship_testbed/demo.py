@@ -1,8 +1,10 @@
-"""`modelship testbed demo`: the test bed's proof that the loop closes, for a newcomer.
+"""`modelship demo` (`modelship testbed demo`): the operator's whole path, for a newcomer.
 
-Brings the test bed up, applies examples/testbed/llama-server-smollm2.yaml with the test
-bed's real kubectl, waits for the pod to be Ready (its readiness probe hits the real
-llama-server), then asks the model a question over HTTP at the pod's own 127.x address.
+`run()` brings the test bed up, applies crds/, starts `modelship operator` and `modelship
+router` as local processes, applies examples/smollm2.yaml with the test bed's real kubectl,
+prints each phase until Ready, then asks the model a question through the router. The
+helpers for examples/testbed/llama-server-smollm2.yaml (a plain llama-server Deployment,
+no operator) serve the end-to-end tests.
 """
 
 from __future__ import annotations

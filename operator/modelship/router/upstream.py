@@ -7,13 +7,13 @@ timed out connecting, or dropped before answering: safe to send elsewhere) and `
 (the answer stopped half way).
 
 The implementation is aiohttp's, chosen by measurement (`bench/hot_path.py`, and benchmarks
-1, 2 and 4 run against a pyreqwest build of the router; the README has the figures).
-pyreqwest (Rust's reqwest and hyper) served about a quarter more small requests per core
-and added half the time to first byte, but it was not kept: it holds about 74 KiB per open
-stream against 26, its own thread took CPU from llama-server on a shared node (92-96% of
-direct tokens/s against 103%), and a request cancelled before its answer began (a client
-that left during a long prefill, a first-byte timeout) kept its connection open, so the
-engine went on working for nobody.
+1, 2 and 4 run against a pyreqwest build of the router; the figures are in
+docs/decisions/upstream-client.md). pyreqwest (Rust's reqwest and hyper) served about a
+quarter more small requests per core and added half the time to first byte, but it was not
+kept: it holds about 74 KiB per open stream against 26, its own thread took CPU from
+llama-server on a shared node (92-96% of direct tokens/s against 103%), and a request
+cancelled before its answer began (a client that left during a long prefill, a first-byte
+timeout) kept its connection open, so the engine went on working for nobody.
 
 httpx was not chosen either: its pool checks every pooled connection for expiry
 (`getpeername` per connection) on every request, which made the router several times slower.
