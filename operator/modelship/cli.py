@@ -94,7 +94,10 @@ def crd(check: bool, repo: str) -> None:
     """Generate crds/ and the API reference in docs/reference.md from the API's pydantic models."""
     from . import crd as gen
 
-    stale = gen.write(Path(repo), check)
+    try:
+        stale = gen.write(Path(repo), check)
+    except ValueError as e:
+        fail(str(e))
     if check and stale:
         fail(f"{', '.join(stale)} differ from operator/modelship/api.py; run `modelship crd` and commit the result")
     done = ", ".join(stale) or "crds/, docs/reference.md"

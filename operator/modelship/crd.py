@@ -220,10 +220,11 @@ def splice_reference(doc: str) -> str:
 
 def write(repo: Path, check: bool) -> list[str]:
     """Write (or, with check, compare) the generated files; return the ones that differ."""
-    targets = {repo / "crds" / CRD_FILE: render()}
     doc = repo / REFERENCE_DOC
-    if doc.exists():
-        targets[doc] = splice_reference(doc.read_text())
+    if not doc.exists():  # it holds the hand-written text around the generated part: never made from nothing
+        raise ValueError(f"{REFERENCE_DOC} is missing: it holds the API reference between its "
+                         f"{REF_BEGIN} ... {REF_END} markers")
+    targets = {repo / "crds" / CRD_FILE: render(), doc: splice_reference(doc.read_text())}
     stale = []
     for path, text in targets.items():
         if not path.exists() or path.read_text() != text:

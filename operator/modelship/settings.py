@@ -1,7 +1,7 @@
 """The operator's configuration: one typed object, read once at start-up.
 
 Sources, later ones winning: the defaults below; a YAML file named by `MODELSHIP_CONFIG`
-(the Helm chart mounts one); environment variables `MODELSHIP_<FIELD>` (nested fields with
+(a mounted ConfigMap, say); environment variables `MODELSHIP_<FIELD>` (nested fields with
 `__`, for example `MODELSHIP_IMAGES__TGI`). Every field is documented in docs/configuration.md
 ("The operator's settings"), which is checked against this file by a test.
 """
