@@ -88,14 +88,14 @@ def env() -> None:
 @click.argument("components", nargs=-1, type=click.Choice(sorted(binaries.COMPONENTS)))
 @one_line_errors
 def build(components: tuple[str, ...]) -> None:
-    """Build (or find) the test bed's binaries; all of them by default."""
+    """Build (or find) the test bed's binaries and fetch its model (SmolLM2's GGUF); all of them by default."""
     start = time.monotonic()
     spent = binaries.ensure_all(list(components) or None, _log)
     for name, secs in spent.items():
         comp = binaries.COMPONENTS[name]
         where = ", ".join(str(binaries.find(b)) for b in comp.binaries)
         _log(f"  {name} {comp.version}: {'built in %.0fs' % secs if secs else 'ready'} ({where})")
-    _log(f"binaries ready in {time.monotonic() - start:.0f}s")
+    _log(f"binaries and model ready in {time.monotonic() - start:.0f}s")
 
 
 @click.command()

