@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 
@@ -34,7 +35,8 @@ def testbed() -> None:
     """A local Kubernetes cluster for modelship, built and run offline.
 
     A real etcd, kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1;
-    kwok node pools (gpu, cpu); and a local node whose pods run as local processes.
+    kwok node pools (gpu, cpu); a local node whose pods run as local processes; and an
+    offline Hub mirror (olah) serving SmolLM2.
     """
 
 
@@ -116,8 +118,6 @@ testbed.add_command(demo)  # `modelship demo` and `modelship testbed demo` are t
 @one_line_errors
 def kubectl(args: tuple[str, ...]) -> None:
     """Run the test bed's kubectl (same version as the API server) against the test bed."""
-    import os
-
     path = binaries.path("kubectl", _log)
     os.environ["KUBECONFIG"] = str(kubeconfig_path())
     os.execv(str(path), [str(path), *args])

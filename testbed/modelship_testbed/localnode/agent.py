@@ -9,6 +9,7 @@ endpoint so that `kubectl logs` works.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import ipaddress
@@ -406,8 +407,6 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="modelship_testbed.localnode")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--name", required=True)
