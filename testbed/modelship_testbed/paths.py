@@ -1,7 +1,8 @@
 """Where the test bed keeps things.
 
-- binaries, built once and reused: ``$MODELSHIP_CACHE`` or ``~/.cache/modelship``,
-  one folder per ``<component>-<version>``;
+- what is built or fetched once and reused (binaries, SmolLM2's GGUF, olah's venv, the Hub
+  mirror's repos): ``$MODELSHIP_CACHE`` or ``~/.cache/modelship``, one folder per
+  ``<component>-<version>``;
 - a running cluster's state (certificates, kubeconfig, etcd data, logs, volumes):
   ``$MODELSHIP_TESTBED_DIR`` or ``~/.local/state/modelship/testbed``.
 """

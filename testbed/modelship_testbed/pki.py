@@ -4,6 +4,7 @@ kubeconfig handed out earlier keeps working."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
@@ -144,8 +145,6 @@ def ensure(dir: Path, service_ip: str) -> Pki:
 
 def kubeconfig(pki: Pki, server: str, user: str, cluster: str = "modelship-testbed") -> str:
     """A kubeconfig with the certificates inlined, so it can be copied anywhere."""
-    import base64
-
     def b64(p: Path) -> str:
         return base64.b64encode(p.read_bytes()).decode()
 

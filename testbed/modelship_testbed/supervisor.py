@@ -1,9 +1,10 @@
 """The test bed's supervisor: one background process that owns every component.
 
-It starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and the
-local node in order, each once the one before answers its health check; restarts a
-component that dies, with back-off; and on SIGTERM stops them in reverse order. Children
-get PR_SET_PDEATHSIG, so even a SIGKILLed supervisor leaves no component behind.
+It starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, the Hub
+mirror (olah) and the local node in order (the last two when the configuration has them),
+each once the one before answers its health check; restarts a component that dies, with
+back-off; and on SIGTERM stops them in reverse order. Children get PR_SET_PDEATHSIG, so
+even a SIGKILLed supervisor leaves no component behind.
 
 Progress and health are written to `<state>/status.json`, which `modelship testbed up`
 and `status` read. Run as `python -m modelship_testbed.supervisor`.
@@ -33,8 +34,7 @@ class Spec:
     argv: list[str]
     health_url: str | None
     env: dict[str, str] = field(default_factory=dict)
-    stop_timeout: float = 15.0
-    # The local node runs pods; give it time to stop them gracefully.
+    stop_timeout: float = 15.0  # seconds from SIGTERM to SIGKILL (the local node's is longer: it stops pods)
 
 
 @dataclass

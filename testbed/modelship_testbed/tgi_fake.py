@@ -9,8 +9,8 @@ with TGI's metric names. Output is deterministic: the same prompt gives the same
 
 Timing is simulated: a prefill cost per prompt token not found in a simulated prefix cache
 (blocks of 16 "tokens", chained hashes, LRU), then a fixed delay per generated token, and at
-most `--max-batch-size` requests decoding at once (the rest wait, counted in `tgi_queue_size`).
-Flags prefixed `--fake-` (or env `TGI_FAKE_*`) tune this.
+most `--fake-max-batch-size` requests decoding at once (the rest wait, counted in
+`tgi_queue_size`). Flags prefixed `--fake-` (or env `TGI_FAKE_*`) tune this.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class Engine:
         return [(" " if i else "") + WORDS[(digest[i % 32] + i) % len(WORDS)] for i in range(n)]
 
     async def generate(self, prompt: str, params: dict):
-        """Yields (token_text, index) per generated token after a simulated prefill."""
+        """Yields (token_text, index, finish_reason) per generated token after a simulated prefill;
+        finish_reason is None until the last token ("length" or "stop_sequence")."""
         tokens = tokenize(prompt)
         max_new = int(params.get("max_new_tokens") or 20)
         if len(tokens) > self.s.max_input_tokens:

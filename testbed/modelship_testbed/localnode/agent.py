@@ -2,12 +2,14 @@
 
 It registers a real Node (the machine's real CPU and memory; optionally fake GPUs and the
 gpu pool's labels and taint), keeps its Lease fresh, runs the pods bound to it (see
-`pod.py`), provisions PersistentVolumes for its StorageClass as local folders, and serves
-the kubelet's log endpoint so that `kubectl logs` works.
+`pod.py`; the Agent gives each pod worker the `NodeServices` it needs), provisions
+PersistentVolumes for its StorageClass as local folders, and serves the kubelet's log
+endpoint so that `kubectl logs` works.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import ipaddress
@@ -76,7 +78,7 @@ class Agent:
         self.net = ipaddress.ip_network(cfg.local_pod_cidr)
         self.provision_wanted = asyncio.Event()
 
-    # --- helpers the pod workers use -----------------------------------------------------
+    # --- NodeServices (pod.py): what the pod workers use ----------------------------------
 
     async def get(self, kind: str, ns: str, name: str) -> dict | None:
         fn = {
@@ -405,8 +407,6 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="modelship_testbed.localnode")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--name", required=True)

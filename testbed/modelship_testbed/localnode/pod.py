@@ -6,6 +6,9 @@ is bind-mounted at its `mountPath`, read-only where the pod says so, so that pro
 their files at the paths the pod spec names. The container's process group is killed on
 deletion (SIGTERM, then SIGKILL after the grace period) and when the local node stops
 (PR_SET_PDEATHSIG).
+
+A pod worker knows its node only through `NodeServices`, the few things a pod needs from it
+(the local node's `Agent` provides them).
 """
 
 from __future__ import annotations
@@ -20,16 +23,15 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import httpx
 
 from ..procs import die_with_parent, signal_group
 from . import envvars
-from .images import ImageError
+from .images import ImageError, ImageMap
 from .probes import Prober
 from .volumes import VolumeError, VolumePending, Volumes, materialize
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +77,52 @@ class Container:
         }
 
 
+class NodeServices(Protocol):
+    """What a pod needs from the node it runs on, and nothing more."""
+
+    pods_dir: Path  # each pod's private folder (volumes, logs) is made in it
+    images: ImageMap  # which local program stands in for a container's image
+    service_env: dict[str, str]  # what every container gets to find the API server
+    http: httpx.AsyncClient  # the HTTP probes' client
+
+    def alloc_ip(self, uid: str, pod: dict, host_network: bool = False) -> str:
+        """The pod's own loopback address (127.0.0.1 with hostNetwork), the same on every call."""
+
+    def release(self, uid: str) -> None:
+        """The pod is finished here: its address is free again and it is not run again."""
+
+    async def get(self, kind: str, ns: str, name: str) -> dict | None:
+        """A Secret, ConfigMap, PersistentVolumeClaim or PersistentVolume; None when missing."""
+
+    async def request_token(self, ns: str, sa: str, spec: dict, pod: dict | None = None) -> tuple[str, int]:
+        """A ServiceAccount token bound to the pod, and its lifetime in seconds."""
+
+    async def patch_pod_status(self, ns: str, name: str, status: dict) -> None:
+        """Write the pod's status (a pod already gone is not an error)."""
+
+    async def delete_pod(self, ns: str, name: str, uid: str) -> None:
+        """Delete the pod object now, if it is still this uid."""
+
+    def event(self, obj: dict, kind: str, reason: str, message: str) -> None:
+        """An Event about the object, best effort, without waiting."""
+
+    def remember_pid(self, uid: str, container: str, pid: int) -> None:
+        """Record a container's process, so that a restarted node can kill what is left of it."""
+
+    def forget_pid(self, uid: str, container: str) -> None:
+        """The container's process is gone: drop its record."""
+
+    def record_mountpoints(self, paths: list[str]) -> None:
+        """Folders and files created on the host as mount points, for `down` to remove."""
+
+
 class PodWorker:
-    def __init__(self, agent: "Agent", pod: dict):
-        self.agent = agent
+    def __init__(self, node: NodeServices, pod: dict):
+        self.node = node
         self.pod = pod
         meta = pod["metadata"]
         self.uid, self.name, self.ns = meta["uid"], meta["name"], meta["namespace"]
-        self.dir = agent.pods_dir / f"{self.ns}_{self.name}_{self.uid}"
+        self.dir = node.pods_dir / f"{self.ns}_{self.name}_{self.uid}"
         self.ip: str | None = None
         spec = pod["spec"]
         self.restart_policy = spec.get("restartPolicy", "Always")
@@ -118,7 +159,7 @@ class PodWorker:
 
     async def run(self) -> None:
         try:
-            self.ip = self.agent.alloc_ip(self.uid, self.pod, host_network=self.pod["spec"].get("hostNetwork", False))
+            self.ip = self.node.alloc_ip(self.uid, self.pod, host_network=self.pod["spec"].get("hostNetwork", False))
             self.set_condition("PodScheduled", True)
             self.set_condition("PodReadyToStartContainers", False)
             self.set_condition("Initialized", False, "ContainersNotInitialized")
@@ -143,20 +184,20 @@ class PodWorker:
             raise
         except Exception as e:  # a bug here must show in the pod, not vanish in a task
             log.exception("pod %s/%s failed", self.ns, self.name)
-            self.agent.event(self.pod, "Warning", "Failed", f"local node error: {e}")
+            self.node.event(self.pod, "Warning", "Failed", f"local node error: {e}")
 
     async def prepare_volumes(self) -> bool:
         delay = 1.0
         while not self.stopping.is_set():
             try:
-                self.volumes = await materialize(self.pod, self.dir, self.agent.get, self.request_token)
+                self.volumes = await materialize(self.pod, self.dir, self.node.get, self.request_token)
                 if self.volumes.tokens:
                     self._tasks.append(asyncio.create_task(self.refresh_tokens()))
                 return True
             except (VolumePending, VolumeError) as e:
                 for c in self.init_containers + self.containers:
                     c.state = {"waiting": {"reason": "ContainerCreating", "message": str(e)}}
-                self.agent.event(self.pod, "Warning", "FailedMount", str(e))
+                self.node.event(self.pod, "Warning", "FailedMount", str(e))
                 self.mark()
             if await self.sleep(delay):
                 return False
@@ -164,7 +205,7 @@ class PodWorker:
         return False
 
     async def request_token(self, ns: str, sa: str, spec: dict) -> tuple[str, int]:
-        return await self.agent.request_token(ns, sa, spec, self.pod)
+        return await self.node.request_token(ns, sa, spec, self.pod)
 
     async def refresh_tokens(self) -> None:
         """Rotate projected ServiceAccount tokens at 80% of their lifetime, as a kubelet does."""
@@ -205,7 +246,7 @@ class PodWorker:
                 reason = getattr(e, "reason", None) or ("CreateContainerConfigError"
                                                         if isinstance(e, envvars.EnvError) else "CreateContainerError")
                 c.state = {"waiting": {"reason": reason, "message": str(e)}}
-                self.agent.event(self.pod, "Warning", "Failed", f"Error: {e}")
+                self.node.event(self.pod, "Warning", "Failed", f"Error: {e}")
                 self.mark()
                 if await self.sleep(backoff):
                     return
@@ -223,7 +264,7 @@ class PodWorker:
                     t.cancel()
                 # Whatever the main process left running in its group goes with it.
                 signal_group(c.proc.pid, signal.SIGKILL)
-                self.agent.forget_pid(self.uid, c.name)
+                self.node.forget_pid(self.uid, c.name)
             finished = now_iso()
             reason = "Completed" if code == 0 else "Error"
             exit_code = code if code >= 0 else 128 - code  # killed by signal N -> 128+N, as runtimes report
@@ -235,7 +276,7 @@ class PodWorker:
             c.started = False
             c.proc = None
             if not self.stopping.is_set():
-                self.agent.event(self.pod, "Normal" if code == 0 else "Warning", "Exited",
+                self.node.event(self.pod, "Normal" if code == 0 else "Warning", "Exited",
                                  f"Container {c.name} exited with code {exit_code}")
             self.recompute()
             if self.stopping.is_set() or c.init and exit_code == 0 or not self.should_restart(exit_code):
@@ -248,7 +289,7 @@ class PodWorker:
             c.state = {"waiting": {"reason": "CrashLoopBackOff",
                                    "message": f"back-off {backoff:.0f}s restarting failed container={c.name} "
                                               f"pod={self.name}_{self.ns}({self.uid})"}}
-            self.agent.event(self.pod, "Warning", "BackOff", f"Back-off restarting failed container {c.name}")
+            self.node.event(self.pod, "Warning", "BackOff", f"Back-off restarting failed container {c.name}")
             self.mark()
             if await self.sleep(backoff):
                 return
@@ -269,10 +310,10 @@ class PodWorker:
         pod = {**self.pod, "status": {**(self.pod.get("status") or {}), "podIP": self.ip,
                                       "podIPs": [{"ip": self.ip}], "hostIP": "127.0.0.1",
                                       "hostIPs": [{"ip": "127.0.0.1"}]}}
-        env.update(await envvars.resolve(pod, spec, self.agent.get, self.agent.service_env))
+        env.update(await envvars.resolve(pod, spec, self.node.get, self.node.service_env))
         command = [envvars.expand(a, env) for a in spec.get("command") or []]
         args = [envvars.expand(a, env) for a in spec.get("args") or []]
-        launch = self.agent.images.resolve(spec["image"], command, args, self.ip)
+        launch = self.node.images.resolve(spec["image"], command, args, self.ip)
         env.update(launch.env)
         c.env = env
         c.workdir = spec.get("workingDir") or "/"
@@ -289,7 +330,7 @@ class PodWorker:
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                 start_new_session=True, preexec_fn=die_with_parent,
             )
-        self.agent.remember_pid(self.uid, c.name, c.proc.pid)
+        self.node.remember_pid(self.uid, c.name, c.proc.pid)
         if self.stopping.is_set():  # deleted while this container was being set up
             signal_group(c.proc.pid, signal.SIGKILL)
         c.started_at = time.monotonic()
@@ -297,7 +338,7 @@ class PodWorker:
         no_startup = "startupProbe" not in spec
         c.started = no_startup
         c.ready = no_startup and "readinessProbe" not in spec
-        self.agent.event(self.pod, "Normal", "Started", f"Started container {c.name}: {shlex.join(launch.argv)[:300]}")
+        self.node.event(self.pod, "Normal", "Started", f"Started container {c.name}: {shlex.join(launch.argv)[:300]}")
         self.recompute()
 
     def mount_script(self, c: Container) -> str:
@@ -321,9 +362,9 @@ class PodWorker:
             if m.get("readOnly") or m["name"] in self.volumes.read_only:
                 lines.append(f"mount -o remount,bind,ro {shlex.quote(str(dst))}")
         if created:
-            self.agent.record_mountpoints(created)
+            self.node.record_mountpoints(created)
         if not Path(c.workdir).is_dir():
-            self.agent.record_mountpoints(_make_mountpoint(Path(c.workdir), is_file=False))
+            self.node.record_mountpoints(_make_mountpoint(Path(c.workdir), is_file=False))
         lines.append(f"cd {shlex.quote(c.workdir)}")
         lines.append('exec "$@"')
         return "\n".join(lines)
@@ -332,7 +373,7 @@ class PodWorker:
         """Run a command inside a running container's mount namespace (exec probes)."""
         if c.proc is None or c.proc.returncode is not None:
             return 1, "container is not running"
-        argv = self.agent.images.program(c.spec["image"], cmd)
+        argv = self.node.images.program(c.spec["image"], cmd)
         # Not root: the container's mount namespace belongs to its user namespace; join both.
         userns = ["--user", "--preserve-credentials"] if os.geteuid() != 0 else []
         proc = await asyncio.create_subprocess_exec(
@@ -364,7 +405,7 @@ class PodWorker:
     # --- probes -------------------------------------------------------------------------
 
     def start_probes(self, c: Container) -> list[asyncio.Task]:
-        prober = Prober(self.ip or "127.0.0.1", c.spec, self.agent.http,
+        prober = Prober(self.ip or "127.0.0.1", c.spec, self.node.http,
                         lambda cmd, t: self.exec_in(c, cmd, t))
         return [asyncio.create_task(self.probe_loop(c, prober, kind))
                 for kind in ("startup", "liveness", "readiness") if f"{kind}Probe" in c.spec]
@@ -390,18 +431,18 @@ class PodWorker:
                     self.recompute()
                     return
                 if fails >= failure:
-                    self.agent.event(self.pod, "Warning", "Unhealthy", f"Startup probe failed: {result.message}")
+                    self.node.event(self.pod, "Warning", "Unhealthy", f"Startup probe failed: {result.message}")
                     await self.kill(c, self.grace())
                     return
             elif kind == "liveness":
                 if fails >= failure:
-                    self.agent.event(self.pod, "Warning", "Unhealthy", f"Liveness probe failed: {result.message}")
+                    self.node.event(self.pod, "Warning", "Unhealthy", f"Liveness probe failed: {result.message}")
                     await self.kill(c, self.grace())
                     return
             else:
                 new = True if oks >= success else False if fails >= failure or not c.ready else c.ready
                 if not result.ok and fails == 1:
-                    self.agent.event(self.pod, "Warning", "Unhealthy", f"Readiness probe failed: {result.message}")
+                    self.node.event(self.pod, "Warning", "Unhealthy", f"Readiness probe failed: {result.message}")
                 if new != c.ready:
                     c.ready = new
                     self.recompute()
@@ -418,7 +459,7 @@ class PodWorker:
         self.stopping.set()
         running = [c for c in self.init_containers + self.containers if c.proc and c.proc.returncode is None]
         if running:
-            self.agent.event(self.pod, "Normal", "Killing", f"Stopping container(s) "
+            self.node.event(self.pod, "Normal", "Killing", f"Stopping container(s) "
                                                            f"{', '.join(c.name for c in running)}")
         await asyncio.gather(*(self.kill(c, grace) for c in running))
         for t in self._tasks:
@@ -432,10 +473,10 @@ class PodWorker:
         self.recompute()
         self.writer.cancel()
         if not self.gone:  # the last word on this pod, not left to the cancelled writer
-            await self.agent.patch_pod_status(self.ns, self.name, self.status())
+            await self.node.patch_pod_status(self.ns, self.name, self.status())
         if delete_object and not self.gone:
-            await self.agent.delete_pod(self.ns, self.name, self.uid)
-        self.agent.release(self.uid)
+            await self.node.delete_pod(self.ns, self.name, self.uid)
+        self.node.release(self.uid)
         # Pod-private folders go with the pod; PersistentVolumes and hostPaths live elsewhere.
         await asyncio.to_thread(shutil.rmtree, self.dir, True)
 
@@ -495,7 +536,7 @@ class PodWorker:
             await self.dirty.wait()
             await asyncio.sleep(0.05)
             self.dirty.clear()
-            await self.agent.patch_pod_status(self.ns, self.name, self.status())
+            await self.node.patch_pod_status(self.ns, self.name, self.status())
 
 
 def _make_mountpoint(dst: Path, is_file: bool) -> list[str]:

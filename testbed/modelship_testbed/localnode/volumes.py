@@ -9,6 +9,7 @@ kubelet also refreshes them later); the ServiceAccount token is refreshed before
 from __future__ import annotations
 
 import base64
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -81,8 +82,6 @@ def quantity(q: str | int | float) -> float:
 
 
 def resource_field(pod: dict, container: dict, ref: dict) -> str:
-    import math
-
     name = ref.get("containerName")
     if name:
         container = next(c for c in pod["spec"]["containers"] if c["name"] == name)
