@@ -152,7 +152,7 @@ def router(static: str | None, host: str, port: int, api_keys_file: str | None, 
            drain_seconds: int, namespaces: tuple[str, ...], scrape_interval: float,
            allowed: tuple[str, ...]) -> None:
     """Serve the OpenAI and TGI APIs in front of the models, balancing over their endpoints."""
-    from .router.proxy import Limits
+    from .router.forward import Limits
     from .router.server import api_keys_from, build, serve
 
     limits = Limits(max_body_bytes=max_body_bytes, connect_timeout=connect_timeout,

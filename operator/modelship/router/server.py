@@ -6,8 +6,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from .proxy import Limits, Router, upstream_client
+from .app import Router
+from .forward import Limits
 from .registry import Registry, load_static
+from .upstream import AiohttpUpstream, Upstream
 
 log = logging.getLogger("modelship.router")
 
@@ -49,6 +51,11 @@ def _stamp(path: str) -> tuple | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def upstream_client(limits: Limits, max_connections: int = 10_000) -> Upstream:
+    """The one pooled client every request goes through."""
+    return AiohttpUpstream(limits.connect_timeout, max_connections)
 
 
 def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
