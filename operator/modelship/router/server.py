@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import resource
 from pathlib import Path
 
 from .app import Router
 from .forward import Limits
 from .registry import Registry, load_static
+from .scrape import scrape_forever
 from .upstream import AiohttpUpstream, Upstream
 
 log = logging.getLogger("modelship.router")
@@ -74,42 +77,28 @@ def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: l
 
         router.on_startup.append(follow_keys)
     if scrape_interval > 0:
-        from .scrape import scrape_forever
-
         def scrape(loop: asyncio.AbstractEventLoop) -> None:
             router.background.append(loop.create_task(scrape_forever(registry, router.client, scrape_interval)))
 
         router.on_startup.append(scrape)
     if not static:
+        # Imported here for start-up time: the kubernetes library takes about a second to
+        # import, and a router with a static list never uses it.
+        from ..login import api_client
         from .discovery import Watcher
 
-        configure_default_client()
-
-        import ipaddress
-
+        kube = api_client()  # logged in now, so that a missing kubeconfig stops the start
         networks = [ipaddress.ip_network(n, strict=False) for n in allowed] if allowed else None
 
         def start(loop: asyncio.AbstractEventLoop) -> None:
-            Watcher(registry, list(namespaces or []), loop, networks).start()
+            Watcher(registry, list(namespaces or []), loop, kube, networks).start()
 
         router.on_startup.append(start)
     return router
 
 
-def configure_default_client() -> None:
-    """Discovery's watches use the kubernetes library's default client: log it in by the
-    project's one rule."""
-    from kubernetes import client
-
-    from ..login import api_client
-
-    client.Configuration.set_default(api_client().configuration)
-
-
 def raise_open_files() -> int:
     """Every open stream holds two sockets (client and engine): take the hard limit."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -117,6 +106,7 @@ def raise_open_files() -> int:
 
 
 def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning") -> None:
+    # Imported here for start-up time: only serving needs them (build() and the tests do not).
     import uvicorn
     import uvloop
 
