@@ -15,9 +15,10 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import ClientGone, ErrorAnswer, respond
-from .forward import Exchange, Forwarder, Limits
+from .forward import Exchange, Forwarder
 from .metrics import Metrics
 from .registry import Registry, Target
+from .settings import Limits
 from .upstream import Upstream
 
 OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 import orjson
 
@@ -25,6 +24,7 @@ from . import balance
 from .errors import ErrorAnswer, respond
 from .metrics import Metrics
 from .registry import Target
+from .settings import Limits
 from .upstream import Answer, BrokeOff, Unreachable, Upstream
 from .wheel import Wheel
 
@@ -37,17 +37,6 @@ WHOLE_BODY_BYTES = 1 << 20  # a non-streamed answer up to this size is read whol
 HEADERS = {"accept-encoding": "identity"}
 JSON_HEADERS = {**HEADERS, "content-type": "application/json"}
 NO_BLOCKS: tuple[int, ...] = ()  # the prompt's blocks, for a strategy that does not read them
-
-
-@dataclass
-class Limits:
-    max_body_bytes: int = 8 << 20
-    connect_timeout: float = 5.0
-    first_byte_timeout: float = 300.0  # a long prompt's prefill, a cold engine
-    idle_timeout: float = 120.0  # between two chunks of an answer
-    retries: int = 2  # further endpoints tried before the first byte
-    retry_budget: float = 10.0  # seconds, all tries included
-    retry_after: int = 5  # seconds, told to clients when nothing is ready
 
 
 def prompt_text(kind: str, body: dict) -> str:

@@ -9,9 +9,9 @@ import resource
 from pathlib import Path
 
 from .app import Router
-from .forward import Limits
 from .registry import Registry, load_static
 from .scrape import scrape_forever
+from .settings import Limits, RouterSettings
 from .upstream import AiohttpUpstream, Upstream
 
 log = logging.getLogger("modelship.router")
@@ -95,6 +95,12 @@ def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: l
 
         router.on_startup.append(start)
     return router
+
+
+def from_settings(settings: RouterSettings) -> Router:
+    """The router its settings describe (the settings are its limits too)."""
+    return build(settings.static, settings, api_keys_from(settings.api_keys_file), settings.namespaces,
+                 settings.scrape_interval, settings.allow_cidrs, api_keys_file=settings.api_keys_file)
 
 
 def raise_open_files() -> int:
