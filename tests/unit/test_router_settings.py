@@ -79,3 +79,47 @@ def test_docs_document_every_router_setting():
         assert f"`{to_camel(name)}`" in section, f"docs/configuration.md does not document the setting {to_camel(name)}"
         assert f"`MODELSHIP_ROUTER_{name.upper()}`" in section, \
             f"docs/configuration.md does not name MODELSHIP_ROUTER_{name.upper()}"
+
+
+def test_the_chart_mounts_a_settings_file_the_router_reads(tmp_path):
+    """The chart's values become one settings file in a ConfigMap, which the router accepts
+    as it is, named by --config; a changed value rolls the pods (the checksum changes)."""
+    import subprocess
+
+    import yaml
+
+    from modelship_testbed import binaries
+
+    helm = binaries.find("helm")
+    if helm is None:
+        pytest.skip("helm is not built here (modelship testbed build)")
+
+    def render(*sets: str) -> dict[str, dict]:
+        args = [str(helm), "template", "r", str(REPO / "charts" / "modelship"), "-n", "ns"]
+        for s in sets:
+            args += ["--set", s]
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        return {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+
+    docs = render("router.namespaces={a,b}", "router.apiKeys.secretName=keys", "router.timeouts.firstByte=600",
+                  "router.allowCidrs={127.0.0.0/8}", "router.maxBodyBytes=100000000")
+    pod = docs["Deployment"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == ["router", "--config=/etc/modelship/router/settings.yaml", "--namespace=a",
+                                 "--namespace=b"]
+    assert {"name": "api-keys", "mountPath": "/etc/modelship/api-keys", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "settings", "configMap": {"name": "r-router"}} in pod["spec"]["volumes"]
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(docs["ConfigMap"]["data"]["settings.yaml"])
+    s = load(config=str(settings))
+    assert (s.host, s.port, s.first_byte_timeout, s.max_body_bytes, s.allow_cidrs, s.api_keys_file) == (
+        "0.0.0.0", 8000, 600, 100_000_000, ["127.0.0.0/8"], "/etc/modelship/api-keys/keys")
+    plain = render()
+    settings.write_text(plain["ConfigMap"]["data"]["settings.yaml"])
+    # the values' defaults are the router's
+    assert load(config=str(settings)).model_dump(exclude={"config"}) == load().model_dump(exclude={"config"})
+    checksum = "checksum/settings"
+    assert plain["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum] != \
+        pod["metadata"]["annotations"][checksum]
+    assert render("router.replicas=3")["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum] == \
+        plain["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum]
