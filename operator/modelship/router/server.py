@@ -83,7 +83,7 @@ def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: l
         router.on_startup.append(scrape)
     if not static:
         # Imported here for start-up time: the kubernetes library takes about a second to
-        # import, and a router with a static list never uses it.
+        # import, and a router with a static list (the tests build many) never uses it.
         from ..login import api_client
         from .discovery import Watcher
 
