@@ -65,9 +65,14 @@ class Exchange:
 
     def __init__(self, target: Target, path: str, raw: bytes, body: dict, kind: str, receive, send,
                  method: str = "POST") -> None:
+        # (One assignment each: a tuple of four would be built and unpacked, on every request.)
         self.started = time.monotonic()
-        self.target, self.path, self.raw, self.method = target, path, raw, method
-        self.receive, self.send = receive, send
+        self.target = target
+        self.path = path
+        self.raw = raw
+        self.method = method
+        self.receive = receive
+        self.send = send
         self.task = asyncio.current_task()
         self.watcher: asyncio.Task | None = None  # watching for the client leaving, once started
         block = target.strategy.block  # only a strategy that reads the prompt pays for cutting it
@@ -110,11 +115,12 @@ class Forwarder:
                 ex.watcher.cancel()
 
     async def _try_endpoints(self, ex: Exchange) -> None:
-        m, target, blocks, retries = self.metrics, ex.target, ex.blocks, self.retries
+        m, target, blocks, retries = self.metrics, ex.target, ex.blocks, self.retries  # (read once)
         tried: set[str] = set()
         last: ErrorAnswer | None = None
         for attempt in range(retries + 1):
-            candidates = [e for e in target.ready() if e.url not in tried]
+            ready = target.ready()
+            candidates = [e for e in ready if e.url not in tried] if tried else ready  # (a first try: no copy)
             if not candidates or (attempt and time.monotonic() - ex.started > self.retry_budget):
                 break
             ep = target.strategy.pick(blocks, candidates)
