@@ -130,50 +130,65 @@ def fetch(repo: str, revision: str, endpoint: str | None, dest: str, files: tupl
         _terminate(e)
 
 
+class RouterFlag(click.Option):
+    """A flag over one of the router's settings: when it is not given, the setting stands
+    (the settings file, MODELSHIP_ROUTER_*, or its default, which --help shows)."""
+
+    def get_help_extra(self, ctx: click.Context):
+        extra = super().get_help_extra(ctx)
+        from .router.settings import RouterSettings  # (only for --help: start-up time)
+
+        setting = RouterSettings.model_fields[self.name]
+        if setting.default_factory is None and setting.default is not None:
+            extra["default"] = str(setting.default)
+        return extra
+
+
 @main.command()
-@click.option("--static", "static", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The router's settings file (YAML; docs/configuration.md). Default: $MODELSHIP_ROUTER_CONFIG. "
+                   "MODELSHIP_ROUTER_* variables and the flags below override it.")
+@click.option("--static", cls=RouterFlag, type=click.Path(exists=True, dir_okay=False),
               help="A YAML file of models and their endpoints (benchmarks, tests, a router outside a cluster).")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
-@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--host", cls=RouterFlag, help="Address to listen on.")
+@click.option("--port", cls=RouterFlag, type=int, help="Port to listen on.")
+@click.option("--api-keys-file", cls=RouterFlag, type=click.Path(exists=True, dir_okay=False),
               help="Accept only requests with one of these keys (one per line; a mounted Secret). The file is "
                    "followed: changed keys apply within about 10 s.")
-@click.option("--max-body-bytes", default=8 << 20, show_default=True, help="Larger request bodies get 413.")
-@click.option("--connect-timeout", default=5.0, show_default=True, help="Seconds to connect to an endpoint.")
-@click.option("--first-byte-timeout", default=300.0, show_default=True,
+@click.option("--max-body-bytes", cls=RouterFlag, type=int, help="Larger request bodies get 413.")
+@click.option("--connect-timeout", cls=RouterFlag, type=float, help="Seconds to connect to an endpoint.")
+@click.option("--first-byte-timeout", cls=RouterFlag, type=float,
               help="Seconds to wait for an endpoint's answer to begin (504 after).")
-@click.option("--idle-timeout", default=120.0, show_default=True,
+@click.option("--idle-timeout", cls=RouterFlag, type=float,
               help="Seconds between two chunks of an answer before it is ended.")
-@click.option("--retries", default=2, show_default=True, help="Other endpoints tried before the first byte.")
-@click.option("--drain-seconds", default=30, show_default=True, help="On SIGTERM, time given to open requests.")
-@click.option("--namespace", "-n", "namespaces", multiple=True,
+@click.option("--retries", cls=RouterFlag, type=int, help="Other endpoints tried before the first byte.")
+@click.option("--drain-seconds", cls=RouterFlag, type=int, help="On SIGTERM, time given to open requests.")
+@click.option("--namespace", "-n", "namespaces", cls=RouterFlag, multiple=True,
               help="Serve the ModelDeployments of this namespace (repeatable; default: all namespaces).")
-@click.option("--scrape-interval", default=1.0, show_default=True,
+@click.option("--scrape-interval", cls=RouterFlag, type=float,
               help="Seconds between scrapes of the engines' queue metrics (0: never).")
-@click.option("--allow-cidr", "allowed", multiple=True,
+@click.option("--allow-cidr", "allow_cidrs", cls=RouterFlag, multiple=True,
               help="Send requests only to endpoints in this network (repeatable; default: any). The test bed "
                    "uses 127.0.0.0/8: its kwok pods report addresses nothing may be sent to.")
-def router(static: str | None, host: str, port: int, api_keys_file: str | None, max_body_bytes: int,
-           connect_timeout: float, first_byte_timeout: float, idle_timeout: float, retries: int,
-           drain_seconds: int, namespaces: tuple[str, ...], scrape_interval: float,
-           allowed: tuple[str, ...]) -> None:
+def router(**flags) -> None:
     """Serve the OpenAI and TGI APIs in front of the models, balancing over their endpoints."""
-    from .router.proxy import Limits
-    from .router.server import api_keys_from, build, serve
-
-    limits = Limits(max_body_bytes=max_body_bytes, connect_timeout=connect_timeout,
-                    first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout, retries=retries)
     from kubernetes.config import ConfigException
 
+    from .router.server import from_settings, serve
+    from .router.settings import ConfigError, load
+
     try:
-        app = build(static, limits, api_keys_from(api_keys_file), list(namespaces), scrape_interval, list(allowed),
-                    api_keys_file=api_keys_file)
+        settings = load(**{k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())})
+    except ConfigError as e:
+        fail(str(e))
+    try:
+        app = from_settings(settings)
     except (OSError, ValueError, ConfigException) as e:
         fail(f"cannot start the router: {e}")
-    source = (f"{len(app.registry.targets)} models from {static}" if static else
-              f"ModelDeployments of {', '.join(namespaces) or 'all namespaces'}")
-    click.echo(f"modelship router on http://{host}:{port} ({source})", err=True)
-    serve(app, host, port, drain_seconds)
+    source = (f"{len(app.registry.targets)} models from {settings.static}" if settings.static else
+              f"ModelDeployments of {', '.join(settings.namespaces) or 'all namespaces'}")
+    click.echo(f"modelship router on http://{settings.host}:{settings.port} ({source})", err=True)
+    serve(app, settings.host, settings.port, settings.drain_seconds)
 
 
 @main.command()

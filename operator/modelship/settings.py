@@ -61,19 +61,24 @@ class Images(BaseModel):
                            description="This project's image, for the download Jobs.")
 
 
-class _YamlFile(PydanticBaseSettingsSource):
-    """Values from the YAML file named by MODELSHIP_CONFIG (camelCase or snake_case keys)."""
+class YamlFile(PydanticBaseSettingsSource):
+    """Values from a YAML settings file (camelCase or snake_case keys): `path`, or the file
+    named by the environment variable `named_by` (the router's settings read one too)."""
+
+    def __init__(self, settings_cls, path: str | None = None, named_by: str = "MODELSHIP_CONFIG"):
+        super().__init__(settings_cls)
+        self.path, self.named_by = path or os.environ.get(named_by), named_by
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("MODELSHIP_CONFIG")
+        path = self.path
         if not path:
             return {}
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read the configuration file {path} (MODELSHIP_CONFIG): {e}") from e
+            raise ConfigError(f"cannot read the configuration file {path} ({self.named_by}): {e}") from e
         if not isinstance(data, dict):
-            raise ConfigError(f"{path} (MODELSHIP_CONFIG) must hold a mapping of settings")
+            raise ConfigError(f"{path} ({self.named_by}) must hold a mapping of settings")
         return {to_snake(k): v for k, v in data.items()}  # the file may use camelCase, as the docs do
 
     def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
@@ -81,7 +86,7 @@ class _YamlFile(PydanticBaseSettingsSource):
 
 
 class ConfigError(Exception):
-    """The operator's configuration is unusable; the message says what to fix."""
+    """A configuration (the operator's, the router's) is unusable; the message says what to fix."""
 
 
 class Settings(BaseSettings):
@@ -135,7 +140,7 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
-        return init_settings, env_settings, _YamlFile(settings_cls)
+        return init_settings, env_settings, YamlFile(settings_cls)
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -216,8 +216,10 @@ def call(app, method: str, path: str, **kw) -> httpx.Response:
 
 
 def app_with(targets, limits=None, api_keys=None):
-    from modelship.router.proxy import Limits, Router, upstream_client
+    from modelship.router.app import Router
+    from modelship.router.settings import Limits
     from modelship.router.registry import Registry
+    from modelship.router.server import upstream_client
 
     reg = Registry()
     for t in targets:
@@ -252,7 +254,7 @@ def test_an_endpoint_that_never_answers_is_a_504_and_its_connection_is_closed():
     engine stops working on a request whose connection is gone)."""
     import threading
 
-    from modelship.router.proxy import Limits
+    from modelship.router.settings import Limits
     from modelship.router.registry import Target
 
     seen: dict[str, float] = {}
@@ -415,7 +417,7 @@ def test_the_series_of_an_endpoint_that_is_gone_are_dropped():
     from prometheus_client import generate_latest
 
     from modelship.router import balance
-    from modelship.router.proxy import Metrics
+    from modelship.router.metrics import Metrics
     from modelship.router.registry import Registry, Target
 
     reg, t = Registry(), Target("chat", "llamacpp")
@@ -442,7 +444,7 @@ def test_api_keys_follow_the_mounted_file(tmp_path):
     import asyncio
     import os
 
-    from modelship.router.proxy import Limits
+    from modelship.router.settings import Limits
     from modelship.router.server import build
 
     static = tmp_path / "static.yaml"

@@ -2,7 +2,7 @@
 
 Every strategy takes the request's key (its rendered prompt, cut into prefix blocks), the
 model's ready endpoints with their load, and whatever index the strategy keeps, and returns
-one endpoint. No I/O, no clock: the proxy owns the endpoints' counters and calls `pick`.
+one endpoint. No I/O, no clock: forwarding owns the endpoints' counters and calls `pick`.
 
 - `round-robin`: the next endpoint in turn (the baseline benchmarks compare with).
 - `least-load`: power of two choices on the requests this router has in flight.
@@ -23,7 +23,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-BLOCK_CHARS = 128  # ~32 tokens: a prefix cache hit is counted in whole blocks
+from ..api import LoadBalancing
+
+DEFAULTS = LoadBalancing()  # a ModelDeployment's `router.loadBalancing` defaults: api.py holds each one
+BLOCK_CHARS = DEFAULTS.prefix_block_size  # ~32 tokens: a prefix cache hit is counted in whole blocks
 
 
 @dataclass(eq=False)
@@ -119,8 +122,8 @@ class LeastLoad(Blind):
 class PrefixAffinity:
     """Longest cached prefix wins, within a load bound."""
 
-    block: int = BLOCK_CHARS  # characters per hashed block (the proxy cuts the prompt with it)
-    max_imbalance: float = 4  # requests above the mean the prefix holder may carry
+    block: int = BLOCK_CHARS  # characters per hashed block (forwarding cuts the prompt with it)
+    max_imbalance: float = DEFAULTS.max_imbalance  # requests above the mean the prefix holder may carry
     capacity: int = 200_000  # block hashes remembered (LRU), across the model's endpoints
     seed: int | None = None
     name: str = "prefix-cache"
@@ -184,7 +187,8 @@ class PrefixAffinity:
 STRATEGIES = ("least-load", "prefix-cache", "queue-aware", "round-robin")
 
 
-def make(name: str, block: int = BLOCK_CHARS, max_imbalance: float = 4, seed: int | None = None) -> Strategy:
+def make(name: str = DEFAULTS.strategy, block: int = BLOCK_CHARS, max_imbalance: float = DEFAULTS.max_imbalance,
+         seed: int | None = None) -> Strategy:
     if name == "round-robin":
         return RoundRobin()
     if name in ("least-load", "queue-aware"):

@@ -14,9 +14,15 @@ when no other watched namespace uses that name.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
 
 from .. import api
 from . import balance
@@ -28,37 +34,35 @@ SERVICE_NAME = "kubernetes.io/service-name"
 
 
 @dataclass(frozen=True)
-class Model:
-    """What the router needs from a ModelDeployment."""
+class Discovered:
+    """What the router needs of one ModelDeployment: its names, its engine, and its
+    `spec.router`, read with the API's own models (so the defaults are the CRD's)."""
 
     namespace: str
     name: str
     engine: str
-    aliases: tuple[str, ...] = ()
-    tasks: tuple[str, ...] = ()
-    fallback: tuple[str, ...] = ()
-    strategy: str = "prefix-cache"
-    block: int = balance.BLOCK_CHARS
-    max_imbalance: int = 4
+    aliases: tuple[str, ...]
+    tasks: tuple[str, ...]
+    fallback: tuple[str, ...]
+    strategy: str
+    block: int
+    max_imbalance: int
 
     @classmethod
-    def from_object(cls, obj: dict) -> "Model":
+    def from_object(cls, obj: dict) -> "Discovered":
+        """Raises pydantic's ValidationError when `spec.router` is not the API's."""
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
-        router = spec.get("router") or {}
-        lb = router.get("loadBalancing") or {}
+        router = api.RouterSpec.model_validate(spec.get("router") or {})
+        lb = router.load_balancing or api.LoadBalancing()
         engine = ((status.get("resolved") or {}).get("engine")
                   or ("tgi" if (spec.get("engine") or {}).get("type") == "tgi" else "llamacpp"))
-        return cls(obj["metadata"]["namespace"], obj["metadata"]["name"], engine,
-                   tuple(router.get("aliases") or ()), tuple(router.get("tasks") or ()),
-                   tuple(router.get("fallback") or ()), lb.get("strategy", "prefix-cache"),
-                   int(lb.get("prefixBlockSize", balance.BLOCK_CHARS)), int(lb.get("maxImbalance", 4)))
+        return cls(obj["metadata"]["namespace"], obj["metadata"]["name"], engine, tuple(router.aliases),
+                   tuple(router.tasks), tuple(router.fallback), lb.strategy, lb.prefix_block_size, lb.max_imbalance)
 
 
 def slice_endpoints(obj: dict, allowed: list | None = None) -> tuple[str | None, dict[str, bool]]:
     """(service name, {url: ready}) of one EndpointSlice; terminating endpoints are not ready.
     With `allowed` (ip_network objects), addresses outside them are left out."""
-    import ipaddress
-
     service = (obj.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME)
     port = next((p.get("port") for p in obj.get("ports") or [] if p.get("name") == "http"), None)
     if port is None:
@@ -84,7 +88,7 @@ def slice_endpoints(obj: dict, allowed: list | None = None) -> tuple[str | None,
 
 @dataclass
 class State:
-    models: dict[tuple[str, str], Model] = field(default_factory=dict)
+    models: dict[tuple[str, str], Discovered] = field(default_factory=dict)
     slices: dict[tuple[str, str], tuple[str | None, dict[str, bool]]] = field(default_factory=dict)
     allowed: list | None = None  # networks requests may go to (None: any)
 
@@ -92,8 +96,13 @@ class State:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if kind == "DELETED":
             self.models.pop(key, None)
-        else:
-            self.models[key] = Model.from_object(obj)
+            return
+        try:
+            self.models[key] = Discovered.from_object(obj)
+        except ValidationError as e:  # the API server checks the same schema: an older CRD, say
+            first = e.errors()[0]
+            log.warning("ModelDeployment %s/%s: spec.router.%s: %s; the router keeps what it had of it", *key,
+                        ".".join(str(p) for p in first["loc"]), first["msg"])
 
     def on_slice(self, kind: str, obj: dict) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
@@ -116,7 +125,7 @@ class State:
         counts: dict[str, int] = {}
         for ns, name in self.models:
             counts[name] = counts.get(name, 0) + 1
-        wanted: dict[str, Model] = {}
+        wanted: dict[str, Discovered] = {}
         for (ns, name), m in self.models.items():
             wanted[f"{ns}/{name}"] = m
         for key, m in wanted.items():
@@ -138,12 +147,10 @@ class Watcher:
     """The two watches, in threads, feeding `State` and the registry on the event loop."""
 
     def __init__(self, registry: Registry, namespaces: list[str], loop: asyncio.AbstractEventLoop,
-                 allowed: list | None = None):
-        from kubernetes import client
-
+                 api_client: client.ApiClient, allowed: list | None = None):
         self.registry, self.namespaces, self.loop = registry, namespaces, loop
         self.state = State(allowed=allowed)
-        self.custom, self.discovery = client.CustomObjectsApi(), client.DiscoveryV1Api()
+        self.custom, self.discovery = client.CustomObjectsApi(api_client), client.DiscoveryV1Api(api_client)
         self.synced = {"models": threading.Event(), "slices": threading.Event()}
         self.stop = threading.Event()
 
@@ -164,16 +171,11 @@ class Watcher:
         return lambda **kw: self.discovery.list_endpoint_slice_for_all_namespaces(label_selector=selector, **kw)
 
     def _run(self, what: str, ns: str | None) -> None:
-        from kubernetes import watch
-        from kubernetes.client.rest import ApiException
-
         fn = self._list_fn(what, ns)
         on = self.state.on_model if what == "models" else self.state.on_slice
         while not self.stop.is_set():
             try:
                 listed = fn(_preload_content=False)
-                import json
-
                 body = json.loads(listed.data)
                 items, version = body.get("items") or [], body["metadata"]["resourceVersion"]
                 self._submit(lambda: self._replace(what, ns, items))

@@ -1,16 +1,17 @@
 """What the router knows: the models it serves, by every name a request may use, and their
 endpoints. Discovery (a static file, or the cluster's ModelDeployments and EndpointSlices)
-writes it; the proxy reads it on every request."""
+writes it; the app and forwarding read it on every request."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
 
+from .. import api
 from . import balance
 
 
@@ -20,7 +21,7 @@ class Target:
 
     name: str
     engine: str = "llamacpp"  # "tgi" or "llamacpp": which native API it has
-    strategy: balance.Strategy = field(default_factory=lambda: balance.make("prefix-cache"))
+    strategy: balance.Strategy = field(default_factory=balance.make)  # the default strategy
     endpoints: dict[str, balance.Endpoint] = field(default_factory=dict)  # url -> endpoint
     aliases: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
@@ -82,30 +83,31 @@ class Registry:
 # --- the static list (benchmarks, tests, a router outside the cluster) ----------------------
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+class StaticEntry(api.LoadBalancing):
+    """One model of the static file: its endpoints, the names requests may use, and the load
+    balancing fields of a ModelDeployment's `router.loadBalancing` (their defaults and bounds
+    from there), at the entry's top level. `round-robin`, the benchmarks' baseline, is a
+    strategy here that the CRD does not offer."""
 
-
-class StaticModel(_Model):
     name: str
     engine: str = Field("llamacpp", pattern="^(tgi|llamacpp)$")
     endpoints: list[str] = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     fallback: list[str] = Field(default_factory=list)
-    strategy: str = Field("prefix-cache", pattern="^(least-load|prefix-cache|queue-aware|round-robin)$")
-    prefix_block_size: int = Field(balance.BLOCK_CHARS, ge=16)
-    max_imbalance: int = Field(4, ge=0)
+    strategy: Literal[balance.STRATEGIES] = Field(api.LoadBalancing.model_fields["strategy"].default)
 
 
-class StaticConfig(_Model):
-    models: list[StaticModel]
+class StaticFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[StaticEntry]
 
 
 def load_static(path: str | Path, seed: int | None = None) -> Registry:
     """A registry from a YAML file: `models: [{name, engine, endpoints: [url...], aliases,
     tasks, strategy}]`."""
-    config = StaticConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    config = StaticFile.model_validate(yaml.safe_load(Path(path).read_text()) or {})
     reg = Registry()
     for m in config.models:
         t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed),

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import resource
 from pathlib import Path
 
-from .proxy import Limits, Router, upstream_client
+from .app import Router
 from .registry import Registry, load_static
+from .scrape import scrape_forever
+from .settings import Limits, RouterSettings
+from .upstream import AiohttpUpstream, Upstream
 
 log = logging.getLogger("modelship.router")
 
@@ -51,6 +56,11 @@ def _stamp(path: str) -> tuple | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def upstream_client(limits: Limits, max_connections: int = 10_000) -> Upstream:
+    """The one pooled client every request goes through."""
+    return AiohttpUpstream(limits.connect_timeout, max_connections)
+
+
 def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
           scrape_interval: float = 1.0, allowed: list[str] | None = None, seed: int | None = None,
           api_keys_file: str | None = None, keys_interval: float = 10.0) -> Router:
@@ -67,42 +77,34 @@ def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: l
 
         router.on_startup.append(follow_keys)
     if scrape_interval > 0:
-        from .scrape import scrape_forever
-
         def scrape(loop: asyncio.AbstractEventLoop) -> None:
             router.background.append(loop.create_task(scrape_forever(registry, router.client, scrape_interval)))
 
         router.on_startup.append(scrape)
     if not static:
+        # Imported here for start-up time: the kubernetes library takes about a second to
+        # import, and a router with a static list (the tests build many) never uses it.
+        from ..login import api_client
         from .discovery import Watcher
 
-        configure_default_client()
-
-        import ipaddress
-
+        kube = api_client()  # logged in now, so that a missing kubeconfig stops the start
         networks = [ipaddress.ip_network(n, strict=False) for n in allowed] if allowed else None
 
         def start(loop: asyncio.AbstractEventLoop) -> None:
-            Watcher(registry, list(namespaces or []), loop, networks).start()
+            Watcher(registry, list(namespaces or []), loop, kube, networks).start()
 
         router.on_startup.append(start)
     return router
 
 
-def configure_default_client() -> None:
-    """Discovery's watches use the kubernetes library's default client: log it in by the
-    project's one rule."""
-    from kubernetes import client
-
-    from ..login import api_client
-
-    client.Configuration.set_default(api_client().configuration)
+def from_settings(settings: RouterSettings) -> Router:
+    """The router its settings describe (the settings are its limits too)."""
+    return build(settings.static, settings, api_keys_from(settings.api_keys_file), settings.namespaces,
+                 settings.scrape_interval, settings.allow_cidrs, api_keys_file=settings.api_keys_file)
 
 
 def raise_open_files() -> int:
     """Every open stream holds two sockets (client and engine): take the hard limit."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -110,6 +112,7 @@ def raise_open_files() -> int:
 
 
 def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning") -> None:
+    # Imported here for start-up time: only serving needs them (build() and the tests do not).
     import uvicorn
     import uvloop
 

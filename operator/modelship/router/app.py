@@ -1,0 +1,172 @@
+"""The router's HTTP side: a plain ASGI application (no framework on the hot path).
+
+Requests name a model; the registry finds its target; the app reads and checks the request
+(its route, its API key, its body's size and JSON) and hands it, as one `Exchange`, to the
+`Forwarder`, which picks an endpoint and relays the answer. Errors come in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .errors import ClientGone, ErrorAnswer, respond
+from .forward import Exchange, Forwarder
+from .metrics import Metrics
+from .registry import Registry, Target
+from .settings import Limits
+from .upstream import Upstream
+
+OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (what its client calls)
+
+
+class Router:
+    def __init__(self, registry: Registry, client: Upstream, limits: Limits | None = None,
+                 api_keys: list[str] | None = None, metrics: Metrics | None = None):
+        self.registry, self.client = registry, client
+        limits = limits or Limits()
+        self.max_body_bytes = limits.max_body_bytes
+        self.set_api_keys(api_keys or [])
+        self.metrics = metrics or Metrics(registry)
+        self.forwarder = Forwarder(client, limits, self.metrics)
+        self._forward = self.forwarder.forward  # bound once: called on every request
+        self.on_startup: list = []  # called with the running loop (discovery starts its watches)
+        self.background: list[asyncio.Task] = []  # cancelled at shutdown
+
+    def set_api_keys(self, keys: list[str]) -> None:
+        """The keys a request may carry (none: no key needed)."""
+        self.api_keys = [k.encode() for k in keys]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except ErrorAnswer as e:
+            await respond(send, e.status, e.body(), e.headers)
+        except ClientGone:
+            pass
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for fn in self.on_startup:
+                        fn(asyncio.get_running_loop())
+                except Exception as e:  # noqa: BLE001 - said in one line, and the server stops
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for task in self.background:
+                    task.cancel()
+                await self.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope, receive, send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/health":
+            await respond(send, 200, b'{"status":"ok"}')
+            return
+        if path == "/metrics":
+            self.metrics.prune({(t.name, url) for t in self.registry.targets.values() for url in t.endpoints})
+            await respond(send, 200, generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.encode())
+            return
+        self._authorize(scope)
+        if path == "/v1/models" and method == "GET":
+            await respond(send, 200, self._models())
+            return
+        kind = OPENAI_PATHS.get(path)
+        if kind is not None:
+            if method != "POST":
+                raise ErrorAnswer(405, f"{path} takes POST")
+            raw, body = await self._read_json(scope, receive)
+            target = self._target(body.get("model"))
+            await self._forward(Exchange(target, path, raw, body, kind, receive, send))
+            return
+        if path.startswith("/models/"):  # TGI's native API: /models/{name}/generate
+            name, _, rest = path[len("/models/"):].rstrip("/").partition("/")
+            if rest not in TGI_PATHS:
+                raise ErrorAnswer(404, f"no route {path}: the TGI API is at /models/{{name}}/generate, "
+                                       f"/models/{{name}}/generate_stream and /models/{{name}}/info", code="not_found")
+            target = self._target(name)
+            if target.engine != "tgi":
+                raise ErrorAnswer(400, f"model {name!r} is served by llama.cpp, which has no TGI API: use the "
+                                       f"OpenAI API (/v1/chat/completions, /v1/completions)", code="unsupported_api")
+            if rest == "info":
+                await self._forward(Exchange(target, "/info", b"", {}, "info", receive, send, method="GET"))
+                return
+            raw, body = await self._read_json(scope, receive)
+            await self._forward(Exchange(target, "/" + rest, raw, body, "tgi", receive, send))
+            return
+        raise ErrorAnswer(404, f"no route {method} {path}: the router serves /v1/chat/completions, /v1/completions, "
+                               f"/v1/models, /models/{{name}}/generate[_stream], /models/{{name}}/info, /health and "
+                               f"/metrics", code="not_found")
+
+    def _models(self) -> bytes:
+        """/v1/models: every name a request may use whose target has a ready endpoint."""
+        now = int(time.time())
+        data = [{"id": name, "object": "model", "created": now, "owned_by": "modelship",
+                 "modelship": {"target": t.name, "engine": t.engine, "ready_endpoints": len(t.ready())}}
+                for name, t in self.registry.serving()]
+        return orjson.dumps({"object": "list", "data": data})
+
+    def _authorize(self, scope) -> None:
+        if not self.api_keys:
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        token = given[7:] if given[:7].lower() == b"bearer " else b""
+        if not any(hmac.compare_digest(token, k) for k in self.api_keys):
+            raise ErrorAnswer(401, "a valid API key is needed: send `Authorization: Bearer <key>`",
+                              "authentication_error", "invalid_api_key")
+
+    def _target(self, model) -> Target:
+        if model is None:
+            names = list(self.registry.targets)
+            if len(names) == 1:
+                return self.registry.targets[names[0]]
+            raise ErrorAnswer(400, f"the request names no model: set \"model\" to one of "
+                                   f"{', '.join(self.registry.names())}")
+        if not isinstance(model, str):
+            raise ErrorAnswer(400, "\"model\" must be a string")
+        target = self.registry.lookup(model)
+        if target is None:
+            raise ErrorAnswer(404, f"the model {model!r} does not exist here; the models are: "
+                                   f"{', '.join(self.registry.names()) or '(none)'}", code="model_not_found")
+        return target
+
+    async def _read_json(self, scope, receive) -> tuple[bytes, dict]:
+        limit = self.max_body_bytes
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ErrorAnswer(413, f"the request body is {int(declared)} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ErrorAnswer(413, f"the request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        raw = b"".join(chunks)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise ErrorAnswer(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ErrorAnswer(400, "the request body must be a JSON object")
+        return raw, body

@@ -1,0 +1,113 @@
+"""The router's settings: one typed object, read once at start-up.
+
+Sources, later ones winning: the defaults below; a YAML file named by `--config` or
+`MODELSHIP_ROUTER_CONFIG` (the Helm chart mounts one); environment variables
+`MODELSHIP_ROUTER_<FIELD>`; the flags of `modelship router`. Every field is documented in
+docs/configuration.md ("The router's settings"), which a test checks against this file.
+
+`Limits` are the settings forwarding reads; the router copies them into plain attributes
+once (a pydantic attribute costs more to read, and the hot path reads them per request).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from ..settings import ConfigError, YamlFile
+
+ENV_PREFIX = "MODELSHIP_ROUTER_"
+CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+
+
+class Limits(BaseModel):
+    """What a request may send and how long an endpoint may take: forwarding's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(8 << 20, ge=1, description="Larger request bodies are refused with 413.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to an endpoint.")
+    first_byte_timeout: float = Field(300.0, gt=0, description="Seconds an endpoint's answer may take to begin "
+                                                                "(a long prompt's prefill, a cold engine); 504 after.")
+    idle_timeout: float = Field(120.0, gt=0, description="Seconds between two chunks of an answer before it is "
+                                                         "ended.")
+    retries: int = Field(2, ge=0, description="Other endpoints tried before the first byte, after a connect "
+                                              "error or a 429, 502 or 503 answer.")
+    retry_budget: float = Field(10.0, gt=0, description="Seconds within which retries may start, from the "
+                                                        "request's arrival.")
+    retry_after: int = Field(5, ge=0, description="Seconds a client is told to wait (`Retry-After`) when a model "
+                                                  "has no ready endpoint.")
+
+
+class RouterSettings(Limits, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", populate_by_name=True)
+
+    config: str | None = Field(None, description="The settings file (YAML, camelCase keys); from `--config` or "
+                                                 "the environment only.")
+    static: str | None = Field(None, description="A YAML file of models and their endpoints, served instead of "
+                                                 "the cluster's ModelDeployments (benchmarks, tests, a router "
+                                                 "outside a cluster).")
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    api_keys_file: str | None = Field(None, description="Accept only requests with one of these keys (one per "
+                                                        "line; a mounted Secret). The file is followed: changed "
+                                                        "keys apply within about 10 s.")
+    drain_seconds: int = Field(30, ge=0, description="On SIGTERM, time given to open requests.")
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Serve the ModelDeployments of these namespaces; empty: all namespaces.")
+    scrape_interval: float = Field(1.0, ge=0, description="Seconds between scrapes of the engines' queue "
+                                                          "metrics; 0: never.")
+    allow_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Send requests only to endpoints in these networks; empty: any.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        given = init_settings.init_kwargs.get("config")  # --config
+        file = _File(settings_cls, given, "--config") if given else _File(settings_cls, None, CONFIG_VARIABLE)
+        return init_settings, env_settings, file
+
+    @field_validator("namespaces", "allow_cidrs", mode="before")
+    @classmethod
+    def _split(cls, v):
+        if isinstance(v, str):  # MODELSHIP_ROUTER_NAMESPACES=a,b
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("allow_cidrs")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)  # raises ValueError, which says what is wrong
+        return v
+
+
+class _File(YamlFile):
+    """The settings file, which cannot name another."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        if "config" in values:
+            raise ConfigError(f"{self.path}: `config` names the settings file; it cannot be set inside it")
+        return values
+
+
+def load(**values: Any) -> RouterSettings:
+    """The settings: `values` (the flags given, `config` included) over the environment over
+    the file over the defaults. Raises ConfigError, in one line."""
+    try:
+        return RouterSettings(**values)
+    except SettingsError as e:
+        raise ConfigError(f"invalid router setting: {e} (from {ENV_PREFIX}* variables)") from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(to_camel(str(p)) for p in first["loc"])
+        why = first["msg"].removeprefix("Value error, ")  # (what a validator's ValueError says)
+        raise ConfigError(f"invalid router setting {where}: {why} (from the flags, {ENV_PREFIX}* variables or "
+                          f"the settings file)") from e
+
