@@ -38,12 +38,9 @@ def spec(path: str, data: bytes, with_sha: bool = True) -> str:
 
 def run(hub, dest: Path, files: list[str], repo: str = "org/m", **kw):
     lines: list[str] = []
-    out = io.StringIO()
+    out = io.StringIO()  # a stream of this run's own: tests run fetchers in threads, and stdout is the process's
     fetcher = weights.Fetcher(repo, SHA, hub.url, dest, kw.pop("token", None), lines.append, retry_delay=0.01, **kw)
-    import contextlib
-
-    with contextlib.redirect_stdout(out):
-        progress = fetcher.fetch_all([weights.parse_file(f) for f in files], emit_every=0.05)
+    progress = fetcher.fetch_all([weights.parse_file(f) for f in files], emit_every=0.05, out=out)
     fetcher.progress_lines = [json.loads(l) for l in out.getvalue().splitlines()]
     return progress, lines, fetcher
 
