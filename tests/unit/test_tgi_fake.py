@@ -40,7 +40,11 @@ def tgi():
         time.sleep(0.1)
     yield url
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # not left running after the tests
+        proc.kill()
+        proc.wait()
 
 
 def test_generate_is_deterministic_and_typed(tgi):
