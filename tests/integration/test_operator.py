@@ -173,6 +173,9 @@ def test_pools_children_rollout_scale_and_delete(cluster, namespace, operator, k
     cluster.kubectl("scale", "md/cpp-model", "-n", namespace, "--replicas=2")
     wait_for(lambda: get(cluster, "deployment", "cpp-model", namespace)["spec"]["replicas"] == 2, 30,
              "the Deployment to have 2 replicas")
+    # Until the operator has written a status for the scaled spec, Ready is the old one's.
+    wait_for(lambda: md_status(cluster, namespace, "cpp-model").get("observedGeneration") == 3, 30,
+             "the operator to observe generation 3")
     st = wait_phase(cluster, operator, "cpp-model", "Ready", timeout=60)
     assert st["readyReplicas"] == 2 and st["selector"] == \
         "modelship.io/deployment=cpp-model,app.kubernetes.io/component=server"
