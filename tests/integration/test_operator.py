@@ -209,8 +209,14 @@ def test_unusable_spec_gets_a_condition_and_no_children(cluster, namespace, oper
     import time
 
     lines = lambda: [l for l in operator.metrics().splitlines() if l.startswith("modelship_reconciles_total")]
-    time.sleep(1)  # the echo of the last status write settles
-    first = lines()
+
+    def quiet_for_2s():  # the echoes of the last status writes have been reconciled
+        before = lines()
+        time.sleep(2)
+        return before if before == lines() else None
+
+    # (a retry storm faster than that never settles, and fails here)
+    first = wait_for(quiet_for_2s, 60, "the reconcile counters to stay the same for 2 s")
     time.sleep(3)
     assert lines() == first, (first, lines())
     # Fixing the spec recovers.
