@@ -248,9 +248,10 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster, nam
     assert operator.stop(signal.SIGTERM) == 0
     uids = {k: get(cluster, "deployment", "smollm2", namespace)["metadata"]["resourceVersion"] for k in ("d",)}
     operator.start()
-    import time
-
-    time.sleep(4)
+    # The phase gauge is set at the end of a reconcile: once it says Ready, the new operator has
+    # looked at the ModelDeployment and written whatever it was going to write.
+    wait_for(lambda: 'modelship_modeldeployments{phase="Ready"} 1.0' in operator.metrics(), 60,
+             "the restarted operator to reconcile smollm2", lambda: operator.log()[-3000:])
     assert get(cluster, "deployment", "smollm2", namespace)["metadata"]["resourceVersion"] == uids["d"]
     assert md_status(cluster, namespace, "smollm2")["phase"] == "Ready"
 
