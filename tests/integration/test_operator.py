@@ -297,7 +297,9 @@ def test_resolves_on_a_hub_downloads_with_progress_then_serves(cluster, namespac
                                                                "SmolLM2-135M-Instruct.Q4_1.gguf": data,
                                                                "SmolLM2-135M-Instruct.Q8_0.gguf": b"x" * 1000}},
                                {"main": sha}))
-    fake_hub.chunk_delay = 0.003  # ~5 s for the 98 MB file: long enough to watch
+    # ~15 s for the 98 MB file (1,500 pieces of 64 KiB): several of the operator's 3 s requeues
+    # fall inside the download, so status shows progress with an ETA on any machine
+    fake_hub.chunk_delay = 0.01
     try:
         operator.start()
         manifest = smollm2("hubsmol")
