@@ -392,8 +392,11 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     wait_for(lambda: ledger(cluster, namespace, "follower-weights") == [f"hub-test/follow-GGUF@{new}"], 30,
              "the ledger to drop the collected snapshot")
     wait_for(lambda: not [j for j in job_names(cluster, namespace) if "-collect-" in j], 30, "the collection Job to go")
-    assert "Collected" in cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
-                                          "involvedObject.name=follower", "-o", "jsonpath={.items[*].reason}")
+    # The operator posts its Events after the writes they announce: the Event may trail the ledger.
+    wait_for(lambda: "Collected" in cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                                    "involvedObject.name=follower", "-o",
+                                                    "jsonpath={.items[*].reason}"), 30,
+             "the Collected Event")
     assert md_status(cluster, namespace, "follower")["phase"] == "Ready"
 
 
