@@ -451,10 +451,15 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     assert md_status(cluster, namespace, "first")["phase"] == "Ready"
 
     cluster.kubectl("delete", "md", "first", "-n", namespace, "--wait=true")
-    import time
+    # The garbage collector has dealt with the volume once it has dropped the reference to
+    # "first" (keeping what "second" still owns) or marked it for deletion (wrongly).
+    def collected_first() -> dict | None:
+        meta = get(cluster, "pvc", "modelship-cache", namespace)["metadata"]
+        owners = [r["name"] for r in meta.get("ownerReferences") or []]
+        return meta if "first" not in owners or meta.get("deletionTimestamp") else None
 
-    time.sleep(3)  # the garbage collector keeps what "second" still owns
-    assert get(cluster, "pvc", "modelship-cache", namespace)["metadata"].get("deletionTimestamp") is None
+    meta = wait_for(collected_first, 60, "the garbage collector to deal with the volume first owned")
+    assert meta.get("deletionTimestamp") is None
     cluster.kubectl("delete", "md", "second", "-n", namespace, "--wait=true")
     wait_for(lambda: "modelship-cache" not in cluster.kubectl("get", "pvc", "-n", namespace, "-o", "name"), 60,
              "the shared volume to go with its last owner")
