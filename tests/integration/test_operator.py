@@ -406,7 +406,8 @@ SHARED_RWX = {"sharedCache": True, "accessMode": "ReadWriteMany"}
 
 
 @pytest.mark.localnode
-def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, operator, fake_hub, kwok_pools):
+def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, operator, fake_hub, kwok_pools,
+                                                        monkeypatch):
     """Two ModelDeployments of one repo@sha on the namespace's shared cache volume: one Job,
     one download, one volume owned by both and deleted with the last of them."""
     from modelship_testbed.hub_fake import FakeRepo
@@ -415,6 +416,10 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     # (file names are unique across the session: the fake Hub counts bytes per file name)
     fake_hub.add_repo(FakeRepo("hub-test/shared-GGUF", {"9" * 40: {"shared-Q4_K_M.gguf": weights}},
                                {"main": "9" * 40}))
+    # A slow link: the download takes ~10 s (5 pieces of 64 KiB, 2 s apart), so the Job is still
+    # running when the second ModelDeployment's first reconcile finds it and joins it (a Job
+    # that finished first would keep one owner). monkeypatch puts the session's Hub back after.
+    monkeypatch.setattr(fake_hub, "chunk_delay", 2.0)
     operator.start(pools=kwok_pools)
     for name in ("first", "second"):
         cluster.apply(tiny(name, repo="hub-test/shared-GGUF") | {"spec": {
