@@ -447,7 +447,9 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     assert ledger(cluster, namespace, "modelship-cache") == [f"hub-test/shared-GGUF@{'9' * 40}",
                                                              f"hub-test/shared2-GGUF@{'a' * 40}"]
     cluster.kubectl("delete", "md", "third", "-n", namespace, "--wait=true")
-    wait_for(lambda: not (volume / "models--hub-test--shared2-GGUF").exists(), 60, "the unused repo to be collected")
+    # 90 s: nothing may make the others reconcile before their next resync (resyncSeconds 20)
+    # after "third" goes; then a collection Job runs on the local node and is read back.
+    wait_for(lambda: not (volume / "models--hub-test--shared2-GGUF").exists(), 90, "the unused repo to be collected")
     wait_for(lambda: ledger(cluster, namespace, "modelship-cache") == [f"hub-test/shared-GGUF@{'9' * 40}"], 30,
              "the ledger to drop it")
     assert (volume / "models--hub-test--shared-GGUF" / "snapshots" / ("9" * 40) / "shared-Q4_K_M.gguf").read_bytes() \
