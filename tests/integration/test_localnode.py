@@ -230,10 +230,15 @@ def test_process_that_ignores_sigterm_is_killed_after_the_grace_period(cluster, 
     cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn", "labels": {"app": "s"}},
                    "spec": {"nodeSelector": ON_LOCAL, "terminationGracePeriodSeconds": 3, "containers": [
                        {"name": "main", "image": "busybox",
-                        "command": ["sh", "-c", "trap 'echo got TERM' TERM; while true; do sleep 0.2; done"]}]}},
+                        "command": ["sh", "-c", "trap 'echo got TERM' TERM; echo trapped; "
+                                                "while true; do sleep 0.2; done"]}]}},
                   namespace)
     wait_for(lambda: (p := pod_of(cluster, namespace, "app=s")) and p["status"].get("phase") == "Running", 30,
              "pod Running")
+    # Running comes with the process, before the shell has installed its trap: a SIGTERM then
+    # would end it at once. The marker says the trap is in place.
+    wait_for(lambda: "trapped" in cluster.kubectl("logs", "-n", namespace, "stubborn", check=False), 30,
+             "the container to install its SIGTERM trap")
     start = time.monotonic()
     cluster.kubectl("delete", "pod", "stubborn", "-n", namespace, "--wait=true", "--timeout=30s")
     took = time.monotonic() - start
