@@ -283,3 +283,31 @@ def test_a_pod_worker_reports_an_image_without_a_program_and_is_deleted_through_
     assert {c["type"]: c["status"] for c in final["conditions"]}["PodScheduled"] == "True"
     assert node.deleted == [("n", "p", "u1")] and node.released == ["u1"] and node.pids == []
     assert not worker.dir.exists()
+
+
+def test_a_slow_link_passes_every_byte_at_its_rate():
+    """The e2e test of `modelship demo` puts one in front of the Hub mirror."""
+    import time
+
+    import httpx
+
+    from modelship_testbed.hub_fake import FakeHub, FakeRepo
+    from modelship_testbed.slowlink import SlowLink
+
+    data = bytes(range(256)) * 4096  # 1 MiB, served by the fake Hub itself (not an LFS redirect)
+    hub = FakeHub()
+    hub.add_repo(FakeRepo("org/m", {"1" * 40: {"data.json": data}}, {"main": "1" * 40}))
+    hub.start()
+    port = int(hub.url.rsplit(":", 1)[1])
+    link = SlowLink("127.0.0.1", port, rate=2 * 1024 * 1024).start()
+    try:
+        started = time.monotonic()
+        with httpx.Client(base_url=link.url) as client:
+            got = client.get("/org/m/resolve/main/data.json")
+            took = time.monotonic() - started
+            assert got.status_code == 200 and got.content == data
+            assert client.get("/api/models/org/m").json()["sha"] == "1" * 40  # the same connection again
+        assert took >= 0.4, took  # 1 MiB at 2 MiB/s: the last of 16 pieces leaves after 15 pauses
+    finally:
+        link.stop()
+        hub.stop()
