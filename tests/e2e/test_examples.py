@@ -71,9 +71,19 @@ def test_make_demo_runs_the_operator_path_and_answers(cluster, local_node):
     import sys
     from pathlib import Path
 
+    from modelship_testbed.config import TestbedConfig
+    from modelship_testbed.slowlink import SlowLink
+
     cluster.kubectl("delete", "namespace", "modelship-demo", "--ignore-not-found", "--timeout=120s")
-    proc = subprocess.run([str(Path(sys.executable).with_name("modelship")), "demo"],
-                          capture_output=True, text=True, timeout=600)
+    # The mirror behind a slow link: 6 MiB/s, ~16 s for the 93.8 MiB GGUF, so that several of
+    # the operator's progress reads (every 3 s) fall inside the download on any machine (a
+    # fast one downloaded it before the first, and the demo had no "MiB of" line to show).
+    link = SlowLink("127.0.0.1", TestbedConfig.load().ports.hub_mirror, rate=6 * 1024 * 1024).start()
+    try:
+        proc = subprocess.run([str(Path(sys.executable).with_name("modelship")), "demo", "--hub-mirror", link.url],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        link.stop()
     try:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout + proc.stderr
