@@ -101,13 +101,15 @@ def build(components: tuple[str, ...]) -> None:
 
 
 @click.command()
+@click.option("--hub-mirror", metavar="URL", help="A Hub for the operator instead of the test bed's mirror "
+                                                  "(the tests use the mirror behind a slow link).")
 @one_line_errors
-def demo() -> None:
+def demo(hub_mirror: str | None) -> None:
     """The whole path on a local cluster: test bed, Hub mirror, operator, examples/smollm2.yaml
     served by llama.cpp, and a real answer."""
     from . import demo as demo_mod
 
-    demo_mod.run(_log)
+    demo_mod.run(_log, hub_mirror=hub_mirror)
 
 
 testbed.add_command(demo)  # `modelship demo` and `modelship testbed demo` are the same

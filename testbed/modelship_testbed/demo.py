@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import httpx
 
@@ -99,6 +102,84 @@ def endpoint_address(status: dict, run: Callable[..., str] | None = None, timeou
         time.sleep(0.5)
 
 
+def md_line(md: dict | None) -> str:
+    """What the demo says about a ModelDeployment: its phase, and the message that explains it."""
+    st = (md or {}).get("status") or {}
+    if not st.get("phase"):
+        return "waiting for the operator to pick it up"
+    conds = {c["type"]: c for c in st.get("conditions") or []}
+    shown = {"Downloading": conds.get("Downloaded"), "Resolving": conds.get("Resolved")}.get(st["phase"]) \
+        or conds.get("Ready", {})
+    return f"{st['phase']}: {shown.get('message', '')}"
+
+
+class MDWatch:
+    """Every version of one ModelDeployment that the API server stores, in order: a list (which
+    gives the resourceVersion to watch from), then a watch from there (`kubectl get --raw
+    ...?watch=1`: one JSON event a line). Made before the apply, it sees every phase, even one
+    that lasts a few milliseconds (polling every half second missed them). Should the watch
+    end (the server closes watches after a while), it lists and watches again."""
+
+    def __init__(self, namespace: str, name: str, kubectl_argv: list[str] | None = None):
+        self.kubectl_argv = kubectl_argv or [str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}"]
+        self.path = (f"/apis/modelship.io/v1alpha1/namespaces/{namespace}/modeldeployments"
+                     f"?fieldSelector={quote(f'metadata.name={name}')}")
+        self.proc: subprocess.Popen | None = None
+        self.lines: queue.Queue = queue.Queue()
+        self.pending: list[dict] = []
+        self.since = 0.0  # when the current watch started
+
+    def _list_and_watch(self) -> None:
+        got = subprocess.run([*self.kubectl_argv, "get", "--raw", self.path], capture_output=True, text=True)
+        if got.returncode != 0:
+            raise cluster.TestbedError(f"kubectl get --raw {self.path}: {got.stderr.strip()}")
+        listed = json.loads(got.stdout)
+        self.pending += listed.get("items") or []
+        rv = listed["metadata"]["resourceVersion"]
+        self.since = time.monotonic()
+        self.proc = subprocess.Popen([*self.kubectl_argv, "get", "--raw", f"{self.path}&watch=1&resourceVersion={rv}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        lines, proc = queue.Queue(), self.proc
+        self.lines = lines
+
+        def read() -> None:
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)  # the watch ended
+
+        threading.Thread(target=read, name="md-watch", daemon=True).start()
+
+    def start(self) -> "MDWatch":
+        self._list_and_watch()
+        return self
+
+    def next(self, timeout: float) -> dict | None:
+        """The next version of the ModelDeployment; None when none came within `timeout`."""
+        if self.pending:
+            return self.pending.pop(0)
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        event = json.loads(line) if line and line.strip() else None
+        if event and event.get("type") in ("ADDED", "MODIFIED"):
+            return event["object"]
+        if line is None or (event and event.get("type") == "ERROR"):  # ended, or too old a version: again
+            self.close()
+            time.sleep(max(0.0, self.since + 1 - time.monotonic()))  # not a loop of kubectl runs
+            self._list_and_watch()
+        return None
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
     import yaml
 
@@ -118,8 +199,9 @@ def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     log_path = workdir / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig_path()), "MODELSHIP_CONFIG": str(workdir / "config.yaml")}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator"], env=env,
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w") as out:  # the operator has its own copy of the descriptor
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log_path
 
 
@@ -129,9 +211,10 @@ def start_router(workdir: Path, port: int) -> tuple[subprocess.Popen, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "router.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig_path())}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "-n", DEMO_NAMESPACE,
-                             "--host", "127.0.0.1", "--port", str(port), "--allow-cidr", "127.0.0.0/8"], env=env,
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w") as out:  # the router has its own copy of the descriptor
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "-n", DEMO_NAMESPACE,
+                                 "--host", "127.0.0.1", "--port", str(port), "--allow-cidr", "127.0.0.0/8"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log_path
 
 
@@ -151,9 +234,11 @@ def wait_routed(router: str, model: str, proc: subprocess.Popen, log_path: Path,
         time.sleep(0.3)
 
 
-def run(log: Callable[[str], None]) -> str:
+def run(log: Callable[[str], None], hub_mirror: str | None = None) -> str:
     """The operator's path end to end: CRD, operator and router, `kubectl apply` of
-    examples/smollm2.yaml, progress until Ready, and a question through the router."""
+    examples/smollm2.yaml, progress until Ready, and a question through the router.
+    `hub_mirror`: a Hub for the operator instead of the test bed's mirror (the tests put the
+    mirror behind a slow link, so that the download's progress shows on any machine)."""
     start = time.monotonic()
     cluster.up(cluster.UpOptions(), log)
     repo = OPERATOR_EXAMPLE.parents[1]
@@ -170,7 +255,8 @@ def run(log: Callable[[str], None]) -> str:
                         f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"], capture_output=True)
     subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "create", "namespace",
                     DEMO_NAMESPACE], capture_output=True)
-    hub = f"http://127.0.0.1:{TestbedConfig.load().ports.hub_mirror}"
+    hub = hub_mirror or f"http://127.0.0.1:{TestbedConfig.load().ports.hub_mirror}"
+    watch = MDWatch(DEMO_NAMESPACE, "smollm2")
     proc, op_log = start_operator(state_dir() / "demo-operator", hub)
     log(f"operator started, Hub mirror {hub} (log: {op_log})")
     router_port = TestbedConfig.load().ports.router
@@ -178,29 +264,26 @@ def run(log: Callable[[str], None]) -> str:
     router_proc, router_log = start_router(state_dir() / "demo-operator", router_port)
     log(f"router started: {router} (log: {router_log})")
     try:
+        watch.start()  # before the apply: every version of the ModelDeployment from its first
         log(f"kubectl apply -f {OPERATOR_EXAMPLE.relative_to(repo)} -n {DEMO_NAMESPACE}")
         log("  " + kubectl("apply", "-f", str(OPERATOR_EXAMPLE), namespace=DEMO_NAMESPACE).strip())
-        last, deadline = "", time.monotonic() + 300
+        md, last, deadline = None, "", time.monotonic() + 300
         while True:
             if proc.poll() is not None:
                 raise cluster.TestbedError(f"the operator exited ({proc.returncode}); see {op_log}")
-            md = json.loads(kubectl("get", "md", "smollm2", "-o", "json", namespace=DEMO_NAMESPACE))
-            st = md.get("status") or {}
-            conds = {c["type"]: c for c in st.get("conditions") or []}
-            ready = conds.get("Ready", {})
-            shown = {"Downloading": conds.get("Downloaded"), "Resolving": conds.get("Resolved")}.get(
-                st.get("phase")) or ready
-            now = (f"{st['phase']}: {shown.get('message', '')}" if st.get("phase")
-                   else "waiting for the operator to pick it up")
-            if now != last:
-                log(f"  {now}")
-                last = now
-            if ready.get("status") == "True":
+            got = watch.next(timeout=0.5)
+            if got is not None:  # each version, each distinct line: no phase goes unsaid
+                md = got
+                if (now := md_line(md)) != last:
+                    log(f"  {now}")
+                    last = now
+            st = (md or {}).get("status") or {}
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or []):
                 break
             if st.get("phase") == "Failed" or time.monotonic() > deadline:
-                raise cluster.TestbedError(f"smollm2 did not become Ready ({now}); see "
+                raise cluster.TestbedError(f"smollm2 did not become Ready ({last}); see "
                                            f"`modelship testbed kubectl describe md smollm2 -n {DEMO_NAMESPACE}`")
-            time.sleep(0.5)
+        watch.close()
         url = endpoint_address(st)
         log(f"Ready in {time.monotonic() - start:.0f}s: {st['endpoint']['openAIBaseURL']} "
             f"(here {url}/v1), model {st['endpoint']['model']!r}, revision {st['resolved']['shortSha']}")
@@ -209,9 +292,14 @@ def run(log: Callable[[str], None]) -> str:
         answer = ask(router)
         log(f"answer: {answer}")
     finally:
+        watch.close()
         for p in (router_proc, proc):
             p.terminate()
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # not left running after the demo
+                p.kill()
+                p.wait()
     log("")
     log("Keep using it (the model keeps serving; the operator and the router stopped with this command):")
     log(f"  export KUBECONFIG={kubeconfig_path()}")

@@ -201,18 +201,22 @@ class FakeHub:
         # 64 KiB pieces while a delay simulates a slow link; otherwise 1 MiB, so that the
         # server spends little CPU per byte (benchmarks share two cores with it).
         sent, chunk = 0, 64 * 1024 if self.chunk_delay or cut is not None else 1 << 20
+        # Bytes are counted as each piece goes out, before any delay: a client that has the
+        # whole file must find it counted (it may finish before this coroutine resumes).
+        self.served.setdefault(path, 0)
         while sent < len(body):
             piece = body[sent:sent + chunk]
             if cut is not None and sent + len(piece) > cut:
-                await resp.write(piece[: max(cut - sent, 0)])
-                self.served[path] = self.served.get(path, 0) + max(cut - sent, 0) + sent
+                piece = piece[: max(cut - sent, 0)]
+                self.served[path] += len(piece)
+                await resp.write(piece)
                 request.transport.close()  # the connection drops mid-file
                 return resp
+            self.served[path] += len(piece)
             await resp.write(piece)
             sent += len(piece)
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
-        self.served[path] = self.served.get(path, 0) + sent
         await resp.write_eof()
         return resp
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+
+from ..conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.localnode, pytest.mark.slow]
 
@@ -16,7 +20,15 @@ def test_llama_server_example_answers_the_demo_question(cluster, namespace, loca
     assert pod["spec"]["nodeName"] == local_node
     answer = demo.ask(f"http://{pod['status']['podIP']}:8080")
     assert "paris" in answer.lower(), answer
-    # The Service's EndpointSlice lists the ready pod at its own loopback address.
+    # The Service's EndpointSlice lists the ready pod at its own loopback address. The
+    # EndpointSlice controller follows the pod's readiness a moment later: first wait until a
+    # slice has a ready endpoint.
+    def a_ready_endpoint() -> bool:
+        items = json.loads(cluster.kubectl("get", "endpointslices", "-n", namespace, "-l",
+                                           "kubernetes.io/service-name=smollm2", "-o", "json"))["items"]
+        return any((ep.get("conditions") or {}).get("ready") for sl in items for ep in sl.get("endpoints") or [])
+
+    wait_for(a_ready_endpoint, 30, "the Service's EndpointSlice to list a ready endpoint")
     slices = cluster.kubectl("get", "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=smollm2",
                              "-o", "jsonpath={.items[*].endpoints[*].addresses[*]}")
     assert pod["status"]["podIP"] in slices.split()
@@ -59,9 +71,19 @@ def test_make_demo_runs_the_operator_path_and_answers(cluster, local_node):
     import sys
     from pathlib import Path
 
+    from modelship_testbed.config import TestbedConfig
+    from modelship_testbed.slowlink import SlowLink
+
     cluster.kubectl("delete", "namespace", "modelship-demo", "--ignore-not-found", "--timeout=120s")
-    proc = subprocess.run([str(Path(sys.executable).with_name("modelship")), "demo"],
-                          capture_output=True, text=True, timeout=600)
+    # The mirror behind a slow link: 6 MiB/s, ~16 s for the 93.8 MiB GGUF, so that several of
+    # the operator's progress reads (every 3 s) fall inside the download on any machine (a
+    # fast one downloaded it before the first, and the demo had no "MiB of" line to show).
+    link = SlowLink("127.0.0.1", TestbedConfig.load().ports.hub_mirror, rate=6 * 1024 * 1024).start()
+    try:
+        proc = subprocess.run([str(Path(sys.executable).with_name("modelship")), "demo", "--hub-mirror", link.url],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        link.stop()
     try:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout + proc.stderr

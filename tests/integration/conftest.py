@@ -85,13 +85,13 @@ class Operator:
         full_env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig,
                     "MODELSHIP_CONFIG": str(self.workdir / "config.yaml"), **self.env_extra, **env}
         self.starts += 1
-        log = open(self.log_path, "a")
-        log.write(f"--- start {self.starts}\n")
-        log.flush()
         watched = [a for ns in [self.namespace, *self.namespaces] for a in ("--namespace", ns)]
-        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator", *watched],
-                                     env=full_env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "a") as log:  # the child has its own copy of the descriptor
+            log.write(f"--- start {self.starts}\n")
+            log.flush()
+            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator", *watched],
+                                         env=full_env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:

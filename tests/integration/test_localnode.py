@@ -230,10 +230,15 @@ def test_process_that_ignores_sigterm_is_killed_after_the_grace_period(cluster, 
     cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn", "labels": {"app": "s"}},
                    "spec": {"nodeSelector": ON_LOCAL, "terminationGracePeriodSeconds": 3, "containers": [
                        {"name": "main", "image": "busybox",
-                        "command": ["sh", "-c", "trap 'echo got TERM' TERM; while true; do sleep 0.2; done"]}]}},
+                        "command": ["sh", "-c", "trap 'echo got TERM' TERM; echo trapped; "
+                                                "while true; do sleep 0.2; done"]}]}},
                   namespace)
     wait_for(lambda: (p := pod_of(cluster, namespace, "app=s")) and p["status"].get("phase") == "Running", 30,
              "pod Running")
+    # Running comes with the process, before the shell has installed its trap: a SIGTERM then
+    # would end it at once. The marker says the trap is in place.
+    wait_for(lambda: "trapped" in cluster.kubectl("logs", "-n", namespace, "stubborn", check=False), 30,
+             "the container to install its SIGTERM trap")
     start = time.monotonic()
     cluster.kubectl("delete", "pod", "stubborn", "-n", namespace, "--wait=true", "--timeout=30s")
     took = time.monotonic() - start
@@ -248,11 +253,16 @@ def test_init_containers_liveness_and_startup_probes(cluster, namespace, local_n
                                                 "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}],
                             "containers": [{
                                 "name": "main", "image": "busybox",
-                                # Healthy for about 3 s after each start, then the liveness probe fails.
-                                "command": ["sh", "-c", "grep -q from-init /shared/seed && touch /tmp-live/ok "
-                                                        "&& sleep 3 && rm /tmp-live/ok && exec sleep 3600"],
-                                "startupProbe": {"exec": {"command": ["test", "-f", "/tmp-live/ok"]},
-                                                 "periodSeconds": 1, "failureThreshold": 10},
+                                # Healthy after each start until the startup probe has passed (it
+                                # leaves a marker), then unhealthy: the liveness probe fails. (A fixed
+                                # healthy time could end before a slow machine's first startup probe,
+                                # and the startup probe would kill the container instead.)
+                                "command": ["sh", "-c", "rm -f /tmp-live/started && grep -q from-init /shared/seed "
+                                                        "&& touch /tmp-live/ok && until [ -f /tmp-live/started ]; "
+                                                        "do sleep 0.2; done && rm /tmp-live/ok && exec sleep 3600"],
+                                "startupProbe": {"exec": {"command": ["sh", "-c", "test -f /tmp-live/ok "
+                                                                      "&& touch /tmp-live/started"]},
+                                                 "periodSeconds": 1, "failureThreshold": 30},
                                 "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp-live/ok"]},
                                                   "periodSeconds": 1, "failureThreshold": 2},
                                 "volumeMounts": [{"name": "shared", "mountPath": "/shared"},
@@ -267,7 +277,8 @@ def test_init_containers_liveness_and_startup_probes(cluster, namespace, local_n
         last = cs.get("lastState", {}).get("terminated")
         return (init, cs) if last and init.get("state", {}).get("terminated") else None
 
-    init, cs = wait_for(killed_by_liveness, 40, "the liveness probe to kill the container",
+    # (60 s: a slow machine's init container, startup probe and two liveness failures)
+    init, cs = wait_for(killed_by_liveness, 60, "the liveness probe to kill the container",
                         lambda: cluster.kubectl("describe", "pod", "probed", "-n", namespace))
     assert init["state"]["terminated"]["exitCode"] == 0
     assert cs["lastState"]["terminated"]["exitCode"] in (137, 143)

@@ -173,6 +173,9 @@ def test_pools_children_rollout_scale_and_delete(cluster, namespace, operator, k
     cluster.kubectl("scale", "md/cpp-model", "-n", namespace, "--replicas=2")
     wait_for(lambda: get(cluster, "deployment", "cpp-model", namespace)["spec"]["replicas"] == 2, 30,
              "the Deployment to have 2 replicas")
+    # Until the operator has written a status for the scaled spec, Ready is the old one's.
+    wait_for(lambda: md_status(cluster, namespace, "cpp-model").get("observedGeneration") == 3, 30,
+             "the operator to observe generation 3")
     st = wait_phase(cluster, operator, "cpp-model", "Ready", timeout=60)
     assert st["readyReplicas"] == 2 and st["selector"] == \
         "modelship.io/deployment=cpp-model,app.kubernetes.io/component=server"
@@ -206,8 +209,14 @@ def test_unusable_spec_gets_a_condition_and_no_children(cluster, namespace, oper
     import time
 
     lines = lambda: [l for l in operator.metrics().splitlines() if l.startswith("modelship_reconciles_total")]
-    time.sleep(1)  # the echo of the last status write settles
-    first = lines()
+
+    def quiet_for_2s():  # the echoes of the last status writes have been reconciled
+        before = lines()
+        time.sleep(2)
+        return before if before == lines() else None
+
+    # (a retry storm faster than that never settles, and fails here)
+    first = wait_for(quiet_for_2s, 60, "the reconcile counters to stay the same for 2 s")
     time.sleep(3)
     assert lines() == first, (first, lines())
     # Fixing the spec recovers.
@@ -239,9 +248,10 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster, nam
     assert operator.stop(signal.SIGTERM) == 0
     uids = {k: get(cluster, "deployment", "smollm2", namespace)["metadata"]["resourceVersion"] for k in ("d",)}
     operator.start()
-    import time
-
-    time.sleep(4)
+    # The phase gauge is set at the end of a reconcile: once it says Ready, the new operator has
+    # looked at the ModelDeployment and written whatever it was going to write.
+    wait_for(lambda: 'modelship_modeldeployments{phase="Ready"} 1.0' in operator.metrics(), 60,
+             "the restarted operator to reconcile smollm2", lambda: operator.log()[-3000:])
     assert get(cluster, "deployment", "smollm2", namespace)["metadata"]["resourceVersion"] == uids["d"]
     assert md_status(cluster, namespace, "smollm2")["phase"] == "Ready"
 
@@ -287,7 +297,9 @@ def test_resolves_on_a_hub_downloads_with_progress_then_serves(cluster, namespac
                                                                "SmolLM2-135M-Instruct.Q4_1.gguf": data,
                                                                "SmolLM2-135M-Instruct.Q8_0.gguf": b"x" * 1000}},
                                {"main": sha}))
-    fake_hub.chunk_delay = 0.003  # ~5 s for the 98 MB file: long enough to watch
+    # ~15 s for the 98 MB file (1,500 pieces of 64 KiB): several of the operator's 3 s requeues
+    # fall inside the download, so status shows progress with an ETA on any machine
+    fake_hub.chunk_delay = 0.01
     try:
         operator.start()
         manifest = smollm2("hubsmol")
@@ -380,8 +392,11 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     wait_for(lambda: ledger(cluster, namespace, "follower-weights") == [f"hub-test/follow-GGUF@{new}"], 30,
              "the ledger to drop the collected snapshot")
     wait_for(lambda: not [j for j in job_names(cluster, namespace) if "-collect-" in j], 30, "the collection Job to go")
-    assert "Collected" in cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
-                                          "involvedObject.name=follower", "-o", "jsonpath={.items[*].reason}")
+    # The operator posts its Events after the writes they announce: the Event may trail the ledger.
+    wait_for(lambda: "Collected" in cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                                    "involvedObject.name=follower", "-o",
+                                                    "jsonpath={.items[*].reason}"), 30,
+             "the Collected Event")
     assert md_status(cluster, namespace, "follower")["phase"] == "Ready"
 
 
@@ -391,7 +406,8 @@ SHARED_RWX = {"sharedCache": True, "accessMode": "ReadWriteMany"}
 
 
 @pytest.mark.localnode
-def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, operator, fake_hub, kwok_pools):
+def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, operator, fake_hub, kwok_pools,
+                                                        monkeypatch):
     """Two ModelDeployments of one repo@sha on the namespace's shared cache volume: one Job,
     one download, one volume owned by both and deleted with the last of them."""
     from modelship_testbed.hub_fake import FakeRepo
@@ -400,6 +416,10 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     # (file names are unique across the session: the fake Hub counts bytes per file name)
     fake_hub.add_repo(FakeRepo("hub-test/shared-GGUF", {"9" * 40: {"shared-Q4_K_M.gguf": weights}},
                                {"main": "9" * 40}))
+    # A slow link: the download takes ~10 s (5 pieces of 64 KiB, 2 s apart), so the Job is still
+    # running when the second ModelDeployment's first reconcile finds it and joins it (a Job
+    # that finished first would keep one owner). monkeypatch puts the session's Hub back after.
+    monkeypatch.setattr(fake_hub, "chunk_delay", 2.0)
     operator.start(pools=kwok_pools)
     for name in ("first", "second"):
         cluster.apply(tiny(name, repo="hub-test/shared-GGUF") | {"spec": {
@@ -427,7 +447,9 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     assert ledger(cluster, namespace, "modelship-cache") == [f"hub-test/shared-GGUF@{'9' * 40}",
                                                              f"hub-test/shared2-GGUF@{'a' * 40}"]
     cluster.kubectl("delete", "md", "third", "-n", namespace, "--wait=true")
-    wait_for(lambda: not (volume / "models--hub-test--shared2-GGUF").exists(), 60, "the unused repo to be collected")
+    # 90 s: nothing may make the others reconcile before their next resync (resyncSeconds 20)
+    # after "third" goes; then a collection Job runs on the local node and is read back.
+    wait_for(lambda: not (volume / "models--hub-test--shared2-GGUF").exists(), 90, "the unused repo to be collected")
     wait_for(lambda: ledger(cluster, namespace, "modelship-cache") == [f"hub-test/shared-GGUF@{'9' * 40}"], 30,
              "the ledger to drop it")
     assert (volume / "models--hub-test--shared-GGUF" / "snapshots" / ("9" * 40) / "shared-Q4_K_M.gguf").read_bytes() \
@@ -436,10 +458,15 @@ def test_shared_cache_downloads_a_repo_at_a_commit_once(cluster, namespace, oper
     assert md_status(cluster, namespace, "first")["phase"] == "Ready"
 
     cluster.kubectl("delete", "md", "first", "-n", namespace, "--wait=true")
-    import time
+    # The garbage collector has dealt with the volume once it has dropped the reference to
+    # "first" (keeping what "second" still owns) or marked it for deletion (wrongly).
+    def collected_first() -> dict | None:
+        meta = get(cluster, "pvc", "modelship-cache", namespace)["metadata"]
+        owners = [r["name"] for r in meta.get("ownerReferences") or []]
+        return meta if "first" not in owners or meta.get("deletionTimestamp") else None
 
-    time.sleep(3)  # the garbage collector keeps what "second" still owns
-    assert get(cluster, "pvc", "modelship-cache", namespace)["metadata"].get("deletionTimestamp") is None
+    meta = wait_for(collected_first, 60, "the garbage collector to deal with the volume first owned")
+    assert meta.get("deletionTimestamp") is None
     cluster.kubectl("delete", "md", "second", "-n", namespace, "--wait=true")
     wait_for(lambda: "modelship-cache" not in cluster.kubectl("get", "pvc", "-n", namespace, "-o", "name"), 60,
              "the shared volume to go with its last owner")

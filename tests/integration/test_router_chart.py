@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import wait_for
+
 pytestmark = [pytest.mark.integration]
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "modelship"
@@ -43,6 +45,9 @@ def test_router_chart_installs_and_its_account_reads_only_what_discovery_needs(c
         ports = cluster.kubectl("get", "service", f"{release}-router", "-n", namespace, "-o",
                                 "jsonpath={.spec.ports[0].port}")
         assert ports == "80"
+        # The API server's authorizer reads RBAC objects from a cache: a moment after the apply.
+        wait_for(lambda: can_i(cluster, "list", "modeldeployments.modelship.io", sa, "-n", namespace), 30,
+                 "the router's RoleBinding to take effect")
         for verb in ("list", "watch"):
             assert can_i(cluster, verb, "modeldeployments.modelship.io", sa, "-n", namespace)
             assert can_i(cluster, verb, "endpointslices.discovery.k8s.io", sa, "-n", namespace)
@@ -62,6 +67,9 @@ def test_router_chart_without_namespaces_reads_every_namespace(cluster, namespac
     try:
         cluster.kubectl("apply", "-f", "-", stdin=manifest)
         sa = f"system:serviceaccount:{namespace}:{release}-router"
+        # (the authorizer's RBAC cache follows the apply a moment later)
+        wait_for(lambda: can_i(cluster, "watch", "modeldeployments.modelship.io", sa, "--all-namespaces"), 30,
+                 "the router's ClusterRoleBinding to take effect")
         assert can_i(cluster, "watch", "modeldeployments.modelship.io", sa, "--all-namespaces")
         assert can_i(cluster, "watch", "endpointslices.discovery.k8s.io", sa, "--all-namespaces")
         assert not can_i(cluster, "list", "secrets", sa, "--all-namespaces")

@@ -9,6 +9,8 @@ import subprocess
 import pytest
 import yaml
 
+from ..conftest import wait_for
+
 pytestmark = pytest.mark.integration
 
 BASE = {"model": {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"}}
@@ -114,6 +116,9 @@ def test_storage_class_and_access_mode_cannot_change(cluster, crd_installed, nam
 
 
 def test_kubectl_explain_reads_the_descriptions(cluster, crd_installed):
-    out = cluster.kubectl("explain", "modeldeployment.spec.model")
+    # kubectl explain reads the OpenAPI document, which the API server publishes a while after
+    # the CRD is Established: until then explain fails (it does not know the resource).
+    out = wait_for(lambda: cluster.kubectl("explain", "modeldeployment.spec.model"), 60,
+                   "the CRD's OpenAPI document to be published (kubectl explain to know the resource)")
     assert "Hub repository, as `org/name`" in out and "tokenSecretRef" in out
     assert "Default: `main`" in cluster.kubectl("explain", "md.spec.model.revision")

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,9 @@ def spec(path: str, data: bytes, with_sha: bool = True) -> str:
 
 def run(hub, dest: Path, files: list[str], repo: str = "org/m", **kw):
     lines: list[str] = []
-    out = io.StringIO()
+    out = io.StringIO()  # a stream of this run's own: tests run fetchers in threads, and stdout is the process's
     fetcher = weights.Fetcher(repo, SHA, hub.url, dest, kw.pop("token", None), lines.append, retry_delay=0.01, **kw)
-    import contextlib
-
-    with contextlib.redirect_stdout(out):
-        progress = fetcher.fetch_all([weights.parse_file(f) for f in files], emit_every=0.05)
+    progress = fetcher.fetch_all([weights.parse_file(f) for f in files], emit_every=0.05, out=out)
     fetcher.progress_lines = [json.loads(l) for l in out.getvalue().splitlines()]
     return progress, lines, fetcher
 
@@ -246,6 +244,12 @@ def test_collect_waits_for_the_downloads_on_the_volume(hub, tmp_path):
     with weights.volume_lock(tmp_path, exclusive=False):  # a download in progress
         t = threading.Thread(target=weights.collect, args=(str(tmp_path), [], said.append))
         t.start()
+        # First a sign that the collection got as far as the lock (a thread may take a while
+        # to start on a loaded machine), then a moment in which a collection that did not
+        # wait would remove the snapshot.
+        deadline = time.monotonic() + 5
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
         t.join(0.5)
         assert t.is_alive() and snapshot(tmp_path).exists()  # waiting, nothing removed yet
         assert said == ["waiting for the downloads on this volume to finish"]

@@ -283,3 +283,92 @@ def test_a_pod_worker_reports_an_image_without_a_program_and_is_deleted_through_
     assert {c["type"]: c["status"] for c in final["conditions"]}["PodScheduled"] == "True"
     assert node.deleted == [("n", "p", "u1")] and node.released == ["u1"] and node.pids == []
     assert not worker.dir.exists()
+
+
+def test_a_slow_link_passes_every_byte_at_its_rate():
+    """The e2e test of `modelship demo` puts one in front of the Hub mirror."""
+    import time
+
+    import httpx
+
+    from modelship_testbed.hub_fake import FakeHub, FakeRepo
+    from modelship_testbed.slowlink import SlowLink
+
+    data = bytes(range(256)) * 4096  # 1 MiB, served by the fake Hub itself (not an LFS redirect)
+    hub = FakeHub()
+    hub.add_repo(FakeRepo("org/m", {"1" * 40: {"data.json": data}}, {"main": "1" * 40}))
+    hub.start()
+    port = int(hub.url.rsplit(":", 1)[1])
+    link = SlowLink("127.0.0.1", port, rate=2 * 1024 * 1024).start()
+    try:
+        started = time.monotonic()
+        with httpx.Client(base_url=link.url) as client:
+            got = client.get("/org/m/resolve/main/data.json")
+            took = time.monotonic() - started
+            assert got.status_code == 200 and got.content == data
+            assert client.get("/api/models/org/m").json()["sha"] == "1" * 40  # the same connection again
+        assert took >= 0.4, took  # 1 MiB at 2 MiB/s: the last of 16 pieces leaves after 15 pauses
+    finally:
+        link.stop()
+        hub.stop()
+
+
+def test_the_demo_sees_every_version_of_its_model_deployment(tmp_path):
+    """The demo watches (from the resourceVersion of a list made before the apply) rather than
+    polls, so a phase that lasts milliseconds is said too; a watch that ends is made again."""
+    import json
+    import sys
+    import time
+
+    from modelship_testbed.demo import MDWatch, md_line
+
+    def md(phase: str | None = None, **conds: str) -> dict:
+        status = {"phase": phase, "conditions": [{"type": t, "message": m} for t, m in conds.items()]}
+        return {"metadata": {"name": "smollm2"}, **({"status": status} if phase else {})}
+
+    ev = lambda kind, obj: json.dumps({"type": kind, "object": obj})  # noqa: E731
+    script = {
+        "lists": [{"items": [], "metadata": {"resourceVersion": "100"}},
+                  {"items": [md("Starting", Ready="0/1 replicas ready")], "metadata": {"resourceVersion": "200"}}],
+        # the first watch ends by itself (as the server ends one after a while); the second stays open
+        "watches": [[ev("ADDED", md()), ev("MODIFIED", md("Resolving", Resolved="asking http://127.0.0.1:1 for x")),
+                     ev("MODIFIED", md("Downloading", Downloaded="1.0 MiB of 93.8 MiB (1%)"))],
+                    [ev("MODIFIED", md("Ready", Ready="1/1 replicas ready"))]],
+    }
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    fake = tmp_path / "kubectl"
+    fake.write_text(f"""#!{sys.executable}
+import json, os, sys, time
+here = {str(tmp_path)!r}
+with open(os.path.join(here, "calls"), "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+calls = open(os.path.join(here, "calls")).read().splitlines()
+script = json.load(open(os.path.join(here, "script.json")))
+watching = "watch=1" in sys.argv[-1]
+n = sum(1 for c in calls if ("watch=1" in c) == watching) - 1
+if not watching:
+    print(json.dumps(script["lists"][n]))
+    sys.exit(0)
+for line in script["watches"][n]:
+    print(line, flush=True)
+if n == len(script["watches"]) - 1:
+    time.sleep(60)
+""")
+    fake.chmod(0o755)
+    watch = MDWatch("modelship-demo", "smollm2", kubectl_argv=[str(fake)]).start()
+    said: list[str] = []
+    deadline = time.monotonic() + 20
+    try:
+        while not (said and said[-1].startswith("Ready")) and time.monotonic() < deadline:
+            got = watch.next(timeout=0.5)
+            if got is not None:
+                said.append(md_line(got))
+    finally:
+        watch.close()
+    assert said == ["waiting for the operator to pick it up", "Resolving: asking http://127.0.0.1:1 for x",
+                    "Downloading: 1.0 MiB of 93.8 MiB (1%)", "Starting: 0/1 replicas ready", "Ready: 1/1 replicas ready"]
+    calls = (tmp_path / "calls").read_text().splitlines()
+    path = "/apis/modelship.io/v1alpha1/namespaces/modelship-demo/modeldeployments?fieldSelector=metadata.name%3Dsmollm2"
+    assert calls == [f"get --raw {path}", f"get --raw {path}&watch=1&resourceVersion=100",
+                     f"get --raw {path}", f"get --raw {path}&watch=1&resourceVersion=200"]
+    assert watch.proc.poll() is not None  # closed: no kubectl left running

@@ -26,7 +26,9 @@ def tgi():
     proc = subprocess.Popen([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny",
                              "--hostname", HOST, "--port", str(port), "--max-total-tokens", "256",
                              "--max-input-tokens", "200", "--fake-token-delay-ms", "1",
-                             "--fake-prefill-ms-per-token", "2", "--fake-load-seconds", "0",
+                             # 10 ms: a cold prefill long against a loaded machine's noise (see the
+                             # prefix cache test); the other tests' prompts are a few tokens
+                             "--fake-prefill-ms-per-token", "10", "--fake-load-seconds", "0",
                              "--sharded", "false"])  # an unknown launcher flag is accepted
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 20
@@ -40,7 +42,11 @@ def tgi():
         time.sleep(0.1)
     yield url
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # not left running after the tests
+        proc.kill()
+        proc.wait()
 
 
 def test_generate_is_deterministic_and_typed(tgi):
@@ -100,7 +106,7 @@ def test_completions_models_info_metrics(tgi):
 
 
 def test_prefix_cache_shortens_time_to_first_token(tgi):
-    prompt = " ".join(f"w{i}" for i in range(160))  # 160 tokens x 2 ms prefill when cold
+    prompt = " ".join(f"w{i}" for i in range(160))  # 160 tokens x 10 ms prefill when cold
 
     def ttft(p: str) -> float:
         start = time.monotonic()
@@ -109,7 +115,9 @@ def test_prefix_cache_shortens_time_to_first_token(tgi):
         return time.monotonic() - start
 
     cold = ttft(prompt)
-    warm = ttft(prompt + " and a different tail")
+    # The best of a few, each with a tail of its own (a tail shorter than a block is never
+    # cached): one request can stall for a while on a loaded machine, three rarely all do.
+    warm = min(ttft(prompt + f" and a different tail {i}") for i in range(3))
     assert cold > 0.25, cold
     assert warm < cold / 2, (cold, warm)
 

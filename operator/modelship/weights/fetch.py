@@ -284,10 +284,11 @@ class Fetcher:
 
     # --- all files --------------------------------------------------------------------------
 
-    def fetch_all(self, wanted: list[Wanted], emit_every: float = 2.0) -> Progress:
+    def fetch_all(self, wanted: list[Wanted], emit_every: float = 2.0, out=None) -> Progress:
+        """Every file; progress lines go to `out` (default: stdout, the Job's log, which the operator reads)."""
         for w in wanted:
             safe_target(self.snapshot, w.path)  # refuse a bad name before anything is written
-        progress = Progress(sum(w.size for w in wanted), len(wanted))
+        progress = Progress(sum(w.size for w in wanted), len(wanted), out)
         stop = threading.Event()
 
         def reporter() -> None:
