@@ -1,7 +1,7 @@
 """Benchmark 3: balancing quality on a shared-prefix, multi-turn workload, strategy by strategy,
 against vllm-router's cache_aware policy.
 
-    .venv/bin/python bench/balance_quality.py [--workload documents|system-prompts] [--backends 4]
+    .venv/bin/python bench/balance_quality.py [--workload documents|system-prompts] [--backends 4] [--baseline TREE]
 
 Four (by default) TGI-protocol fakes on 127.0.0.1, each with a simulated prefix cache of
 `--cache-blocks` blocks of 16 tokens: a prompt's uncached tokens cost `--prefill-ms` each
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-from loopback import HOST, free_port, modelship_router, pct, start_vllm_router, vllm_router, wait
+from loopback import HOST, free_port, modelship_router, pct, source_path, start_vllm_router, vllm_router, wait
 
 SYSTEM_PROMPTS = [
     " ".join(f"rule {i}.{j}: answer with care about topic {i} and cite section {j}." for j in range(60))
@@ -136,7 +136,12 @@ def main() -> None:
     ap.add_argument("--strategies", default="round-robin,least-load,prefix-cache,vllm-router:cache_aware",
                     help="ours, and vllm-router:<policy> (skipped when vllm-router is not installed)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--baseline", type=Path, help="another checkout (git worktree add ...): each of our strategies "
+                                                  "runs with its router too, as a row 'baseline:<strategy>'")
     args = ap.parse_args()
+    strategies = args.strategies.split(",")
+    if args.baseline and not any(s.startswith("baseline:") for s in strategies):  # (named: as they are, in order)
+        strategies = [row for s in strategies for row in ([s] if ":" in s else [s, f"baseline:{s}"])]
     print(f"workload {args.workload}: {args.backends} backends, {args.conversations} conversations x "
           f"{args.turns} turns, {args.concurrency} at a time, prefill {args.prefill_ms} ms per uncached token, "
           f"{args.cache_blocks} cache blocks of 16 tokens per backend")
@@ -144,13 +149,17 @@ def main() -> None:
     exe = vllm_router()
     rows: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for strategy in args.strategies.split(","):
+        source = source_path(args.baseline, Path(tmp)) if args.baseline else None
+        for strategy in strategies:
             if strategy.startswith("vllm-router:") and not exe:
                 print(f"{strategy:<24} skipped: vllm-router is not installed (see bench/router_overhead.py)")
                 continue
             procs, urls = start_backends(args.backends, args.prefill_ms, args.cache_blocks)
             if strategy.startswith("vllm-router:"):
                 router, url = start_vllm_router(exe, urls, strategy.split(":", 1)[1])
+            elif strategy.startswith("baseline:"):
+                router, url = modelship_router(urls, strategy.split(":", 1)[1], Path(tmp), engine="tgi",
+                                               scrape_interval=0.5, source=source)
             else:
                 router, url = modelship_router(urls, strategy, Path(tmp), engine="tgi", scrape_interval=0.5)
             try:

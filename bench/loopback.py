@@ -8,11 +8,13 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 HOST = "127.0.0.1"  # benchmarks talk to loopback only
 CORES = os.cpu_count() or 1
@@ -42,22 +44,36 @@ def pinned(cmd: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core % CORES), *cmd]
 
 
+def source_path(tree: Path, workdir: Path) -> str:
+    """The folder to put on PYTHONPATH to run the `modelship` package of another checkout of
+    this repository (`--baseline`): `operator/` holds the package `modelship/` since the tree
+    was reshaped; before that `operator/` was the package itself, linked here under its name."""
+    tree = tree.resolve()
+    if (tree / "operator" / "modelship" / "__init__.py").exists():
+        return str(tree / "operator")
+    if (tree / "operator" / "__init__.py").exists():
+        link = workdir / "baseline-src"
+        link.mkdir(exist_ok=True)
+        if not (link / "modelship").exists():
+            (link / "modelship").symlink_to(tree / "operator")
+        return str(link)
+    raise SystemExit(f"--baseline {tree}: no modelship package under its operator/ folder")
+
+
 def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: int | None = None,
-                     engine: str = "llamacpp", scrape_interval: float = 0) -> tuple[subprocess.Popen, str]:
+                     engine: str = "llamacpp", scrape_interval: float = 0,
+                     source: str | None = None) -> tuple[subprocess.Popen, str]:
     """`modelship router --static` in front of `endpoints` as one model "bench" (pinned to
-    `core` when one is given)."""
-    import sys
-
-    import yaml
-
+    `core` when one is given; `source`: the code of another checkout, from `source_path()`)."""
     port = free_port()
     config = workdir / f"static-{port}.yaml"  # one per router: several may run at once
     config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": engine, "endpoints": endpoints,
                                                   "strategy": strategy}]}))
     cmd = [str(Path(sys.executable).with_name("modelship")), "router", "--static", str(config), "--host", HOST,
            "--port", str(port), "--scrape-interval", str(scrape_interval)]
+    env = {**os.environ, "PYTHONPATH": source} if source else None
     proc = subprocess.Popen(pinned(cmd, core) if core is not None else cmd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://{HOST}:{port}"
     wait(f"{url}/health")
     return proc, url

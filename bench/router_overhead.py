@@ -2,7 +2,7 @@
 the same backends reached directly, through nginx (the floor: a C reverse proxy) and through
 vllm-router (the peer: a Rust router for LLM engines).
 
-    .venv/bin/python bench/router_overhead.py [--rounds 3] [--seconds 4] [--backends 2]
+    .venv/bin/python bench/router_overhead.py [--rounds 3] [--seconds 4] [--backends 2] [--baseline TREE]
 
 Every proxy runs pinned to core 0 (one worker, one process); the backends (nginx answering a
 fixed chat completion, so that the backend costs next to nothing) and the load generator
@@ -10,6 +10,10 @@ fixed chat completion, so that the backend costs next to nothing) and the load g
 connection (one request at a time: p50 and p99, and the p50 added to direct), then
 throughput with `--connections` connections. Rounds alternate the proxies so that a noisy
 machine hits them alike; medians are printed.
+
+`--baseline TREE` also measures the router of another checkout of this repository (for
+example `git worktree add /tmp/base <commit>`), in the same rounds, as a row of its own: a
+change to the hot path is shown side by side with the code before it.
 
 Needs Debian `nginx` and `wrk`; vllm-router from PyPI
 (`python3 -m venv ~/.cache/modelship/bench-venv && ~/.cache/modelship/bench-venv/bin/pip install vllm-router`),
@@ -24,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loopback import Nginx, free_port, modelship_router, start_vllm_router, vllm_router, wait, wrk
+from loopback import Nginx, free_port, modelship_router, source_path, start_vllm_router, vllm_router, wait, wrk
 
 ANSWER = ('{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,'
           '"message":{"role":"assistant","content":"The capital of France is Paris."},"finish_reason":"stop"}],'
@@ -39,9 +43,11 @@ class Proxy:
         self.name, self.url, self.stop = name, url, stop
 
 
-def start_modelship(backends: list[str], strategy: str, workdir: Path) -> Proxy:
-    proc, url = modelship_router(backends, strategy, workdir, PROXY_CORE)
-    return Proxy(f"modelship ({strategy})", url, lambda: (proc.terminate(), proc.wait(10)))
+def start_modelship(backends: list[str], strategy: str, workdir: Path, baseline: Path | None = None) -> Proxy:
+    source = source_path(baseline, workdir) if baseline else None
+    proc, url = modelship_router(backends, strategy, workdir, PROXY_CORE, source=source)
+    name = f"modelship@baseline ({strategy})" if baseline else f"modelship ({strategy})"
+    return Proxy(name, url, lambda: (proc.terminate(), proc.wait(10)))
 
 
 def start_peer(exe: str, backends: list[str]) -> Proxy:
@@ -63,6 +69,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--backends", type=int, default=2)
     ap.add_argument("--strategy", default="least-load", help="the modelship router's strategy")
+    ap.add_argument("--baseline", type=Path, help="another checkout whose router is measured too")
     args = ap.parse_args()
     backends = [Nginx(LOAD_CORE, free_port(), body=ANSWER) for _ in range(args.backends)]
     urls = [b.url for b in backends]
@@ -79,6 +86,8 @@ def main() -> None:
             else:
                 print("vllm-router is not installed: skipped (see this file's docstring)")
             proxies.append(start_modelship(urls, args.strategy, Path(tmp)))
+            if args.baseline:
+                proxies.append(start_modelship(urls, args.strategy, Path(tmp), args.baseline))
             results: dict[str, list[dict[str, float]]] = {p.name: [] for p in proxies}
             for r in range(args.rounds):
                 order = proxies if r % 2 == 0 else list(reversed(proxies))
@@ -97,12 +106,18 @@ def main() -> None:
     direct = med["direct (no proxy)"]["p50"]
     print(f"\n{args.backends} nginx backends; proxies pinned to one core; wrk: 1 connection for latency, "
           f"{args.connections} for throughput; medians of {args.rounds} rounds of {args.seconds:g} s")
-    print(f"{'':<28} {'p50':>9} {'p99':>9} {'added p50':>10} {'req/s':>9}")
+    width = max(len(name) for name in med) + 1
+    print(f"{'':<{width}} {'p50':>9} {'p99':>9} {'added p50':>10} {'req/s':>9}")
     for name, m in med.items():
         added = "" if name.startswith("direct") else f"{(m['p50'] - direct) * 1e6:7.0f} us"
-        print(f"{name:<28} {m['p50'] * 1e6:6.0f} us {m['p99'] * 1e6:6.0f} us {added:>10} {m['rps']:9.0f}")
+        print(f"{name:<{width}} {m['p50'] * 1e6:6.0f} us {m['p99'] * 1e6:6.0f} us {added:>10} {m['rps']:9.0f}")
     for ours_name, ours in med.items():
         if not ours_name.startswith("modelship"):
+            continue
+        if ours_name.startswith("modelship@baseline"):
+            now = med[f"modelship ({args.strategy})"]
+            print(f"modelship vs its baseline: added p50 {(now['p50'] - direct) / (ours['p50'] - direct):.2f}x, "
+                  f"throughput {now['rps'] / ours['rps']:.0%}")
             continue
         added_ours = ours["p50"] - direct
         for name, m in med.items():
