@@ -9,13 +9,15 @@ Sources, later ones winning: the defaults below; a YAML file named by `MODELSHIP
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel, to_snake
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource,
+                               SettingsConfigDict)
 from pydantic_settings.exceptions import SettingsError
 
 from . import __version__
@@ -89,6 +91,26 @@ class ConfigError(Exception):
     """A configuration (the operator's, the router's) is unusable; the message says what to fix."""
 
 
+# What Kubernetes puts in every pod's environment for each Service of its namespace (unless
+# the pod sets enableServiceLinks: false): a Service `modelship-router` gives
+# MODELSHIP_ROUTER_PORT=tcp://10.96.0.10:80, which reads like the router's `port` setting.
+SERVICE_LINK = re.compile(r"^(tcp|udp|sctp)://[^/\s]+:[0-9]+$")
+
+
+class Environment(EnvSettingsSource):
+    """The environment's settings, never a Kubernetes service link."""
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in super().__call__().items() if not (isinstance(v, str) and SERVICE_LINK.match(v))}
+
+
+def describe(e: ValidationError) -> str:
+    """The first error of a settings object, as `where: why` with the camelCase key."""
+    first = e.errors()[0]
+    where = ".".join(to_camel(str(p)) for p in first["loc"])
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"  # (what a validator's ValueError says)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELSHIP_", env_nested_delimiter="__", extra="forbid",
                                       populate_by_name=True)
@@ -140,7 +162,7 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
-        return init_settings, env_settings, YamlFile(settings_cls)
+        return init_settings, Environment(settings_cls), YamlFile(settings_cls)
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -168,7 +190,5 @@ def load(**overrides: Any) -> Settings:
     except SettingsError as e:
         raise ConfigError(f"invalid operator setting: {e} (from MODELSHIP_* variables; nested values are JSON)") from e
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(to_camel(str(p)) for p in first["loc"])
-        raise ConfigError(f"invalid operator setting {where}: {first['msg']} "
-                          f"(from MODELSHIP_CONFIG or MODELSHIP_* variables)") from e
+        raise ConfigError(f"invalid operator setting {describe(e)} (from MODELSHIP_CONFIG or MODELSHIP_* "
+                          f"variables)") from e

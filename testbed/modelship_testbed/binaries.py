@@ -419,6 +419,7 @@ def ensure(name: str, log: Log = print) -> float:
         _rmtree(work)  # a failed earlier try may have left a bad go.mod
         work.mkdir(parents=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{comp.name}-", dir=cache_dir()))
+        staging.chmod(0o755)  # (mkdtemp makes it 0700): readable by all, a hostPath for pods included
         (staging / comp.subdir).mkdir(exist_ok=True)
         ctx = BuildContext(comp, work, staging / comp.subdir, work / "build.log")
         ctx.log_file.write_text("")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from . import binaries, cluster
+from . import binaries, cluster, procs
 from .config import TestbedConfig
 from .paths import kubeconfig_path, state_dir
 
@@ -171,13 +171,8 @@ class MDWatch:
         return None
 
     def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            procs.stop(self.proc, 10)
 
 
 def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
@@ -294,12 +289,7 @@ def run(log: Callable[[str], None], hub_mirror: str | None = None) -> str:
     finally:
         watch.close()
         for p in (router_proc, proc):
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # not left running after the demo
-                p.kill()
-                p.wait()
+            procs.stop(p, 30)  # (killed rather than left running after the demo)
     log("")
     log("Keep using it (the model keeps serving; the operator and the router stopped with this command):")
     log(f"  export KUBECONFIG={kubeconfig_path()}")

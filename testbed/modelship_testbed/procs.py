@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -26,6 +27,18 @@ def signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def stop(proc: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int:
+    """Signal a process we started and wait for it; one that outlives `timeout` is killed, never
+    left running. Returns its exit code (-9 after a kill)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
 
 
 def start_time(pid: int) -> str | None:

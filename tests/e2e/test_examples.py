@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-
-from ..conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.localnode, pytest.mark.slow]
 
@@ -22,13 +18,8 @@ def test_llama_server_example_answers_the_demo_question(cluster, namespace, loca
     assert "paris" in answer.lower(), answer
     # The Service's EndpointSlice lists the ready pod at its own loopback address. The
     # EndpointSlice controller follows the pod's readiness a moment later: first wait until a
-    # slice has a ready endpoint.
-    def a_ready_endpoint() -> bool:
-        items = json.loads(cluster.kubectl("get", "endpointslices", "-n", namespace, "-l",
-                                           "kubernetes.io/service-name=smollm2", "-o", "json"))["items"]
-        return any((ep.get("conditions") or {}).get("ready") for sl in items for ep in sl.get("endpoints") or [])
-
-    wait_for(a_ready_endpoint, 30, "the Service's EndpointSlice to list a ready endpoint")
+    # slice has a ready endpoint (as the demo does).
+    demo.endpoint_address({"endpoint": {"url": f"http://smollm2.{namespace}.svc"}}, run=cluster.kubectl)
     slices = cluster.kubectl("get", "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=smollm2",
                              "-o", "jsonpath={.items[*].endpoints[*].addresses[*]}")
     assert pod["status"]["podIP"] in slices.split()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from modelship_testbed import procs
 
 from ..conftest import REPO, Cluster, wait_for
 
@@ -95,14 +96,7 @@ class Operator:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
+        return procs.stop(self.proc, 20, sig) if self.proc else None
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

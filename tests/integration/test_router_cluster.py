@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from modelship_testbed.procs import stop
 
 from ..conftest import wait_for
 from .conftest import free_port, md_status, preload_claim
@@ -38,12 +39,7 @@ def router(cluster, namespace):
                             stderr=subprocess.PIPE, text=True)
     wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 20, "the router to start")
     yield url
-    proc.terminate()
-    try:
-        code = proc.wait(20)
-    except subprocess.TimeoutExpired:  # killed rather than left running; the assert below says so
-        proc.kill()
-        code = proc.wait()
+    code = stop(proc, 20)  # killed rather than left running; the assert below says so
     said = proc.stderr.read()
     assert code in (0, -15) and "Traceback" not in said, said[-3000:]
 

@@ -78,3 +78,16 @@ def test_addresses_outside_the_allowed_networks_are_left_out():
     s.on_slice("ADDED", eslice("a", "chat", [("127.10.0.4", True, False), ("10.244.0.7", True, False)]))
     s.apply(reg)
     assert [e.url for e in reg.lookup("chat").ready()] == ["http://127.10.0.4:8080"]
+
+
+def test_a_router_spec_from_another_version_of_the_crd_is_still_served():
+    """Fields this router does not know are ignored; a value it cannot use gives way to the
+    defaults (the API server checks the same schema, so only another CRD version sends one)."""
+    s, reg = State(), Registry()
+    s.on_model("ADDED", md("a", "newer", aliases=["n"], futureField=1,
+                           loadBalancing={"strategy": "least-load", "futureKnob": 2}))
+    s.on_model("ADDED", md("a", "odd", aliases=["o"], loadBalancing={"strategy": "some-new-strategy"}))
+    s.apply(reg)
+    assert reg.lookup("n").strategy.name == "least-load"
+    odd = reg.lookup("o")
+    assert odd is reg.lookup("a/odd") and odd.strategy.name == "prefix-cache"  # the CRD's default

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from modelship_testbed.procs import stop
 
 HOST = "127.0.0.1"
 
@@ -42,17 +44,6 @@ def start(argv: list[str], health: str, what: str) -> subprocess.Popen:
         proc.kill()
         raise AssertionError(f"{what} did not start: {proc.communicate()[1][-2000:]}") from None
     return proc
-
-
-def stop(proc: subprocess.Popen, timeout: float, sig: str = "terminate") -> int:
-    """Send the signal, wait; a process that outlives `timeout` is killed (not left running
-    past the test). Returns the exit code (-9 after a kill)."""
-    getattr(proc, sig)()
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +372,7 @@ def test_events_pass_through_as_they_come_not_when_the_answer_ends(tmp_path):
         assert arrivals[0] < 0.6 and arrivals[-1] - arrivals[0] > 0.8, arrivals
     finally:
         stop(router_proc, 10)
-        stop(backend, 10, "kill")
+        stop(backend, 10, signal.SIGKILL)
 
 
 def test_sigterm_drains_open_streams(tmp_path):
@@ -401,7 +392,7 @@ def test_sigterm_drains_open_streams(tmp_path):
         with pytest.raises(httpx.ConnectError):  # and it no longer takes new requests
             httpx.get(f"{url}/health")
     finally:
-        stop(router_proc, 10, "kill")
+        stop(router_proc, 10, signal.SIGKILL)
         stop(backend, 10)
 
 
@@ -422,7 +413,7 @@ def test_an_upstream_that_dies_mid_stream_ends_it_with_an_error_event(tmp_path):
         assert last["error"]["code"] == "upstream_broke_off", events[-3:]
     finally:
         stop(router_proc, 10)
-        stop(backend, 10, "kill")
+        stop(backend, 10, signal.SIGKILL)
 
 
 def test_the_series_of_an_endpoint_that_is_gone_are_dropped():

@@ -109,6 +109,7 @@ def test_the_chart_mounts_a_settings_file_the_router_reads(tmp_path):
                                  "--namespace=b"]
     assert {"name": "api-keys", "mountPath": "/etc/modelship/api-keys", "readOnly": True} in container["volumeMounts"]
     assert {"name": "settings", "configMap": {"name": "r-router"}} in pod["spec"]["volumes"]
+    assert pod["spec"]["enableServiceLinks"] is False  # the release's own Service would read as settings
     settings = tmp_path / "settings.yaml"
     settings.write_text(docs["ConfigMap"]["data"]["settings.yaml"])
     s = load(config=str(settings))
@@ -123,3 +124,16 @@ def test_the_chart_mounts_a_settings_file_the_router_reads(tmp_path):
         pod["metadata"]["annotations"][checksum]
     assert render("router.replicas=3")["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum] == \
         plain["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum]
+
+
+def test_kubernetes_service_links_are_never_settings(tmp_path, monkeypatch):
+    """A Service `modelship-router` gives every pod of its namespace MODELSHIP_ROUTER_PORT=tcp://...
+    (unless the pod turns service links off): it is not the router's port."""
+    monkeypatch.setenv("MODELSHIP_ROUTER_PORT", "tcp://10.96.0.10:80")
+    monkeypatch.setenv("MODELSHIP_ROUTER_SERVICE_PORT", "80")  # (not a setting: ignored as before)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("port: 9000\n")
+    assert load(config=str(settings)).port == 9000
+    assert load().port == 8000
+    monkeypatch.setenv("MODELSHIP_ROUTER_PORT", "8100")  # a real setting still wins over the file
+    assert load(config=str(settings)).port == 8100

@@ -45,3 +45,9 @@ def test_readme_documents_every_setting():
     for name in Settings.model_fields:
         assert f"`{to_camel(name)}`" in readme, f"docs/configuration.md does not document the setting {to_camel(name)}"
         assert f"`MODELSHIP_{name.upper()}`" in readme, f"docs/configuration.md does not name MODELSHIP_{name.upper()}"
+
+
+def test_kubernetes_service_links_are_never_settings(monkeypatch):
+    """A Service named `modelship-metrics` would give MODELSHIP_METRICS_PORT=tcp://...: not a port."""
+    monkeypatch.setenv("MODELSHIP_METRICS_PORT", "tcp://10.96.0.11:9090")
+    assert load().metrics_port == 9090

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from modelship_testbed.procs import stop
 from text_generation import Client
 from text_generation.errors import ValidationError
 
@@ -41,12 +42,7 @@ def tgi():
         assert time.monotonic() < deadline, "fake TGI did not start"
         time.sleep(0.1)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:  # not left running after the tests
-        proc.kill()
-        proc.wait()
+    stop(proc, 10)  # (killed rather than left running after the tests)
 
 
 def test_generate_is_deterministic_and_typed(tgi):

@@ -16,13 +16,12 @@ from .meta import (APPLIED_HASH, COMPONENT, DEPLOYMENT_LABEL, KEEP, MANAGED_BY, 
                    ledger_annotation, on_shared_cache, owned_by, selector_string, service_url, snapshot_key)
 from .pods import Placement
 from .serving import deployment, service
-from .tgi import args as tgi_args
-from .volume import MODELS_MOUNT, pvc, snapshot_dir, volume_size
+from .volume import pvc, volume_size
 
 __all__ = [
-    "APPLIED_HASH", "COMPONENT", "DEPLOYMENT_LABEL", "KEEP", "MANAGED_BY", "MODELS_MOUNT", "Placement", "REPO",
+    "APPLIED_HASH", "COMPONENT", "DEPLOYMENT_LABEL", "KEEP", "MANAGED_BY", "Placement", "REPO",
     "REVISION", "SHARED_CACHE", "SHARED_CLAIM", "SNAPSHOT_PREFIX", "SPEC_HASH", "WEIGHTS_BYTES", "claim_name",
     "collect_job", "deployment", "digest", "download_job", "field_manager_of", "file_spec", "ledger_annotation",
     "llamacpp_args", "on_shared_cache", "owned_by", "pvc", "selector_string", "service", "service_url",
-    "snapshot_dir", "snapshot_key", "tgi_args", "volume_size",
+    "snapshot_key", "volume_size",
 ]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from ..api import ModelDeployment
 from ..manifests import KEEP, REPO, REVISION, SNAPSHOT_PREFIX, WEIGHTS_BYTES, owned_by, snapshot_key
-from ..units import quantity_bytes
 from .observe import job_state
 from .types import Observed
 

@@ -137,7 +137,7 @@ def volume_stage(md: ModelDeployment, resolved: ResolvedModel, observed: Observe
 @dataclass
 class Download:
     state: str  # Running, Complete, Failed, Refill, or Absent (waiting for a collection)
-    condition: str  # the Downloaded condition: its status, reason and message
+    condition: str  # the Downloaded condition it gives: its status (True once Complete), reason and message
     reason: str
     message: str
     progress: dict  # status.download

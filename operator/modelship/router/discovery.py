@@ -50,14 +50,48 @@ class Discovered:
 
     @classmethod
     def from_object(cls, obj: dict) -> "Discovered":
-        """Raises pydantic's ValidationError when `spec.router` is not the API's."""
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
-        router = api.RouterSpec.model_validate(spec.get("router") or {})
+        router = routing(spec.get("router") or {}, f"{obj['metadata']['namespace']}/{obj['metadata']['name']}")
         lb = router.load_balancing or api.LoadBalancing()
         engine = ((status.get("resolved") or {}).get("engine")
                   or ("tgi" if (spec.get("engine") or {}).get("type") == "tgi" else "llamacpp"))
         return cls(obj["metadata"]["namespace"], obj["metadata"]["name"], engine, tuple(router.aliases),
                    tuple(router.tasks), tuple(router.fallback), lb.strategy, lb.prefix_block_size, lb.max_imbalance)
+
+
+def _known(model: type[api.ApiType], raw: dict) -> dict:
+    """The keys of `raw` that `model` has (camelCase), nested models' too: a field this router
+    does not know (a newer CRD's) is not a reason to stop serving a model."""
+    out = {}
+    for name, f in model.model_fields.items():
+        key = f.alias or name
+        if key in raw:
+            nested = f.annotation if isinstance(f.annotation, type) else None
+            for arg in getattr(f.annotation, "__args__", ()):  # `X | None`
+                nested = arg if isinstance(arg, type) and issubclass(arg, api.ApiType) else nested
+            value = raw[key]
+            out[key] = _known(nested, value) if nested and issubclass(nested, api.ApiType) and isinstance(value, dict) \
+                else value
+    return out
+
+
+def routing(raw: dict, who: str) -> api.RouterSpec:
+    """A ModelDeployment's `spec.router`, read with the API's own models (their defaults are
+    the CRD's). Unknown fields are ignored; a value the router cannot use (the API server
+    checks the same schema, so: an older or newer CRD) gives way to the defaults, with a
+    warning. The model is served either way."""
+    known = _known(api.RouterSpec, raw)
+    try:
+        return api.RouterSpec.model_validate(known)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        log.warning("ModelDeployment %s: spec.router.%s: %s; served with the default load balancing", who, where,
+                    first["msg"])
+    try:  # its names still count
+        return api.RouterSpec.model_validate({k: v for k, v in known.items() if k != "loadBalancing"})
+    except ValidationError:
+        return api.RouterSpec()
 
 
 def slice_endpoints(obj: dict, allowed: list | None = None) -> tuple[str | None, dict[str, bool]]:
@@ -97,12 +131,7 @@ class State:
         if kind == "DELETED":
             self.models.pop(key, None)
             return
-        try:
-            self.models[key] = Discovered.from_object(obj)
-        except ValidationError as e:  # the API server checks the same schema: an older CRD, say
-            first = e.errors()[0]
-            log.warning("ModelDeployment %s/%s: spec.router.%s: %s; the router keeps what it had of it", *key,
-                        ".".join(str(p) for p in first["loc"]), first["msg"])
+        self.models[key] = Discovered.from_object(obj)
 
     def on_slice(self, kind: str, obj: dict) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])

@@ -95,7 +95,7 @@ class StaticEntry(api.LoadBalancing):
     aliases: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     fallback: list[str] = Field(default_factory=list)
-    strategy: Literal[balance.STRATEGIES] = Field(api.LoadBalancing.model_fields["strategy"].default)
+    strategy: Literal[balance.STRATEGIES] = balance.DEFAULTS.strategy
 
 
 class StaticFile(BaseModel):

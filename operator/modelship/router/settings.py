@@ -15,11 +15,10 @@ import ipaddress
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from ..settings import ConfigError, YamlFile
+from ..settings import ConfigError, Environment, YamlFile, describe
 
 ENV_PREFIX = "MODELSHIP_ROUTER_"
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
@@ -70,7 +69,7 @@ class RouterSettings(Limits, BaseSettings):
                                    file_secret_settings):
         given = init_settings.init_kwargs.get("config")  # --config
         file = _File(settings_cls, given, "--config") if given else _File(settings_cls, None, CONFIG_VARIABLE)
-        return init_settings, env_settings, file
+        return init_settings, Environment(settings_cls), file
 
     @field_validator("namespaces", "allow_cidrs", mode="before")
     @classmethod
@@ -105,9 +104,6 @@ def load(**values: Any) -> RouterSettings:
     except SettingsError as e:
         raise ConfigError(f"invalid router setting: {e} (from {ENV_PREFIX}* variables)") from e
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(to_camel(str(p)) for p in first["loc"])
-        why = first["msg"].removeprefix("Value error, ")  # (what a validator's ValueError says)
-        raise ConfigError(f"invalid router setting {where}: {why} (from the flags, {ENV_PREFIX}* variables or "
-                          f"the settings file)") from e
+        raise ConfigError(f"invalid router setting {describe(e)} (from the flags, {ENV_PREFIX}* variables or the "
+                          f"settings file)") from e
 

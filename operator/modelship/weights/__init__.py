@@ -10,8 +10,8 @@ possible (a test enforces it).
 """
 
 from .collect import collect, prune
-from .fetch import Fetcher, Progress, Wanted, download, parse_file
-from .volume import USERS, FetchError, record_use, safe_target, volume_lock
+from .fetch import Fetcher, download, parse_file
+from .volume import USERS, FetchError, record_use, volume_lock
 
-__all__ = ["USERS", "FetchError", "Fetcher", "Progress", "Wanted", "collect", "download", "parse_file", "prune",
-           "record_use", "safe_target", "volume_lock"]
+__all__ = ["USERS", "FetchError", "Fetcher", "collect", "download", "parse_file", "prune", "record_use",
+           "volume_lock"]

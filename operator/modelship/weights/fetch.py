@@ -210,36 +210,39 @@ class Fetcher:
         part.parent.mkdir(parents=True, exist_ok=True)
         last: Exception | None = None
         for attempt in range(1, ATTEMPTS + 1):
-            counted = [0]  # bytes this attempt added to the progress: taken back if it fails
             try:
-                digest = self._attempt(w, part, progress, counted)
-                _publish(part, blob)
-                return digest
+                return self._attempt(w, part, blob, progress)
             except ChecksumError as e:
-                progress.add(-counted[0])
                 if attempt >= 2:
                     raise FetchError(f"{e} (twice): the source serves corrupt data") from None
                 last = e
                 self.log(f"retrying {w.path} from scratch: {e}")
-            except FetchError:
-                progress.add(-counted[0])
-                raise
             except (Incomplete, RetryableHTTP, http.client.HTTPException, OSError) as e:  # resumed from what is there
-                progress.add(-counted[0])
                 last = e
                 self.log(f"retrying {w.path} (attempt {attempt}/{ATTEMPTS}) after {type(e).__name__}: {e}")
             time.sleep(min(self.retry_delay * 2 ** (attempt - 1), 10))
         raise FetchError(f"cannot download {w.path} of {self.repo}@{self.revision} from {self.endpoint}: "
                          f"{type(last).__name__}: {last}")
 
-    def _attempt(self, w: Wanted, part: Path, progress: Progress, counted: list[int]) -> str:
-        """One try: resume `part` from what it holds, then check it whole; return its sha256."""
+    def _attempt(self, w: Wanted, part: Path, blob: Path, progress: Progress) -> str:
+        """One try: the file, checked whole, renamed into place as `blob`; its sha256. A try
+        that fails takes back the bytes it added to the progress."""
+        tally = _Tally(progress)
+        try:
+            digest = self._transfer(w, part, tally)
+            _publish(part, blob)
+            return digest
+        except BaseException:
+            tally.take_back()
+            raise
+
+    def _transfer(self, w: Wanted, part: Path, tally: "_Tally") -> str:
+        """Resume `part` from what it holds, then check it whole; return its sha256."""
         have = part.stat().st_size if part.exists() else 0
         if have > w.size:
             part.unlink()
             have = 0
-        progress.add(have)
-        counted[0] = have
+        tally.add(have)
         headers = {"Range": f"bytes={have}-"} if have else {}
         with self.open(self.url(w.path), headers) as r:
             if r.status in (401, 403):
@@ -251,15 +254,13 @@ class Fetcher:
             if not complete and r.status not in (200, 206):
                 raise RetryableHTTP(f"HTTP {r.status} for {w.path}")
             if r.status == 200 and have:  # the server ignored Range: start over
-                progress.add(-have)
-                counted[0] -= have
+                tally.add(-have)
                 have = 0
             with Sink(part, keep=have, git_size=w.size if w.git_sha1 and not w.sha256 else None) as sink:
                 # Large reads straight from the socket into reused buffers (http.client:
                 # a third faster than httpx's streaming here); hashed in a thread.
                 while not complete and (n := sink.fill(r)):
-                    progress.add(n)
-                    counted[0] += n
+                    tally.add(n)
                 digest = sink.finish()  # hashed, and on disk
                 got = sink.git.hexdigest() if sink.git else None
         size = part.stat().st_size
@@ -306,6 +307,21 @@ class Fetcher:
             thread.join()
         progress.emit("done")
         return progress
+
+
+class _Tally:
+    """The bytes one try adds to the progress, so that a try that fails can take them back."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.added = progress, 0
+
+    def add(self, n: int) -> None:
+        self.progress.add(n)
+        self.added += n
+
+    def take_back(self) -> None:
+        self.progress.add(-self.added)
+        self.added = 0
 
 
 def _publish(part: Path, blob: Path) -> None:
