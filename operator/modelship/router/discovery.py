@@ -59,6 +59,14 @@ class Discovered:
                    tuple(router.tasks), tuple(router.fallback), lb.strategy, lb.prefix_block_size, lb.max_imbalance)
 
 
+def _api_type(annotation) -> type[api.ApiType] | None:
+    """The API type a field holds (itself, or inside `X | None`), if any."""
+    for t in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(t, type) and issubclass(t, api.ApiType):
+            return t
+    return None
+
+
 def _known(model: type[api.ApiType], raw: dict) -> dict:
     """The keys of `raw` that `model` has (camelCase), nested models' too: a field this router
     does not know (a newer CRD's) is not a reason to stop serving a model."""
@@ -66,12 +74,8 @@ def _known(model: type[api.ApiType], raw: dict) -> dict:
     for name, f in model.model_fields.items():
         key = f.alias or name
         if key in raw:
-            nested = f.annotation if isinstance(f.annotation, type) else None
-            for arg in getattr(f.annotation, "__args__", ()):  # `X | None`
-                nested = arg if isinstance(arg, type) and issubclass(arg, api.ApiType) else nested
-            value = raw[key]
-            out[key] = _known(nested, value) if nested and issubclass(nested, api.ApiType) and isinstance(value, dict) \
-                else value
+            nested, value = _api_type(f.annotation), raw[key]
+            out[key] = _known(nested, value) if nested and isinstance(value, dict) else value
     return out
 
 
