@@ -101,7 +101,7 @@ def up(opts: UpOptions, log: Log = print) -> TestbedConfig:
         hubmirror.ensure_olah(log)
         hubmirror.ensure_mirror(log)
         cfg = TestbedConfig(local_node=opts.local_node, local_node_gpus=opts.local_node_gpus,
-                            images_file=images_file)
+                            images_file=images_file).shifted(_port_offset())
         busy = [f"{name} ({port})" for name, port in vars(cfg.ports).items() if _port_in_use(port)]
         if busy:
             raise TestbedError(f"ports in use on 127.0.0.1: {', '.join(busy)}; stop what holds them "
@@ -119,6 +119,15 @@ def up(opts: UpOptions, log: Log = print) -> TestbedConfig:
     log(f"test bed up in {time.monotonic() - start:.1f}s: API server {cfg.server}")
     log(f"  export KUBECONFIG={kubeconfig_path()}")
     return cfg
+
+
+def _port_offset() -> int:
+    """MODELSHIP_TESTBED_PORT_OFFSET=N (1..50): a second test bed beside the first (with its own
+    MODELSHIP_TESTBED_DIR), every port N*100 higher and its pods on their own loopback range."""
+    raw = os.environ.get("MODELSHIP_TESTBED_PORT_OFFSET", "0")
+    if not raw.isdigit() or int(raw) > 50:
+        raise TestbedError(f"MODELSHIP_TESTBED_PORT_OFFSET={raw!r}: give a whole number from 0 to 50")
+    return int(raw)
 
 
 def _follow_start(cfg: TestbedConfig, timeout: float, log: Log) -> None:

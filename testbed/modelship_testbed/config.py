@@ -43,6 +43,14 @@ class TestbedConfig:
     gpu_product: str = GPU_PRODUCT
     images_file: str | None = None  # None: the mapping shipped with the test bed
 
+    def shifted(self, n: int) -> "TestbedConfig":
+        """This configuration for the n-th test bed on one machine: ports n*100 higher, pods on
+        127.(10+n).0.0/16 (n=0: unchanged)."""
+        if n:
+            self.ports = Ports(**{k: v + 100 * n for k, v in asdict(self.ports).items()})
+            self.local_pod_cidr = f"127.{10 + n}.0.0/16"
+        return self
+
     @property
     def dir(self) -> Path:
         return state_dir()

@@ -372,3 +372,13 @@ if n == len(script["watches"]) - 1:
     assert calls == [f"get --raw {path}", f"get --raw {path}&watch=1&resourceVersion=100",
                      f"get --raw {path}", f"get --raw {path}&watch=1&resourceVersion=200"]
     assert watch.proc.poll() is not None  # closed: no kubectl left running
+
+
+def test_a_second_test_bed_gets_its_own_ports_and_pod_addresses():
+    from modelship_testbed.config import TestbedConfig
+
+    first, second = TestbedConfig(), TestbedConfig().shifted(2)
+    assert second.ports.apiserver == first.ports.apiserver + 200
+    assert set(vars(second.ports).values()).isdisjoint(vars(first.ports).values())
+    assert second.local_pod_cidr == "127.12.0.0/16" != first.local_pod_cidr
+    assert TestbedConfig().shifted(0) == first
