@@ -58,12 +58,12 @@ def fail(message: str) -> None:
 @main.command()
 @click.option("--namespace", "-n", "namespaces", multiple=True,
               help="Namespace to watch (repeatable). Default: the `namespaces` setting, or the whole cluster.")
-@click.option("--verbose", "-v", is_flag=True, help="Log Kopf's own activity too.")
+@click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG, Kopf's own activity too (as logLevel: DEBUG).")
 def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
     """Run the operator (reads its configuration from MODELSHIP_* and MODELSHIP_CONFIG)."""
-    import kopf  # (slow to import: only for the command that needs it)
+    import asyncio
 
-    from .reconcile import handlers  # noqa: F401 - registers the Kopf handlers
+    from .reconcile import handlers, run  # noqa: F401 - registers the Kopf handlers (slow: only here)
     from .reconcile.metrics import ControllerMetrics
     from .settings import ConfigError, load
 
@@ -71,19 +71,15 @@ def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
         settings = load(**({"namespaces": list(namespaces)} if namespaces else {}))
     except ConfigError as e:
         fail(str(e))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kopf").setLevel(logging.INFO if verbose else logging.WARNING)
+    level = logging.DEBUG if verbose else getattr(logging, settings.log_level)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(logging.INFO if level == logging.DEBUG else logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     metrics = ControllerMetrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.bind_host)
-    kopf.run(
-        standalone=settings.standalone,
-        namespaces=settings.namespaces or None,
-        clusterwide=not settings.namespaces,
-        liveness_endpoint=f"http://{settings.bind_host}:{settings.health_port}/healthz",
-        memo=kopf.Memo(settings=settings, metrics=metrics),
-    )
+    if asyncio.run(run.main(settings, metrics)):
+        fail("the operator stopped: it lost its leader lease or Kopf failed (see the log above)")
 
 
 @main.command()
@@ -100,7 +96,7 @@ def crd(check: bool, repo: str) -> None:
         fail(str(e))
     if check and stale:
         fail(f"{', '.join(stale)} differ from operator/modelship/api.py; run `modelship crd` and commit the result")
-    done = ", ".join(stale) or "crds/, docs/reference.md"
+    done = ", ".join(stale) or "crds/, charts/modelship/templates/crd.yaml, docs/reference.md"
     click.echo(("up to date: " if check or not stale else "wrote: ") + done)
 
 

@@ -19,6 +19,12 @@ def in_cluster() -> bool:
             and os.path.exists(SERVICE_ACCOUNT_TOKEN))
 
 
+def in_cluster_server() -> str:
+    """The API server as the kubelet tells every pod (`KUBERNETES_SERVICE_HOST` and `_PORT`)."""
+    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def api_client() -> client.ApiClient:
     """A client of its own (never the library's global default configuration)."""
     if in_cluster():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -61,6 +61,25 @@ class Images(BaseModel):
                                description="llama.cpp's server image for GPU pools.")
     modelship: str = Field(f"ghcr.io/modelship/modelship:{__version__}",
                            description="This project's image, for the download Jobs.")
+
+
+class LeaderElection(BaseModel):
+    """Leader election: several replicas of the operator, exactly one of them working."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    enabled: bool = Field(False, description="Work only while holding the Lease (the chart turns this on).")
+    namespace: str | None = Field(None, description="The Lease's namespace; unset: the operator's own "
+                                                    "(`POD_NAMESPACE`, which the chart sets).")
+    lease_name: str = Field("modelship-operator", alias="leaseName", description="The Lease's name.")
+    lease_seconds: float = Field(15, alias="leaseSeconds", gt=0,
+                                 description="How long a standby waits, after it last saw the Lease change, "
+                                             "before it takes over.")
+    renew_deadline_seconds: float = Field(10, alias="renewDeadlineSeconds", gt=0,
+                                          description="A leader that could not renew for this long stops working "
+                                                      "(less than leaseSeconds).")
+    retry_seconds: float = Field(2, alias="retrySeconds", gt=0,
+                                 description="How often the leader renews and a standby tries.")
 
 
 class YamlFile(PydanticBaseSettingsSource):
@@ -119,6 +138,9 @@ class Settings(BaseSettings):
                                   description="Namespaces to watch; empty watches the whole cluster.")
     hub_endpoint: str = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
                               description="Default Hugging Face Hub endpoint (or mirror) for `spec.model.endpoint`.")
+    hub_ca_bundle: str | None = Field(
+        None, description="PEM certificates to trust for the Hub endpoint besides the system's (a mirror with a "
+                          "private CA): the operator uses them when it resolves, the download Jobs when they fetch.")
     default_token_secret: str | None = Field(
         None, description="Secret (in each ModelDeployment's namespace, key `token`) holding a Hugging Face token "
                           "for ModelDeployments without model.tokenSecretRef; where it does not exist, none is used.")
@@ -151,11 +173,12 @@ class Settings(BaseSettings):
                                   description="Every ModelDeployment is reconciled at least this often, even "
                                               "without events.")
     metrics_port: int = Field(9090, description="Port of the Prometheus `/metrics`; 0: off.")
-    health_port: int = Field(8081, description="Port of the liveness endpoint `/healthz`.")
+    health_port: int = Field(8081, description="Port of `/healthz` (alive, leading or standing by) and `/readyz`.")
     bind_host: str = Field("0.0.0.0", description="Address the metrics and health ports bind.")
-    standalone: bool = Field(True, description="Run without Kopf peering (one operator replica). Set false, with "
-                                               "the peering CRDs installed, to run several replicas of which one "
-                                               "is active.")
+    leader_election: LeaderElection = Field(default_factory=lambda: LeaderElection(),
+                                            description="One active replica among several (a Lease).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The operator's log level (`DEBUG` adds Kopf's own activity).")
     field_manager: str = Field("modelship",
                                description="Server-side apply field manager of the objects the operator owns.")
 
@@ -171,6 +194,18 @@ class Settings(BaseSettings):
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
+    @field_validator("hub_ca_bundle")
+    @classmethod
+    def _pem(cls, v):
+        if v:
+            import ssl
+
+            try:
+                ssl.create_default_context().load_verify_locations(cadata=v)
+            except ssl.SSLError as e:
+                raise ValueError(f"not PEM certificates ({e.reason or e}); give the CA's PEM text") from None
+        return v
+
     def check(self) -> "Settings":
         for name in (self.default_gpu_pool, self.default_cpu_pool):
             if name not in self.pools:
@@ -179,6 +214,13 @@ class Settings(BaseSettings):
         if self.download_pool and self.download_pool not in self.pools:
             raise ConfigError(f"downloadPool {self.download_pool!r} is not among the configured pools "
                               f"({', '.join(sorted(self.pools))}); add it under `pools` or unset it")
+        le = self.leader_election
+        if le.enabled and not (le.namespace or os.environ.get("POD_NAMESPACE")):
+            raise ConfigError("leaderElection.enabled needs the Lease's namespace: set leaderElection.namespace "
+                              "or POD_NAMESPACE")
+        if le.renew_deadline_seconds >= le.lease_seconds or le.retry_seconds >= le.renew_deadline_seconds:
+            raise ConfigError("leaderElection needs retrySeconds < renewDeadlineSeconds < leaseSeconds "
+                              f"(now {le.retry_seconds}, {le.renew_deadline_seconds}, {le.lease_seconds})")
         if self.pools[self.default_gpu_pool].gpu_resource is None:
             raise ConfigError(f"defaultGpuPool {self.default_gpu_pool!r} has no gpuResource; set one")
         return self

@@ -24,6 +24,8 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
         # A volume of its own holds what is served and what is about to be, nothing else.
         args += ["--prune"] + (["--keep", serving] if serving else [])
     env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}]
+    if settings.hub_ca_bundle:  # a mirror's private CA, trusted besides the system's
+        env.append({"name": "MODELSHIP_HUB_CA_BUNDLE", "value": settings.hub_ca_bundle})
     ref = md.spec.model.token_secret_ref
     if ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})

@@ -18,12 +18,13 @@ start-up handler the rest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import kopf
 
 from .. import api
-from ..login import api_client, in_cluster
+from ..login import api_client, in_cluster, in_cluster_server
 from ..manifests import DEPLOYMENT_LABEL, MANAGED_BY
 from ..settings import Settings, load
 from .controller import Controller
@@ -45,9 +46,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.GROUP, key="last-handled-configuration")
     settings.posting.enabled = False  # the controller posts its own Events, naming the object
-    settings.peering.standalone = config.standalone
-    settings.peering.name = "modelship"
-    settings.peering.mandatory = not config.standalone
+    settings.peering.standalone = True  # one active replica by leader election instead (run.py)
+    # Resources are found once at start-up (the CRD comes with the chart, before the operator),
+    # not by watching every CRD in the cluster: no cluster-wide read of CRDs needed.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
@@ -61,7 +63,10 @@ def login(**kwargs):
     # Explicitly, by the project's one rule (Kopf's piggy-backing would take the kubernetes
     # library's default kubeconfig path, fixed when it was first imported).
     if in_cluster():
-        return kopf.login_with_service_account(**kwargs)
+        # Kopf's own login names https://kubernetes.default.svc, which needs cluster DNS; the
+        # address the kubelet gives every pod is what client-go and the kubernetes library use.
+        info = kopf.login_with_service_account(**kwargs)
+        return dataclasses.replace(info, server=in_cluster_server()) if info else None
     return kopf.login_with_kubeconfig(**kwargs)
 
 
@@ -69,13 +74,30 @@ def login(**kwargs):
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     config = memo.settings = memo.get("settings") or load()
     configure_kopf(settings, config)
-    hub = HubResolver()
+    check_crd(api_client())
+    hub = HubResolver(ca_bundle=config.hub_ca_bundle)
     resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
     metrics = memo.get("metrics") or ControllerMetrics()
     memo.controller = Controller(config, Kube(api_client(), config.field_manager), resolver, metrics)
     memo.stop = asyncio.Event()
     memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
     log.info("modelship operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
+
+
+def check_crd(client_) -> None:
+    """Stop with one clear line when the API server does not serve ModelDeployments (with
+    scanning off, Kopf would otherwise wait for them silently)."""
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        CustomObjectsApi(client_).get_api_resources(api.GROUP, api.VERSION)
+    except ApiException as e:
+        if e.status == 404:
+            raise kopf.PermanentError(f"the API server does not serve {api.GROUP}/{api.VERSION}: install the "
+                                      "ModelDeployment CRD (the chart's crds.enabled, or kubectl apply "
+                                      "--server-side -f crds/), then restart the operator") from None
+        raise
 
 
 @kopf.on.cleanup()

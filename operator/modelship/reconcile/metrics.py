@@ -10,7 +10,7 @@ than a status write takes.
 from __future__ import annotations
 
 from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
-                               Histogram, start_http_server)
+                               Gauge, Histogram, start_http_server)
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import api
@@ -29,8 +29,13 @@ class ControllerMetrics:
                                     ["kind", "verb"], registry=r)
         self.resolutions = Counter("modelship_resolutions_total", "Model resolutions, by result reason.",
                                    ["reason"], registry=r)
+        self.leader = Gauge("modelship_operator_leader", "1 while this replica is the active one (it holds the "
+                            "leader Lease, or leader election is off), 0 while it stands by.", registry=r)
         self.phases: dict[tuple[str, str], str] = {}  # (namespace, name) -> the phase last written
         r.register(_Phases(self.phases))
+
+    def leading(self, yes: bool) -> None:
+        self.leader.set(1 if yes else 0)
 
     def record_phase(self, key: tuple[str, str], phase: str | None) -> None:
         """The phase just written into a ModelDeployment's status (None: it is gone)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -167,11 +168,32 @@ def _apply_patterns(selected: list[str], names: list[str], source: ModelSource) 
     return sorted(n for n in chosen if not any(fnmatch.fnmatch(n, p) for p in source.exclude))
 
 
+def trust(pem: str) -> None:
+    """Trust `pem` (a mirror's CA) for the Hub besides the system's CAs: `huggingface_hub`
+    verifies with `requests`, which reads one bundle file from REQUESTS_CA_BUNDLE."""
+    import ssl
+    import tempfile
+
+    import certifi
+
+    try:
+        ssl.create_default_context().load_verify_locations(cadata=pem)
+    except ssl.SSLError as e:
+        raise ValueError(f"hubCaBundle is not PEM certificates: {e}") from None
+    bundle = tempfile.NamedTemporaryFile("w", prefix="modelship-ca-", suffix=".pem", delete=False)
+    with bundle:
+        bundle.write(Path(certifi.where()).read_text() + "\n" + pem)
+    os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = bundle.name  # (httpx reads the second)
+
+
 class HubResolver:
     """Resolution against a Hub (or a mirror) with `huggingface_hub`."""
 
-    def __init__(self, timeout: float = 30.0):
+    def __init__(self, timeout: float = 30.0, ca_bundle: str | None = None):
         self.timeout = timeout
+        if ca_bundle:
+            trust(ca_bundle)
+
 
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
         api = HfApi(endpoint=endpoint, token=token or False)

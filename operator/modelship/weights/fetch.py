@@ -32,11 +32,13 @@ import http.client
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -124,6 +126,20 @@ class Progress:
         print(self.line(event), file=self.out or sys.stdout, flush=True)
 
 
+@lru_cache(maxsize=1)
+def tls_context() -> ssl.SSLContext:
+    """The system's trusted CAs, and those of $MODELSHIP_HUB_CA_BUNDLE (PEM text: the operator's
+    `hubCaBundle`, for a mirror with a private CA)."""
+    ctx = ssl.create_default_context()
+    extra = os.environ.get("MODELSHIP_HUB_CA_BUNDLE")
+    if extra:
+        try:
+            ctx.load_verify_locations(cadata=extra)
+        except ssl.SSLError as e:
+            raise FetchError(f"MODELSHIP_HUB_CA_BUNDLE (the operator's hubCaBundle) is not PEM certificates: {e}")
+    return ctx
+
+
 class Fetcher:
     def __init__(self, repo: str, revision: str, endpoint: str, dest: Path, token: str | None,
                  log: Callable[[str], None], parallel: int = 4, timeout: float = 30.0, retry_delay: float = 1.0):
@@ -143,8 +159,10 @@ class Fetcher:
         origin = urlsplit(self.endpoint)
         for _ in range(redirects + 1):
             parts = urlsplit(url)
-            conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-            conn = conn_cls(parts.netloc, timeout=self.timeout)
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=tls_context())
+            else:
+                conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
             hdrs = {"User-Agent": "modelship-fetch", "Accept-Encoding": "identity", **headers}
             if self.token and (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc):
                 hdrs["Authorization"] = f"Bearer {self.token}"

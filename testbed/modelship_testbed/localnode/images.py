@@ -70,8 +70,9 @@ class ImageMap:
         env = {k: _expand_one(v) for k, v in e.env.items()}
         if "flag" in e.bind:
             argv = with_flag(argv, e.bind["flag"], pod_ip)
-        if "env" in e.bind:
-            env[e.bind["env"]] = pod_ip
+        for name in e.bind.get("env", "").split(","):  # one variable, or several: A,B
+            if name.strip():
+                env[name.strip()] = pod_ip
         return Launch(argv, env)
 
     def program(self, image: str, argv: list[str]) -> list[str]:
