@@ -1,6 +1,11 @@
 """Fixtures for the operator's integration tests: the CRD installed once, and the real
-operator (`modelship operator`) run as a subprocess per test, watching that test's namespace,
-with a catalog of pre-resolved models (Hub resolution is not what these tests are about)."""
+operator per test, watching that test's namespace, with a catalog of pre-resolved models (Hub
+resolution is not what these tests are about).
+
+`operator` is the operator as users install it: the chart, `helm install`ed into the test's
+namespace, its pod on the test bed's local node under the chart's ServiceAccount and RBAC.
+`local_operator` runs `modelship operator` as a subprocess instead, for the tests that kill
+it or set a fail point."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +67,7 @@ def free_port() -> int:
 
 
 @dataclass
-class Operator:
+class LocalOperator:
     cluster: Cluster
     namespace: str
     workdir: Path
@@ -76,7 +82,7 @@ class Operator:
     def log_path(self) -> Path:
         return self.workdir / "operator.log"
 
-    def start(self, pools: dict | None = None, config: dict | None = None, **env: str) -> "Operator":
+    def start(self, pools: dict | None = None, config: dict | None = None, **env: str) -> "LocalOperator":
         self.metrics_port, self.health_port = free_port(), free_port()
         config = {"catalogFile": str(self.workdir / "catalog.yaml"), "pools": pools or POOLS, "downloadPool": "local",
                   "metricsPort": self.metrics_port, "healthPort": self.health_port, "bindHost": "127.0.0.1",
@@ -105,6 +111,99 @@ class Operator:
         import httpx
 
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/healthz"
+
+
+CHART = REPO / "charts" / "modelship"
+
+
+def helm(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
+    from modelship_testbed import binaries
+
+    proc = subprocess.run([str(binaries.path("helm")), f"--kubeconfig={cluster.kubeconfig}", *args], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def replacing(defaults: dict, wanted: dict) -> dict:
+    """Values that make Helm's deep merge of `wanted` into `defaults` give `wanted` (a null
+    removes a default key)."""
+    out = {k: None for k in defaults if k not in wanted}
+    for k, v in wanted.items():
+        d = defaults.get(k)
+        out[k] = replacing(d, v) if isinstance(d, dict) and isinstance(v, dict) else v
+    return out
+
+
+def operator_values(namespaces: list[str], pools: dict, settings: dict, hub: str) -> dict:
+    """Values for the chart's operator alone (the CRD comes from the fixture), on the local
+    node, with the tests' pools replacing the chart's (null drops a default, as in any chart)."""
+    return {"crds": {"enabled": False}, "router": {"enabled": False}, "namespaces": namespaces,
+            "operator": {"replicas": 1, "hub": {"endpoint": hub},
+                         "pools": replacing(yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["pools"],
+                                            pools),
+                         "settings": settings,
+                         "nodeSelector": {"modelship.io/local-node": "true"},
+                         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}}}
+
+
+@dataclass
+class HelmOperator:
+    """The operator installed by the chart into the test's namespace (same interface as
+    LocalOperator, but no process of this test's own to kill)."""
+
+    cluster: Cluster
+    namespace: str
+    workdir: Path
+    hub: str
+    namespaces: list[str] = field(default_factory=list)  # watched besides `namespace`
+    release: str = field(default_factory=lambda: "op" + uuid.uuid4().hex[:6])
+    installed: bool = False
+
+    def start(self, pools: dict | None = None, config: dict | None = None) -> "HelmOperator":
+        settings = {"downloadPool": "local", "resyncSeconds": 20, **(config or {})}
+        values = operator_values([self.namespace, *self.namespaces], pools or POOLS, settings, self.hub)
+        values["operator"]["catalog"] = catalog()
+        (self.workdir / "values.yaml").write_text(yaml.safe_dump(values))
+        verb = "upgrade" if self.installed else "install"
+        helm(self.cluster, verb, self.release, str(CHART), "-n", self.namespace, "-f", str(self.workdir / "values.yaml"))
+        self.installed = True
+        wait_for(self.pod_ip, 60, f"the operator's pod ({self.release}) to start",
+                 lambda: self.cluster.kubectl("get", "pods", "-n", self.namespace, "-o", "wide", check=False))
+        return self
+
+    def selector(self) -> str:
+        return f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
+
+    def pod_ip(self) -> str | None:
+        pods = json.loads(self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", self.selector(), "-o",
+                                               "json"))["items"]
+        running = [p for p in pods if not p["metadata"].get("deletionTimestamp")
+                   and (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP")]
+        return running[0]["status"]["podIP"] if running else None
+
+    def stop(self) -> None:
+        if self.installed:
+            helm(self.cluster, "uninstall", self.release, "-n", self.namespace, "--wait", "--timeout", "60s")
+            self.installed = False
+
+    def log(self) -> str:
+        return self.cluster.kubectl("logs", "-n", self.namespace, "-l", self.selector(), "--tail=-1",
+                                    "--all-containers", check=False)
+
+    def metrics(self) -> str:
+        import httpx
+
+        return httpx.get(f"http://{self.pod_ip()}:9090/metrics", timeout=5).text
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.pod_ip()}:8081/healthz"
 
 
 @pytest.fixture(scope="session")
@@ -146,8 +245,18 @@ def crd_installed(cluster: Cluster) -> None:
 
 
 @pytest.fixture
-def operator(cluster, namespace, crd_installed, tmp_path, fake_hub):
-    op = Operator(cluster, namespace, tmp_path, env_extra={"MODELSHIP_HUB_ENDPOINT": fake_hub.url})
+def operator(cluster, namespace, crd_installed, tmp_path, fake_hub, local_node):
+    op = HelmOperator(cluster, namespace, tmp_path, fake_hub.url)
+    yield op
+    try:
+        op.stop()
+    except AssertionError as e:  # (the test's own outcome matters more)
+        print(e)
+
+
+@pytest.fixture
+def local_operator(cluster, namespace, crd_installed, tmp_path, fake_hub):
+    op = LocalOperator(cluster, namespace, tmp_path, env_extra={"MODELSHIP_HUB_ENDPOINT": fake_hub.url})
     yield op
     op.stop()
     if op.proc and op.proc.returncode not in (0, -15, None):
@@ -162,7 +271,7 @@ def condition(status: dict, type_: str) -> dict:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
-def wait_phase(cluster: Cluster, op: Operator, name: str, phase: str, timeout: float = 90) -> dict:
+def wait_phase(cluster: Cluster, op: "LocalOperator | HelmOperator", name: str, phase: str, timeout: float = 90) -> dict:
     def check():
         st = md_status(cluster, op.namespace, name)
         return st if st.get("phase") == phase else None

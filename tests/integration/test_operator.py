@@ -114,7 +114,7 @@ def test_llamacpp_with_weights_on_the_volume_becomes_ready_and_answers(cluster, 
     operator_log = operator.log()
     assert operator_log.count("Updated Deployment smollm2") == 1, operator_log  # no spurious re-applies
     assert "Updated Service" not in operator_log, operator_log
-    assert httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5).status_code == 200
+    assert httpx.get(operator.health_url, timeout=5).status_code == 200
     # Putting the Deployment back changed its spec: until its controller has seen that, the
     # ModelDeployment is Starting again for a moment (a slow machine sees it). The gauge says
     # what the status says: the operator records the phase as it writes the status.
@@ -227,7 +227,9 @@ def test_unusable_spec_gets_a_condition_and_no_children(cluster, namespace, oper
 
 @pytest.mark.localnode
 @pytest.mark.slow
-def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster, namespace, local_node, operator):
+def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster, namespace, local_node,
+                                                                   local_operator):
+    operator = local_operator  # (a process of the test's own: killed at a fail point)
     preload_claim(cluster, namespace)
     # The failpoint makes the operator exit abruptly (like SIGKILL) right after its first
     # child write, in the middle of a reconcile.

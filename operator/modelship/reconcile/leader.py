@@ -140,5 +140,5 @@ class Election:
             await self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, body)
             log.info("released lease %s/%s", self.namespace, self.name)
         except Exception as e:  # it runs out by itself
-            log.warning("lease %s/%s not released (%s); it expires in %.0f s", self.namespace, self.name, e,
-                        self.lease_seconds)
+            log.warning("lease %s/%s not released (%s); it expires in %.0f s", self.namespace, self.name,
+                        getattr(e, "reason", None) or e, self.lease_seconds)
