@@ -1,20 +1,17 @@
-"""`modelship demo` (also `modelship testbed demo`): the operator's whole path, for a newcomer.
+"""`modelship demo` (also `modelship testbed demo`): the product's whole path, for a newcomer.
 
-`run()` brings the test bed up, installs the CRD, starts the operator (its Hub is the test
-bed's mirror) and the router, applies examples/smollm2.yaml with the test bed's kubectl,
-shows progress until the ModelDeployment is Ready, then asks the model a question through
-the router. The helpers here (`render_example`, `wait_ready_pod`, `ask`, ...) also serve the
+`run()` brings the test bed up, installs the chart with helm (the CRD, the operator and the
+router as pods on the local node, the Hub being the test bed's mirror), applies
+examples/smollm2.yaml with kubectl, shows progress until the ModelDeployment is Ready, then
+asks the model a question through the router over `kubectl port-forward`. The helpers here (`render_example`, `wait_ready_pod`, `ask`, ...) also serve the
 end-to-end tests, which apply examples/testbed/llama-server-smollm2.yaml without the operator.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +22,7 @@ import httpx
 
 from . import binaries, cluster, procs
 from .config import TestbedConfig
-from .paths import kubeconfig_path, state_dir
+from .paths import kubeconfig_path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "testbed" / "llama-server-smollm2.yaml"
 QUESTION = "What is the capital of France?"
@@ -175,127 +172,134 @@ class MDWatch:
             procs.stop(self.proc, 10)
 
 
-def start_operator(workdir: Path, hub: str) -> tuple[subprocess.Popen, Path]:
-    import yaml
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    # The local node is this demo's CPU pool: its pods really run. The Hub is the mirror.
-    config = {"namespaces": [DEMO_NAMESPACE], "hubEndpoint": hub,
-              "pools": {"gpu": {"nodeSelector": {"modelship.io/pool": "gpu"}, "gpuResource": "nvidia.com/gpu",
-                                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                                 "effect": "NoSchedule"}]},
-                        "cpu": {"nodeSelector": {"modelship.io/local-node": "true"}}},
-              "metricsPort": free_port(), "healthPort": free_port(), "bindHost": "127.0.0.1"}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    log_path = workdir / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig_path()), "MODELSHIP_CONFIG": str(workdir / "config.yaml")}
-    with open(log_path, "w") as out:  # the operator has its own copy of the descriptor
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "operator"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log_path
+RELEASE, SYSTEM_NAMESPACE = "modelship", "modelship-system"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "modelship"
+TESTBED_VALUES = Path(__file__).resolve().parents[2] / "examples" / "testbed" / "helm-values.yaml"
+CRD = "customresourcedefinitions/modeldeployments.modelship.io"
 
 
-def start_router(workdir: Path, port: int) -> tuple[subprocess.Popen, Path]:
-    """`modelship router` for the demo's namespace, discovering endpoints through the API
-    server, sending only to loopback addresses (the test bed's pods)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "router.log"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig_path())}
-    with open(log_path, "w") as out:  # the router has its own copy of the descriptor
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("modelship")), "router", "-n", DEMO_NAMESPACE,
-                                 "--host", "127.0.0.1", "--port", str(port), "--allow-cidr", "127.0.0.0/8"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log_path
+def helm(*args: str) -> str:
+    proc = subprocess.run([str(binaries.path("helm")), f"--kubeconfig={kubeconfig_path()}", *args],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise cluster.TestbedError(f"helm {' '.join(args[:2])}: {proc.stderr.strip()}")
+    return proc.stdout
 
 
-def wait_routed(router: str, model: str, proc: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
-    """Until the router lists `model` (it has seen a ready endpoint)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise cluster.TestbedError(f"the router exited ({proc.returncode}); see {log_path}")
-        try:
-            if model in {m["id"] for m in httpx.get(f"{router}/v1/models", timeout=5).json()["data"]}:
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        if time.monotonic() > deadline:
-            raise cluster.TestbedError(f"the router does not list {model!r} after {timeout:.0f}s; see {log_path}")
-        time.sleep(0.3)
+def adopt_crd(log: Callable[[str], None]) -> None:
+    """A CRD applied with kubectl (an earlier demo, the tests) becomes the release's, the way
+    Helm adopts an existing object: its release annotations and managed-by label."""
+    got = subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "get", CRD, "-o",
+                          "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name}"],
+                         capture_output=True, text=True)
+    if got.returncode != 0 or got.stdout.strip() == RELEASE:
+        return  # none yet, or already the release's
+    log("the ModelDeployment CRD exists (applied with kubectl): handing it to the Helm release")
+    kubectl("annotate", "--overwrite", CRD, f"meta.helm.sh/release-name={RELEASE}",
+            f"meta.helm.sh/release-namespace={SYSTEM_NAMESPACE}")
+    kubectl("label", "--overwrite", CRD, "app.kubernetes.io/managed-by=Helm")
 
 
-def run(log: Callable[[str], None], hub_mirror: str | None = None) -> str:
-    """The operator's path end to end: CRD, operator and router, `kubectl apply` of
-    examples/smollm2.yaml, progress until Ready, and a question through the router.
-    `hub_mirror`: a Hub for the operator instead of the test bed's mirror (the tests put the
-    mirror behind a slow link, so that the download's progress shows on any machine)."""
-    start = time.monotonic()
-    cluster.up(cluster.UpOptions(), log)
-    repo = OPERATOR_EXAMPLE.parents[1]
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelship.io", "--timeout=60s")
-    # A namespace left terminating by an earlier `kubectl delete` must be gone before reuse
-    # (one that simply exists, from an earlier demo, is reused as it is).
-    ns = subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "get", "namespace",
-                         DEMO_NAMESPACE, "-o", "jsonpath={.metadata.deletionTimestamp}"],
+def install(hub: str, log: Callable[[str], None]) -> None:
+    """`helm upgrade --install` of the chart: the CRD, the operator and the router, on the
+    test bed's local node, the Hub being the mirror."""
+    adopt_crd(log)
+    log(f"helm upgrade --install {RELEASE} charts/modelship -n {SYSTEM_NAMESPACE} "
+        f"-f examples/testbed/helm-values.yaml --set operator.hub.endpoint={hub}")
+    started = time.monotonic()
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", SYSTEM_NAMESPACE, "--create-namespace",
+         "-f", str(TESTBED_VALUES), "--set", f"operator.hub.endpoint={hub}", "--wait", "--timeout", "180s")
+    log(f"  installed in {time.monotonic() - started:.0f}s: " + " ".join(
+        kubectl("get", "deploy", "-n", SYSTEM_NAMESPACE, "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.status.readyReplicas}/{.spec.replicas}, {end}")
+        .rstrip(", ").split()))
+
+
+def fresh_namespace(log: Callable[[str], None]) -> None:
+    """The demo's namespace, waiting first for one left terminating by an earlier delete (one
+    that simply exists, from an earlier demo, is reused as it is)."""
+    run = [str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}"]
+    ns = subprocess.run([*run, "get", "namespace", DEMO_NAMESPACE, "-o", "jsonpath={.metadata.deletionTimestamp}"],
                         capture_output=True, text=True)
     if ns.returncode == 0 and ns.stdout.strip():
         log(f"waiting for namespace {DEMO_NAMESPACE} (being deleted) to be gone")
-        subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "wait", "--for=delete",
-                        f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"], capture_output=True)
-    subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "create", "namespace",
-                    DEMO_NAMESPACE], capture_output=True)
+        subprocess.run([*run, "wait", "--for=delete", f"namespace/{DEMO_NAMESPACE}", "--timeout=120s"],
+                       capture_output=True)
+    subprocess.run([*run, "create", "namespace", DEMO_NAMESPACE], capture_output=True)
+
+
+def follow(watch: MDWatch, log: Callable[[str], None], timeout: float = 300) -> dict:
+    """Every phase of the ModelDeployment, until it is Ready; its status."""
+    md, last, deadline = None, "", time.monotonic() + timeout
+    while True:
+        got = watch.next(timeout=0.5)
+        if got is not None:  # each version, each distinct line: no phase goes unsaid
+            md = got
+            if (now := md_line(md)) != last:
+                log(f"  {now}")
+                last = now
+        st = (md or {}).get("status") or {}
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or []):
+            return st
+        if st.get("phase") == "Failed" or time.monotonic() > deadline:
+            raise cluster.TestbedError(f"smollm2 did not become Ready ({last}); see "
+                                       f"`modelship testbed kubectl describe md smollm2 -n {DEMO_NAMESPACE}`")
+
+
+def ask_openai(base_url: str, model: str, question: str = QUESTION, timeout: float = 60) -> str:
+    """One question with the OpenAI client, retried while the router has not yet seen the
+    model's ready endpoint (404 model_not_found, for a second or so after Ready)."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = client.chat.completions.create(model=model, max_tokens=64, temperature=0,
+                                               messages=[{"role": "user", "content": question}])
+            return (r.choices[0].message.content or "").strip()
+        except (openai.NotFoundError, openai.APIConnectionError, openai.InternalServerError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def run(log: Callable[[str], None], hub_mirror: str | None = None) -> str:
+    """The product's path as a user takes it: the test bed, `helm install` of the chart,
+    `kubectl apply` of examples/smollm2.yaml, progress until Ready, a question through the
+    router (`kubectl port-forward`, OpenAI client). Everything keeps running afterwards.
+    `hub_mirror`: a Hub for the operator instead of the test bed's mirror (the tests put the
+    mirror behind a slow link, so that the download's progress shows on any machine)."""
+    from .portforward import PortForward
+
+    cluster.up(cluster.UpOptions(), log)
     hub = hub_mirror or f"http://127.0.0.1:{TestbedConfig.load().ports.hub_mirror}"
-    watch = MDWatch(DEMO_NAMESPACE, "smollm2")
-    proc, op_log = start_operator(state_dir() / "demo-operator", hub)
-    log(f"operator started, Hub mirror {hub} (log: {op_log})")
-    router_port = TestbedConfig.load().ports.router
-    router = f"http://127.0.0.1:{router_port}"
-    router_proc, router_log = start_router(state_dir() / "demo-operator", router_port)
-    log(f"router started: {router} (log: {router_log})")
+    install(hub, log)
+    fresh_namespace(log)
+    watch = MDWatch(DEMO_NAMESPACE, "smollm2").start()  # before the apply: every version from its first
     try:
-        watch.start()  # before the apply: every version of the ModelDeployment from its first
-        log(f"kubectl apply -f {OPERATOR_EXAMPLE.relative_to(repo)} -n {DEMO_NAMESPACE}")
+        log(f"kubectl apply -f examples/smollm2.yaml -n {DEMO_NAMESPACE}")
+        applied = time.monotonic()
         log("  " + kubectl("apply", "-f", str(OPERATOR_EXAMPLE), namespace=DEMO_NAMESPACE).strip())
-        md, last, deadline = None, "", time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise cluster.TestbedError(f"the operator exited ({proc.returncode}); see {op_log}")
-            got = watch.next(timeout=0.5)
-            if got is not None:  # each version, each distinct line: no phase goes unsaid
-                md = got
-                if (now := md_line(md)) != last:
-                    log(f"  {now}")
-                    last = now
-            st = (md or {}).get("status") or {}
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or []):
-                break
-            if st.get("phase") == "Failed" or time.monotonic() > deadline:
-                raise cluster.TestbedError(f"smollm2 did not become Ready ({last}); see "
-                                           f"`modelship testbed kubectl describe md smollm2 -n {DEMO_NAMESPACE}`")
-        watch.close()
-        url = endpoint_address(st)
-        log(f"Ready in {time.monotonic() - start:.0f}s: {st['endpoint']['openAIBaseURL']} "
-            f"(here {url}/v1), model {st['endpoint']['model']!r}, revision {st['resolved']['shortSha']}")
-        wait_routed(router, "smollm2", router_proc, router_log)
-        log(f"asking through the router ({router}/v1, OpenAI API): {QUESTION}")
-        answer = ask(router)
-        log(f"answer: {answer}")
+        st = follow(watch, log)
     finally:
         watch.close()
-        for p in (router_proc, proc):
-            procs.stop(p, 30)  # (killed rather than left running after the demo)
+    log(f"Ready in {time.monotonic() - applied:.0f}s after kubectl apply: model {st['endpoint']['model']!r}, "
+        f"revision {st['resolved']['shortSha']}, in-cluster {st['endpoint']['openAIBaseURL']}")
+    router = f"svc/{RELEASE}-router"
+    log(f"kubectl port-forward -n {SYSTEM_NAMESPACE} {router} :80")
+    with PortForward(str(kubeconfig_path()), SYSTEM_NAMESPACE, router, 80) as pf:
+        log(f"asking through the router ({pf.url}/v1, OpenAI client): {QUESTION}")
+        answer = ask_openai(f"{pf.url}/v1", st["endpoint"]["model"])
+    log(f"answer: {answer}")
+    port = TestbedConfig.load().ports.router
     log("")
-    log("Keep using it (the model keeps serving; the operator and the router stopped with this command):")
+    log("It keeps running (the operator and the router are pods of the Helm release). Keep using it:")
     log(f"  export KUBECONFIG={kubeconfig_path()}")
     log(f"  modelship testbed kubectl get md -n {DEMO_NAMESPACE}")
-    log(f"  modelship router -n {DEMO_NAMESPACE} --host 127.0.0.1 --port {router_port} --allow-cidr 127.0.0.0/8 &")
-    log(f"  curl {router}/v1/chat/completions -d '{{\"model\":\"smollm2\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'")
-    log(f"  MODELSHIP_CONFIG={op_log.parent / 'config.yaml'} modelship operator    # manage it again")
-    log("Tear it down:  modelship testbed down")
+    log(f"  modelship testbed kubectl port-forward -n {SYSTEM_NAMESPACE} {router} {port}:80 &")
+    log(f"  curl http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' "
+        "-d '{\"model\":\"smollm2\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'")
+    log(f"Remove the model: modelship testbed kubectl delete md smollm2 -n {DEMO_NAMESPACE}")
+    log("Tear everything down: modelship testbed down")
     return answer

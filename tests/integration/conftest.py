@@ -165,10 +165,11 @@ class HelmOperator:
     release: str = field(default_factory=lambda: "op" + uuid.uuid4().hex[:6])
     installed: bool = False
 
-    def start(self, pools: dict | None = None, config: dict | None = None) -> "HelmOperator":
+    def start(self, pools: dict | None = None, config: dict | None = None, **chart: object) -> "HelmOperator":
+        """Install (or upgrade) the release; `chart`: more of the chart's operator values (replicas=2)."""
         settings = {"downloadPool": "local", "resyncSeconds": 20, **(config or {})}
         values = operator_values([self.namespace, *self.namespaces], pools or POOLS, settings, self.hub)
-        values["operator"]["catalog"] = catalog()
+        values["operator"].update(catalog=catalog(), **chart)
         (self.workdir / "values.yaml").write_text(yaml.safe_dump(values))
         verb = "upgrade" if self.installed else "install"
         helm(self.cluster, verb, self.release, str(CHART), "-n", self.namespace, "-f", str(self.workdir / "values.yaml"))
@@ -180,12 +181,17 @@ class HelmOperator:
     def selector(self) -> str:
         return f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
 
-    def pod_ip(self) -> str | None:
+    def pods(self) -> list[dict]:
+        """The operator's running pods (not being deleted), oldest first."""
         pods = json.loads(self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", self.selector(), "-o",
                                                "json"))["items"]
-        running = [p for p in pods if not p["metadata"].get("deletionTimestamp")
-                   and (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP")]
-        return running[0]["status"]["podIP"] if running else None
+        return sorted((p for p in pods if not p["metadata"].get("deletionTimestamp")
+                       and (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP")),
+                      key=lambda p: p["metadata"]["creationTimestamp"])
+
+    def pod_ip(self) -> str | None:
+        pods = self.pods()
+        return pods[0]["status"]["podIP"] if pods else None
 
     def stop(self) -> None:
         if self.installed:
