@@ -246,7 +246,7 @@ func main() {
 			MinVersion:   tls.VersionTLS12,
 		},
 		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          log.New(os.Stderr, "http: ", log.LstdFlags),
+		ErrorLog:          log.New(os.Stderr, "", log.LstdFlags),
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
