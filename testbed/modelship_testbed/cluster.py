@@ -20,7 +20,7 @@ from .paths import kubeconfig_path, state_dir
 
 Log = Callable[[str], None]
 
-NEEDED = ["etcd", "kubernetes", "kwok", "llama-server", "smollm2"]
+NEEDED = ["etcd", "kubernetes", "kwok", "kubelet-streaming", "llama-server", "smollm2"]
 
 
 class TestbedError(RuntimeError):

@@ -21,7 +21,8 @@ class Ports:
     controller_manager: int = 10257
     scheduler: int = 10259
     kwok: int = 10247
-    kubelet: int = 10250  # the local node's kubelet API (container logs)
+    kubelet: int = 10250  # the local node's kubelet API, TLS (kubelet-streaming: port-forward, the rest proxied)
+    kubelet_local: int = 10248  # the local node agent's own plain HTTP API behind it (logs, healthz), 127.0.0.1 only
     hub_mirror: int = 18090  # the olah Hub mirror (HF_ENDPOINT)
     router: int = 18000  # the demo's `modelship router`
 
@@ -68,6 +69,9 @@ class TestbedConfig:
     def load(cls, path: Path | None = None) -> "TestbedConfig":
         path = path or state_dir() / "config.json"
         raw = json.loads(path.read_text())
-        ports = Ports(**raw.pop("ports", {}))
+        raw_ports = raw.pop("ports", {})
+        if "kubelet" in raw_ports:  # saved before kubelet_local existed: keep the pair 2 apart, offset included
+            raw_ports.setdefault("kubelet_local", raw_ports["kubelet"] - 2)
+        ports = Ports(**raw_ports)
         known = {f.name for f in fields(cls)}
         return cls(ports=ports, **{k: v for k, v in raw.items() if k in known})

@@ -1,7 +1,8 @@
 """The test bed's supervisor: one background process that owns every component.
 
 It starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, the Hub
-mirror (olah) and the local node in order (the last two when the configuration has them),
+mirror (olah), the local node and its kubelet port's front, kubelet-streaming, in order (the
+last three when the configuration has them),
 each once the one before answers its health check; restarts a component that dies, with
 back-off; and on SIGTERM stops them in reverse order. Children get PR_SET_PDEATHSIG, so
 even a SIGKILLed supervisor leaves no component behind.
@@ -112,7 +113,15 @@ def component_specs(cfg: TestbedConfig) -> list[Spec]:
     if cfg.local_node:
         specs.append(Spec("local-node", [
             sys.executable, "-m", "modelship_testbed.localnode", f"--state-dir={d}", f"--name={LOCAL_NODE_NAME}",
-        ], f"https://127.0.0.1:{ports.kubelet}/healthz", stop_timeout=45.0))
+        ], f"http://127.0.0.1:{ports.kubelet_local}/healthz", stop_timeout=45.0))
+        # The kubelet port itself: TLS, port-forward, and the agent's endpoints proxied (its
+        # /healthz answers only when the agent behind it does).
+        specs.append(Spec("kubelet-streaming", [
+            str(bp("kubelet-streaming")), f"--listen=127.0.0.1:{ports.kubelet}",
+            f"--tls-cert-file={p.cert('kubelet')}", f"--tls-private-key-file={p.key('kubelet')}",
+            f"--client-ca-file={p.ca}", f"--backend=http://127.0.0.1:{ports.kubelet_local}",
+            f"--node-name={LOCAL_NODE_NAME}",
+        ], f"https://127.0.0.1:{ports.kubelet}/healthz", stop_timeout=5.0))
     return specs
 
 

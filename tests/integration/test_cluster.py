@@ -40,7 +40,8 @@ def test_status_and_env_describe_the_running_cluster(testbed_only, cluster):
     runner = CliRunner()
     status = runner.invoke(main, ["testbed", "status"])
     assert status.exit_code == 0 and "ready" in status.output
-    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "local-node"):
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "local-node",
+                      "kubelet-streaming"):
         assert component in status.output
     env = runner.invoke(main, ["testbed", "env"])
     assert f"export KUBECONFIG={cluster.kubeconfig}" in env.output

@@ -382,3 +382,103 @@ def test_a_second_test_bed_gets_its_own_ports_and_pod_addresses():
     assert set(vars(second.ports).values()).isdisjoint(vars(first.ports).values())
     assert second.local_pod_cidr == "127.12.0.0/16" != first.local_pod_cidr
     assert TestbedConfig().shifted(0) == first
+
+
+def test_kubelet_streaming_is_versioned_by_its_sources_and_pins_the_test_beds_kubernetes(tmp_path):
+    import re
+    import shutil
+
+    src = binaries.KUBELET_STREAMING_SRC
+    assert {f.name for f in binaries._go_sources(src)} >= {"go.mod", "go.sum", "main.go"}
+    staging = "v0." + binaries.KUBERNETES_VERSION.removeprefix("v1.")
+    assert re.search(rf"^require k8s.io/cri-streaming {re.escape(staging)}$", (src / "go.mod").read_text(), re.M)
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    assert binaries.source_version(copy) == binaries.COMPONENTS["kubelet-streaming"].version
+    (copy / "main.go").write_text((copy / "main.go").read_text() + "\n// changed\n")
+    assert binaries.source_version(copy) != binaries.COMPONENTS["kubelet-streaming"].version
+    assert binaries.source_version(copy).startswith(binaries.KUBERNETES_VERSION + "-")
+
+
+def test_the_kubelet_port_fronts_the_agent_on_its_own_loopback_port(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELSHIP_TESTBED_DIR", str(tmp_path))
+    monkeypatch.setattr(binaries, "path", lambda name, log=print: f"/bin/{name}")
+    cfg = TestbedConfig().shifted(1)
+    specs = {s.name: s for s in supervisor.component_specs(cfg)}
+    names = list(specs)
+    assert names.index("kubelet-streaming") == names.index("local-node") + 1  # started after, stopped before
+    front = specs["kubelet-streaming"]
+    assert f"--listen=127.0.0.1:{cfg.ports.kubelet}" in front.argv
+    assert f"--backend=http://127.0.0.1:{cfg.ports.kubelet_local}" in front.argv
+    assert front.health_url == f"https://127.0.0.1:{cfg.ports.kubelet}/healthz"
+    assert specs["local-node"].health_url == f"http://127.0.0.1:{cfg.ports.kubelet_local}/healthz"
+    # A configuration saved before kubelet_local existed keeps the pair apart, offset included.
+    cfg.save()
+    import json
+
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["ports"]["kubelet_local"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert TestbedConfig.load().ports.kubelet_local == cfg.ports.kubelet_local == 10348
+
+
+def test_the_agent_tells_kubelet_streaming_where_its_pods_are():
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from modelship_testbed.localnode.kubelet_api import make_app
+
+    worker = SimpleNamespace(ns="n", name="web", uid="u1", ip="127.10.0.7")
+    agent = SimpleNamespace(find_worker=lambda ns, name: worker if (ns, name) == ("n", "web") else None)
+
+    async def scenario():
+        async with TestClient(TestServer(make_app(agent))) as c:
+            found = await c.get("/testbed/pods/n/web")
+            missing = await c.get("/testbed/pods/n/other")
+            return found.status, await found.json(), missing.status, await missing.text()
+
+    assert asyncio.run(scenario()) == (200, {"uid": "u1", "ip": "127.10.0.7"}, 404,
+                                       'pod "other" in namespace "n" is not on this node')
+
+
+FAKE_KUBECTL = r"""#!{python}
+import socket, sys, time
+args = sys.argv[1:]
+if "pod/nope" in args:
+    print('Error from server (NotFound): pods "nope" not found', file=sys.stderr, flush=True)
+    sys.exit(1)
+s = socket.socket()
+s.bind(("127.0.0.1", int(args[-1].split(":")[0] or 0)))
+s.listen()
+time.sleep(0.3)
+print(" ".join(args), flush=True)
+print("Forwarding from 127.0.0.1:%d -> %s" % (s.getsockname()[1], args[-1].split(":")[1]), flush=True)
+while True:
+    c, _ = s.accept()
+    print("Handling connection for %d" % s.getsockname()[1], flush=True)
+    c.close()
+"""
+
+
+def test_port_forward_learns_its_local_port_waits_and_stops_kubectl(tmp_path):
+    import sys
+
+    from modelship_testbed.portforward import PortForward, PortForwardError
+
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL.replace("{python}", sys.executable))
+    kubectl.chmod(0o755)
+    with PortForward(tmp_path / "kc", "ns1", "svc/web", 8080, kubectl=kubectl) as pf:
+        assert pf.local_port > 0 and pf.url == f"http://127.0.0.1:{pf.local_port}"
+        assert 0.3 < pf.ready_seconds < 10
+        assert pf.alive()
+        assert f"--kubeconfig={tmp_path / 'kc'} -n ns1 port-forward --address 127.0.0.1 svc/web :8080" in pf.output()
+    assert pf.proc.poll() is not None
+    failing = PortForward(tmp_path / "kc", "ns1", "pod/nope", 80, kubectl=kubectl)
+    try:
+        with pytest.raises(PortForwardError, match=r'exited with code 1:\nError from server \(NotFound\): pods "nope"'):
+            failing.start()
+    finally:
+        failing.stop()

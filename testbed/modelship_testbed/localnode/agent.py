@@ -4,7 +4,8 @@ It registers a real Node (the machine's real CPU and memory; optionally fake GPU
 gpu pool's labels and taint), keeps its Lease fresh, runs the pods bound to it (see
 `pod.py`; the Agent gives each pod worker the `NodeServices` it needs), provisions
 PersistentVolumes for its StorageClass as local folders, and serves the kubelet's log
-endpoint so that `kubectl logs` works.
+endpoint so that `kubectl logs` works (plain HTTP on 127.0.0.1, behind `kubelet-streaming`,
+which holds the kubelet port and serves `kubectl port-forward` itself; see kubelet_api.py).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""The slice of the kubelet's HTTPS API that the API server calls for `kubectl logs`:
-`/containerLogs/{namespace}/{pod}/{container}` (follow, previous, tailLines, limitBytes;
-not sinceSeconds or timestamps: the logs are plain files), and `/healthz`. Client
-certificates signed by the test bed's CA are required, as the API server presents one
-(--kubelet-client-certificate)."""
+"""The local node agent's own slice of the kubelet API, plain HTTP on 127.0.0.1
+(`ports.kubelet_local`): `/containerLogs/{namespace}/{pod}/{container}` (follow, previous,
+tailLines, limitBytes; not sinceSeconds or timestamps: the logs are plain files) and
+`/healthz`, which the API server reaches through `kubelet-streaming` (the Go front on the
+kubelet port, with TLS and client certificates; it serves `/portForward` itself and proxies
+the rest here), and `/testbed/pods/{namespace}/{pod}`: the uid and address of a pod this
+node runs, which `kubelet-streaming` asks before it dials a pod."""
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..config import TestbedConfig
-from ..pki import Pki
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -78,18 +78,22 @@ def make_app(agent: "Agent") -> web.Application:
         await resp.write_eof()
         return resp
 
+    async def pod_info(req: web.Request) -> web.Response:
+        ns, name = req.match_info["ns"], req.match_info["pod"]
+        worker = agent.find_worker(ns, name)
+        if worker is None:
+            raise web.HTTPNotFound(text=f'pod "{name}" in namespace "{ns}" is not on this node')
+        return web.json_response({"uid": worker.uid, "ip": worker.ip})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/testbed/pods/{ns}/{pod}", pod_info)
     app.router.add_get("/containerLogs/{ns}/{pod}/{container}", container_logs)
     return app
 
 
 async def serve(agent: "Agent", cfg: TestbedConfig) -> web.AppRunner:
-    pki = Pki(cfg.dir / "pki")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
-    ctx.load_cert_chain(str(pki.cert("kubelet")), str(pki.key("kubelet")))
-    ctx.verify_mode = ssl.CERT_REQUIRED
     runner = web.AppRunner(make_app(agent), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", cfg.ports.kubelet, ssl_context=ctx).start()
+    await web.TCPSite(runner, "127.0.0.1", cfg.ports.kubelet_local).start()
     return runner
