@@ -35,7 +35,7 @@ def test_router_chart_installs_and_its_account_reads_only_what_discovery_needs(c
     other = f"t-chart-other-{uuid.uuid4().hex[:5]}"
     core.create_namespace({"metadata": {"name": other}})
     release = f"r{uuid.uuid4().hex[:6]}"
-    manifest = render(release, namespace, f"router.namespaces={{{namespace}}}", "router.replicas=0")
+    manifest = render(release, namespace, f"namespaces={{{namespace}}}", "router.replicas=0")
     try:
         cluster.kubectl("apply", "-f", "-", stdin=manifest)
         sa = f"system:serviceaccount:{namespace}:{release}-router"

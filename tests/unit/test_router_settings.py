@@ -101,7 +101,7 @@ def test_the_chart_mounts_a_settings_file_the_router_reads(tmp_path):
         out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
         return {d["kind"]: d for d in yaml.safe_load_all(out) if d}
 
-    docs = render("router.namespaces={a,b}", "router.apiKeys.secretName=keys", "router.timeouts.firstByte=600",
+    docs = render("namespaces={a,b}", "router.apiKeys.secretName=keys", "router.timeouts.firstByte=600",
                   "router.allowCidrs={127.0.0.0/8}", "router.maxBodyBytes=100000000")
     pod = docs["Deployment"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
