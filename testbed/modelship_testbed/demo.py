@@ -204,11 +204,14 @@ def install(hub: str, log: Callable[[str], None]) -> None:
     """`helm upgrade --install` of the chart: the CRD, the operator and the router, on the
     test bed's local node, the Hub being the mirror."""
     adopt_crd(log)
+    # Only the demo's namespace: a release watching every namespace would also manage what the
+    # tests (`make test`) apply in theirs.
+    sets = [f"operator.hub.endpoint={hub}", f"namespaces={{{DEMO_NAMESPACE}}}"]
     log(f"helm upgrade --install {RELEASE} charts/modelship -n {SYSTEM_NAMESPACE} "
-        f"-f examples/testbed/helm-values.yaml --set operator.hub.endpoint={hub}")
+        f"-f examples/testbed/helm-values.yaml " + " ".join(f"--set {x}" for x in sets))
     started = time.monotonic()
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", SYSTEM_NAMESPACE, "--create-namespace",
-         "-f", str(TESTBED_VALUES), "--set", f"operator.hub.endpoint={hub}", "--wait", "--timeout", "180s")
+         "-f", str(TESTBED_VALUES), *[a for x in sets for a in ("--set", x)], "--wait", "--timeout", "180s")
     log(f"  installed in {time.monotonic() - started:.0f}s: " + " ".join(
         kubectl("get", "deploy", "-n", SYSTEM_NAMESPACE, "-o",
                 "jsonpath={range .items[*]}{.metadata.name} {.status.readyReplicas}/{.spec.replicas}, {end}")
@@ -274,8 +277,8 @@ def run(log: Callable[[str], None], hub_mirror: str | None = None) -> str:
 
     cluster.up(cluster.UpOptions(), log)
     hub = hub_mirror or f"http://127.0.0.1:{TestbedConfig.load().ports.hub_mirror}"
-    install(hub, log)
     fresh_namespace(log)
+    install(hub, log)
     watch = MDWatch(DEMO_NAMESPACE, "smollm2").start()  # before the apply: every version from its first
     try:
         log(f"kubectl apply -f examples/smollm2.yaml -n {DEMO_NAMESPACE}")

@@ -57,7 +57,8 @@ def test_smollm2_example_becomes_ready_through_the_operator_and_answers(cluster,
 
 def test_make_demo_runs_the_operator_path_and_answers(cluster, local_node):
     """The README's first command (`make demo` runs `modelship demo`): the Hub mirror, the
-    operator, the example, progress, and the answer."""
+    chart installed with helm, the example, progress, and the answer through port-forward."""
+    import json
     import subprocess
     import sys
     from pathlib import Path
@@ -78,9 +79,19 @@ def test_make_demo_runs_the_operator_path_and_answers(cluster, local_node):
     try:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout + proc.stderr
-        for step in ("operator started, Hub mirror http://127.0.0.1:", "kubectl apply -f examples/smollm2.yaml",
-                     "Resolving: asking http://127.0.0.1:", "Downloading:", "MiB of 93.8 MiB", "Ready in"):
+        for step in ("helm upgrade --install modelship charts/modelship -n modelship-system", "installed in",
+                     "kubectl apply -f examples/smollm2.yaml", "Resolving: asking http://127.0.0.1:", "Downloading:",
+                     "MiB of 93.8 MiB", "Ready in", "after kubectl apply",
+                     "kubectl port-forward -n modelship-system svc/modelship-router"):
             assert step in out, out
         assert "answer: " in out and "paris" in out.split("answer: ", 1)[1].lower(), out
+        # Everything keeps running after the command: the release's pods, the model.
+        deploys = json.loads(cluster.kubectl("get", "deploy", "-n", "modelship-system", "-o", "json"))["items"]
+        assert {d["metadata"]["name"]: d["status"].get("readyReplicas") for d in deploys} == \
+            {"modelship-operator": 2, "modelship-router": 2}
+        assert md_status(cluster, "modelship-demo", "smollm2")["phase"] == "Ready"
     finally:
         cluster.kubectl("delete", "namespace", "modelship-demo", "--ignore-not-found", "--timeout=120s")
+        from modelship_testbed.demo import helm
+
+        helm("uninstall", "modelship", "-n", "modelship-system", "--ignore-not-found", "--wait")
