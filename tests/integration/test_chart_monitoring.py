@@ -69,12 +69,16 @@ def render(release: str, namespace: str, *sets: str, chart: Path = CHART) -> str
 
 @pytest.fixture(scope="module")
 def monitoring_crds(cluster) -> None:
-    """The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs (its Go module's)."""
+    """The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs (its Go module's), unless
+    the cluster has them already: a real cluster's own (another version, its operator's) are
+    the ones to check against, and are never replaced."""
     from modelship_testbed import binaries
 
-    folder = binaries.prometheus_operator_crds()
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(folder))
-    for crd in ("servicemonitors", "prometheusrules"):
+    crds = ("servicemonitors", "prometheusrules")
+    there = cluster.kubectl("get", "crd", "-o", "name", check=False)
+    if not all(f"customresourcedefinition.apiextensions.k8s.io/{c}.monitoring.coreos.com" in there for c in crds):
+        cluster.kubectl("apply", "--server-side", "-f", str(binaries.prometheus_operator_crds()))
+    for crd in crds:
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com", "--timeout=60s")
 
 
