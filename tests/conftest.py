@@ -35,6 +35,13 @@ class Cluster:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout + (proc.stderr if not check else "")
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Until the CRD serves its resource. (`kubectl wait --for=condition=Established` fails at
+        once, rather than waiting, on a CRD so new that its status has no conditions yet.)"""
+        jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+        wait_for(lambda: self.kubectl("get", f"crd/{crd}", "-o", jsonpath, check=False).strip() == "True", timeout,
+                 f"CRD {crd} to be Established")
+
     def apply(self, manifest: str | list | dict, namespace: str) -> str:
         if not isinstance(manifest, str):
             docs = manifest if isinstance(manifest, list) else [manifest]

@@ -247,7 +247,7 @@ def kwok_pools(cluster, core, local_node):
 @pytest.fixture(scope="session")
 def crd_installed(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelship.io", "--timeout=60s")
+    cluster.wait_established("modeldeployments.modelship.io")
 
 
 @pytest.fixture

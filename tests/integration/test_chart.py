@@ -91,18 +91,22 @@ def test_the_charts_crd_is_the_generated_one(cluster):
 
 
 def dry_run(cluster, manifest: str, namespace: str) -> str:
-    return cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=manifest)
+    return cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifest)  # (each object names its namespace)
 
 
 @pytest.mark.parametrize("values", ["defaults", "all-on"])
 def test_every_rendered_manifest_is_accepted_by_the_api_server(cluster, core, namespace, crd_installed, values,
                                                               monitoring_crds):
     args = ["-f", str(ALL_ON)] if values == "all-on" else []
-    if values == "all-on":
-        for ns in ("team-a", "team-b"):  # the namespaces the values name (RoleBindings go there)
-            cluster.kubectl("create", "namespace", ns, check=False)
+    teams = ("team-a", "team-b") if values == "all-on" else ()  # the namespaces the values name (RoleBindings)
+    for ns in teams:
+        cluster.kubectl("create", "namespace", ns, check=False)
     manifest = template(cluster, "r" + uuid.uuid4().hex[:5], namespace, *args)
-    out = dry_run(cluster, manifest, namespace)
+    try:
+        out = dry_run(cluster, manifest, namespace)
+    finally:
+        for ns in teams:
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     kinds = {d["kind"] for d in yaml.safe_load_all(manifest) if d}
     assert out.count("(server dry run)") == sum(1 for d in yaml.safe_load_all(manifest) if d), out
     assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "Lease", "PodDisruptionBudget"} <= kinds
@@ -151,7 +155,7 @@ def test_install_upgrade_and_uninstall_in_a_restricted_namespace(cluster, core, 
         out = helm(cluster, "install", release, str(CHART), *common)
         assert "It keeps the ModelDeployment CRD" in out and f"port-forward svc/{release}-router" in out, out
         preload_claim(cluster, namespace)
-        cluster.apply(smollm2(), namespace)
+        cluster.apply(smollm2(pool="cpu"), namespace)  # (the test bed values' CPU pool: the local node)
         wait_for(lambda: md_status(cluster, namespace, "smollm2").get("phase") == "Ready", 180, "smollm2 Ready",
                  lambda: cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False))
         serving = {p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "smollm2")}

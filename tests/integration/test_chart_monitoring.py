@@ -77,7 +77,7 @@ def monitoring_crds(cluster) -> None:
     if not all(f"customresourcedefinition.apiextensions.k8s.io/{c}.monitoring.coreos.com" in there for c in crds):
         cluster.kubectl("apply", "--server-side", "-f", str(binaries.prometheus_operator_crds()))
     for crd in crds:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com", "--timeout=60s")
+        cluster.wait_established(f"{crd}.monitoring.coreos.com")
 
 
 def test_monitoring_objects_are_accepted_by_the_api_server(cluster, namespace, monitoring_crds):

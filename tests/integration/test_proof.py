@@ -31,7 +31,7 @@ def test_custom_resource_becomes_a_real_llama_server_that_answers(cluster, names
     from modelship_testbed.demo import ask, pod_ready
 
     cluster.apply(CRD, namespace)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/chatservers.proof.modelship.io", "--timeout=30s")
+    cluster.wait_established("chatservers.proof.modelship.io", 30)
     monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
     operator = str(Path(__file__).with_name("proof_operator.py"))
     with KopfRunner(["run", "--standalone", f"--namespace={namespace}", operator], timeout=300) as runner:
