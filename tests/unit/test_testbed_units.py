@@ -104,6 +104,22 @@ def test_every_address_the_test_bed_uses_is_loopback(tmp_path, monkeypatch):
         assert ipaddress.ip_address(h).is_loopback, h
 
 
+def test_the_api_server_audits_service_accounts_outside_kube_system_in_bounded_files(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("MODELSHIP_TESTBED_DIR", str(tmp_path))
+    monkeypatch.setattr(binaries, "path", lambda name, log=print: f"/bin/{name}")
+    argv = next(s.argv for s in supervisor.component_specs(TestbedConfig()) if s.name == "kube-apiserver")
+    flags = dict(a.split("=", 1) for a in argv if a.startswith("--audit-"))
+    assert flags["--audit-log-path"] == str(tmp_path / "logs" / "audit.log")
+    assert int(flags["--audit-log-maxsize"]) * (1 + int(flags["--audit-log-maxbackup"])) <= 500  # MB at most
+    policy = yaml.safe_load(supervisor.AUDIT_POLICY)
+    assert policy["omitStages"] == ["RequestReceived"]
+    # the first rule that matches decides: kube-system's accounts before every account
+    assert [(r["level"], r.get("userGroups")) for r in policy["rules"]] == [
+        ("None", ["system:serviceaccounts:kube-system"]), ("Metadata", ["system:serviceaccounts"]), ("None", None)]
+
+
 def test_certificates_are_made_once_and_reused(tmp_path):
     p = pki.ensure(tmp_path, "127.96.0.1")
     first = p.cert("apiserver").read_bytes()
