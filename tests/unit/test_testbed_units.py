@@ -51,6 +51,11 @@ def test_shipped_mapping_covers_the_engines():
         assert program in m.entry_for(image).entrypoint, image
 
 
+def test_modelship_image_binds_the_operator_and_the_router_to_the_pod_address():
+    env = images.ImageMap().resolve("modelship/modelship:0.1.0", None, ["router"], "127.9.0.2").env
+    assert env["MODELSHIP_BIND_HOST"] == env["MODELSHIP_ROUTER_HOST"] == "127.9.0.2"
+
+
 def test_dollar_paren_expansion_follows_kubernetes():
     env = {"A": "1", "B": "two"}
     assert envvars.expand("$(A)-$(B)", env) == "1-two"
