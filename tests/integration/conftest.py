@@ -269,6 +269,27 @@ def local_operator(cluster, namespace, crd_installed, tmp_path, fake_hub):
         print(op.log()[-4000:])
 
 
+def least_privilege(cluster: Cluster, rendered: str, namespace: str, account: str, since=None, settle: float = 30):
+    """What the ServiceAccount did (the test bed's audit log) beside what `rendered` (`helm
+    template` output) grants it: a `modelship_testbed.least_privilege.Report`. Requests reach the
+    log a moment after their answers: this reads it again, for up to `settle` seconds, until no
+    grant is left unused. Skips on a cluster other than the test bed (no audit log to read)."""
+    from modelship_testbed import audit
+    from modelship_testbed.least_privilege import least_privilege_report
+    from modelship_testbed.paths import kubeconfig_path
+
+    if cluster.kubeconfig != str(kubeconfig_path()) or not audit.log_files():
+        pytest.skip("needs the test bed's API server audit log (a test bed started since it has one: "
+                    "`modelship testbed down`, then up)")
+    user = audit.service_account_user(namespace, account)
+    deadline = time.monotonic() + settle
+    while True:
+        report = least_privilege_report(rendered, namespace, account, audit.requests_by(user, since))
+        if not report.unused or time.monotonic() > deadline:
+            return report
+        time.sleep(1)
+
+
 def md_status(cluster: Cluster, namespace: str, name: str) -> dict:
     return json.loads(cluster.kubectl("get", "md", name, "-n", namespace, "-o", "json")).get("status") or {}
 
