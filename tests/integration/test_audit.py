@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration]
 
 def test_the_audit_log_shows_what_an_account_did_and_was_refused(cluster, namespace, crd_installed, tmp_path):
     release = f"r{uuid.uuid4().hex[:6]}"
-    manifest = render(release, namespace, f"router.namespaces={{{namespace}}}", "router.replicas=0")
+    manifest = render(release, namespace, f"namespaces={{{namespace}}}", "router.replicas=0")
     account = f"{release}-router"
     try:
         cluster.kubectl("apply", "-f", "-", stdin=manifest)
