@@ -56,6 +56,20 @@ def test_modelship_image_binds_the_operator_and_the_router_to_the_pod_address():
     assert env["MODELSHIP_BIND_HOST"] == env["MODELSHIP_ROUTER_HOST"] == "127.9.0.2"
 
 
+def test_volumes_are_mounted_parents_first_and_never_over_a_source_still_to_mount():
+    from pathlib import Path
+
+    from modelship_testbed.localnode.pod import mount_order
+
+    state = Path("/tmp/tb/localnode/pods/p/volumes")
+    binds = [(state / "tmp", Path("/tmp")), (state / "token", Path("/var/run/secrets/kubernetes.io/serviceaccount")),
+             (state / "settings", Path("/etc/modelship")), (state / "sub", Path("/etc/modelship/sub"))]
+    order = [str(binds[i][1]) for i in mount_order(binds)]
+    assert order == ["/etc/modelship", "/etc/modelship/sub", "/var/run/secrets/kubernetes.io/serviceaccount", "/tmp"]
+    plain = [(Path("/s/a"), Path("/data/x")), (Path("/s/b"), Path("/data"))]
+    assert mount_order(plain) == [1, 0]
+
+
 def test_dollar_paren_expansion_follows_kubernetes():
     env = {"A": "1", "B": "two"}
     assert envvars.expand("$(A)-$(B)", env) == "1-two"
