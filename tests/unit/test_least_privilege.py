@@ -210,6 +210,18 @@ def test_a_chart_that_grants_exactly_what_is_used_passes():
     assert not report.forbidden and not report.unused and not report.wildcards
 
 
+def test_a_server_side_apply_that_creates_uses_create_as_well_as_patch():
+    docs = [role("Role", "w", [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "patch"]},
+                               {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch"]}],
+                 ns="team"),
+            binding("RoleBinding", "w", "Role", "w", [sa()], ns="team")]
+    rs = requests(event("patch", "deployments", group="apps", name="d", code=201),  # made it
+                  event("patch", "services", name="s", code=200))  # changed one that was there
+    report = least_privilege_report(docs, "team", "app", rs)
+    assert report.unused == [Grant("team", "", "services", "create")]
+    assert report.uses[Grant("team", "apps", "deployments", "create")] == 1
+
+
 def test_a_wildcard_grant_is_never_proven_least():
     docs = [role("ClusterRole", "all", [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
             binding("ClusterRoleBinding", "all", "ClusterRole", "all", [sa()])]
