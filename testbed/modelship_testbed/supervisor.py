@@ -77,6 +77,11 @@ def component_specs(cfg: TestbedConfig) -> list[Spec]:
             f"--kubelet-client-key={p.key('apiserver-kubelet-client')}",
             f"--kubelet-certificate-authority={p.ca}", "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false", "--event-ttl=1h",
+            # What ServiceAccounts do, for the least-privilege check (modelship_testbed.audit):
+            # JSON lines, rotated at 50 MB with 3 old files kept, so a long run cannot fill the disk.
+            f"--audit-policy-file={d / AUDIT_POLICY_FILE}", f"--audit-log-path={d / 'logs' / 'audit.log'}",
+            "--audit-log-format=json", "--audit-log-maxsize=50", "--audit-log-maxbackup=3",
+            "--audit-log-maxage=1",
         ], f"{cfg.server}/readyz"),
         Spec("kube-controller-manager", [
             str(bp("kube-controller-manager")), f"--kubeconfig={d / 'pki' / 'controller-manager.kubeconfig'}",
@@ -125,6 +130,24 @@ def component_specs(cfg: TestbedConfig) -> list[Spec]:
     return specs
 
 
+AUDIT_POLICY_FILE = "audit-policy.yaml"
+# Metadata (who, which verb on which object, the answer's code; never a body) for requests made
+# by ServiceAccounts, nothing else. kube-system's accounts are left out: the controller-manager
+# runs each controller as one of them (--use-service-account-credentials) and they would be
+# most of the log. Nodes, the admin and the components' own certificates are not ServiceAccounts.
+# No RequestReceived stage: each request is logged once when it completes (a watch also when
+# its response starts, under the same auditID).
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+
 KWOK_CONFIG = """apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options: {}
@@ -143,6 +166,7 @@ def prepare(cfg: TestbedConfig) -> None:
     for user in ("controller-manager", "scheduler"):
         (d / "pki" / f"{user}.kubeconfig").write_text(pki.kubeconfig(p, cfg.server, user))
     (d / "kwok.yaml").write_text(KWOK_CONFIG)
+    (d / AUDIT_POLICY_FILE).write_text(AUDIT_POLICY)
     cfg.save()
 
 

@@ -269,6 +269,44 @@ def local_operator(cluster, namespace, crd_installed, tmp_path, fake_hub):
         print(op.log()[-4000:])
 
 
+def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path, hours: int = 2) -> Path:
+    """A kubeconfig that logs in as the ServiceAccount (a token from the TokenRequest API): a
+    program run as a local process with it is that account to RBAC and the audit log, as it
+    would be in a pod."""
+    token = cluster.kubectl("create", "token", account, "-n", namespace, f"--duration={hours}h").strip()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    context = next(c["context"] for c in admin["contexts"] if c["name"] == admin["current-context"])
+    entry = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [entry],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": entry["name"], "user": account, "namespace": namespace}}],
+        "current-context": account}))
+    path.chmod(0o600)
+    return path
+
+
+def least_privilege(cluster: Cluster, rendered: str, namespace: str, account: str, since=None, settle: float = 30):
+    """What the ServiceAccount did (the test bed's audit log) beside what `rendered` (`helm
+    template` output) grants it: a `modelship_testbed.least_privilege.Report`. Requests reach the
+    log a moment after their answers: this reads it again, for up to `settle` seconds, until no
+    grant is left unused. Skips on a cluster other than the test bed (no audit log to read)."""
+    from modelship_testbed import audit
+    from modelship_testbed.least_privilege import least_privilege_report
+    from modelship_testbed.paths import kubeconfig_path
+
+    if cluster.kubeconfig != str(kubeconfig_path()) or not audit.log_files():
+        pytest.skip("needs the test bed's API server audit log (a test bed started since it has one: "
+                    "`modelship testbed down`, then up)")
+    user = audit.service_account_user(namespace, account)
+    deadline = time.monotonic() + settle
+    while True:
+        report = least_privilege_report(rendered, namespace, account, audit.requests_by(user, since))
+        if not report.unused or time.monotonic() > deadline:
+            return report
+        time.sleep(1)
+
+
 def md_status(cluster: Cluster, namespace: str, name: str) -> dict:
     return json.loads(cluster.kubectl("get", "md", name, "-n", namespace, "-o", "json")).get("status") or {}
 

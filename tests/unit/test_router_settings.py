@@ -94,9 +94,9 @@ def test_the_chart_mounts_a_settings_file_the_router_reads(tmp_path):
     if helm is None:
         pytest.skip("helm is not built here (modelship testbed build)")
 
-    def render(*sets: str) -> dict[str, dict]:
+    def render(*sets: str) -> dict[str, dict]:  # the router alone: one Deployment, one ConfigMap
         args = [str(helm), "template", "r", str(REPO / "charts" / "modelship"), "-n", "ns"]
-        for s in sets:
+        for s in ("operator.enabled=false", "crds.enabled=false", *sets):
             args += ["--set", s]
         out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
         return {d["kind"]: d for d in yaml.safe_load_all(out) if d}

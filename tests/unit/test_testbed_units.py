@@ -51,6 +51,25 @@ def test_shipped_mapping_covers_the_engines():
         assert program in m.entry_for(image).entrypoint, image
 
 
+def test_modelship_image_binds_the_operator_and_the_router_to_the_pod_address():
+    env = images.ImageMap().resolve("modelship/modelship:0.1.0", None, ["router"], "127.9.0.2").env
+    assert env["MODELSHIP_BIND_HOST"] == env["MODELSHIP_ROUTER_HOST"] == "127.9.0.2"
+
+
+def test_volumes_are_mounted_parents_first_and_never_over_a_source_still_to_mount():
+    from pathlib import Path
+
+    from modelship_testbed.localnode.pod import mount_order
+
+    state = Path("/tmp/tb/localnode/pods/p/volumes")
+    binds = [(state / "tmp", Path("/tmp")), (state / "token", Path("/var/run/secrets/kubernetes.io/serviceaccount")),
+             (state / "settings", Path("/etc/modelship")), (state / "sub", Path("/etc/modelship/sub"))]
+    order = [str(binds[i][1]) for i in mount_order(binds)]
+    assert order == ["/etc/modelship", "/etc/modelship/sub", "/var/run/secrets/kubernetes.io/serviceaccount", "/tmp"]
+    plain = [(Path("/s/a"), Path("/data/x")), (Path("/s/b"), Path("/data"))]
+    assert mount_order(plain) == [1, 0]
+
+
 def test_dollar_paren_expansion_follows_kubernetes():
     env = {"A": "1", "B": "two"}
     assert envvars.expand("$(A)-$(B)", env) == "1-two"
@@ -102,6 +121,22 @@ def test_every_address_the_test_bed_uses_is_loopback(tmp_path, monkeypatch):
     assert len(hosts) > 15
     for h in hosts:
         assert ipaddress.ip_address(h).is_loopback, h
+
+
+def test_the_api_server_audits_service_accounts_outside_kube_system_in_bounded_files(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("MODELSHIP_TESTBED_DIR", str(tmp_path))
+    monkeypatch.setattr(binaries, "path", lambda name, log=print: f"/bin/{name}")
+    argv = next(s.argv for s in supervisor.component_specs(TestbedConfig()) if s.name == "kube-apiserver")
+    flags = dict(a.split("=", 1) for a in argv if a.startswith("--audit-"))
+    assert flags["--audit-log-path"] == str(tmp_path / "logs" / "audit.log")
+    assert int(flags["--audit-log-maxsize"]) * (1 + int(flags["--audit-log-maxbackup"])) <= 500  # MB at most
+    policy = yaml.safe_load(supervisor.AUDIT_POLICY)
+    assert policy["omitStages"] == ["RequestReceived"]
+    # the first rule that matches decides: kube-system's accounts before every account
+    assert [(r["level"], r.get("userGroups")) for r in policy["rules"]] == [
+        ("None", ["system:serviceaccounts:kube-system"]), ("Metadata", ["system:serviceaccounts"]), ("None", None)]
 
 
 def test_certificates_are_made_once_and_reused(tmp_path):

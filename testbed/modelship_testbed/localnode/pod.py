@@ -344,6 +344,7 @@ class PodWorker:
     def mount_script(self, c: Container) -> str:
         lines = ["set -e"]
         created: list[str] = []
+        binds: list[tuple[Path, Path, bool]] = []  # source, mountPath, read-only
         for m in c.spec.get("volumeMounts") or []:
             if m["name"] not in self.volumes.paths:
                 raise VolumeError(f"volumeMount {m['name']} names no volume of the pod")
@@ -358,8 +359,11 @@ class PodWorker:
             if not dst.is_absolute() or dst == Path("/"):
                 raise VolumeError(f"mountPath {m['mountPath']!r} must be an absolute path other than /")
             created += _make_mountpoint(dst, is_file=src.is_file())
+            binds.append((src, dst, bool(m.get("readOnly")) or m["name"] in self.volumes.read_only))
+        for i in mount_order([(src, dst) for src, dst, _ in binds]):
+            src, dst, read_only = binds[i]
             lines.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(str(dst))}")
-            if m.get("readOnly") or m["name"] in self.volumes.read_only:
+            if read_only:
                 lines.append(f"mount -o remount,bind,ro {shlex.quote(str(dst))}")
         if created:
             self.node.record_mountpoints(created)
@@ -537,6 +541,18 @@ class PodWorker:
             await asyncio.sleep(0.05)
             self.dirty.clear()
             await self.node.patch_pod_status(self.ns, self.name, self.status())
+
+
+def mount_order(binds: list[tuple[Path, Path]]) -> list[int]:
+    """The order in which to bind-mount (source, mountPath) pairs into one mount namespace:
+    parents before children, as container runtimes do, except that a mount over a folder
+    holding another mount's source comes after it (the volumes live in the test bed's state
+    folder: an emptyDir at /tmp would otherwise hide every volume of a test bed whose state is
+    under /tmp). A child mounted under such a mount, from a source it hides, is not handled."""
+    def hides(i: int) -> bool:
+        return any(j != i and src.is_relative_to(binds[i][1]) for j, (src, _) in enumerate(binds))
+
+    return sorted(range(len(binds)), key=lambda i: (hides(i), len(binds[i][1].parts)))
 
 
 def _make_mountpoint(dst: Path, is_file: bool) -> list[str]:
