@@ -8,6 +8,7 @@ process-backed node and are skipped on other clusters.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import time
@@ -65,6 +66,14 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, show: Callable
         time.sleep(interval)
     extra = f"\n--- what the cluster shows:\n{show()}" if show else ""
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}{extra}", pytrace=False)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked `last` (they judge what the whole run did) after every other."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+SESSION_STARTED = dt.datetime.now(dt.timezone.utc)  # what the audit log holds from this run on
 
 
 @pytest.fixture(scope="session")

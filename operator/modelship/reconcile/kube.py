@@ -151,11 +151,11 @@ class Kube:
             fn(name, namespace, action.body, field_manager=action.field_manager or self.field_manager, force=True,
                _content_type=APPLY)
             return
-        fn = {"Job": self.batch.delete_namespaced_job, "Deployment": self.apps.delete_namespaced_deployment,
-              "Service": self.core.delete_namespaced_service,
-              "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim}[kind]
+        # Only Jobs are ever deleted (a superseded or failed download, a finished collection);
+        # the rest goes with the ModelDeployment, by the garbage collector. The chart grants no more.
+        assert kind == "Job", f"the operator deletes only Jobs, not a {kind}"
         try:
-            fn(name, namespace, propagation_policy="Background")
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         except ApiException as e:
             if e.status != 404:
                 raise
