@@ -79,7 +79,7 @@ def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.bind_host)
     if asyncio.run(run.main(settings, metrics)):
-        fail("the operator stopped: it lost its leader lease or Kopf failed (see the log above)")
+        fail("the operator stopped: Kopf failed (see the log above)")
 
 
 @main.command()

@@ -72,13 +72,13 @@ class LeaderElection(BaseModel):
     namespace: str | None = Field(None, description="The Lease's namespace; unset: the operator's own "
                                                     "(`POD_NAMESPACE`, which the chart sets).")
     lease_name: str = Field("modelship-operator", alias="leaseName", description="The Lease's name.")
-    lease_seconds: float = Field(15, alias="leaseSeconds", gt=0,
+    lease_seconds: int = Field(15, alias="leaseSeconds", ge=1,
                                  description="How long a standby waits, after it last saw the Lease change, "
                                              "before it takes over.")
-    renew_deadline_seconds: float = Field(10, alias="renewDeadlineSeconds", gt=0,
+    renew_deadline_seconds: int = Field(10, alias="renewDeadlineSeconds", ge=1,
                                           description="A leader that could not renew for this long stops working "
                                                       "(less than leaseSeconds).")
-    retry_seconds: float = Field(2, alias="retrySeconds", gt=0,
+    retry_seconds: int = Field(2, alias="retrySeconds", ge=1,
                                  description="How often the leader renews and a standby tries.")
 
 

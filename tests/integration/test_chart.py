@@ -44,6 +44,23 @@ def test_lint_is_clean_and_the_schema_refuses_unknown_keys_and_wrong_types(clust
     assert "/router/replicas" in refused(cluster, "--set", "router.replicas=two")
     assert "/operator/logLevel" in refused(cluster, "--set", "operator.logLevel=LOUD")
     assert "/namespaces/0" in refused(cluster, "--set", "namespaces={Team_A}")
+    assert "/namespaces" in refused(cluster, "--set", "namespaces={a,a}")
+    assert "/operator/leaderElection/leaseSeconds" in refused(cluster, "--set", "operator.leaderElection.leaseSeconds=0.5")
+    # What the schema cannot say, the templates do, in one line.
+    assert "retrySeconds < renewDeadlineSeconds < leaseSeconds" in refused(
+        cluster, "--set", "operator.leaderElection.leaseSeconds=5")
+    assert "operator.settings.leaderElection: set it with the chart's own value operator.leaderElection" in refused(
+        cluster, "--set", "operator.settings.leaderElection.enabled=false")
+
+
+def test_no_disruption_budget_that_would_block_every_drain(cluster):
+    def kinds(*sets: str) -> set[str]:
+        return {d["kind"] for d in yaml.safe_load_all(template(cluster, "r", "x", *sets)) if d}
+
+    assert "PodDisruptionBudget" in kinds()
+    assert "PodDisruptionBudget" not in kinds("--set", "router.replicas=1")
+    assert "PodDisruptionBudget" not in kinds("--set", "router.autoscaling.enabled=true,router.autoscaling.minReplicas=1")
+    assert "PodDisruptionBudget" in kinds("--set", "router.autoscaling.enabled=true,router.autoscaling.minReplicas=2")
 
 
 def documented(schema: dict, path: list[str]) -> bool:

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -94,15 +93,18 @@ def test_the_operator_really_starts_from_the_wheel(venv, cluster, crd_installed,
     health = free_port()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"healthPort": health, "metricsPort": 0,
                                                           "bindHost": "127.0.0.1", "namespaces": [namespace]}))
-    proc = subprocess.Popen([str(venv / "bin" / "modelship"), "operator"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "KUBECONFIG": cluster.kubeconfig,
-                                 "MODELSHIP_CONFIG": str(tmp_path / "config.yaml"), "HOME": str(tmp_path)})
+    log = tmp_path / "operator.log"
+    with open(log, "w") as out:  # (the child has its own copy of the descriptor)
+        proc = subprocess.Popen([str(venv / "bin" / "modelship"), "operator"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "KUBECONFIG": cluster.kubeconfig,
+                                     "MODELSHIP_CONFIG": str(tmp_path / "config.yaml"), "HOME": str(tmp_path)})
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).json()["state"] == "leading", 60,
-                 "the wheel's operator to run")
-        time.sleep(1)
+        # Kopf's start-up handler ran (the CRD found, the controller made), and it answers.
+        wait_for(lambda: "modelship operator started" in log.read_text(), 60, "the wheel's operator to start",
+                 log.read_text)
+        assert httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).json()["state"] == "leading"
         assert proc.poll() is None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, proc.stdout.read()[-3000:]
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]

@@ -1,14 +1,19 @@
 """One active operator among its replicas: leader election on a `coordination.k8s.io` Lease,
-with client-go's rules (docs/decisions/0007-leader-election.md says why not Kopf's peering).
+with client-go's rules (docs/decisions/leader-election.md says why not Kopf's peering).
 
 - A replica acquires the Lease when nobody holds it, when its holder released it, or when the
   holder's record has not changed for `leaseSeconds` *as this replica observed it* (its own
   monotonic clock, never the holder's timestamps: clocks of two machines disagree).
-- The holder renews every `retrySeconds`. When it cannot renew for `renewDeadlineSeconds`
-  (shorter than the lease) it stops working at once, before anyone else may take over.
+- The holder renews every `retrySeconds`. It has lost the Lease when a renewal has not
+  succeeded for `renewDeadlineSeconds` (shorter than the lease; every call is bounded by the
+  time left, so a hung connection cannot stretch it), or at once when a read shows another
+  holder. Losing it ends the process (run.py), as client-go's callers do: nothing of it goes
+  on working once another replica may have taken over.
 - Every write carries the Lease's resourceVersion: of two replicas that saw it free, one wins.
 - A holder that stops cleanly releases the Lease (holder empty, duration 1 s), so that the
   next replica takes over within `retrySeconds` instead of waiting for the lease to run out.
+- The Lease is the chart's object: replicas only read and update it (labels and annotations
+  kept), never create it. A missing Lease is reported, and nobody leads until it is back.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kubernetes import client
@@ -25,8 +31,8 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger("modelship")
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class Lost(Exception):
+    """Another replica holds the Lease."""
 
 
 @dataclass
@@ -41,67 +47,70 @@ class Election:
     observed: tuple = field(default=(), init=False)  # (holder, renewTime, resourceVersion) last seen
     observed_at: float = field(default=0.0, init=False)  # when it last changed, on this replica's clock
     leading: bool = field(default=False, init=False)
+    # Lease calls never wait behind reconciles for a thread of the default pool.
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "lease"), init=False)
 
-    async def _call(self, fn, *args, **kwargs):
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    async def _call(self, timeout: float, fn, *args):
+        """One API call, bounded by `timeout` seconds (on the wire and here)."""
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(self.pool, lambda: fn(*args, _request_timeout=max(timeout, 0.1)))
+        return await asyncio.wait_for(call, max(timeout, 0.1))
 
-    def _spec(self, old: dict, acquiring: bool) -> dict:
-        now = _now()
-        spec = {**old, "holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_seconds),
-                "renewTime": now}
-        if acquiring:
-            spec["acquireTime"] = now
-            spec["leaseTransitions"] = int(old.get("leaseTransitions") or 0) + (1 if old else 0)
-        return spec
-
-    async def try_acquire_or_renew(self) -> bool:
-        """One attempt; True while this replica holds the Lease."""
+    async def try_acquire_or_renew(self, timeout: float) -> bool:
+        """One attempt within `timeout` seconds; True while this replica holds the Lease.
+        Raises Lost when it led and a read shows another holder."""
+        started = time.monotonic()
         try:
-            lease = await self._call(self.leases.read_namespaced_lease, self.name, self.namespace)
+            lease = await self._call(timeout, self.leases.read_namespaced_lease, self.name, self.namespace)
         except ApiException as e:
-            if e.status != 404:
-                raise
-            body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec({}, True)}
-            try:
-                await self._call(self.leases.create_namespaced_lease, self.namespace, body)
-            except ApiException as e2:
-                if e2.status == 409:  # another replica created it first
-                    return False
-                raise
-            self.observed, self.observed_at = (), time.monotonic()
-            return True
-        spec = lease.spec.to_dict() if lease.spec else {}
-        holder = spec.get("holder_identity") or ""
-        record = (holder, spec.get("renew_time"), lease.metadata.resource_version)
+            if e.status == 404:
+                log.warning("lease %s/%s does not exist: the chart makes it (`helm upgrade` puts it back); "
+                            "no replica leads until it is there", self.namespace, self.name)
+                return False
+            raise
+        spec = lease.spec or client.V1LeaseSpec()
+        holder = spec.holder_identity or ""
+        record = (holder, spec.renew_time, lease.metadata.resource_version)
         if record != self.observed:
             self.observed, self.observed_at = record, time.monotonic()
-        duration = spec.get("lease_duration_seconds") or self.lease_seconds
-        if holder and holder != self.identity and time.monotonic() < self.observed_at + duration:
-            return False  # held, and renewed recently as far as this replica can tell
-        old = self.leases.api_client.sanitize_for_serialization(lease.spec) if lease.spec else {}
-        body = {"metadata": {"name": self.name, "namespace": self.namespace,
-                             "resourceVersion": lease.metadata.resource_version},
-                "spec": self._spec(old, acquiring=holder != self.identity)}
-        try:
-            await self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, body)
+        if holder and holder != self.identity:
+            if self.leading:
+                raise Lost(f"lease {self.namespace}/{self.name} is held by {holder}")
+            if time.monotonic() < self.observed_at + (spec.lease_duration_seconds or self.lease_seconds):
+                return False  # held, and renewed recently as far as this replica can tell
+        now = dt.datetime.now(dt.timezone.utc)
+        if holder != self.identity:
+            previous = spec.acquire_time is not None  # someone held it before: a transition
+            spec.acquire_time = now
+            spec.lease_transitions = (spec.lease_transitions or 0) + (1 if previous else 0)
+        spec.holder_identity, spec.lease_duration_seconds, spec.renew_time = \
+            self.identity, int(self.lease_seconds), now
+        lease.spec = spec
+        try:  # the object as read, its labels and annotations kept; its resourceVersion guards the write
+            await self._call(timeout - (time.monotonic() - started), self.leases.replace_namespaced_lease,
+                             self.name, self.namespace, lease)
         except ApiException as e:
             if e.status == 409:  # changed since read: someone else renewed or took it
                 return False
             raise
         return True
 
-    async def _attempt(self) -> bool:
+    async def _attempt(self, timeout: float) -> bool:
         try:
-            return await self.try_acquire_or_renew()
-        except Exception as e:  # the API server unreachable, a 5xx: not leading this round
+            return await self.try_acquire_or_renew(timeout)
+        except Lost:
+            raise
+        except asyncio.TimeoutError:
+            log.warning("lease %s/%s: no answer within %.1f s", self.namespace, self.name, timeout)
+        except Exception as e:  # the API server unreachable, a 5xx, a 403: not leading this round
             log.warning("lease %s/%s: %s", self.namespace, self.name, getattr(e, "reason", None) or e)
-            return False
+        return False
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this replica leads (True), or until `stop` is set (False)."""
         log.info("waiting to lead: lease %s/%s (identity %s)", self.namespace, self.name, self.identity)
         while not stop.is_set():
-            if await self._attempt():
+            if await self._attempt(self.renew_deadline_seconds):
                 self.leading = True
                 log.info("leading: acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
                 return True
@@ -111,18 +120,23 @@ class Election:
                 pass
         return False
 
-    async def keep(self) -> None:
-        """Renew until a renewal has failed for `renew_deadline_seconds`; then return (lost)."""
+    async def keep(self) -> str:
+        """Renew until the Lease is lost; then return why."""
         last_ok = time.monotonic()
         while True:
             await asyncio.sleep(self.retry_seconds)
-            if await self._attempt():
+            left = last_ok + self.renew_deadline_seconds - time.monotonic()
+            try:
+                ok = left > 0 and await self._attempt(left)
+            except Lost as e:
+                self.leading = False
+                return str(e)
+            if ok:
                 last_ok = time.monotonic()
             elif time.monotonic() - last_ok >= self.renew_deadline_seconds:
                 self.leading = False
-                log.error("lost lease %s/%s: not renewed for %.0f s", self.namespace, self.name,
-                          time.monotonic() - last_ok)
-                return
+                return (f"lease {self.namespace}/{self.name} not renewed for "
+                        f"{time.monotonic() - last_ok:.0f} s")
 
     async def release(self) -> None:
         """Give the Lease up (only if still ours), so that a standby replica takes over now."""
@@ -130,15 +144,15 @@ class Election:
             return
         self.leading = False
         try:
-            lease = await self._call(self.leases.read_namespaced_lease, self.name, self.namespace)
+            lease = await self._call(self.renew_deadline_seconds, self.leases.read_namespaced_lease, self.name,
+                                     self.namespace)
             if (lease.spec.holder_identity or "") != self.identity:
                 return
-            body = {"metadata": {"name": self.name, "namespace": self.namespace,
-                                 "resourceVersion": lease.metadata.resource_version},
-                    "spec": {**self.leases.api_client.sanitize_for_serialization(lease.spec), "holderIdentity": None,
-                             "leaseDurationSeconds": 1, "renewTime": _now()}}
-            await self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, body)
+            lease.spec.holder_identity, lease.spec.lease_duration_seconds = None, 1
+            lease.spec.renew_time = dt.datetime.now(dt.timezone.utc)
+            await self._call(self.renew_deadline_seconds, self.leases.replace_namespaced_lease, self.name,
+                             self.namespace, lease)
             log.info("released lease %s/%s", self.namespace, self.name)
         except Exception as e:  # it runs out by itself
             log.warning("lease %s/%s not released (%s); it expires in %.0f s", self.namespace, self.name,
-                        getattr(e, "reason", None) or e, self.lease_seconds)
+                        getattr(e, "reason", None) or e or type(e).__name__, self.lease_seconds)

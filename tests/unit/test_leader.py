@@ -1,0 +1,149 @@
+"""Leader election against an in-memory Lease API with the API server's rules (resourceVersion
+checks, 404, 409): who leads, when a standby takes over, and when a leader must stop."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelship.reconcile import leader
+from modelship.reconcile.leader import Election
+
+
+class Leases:
+    """One Lease, as the API server keeps it: replace needs the current resourceVersion."""
+
+    def __init__(self, exists: bool = True):
+        self.lease = client.V1Lease(metadata=client.V1ObjectMeta(
+            name="op", namespace="ns", resource_version="1", labels={"app.kubernetes.io/managed-by": "Helm"}),
+            spec=client.V1LeaseSpec()) if exists else None
+        self.hanging = False  # calls block (a partitioned connection) until `released`
+        self.released = threading.Event()
+        self.fail = False
+
+    def _check(self):
+        if self.hanging:
+            self.released.wait(30)
+        if self.fail:
+            raise ApiException(status=503, reason="Service Unavailable")
+
+    def read_namespaced_lease(self, name, namespace, _request_timeout=None):
+        self._check()
+        if self.lease is None:
+            raise ApiException(status=404, reason="Not Found")
+        return copy.deepcopy(self.lease)
+
+    def replace_namespaced_lease(self, name, namespace, body, _request_timeout=None):
+        self._check()
+        if body.metadata.resource_version != self.lease.metadata.resource_version:
+            raise ApiException(status=409, reason="Conflict")
+        body = copy.deepcopy(body)
+        body.metadata.resource_version = str(int(body.metadata.resource_version) + 1)
+        self.lease = body
+        return body
+
+
+def election(api, identity, **kw) -> Election:
+    return Election(api, "ns", "op", identity, **{"lease_seconds": 0.6, "renew_deadline_seconds": 0.4,
+                                                  "retry_seconds": 0.1, **kw})
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_one_leads_the_other_waits_and_takes_over_only_after_the_lease():
+    api = Leases()
+    a, b = election(api, "a"), election(api, "b")
+
+    async def go():
+        assert await a.try_acquire_or_renew(1)
+        assert not await b.try_acquire_or_renew(1)  # held, just renewed
+        started = time.monotonic()
+        stop = asyncio.Event()
+        assert await b.acquire(stop)  # a renews no more: b waits out the lease as it observed it
+        return time.monotonic() - started
+
+    waited = run(go())
+    assert 0.5 <= waited < 2, waited
+    assert api.lease.spec.holder_identity == "b" and api.lease.spec.lease_transitions == 1
+    assert api.lease.metadata.labels == {"app.kubernetes.io/managed-by": "Helm"}  # the chart's labels kept
+
+
+def test_a_released_lease_is_taken_at_once_and_a_conflict_is_not_leading():
+    api = Leases()
+    a, b = election(api, "a", lease_seconds=30, renew_deadline_seconds=20), election(api, "b", lease_seconds=30)
+
+    async def go():
+        assert await a.acquire(asyncio.Event())
+        assert not await b.try_acquire_or_renew(1)
+        await a.release()
+        assert api.lease.spec.holder_identity is None
+        assert await b.try_acquire_or_renew(1)  # no 30 s wait
+        stale = copy.deepcopy(api.lease)
+        api.lease.metadata.resource_version = "99"  # someone wrote in between
+        api.read_namespaced_lease = lambda *a, **k: copy.deepcopy(stale)
+        assert not await b.try_acquire_or_renew(1)
+
+    run(go())
+
+
+def test_a_leader_that_sees_another_holder_has_lost_at_once():
+    api = Leases()
+    a = election(api, "a", lease_seconds=30, renew_deadline_seconds=20)
+
+    async def go():
+        assert await a.acquire(asyncio.Event())
+        api.lease.spec.holder_identity = "b"  # taken (a --force upgrade emptied it, b took it)
+        api.lease.metadata.resource_version = "50"
+        started = time.monotonic()
+        why = await a.keep()
+        return why, time.monotonic() - started
+
+    why, took = run(go())
+    assert "held by b" in why and took < 1
+
+
+@pytest.mark.parametrize("trouble", ["errors", "hangs"])
+def test_a_leader_that_cannot_renew_has_lost_within_the_renew_deadline(trouble):
+    api = Leases()
+    a = election(api, "a")
+
+    async def go():
+        assert await a.acquire(asyncio.Event())
+        if trouble == "hangs":
+            api.hanging = True
+        else:
+            api.fail = True
+        started = time.monotonic()
+        why = await a.keep()
+        return why, time.monotonic() - started
+
+    try:
+        why, took = run(go())
+    finally:
+        api.released.set()
+    assert "not renewed" in why
+    assert took < 0.6, took  # renew deadline 0.4 s + one retry step: before the 0.6 s lease runs out
+
+
+def test_a_missing_lease_is_not_created_and_nobody_leads(caplog):
+    api = Leases(exists=False)
+    a = election(api, "a")
+    assert not run(a.try_acquire_or_renew(1))
+    assert "does not exist: the chart makes it" in caplog.text
+
+
+def test_the_settings_refuse_timings_that_allow_two_leaders(monkeypatch):
+    from modelship.settings import ConfigError, load
+
+    monkeypatch.setenv("POD_NAMESPACE", "ns")
+    with pytest.raises(ConfigError, match="retrySeconds < renewDeadlineSeconds < leaseSeconds"):
+        load(leader_election={"enabled": True, "lease_seconds": 10, "renew_deadline_seconds": 10})
+    assert leader.Election  # (the module imports without a cluster)
