@@ -130,6 +130,10 @@ def helm(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
     return proc.stdout
 
 
+# Operator settings the chart sets from values of its own (operator.settings may not hold them).
+CHART_OWNED = ("defaultGpuPool", "defaultCpuPool", "downloadPool", "logLevel")
+
+
 def replacing(defaults: dict, wanted: dict) -> dict:
     """Values that make Helm's deep merge of `wanted` into `defaults` give `wanted` (a null
     removes a default key)."""
@@ -167,9 +171,10 @@ class HelmOperator:
 
     def start(self, pools: dict | None = None, config: dict | None = None, **chart: object) -> "HelmOperator":
         """Install (or upgrade) the release; `chart`: more of the chart's operator values (replicas=2)."""
-        settings = {"downloadPool": "local", "resyncSeconds": 20, **(config or {})}
-        values = operator_values([self.namespace, *self.namespaces], pools or POOLS, settings, self.hub)
-        values["operator"].update(catalog=catalog(), **chart)
+        config = {"downloadPool": "local", "resyncSeconds": 20, **(config or {})}
+        owned = {k: config.pop(k) for k in CHART_OWNED if k in config}  # the chart's own values, not settings
+        values = operator_values([self.namespace, *self.namespaces], pools or POOLS, config, self.hub)
+        values["operator"].update(catalog=catalog(), **owned, **chart)
         (self.workdir / "values.yaml").write_text(yaml.safe_dump(values))
         verb = "upgrade" if self.installed else "install"
         helm(self.cluster, verb, self.release, str(CHART), "-n", self.namespace, "-f", str(self.workdir / "values.yaml"))
