@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.integration]
 CHART = mn.CHART
 ALL_ON = ["monitoring.serviceMonitor.enabled=true", "monitoring.prometheusRule.enabled=true",
           "monitoring.dashboard.enabled=true"]
-ALERTS = {"ModelshipOperatorDown", "ModelshipOperatorNotReconciling", "ModelshipOperatorReconcileErrors",
+ALERTS = {"ModelshipOperatorDown", "ModelshipOperatorNoLeader", "ModelshipOperatorNotReconciling",
+          "ModelshipOperatorReconcileErrors",
           "ModelshipResolutionFailing", "ModelshipModelDeploymentFailed", "ModelshipModelDeploymentNotReady",
           "ModelshipModelDeploymentDegraded", "ModelshipRouterDown", "ModelshipRouterErrors"}
 # Written by Prometheus itself for every target it scrapes, by no exporter.
