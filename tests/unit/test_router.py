@@ -229,14 +229,21 @@ def app_with(targets, limits=None, api_keys=None):
     return Router(reg, upstream_client(limits), limits, api_keys)
 
 
-def test_no_ready_endpoint_is_503_with_retry_after():
+def test_no_ready_endpoint_is_503_with_retry_after_and_counted():
     from modelship.router.registry import Target
 
     t = Target("warming")
     t.set_endpoints({"http://127.0.0.1:9": False})  # a pod that is not ready yet
-    r = call(app_with([t]), "POST", "/v1/chat/completions", json={"model": "warming", "messages": []})
+    app = app_with([t])
+    r = call(app, "POST", "/v1/chat/completions", json={"model": "warming", "messages": []})
     assert r.status_code == 503 and r.headers["retry-after"] == "5" and error(r)["code"] == "no_ready_endpoint"
-    assert call(app_with([t]), "GET", "/v1/models").json()["data"] == []  # only what can answer is listed
+    assert call(app, "GET", "/v1/models").json()["data"] == []  # only what can answer is listed
+    # The router's own answers count in the requests a model got (its 5xx alert sees them).
+    t.set_endpoints({"http://127.0.0.1:9": True})  # ready, but nothing listens: 502 after the tries
+    assert call(app, "POST", "/v1/chat/completions", json={"model": "warming", "messages": []}).status_code == 502
+    metrics = call(app, "GET", "/metrics").text
+    assert 'modelship_router_requests_total{code="503",endpoint="",model="warming"} 1.0' in metrics
+    assert 'modelship_router_requests_total{code="502",endpoint="",model="warming"} 1.0' in metrics
 
 
 def test_api_keys_are_required_when_configured():

@@ -153,8 +153,12 @@ class Forwarder:
                 return
             finally:
                 ep.in_flight -= 1
+        # The router's own answer (no endpoint answered, or none is ready): counted without an
+        # endpoint, as a client that left is, so that a model's 5xx rate sees it.
         if last is not None:
+            m.child(m.requests, target.name, "", str(last.status)).inc()
             raise last
+        m.child(m.requests, target.name, "", "503").inc()
         raise ErrorAnswer(503, f"the model {target.name!r} has no ready endpoint yet; try again shortly",
                           "service_unavailable", "no_ready_endpoint", headers=[(b"retry-after", self.retry_after)])
 
