@@ -159,9 +159,9 @@ CHART_CRD = "charts/modelship/templates/crd.yaml"
 def render_chart() -> str:
     """The same CRD as a template of the chart: behind `crds.enabled`, kept on uninstall with
     `crds.keep` (text that looks like a template action is escaped, never evaluated)."""
-    body = yaml.safe_dump(crd(), sort_keys=False, width=120, allow_unicode=True)
-    body = body.replace("{{", "{{ `{{` }}")
-    name_line = f"  name: {crd()['metadata']['name']}\n"
+    definition = crd()
+    body = yaml.safe_dump(definition, sort_keys=False, width=120, allow_unicode=True).replace("{{", "{{ `{{` }}")
+    name_line = f"  name: {definition['metadata']['name']}\n"
     keep = ("  {{- if .Values.crds.keep }}\n  annotations:\n"
             "    # Uninstalling the chart leaves the CRD: deleting it would delete every ModelDeployment.\n"
             "    helm.sh/resource-policy: keep\n  {{- end }}\n")

@@ -186,18 +186,22 @@ def helm(*args: str) -> str:
     return proc.stdout
 
 
-def adopt_crd(log: Callable[[str], None]) -> None:
+def adopt_crd(log: Callable[[str], None], release: str = RELEASE, namespace: str = SYSTEM_NAMESPACE,
+              run: Callable[..., str] | None = None) -> None:
     """A CRD applied with kubectl (an earlier demo, the tests) becomes the release's, the way
-    Helm adopts an existing object: its release annotations and managed-by label."""
-    got = subprocess.run([str(binaries.path("kubectl")), f"--kubeconfig={kubeconfig_path()}", "get", CRD, "-o",
-                          "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name}"],
-                         capture_output=True, text=True)
-    if got.returncode != 0 or got.stdout.strip() == RELEASE:
-        return  # none yet, or already the release's
+    Helm adopts an existing object: its release annotations and managed-by label.
+    `run(*kubectl_args)` returns kubectl's output (default: the test bed's kubectl)."""
+    run = run or kubectl
+    try:
+        owner = run("get", CRD, "-o", "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name}").strip()
+    except Exception:  # (not there yet: the release makes it)
+        return
+    if owner == release:
+        return
     log("the ModelDeployment CRD exists (applied with kubectl): handing it to the Helm release")
-    kubectl("annotate", "--overwrite", CRD, f"meta.helm.sh/release-name={RELEASE}",
-            f"meta.helm.sh/release-namespace={SYSTEM_NAMESPACE}")
-    kubectl("label", "--overwrite", CRD, "app.kubernetes.io/managed-by=Helm")
+    run("annotate", "--overwrite", CRD, f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}")
+    run("label", "--overwrite", CRD, "app.kubernetes.io/managed-by=Helm")
 
 
 def install(hub: str, log: Callable[[str], None]) -> None:

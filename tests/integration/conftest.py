@@ -120,14 +120,24 @@ class LocalOperator:
 CHART = REPO / "charts" / "modelship"
 
 
-def helm(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
+def run_helm(*args: str, kubeconfig: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """The test bed's helm (against `kubeconfig`'s cluster); with `check`, a failure fails the test."""
     from modelship_testbed import binaries
 
-    proc = subprocess.run([str(binaries.path("helm")), f"--kubeconfig={cluster.kubeconfig}", *args], input=stdin,
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    flags = [f"--kubeconfig={kubeconfig}"] if kubeconfig else []
+    proc = subprocess.run([str(binaries.path("helm")), *flags, *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed: {proc.stdout}{proc.stderr.strip()}")
+    return proc
+
+
+def helm(cluster: Cluster, *args: str) -> str:
+    return run_helm(*args, kubeconfig=cluster.kubeconfig).stdout
+
+
+def render(release: str, namespace: str, *sets: str, chart: Path = CHART) -> str:
+    """`helm template` of the chart with these `--set` values."""
+    return run_helm("template", release, str(chart), "-n", namespace, *[a for s in sets for a in ("--set", s)]).stdout
 
 
 # Operator settings the chart sets from values of its own (operator.settings may not hold them).

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from ..conftest import wait_for
-from .conftest import CHART, helm, md_status, preload_claim
+from .conftest import CHART, helm, md_status, preload_claim, run_helm
 from .test_chart_monitoring import monitoring_crds  # noqa: F401  (a fixture)
 from .test_operator import serving_pods, smollm2
 
@@ -28,10 +27,7 @@ def template(cluster, release: str, namespace: str, *args: str) -> str:
 
 
 def refused(cluster, *args: str) -> str:
-    from modelship_testbed import binaries
-
-    proc = subprocess.run([str(binaries.path("helm")), "template", "r", str(CHART), *args], capture_output=True,
-                          text=True)
+    proc = run_helm("template", "r", str(CHART), *args, check=False)
     assert proc.returncode != 0, proc.stdout[:500]
     return proc.stderr
 
@@ -147,14 +143,6 @@ def uids(cluster, namespace: str, component: str, release: str) -> set[str]:
     return {p["metadata"]["uid"] for p in pods if not p["metadata"].get("deletionTimestamp")}
 
 
-def adopt_crd(cluster, release: str, namespace: str) -> None:
-    """Hand the kubectl-applied CRD to this release, the way Helm adopts an existing object."""
-    crd = "crd/modeldeployments.modelship.io"
-    cluster.kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={release}",
-                    f"meta.helm.sh/release-namespace={namespace}")
-    cluster.kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
-
-
 @pytest.mark.localnode
 @pytest.mark.slow
 def test_install_upgrade_and_uninstall_in_a_restricted_namespace(cluster, core, namespace, local_node, crd_installed):
@@ -168,7 +156,9 @@ def test_install_upgrade_and_uninstall_in_a_restricted_namespace(cluster, core, 
     common = ["-n", system, "-f", testbed_values, "--set", f"namespaces={{{namespace}}}", "--set",
               "operator.replicas=1,router.replicas=1", "--wait", "--timeout", "120s"]
     try:
-        adopt_crd(cluster, release, system)
+        from modelship_testbed.demo import adopt_crd
+
+        adopt_crd(print, release, system, run=cluster.kubectl)
         out = helm(cluster, "install", release, str(CHART), *common)
         assert "It keeps the ModelDeployment CRD" in out and f"port-forward svc/{release}-router" in out, out
         preload_claim(cluster, namespace)
@@ -198,11 +188,7 @@ def test_install_upgrade_and_uninstall_in_a_restricted_namespace(cluster, core, 
         assert md_status(cluster, namespace, "smollm2")["phase"] == "Ready"
         assert serving == {p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "smollm2")}
     finally:
-        from modelship_testbed import binaries
-
-        subprocess.run([str(binaries.path("helm")), f"--kubeconfig={cluster.kubeconfig}", "uninstall", release, "-n",
-                        system, "--ignore-not-found"], capture_output=True)
-        subprocess.run([str(Path(cluster.kubectl_bin)), f"--kubeconfig={cluster.kubeconfig}", "delete", "namespace",
-                        system, "--wait=false"], capture_output=True)
+        run_helm("uninstall", release, "-n", system, "--ignore-not-found", kubeconfig=cluster.kubeconfig, check=False)
+        cluster.kubectl("delete", "namespace", system, "--wait=false", check=False)
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
                         str(Path(CHART).parents[1] / "crds"))  # the CRD as the other tests know it

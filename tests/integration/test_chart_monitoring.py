@@ -21,11 +21,10 @@ import yaml
 
 from .. import metric_names as mn
 from ..conftest import wait_for
-from .conftest import free_port
+from .conftest import CHART, free_port, render, run_helm
 
 pytestmark = [pytest.mark.integration]
 
-CHART = mn.CHART
 ALL_ON = ["monitoring.serviceMonitor.enabled=true", "monitoring.prometheusRule.enabled=true",
           "monitoring.dashboard.enabled=true"]
 ALERTS = {"ModelshipOperatorDown", "ModelshipOperatorNoLeader", "ModelshipOperatorNotReconciling",
@@ -48,19 +47,6 @@ TGI_METRICS = {"tgi_batch_current_max_tokens", "tgi_batch_current_size", "tgi_ba
                "tgi_request_inference_duration", "tgi_request_input_length", "tgi_request_max_new_tokens",
                "tgi_request_mean_time_per_token_duration", "tgi_request_queue_duration", "tgi_request_skipped_tokens",
                "tgi_request_success", "tgi_request_validation_duration", "tgi_request_failure"}
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    from modelship_testbed import binaries
-
-    proc = subprocess.run([str(binaries.path("helm")), *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args[:2])} failed: {proc.stdout}{proc.stderr}")
-    return proc
-
-
-def render(release: str, namespace: str, *sets: str, chart: Path = CHART) -> str:
-    return helm("template", release, str(chart), "-n", namespace, *[a for s in sets for a in ("--set", s)]).stdout
 
 
 # --- the API server and helm lint -------------------------------------------------------------
@@ -117,21 +103,16 @@ def test_monitoring_objects_are_accepted_by_the_api_server(cluster, namespace, m
     assert not kinds & {"ServiceMonitor", "PrometheusRule"} and "ConfigMap" in kinds  # (the router's settings)
 
 
-def schema_checked_chart(tmp_path: Path) -> Path:
-    """The chart as it is (its values.schema.json holds the `monitoring` property)."""
+def test_helm_lint_is_clean_with_monitoring_on_and_the_schema_fragment_holds():
     import json
 
     assert "monitoring" in json.loads((CHART / "values.schema.json").read_text())["properties"]
-    return CHART
-
-
-def test_helm_lint_is_clean_with_monitoring_on_and_the_schema_fragment_holds(tmp_path):
-    chart = schema_checked_chart(tmp_path)
+    chart = CHART
     for sets in ([], ALL_ON, [*ALL_ON, "monitoring.serviceMonitor.engines.enabled=false", "router.enabled=false"]):
-        out = helm("lint", "--strict", str(chart), *[a for s in sets for a in ("--set", s)])
+        out = run_helm("lint", "--strict", str(chart), *[a for s in sets for a in ("--set", s)])
         assert "0 chart(s) failed" in out.stdout and "[WARNING]" not in out.stdout, out.stdout
     # The fragment is really applied: a wrong type, a bad duration and an unknown key are refused.
-    bad = helm("lint", "--strict", str(chart), "--set", "monitoring.serviceMonitor.enabled=yes", "--set",
+    bad = run_helm("lint", "--strict", str(chart), "--set", "monitoring.serviceMonitor.enabled=yes", "--set",
                "monitoring.prometheusRule.thresholds.failedFor=five", "--set", "monitoring.dashboard.colour=red",
                check=False)
     assert bad.returncode != 0

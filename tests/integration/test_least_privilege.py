@@ -14,7 +14,7 @@ from collections import defaultdict
 import pytest
 
 from ..conftest import SESSION_STARTED
-from .conftest import CHART
+from .conftest import render
 
 pytestmark = [pytest.mark.integration, pytest.mark.last]
 
@@ -56,12 +56,7 @@ def refusals(report) -> tuple[list, list]:
 
 
 def helm_template(release: str, namespace: str, namespaces: list[str]) -> str:
-    from modelship_testbed import binaries
-    import subprocess
-
-    sets = ["--set", "namespaces={" + ",".join(namespaces) + "}"] if namespaces else []
-    return subprocess.run([str(binaries.path("helm")), "template", release, str(CHART), "-n", namespace, *sets],
-                          capture_output=True, text=True, check=True).stdout
+    return render(release, namespace, *(["namespaces={" + ",".join(namespaces) + "}"] if namespaces else []))
 
 
 def accounts_of_this_run() -> dict[tuple[str, str, str], list]:

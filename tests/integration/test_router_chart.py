@@ -5,32 +5,22 @@ then a router pod on the local node, whose audited requests use every grant and 
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from ..conftest import wait_for
 from .conftest import least_privilege
+from .conftest import render as render_chart
 
 pytestmark = [pytest.mark.integration]
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "modelship"
 
 
 def render(release: str, namespace: str, *sets: str) -> str:
     """The chart's router alone (the CRD comes from the `crd_installed` fixture; the operator
     has its own tests), as `helm template` renders it."""
-    from modelship_testbed import binaries
-
-    args = [str(binaries.path("helm")), "template", release, str(CHART), "-n", namespace]
-    for s in ("operator.enabled=false", "crds.enabled=false", *sets):
-        args += ["--set", s]
-    proc = subprocess.run(args, capture_output=True, text=True)
-    assert proc.returncode == 0, f"helm template failed: {proc.stderr.strip()}"
-    return proc.stdout
+    return render_chart(release, namespace, "operator.enabled=false", "crds.enabled=false", *sets)
 
 
 def can_i(cluster, verb: str, resource: str, sa: str, *where: str) -> bool:

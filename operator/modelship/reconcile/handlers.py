@@ -74,11 +74,12 @@ def login(**kwargs):
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     config = memo.settings = memo.get("settings") or load()
     configure_kopf(settings, config)
-    check_crd(api_client())
+    client_ = api_client()
+    check_crd(client_)
     hub = HubResolver(ca_bundle=config.hub_ca_bundle)
     resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
     metrics = memo.get("metrics") or ControllerMetrics()
-    memo.controller = Controller(config, Kube(api_client(), config.field_manager), resolver, metrics)
+    memo.controller = Controller(config, Kube(client_, config.field_manager), resolver, metrics)
     memo.stop = asyncio.Event()
     memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
     log.info("modelship operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
