@@ -438,7 +438,7 @@ def test_the_series_of_an_endpoint_that_is_gone_are_dropped():
     m.child(m.requests, "chat", "http://b", "200").inc()
     m.child(m.requests, "chat", "", "499").inc()  # no endpoint: kept
     t.endpoints["http://a"].in_flight = 2
-    t.strategy.served(balance.block_hashes("x" * 1000), t.endpoints["http://b"])
+    t.strategy.served(t.strategy.key("x" * 1000, 1000, 0), t.endpoints["http://b"])
     text = generate_latest(m.registry).decode()
     assert 'modelship_router_in_flight_requests{endpoint="http://a",model="chat"} 2.0' in text
     assert 'modelship_router_prefix_blocks_total{model="chat"} 7.0' in text  # read from the strategy
@@ -487,3 +487,37 @@ def test_api_keys_follow_the_mounted_file(tmp_path):
         return codes
 
     assert asyncio.run(go()) == [200, 401, 401, 200, 200]
+
+
+def test_two_router_replicas_send_every_turn_of_a_conversation_to_one_engine(backends, tmp_path):
+    """Two `prefix-cache` routers that share nothing, each turn sent to the other one (as new
+    connections through a Service are spread): every conversation stays on one engine."""
+    path = tmp_path / "static.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "tiny", "engine": "tgi", "endpoints": backends,
+                                                "strategy": "prefix-cache"}]}))
+    procs, urls = [], []
+    try:
+        for _ in range(2):
+            port = free_port()
+            urls.append(f"http://{HOST}:{port}")
+            procs.append(start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path),
+                                "--host", HOST, "--port", str(port)], f"{urls[-1]}/health", "router"))
+        engines: dict[int, list[int]] = {}
+        for cid in range(8):
+            messages = [{"role": "system", "content": "You answer questions about documents."},
+                        {"role": "user", "content": f"Document {cid}: " + "words of the document " * 40}]
+            for turn in range(4):
+                before = counts(backends)
+                r = httpx.post(f"{urls[turn % 2]}/v1/chat/completions", timeout=30,
+                               json={"model": "tiny", "messages": messages, "max_tokens": 3})
+                r.raise_for_status()
+                served = [i for i, (a, b) in enumerate(zip(before, counts(backends))) if b > a]
+                assert len(served) == 1
+                engines.setdefault(cid, []).append(served[0])
+                messages += [{"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]},
+                             {"role": "user", "content": f"question {turn}?"}]
+        assert all(len(set(e)) == 1 for e in engines.values()), engines
+        assert len({e[0] for e in engines.values()}) >= 2  # and the conversations are spread
+    finally:
+        for p in procs:
+            stop(p, 20)

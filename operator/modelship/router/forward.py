@@ -36,32 +36,46 @@ WHOLE_BODY_BYTES = 1 << 20  # a non-streamed answer up to this size is read whol
 # identity: the body is relayed byte for byte, so it must not come compressed
 HEADERS = {"accept-encoding": "identity"}
 JSON_HEADERS = {**HEADERS, "content-type": "application/json"}
-NO_BLOCKS: tuple[int, ...] = ()  # the prompt's blocks, for a strategy that does not read them
 
 
-def prompt_text(kind: str, body: dict) -> str:
-    """The text a backend's prefix cache sees first: the conversation, or the prompt."""
+OPENER_CHARS = 512  # a completion's opener (it has no messages to say where a conversation starts)
+
+
+def prompt_text(kind: str, body: dict) -> tuple[str, int, int]:
+    """The text a backend's prefix cache sees first (the conversation, or the prompt), where
+    its conversation's opener ends in it and where its first user message starts.
+
+    A chat's opener is everything up to and including its first user message: what every
+    later turn of the conversation repeats, and what sets it apart from other conversations
+    (two that share a system prompt differ there). A completion's is its first
+    OPENER_CHARS characters."""
     if kind == "chat":
-        parts = []
+        parts, size, opener, user = [], 0, -1, -1
         for m in body.get("messages") or []:
             if not isinstance(m, dict):
                 continue
             content = m.get("content")
             if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            parts.append(f"{m.get('role', '')}\x00{content or ''}\x01")
-        return "".join(parts)
+            role = m.get("role", "")
+            part = f"{role}\x00{content if isinstance(content, str) else ''}\x01"
+            if opener < 0 and role == "user":
+                user, opener = size + len(role) + 1, size + len(part)
+            parts.append(part)
+            size += len(part)
+        return "".join(parts), (opener if opener >= 0 else size), (user if user >= 0 else size)
     prompt = body.get("prompt") if kind == "completion" else body.get("inputs")
     if isinstance(prompt, list):
         prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
-    return prompt if isinstance(prompt, str) else ""
+    text = prompt if isinstance(prompt, str) else ""
+    return text, min(len(text), OPENER_CHARS), 0
 
 
 class Exchange:
     """One request on its way to an endpoint and back: what forwarding needs of it, set once.
     `kind` says where the prompt is in `body` ("chat", "completion", "tgi"; "info": none)."""
 
-    __slots__ = ("target", "path", "raw", "method", "receive", "send", "started", "task", "blocks", "watcher")
+    __slots__ = ("target", "path", "raw", "method", "receive", "send", "started", "task", "key", "watcher")
 
     def __init__(self, target: Target, path: str, raw: bytes, body: dict, kind: str, receive, send,
                  method: str = "POST") -> None:
@@ -75,8 +89,8 @@ class Exchange:
         self.send = send
         self.task = asyncio.current_task()
         self.watcher: asyncio.Task | None = None  # watching for the client leaving, once started
-        block = target.strategy.block  # only a strategy that reads the prompt pays for cutting it
-        self.blocks = balance.block_hashes(prompt_text(kind, body), block) if block and kind != "info" else NO_BLOCKS
+        strategy = target.strategy  # only a strategy that reads the prompt pays for rendering it
+        self.key = strategy.key(*prompt_text(kind, body)) if strategy.reads_prompt and kind != "info" else None
 
     def watch(self) -> None:
         """Start watching for the client leaving (the wheel calls this once the request has
@@ -115,7 +129,7 @@ class Forwarder:
                 ex.watcher.cancel()
 
     async def _try_endpoints(self, ex: Exchange) -> None:
-        m, target, blocks, retries = self.metrics, ex.target, ex.blocks, self.retries  # (read once)
+        m, target, key, retries = self.metrics, ex.target, ex.key, self.retries  # (read once)
         tried: set[str] = set()
         last: ErrorAnswer | None = None
         for attempt in range(retries + 1):
@@ -123,7 +137,7 @@ class Forwarder:
             candidates = [e for e in ready if e.url not in tried] if tried else ready  # (a first try: no copy)
             if not candidates or (attempt and time.monotonic() - ex.started > self.retry_budget):
                 break
-            ep = target.strategy.pick(blocks, candidates)
+            ep = target.strategy.pick(key, candidates)
             tried.add(ep.url)
             ep.in_flight += 1
             try:
@@ -147,8 +161,8 @@ class Forwarder:
                     last = ErrorAnswer(upstream.status, f"{target.name} answered {upstream.status}",
                                        "upstream_error")
                     continue
-                if blocks:
-                    target.strategy.served(blocks, ep)
+                if key is not None:
+                    target.strategy.served(key, ep)
                 await self._relay(ex, ep, upstream)
                 return
             finally:

@@ -86,7 +86,7 @@ class Registry:
 class StaticEntry(api.LoadBalancing):
     """One model of the static file: its endpoints, the names requests may use, and the load
     balancing fields of a ModelDeployment's `router.loadBalancing` (their defaults and bounds
-    from there), at the entry's top level. `round-robin`, the benchmarks' baseline, is a
+    from there), at the entry's top level. `round-robin` and `prefix-hash`, the benchmarks' baselines, are
     strategy here that the CRD does not offer."""
 
     name: str
