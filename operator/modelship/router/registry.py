@@ -86,8 +86,8 @@ class Registry:
 class StaticEntry(api.LoadBalancing):
     """One model of the static file: its endpoints, the names requests may use, and the load
     balancing fields of a ModelDeployment's `router.loadBalancing` (their defaults and bounds
-    from there), at the entry's top level. `round-robin` and `prefix-hash`, the benchmarks' baselines, are
-    strategy here that the CRD does not offer."""
+    from there), at the entry's top level. `round-robin` and `prefix-hash`, the benchmarks'
+    baselines, are strategies here that the CRD does not offer."""
 
     name: str
     engine: str = Field("llamacpp", pattern="^(tgi|llamacpp)$")
