@@ -308,14 +308,18 @@ class LoadBalancing(ApiType):
 
     strategy: Literal["least-load", "prefix-cache", "queue-aware"] = Field(
         "prefix-cache", description="`least-load`: fewest in-flight requests (power of two choices). "
-                                    "`prefix-cache`: the replica that most recently served the longest prefix of "
-                                    "the prompt, unless it is too busy, so the engine's prefix cache hits. "
+                                    "`prefix-cache`: the conversation's home replica, which every router replica "
+                                    "agrees on (rendezvous hashing of the messages up to the first user message), or "
+                                    "one known to hold a longer prefix of the prompt, unless it is too busy, so the "
+                                    "engine's prefix cache hits. "
                                     "`queue-aware`: scores from the engines' own queue metrics.")
     prefix_block_size: int = Field(128, ge=16, le=65536,
                                    description="Prefix-cache strategy: characters per hashed prompt block.")
     max_imbalance: int = Field(
-        4, ge=0, le=100000, description="Prefix-cache strategy: in-flight requests above the mean beyond which "
-                                        "affinity gives way to the least-loaded replica.")
+        4, ge=0, le=100000, description="Prefix-cache strategy: requests above the mean (in flight, or the "
+                                        "engine's own count of running and queued requests where that is larger) "
+                                        "beyond which a replica is passed over for the next in the conversation's "
+                                        "order.")
 
 
 class RouterSpec(ApiType):
