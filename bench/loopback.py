@@ -62,9 +62,10 @@ def source_path(tree: Path, workdir: Path) -> str:
 
 def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: int | None = None,
                      engine: str = "llamacpp", scrape_interval: float = 0,
-                     source: str | None = None) -> tuple[subprocess.Popen, str]:
+                     source: str | None = None, ready: bool = True) -> tuple[subprocess.Popen, str]:
     """`modelship router --static` in front of `endpoints` as one model "bench" (pinned to
-    `core` when one is given; `source`: the code of another checkout, from `source_path()`)."""
+    `core` when one is given; `source`: the code of another checkout, from `source_path()`);
+    `ready=False`: returned at once, for the caller to wait for (several start faster together)."""
     port = free_port()
     config = workdir / f"static-{port}.yaml"  # one per router: several may run at once
     config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": engine, "endpoints": endpoints,
@@ -75,14 +76,15 @@ def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: i
     proc = subprocess.Popen(pinned(cmd, core) if core is not None else cmd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
+    if ready:
+        wait(f"{url}/health")
     return proc, url
 
 
-def start_vllm_router(exe: str, endpoints: list[str], policy: str, *extra: str,
-                      core: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_vllm_router(exe: str, endpoints: list[str], policy: str, *extra: str, core: int | None = None,
+                      ready: bool = True) -> tuple[subprocess.Popen, str]:
     """The peer: vllm-router with `policy` in front of `endpoints`, retries off (as ours count
-    only what they measure), metrics on a port of their own on loopback."""
+    only what they measure), metrics on a port of their own on loopback (`ready`: as above)."""
     port = free_port()
     cmd = [exe, "--host", HOST, "--port", str(port), "--worker-urls", *endpoints, "--policy", policy,
            "--log-level", "warning", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
@@ -90,7 +92,8 @@ def start_vllm_router(exe: str, endpoints: list[str], policy: str, *extra: str,
     proc = subprocess.Popen(pinned(cmd, core) if core is not None else cmd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://{HOST}:{port}"
-    wait(f"{url}/health")
+    if ready:
+        wait(f"{url}/health")
     return proc, url
 
 

@@ -10,7 +10,16 @@ with TGI's metric names. Output is deterministic: the same prompt gives the same
 Timing is simulated: a prefill cost per prompt token not found in a simulated prefix cache
 (blocks of 16 "tokens", chained hashes, LRU), then a fixed delay per generated token, and at
 most `--fake-max-batch-size` requests decoding at once (the rest wait, counted in
-`tgi_queue_size`). Flags prefixed `--fake-` (or env `TGI_FAKE_*`) tune this.
+`tgi_queue_size`). Flags prefixed `--fake-` (or env `TGI_FAKE_*`) tune this. Prefills run
+side by side by default; with `--fake-prefill-shared` (env `TGI_FAKE_PREFILL_SHARED=1`) they
+share one engine's compute, as on a GPU: the uncached tokens of concurrent prefills go through
+one FIFO lock in chunks of `PREFILL_CHUNK` tokens (each chunk holds it for its tokens'
+prefill cost, then queues again), an approximation of chunked prefill's processor sharing,
+so that a busy engine's prefills slow each other down.
+
+`POST /fake/reset` (for benchmarks that reuse one set of fakes run after run), with an
+optional JSON body `{"cache_blocks": N}`: empties the prefix cache (and sets its capacity
+when given) and zeroes the metrics; refused with 409 while requests are in flight.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from aiohttp import web
 
 VERSION = "2.4.1"
 BLOCK = 16
+PREFILL_CHUNK = 256  # tokens per turn at the shared prefill (--fake-prefill-shared)
 WORDS = ("the model answers in a deterministic way so that tests can compare every token it "
          "streams across runs and replicas while the router balances requests").split()
 
@@ -80,6 +90,7 @@ class Settings:
     prefill_per_token: float
     load_seconds: float
     cache_blocks: int
+    prefill_shared: bool = False  # prefills take turns on one engine's compute (see the top)
 
 
 class Metrics:
@@ -121,7 +132,29 @@ class Engine:
         self.metrics = Metrics()
         self.inflight = 0
         self.slots = asyncio.Semaphore(s.max_batch_size)
+        self.prefill_lock = asyncio.Lock()  # FIFO: a waiter is never overtaken by a later acquire
         self.started = time.monotonic()
+
+    def reset(self, cache_blocks: int | None = None) -> None:
+        """An empty prefix cache (of `cache_blocks` blocks when given) and zeroed metrics;
+        only while no request is in flight (the caller checks)."""
+        if cache_blocks is not None:
+            self.s.cache_blocks = cache_blocks
+        self.cache = PrefixCache(self.s.cache_blocks)
+        self.metrics = Metrics()
+
+    async def prefill(self, tokens: int) -> None:
+        """The simulated cost of prefilling `tokens` uncached tokens: side by side with other
+        requests' prefills, or (prefill_shared) chunk by chunk through the engine's one lock,
+        queueing again after each chunk so that concurrent prefills share the compute."""
+        if not self.s.prefill_shared:
+            await asyncio.sleep(self.s.prefill_per_token * tokens)
+            return
+        while tokens > 0:
+            chunk = min(tokens, PREFILL_CHUNK)
+            async with self.prefill_lock:
+                await asyncio.sleep(self.s.prefill_per_token * chunk)
+            tokens -= chunk
 
     @property
     def ready(self) -> bool:
@@ -160,7 +193,7 @@ class Engine:
                     hits = self.cache.lookup_and_insert(tokens)
                     self.metrics.counters["tgi_prefix_cache_hit_tokens"] += hits
                     self.metrics.counters["tgi_batch_inference_count"] += 1
-                    await asyncio.sleep(self.s.prefill_per_token * (len(tokens) - hits))
+                    await self.prefill(len(tokens) - hits)
                     stops = params.get("stop") or []
                     text = ""
                     for i, piece in enumerate(self.output(prompt, max_new, params.get("seed"))):
@@ -363,6 +396,16 @@ def make_app(engine: Engine) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=engine.metrics.render(), content_type="text/plain")
 
+    async def reset(req: web.Request) -> web.Response:
+        body = await read_json(req) if req.can_read_body else {}
+        blocks = body.get("cache_blocks")
+        if blocks is not None and (not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 0):
+            return error(422, "cache_blocks: expected a non-negative integer", "validation")
+        if engine.inflight:
+            return error(409, f"{engine.inflight} requests in flight", "conflict")
+        engine.reset(blocks)
+        return web.json_response({"cache_blocks": s.cache_blocks})
+
     app = web.Application()
     app.router.add_post("/", lambda r: guarded(lambda q: generate(q, as_list=True), r))
     app.router.add_post("/generate", lambda r: guarded(generate, r))
@@ -373,6 +416,7 @@ def make_app(engine: Engine) -> web.Application:
     app.router.add_get("/info", info)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/fake/reset", reset)
     return app
 
 
@@ -393,6 +437,8 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     p.add_argument("--fake-prefill-ms-per-token", type=float, default=env_float("TGI_FAKE_PREFILL_MS_PER_TOKEN", 0.5))
     p.add_argument("--fake-load-seconds", type=float, default=env_float("TGI_FAKE_LOAD_SECONDS", 0.5))
     p.add_argument("--fake-cache-blocks", type=int, default=int(env_float("TGI_FAKE_CACHE_BLOCKS", 4096)))
+    p.add_argument("--fake-prefill-shared", action="store_true",
+                   default=os.environ.get("TGI_FAKE_PREFILL_SHARED", "").lower() in ("1", "true", "yes"))
     args, unknown = p.parse_known_args(argv)
     if unknown:
         print(f"fake TGI: ignoring launcher flags {unknown}", file=sys.stderr)
@@ -400,7 +446,7 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, str, int]:
         raise SystemExit(f"Error: model path {args.model_id} does not exist")
     s = Settings(args.model_id, args.max_concurrent_requests, args.max_input_tokens, args.max_total_tokens,
                  args.fake_max_batch_size, args.fake_token_delay_ms / 1000, args.fake_prefill_ms_per_token / 1000,
-                 args.fake_load_seconds, args.fake_cache_blocks)
+                 args.fake_load_seconds, args.fake_cache_blocks, args.fake_prefill_shared)
     return s, args.hostname, args.port
 
 
