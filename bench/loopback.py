@@ -64,12 +64,15 @@ def modelship_router(endpoints: list[str], strategy: str, workdir: Path, core: i
                      engine: str = "llamacpp", scrape_interval: float = 0,
                      source: str | None = None, ready: bool = True) -> tuple[subprocess.Popen, str]:
     """`modelship router --static` in front of `endpoints` as one model "bench" (pinned to
-    `core` when one is given; `source`: the code of another checkout, from `source_path()`);
+    `core` when one is given; `source`: the code of another checkout, from `source_path()`).
+    `strategy` may carry fields of the static entry: `prefix-cache@maxImbalance=2`;
     `ready=False`: returned at once, for the caller to wait for (several start faster together)."""
     port = free_port()
     config = workdir / f"static-{port}.yaml"  # one per router: several may run at once
-    config.write_text(yaml.safe_dump({"models": [{"name": "bench", "engine": engine, "endpoints": endpoints,
-                                                  "strategy": strategy}]}))
+    strategy, *fields = strategy.split("@")
+    entry = {"name": "bench", "engine": engine, "endpoints": endpoints, "strategy": strategy}
+    entry.update((k, yaml.safe_load(v)) for k, v in (f.split("=", 1) for f in fields))
+    config.write_text(yaml.safe_dump({"models": [entry]}))
     cmd = [str(Path(sys.executable).with_name("modelship")), "router", "--static", str(config), "--host", HOST,
            "--port", str(port), "--scrape-interval", str(scrape_interval)]
     env = {**os.environ, "PYTHONPATH": source} if source else None

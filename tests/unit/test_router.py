@@ -341,6 +341,33 @@ def test_the_engines_own_load_is_scraped_into_the_endpoints(backends):
     assert loads == [1.0, 0.0, 0.0]  # the engine's own count, seen by a router that sent nothing
 
 
+def test_scraped_loads_are_smoothed_so_one_snapshot_does_not_move_conversations():
+    """A count scraped once is a snapshot of a number that moves with every request: the first
+    read is taken as it is, later ones move the estimate by SMOOTHING of the difference."""
+    import asyncio
+
+    from modelship.router.registry import Registry, Target
+    from modelship.router.scrape import SMOOTHING, scrape_once
+
+    pages = iter(["tgi_batch_current_size 6\ntgi_queue_size 2\n", "tgi_batch_current_size 0\ntgi_queue_size 0\n",
+                  "tgi_batch_current_size 0\ntgi_queue_size 0\n"])
+
+    class Pages:
+        async def get(self, url, timeout):
+            return 200, next(pages).encode()
+
+    reg, t = Registry(), Target("tiny", "tgi")
+    t.set_endpoints({"http://127.0.0.1:1": True})
+    reg.put(t)
+    e = t.endpoints["http://127.0.0.1:1"]
+    asyncio.run(scrape_once(reg, Pages()))
+    assert (e.running, e.waiting) == (6.0, 2.0)
+    asyncio.run(scrape_once(reg, Pages()))  # a moment with nothing running: not taken at its word
+    assert e.running == pytest.approx(6 * (1 - SMOOTHING)) and e.load > 2
+    asyncio.run(scrape_once(reg, Pages()))
+    assert e.running == pytest.approx(6 * (1 - SMOOTHING) ** 2)
+
+
 def own_router(tmp_path, backend: str) -> tuple[subprocess.Popen, str]:
     path = tmp_path / "static.yaml"
     path.write_text(yaml.safe_dump({"models": [{"name": "solo", "engine": "tgi", "endpoints": [backend]}]}))

@@ -64,6 +64,7 @@ class Endpoint:
     running: float = 0.0  # requests the engine says it is working on (scraped; other routers' too)
     waiting: float = 0.0  # requests the engine says are queued (scraped)
     ready: bool = True
+    scrapes: int = 0  # how many times its metrics were read
     salt: int = field(init=False, repr=False)  # its rendezvous identity: the same in every router replica
 
     def __post_init__(self) -> None:

@@ -1,6 +1,8 @@
 """The engines' own view of their load, scraped from their Prometheus metrics on a short
 interval: TGI's `tgi_batch_current_size` and `tgi_queue_size`, llama.cpp's
-`llamacpp:requests_processing` and `llamacpp:requests_deferred`. The balancing strategies
+`llamacpp:requests_processing` and `llamacpp:requests_deferred`, smoothed over the last few
+scrapes (one scrape is a snapshot of a count that moves with every request, and router
+replicas that read different snapshots would decide differently). The balancing strategies
 read it through `Endpoint.load`."""
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ log = logging.getLogger("modelship.router")
 
 RUNNING = ("tgi_batch_current_size", "llamacpp:requests_processing")
 WAITING = ("tgi_queue_size", "llamacpp:requests_deferred")
+SMOOTHING = 0.4  # weight of the newest scrape: about the last two or three count
 
 
 def parse(text: str) -> tuple[float, float] | None:
@@ -50,7 +53,13 @@ async def scrape_once(registry: Registry, client: Upstream, timeout: float = 1.0
         except Unreachable:
             found = None
         e = endpoints[url]
-        e.running, e.waiting = found if found else (0.0, 0.0)
+        running, waiting = found if found else (0.0, 0.0)
+        if e.scrapes:  # smoothed: one scrape is a snapshot of a count that moves with every request
+            e.running += SMOOTHING * (running - e.running)
+            e.waiting += SMOOTHING * (waiting - e.waiting)
+        else:
+            e.running, e.waiting = running, waiting
+        e.scrapes += 1
         return found is not None
 
     return sum(await asyncio.gather(*(one(u) for u in endpoints)))
