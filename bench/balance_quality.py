@@ -54,11 +54,12 @@ import itertools
 import json
 import math
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -406,6 +407,23 @@ def matrix(args: argparse.Namespace, strategies: list[str], exe: str | None, tmp
     return results
 
 
+def medians(runs: list[list[Run]]) -> list[Run]:
+    """One Run per row (cell, replicas, strategy) with the median of each figure over the
+    repetitions given (one list of runs per repetition); errors are summed."""
+    rows: dict[tuple, list[Run]] = {}
+    for rep in runs:
+        for r in rep:
+            rows.setdefault((r.backends, r.turns, r.cache, r.replicas, r.strategy), []).append(r)
+    out = []
+    for same in rows.values():
+        def med(field: str) -> float:
+            return statistics.median(getattr(r, field) for r in same)
+        out.append(replace(same[0], ttft_p50_ms=med("ttft_p50_ms"), ttft_p90_ms=med("ttft_p90_ms"),
+                           ttft_mean_ms=med("ttft_mean_ms"), req_per_s=med("req_per_s"), cache_hit=med("cache_hit"),
+                           errors=sum(r.errors for r in same)))
+    return out
+
+
 def summary(results: list[Run]) -> None:
     """Per cell and replica count: prefix-cache against its own 1-replica figures, and whether it
     is ahead of every other strategy there (a lower TTFT p90 and more requests per second)."""
@@ -432,9 +450,11 @@ def summary(results: list[Run]) -> None:
             best = min(others, key=lambda r: r.ttft_p90_ms, default=None)
             ahead = "-" if not others else "yes" if all(
                 ours.ttft_p90_ms < r.ttft_p90_ms and ours.req_per_s > r.req_per_s for r in others) else "no"
+            failed = sum(r.errors for r in by.values())  # a row with failed turns is not comparable
             print(f"{n:>3} {turns:>5} {cache:<6} {replicas:>3}  {ours.ttft_p90_ms:7.1f} {change('ttft_p90_ms')} "
                   f"{ours.req_per_s:7.1f} {change('req_per_s')}  {ahead:<5}  "
-                  + (f"{best.strategy} ({best.ttft_p90_ms:.1f} ms, {best.req_per_s:.1f} req/s)" if best else "-"))
+                  + (f"{best.strategy} ({best.ttft_p90_ms:.1f} ms, {best.req_per_s:.1f} req/s)" if best else "-")
+                  + (f"  ({failed} failed turns in this cell)" if failed else ""))
 
 
 def main() -> None:
@@ -472,7 +492,14 @@ def main() -> None:
     m.add_argument("--matrix-requests", type=int, default=200,
                    help="requests a run, about: this / turns conversations, in whole rounds of as many as "
                         "run at once")
+    ap.add_argument("--summary-of", type=Path, nargs="+", metavar="JSON",
+                    help="print the matrix summary of runs written by --json (several files: the median of "
+                         "each row's figures over them), and run nothing")
     args = ap.parse_args()
+    if args.summary_of:
+        summary(medians([[Run(**{k: math.nan if v is None else v for k, v in row.items()})
+                          for row in json.loads(path.read_text())] for path in args.summary_of]))
+        return
     strategies = expand(args.strategies or STRATEGIES, args.baseline)
     exe = vllm_router()
     with tempfile.TemporaryDirectory() as tmp:

@@ -309,17 +309,18 @@ class LoadBalancing(ApiType):
     strategy: Literal["least-load", "prefix-cache", "queue-aware"] = Field(
         "prefix-cache", description="`least-load`: fewest in-flight requests (power of two choices). "
                                     "`prefix-cache`: the conversation's home replica, which every router replica "
-                                    "agrees on (rendezvous hashing of the messages up to the first user message), or "
-                                    "one known to hold a longer prefix of the prompt, unless it is too busy, so the "
-                                    "engine's prefix cache hits. "
+                                    "agrees on (rendezvous hashing of the messages up to and including the first user "
+                                    "message; of a completion's first 512 characters), or one this router knows to "
+                                    "hold more of the prompt, unless it is too busy, so the engine's prefix cache "
+                                    "hits. "
                                     "`queue-aware`: scores from the engines' own queue metrics.")
     prefix_block_size: int = Field(128, ge=16, le=65536,
                                    description="Prefix-cache strategy: characters per hashed prompt block.")
     max_imbalance: int = Field(
-        4, ge=0, le=100000, description="Prefix-cache strategy: requests above the mean (in flight, or the "
-                                        "engine's own count of running and queued requests where that is larger) "
-                                        "beyond which a replica is passed over for the next in the conversation's "
-                                        "order.")
+        2, ge=0, le=100000, description="Prefix-cache strategy: load above the mean beyond which a replica is "
+                                        "passed over for the next in the conversation's order. A replica's load: this "
+                                        "router's requests in flight to it, or the engine's own running count where "
+                                        "that is larger, plus the engine's queue.")
 
 
 class RouterSpec(ApiType):

@@ -530,7 +530,7 @@ def test_two_router_replicas_send_every_turn_of_a_conversation_to_one_engine(bac
             procs.append(start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path),
                                 "--host", HOST, "--port", str(port)], f"{urls[-1]}/health", "router"))
         engines: dict[int, list[int]] = {}
-        for cid in range(8):
+        for cid in range(12):
             messages = [{"role": "system", "content": "You answer questions about documents."},
                         {"role": "user", "content": f"Document {cid}: " + "words of the document " * 40}]
             for turn in range(4):

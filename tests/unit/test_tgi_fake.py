@@ -177,7 +177,7 @@ def test_reset_empties_the_cache_sets_its_capacity_and_zeroes_metrics(shared_tgi
     assert counters(shared_tgi)["tgi_prefix_cache_hit_tokens"] == 0
     assert httpx.post(f"{shared_tgi}/fake/reset", json={"cache_blocks": -1}).status_code == 422
     # Refused while a request is in flight (here: decoding 100 tokens of 5 ms after its first).
-    long = {"inputs": "in flight", "parameters": {"max_new_tokens": 100}}
+    long = {"inputs": "in flight", "parameters": {"max_new_tokens": 400}}  # 2 s of tokens: time to be refused
     with httpx.stream("POST", f"{shared_tgi}/generate_stream", json=long) as s:
         chunks = s.iter_bytes()  # (kept: a dropped iterator closes the response)
         next(chunks)
@@ -208,5 +208,7 @@ def test_shared_prefill_makes_concurrent_prefills_take_turns(shared_tgi):
     # Alone 250 ms; side by side both need 500 ms of the one engine, in chunks of 256 tokens
     # taken in turns, so the later finishes at about twice the time of one alone (at about
     # the same, 250 ms, were the prefills run side by side).
+    # Checked by what one more prefill adds (~250 ms), not by a ratio that the machine's own
+    # per-request overhead would blur.
     assert 0.25 <= alone < 1, alone
-    assert max(both) >= 0.48 and max(both) > 1.6 * alone, (alone, both)
+    assert max(both) >= 0.48 and max(both) - alone > 0.15, (alone, both)

@@ -96,6 +96,7 @@ def by_rank(home: int, endpoints: list[Endpoint]) -> list[Endpoint]:
 class Strategy(Protocol):
     name: str
     reads_prompt: bool  # whether `key` needs the prompt's text (forwarding renders it only then)
+    counts_hits: bool  # whether `hits` and `blocks_seen` are counted (the router's metrics export them then)
     hits: int  # prompt blocks sent to the endpoint that last served them
     blocks_seen: int  # prompt blocks routed
 
@@ -107,13 +108,13 @@ class Strategy(Protocol):
 
     def served(self, key: Any, endpoint: Endpoint) -> None: ...
 
-    def forget(self, url: str) -> None: ...
+    def forget(self, urls: set[str]) -> None: ...
 
 
 class Blind:
     """A strategy that does not read the prompt: nothing to cut, remember or forget."""
 
-    reads_prompt = False
+    reads_prompt = counts_hits = False
     hits = blocks_seen = 0
 
     def key(self, text: str, opener: int, user: int) -> None:
@@ -122,7 +123,7 @@ class Blind:
     def served(self, key: Any, endpoint: Endpoint) -> None:
         pass
 
-    def forget(self, url: str) -> None:
+    def forget(self, urls: set[str]) -> None:
         pass
 
 
@@ -184,7 +185,7 @@ class PrefixAffinity:
     placed: "OrderedDict[int, str]" = field(default_factory=OrderedDict)  # home -> endpoint this router last sent it to
     hits: int = 0  # blocks sent where they were cached, for the hit-rate estimate (counted once served)
     blocks_seen: int = 0  # blocks of prompts served
-    reads_prompt = True
+    reads_prompt = counts_hits = True
 
     def key(self, text: str, opener: int, user: int) -> Prompt:
         return Prompt(block_hashes(text, self.block), stable_hash(text[:opener]), opener // self.block + 1)
@@ -256,10 +257,10 @@ class PrefixAffinity:
         if len(self.placed) > self.conversations:
             self.placed.popitem(last=False)
 
-    def forget(self, url: str) -> None:
-        """An endpoint is gone: its cache went with it."""
+    def forget(self, urls: set[str]) -> None:
+        """Endpoints are gone: their caches went with them (one pass, however many went)."""
         for table in (self.index, self.placed):
-            for h in [h for h, u in table.items() if u == url]:
+            for h in [h for h, u in table.items() if u in urls]:
                 del table[h]
 
 

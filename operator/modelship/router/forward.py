@@ -56,7 +56,7 @@ def prompt_text(kind: str, body: dict) -> tuple[str, int, int]:
                 continue
             content = m.get("content")
             if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = "".join(t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
             role = m.get("role", "")
             part = f"{role}\x00{content if isinstance(content, str) else ''}\x01"
             if opener < 0 and role == "user":

@@ -65,7 +65,7 @@ class RegistryCollector:
         for t in list(self.registry.targets.values()):
             for url, ep in list(t.endpoints.items()):
                 in_flight.add_metric([t.name, url], ep.in_flight)
-            if t.strategy.reads_prompt:
+            if t.strategy.counts_hits:
                 blocks.add_metric([t.name], t.strategy.blocks_seen)
                 hits.add_metric([t.name], t.strategy.hits)
         yield from (in_flight, blocks, hits)

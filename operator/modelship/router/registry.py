@@ -34,9 +34,11 @@ class Target:
     def set_endpoints(self, urls: dict[str, bool]) -> None:
         """The endpoints now (url -> ready). Counters of those that stay are kept; a gone
         endpoint's cached prefixes are forgotten."""
-        for url in [u for u in self.endpoints if u not in urls]:
+        gone = {u for u in self.endpoints if u not in urls}
+        for url in gone:
             del self.endpoints[url]
-            self.strategy.forget(url)
+        if gone:
+            self.strategy.forget(gone)
         for url, ready in urls.items():
             self.endpoints.setdefault(url, balance.Endpoint(url)).ready = ready
 
