@@ -51,10 +51,11 @@ def served(router: str) -> set[str]:
         return set()
 
 
-def ask(router: str, model: str, max_tokens: int = 4) -> httpx.Response:
+def ask(router: str, model: str, max_tokens: int = 4,
+        question: str = "What is the capital of France?") -> httpx.Response:
     return httpx.post(f"{router}/v1/chat/completions", timeout=120, json={
         "model": model, "max_tokens": max_tokens, "temperature": 0,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        "messages": [{"role": "user", "content": question}]})
 
 
 def predicted(cluster, namespace: str, name: str) -> dict[str, float]:
@@ -86,10 +87,13 @@ def test_models_are_routed_by_name_spread_over_replicas_and_survive_a_pod_going(
     assert ask(router, "beta").json()["model"] == "beta"
     r = ask(router, "alpha", max_tokens=16)
     assert r.json()["model"] == "alpha" and "paris" in r.json()["choices"][0]["message"]["content"].lower()
-    # A burst spreads over all three replicas (their own counters say so).
+    # A burst of 24 conversations spreads over all three replicas (their own counters say so):
+    # each conversation has its home (one question asked 24 times would stay on one or two,
+    # as many as the load needs: prefix-cache's bound).
     before = predicted(cluster, namespace, "alpha")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        codes = list(pool.map(lambda i: ask(router, "alpha").status_code, range(24)))
+        codes = list(pool.map(lambda i: ask(router, "alpha", question=f"Conversation {i}: what is the capital of "
+                                                                       f"France?").status_code, range(24)))
     assert codes == [200] * 24
     after = predicted(cluster, namespace, "alpha")
     assert len(after) == 3 and all(after[p] > before.get(p, 0) for p in after), (before, after)
