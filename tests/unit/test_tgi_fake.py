@@ -22,26 +22,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tgi():
+def start_fake(*flags: str):
+    """A fake TGI on a free loopback port with `flags`: (process, url) once it answers /health."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny",
-                             "--hostname", HOST, "--port", str(port), "--max-total-tokens", "256",
-                             "--max-input-tokens", "200", "--fake-token-delay-ms", "1",
-                             # 10 ms: a cold prefill long against a loaded machine's noise (see the
-                             # prefix cache test); the other tests' prompts are a few tokens
-                             "--fake-prefill-ms-per-token", "10", "--fake-load-seconds", "0",
-                             "--sharded", "false"])  # an unknown launcher flag is accepted
+                             "--hostname", HOST, "--port", str(port), *flags])
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 20
     while True:
         try:
             if httpx.get(f"{url}/health").status_code == 200:
-                break
+                return proc, url
         except httpx.HTTPError:
             pass
         assert time.monotonic() < deadline, "fake TGI did not start"
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def tgi():
+    proc, url = start_fake("--max-total-tokens", "256", "--max-input-tokens", "200", "--fake-token-delay-ms", "1",
+                           # 10 ms: a cold prefill long against a loaded machine's noise (see the
+                           # prefix cache test); the other tests' prompts are a few tokens
+                           "--fake-prefill-ms-per-token", "10", "--fake-load-seconds", "0",
+                           "--sharded", "false")  # an unknown launcher flag is accepted
     yield url
     stop(proc, 10)  # (killed rather than left running after the tests)
 
@@ -133,22 +137,8 @@ def test_streaming_validation_errors_come_before_the_stream(tgi):
 @pytest.fixture(scope="module")
 def shared_tgi():
     """A second fake with `--fake-prefill-shared` and a cheap prefill (0.5 ms a token)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny",
-                             "--hostname", HOST, "--port", str(port), "--max-total-tokens", "1024",
-                             "--max-input-tokens", "800", "--fake-token-delay-ms", "5",
-                             "--fake-prefill-ms-per-token", "0.5", "--fake-load-seconds", "0",
-                             "--fake-prefill-shared"])
-    url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "fake TGI did not start"
-        time.sleep(0.1)
+    proc, url = start_fake("--max-total-tokens", "1024", "--max-input-tokens", "800", "--fake-token-delay-ms", "5",
+                           "--fake-prefill-ms-per-token", "0.5", "--fake-load-seconds", "0", "--fake-prefill-shared")
     yield url
     stop(proc, 10)
 
