@@ -200,7 +200,7 @@ def test_prefix_index_is_bounded_and_forgets_gone_endpoints():
     pa.served(pa.key("a" * 40, 4, 0), e[0])  # 10 blocks into 5 places: the oldest go
     assert len(pa.index) == 5 and len(pa.placed) == 1
     pa.forget({e[0].url})
-    assert not pa.index and not pa.placed and pa.longest(block_hashes("a" * 40, 4), e) == (None, 0)
+    assert not pa.index and not pa.placed and pa.matches(block_hashes("a" * 40, 4), e) == {}
 
 
 def test_a_busy_holder_gives_way_to_the_next_longest_prefix():

@@ -203,14 +203,6 @@ class PrefixAffinity:
                     break
         return found
 
-    def longest(self, blocks: list[int], endpoints: list[Endpoint]) -> tuple[Endpoint | None, int]:
-        """The endpoint holding the longest prefix of `blocks`, and how many blocks it holds."""
-        found = self.matches(blocks, endpoints)
-        if not found:
-            return None, 0
-        url = max(found, key=found.get)
-        return next(e for e in endpoints if e.url == url), found[url]
-
     def pick(self, p: Prompt, endpoints: list[Endpoint]) -> Endpoint:
         """Among the endpoints within the load bound (at most `max_imbalance` above the mean):
         the one known to hold the longest prefix of this prompt past its opener; else the one
