@@ -349,12 +349,61 @@ class RouterSpec(ApiType):
     load_balancing: LoadBalancing | None = Field(None, description="Load-balancing strategy and its parameters.")
 
 
+class AutoscalingMetric(ApiType):
+    """A load signal and the value of it one replica is meant to carry."""
+
+    type: Literal["InFlight", "EngineQueue"] = Field(
+        description="`InFlight`: requests open through the router for this model (answered or held), summed over "
+                    "every router replica. `EngineQueue`: the engines' own count of requests running and waiting "
+                    "(llama.cpp `requests_processing` + `requests_deferred`; TGI `tgi_batch_current_size` + "
+                    "`tgi_queue_size`), as the router scrapes them.")
+    target_per_replica: float = Field(gt=0, le=100000, description="The signal's mean over `windowSeconds` that one "
+                                                                   "replica should carry; replicas = ceil(mean / "
+                                                                   "target).")
+
+
+class AutoscalingSpec(ApiType):
+    """How the operator scales this model when `maxReplicas` is set. It sets the serving Deployment's
+    replicas itself and never writes this spec (see docs/autoscaling.md)."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("self.metrics.all(m, self.metrics.filter(n, n.type == m.type).size() == 1)",
+             "each metric type may appear once in autoscaling.metrics", field_path=".metrics")))
+
+    metrics: list[AutoscalingMetric] = Field(
+        default_factory=lambda: [AutoscalingMetric(type="InFlight", target_per_replica=4)],
+        description="Signals and their targets; with several, the one that asks for the most replicas wins. "
+                    "Default: `InFlight` with 4 per replica.",
+        json_schema_extra={"maxItems": 2, "minItems": 1,
+                           "default": [{"type": "InFlight", "targetPerReplica": 4}]})
+    window_seconds: int = Field(60, ge=2, le=3600, description="The signals are averaged over this many seconds.")
+    scale_down_delay_seconds: int = Field(
+        300, ge=0, le=86400, description="Replicas are removed only when no decision over this many seconds asked "
+                                         "for more (and not sooner than this after the last change, or after the "
+                                         "operator started): no flapping, and no scale-down after a restart.")
+    idle_seconds: int = Field(600, ge=5, le=604800,
+                              description="With `minReplicas: 0`: no request for this long scales the model to "
+                                          "zero (the weights stay on the volume; the next request wakes it).")
+    min_residency_seconds: int = Field(
+        120, ge=0, le=86400, description="With `minReplicas: 0`: after waking, the model is not scaled to zero to "
+                                         "make room for another model before this many seconds.")
+    priority: int = Field(0, ge=-1000, le=1000,
+                          description="When its pool is full: a model that cannot be placed makes idle models of "
+                                      "its pool with `minReplicas: 0` and a priority no higher than its own yield "
+                                      "(scaled to zero, least recently used first). Higher is more important.")
+
+
 class ModelDeploymentSpec(ApiType):
     """The desired state: a model, the engine that serves it, where, and how many replicas."""
 
     model_config = ConfigDict(json_schema_extra=rules(
         rule("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
              "minReplicas must not exceed maxReplicas", field_path=".minReplicas"),
+        rule("!has(self.minReplicas) || has(self.maxReplicas)",
+             "minReplicas needs maxReplicas: set maxReplicas to turn autoscaling on", field_path=".minReplicas"),
+        rule("!has(self.autoscaling) || has(self.maxReplicas)",
+             "autoscaling needs maxReplicas: set maxReplicas (and minReplicas) to turn autoscaling on",
+             field_path=".autoscaling"),
         rule("!has(self.minReplicas) || self.replicas >= self.minReplicas",
              "replicas must be at least minReplicas", field_path=".replicas"),
         rule("!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
@@ -393,26 +442,48 @@ class ModelDeploymentSpec(ApiType):
                                                             "llama.cpp. TGI shards the model over them.")
     resources: ResourceRequirements | None = Field(
         None, description="CPU and memory of each replica, overriding the pool's defaults.")
-    replicas: int = Field(1, ge=0, le=1000, description="Serving replicas. 0 keeps the weights and stops serving.")
-    min_replicas: int | None = Field(None, ge=0, le=1000, description="Reserved for autoscaling: fewest replicas.")
-    max_replicas: int | None = Field(None, ge=1, le=1000, description="Reserved for autoscaling: most replicas.")
+    replicas: int = Field(1, ge=0, le=1000, description="Serving replicas. 0 keeps the weights and stops serving. "
+                                                         "With autoscaling on: the count to start at, and to jump "
+                                                         "to when it changes (`kubectl scale`); the autoscaler "
+                                                         "moves on from there.")
+    min_replicas: int | None = Field(None, ge=0, le=1000,
+                                     description="Autoscaling: fewest replicas (default 1). 0 lets an idle model "
+                                                 "sleep, and yield its place in a full pool; the router holds "
+                                                 "requests while it wakes.")
+    max_replicas: int | None = Field(None, ge=1, le=1000,
+                                     description="Autoscaling: most replicas. Setting it turns autoscaling on.")
+    autoscaling: AutoscalingSpec | None = Field(None, description="Autoscaling's signals, timings and priority "
+                                                                  "(defaults apply when `maxReplicas` is set).")
     serving: ServingSpec | None = Field(None, description="Engine settings.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="The weights' volume.",
                                  json_schema_extra={"default": {}})
     router: RouterSpec | None = Field(None, description="How the router exposes this ModelDeployment.")
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_replicas is not None
+
+    def bounds(self) -> tuple[int, int]:
+        """(fewest, most) replicas with autoscaling on."""
+        most = self.max_replicas or self.replicas
+        return (1 if self.min_replicas is None else self.min_replicas), most
+
+    def scaling(self) -> AutoscalingSpec:
+        return self.autoscaling or AutoscalingSpec()
 
 
 # --- status ---------------------------------------------------------------------------------
 
 PHASES = ("Pending", "Resolving", "Downloading", "Starting", "Ready", "Degraded", "Failed")
 Phase = Literal["Pending", "Resolving", "Downloading", "Starting", "Ready", "Degraded", "Failed"]
-CONDITION_TYPES = ("Resolved", "Downloaded", "Available", "Ready")
+CONDITION_TYPES = ("Resolved", "Downloaded", "Available", "Ready", "Autoscaled")
 
 
 class Condition(ApiType):
     """An aspect of the state, following the Kubernetes convention."""
 
-    type: str = Field(description="`Resolved`, `Downloaded`, `Available` or `Ready`.", json_schema_extra={
+    type: str = Field(description="`Resolved`, `Downloaded`, `Available`, `Ready`, and `Autoscaled` with "
+                                  "autoscaling on.", json_schema_extra={
         "maxLength": 316})
     status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
     reason: str = Field(description="Why, in one CamelCase word (docs/reference.md explains each reason).",
@@ -482,6 +553,29 @@ class EndpointStatus(ApiType):
     model: str = Field(description="The value for the `model` field of requests.")
 
 
+class AutoscalingStatus(ApiType):
+    """What the autoscaler decided last, and why. Kept in the status so that a restarted
+    operator goes on from there."""
+
+    desired_replicas: int = Field(description="The replicas the autoscaler set on the serving Deployment.")
+    reason: str = Field(description="Its last decision, in one CamelCase word (docs/autoscaling.md).",
+                        json_schema_extra={"maxLength": 64})
+    message: str = Field("", description="Why, with the signal's value and its target.",
+                         json_schema_extra={"maxLength": 4096})
+    metric: str | None = Field(None, description="The signal that decided (`InFlight`, `EngineQueue`).")
+    value: float | None = Field(None, description="That signal's mean over the window, at the decision, in all.")
+    target: float | None = Field(None, description="Its target per replica.")
+    spec_replicas: int | None = Field(None, description="The `spec.replicas` it last started from (a change is "
+                                                        "`kubectl scale`).")
+    last_scale_time: str | None = Field(None, description="When the replicas last changed.",
+                                        json_schema_extra={"format": "date-time"})
+    last_request_time: str | None = Field(None, description="The last request the routers reported, as of the "
+                                                            "last decision.", json_schema_extra={"format": "date-time"})
+    woken_time: str | None = Field(None, description="When it last woke from zero.",
+                                   json_schema_extra={"format": "date-time"})
+    yielded_to: str | None = Field(None, description="The ModelDeployment it last made room for.")
+
+
 class ModelDeploymentStatus(ApiType):
     """The observed state, written only by the operator."""
 
@@ -498,6 +592,8 @@ class ModelDeploymentStatus(ApiType):
     selector: str | None = Field(None, description="Label selector of the serving pods (for the scale "
                                                    "subresource and autoscalers).")
     endpoint: EndpointStatus | None = Field(None, description="How to call the model.")
+    autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's last decision, with "
+                                                                    "autoscaling on.")
 
 
 class ModelDeployment(BaseModel):

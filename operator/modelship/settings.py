@@ -82,6 +82,25 @@ class LeaderElection(BaseModel):
                                  description="How often the leader renews and a standby tries.")
 
 
+class AutoscalerSettings(BaseModel):
+    """Where the autoscaler reads the load: the router replicas (docs/autoscaling.md)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    interval_seconds: float = Field(2.0, alias="intervalSeconds", ge=0.2, le=60,
+                                    description="How often each router replica is asked for its load (a request "
+                                                "for a model at zero is told at once, not at the next interval).")
+    router_service: str | None = Field(None, alias="routerService",
+                                       description="The router's Service: its EndpointSlices list the router "
+                                                   "replicas to ask (the chart sets it).")
+    router_namespace: str | None = Field(None, alias="routerNamespace",
+                                         description="The router Service's namespace; unset: the operator's own "
+                                                     "(`POD_NAMESPACE`).")
+    router_urls: list[str] = Field(default_factory=list, alias="routerUrls",
+                                   description="Routers to ask besides those of `routerService`, as base URLs (a "
+                                               "router run outside the cluster).")
+
+
 class YamlFile(PydanticBaseSettingsSource):
     """Values from a YAML settings file (camelCase or snake_case keys): `path`, or the file
     named by the environment variable `named_by` (the router's settings read one too)."""
@@ -179,6 +198,8 @@ class Settings(BaseSettings):
                                             description="One active replica among several (a Lease).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="The operator's log level (`DEBUG` adds Kopf's own activity).")
+    autoscaler: AutoscalerSettings = Field(default_factory=lambda: AutoscalerSettings(),
+                                           description="Where autoscaling reads the load.")
     field_manager: str = Field("modelship",
                                description="Server-side apply field manager of the objects the operator owns.")
 

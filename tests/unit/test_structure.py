@@ -22,7 +22,8 @@ SHARED = ("modelship.api", "modelship.crd", "modelship.settings", "modelship.uni
           "modelship.login")
 SUBPACKAGES = ("modelship.reconcile", "modelship.manifests", "modelship.weights", "modelship.router")
 PURE = ("modelship.reconcile.observe", "modelship.reconcile.facts", "modelship.reconcile.policy",
-        "modelship.reconcile.plan", "modelship.reconcile.status", "modelship.reconcile.types")
+        "modelship.reconcile.plan", "modelship.reconcile.status", "modelship.reconcile.types",
+        "modelship.reconcile.autoscale", "modelship.reconcile.autoscaler")
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 400
 # The exceptions, each with its reason.
 LONG_MODULES = {

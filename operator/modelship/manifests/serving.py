@@ -49,8 +49,10 @@ def _container(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
         "name": engine.NAME, "image": engine.image(md, placement.gpus, settings),
         "args": engine.args(md, resolved, placement.gpus), "env": env,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        # Startup is generous (big models load for minutes); liveness and readiness begin after it.
-        "startupProbe": _probe(5, max(1, settings.startup_timeout_seconds // 5)),
+        # Startup is generous (big models load for minutes) and asked every second, so that a
+        # model woken from zero serves within a second of loading (a held request waits on it);
+        # liveness and readiness begin after it.
+        "startupProbe": _probe(1, max(1, settings.startup_timeout_seconds)),
         "readinessProbe": _probe(5, 2),
         "livenessProbe": _probe(10, 6),
         "resources": resources(md, placement),
@@ -68,7 +70,9 @@ def _strategy(md: ModelDeployment, gpus: int) -> dict:
     return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 
 
-def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placement, settings: Settings) -> dict:
+def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placement, settings: Settings,
+               replicas: int | None = None) -> dict:
+    """The serving Deployment; `replicas`: the autoscaler's, with autoscaling on (else spec.replicas)."""
     engine = ENGINES[resolved.engine]
     volumes = [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(md), "readOnly": True}},
                {"name": "tmp", "emptyDir": {}}]
@@ -92,7 +96,7 @@ def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
         "metadata": {"name": md.name, "labels": labels(md, "server"),
                      "annotations": {REVISION: resolved.sha, REPO: resolved.repo,
                                      WEIGHTS_BYTES: str(resolved.total_bytes)}},
-        "spec": {"replicas": md.spec.replicas, "selector": {"matchLabels": selector(md)},
+        "spec": {"replicas": md.spec.replicas if replicas is None else replicas, "selector": {"matchLabels": selector(md)},
                  "strategy": _strategy(md, placement.gpus), "revisionHistoryLimit": 3, "template": template},
     }, md)
 

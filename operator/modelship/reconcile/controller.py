@@ -19,12 +19,15 @@ from pydantic import ValidationError
 
 from .. import api, clock
 from ..manifests import claim_name, digest, on_shared_cache
+from ..manifests.serving import resources
 from ..settings import Settings
 from . import observe, status
+from .autoscaler import Autoscaler, View
+from .facts import Facts
 from .kube import Kube, is_transient, refusal
 from .metrics import ControllerMetrics
 from .plan import plan
-from .policy import choose_engine
+from .policy import choose_engine, place
 from .resolve import Resolver
 from .types import Event, JobPods, Observed, Plan, ResolveError, SpecError
 from .workqueue import WorkQueue
@@ -49,6 +52,7 @@ class Controller:
         self.queue = WorkQueue(self._handle, workers=4)
         self.follow_failures: dict[Key, str] = {}  # the last failed Follow re-check
         self.volume_locks: dict[Key, asyncio.Lock] = {}  # (namespace, claim) of a shared volume
+        self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -72,6 +76,7 @@ class Controller:
         body = await asyncio.to_thread(self.kube.get_md, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.queue.forget(key)
+            self.autoscaler.forget(key)
             self.metrics.record_phase(key, None)
             return None  # the garbage collector removes the children through their owner references
         try:
@@ -94,13 +99,31 @@ class Controller:
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
         observed = await self._observe(md)
         follow_failure = self.follow_failures.get(key) if isinstance(resolution, api.ResolvedModel) else None
-        p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure)
+        scale = self._scale(md, resolution, observed)
+        p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale)
+        p.events += self.autoscaler.pop_events(key)
         await self._execute(md, p)
         await self._report(key, md, body.get("status") or {}, p)
         if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while (sooner after a failure)
             wait = 30.0 if key in self.follow_failures else float(self.settings.follow_interval_seconds)
             return min(p.requeue_after or float("inf"), wait)
         return p.requeue_after
+
+    def _scale(self, md: api.ModelDeployment, resolution: Resolution, observed: Observed) -> View | None:
+        """Tell the autoscaler what runs (and whether the scheduler finds no room for it); its
+        view of the replicas to set, with autoscaling on."""
+        pool, uses = None, frozenset()
+        if isinstance(resolution, api.ResolvedModel):
+            try:
+                placement = place(md, resolution.engine, self.settings)
+            except SpecError:
+                placement = None
+            if placement is not None:
+                pool = placement.pool
+                uses = frozenset(k for kind in resources(md, placement).values() for k in kind)
+        facts = Facts.of(md, observed)
+        self.autoscaler.track(md, pool, uses, facts.rollout.replicas, facts.unschedulable)
+        return self.autoscaler.view(md)
 
     async def _observe(self, md: api.ModelDeployment) -> Observed:
         """Read the children (and the pods and last log lines of running downloads), then make

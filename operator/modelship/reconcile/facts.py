@@ -79,6 +79,19 @@ def pod_problems(pods: list[dict], limit: int = 3) -> list[str]:
     return out[:limit]
 
 
+def unschedulable(pods: list[dict]) -> str | None:
+    """The scheduler's message for a serving pod it cannot place for want of room
+    ("0/3 nodes are available: 1 Insufficient nvidia.com/gpu, ..."), if any."""
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if (c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+                    and "Insufficient" in (c.get("message") or "")):
+                return c["message"]
+    return None
+
+
 def _served(deployment: dict | None) -> Served:
     notes = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
     return Served(notes.get(REPO), notes.get(REVISION), int(notes.get(WEIGHTS_BYTES, 0)))
@@ -117,6 +130,7 @@ class Facts:
     collections: list[JobFacts]
     serving_node: str | None  # a node where one of its serving pods (not terminating) runs
     problems: list[str]  # why serving pods are not ready
+    unschedulable: str | None = None  # the scheduler cannot place a pod for want of room: its message
 
     @classmethod
     def of(cls, md: ModelDeployment, observed: Observed) -> "Facts":
@@ -125,7 +139,8 @@ class Facts:
                      if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
         return cls(_served(observed.deployment), _rollout(observed.deployment), _volume(observed.pvc, uid),
                    {j["metadata"]["name"]: _job(j, uid) for j in observed.jobs},
-                   [_job(j, uid) for j in observed.collect_jobs], node, pod_problems(observed.pods))
+                   [_job(j, uid) for j in observed.collect_jobs], node, pod_problems(observed.pods),
+                   unschedulable(observed.pods))
 
     def running_download(self) -> bool:
         return any(j.state == "Running" for j in self.downloads.values())

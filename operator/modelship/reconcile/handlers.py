@@ -31,6 +31,7 @@ from .controller import Controller
 from .kube import Kube
 from .metrics import ControllerMetrics
 from .resolve import CatalogResolver, HubResolver
+from .signals import RouterPoller
 
 log = logging.getLogger("modelship")
 
@@ -82,6 +83,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     memo.controller = Controller(config, Kube(client_, config.field_manager), resolver, metrics)
     memo.stop = asyncio.Event()
     memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
+    poller = RouterPoller(config.autoscaler, memo.controller.autoscaler, memo.controller.kube.router_urls)
+    memo.poller = asyncio.create_task(poller.run(memo.stop))
     log.info("modelship operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
 
 
@@ -106,6 +109,7 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
     if memo.get("controller"):
         memo.stop.set()
         await memo.resync
+        await memo.poller
         await memo.controller.queue.close()
 
 

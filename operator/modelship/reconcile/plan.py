@@ -29,16 +29,19 @@ from ..settings import Settings
 from ..units import human_bytes, quantity_bytes
 from .facts import Facts, JobFacts
 from .policy import check_ownership, check_storage, place
+from .autoscaler import View
 from .status import StatusWriter
 from .types import Action, Event, Observed, Plan, ResolveError, SpecError
 
 
 def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecError, observed: Observed,
-         settings: Settings, now: str, endpoint: str, follow_failure: str | None = None) -> Plan:
+         settings: Settings, now: str, endpoint: str, follow_failure: str | None = None,
+         scale: View | None = None) -> Plan:
     """`follow_failure`: why asking the Hub whether a followed branch moved failed (the
-    resolution is then the commit served so far)."""
+    resolution is then the commit served so far). `scale`: the autoscaler's replicas and
+    status, with autoscaling on."""
     facts = Facts.of(md, observed)
-    status = StatusWriter(md, facts, now)
+    status = StatusWriter(md, facts, now, scale)
     if isinstance(resolution, (SpecError, ResolveError)):
         return status.stopped(resolution)
     resolved = resolution
@@ -67,7 +70,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
         status.available(downloaded=False)
         status.set("Ready", "False", "Downloading", download.message)
         return status.finish("Downloading", actions, [], 3.0)  # the Job's log is read for progress
-    return serving_stage(md, resolved, placement, observed, facts, settings, status, actions)
+    return serving_stage(md, resolved, placement, observed, facts, settings, status, actions, scale)
 
 
 # --- what to apply ---------------------------------------------------------------------------
@@ -241,9 +244,12 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
 
 
 def serving_stage(md: ModelDeployment, resolved: ResolvedModel, placement: Placement, observed: Observed,
-                  facts: Facts, settings: Settings, status: StatusWriter, actions: list[Action]) -> Plan:
-    """The weights are there: the Deployment, the collection, and whether it is Ready."""
-    dep = manifests.deployment(md, resolved, placement, settings)
+                  facts: Facts, settings: Settings, status: StatusWriter, actions: list[Action],
+                  scale: View | None = None) -> Plan:
+    """The weights are there: the Deployment, the collection, and whether it is Ready. With
+    autoscaling on, the replicas are the autoscaler's."""
+    want = scale.replicas if scale else md.spec.replicas
+    dep = manifests.deployment(md, resolved, placement, settings, replicas=want)
     rolling = needs_apply(dep, observed.deployment)
     actions += apply_if_needed(dep, observed.deployment)
     events: list[Event] = []
@@ -253,21 +259,43 @@ def serving_stage(md: ModelDeployment, resolved: ResolvedModel, placement: Place
         if failed:
             status.add_to_message("Downloaded", failed)
     status.available(downloaded=True)
-    want, rollout = md.spec.replicas, facts.rollout
+    rollout = facts.rollout
     settled = not rolling and rollout.exists and rollout.settled
+    note = scale.note if scale else ""
     if want == 0 and settled:
-        status.set("Ready", "True", "ScaledToZero", "replicas is 0: nothing serves; scale up to serve again")
+        if scale:
+            status.set("Ready", "True", "ScaledToZero", f"scaled to zero by the autoscaler ({scale.status['reason']}): "
+                                                        f"nothing serves; the next request wakes it")
+        else:
+            status.set("Ready", "True", "ScaledToZero", "replicas is 0: nothing serves; scale up to serve again")
         return status.finish("Ready", actions, events, None)
     if settled and rollout.ready >= want and rollout.updated >= want:
         status.set("Ready", "True", "Ready", f"{rollout.ready}/{want} replicas ready")
         return status.finish("Ready", actions, events, None)
+    if scale and want > 0 and rollout.ready > 0 and not _template_changed(dep, observed.deployment):
+        # Autoscaled: serving while the replicas move is Ready (it is not a rollout).
+        status.set("Ready", "True", "Ready", f"{rollout.ready}/{want} replicas ready; scaling "
+                                             f"{'up' if rollout.replicas <= want else 'down'}{note}")
+        return status.finish("Ready", actions, events, 15.0)
     detail = ("; " + "; ".join(facts.problems)) if facts.problems else ""
+    if scale and rollout.ready == 0 and want > 0 and scale.status["reason"] in ("Woken", "WaitingForRoom", "Placed"):
+        status.set("Ready", "False", "Waking", f"waking from zero: {rollout.replicas}/{want} replicas started, none "
+                                               f"ready yet{detail}{note}")
+        return status.finish("Starting", actions, events, 15.0)
     if rolling or not settled or rollout.updated < want:
         status.set("Ready", "False", "RollingOut", f"rolling out the serving pods: {rollout.updated}/{want} updated, "
-                                                   f"{rollout.ready} ready{detail}")
+                                                   f"{rollout.ready} ready{detail}{note}")
         return status.finish("Starting", actions, events, 15.0)
-    status.set("Ready", "False", "ReplicasNotReady", f"{rollout.ready}/{want} replicas ready{detail}")
+    status.set("Ready", "False", "ReplicasNotReady", f"{rollout.ready}/{want} replicas ready{detail}{note}")
     return status.finish("Degraded" if rollout.ready > 0 else "Starting", actions, events, 15.0)
+
+
+def _template_changed(desired: dict, observed: dict | None) -> bool:
+    """Whether the pods' template differs (a rollout), rather than only the replicas."""
+    if observed is None:
+        return True
+    have = ((observed.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
+    return have.get(manifests.SPEC_HASH) != desired["spec"]["template"]["metadata"]["annotations"][manifests.SPEC_HASH]
 
 
 def collection_stage(md: ModelDeployment, resolved: ResolvedModel, observed: Observed, facts: Facts,

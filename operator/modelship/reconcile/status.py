@@ -10,11 +10,16 @@ refused.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..api import Condition, ModelDeployment, ResolvedModel
 from ..manifests import selector_string, service_url
 from ..units import human_bytes
 from .facts import Facts
 from .types import Action, Event, Plan, ResolveError, SpecError
+
+if TYPE_CHECKING:
+    from .autoscaler import View
 
 
 def set_condition(conditions: list[dict], type_: str, status: str, reason: str, message: str,
@@ -55,14 +60,17 @@ def rejected(md: ModelDeployment, plan: Plan, message: str, now: str) -> None:
 class StatusWriter:
     """The new status of one ModelDeployment, built by one plan."""
 
-    def __init__(self, md: ModelDeployment, facts: Facts, now: str):
-        self.md, self.facts, self.now = md, facts, now
-        self.conditions = [c.wire() for c in md.status.conditions]
+    def __init__(self, md: ModelDeployment, facts: Facts, now: str, scale: "View | None" = None):
+        self.md, self.facts, self.now, self.scale = md, facts, now, scale
+        self.conditions = [c.wire() for c in md.status.conditions if scale or c.type != "Autoscaled"]
         self.fields: dict = {"observedGeneration": md.generation, "selector": selector_string(md)}
         before = md.status.wire()
         for key in ("resolved", "download", "endpoint"):
             if key in before:
                 self.fields[key] = before[key]
+        if scale is not None:  # (autoscaling off: its status and condition go)
+            self.fields["autoscaling"] = scale.status
+            self.set("Autoscaled", *scale.condition)
 
     def set(self, type_: str, status: str, reason: str, message: str) -> None:
         set_condition(self.conditions, type_, status, reason, message, self.md.generation, self.now)
@@ -99,8 +107,8 @@ class StatusWriter:
             self.set("Available", "False", reason, "no serving replica yet")
         elif rollout.ready > 0:
             self.set("Available", "True", "ReplicasAvailable", f"{rollout.ready} replica(s) ready")
-        elif self.md.spec.replicas == 0:
-            self.set("Available", "False", "ScaledToZero", "replicas is 0: nothing serves; the weights are kept")
+        elif (self.scale.replicas if self.scale else self.md.spec.replicas) == 0:
+            self.set("Available", "False", "ScaledToZero", "scaled to zero: nothing serves; the weights are kept")
         else:
             problems = self.facts.problems
             self.set("Available", "False", "NoReplicaReady",
