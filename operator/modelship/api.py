@@ -404,8 +404,6 @@ class ModelDeploymentSpec(ApiType):
         rule("!has(self.autoscaling) || has(self.maxReplicas)",
              "autoscaling needs maxReplicas: set maxReplicas (and minReplicas) to turn autoscaling on",
              field_path=".autoscaling"),
-        rule("!has(self.minReplicas) || self.replicas >= self.minReplicas",
-             "replicas must be at least minReplicas", field_path=".replicas"),
         rule("!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
              "replicas must be at most maxReplicas", field_path=".replicas"),
         rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.model.quantization)",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from modelship import api
-from modelship.reconcile.autoscale import Signal, State, decide, insufficient
+from modelship.reconcile.autoscale import Signal, State, adjust, decide, insufficient
 from modelship.reconcile.autoscaler import Autoscaler
 
 
@@ -72,6 +72,8 @@ def test_no_scale_down_before_the_operator_has_watched_for_the_delay():
 def test_idle_for_idle_seconds_scales_to_zero_and_a_request_wakes_it():
     s, st = spec(), State(1, 1)
     assert decide(s, st, sig(idle=59), 0.0) is None  # stays at one while recently used
+    unheard = Signal(0.0, None, 0, 0, 0, 61.0, 1000.0, complete=False)
+    assert decide(s, st, unheard, 0.0) is None  # a router replica unheard: its requests could be open
     assert decide(s, st, sig(idle=61, open_now=1), 0.0) is None  # a request open now
     d = decide(s, st, sig(idle=61), 0.0)
     assert d.replicas == 0 and d.reason == "ScaledToZero" and "next request wakes it" in d.message
@@ -89,8 +91,17 @@ def test_min_replicas_one_never_sleeps_and_kubectl_scale_jumps_then_goes_on():
     s = spec(minReplicas=1)
     assert decide(s, State(1, 1), sig(idle=10_000), 0.0) is None
     st = State(2, 1)
-    d = decide(spec(minReplicas=1, replicas=4), st, sig(), 0.0)
+    d = adjust(spec(minReplicas=1, replicas=4), st)
     assert (d.replicas, d.reason) == (4, "ScaledBySpec")
+    # new bounds apply at once, with or without a signal
+    assert adjust(spec(maxReplicas=2), State(4, 1)).replicas == 2
+    assert adjust(spec(minReplicas=3, replicas=3), State(1, 3)).replicas == 3
+    assert adjust(spec(), State(2, 1)) is None
+
+
+def test_no_value_for_any_signal_changes_nothing():
+    s = spec(minReplicas=1, autoscaling={"metrics": [{"type": "EngineQueue", "targetPerReplica": 2}]})
+    assert decide(s, State(3, 1), sig(engine=None, idle=10_000), 10_000.0) is None
 
 
 def test_insufficient_reads_the_schedulers_words():
@@ -242,13 +253,15 @@ def test_a_model_that_just_woke_stays_its_residency():
     a.observe("http://r1", answer("r1", 1, {"ns/b": {"held": 1, "inFlight": 1, "requests": 1}}))
     a.tick(sample=False)
     assert a.view(b).replicas == 1  # woke now
-    a.track(w, "gpu", frozenset({"nvidia.com/gpu"}), 1, FULL)
     for second in range(2, 12):  # b is idle again, but woke 10 s ago: it stays 20 s
         clock.t += 1
         a.observe("http://r1", answer("r1", second, {"ns/b": {"requests": 1, "inFlightSeconds": 1}, "ns/w": {}}))
+        if second == 2:  # w asks for room once b's request is answered
+            a.track(w, "gpu", frozenset({"nvidia.com/gpu"}), 1, FULL)
         a.tick()
     assert a.view(b).replicas == 1
-    assert any("woke" in e.message for e in a.view(w).events)
+    waiting = [e for e in a.view(w).events if e.reason == "WaitingForRoom"]
+    assert len(waiting) == 1 and "b: woke at" in waiting[0].message, waiting  # said once, not every tick
     for second in range(12, 25):
         clock.t += 1
         a.observe("http://r1", answer("r1", second, {"ns/b": {"requests": 1, "inFlightSeconds": 1}, "ns/w": {}}))
@@ -311,3 +324,31 @@ def test_the_plan_sets_the_autoscalers_replicas_on_the_deployment_and_never_the_
     plain = make_md({"replicas": 1}, status=p.status)
     p = plan(plain, r, copy.deepcopy(obs), settings(), T0, ENDPOINT)
     assert "autoscaling" not in p.status and all(c["type"] != "Autoscaled" for c in p.status["conditions"])
+
+
+def test_a_model_that_yielded_waits_until_the_wanted_one_is_placed():
+    """No ping-pong: a request for the model that just yielded is held until the model it made
+    room for has its pods placed."""
+    a, clock, mds = pool_of_three()
+    assert a.view(mds["a"]).replicas == 0
+    a.observe("http://r1", answer("r1", 30, {"ns/a": {"held": 1, "inFlight": 1, "requests": 1}}))
+    a.tick(sample=False)
+    clock.t += 1
+    a.tick()
+    assert a.view(mds["a"]).replicas == 0  # w is not placed yet
+    a.track(mds["w"], "gpu", frozenset({"nvidia.com/gpu", "cpu"}), 1, None)  # placed
+    clock.t += 1
+    a.observe("http://r1", answer("r1", 31, {"ns/a": {"held": 1, "inFlight": 1, "requests": 1}}))
+    a.tick()
+    assert a.view(mds["a"]).replicas == 1 and a.view(mds["a"]).status["reason"] == "Woken"
+
+
+def test_the_routers_are_the_ready_endpoints_of_their_service():
+    from modelship.reconcile.kube import Kube, ready_urls
+
+    slices = [{"ports": [{"name": "metrics", "port": 9}, {"name": "http", "port": 8000}],
+               "endpoints": [{"addresses": ["127.0.0.5"], "conditions": {"ready": True}},
+                             {"addresses": ["127.0.0.6"], "conditions": {"ready": False}},
+                             {"addresses": ["fd00::1"]}]}]
+    assert ready_urls(slices) == ["http://127.0.0.5:8000", "http://[fd00::1]:8000"]
+    assert callable(Kube.router_urls)  # what the start-up handler gives the poller

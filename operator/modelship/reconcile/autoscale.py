@@ -61,6 +61,7 @@ class Signal:
     arrivals: int  # requests since the last decision (-1: cannot tell, the operator just started)
     idle: float  # seconds since the last request
     watched: float  # seconds the operator has watched this model (since it started)
+    complete: bool = True  # every router replica answered within the last interval or two (none is unheard)
 
 
 @dataclass
@@ -75,7 +76,8 @@ class State:
     value: float | None = None
     target: float | None = None
     last_scale: float | None = None  # epoch seconds
-    last_request: float | None = None
+    last_request: float | None = None  # as the routers last said
+    said_request: float | None = None  # as of the last decision (what the status shows: it moves with decisions)
     woken: float | None = None
     yielded_to: str | None = None
     started: float = 0.0  # epoch: when this operator began watching it
@@ -93,14 +95,15 @@ class State:
         at = _epoch
         return cls(saved.desired_replicas, saved.spec_replicas if saved.spec_replicas is not None else spec.replicas,
                    saved.reason, saved.message, saved.metric, saved.value, saved.target, at(saved.last_scale_time),
-                   at(saved.last_request_time), at(saved.woken_time), saved.yielded_to, started=now)
+                   at(saved.last_request_time), at(saved.last_request_time), at(saved.woken_time),
+                   saved.yielded_to, started=now)
 
     def wire(self) -> dict:
         out = api.AutoscalingStatus(
             desired_replicas=self.desired, reason=self.reason, message=self.message, metric=self.metric,
             value=None if self.value is None else round(self.value, 2), target=self.target,
             spec_replicas=self.spec_replicas, last_scale_time=_stamp(self.last_scale),
-            last_request_time=_stamp(self.last_request), woken_time=_stamp(self.woken),
+            last_request_time=_stamp(self.said_request), woken_time=_stamp(self.woken),
             yielded_to=self.yielded_to).wire()
         return out
 
@@ -145,14 +148,25 @@ def wanted(spec: api.ModelDeploymentSpec, sig: Signal) -> tuple[int, str | None,
     return best
 
 
-def decide(spec: api.ModelDeploymentSpec, st: State, sig: Signal, now: float) -> Decision | None:
-    """What to do now; None: nothing (the replicas stay, and so does the reason)."""
-    cfg = spec.scaling()
+def adjust(spec: api.ModelDeploymentSpec, st: State) -> Decision | None:
+    """What the spec alone asks, signal or none: `spec.replicas` changed (`kubectl scale`: jump
+    there, go on from there), or the replicas are outside new bounds."""
     lo, hi = spec.bounds()
-    if st.spec_replicas != spec.replicas:  # `kubectl scale md/...`, or an edit: jump there, go on from there
+    if st.spec_replicas != spec.replicas:
         n = min(max(spec.replicas, lo), hi)
         return Decision(n, "ScaledBySpec", f"spec.replicas changed to {spec.replicas}: {st.desired} → {n} "
                                            f"replica(s); the autoscaler goes on from there")
+    if st.desired > hi:
+        return Decision(hi, "ScaledToBounds", f"maxReplicas is {hi}: {st.desired} → {hi} replicas")
+    if st.desired < lo:
+        return Decision(lo, "ScaledToBounds", f"minReplicas is {lo}: {st.desired} → {lo} replicas")
+    return None
+
+
+def decide(spec: api.ModelDeploymentSpec, st: State, sig: Signal, now: float) -> Decision | None:
+    """What the load asks now; None: nothing (the replicas stay, and so does the reason)."""
+    cfg = spec.scaling()
+    lo, hi = spec.bounds()
     if st.desired == 0:
         # A request since it went to zero: held, counted, or (before the operator has two answers
         # to compare, after a restart) one the router saw since then.
@@ -168,11 +182,13 @@ def decide(spec: api.ModelDeploymentSpec, st: State, sig: Signal, now: float) ->
     n, metric, value, target = wanted(spec, sig)
     if lo == 0 and n == 0:
         watched = max(cfg.window_seconds, cfg.scale_down_delay_seconds)  # (no scale-down right after a restart)
-        if sig.open_now == 0 and sig.idle >= cfg.idle_seconds and sig.watched >= watched:
+        if sig.complete and sig.open_now == 0 and sig.idle >= cfg.idle_seconds and sig.watched >= watched:
             return Decision(0, "ScaledToZero", f"no request for {_ago(sig.idle)} (idleSeconds {cfg.idle_seconds}): "
                                                f"scaled to zero; the weights stay on the volume and the next "
                                                f"request wakes it", metric, value, target)
         n = 1
+    if metric is None:
+        return None  # no signal has a value (an engine nobody scraped): no change
     n = min(max(n, lo, 1 if lo == 0 else lo), hi)
     st.history.append((now, n))
     while st.history and st.history[0][0] < now - cfg.scale_down_delay_seconds:

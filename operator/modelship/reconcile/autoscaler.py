@@ -25,12 +25,13 @@ import time
 from dataclasses import dataclass
 
 from .. import api
-from .autoscale import Decision, Reading, RouterMark, Signal, State, _ago, decide, insufficient
+from .autoscale import Decision, Reading, RouterMark, Signal, State, _ago, _stamp, adjust, decide, insufficient
 from .types import Event
 
 log = logging.getLogger("modelship")
 
 Key = tuple[str, str]  # (namespace, name)
+YIELD_TIMEOUT = 120.0  # seconds a model that yielded may take to free its place before the next one yields
 
 
 @dataclass
@@ -76,8 +77,11 @@ class Autoscaler:
     def track(self, md: api.ModelDeployment, pool: str | None, uses: frozenset[str], replicas: int,
               unschedulable: str | None) -> None:
         key = (md.namespace, md.name)
+        before = self.models.get(key)
         self.models[key] = Model(md.spec, pool, uses, replicas, unschedulable,
                                  insufficient(unschedulable) if unschedulable else frozenset())
+        if unschedulable and not (before and before.unschedulable):
+            self._rotate(self.now())  # room wanted: now, not at the next interval
         if not unschedulable:
             self.yielding.pop(key, None)
             self.waiting.pop(key, None)
@@ -97,6 +101,9 @@ class Autoscaler:
             return None
         key = (md.namespace, md.name)
         st = self._state(key, md)
+        d = adjust(md.spec, st)  # (what the spec asks needs no signal)
+        if d is not None:
+            self._apply(key, st, d, self.now(), enqueue=False)
         events, st.events = st.events, []
         if self._signal(key) is None and self.now() - self.started > 3 * self.interval + 10:
             condition = ("False", "NoSignal", f"no router replica reported this model's load: the replicas stay at "
@@ -150,6 +157,13 @@ class Autoscaler:
         for readings in self.readings.values():
             readings.pop(url, None)
 
+    def _complete(self, key: Key) -> bool:
+        """Every router replica known answered about the model within the last interval or two:
+        none is unheard (whose open requests would go unseen)."""
+        limit = self.mono() - (2 * self.interval + 1)
+        readings = self.readings.get(key) or {}
+        return bool(self.marks) and all(url in readings and readings[url].at >= limit for url in self.marks)
+
     def _fresh(self, key: Key) -> list[Reading]:
         limit = self.mono() - (3 * self.interval + 5)
         return [r for r in (self.readings.get(key) or {}).values() if r.at >= limit]
@@ -170,7 +184,8 @@ class Autoscaler:
             engine = sum(scraped) / len(scraped) if scraped else None
         arrivals = self.arrivals.get(key, -1)
         return Signal(in_flight, engine, sum(r.in_flight for r in fresh), sum(r.held for r in fresh), arrivals,
-                      min(r.idle for r in fresh), self.now() - (st.started if st else self.now()))
+                      min(r.idle for r in fresh), self.now() - (st.started if st else self.now()),
+                      self._complete(key))
 
     # --- deciding ---
 
@@ -200,26 +215,33 @@ class Autoscaler:
                 st.last_request = now - sig.idle
             if not sample and not (st.desired == 0 and (sig.held or sig.arrivals)):
                 continue
+            if st.desired == 0 and self._made_room_for(key):
+                continue  # it yielded to a model not placed yet: its requests wait (no ping-pong)
             d = decide(model.spec, st, sig, now)
             if sig.arrivals >= 0 or sig.held:
                 self.arrivals[key] = 0
-            if d is not None and (d.replicas != st.desired or d.reason == "ScaledBySpec"):
+            if d is not None and d.replicas != st.desired:
                 self._apply(key, st, d, now)
         self._rotate(now)
 
-    def _apply(self, key: Key, st: State, d: Decision, now: float) -> None:
+    def _apply(self, key: Key, st: State, d: Decision, now: float, enqueue: bool = True) -> None:
         was = st.desired
         st.desired, st.reason, st.message = d.replicas, d.reason, d.message
         st.metric, st.value, st.target = d.metric, d.value, d.target
-        st.spec_replicas = self.models[key].spec.replicas
-        st.last_scale = now
+        st.spec_replicas = self.models[key].spec.replicas if key in self.models else st.spec_replicas
+        st.last_scale, st.said_request = now, st.last_request
         if was == 0 and d.replicas > 0:
             st.woken, st.yielded_to = now, None
-        if d.replicas == 0:
-            st.history.clear()
+        if d.replicas == 0 or d.reason in ("ScaledBySpec", "ScaledToBounds"):
+            st.history.clear()  # (what was asked for before does not hold the new count up)
         st.events.append(Event("Normal", d.reason, d.message))
         log.info("autoscaler: %s/%s %d → %d replicas: %s", *key, was, d.replicas, d.message)
-        self.enqueue(*key)
+        if enqueue:
+            self.enqueue(*key)
+
+    def _made_room_for(self, key: Key) -> bool:
+        """Whether this model yielded to one whose pods are not placed yet."""
+        return any(victim == key for victim, _ in self.yielding.values())
 
     # --- rotation ---
 
@@ -230,7 +252,8 @@ class Autoscaler:
             pending = self.yielding.get(key)
             if pending is not None:
                 other = self.models.get(pending[0])
-                if (other is not None and other.replicas > 0) or now - pending[1] < 10:
+                going = other is not None and other.replicas > 0  # (its pods, terminating ones included)
+                if now - pending[1] < (YIELD_TIMEOUT if going else 10):
                     continue  # the last one to yield is still going, or the scheduler has not retried yet
             victim, why_not = self._victim(key, model, now)
             if victim is None:
@@ -272,12 +295,13 @@ class Autoscaler:
                 why.append(f"{name}: priority {p} above {priority}")
                 continue
             fresh = self._fresh(other)
-            if not fresh or any(r.in_flight or r.held for r in fresh):
-                why.append(f"{name}: " + ("requests in flight" if fresh else "its load is not known"))
+            if not self._complete(other) or any(r.in_flight or r.held for r in fresh):
+                why.append(f"{name}: " + ("requests in flight" if self._complete(other) else
+                                          "its load is not known (a router replica does not answer)"))
                 continue
             stay = m.spec.scaling().min_residency_seconds
             if st.woken is not None and now - st.woken < stay:
-                why.append(f"{name}: woke {_ago(now - st.woken)} ago, stays at least {stay} s")
+                why.append(f"{name}: woke at {_stamp(st.woken)}, stays until {_stamp(st.woken + stay)}")
                 continue
             found.append((p, st.last_request or 0.0, other))
         if not found:

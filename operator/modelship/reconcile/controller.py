@@ -101,7 +101,7 @@ class Controller:
         follow_failure = self.follow_failures.get(key) if isinstance(resolution, api.ResolvedModel) else None
         scale = self._scale(md, resolution, observed)
         p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale)
-        p.events += self.autoscaler.pop_events(key)
+        p.events += (scale.events if scale else []) + self.autoscaler.pop_events(key)
         await self._execute(md, p)
         await self._report(key, md, body.get("status") or {}, p)
         if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while (sooner after a failure)
@@ -122,7 +122,8 @@ class Controller:
                 pool = placement.pool
                 uses = frozenset(k for kind in resources(md, placement).values() for k in kind)
         facts = Facts.of(md, observed)
-        self.autoscaler.track(md, pool, uses, facts.rollout.replicas, facts.unschedulable)
+        pods = sum(1 for p in observed.pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+        self.autoscaler.track(md, pool, uses, pods, facts.unschedulable)
         return self.autoscaler.view(md)
 
     async def _observe(self, md: api.ModelDeployment) -> Observed:

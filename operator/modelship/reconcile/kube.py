@@ -44,6 +44,23 @@ def refusal(e: ApiException) -> str:
         return f"{e.status} {e.reason}"
 
 
+def ready_urls(slices: list[dict]) -> list[str]:
+    """`http://address:port` of every ready endpoint of these EndpointSlices (the port named
+    `http`, else the first)."""
+    out = set()
+    for item in slices:
+        ports = item.get("ports") or []
+        port = next((p.get("port") for p in ports if p.get("name") == "http"), None) or \
+            next((p.get("port") for p in ports), None)
+        if not port:
+            continue
+        for ep in item.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            out.update(f"http://[{a}]:{port}" if ":" in a else f"http://{a}:{port}" for a in ep.get("addresses") or [])
+    return sorted(out)
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient, field_manager: str):
         self.client = api_client
@@ -90,6 +107,13 @@ class Kube:
             raise
         raw = (secret.data or {}).get(key)
         return base64.b64decode(raw).decode().strip() if raw else None
+
+    def router_urls(self, namespace: str, service: str) -> list[str]:
+        """The base URLs of a Service's ready endpoints (the router replicas), from its
+        EndpointSlices."""
+        slices = client.DiscoveryV1Api(self.client).list_namespaced_endpoint_slice(
+            namespace, label_selector=f"kubernetes.io/service-name={service}", _preload_content=False)
+        return ready_urls(json.loads(slices.data).get("items") or [])
 
     # --- reading the children --------------------------------------------------------------
 
