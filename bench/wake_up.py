@@ -74,7 +74,7 @@ def watch_children(api: client.ApiClient, namespace: str, name: str, times: Time
 
     def pods() -> None:
         w = watch.Watch()
-        for ev in w.stream(core.list_namespaced_pod, namespace, label_selector=f"modelship.io/deployment={name}",
+        for ev in w.stream(core.list_namespaced_pod, namespace, label_selector=f"modelship.io/deployment={name},app.kubernetes.io/component=server",
                            timeout_seconds=300):
             if stop.is_set():
                 return w.stop()
@@ -190,7 +190,7 @@ def main() -> None:
 
 
 def pods_left(api, namespace: str) -> bool:
-    return bool(client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="modelship.io/deployment=wake")
+    return bool(client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="modelship.io/deployment=wake,app.kubernetes.io/component=server")
                 .items)
 
 

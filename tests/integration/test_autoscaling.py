@@ -214,21 +214,26 @@ def test_a_model_at_zero_answers_held_requests_and_a_full_queue_is_told_so(clust
     assert lines[0].startswith(":") and "starting" in lines[0], lines[:3]
     assert any(line.startswith("data: {") for line in lines) and lines[-1] == "data: [DONE]", lines[-3:]
 
-    # A full queue (two held): the third is told to retry; a held client that leaves is dropped.
+    # With the operator away (nothing wakes the model), held requests stay held: a full queue
+    # (two) tells the third to retry; a held client that leaves is dropped; the operator back,
+    # the two held are answered.
     asleep()
+    local_operator.stop()
+    with httpx.stream("POST", f"{router.url}/v1/chat/completions", timeout=30, json={
+            "model": "sleepy", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}) as s:
+        lines = s.iter_lines()
+        first = next(lines)  # the first keep-alive comment: it is held
+        assert s.status_code == 200 and first.startswith(": modelship"), (s.status_code, first)
+        assert router.load()[f"{namespace}/sleepy"]["held"] == 1, (router.load(), list(lines))
+    wait_for(lambda: router.load()[f"{namespace}/sleepy"]["held"] == 0, 5, "the client that left to be dropped")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         held = [pool.submit(chat, router, "sleepy") for _ in range(2)]
         wait_for(lambda: router.load()[f"{namespace}/sleepy"]["held"] == 2, 10, "two held requests")
         third = chat(router, "sleepy", timeout=10)
         assert third.status_code == 429 and third.headers.get("retry-after"), third.text
-        assert third.json()["error"]["code"] == "model_starting"
+        assert third.json()["error"]["code"] == "model_starting" and "starting" in third.json()["error"]["message"]
+        start_operator(local_operator, router)
         assert [f.result().status_code for f in held] == [200, 200]
-    asleep()
-    with httpx.stream("POST", f"{router.url}/v1/chat/completions", timeout=30, json={
-            "model": "sleepy", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}) as s:
-        next(s.iter_lines())  # the first keep-alive comment: it is held
-        assert router.load()[f"{namespace}/sleepy"]["held"] == 1
-    wait_for(lambda: router.load()[f"{namespace}/sleepy"]["held"] == 0, 5, "the client that left to be dropped")
 
 
 def local_cpu_free(cluster, node: str) -> int:
