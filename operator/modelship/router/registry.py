@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import api
 from . import balance
@@ -26,6 +26,7 @@ class Target:
     aliases: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     fallback: list[str] = field(default_factory=list)
+    wakeable: bool = False  # autoscaled down to zero replicas: a request waits for it to wake
     config: tuple = ()  # what the target was built from (discovery replaces it when that changes)
 
     def ready(self) -> list[balance.Endpoint]:
@@ -93,11 +94,18 @@ class StaticEntry(api.LoadBalancing):
 
     name: str
     engine: str = Field("llamacpp", pattern="^(tgi|llamacpp)$")
-    endpoints: list[str] = Field(min_length=1)
+    endpoints: list[str] = Field(default_factory=list)
     aliases: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     fallback: list[str] = Field(default_factory=list)
     strategy: Literal[balance.STRATEGIES] = balance.DEFAULTS.strategy
+    wakeable: bool = False  # as an autoscaled ModelDeployment that may sleep at zero replicas
+
+    @model_validator(mode="after")
+    def _served(self) -> StaticEntry:
+        if not self.endpoints and not self.wakeable:  # (a wakeable one without: a model asleep for good)
+            raise ValueError("endpoints: a model needs at least one, unless it is wakeable")
+        return self
 
 
 class StaticFile(BaseModel):
@@ -108,12 +116,12 @@ class StaticFile(BaseModel):
 
 def load_static(path: str | Path, seed: int | None = None) -> Registry:
     """A registry from a YAML file: `models: [{name, engine, endpoints: [url...], aliases,
-    tasks, strategy}]`."""
+    tasks, fallback, strategy, wakeable}]`."""
     config = StaticFile.model_validate(yaml.safe_load(Path(path).read_text()) or {})
     reg = Registry()
     for m in config.models:
         t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed),
-                   aliases=m.aliases, tasks=m.tasks, fallback=m.fallback)
+                   aliases=m.aliases, tasks=m.tasks, fallback=m.fallback, wakeable=m.wakeable)
         t.set_endpoints({u.rstrip("/"): True for u in m.endpoints})
         reg.put(t)
     return reg
