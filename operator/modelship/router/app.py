@@ -3,6 +3,8 @@
 Requests name a model; the registry finds its target; the app reads and checks the request
 (its route, its API key, its body's size and JSON) and hands it, as one `Exchange`, to the
 `Forwarder`, which picks an endpoint and relays the answer. Errors come in OpenAI's shape.
+
+A request for a model with no ready endpoint goes to its first fallback that has one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Router:
         self.max_body_bytes = limits.max_body_bytes
         self.set_api_keys(api_keys or [])
         self.metrics = metrics or Metrics(registry)
-        self.forwarder = Forwarder(client, limits, self.metrics)
+        self.forwarder = Forwarder(client, limits, self.metrics, registry)
         self._forward = self.forwarder.forward  # bound once: called on every request
         self.on_startup: list = []  # called with the running loop (discovery starts its watches)
         self.background: list[asyncio.Task] = []  # cancelled at shutdown
@@ -91,34 +93,41 @@ class Router:
             if method != "POST":
                 raise ErrorAnswer(405, f"{path} takes POST")
             raw, body = await self._read_json(scope, receive)
-            target = self._target(body.get("model"))
-            await self._forward(Exchange(target, path, raw, body, kind, receive, send))
+            named = self._target(body.get("model"))
+            await self._forward(Exchange(named, named if named.ready() else self._stand_in(named), path, raw, body,
+                                         kind, receive, send))
             return
         if path.startswith("/models/"):  # TGI's native API: /models/{name}/generate
             name, _, rest = path[len("/models/"):].rstrip("/").partition("/")
             if rest not in TGI_PATHS:
                 raise ErrorAnswer(404, f"no route {path}: the TGI API is at /models/{{name}}/generate, "
                                        f"/models/{{name}}/generate_stream and /models/{{name}}/info", code="not_found")
-            target = self._target(name)
-            if target.engine != "tgi":
+            named = self._target(name)
+            if named.engine != "tgi":
                 raise ErrorAnswer(400, f"model {name!r} is served by llama.cpp, which has no TGI API: use the "
                                        f"OpenAI API (/v1/chat/completions, /v1/completions)", code="unsupported_api")
             if rest == "info":
-                await self._forward(Exchange(target, "/info", b"", {}, "info", receive, send, method="GET"))
+                await self._forward(Exchange(named, named if named.ready() else self._stand_in(named), "/info", b"",
+                                             {}, "info", receive, send, method="GET"))
                 return
             raw, body = await self._read_json(scope, receive)
-            await self._forward(Exchange(target, "/" + rest, raw, body, "tgi", receive, send))
+            await self._forward(Exchange(named, named if named.ready() else self._stand_in(named), "/" + rest, raw,
+                                         body, "tgi", receive, send))
             return
         raise ErrorAnswer(404, f"no route {method} {path}: the router serves /v1/chat/completions, /v1/completions, "
                                f"/v1/models, /models/{{name}}/generate[_stream], /models/{{name}}/info, /health and "
                                f"/metrics", code="not_found")
 
     def _models(self) -> bytes:
-        """/v1/models: every name a request may use whose target has a ready endpoint."""
+        """/v1/models: every name a request may use whose target has a ready endpoint or can be
+        woken."""
         now = int(time.time())
-        data = [{"id": name, "object": "model", "created": now, "owned_by": "modelship",
-                 "modelship": {"target": t.name, "engine": t.engine, "ready_endpoints": len(t.ready())}}
-                for name, t in self.registry.serving()]
+        data = []
+        for name, t in self.registry.serving():
+            ready = len(t.ready())
+            data.append({"id": name, "object": "model", "created": now, "owned_by": "modelship",
+                         "modelship": {"target": t.name, "engine": t.engine, "ready_endpoints": ready,
+                                       "state": "serving" if ready else "scaled-to-zero"}})
         return orjson.dumps({"object": "list", "data": data})
 
     def _authorize(self, scope) -> None:
@@ -130,6 +139,11 @@ class Router:
             raise ErrorAnswer(401, "a valid API key is needed: send `Authorization: Bearer <key>`",
                               "authentication_error", "invalid_api_key")
 
+    def _stand_in(self, named: Target) -> Target:
+        """The target that answers for `named` while it has no ready endpoint: its first fallback
+        that has one, else itself."""
+        return self.registry.stand_in(named) or named
+
     def _target(self, model) -> Target:
         if model is None:
             names = list(self.registry.targets)
@@ -139,7 +153,7 @@ class Router:
                                    f"{', '.join(self.registry.names())}")
         if not isinstance(model, str):
             raise ErrorAnswer(400, "\"model\" must be a string")
-        target = self.registry.lookup(model)
+        target = self.registry.find(model)
         if target is None:
             raise ErrorAnswer(404, f"the model {model!r} does not exist here; the models are: "
                                    f"{', '.join(self.registry.names()) or '(none)'}", code="model_not_found")

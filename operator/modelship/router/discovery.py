@@ -175,7 +175,9 @@ class State:
             target.aliases = [m.name, *m.aliases] if unique else []
             target.tasks = list(m.tasks)
             target.fallback = [f"{m.namespace}/{f}" for f in m.fallback]
-            target.wakeable = m.wakeable  # (in place: it follows the spec without rebuilding the target)
+            if target.wakeable and not m.wakeable:
+                target.demand.wake()  # requests held for it get the usual 503 now, not at their deadline
+            target.wakeable = m.wakeable  # (in place: a request held for it follows the change)
             target.set_endpoints(self.endpoints(m.namespace, m.name))
         for key in [k for k in registry.targets if k not in wanted]:
             registry.remove(key)

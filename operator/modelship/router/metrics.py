@@ -2,8 +2,9 @@
 
 What the hot path counts per request (requests, time to first byte, duration, retries,
 streamed chunks) are prometheus_client metrics, each child looked up once; what the
-registry already knows (requests open per endpoint, prompt blocks routed and matched) is
-read from it at scrape time, so a request pays nothing for it."""
+registry already knows (requests open per endpoint, prompt blocks routed and matched, each
+model's held requests) is read from it at scrape time, so a request
+pays nothing more for it."""
 
 from __future__ import annotations
 
@@ -62,10 +63,13 @@ class RegistryCollector:
                                      "prefix-cache strategy.", labels=["model"])
         hits = CounterMetricFamily("modelship_router_prefix_hit_blocks", "Prompt blocks sent to the endpoint "
                                    "that last served them (an estimate of prefix-cache hits).", labels=["model"])
+        held = GaugeMetricFamily("modelship_router_held_requests", "Requests held for a model at zero replicas "
+                                 "while it wakes.", labels=["model"])
         for t in list(self.registry.targets.values()):
+            held.add_metric([t.name], t.demand.held)
             for url, ep in list(t.endpoints.items()):
                 in_flight.add_metric([t.name, url], ep.in_flight)
             if t.strategy.counts_hits:
                 blocks.add_metric([t.name], t.strategy.blocks_seen)
                 hits.add_metric([t.name], t.strategy.hits)
-        yield from (in_flight, blocks, hits)
+        yield from (in_flight, blocks, hits, held)
