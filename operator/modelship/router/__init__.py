@@ -13,7 +13,8 @@ wheel keeps its deadlines) → back to the client.
   static file.
 - discovery.py: the registry kept from ModelDeployments and EndpointSlices (watches).
 - scrape.py: the engines' own load, from their metrics.
-- load.py: each model's demand: the requests held for it while it wakes.
+- load.py: each model's demand (requests open, held, arrived) and the long poll of
+  `/modelship/load`, which the operator's autoscaler reads.
 - upstream.py: the one pooled client to the engines, behind a small interface.
 - wheel.py: every request's deadlines on one timer.
 - metrics.py, errors.py: its Prometheus metrics; its answers in OpenAI's error shape.

@@ -11,7 +11,7 @@ A request for a model at zero replicas that can be woken (autoscaled, `minReplic
 held until the model has a ready endpoint, within bounds (`hold_max_requests` at once per
 model: 429 after; `hold_max_seconds`: 503 after); a streamed one gets its answer's head at
 once, then an SSE comment every `hold_keepalive_seconds`, then the engine's events. Waking is
-the operator's: its autoscaler scales the model up.
+the operator's: it reads the demand from `/modelship/load` (load.py).
 
 Each request is one `Exchange`, made by the app once the request is read and its target
 known; the `Forwarder` (the pooled client, the limits, the metrics, the deadlines' wheel)
@@ -137,7 +137,8 @@ class Forwarder:
     async def forward(self, ex: Exchange) -> None:
         # A client that goes away cancels its request, upstream included. Watching costs a task,
         # so it starts only once a request has lasted WATCH_AFTER: a quick answer never pays.
-        task = ex.task
+        task, demand = ex.task, ex.demand
+        demand.enter(ex.started)  # (the autoscaler's counters, on the clock the Exchange read)
         slot = self.wheel.call_after(WATCH_AFTER, task, ex.watch)
         try:
             await self._try_endpoints(ex)
@@ -156,6 +157,7 @@ class Forwarder:
             self.wheel.cancel(slot, task)
             if ex.watcher is not None:
                 ex.watcher.cancel()
+            demand.leave(time.monotonic())
 
     async def _try_endpoints(self, ex: Exchange, since: float = 0.0) -> None:
         """`since`: when retries' time budget starts, if not at the request's arrival (after a hold)."""
@@ -228,8 +230,8 @@ class Forwarder:
             headers=[(b"retry-after", self.retry_after)]))
 
     async def _hold(self, ex: Exchange) -> None:
-        """Hold a request for a target asleep at zero replicas (the operator wakes it), counted
-        in its `held`. A streamed request gets
+        """Hold a request for a target asleep at zero replicas (the operator wakes it; the app
+        moved the load's version to tell it), counted in its `held`. A streamed request gets
         its answer's head at once, so that it can be kept alive while it waits."""
         demand, name = ex.demand, ex.target.name
         if demand.held >= self.hold_max_requests:
