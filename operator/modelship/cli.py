@@ -158,6 +158,12 @@ class RouterFlag(click.Option):
 @click.option("--idle-timeout", cls=RouterFlag, type=float,
               help="Seconds between two chunks of an answer before it is ended.")
 @click.option("--retries", cls=RouterFlag, type=int, help="Other endpoints tried before the first byte.")
+@click.option("--hold-max-requests", cls=RouterFlag, type=int,
+              help="Requests held at once for a model at zero replicas while it wakes (429 after).")
+@click.option("--hold-max-seconds", cls=RouterFlag, type=float,
+              help="Seconds a request is held for a model at zero replicas to wake (503 after).")
+@click.option("--hold-keepalive-seconds", cls=RouterFlag, type=float,
+              help="Seconds between the SSE comments a held streamed request gets while it waits.")
 @click.option("--drain-seconds", cls=RouterFlag, type=int, help="On SIGTERM, time given to open requests.")
 @click.option("--namespace", "-n", "namespaces", cls=RouterFlag, multiple=True,
               help="Serve the ModelDeployments of this namespace (repeatable; default: all namespaces).")

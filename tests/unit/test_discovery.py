@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from modelship.router.discovery import State, slice_endpoints
+from modelship.router.discovery import Discovered, State, slice_endpoints
 from modelship.router.registry import Registry
 
 
-def md(ns: str, name: str, engine: str = "llamacpp", **router) -> dict:
+def md(ns: str, name: str, engine: str = "llamacpp", spec: dict | None = None, **router) -> dict:
+    """A ModelDeployment: `spec` its other spec fields (replicas), `router` its spec.router."""
     return {"metadata": {"namespace": ns, "name": name},
-            "spec": {"model": {"repo": "org/m"}, "router": router},
+            "spec": {"model": {"repo": "org/m"}, "router": router, **(spec or {})},
             "status": {"resolved": {"engine": engine}}}
 
 
@@ -91,3 +92,26 @@ def test_a_router_spec_from_another_version_of_the_crd_is_still_served():
     assert reg.lookup("n").strategy.name == "least-load"
     odd = reg.lookup("o")
     assert odd is reg.lookup("a/odd") and odd.strategy.name == "prefix-cache"  # the CRD's default
+
+
+def test_a_model_autoscaled_down_to_zero_can_be_woken():
+    def wakeable(**spec) -> bool:
+        return Discovered.from_object(md("a", "chat", spec=spec)).wakeable
+
+    assert wakeable(maxReplicas=4, minReplicas=0)
+    assert not wakeable(maxReplicas=4)  # minReplicas unset means 1
+    assert not wakeable(maxReplicas=4, minReplicas=1)
+    assert not wakeable(minReplicas=0)  # not autoscaled
+    assert not wakeable(replicas=0)  # scaled to zero by hand: nothing will wake it
+    assert not wakeable()
+
+
+def test_wakeable_follows_the_spec_on_the_same_target():
+    s, reg = State(), Registry()
+    s.on_model("ADDED", md("a", "chat", spec={"maxReplicas": 2, "minReplicas": 0}))
+    s.apply(reg)
+    t = reg.targets["a/chat"]
+    assert t.wakeable
+    s.on_model("MODIFIED", md("a", "chat", spec={"maxReplicas": 2, "minReplicas": 1}))
+    s.apply(reg)
+    assert reg.targets["a/chat"] is t and not t.wakeable

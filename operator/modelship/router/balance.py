@@ -65,6 +65,7 @@ class Endpoint:
     waiting: float = 0.0  # requests the engine says are queued (scraped)
     ready: bool = True
     scrapes: int = 0  # how many times its metrics were read
+    scraped: bool = False  # whether the last read found the engine's load there
     salt: int = field(init=False, repr=False)  # its rendezvous identity: the same in every router replica
 
     def __post_init__(self) -> None:

@@ -35,8 +35,9 @@ SERVICE_NAME = "kubernetes.io/service-name"
 
 @dataclass(frozen=True)
 class Discovered:
-    """What the router needs of one ModelDeployment: its names, its engine, and its
-    `spec.router`, read with the API's own models (so the defaults are the CRD's)."""
+    """What the router needs of one ModelDeployment: its names, its engine, its `spec.router`,
+    read with the API's own models (so the defaults are the CRD's), and whether it can be
+    woken: autoscaled (`maxReplicas` set) down to zero (`minReplicas: 0`; unset means 1)."""
 
     namespace: str
     name: str
@@ -47,6 +48,7 @@ class Discovered:
     strategy: str
     block: int
     max_imbalance: int
+    wakeable: bool = False
 
     @classmethod
     def from_object(cls, obj: dict) -> "Discovered":
@@ -55,8 +57,10 @@ class Discovered:
         lb = router.load_balancing or api.LoadBalancing()
         engine = ((status.get("resolved") or {}).get("engine")
                   or ("tgi" if (spec.get("engine") or {}).get("type") == "tgi" else "llamacpp"))
+        wakeable = spec.get("maxReplicas") is not None and spec.get("minReplicas") == 0
         return cls(obj["metadata"]["namespace"], obj["metadata"]["name"], engine, tuple(router.aliases),
-                   tuple(router.tasks), tuple(router.fallback), lb.strategy, lb.prefix_block_size, lb.max_imbalance)
+                   tuple(router.tasks), tuple(router.fallback), lb.strategy, lb.prefix_block_size, lb.max_imbalance,
+                   wakeable)
 
 
 def _api_type(annotation) -> type[api.ApiType] | None:
@@ -171,6 +175,9 @@ class State:
             target.aliases = [m.name, *m.aliases] if unique else []
             target.tasks = list(m.tasks)
             target.fallback = [f"{m.namespace}/{f}" for f in m.fallback]
+            if target.wakeable and not m.wakeable:
+                target.demand.wake()  # requests held for it get the usual 503 now, not at their deadline
+            target.wakeable = m.wakeable  # (in place: a request held for it follows the change)
             target.set_endpoints(self.endpoints(m.namespace, m.name))
         for key in [k for k in registry.targets if k not in wanted]:
             registry.remove(key)

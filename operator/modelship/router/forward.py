@@ -7,6 +7,12 @@ with an SSE error event. Answers are passed through as they arrive (server-sent 
 included, never buffered), except a small whole answer, sent in one write. A client that
 goes away cancels its upstream request.
 
+A request for a model at zero replicas that can be woken (autoscaled, `minReplicas: 0`) is
+held until the model has a ready endpoint, within bounds (`hold_max_requests` at once per
+model: 429 after; `hold_max_seconds`: 503 after); a streamed one gets its answer's head at
+once, then an SSE comment every `hold_keepalive_seconds`, then the engine's events. Waking is
+the operator's: it reads the demand from `/modelship/load` (load.py).
+
 Each request is one `Exchange`, made by the app once the request is read and its target
 known; the `Forwarder` (the pooled client, the limits, the metrics, the deadlines' wheel)
 serves them all.
@@ -23,7 +29,7 @@ import orjson
 from . import balance
 from .errors import ErrorAnswer, respond
 from .metrics import Metrics
-from .registry import Target
+from .registry import Registry, Target
 from .settings import Limits
 from .upstream import Answer, BrokeOff, Unreachable, Upstream
 from .wheel import Wheel
@@ -36,6 +42,7 @@ WHOLE_BODY_BYTES = 1 << 20  # a non-streamed answer up to this size is read whol
 # identity: the body is relayed byte for byte, so it must not come compressed
 HEADERS = {"accept-encoding": "identity"}
 JSON_HEADERS = {**HEADERS, "content-type": "application/json"}
+SSE_HEAD = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 OPENER_CHARS = 512  # a completion's opener (it has no messages to say where a conversation starts)
@@ -73,46 +80,65 @@ def prompt_text(kind: str, body: dict) -> tuple[str, int, int]:
 
 class Exchange:
     """One request on its way to an endpoint and back: what forwarding needs of it, set once.
-    `kind` says where the prompt is in `body` ("chat", "completion", "tgi"; "info": none)."""
+    `named` is the target the request named, whose demand it counts in; `target` the one that
+    answers it (the same, or a fallback while `named` has no ready endpoint). `kind` says where
+    the prompt is in `body` ("chat", "completion", "tgi"; "info": none)."""
 
-    __slots__ = ("target", "path", "raw", "method", "receive", "send", "started", "task", "key", "watcher")
+    __slots__ = ("target", "path", "raw", "body", "kind", "method", "receive", "send", "started", "task", "key",
+                 "watcher", "demand", "opened")
 
-    def __init__(self, target: Target, path: str, raw: bytes, body: dict, kind: str, receive, send,
+    def __init__(self, named: Target, target: Target, path: str, raw: bytes, body: dict, kind: str, receive, send,
                  method: str = "POST") -> None:
         # (One assignment each: a tuple of four would be built and unpacked, on every request.)
         self.started = time.monotonic()
         self.target = target
         self.path = path
         self.raw = raw
+        self.body = body
+        self.kind = kind
         self.method = method
         self.receive = receive
         self.send = send
         self.task = asyncio.current_task()
         self.watcher: asyncio.Task | None = None  # watching for the client leaving, once started
+        self.demand = named.demand
+        self.opened = False  # the answer's head is sent (a streamed request held while its model woke)
         strategy = target.strategy  # only a strategy that reads the prompt pays for rendering it
         self.key = strategy.key(*prompt_text(kind, body)) if strategy.reads_prompt and kind != "info" else None
+
+    def retarget(self, target: Target) -> None:
+        """Discovery rebuilt the target (its strategy changed) while the request was held."""
+        self.target = target
+        strategy = target.strategy
+        self.key = (strategy.key(*prompt_text(self.kind, self.body)) if strategy.reads_prompt and self.kind != "info"
+                    else None)
 
     def watch(self) -> None:
         """Start watching for the client leaving (the wheel calls this once the request has
         lasted WATCH_AFTER)."""
-        self.watcher = asyncio.create_task(_on_disconnect(self.receive, self.task))
+        self.watcher = asyncio.create_task(cancel_on_disconnect(self.receive, self.task))
 
 
 class Forwarder:
     """Sends each Exchange to one of its target's ready endpoints and relays the answer."""
 
-    def __init__(self, client: Upstream, limits: Limits, metrics: Metrics) -> None:
+    def __init__(self, client: Upstream, limits: Limits, metrics: Metrics, registry: Registry) -> None:
         self.client, self.metrics = client, metrics
+        self.registry = registry  # where a held request finds its target again once woken
         self.wheel = Wheel()  # every request's deadlines, on one timer
         # The limits, as plain attributes: read on every request.
         self.retries, self.retry_budget = limits.retries, limits.retry_budget
         self.first_byte_timeout, self.idle_timeout = limits.first_byte_timeout, limits.idle_timeout
+        self.retry_after_seconds = limits.retry_after
         self.retry_after = str(limits.retry_after).encode()
+        self.hold_max_requests, self.hold_max_seconds = limits.hold_max_requests, limits.hold_max_seconds
+        self.hold_keepalive = limits.hold_keepalive_seconds
 
     async def forward(self, ex: Exchange) -> None:
         # A client that goes away cancels its request, upstream included. Watching costs a task,
         # so it starts only once a request has lasted WATCH_AFTER: a quick answer never pays.
-        task = ex.task
+        task, demand = ex.task, ex.demand
+        demand.enter(ex.started)  # (the autoscaler's counters, on the clock the Exchange read)
         slot = self.wheel.call_after(WATCH_AFTER, task, ex.watch)
         try:
             await self._try_endpoints(ex)
@@ -123,19 +149,25 @@ class Forwarder:
                 self.metrics.child(self.metrics.requests, ex.target.name, "", "499").inc()
                 return
             raise
+        except ErrorAnswer as e:
+            if not ex.opened:
+                raise  # (the app writes it)
+            await _last_event(ex.send, e.body())  # a held stream's head is sent: the error is its last event
         finally:
             self.wheel.cancel(slot, task)
             if ex.watcher is not None:
                 ex.watcher.cancel()
+            demand.leave(time.monotonic())
 
-    async def _try_endpoints(self, ex: Exchange) -> None:
+    async def _try_endpoints(self, ex: Exchange, since: float = 0.0) -> None:
+        """`since`: when retries' time budget starts, if not at the request's arrival (after a hold)."""
         m, target, key, retries = self.metrics, ex.target, ex.key, self.retries  # (read once)
         tried: set[str] = set()
         last: ErrorAnswer | None = None
         for attempt in range(retries + 1):
             ready = target.ready()
             candidates = [e for e in ready if e.url not in tried] if tried else ready  # (a first try: no copy)
-            if not candidates or (attempt and time.monotonic() - ex.started > self.retry_budget):
+            if not candidates or (attempt and time.monotonic() - (since or ex.started) > self.retry_budget):
                 break
             ep = target.strategy.pick(key, candidates)
             tried.add(ep.url)
@@ -172,9 +204,78 @@ class Forwarder:
         if last is not None:
             m.child(m.requests, target.name, "", str(last.status)).inc()
             raise last
-        m.child(m.requests, target.name, "", "503").inc()
-        raise ErrorAnswer(503, f"the model {target.name!r} has no ready endpoint yet; try again shortly",
-                          "service_unavailable", "no_ready_endpoint", headers=[(b"retry-after", self.retry_after)])
+        if target.wakeable and not tried:  # at zero replicas: wait for it to wake, then go on as usual
+            await self._hold(ex)
+            await self._try_endpoints(ex, time.monotonic())
+            return
+        raise self._no_ready(target.name)
+
+    def _refused(self, name: str, status: int, error: ErrorAnswer) -> ErrorAnswer:
+        """The router's own answer for a known model, counted without an endpoint."""
+        self.metrics.child(self.metrics.requests, name, "", str(status)).inc()
+        return error
+
+    def _no_ready(self, name: str) -> ErrorAnswer:
+        return self._refused(name, 503, ErrorAnswer(
+            503, f"the model {name!r} has no ready endpoint yet; try again shortly", "service_unavailable",
+            "no_ready_endpoint", headers=[(b"retry-after", self.retry_after)]))
+
+    def _starting(self, name: str, status: int, message: str) -> ErrorAnswer:
+        # One type for both 429 and 503: the model is not serving yet, as for a model with no
+        # ready endpoint. OpenAI's clients choose their exception and whether to retry by the
+        # status (429: RateLimitError, retried after Retry-After), not by the type; and
+        # `rate_limit_error` would tell the client it sent too much, which it did not.
+        return self._refused(name, status, ErrorAnswer(
+            status, f"{message}; try again in {self.retry_after_seconds} s", "service_unavailable", "model_starting",
+            headers=[(b"retry-after", self.retry_after)]))
+
+    async def _hold(self, ex: Exchange) -> None:
+        """Hold a request for a target asleep at zero replicas (the operator wakes it; the app
+        moved the load's version to tell it), counted in its `held`. A streamed request gets
+        its answer's head at once, so that it can be kept alive while it waits."""
+        demand, name = ex.demand, ex.target.name
+        if demand.held >= self.hold_max_requests:
+            raise self._starting(name, 429, f"the model {name!r} is starting from zero replicas and {demand.held} "
+                                            f"requests already wait for it")
+        demand.held += 1
+        try:
+            # (TGI's /generate has no `stream`; its `POST /` has, as the OpenAI routes do)
+            if ex.path == "/generate_stream" or (ex.path != "/generate" and ex.body.get("stream") is True):
+                await ex.send({"type": "http.response.start", "status": 200, "headers": SSE_HEAD})
+                ex.opened = True
+            await self._until_ready(ex)
+        finally:
+            demand.held -= 1
+
+    async def _until_ready(self, ex: Exchange) -> None:
+        """Until the target has a ready endpoint (`Target.set_endpoints` wakes its waiters; no
+        polling), with an SSE comment every keepalive in an opened stream. Past the deadline:
+        503; a model removed meanwhile: 404; one no longer autoscaled to zero: the usual 503."""
+        name, deadline = ex.target.name, ex.started + self.hold_max_seconds
+        while not ex.target.ready():
+            now = time.monotonic()
+            if now >= deadline:
+                raise self._starting(name, 503, f"the model {name!r} is starting from zero replicas and had no ready "
+                                                f"endpoint after {now - ex.started:.0f} s of waiting")
+            event = ex.demand.event()
+            try:
+                with self.wheel.timeout(min(deadline - now, self.hold_keepalive) if ex.opened else deadline - now,
+                                        ex.task):
+                    await event.wait()
+            except TimeoutError:
+                if ex.opened and time.monotonic() < deadline:
+                    await ex.send({"type": "http.response.body", "more_body": True, "body": (
+                        f': modelship: model "{name}" is starting from zero replicas; waited '
+                        f'{time.monotonic() - ex.started:.0f} s\n\n').encode()})
+                continue
+            current = self.registry.targets.get(name)
+            if current is None:
+                raise self._refused(name, 404, ErrorAnswer(
+                    404, f"the model {name!r} was removed while the request waited for it", code="model_not_found"))
+            if current is not ex.target:  # rebuilt by discovery (its strategy changed): the same model
+                ex.retarget(current)
+            if not current.wakeable and not current.ready():
+                raise self._no_ready(name)
 
     async def _relay(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer) -> None:
         m, name = self.metrics, ex.target.name
@@ -182,7 +283,9 @@ class Forwarder:
         code = upstream.status
         m.child(m.requests, name, ep.url, str(code)).inc()
         try:
-            if not ctype.startswith("text/event-stream") and upstream.length is not None \
+            if ex.opened:  # held and streamed: the head is sent
+                await self._relay_held(ex, ep, upstream, ctype)
+            elif not ctype.startswith("text/event-stream") and upstream.length is not None \
                     and upstream.length <= WHOLE_BODY_BYTES:
                 # A small whole answer (a non-streamed completion) is read, then sent at once,
                 # with its length: one write, no chunked encoding, and a broken one is a 502.
@@ -204,10 +307,11 @@ class Forwarder:
         """Chunk by chunk, as they arrive."""
         m, send, task = self.metrics, ex.send, ex.task
         sse = ctype.startswith("text/event-stream")
-        headers = [(b"content-type", ctype.encode())]
-        if sse:
-            headers.append((b"cache-control", b"no-cache"))
-        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        if not ex.opened:
+            headers = [(b"content-type", ctype.encode())]
+            if sse:
+                headers.append((b"cache-control", b"no-cache"))
+            await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         first, chunks = True, 0
         it = upstream.chunks()
         idle, wheel = self.idle_timeout, self.wheel
@@ -236,12 +340,53 @@ class Forwarder:
             m.child(m.chunks, ex.target.name).inc(chunks)
 
 
+    async def _relay_held(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer, ctype: str) -> None:
+        """The answer to a held streamed request, whose head (200, SSE) is sent: the engine's
+        events; or, when it did not answer with events, its answer as one event (an error in
+        OpenAI's shape when it is not a 2xx), and the end."""
+        if upstream.status < 300 and ctype.startswith("text/event-stream"):
+            await self._relay_stream(ex, ep, upstream, ctype)
+            return
+        name = ex.target.name
+        try:
+            with self.wheel.timeout(self.idle_timeout, ex.task):
+                body = await upstream.read()
+        except (TimeoutError, BrokeOff) as e:
+            body = f"the answer broke off ({_why(e)})".encode()
+        if upstream.status >= 300:
+            body = orjson.dumps({"error": _engine_error(name, upstream.status, body)})
+        await _last_event(ex.send, body)
+
+
+def _engine_error(name: str, status: int, body: bytes) -> dict:
+    """An engine's error answer in OpenAI's shape: as it is when it has that shape (llama.cpp's
+    and TGI's OpenAI routes), else its message (TGI's own routes: `{"error": "..."}`) or text."""
+    try:
+        found = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        found = None
+    error = found.get("error") if isinstance(found, dict) else None
+    if isinstance(error, dict):
+        return error
+    message = error if isinstance(error, str) else body[:500].decode("utf-8", "replace")
+    kind = "invalid_request_error" if status < 500 else "upstream_error"  # (a 4xx: the request's fault)
+    code = found.get("error_type") if isinstance(found, dict) else None  # TGI's ("validation", ...)
+    return {"message": f"{name} answered {status}: {message}", "type": kind, "param": None,
+            "code": code if isinstance(code, str) else kind}
+
+
+async def _last_event(send, body: bytes) -> None:
+    """End a stream whose head is sent with one more SSE `data:` event (an error, mostly)."""
+    await send({"type": "http.response.body", "more_body": True, "body": b"data: " + body + b"\n\n"})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _why(e: Exception) -> str:
     """Why an answer broke off: the idle timeout, or what the upstream client said."""
     return "idle timeout" if isinstance(e, TimeoutError) else str(e)
 
 
-async def _on_disconnect(receive, task: asyncio.Task) -> None:
+async def cancel_on_disconnect(receive, task: asyncio.Task) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -2,10 +2,13 @@
 
 What the hot path counts per request (requests, time to first byte, duration, retries,
 streamed chunks) are prometheus_client metrics, each child looked up once; what the
-registry already knows (requests open per endpoint, prompt blocks routed and matched) is
-read from it at scrape time, so a request pays nothing for it."""
+registry already knows (requests open per endpoint, prompt blocks routed and matched, each
+model's held requests and its in-flight seconds) is read from it at scrape time, so a request
+pays nothing more for it."""
 
 from __future__ import annotations
+
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -62,10 +65,18 @@ class RegistryCollector:
                                      "prefix-cache strategy.", labels=["model"])
         hits = CounterMetricFamily("modelship_router_prefix_hit_blocks", "Prompt blocks sent to the endpoint "
                                    "that last served them (an estimate of prefix-cache hits).", labels=["model"])
+        held = GaugeMetricFamily("modelship_router_held_requests", "Requests held for a model at zero replicas "
+                                 "while it wakes.", labels=["model"])
+        area = CounterMetricFamily("modelship_router_in_flight_seconds", "The integral over time of the requests "
+                                   "open for a model, held ones included (its rate: the mean in flight).",
+                                   labels=["model"])
+        now = time.monotonic()
         for t in list(self.registry.targets.values()):
+            held.add_metric([t.name], t.demand.held)
+            area.add_metric([t.name], t.demand.area_at(now))
             for url, ep in list(t.endpoints.items()):
                 in_flight.add_metric([t.name, url], ep.in_flight)
             if t.strategy.counts_hits:
                 blocks.add_metric([t.name], t.strategy.blocks_seen)
                 hits.add_metric([t.name], t.strategy.hits)
-        yield from (in_flight, blocks, hits)
+        yield from (in_flight, blocks, hits, held, area)

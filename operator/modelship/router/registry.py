@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import api
 from . import balance
+from .load import Demand
 
 
 @dataclass(eq=False)
@@ -26,14 +27,17 @@ class Target:
     aliases: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     fallback: list[str] = field(default_factory=list)
+    wakeable: bool = False  # autoscaled down to zero replicas: a request waits for it to wake
     config: tuple = ()  # what the target was built from (discovery replaces it when that changes)
+    demand: Demand = field(default_factory=Demand)  # its requests, for the autoscaler (kept when replaced)
 
     def ready(self) -> list[balance.Endpoint]:
         return [e for e in self.endpoints.values() if e.ready]
 
     def set_endpoints(self, urls: dict[str, bool]) -> None:
         """The endpoints now (url -> ready). Counters of those that stay are kept; a gone
-        endpoint's cached prefixes are forgotten."""
+        endpoint's cached prefixes are forgotten. Requests held for a ready endpoint are woken
+        when one appears."""
         gone = {u for u in self.endpoints if u not in urls}
         for url in gone:
             del self.endpoints[url]
@@ -41,6 +45,8 @@ class Target:
             self.strategy.forget(gone)
         for url, ready in urls.items():
             self.endpoints.setdefault(url, balance.Endpoint(url)).ready = ready
+        if self.demand.woken is not None and any(urls.values()):
+            self.demand.wake()
 
 
 class Registry:
@@ -48,25 +54,44 @@ class Registry:
         self.targets: dict[str, Target] = {}
 
     def put(self, target: Target) -> None:
+        """Add a target, or replace the one of its name, whose demand it takes over: its
+        counters, and its held requests, woken to go on with this one."""
+        old = self.targets.get(target.name)
         self.targets[target.name] = target
+        if old is not None and old is not target:
+            target.demand = old.demand
+            target.demand.wake()
 
     def remove(self, name: str) -> None:
-        self.targets.pop(name, None)
+        gone = self.targets.pop(name, None)
+        if gone is not None:
+            gone.demand.wake()  # its held requests learn at once that it is gone
 
-    def lookup(self, model: str) -> Target | None:
-        """By name, then alias, then task (the task's target with the most ready endpoints);
-        a target with no ready endpoint gives way to its first fallback that has one."""
+    def find(self, model: str) -> Target | None:
+        """The target a request names: by name, then alias, then task (the task's target with
+        the most ready endpoints)."""
         found = self.targets.get(model)
         if found is None:
             found = next((t for t in self.targets.values() if model in t.aliases), None)
         if found is None:
             serving = [t for t in self.targets.values() if model in t.tasks]
             found = max(serving, key=lambda t: len(t.ready()), default=None)
+        return found
+
+    def stand_in(self, target: Target) -> Target | None:
+        """The first of a target's fallbacks that has a ready endpoint, if any."""
+        for name in target.fallback:
+            other = self.targets.get(name)
+            if other is not None and other.ready():
+                return other
+        return None
+
+    def lookup(self, model: str) -> Target | None:
+        """The target that answers a request for `model`: the one it names (`find`), or, while
+        that one has no ready endpoint, its first fallback that has one."""
+        found = self.find(model)
         if found is not None and not found.ready():
-            for name in found.fallback:
-                other = self.targets.get(name)
-                if other is not None and other.ready():
-                    return other
+            return self.stand_in(found) or found
         return found
 
     def names(self) -> list[str]:
@@ -78,8 +103,9 @@ class Registry:
         return sorted(out)
 
     def serving(self) -> list[tuple[str, Target]]:
-        """(name, target) for every name whose target has a ready endpoint: /v1/models."""
-        return [(n, t) for n in self.names() if (t := self.lookup(n)) is not None and t.ready()]
+        """(name, target) for every name a request may use now, /v1/models: its target has a
+        ready endpoint, or can be woken."""
+        return [(n, t) for n in self.names() if (t := self.lookup(n)) is not None and (t.wakeable or t.ready())]
 
 
 # --- the static list (benchmarks, tests, a router outside the cluster) ----------------------
@@ -93,11 +119,18 @@ class StaticEntry(api.LoadBalancing):
 
     name: str
     engine: str = Field("llamacpp", pattern="^(tgi|llamacpp)$")
-    endpoints: list[str] = Field(min_length=1)
+    endpoints: list[str] = Field(default_factory=list)
     aliases: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     fallback: list[str] = Field(default_factory=list)
     strategy: Literal[balance.STRATEGIES] = balance.DEFAULTS.strategy
+    wakeable: bool = False  # as an autoscaled ModelDeployment that may sleep at zero replicas
+
+    @model_validator(mode="after")
+    def _served(self) -> StaticEntry:
+        if not self.endpoints and not self.wakeable:  # (a wakeable one without: a model asleep for good)
+            raise ValueError("endpoints: a model needs at least one, unless it is wakeable")
+        return self
 
 
 class StaticFile(BaseModel):
@@ -108,12 +141,12 @@ class StaticFile(BaseModel):
 
 def load_static(path: str | Path, seed: int | None = None) -> Registry:
     """A registry from a YAML file: `models: [{name, engine, endpoints: [url...], aliases,
-    tasks, strategy}]`."""
+    tasks, fallback, strategy, wakeable}]`."""
     config = StaticFile.model_validate(yaml.safe_load(Path(path).read_text()) or {})
     reg = Registry()
     for m in config.models:
         t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed),
-                   aliases=m.aliases, tasks=m.tasks, fallback=m.fallback)
+                   aliases=m.aliases, tasks=m.tasks, fallback=m.fallback, wakeable=m.wakeable)
         t.set_endpoints({u.rstrip("/"): True for u in m.endpoints})
         reg.put(t)
     return reg

@@ -60,6 +60,7 @@ async def scrape_once(registry: Registry, client: Upstream, timeout: float = 1.0
         else:
             e.running, e.waiting = running, waiting
         e.scrapes += 1
+        e.scraped = found is not None
         return found is not None
 
     return sum(await asyncio.gather(*(one(u) for u in endpoints)))

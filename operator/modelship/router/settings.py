@@ -41,6 +41,12 @@ class Limits(BaseModel):
                                                         "request's arrival.")
     retry_after: int = Field(5, ge=0, description="Seconds a client is told to wait (`Retry-After`) when a model "
                                                   "has no ready endpoint.")
+    hold_max_requests: int = Field(256, ge=1, description="Requests held at once for a model at zero replicas "
+                                                          "while it wakes; the next one gets 429.")
+    hold_max_seconds: float = Field(300.0, gt=0, description="Seconds a request is held for a model at zero "
+                                                             "replicas to wake; 503 after.")
+    hold_keepalive_seconds: float = Field(10.0, gt=0, description="Seconds between the SSE comments a held "
+                                                                  "streamed request gets while it waits.")
 
 
 class RouterSettings(Limits, BaseSettings):
