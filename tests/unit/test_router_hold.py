@@ -477,3 +477,25 @@ def test_the_router_command_holds_within_its_flags(tmp_path):
         stop(proc, 10)
     said = proc.stderr.read()
     assert "Traceback" not in said, said[-3000:]
+
+
+def test_a_held_request_goes_to_a_starting_pod_as_soon_as_its_engine_is_healthy(engine):
+    """The router asks a starting pod's /health itself while requests are held (as Knative's
+    activator does): the pod serves the held request before the EndpointSlice says it is
+    ready, which here it never does. A pod whose engine is not healthy yet gets nothing."""
+    t = asleep()
+    dead = f"http://{HOST}:{free_port()}"  # a starting pod whose engine does not listen yet
+    app = router(t)
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            # (no endpoint when the request comes: the pods appear, starting, while it is held)
+            asyncio.get_running_loop().call_later(0.3, t.set_endpoints, {dead: False, engine: False})
+            started = time.monotonic()
+            r = await c.post("/v1/chat/completions", json=CHAT)
+            return r, time.monotonic() - started
+
+    r, took = run(go())
+    assert r.status_code == 200, r.text
+    assert 0.3 <= took < 2.0
+    assert t.endpoints[engine].ready and not t.endpoints[dead].ready

@@ -103,7 +103,9 @@ def routing(raw: dict, who: str) -> api.RouterSpec:
 
 
 def slice_endpoints(obj: dict, allowed: list | None = None) -> tuple[str | None, dict[str, bool]]:
-    """(service name, {url: ready}) of one EndpointSlice; terminating endpoints are not ready.
+    """(service name, {url: ready}) of one EndpointSlice. Terminating endpoints are left out:
+    nothing new goes to them (requests open there finish), and a not-ready endpoint is then a
+    pod that is starting (or failing its readiness probe), which a held request may probe.
     With `allowed` (ip_network objects), addresses outside them are left out."""
     service = (obj.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME)
     port = next((p.get("port") for p in obj.get("ports") or [] if p.get("name") == "http"), None)
@@ -114,7 +116,9 @@ def slice_endpoints(obj: dict, allowed: list | None = None) -> tuple[str | None,
         return service, out
     for ep in obj.get("endpoints") or []:
         cond = ep.get("conditions") or {}
-        ready = cond.get("ready") is not False and not cond.get("terminating")
+        if cond.get("terminating"):
+            continue
+        ready = cond.get("ready") is not False
         for address in ep.get("addresses") or []:
             if allowed is not None:
                 try:

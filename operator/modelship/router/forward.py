@@ -29,6 +29,7 @@ import orjson
 from . import balance
 from .errors import ErrorAnswer, respond
 from .metrics import Metrics
+from .load import probe_starting
 from .registry import Registry, Target
 from .settings import Limits
 from .upstream import Answer, BrokeOff, Unreachable, Upstream
@@ -125,6 +126,7 @@ class Forwarder:
     def __init__(self, client: Upstream, limits: Limits, metrics: Metrics, registry: Registry) -> None:
         self.client, self.metrics = client, metrics
         self.registry = registry  # where a held request finds its target again once woken
+        self.probing: dict[str, asyncio.Task] = {}  # model -> the task asking its starting pods' health
         self.wheel = Wheel()  # every request's deadlines, on one timer
         # The limits, as plain attributes: read on every request.
         self.retries, self.retry_budget = limits.retries, limits.retry_budget
@@ -258,6 +260,9 @@ class Forwarder:
                 raise self._starting(name, 503, f"the model {name!r} is starting from zero replicas and had no ready "
                                                 f"endpoint after {now - ex.started:.0f} s of waiting")
             event = ex.demand.event()
+            if ex.target.endpoints and ex.target.name not in self.probing:
+                self.probing[ex.target.name] = asyncio.create_task(
+                    probe_starting(ex.target, self.registry, self.client, self.probing))
             try:
                 with self.wheel.timeout(min(deadline - now, self.hold_keepalive) if ex.opened else deadline - now,
                                         ex.task):

@@ -18,9 +18,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .registry import Target
+    from .registry import Registry, Target
+    from .upstream import Upstream
 
 MAX_WAIT = 30.0  # seconds a poll may wait for the version to move
+PROBE_EVERY = 0.05  # seconds between two asks of a starting pod's /health while requests are held for it
 
 
 class Demand:
@@ -116,3 +118,26 @@ class Load:
                 "endpoints": len(t.endpoints), "readyEndpoints": len(ready),
                 "engineLoad": sum(e.running + e.waiting for e in scraped), "engineScraped": bool(scraped)}
         return {"router": self.id, "version": self.version, "uptime": now - self.started, "models": models}
+
+
+async def probe_starting(target: Target, registry: Registry, client: Upstream, probing: dict) -> None:
+    """While requests are held for a model whose pods are starting, ask their engines'
+    `/health` every PROBE_EVERY, and send the held requests to the first that answers 200,
+    without waiting for the kubelet's next probe and the EndpointSlice that follows it (as
+    Knative's activator probes pods directly). Only pods that are not terminating are listed
+    (discovery leaves those out), and this runs only while nothing else serves. `probing`:
+    model name -> this task, which it leaves when done."""
+    try:
+        while target.demand.held and not target.ready() and registry.targets.get(target.name) is target:
+            starting = [e for e in target.endpoints.values() if not e.ready]
+            answers = await asyncio.gather(*(client.get(f"{e.url}/health", 1.0) for e in starting),
+                                           return_exceptions=True)
+            healthy = [e for e, a in zip(starting, answers) if isinstance(a, tuple) and a[0] == 200]
+            if healthy:
+                for e in healthy:
+                    e.ready = True  # (the next EndpointSlice event says what the kubelet thinks)
+                target.demand.wake()
+                return
+            await asyncio.sleep(PROBE_EVERY)
+    finally:
+        probing.pop(target.name, None)

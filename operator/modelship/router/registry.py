@@ -37,16 +37,17 @@ class Target:
     def set_endpoints(self, urls: dict[str, bool]) -> None:
         """The endpoints now (url -> ready). Counters of those that stay are kept; a gone
         endpoint's cached prefixes are forgotten. Requests held for a ready endpoint are woken
-        when one appears."""
+        when one appears, or a new one that is starting."""
         gone = {u for u in self.endpoints if u not in urls}
         for url in gone:
             del self.endpoints[url]
         if gone:
             self.strategy.forget(gone)
+        new = [u for u in urls if u not in self.endpoints]
         for url, ready in urls.items():
             self.endpoints.setdefault(url, balance.Endpoint(url)).ready = ready
-        if self.demand.woken is not None and any(urls.values()):
-            self.demand.wake()
+        if self.demand.woken is not None and (new or any(urls.values())):
+            self.demand.wake()  # (a pod that is starting: held requests may ask its engine themselves)
 
 
 class Registry:
