@@ -117,11 +117,16 @@ def crd() -> dict:
         {"name": "Engine", "type": "string", "jsonPath": ".status.resolved.engine"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas",
          "description": "Serving replicas that are ready."},
-        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas",
+         "description": "Replicas asked for (with autoscaling on: where it started; see Desired)."},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Revision", "type": "string", "jsonPath": ".status.resolved.shortSha",
          "description": "The commit being served."},
         {"name": "Repo", "type": "string", "jsonPath": ".spec.model.repo", "priority": 1},
+        {"name": "Desired", "type": "integer", "jsonPath": ".status.autoscaling.desiredReplicas", "priority": 1,
+         "description": "With autoscaling on: the replicas the autoscaler set."},
+        {"name": "Scaling", "type": "string", "jsonPath": ".status.autoscaling.reason", "priority": 1,
+         "description": "With autoscaling on: its last decision."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     return {

@@ -187,7 +187,9 @@ def test_a_model_at_zero_answers_held_requests_and_a_full_queue_is_told_so(clust
     wait_for(lambda: md_status(cluster, namespace, "sleepy").get("phase") == "Ready", 240, "sleepy to be Ready")
 
     def asleep() -> None:
-        wait_for(lambda: scaled_to_zero(cluster, namespace, "sleepy"), 90, "sleepy to scale to zero",
+        """At zero, and the router knows it (its pod's endpoint has left the EndpointSlice)."""
+        wait_for(lambda: scaled_to_zero(cluster, namespace, "sleepy")
+                 and router.load()[f"{namespace}/sleepy"]["endpoints"] == 0, 90, "sleepy to scale to zero",
                  lambda: json.dumps(md_status(cluster, namespace, "sleepy"), indent=1) + local_operator.log()[-2000:])
 
     asleep()
