@@ -180,7 +180,7 @@ def scaled_to_zero(cluster, namespace: str, name: str) -> bool:
 def test_a_model_at_zero_answers_held_requests_and_a_full_queue_is_told_so(cluster, namespace, local_node,
                                                                           local_operator, router_factory):
     preload_claim(cluster, namespace)
-    router = router_factory("--hold-max-requests", "2", "--hold-keepalive-seconds", "0.5")
+    router = router_factory("--hold-max-requests", "2", "--hold-keepalive-seconds", "0.2")
     start_operator(local_operator, router)
     cluster.apply(smollm2("sleepy", replicas=1, minReplicas=0, maxReplicas=1,
                           autoscaling={"idleSeconds": 5, "windowSeconds": 2, "scaleDownDelaySeconds": 2}), namespace)

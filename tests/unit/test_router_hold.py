@@ -499,3 +499,25 @@ def test_a_held_request_goes_to_a_starting_pod_as_soon_as_its_engine_is_healthy(
     assert r.status_code == 200, r.text
     assert 0.3 <= took < 2.0
     assert t.endpoints[engine].ready and not t.endpoints[dead].ready
+
+
+def test_keepalive_comments_keep_their_pace_while_pods_come_and_go(engine):
+    """Wakes (a starting pod appearing) do not push the next comment back: a stream held
+    while pods churn faster than the keep-alive still gets its comments."""
+    t = asleep()
+    app = router(t, hold_keepalive_seconds=0.2)
+    dead = [f"http://{HOST}:{free_port()}" for _ in range(4)]
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            loop = asyncio.get_running_loop()
+            for i, at in enumerate((0.1, 0.25, 0.4, 0.55)):  # a new starting pod every 0.15 s
+                loop.call_later(at, t.set_endpoints, {u: False for u in dead[:i + 1]})
+            loop.call_later(0.7, t.set_endpoints, {engine: True})
+            async with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+                return [line async for line in r.aiter_lines() if line]
+
+    lines = run(go())
+    comments = [line for line in lines if line.startswith(":")]
+    assert len(comments) >= 2, lines[:4]
+    assert any(line.startswith("data:") for line in lines[len(comments):])

@@ -223,10 +223,8 @@ class Forwarder:
             "no_ready_endpoint", headers=[(b"retry-after", self.retry_after)]))
 
     def _starting(self, name: str, status: int, message: str) -> ErrorAnswer:
-        # One type for both 429 and 503: the model is not serving yet, as for a model with no
-        # ready endpoint. OpenAI's clients choose their exception and whether to retry by the
-        # status (429: RateLimitError, retried after Retry-After), not by the type; and
-        # `rate_limit_error` would tell the client it sent too much, which it did not.
+        # One type for 429 and 503 (not serving yet): OpenAI's clients pick their exception and
+        # retry by the status; `rate_limit_error` would say the client sent too much.
         return self._refused(name, status, ErrorAnswer(
             status, f"{message}; try again in {self.retry_after_seconds} s", "service_unavailable", "model_starting",
             headers=[(b"retry-after", self.retry_after)]))
@@ -254,6 +252,7 @@ class Forwarder:
         polling), with an SSE comment every keepalive in an opened stream. Past the deadline:
         503; a model removed meanwhile: 404; one no longer autoscaled to zero: the usual 503."""
         name, deadline = ex.target.name, ex.started + self.hold_max_seconds
+        comment = time.monotonic() + self.hold_keepalive  # the next keep-alive comment (wakes do not delay it)
         while not ex.target.ready():
             now = time.monotonic()
             if now >= deadline:
@@ -264,14 +263,16 @@ class Forwarder:
                 self.probing[ex.target.name] = asyncio.create_task(
                     probe_starting(ex.target, self.registry, self.client, self.probing))
             try:
-                with self.wheel.timeout(min(deadline - now, self.hold_keepalive) if ex.opened else deadline - now,
+                with self.wheel.timeout(max(0.0, min(deadline, comment) - now) if ex.opened else deadline - now,
                                         ex.task):
                     await event.wait()
             except TimeoutError:
-                if ex.opened and time.monotonic() < deadline:
+                now = time.monotonic()
+                if ex.opened and now < deadline and now >= comment:
+                    comment = now + self.hold_keepalive
                     await ex.send({"type": "http.response.body", "more_body": True, "body": (
                         f': modelship: model "{name}" is starting from zero replicas; waited '
-                        f'{time.monotonic() - ex.started:.0f} s\n\n').encode()})
+                        f'{now - ex.started:.0f} s\n\n').encode()})
                 continue
             current = self.registry.targets.get(name)
             if current is None:
