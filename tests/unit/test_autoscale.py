@@ -352,3 +352,61 @@ def test_the_routers_are_the_ready_endpoints_of_their_service():
                              {"addresses": ["fd00::1"]}]}]
     assert ready_urls(slices) == ["http://127.0.0.5:8000", "http://[fd00::1]:8000"]
     assert callable(Kube.router_urls)  # what the start-up handler gives the poller
+
+
+def test_the_poller_reads_every_router_and_survives_an_answer_it_cannot_use():
+    """A router that answers garbage once is polled on; a held request's answer is decided on
+    at once; the poll sends back the version it was given."""
+    import asyncio
+
+    from aiohttp import web
+
+    from modelship.reconcile.signals import RouterPoller
+    from modelship.settings import AutoscalerSettings
+
+    seen: list[dict] = []
+    answers = [b'{"router": "r", "version": 7, "uptime": 0.5, "models": {"ns/a": {}}}', b"not json",
+               b'{"router": "r", "version": 7, "uptime": 1, "models": {"ns/a": {"held": "x"}}}',
+               orjson_dumps({"router": "r", "version": 8, "uptime": 2,
+                             "models": {"ns/a": {"held": 1, "inFlight": 1, "requests": 1, "idleSeconds": 0}}})]
+
+    async def load(request: web.Request) -> web.Response:
+        seen.append(dict(request.query))
+        body = answers.pop(0) if answers else orjson_dumps({"router": "r", "version": 8, "uptime": 3, "models": {}})
+        if not answers:
+            await asyncio.sleep(0.05)
+        return web.Response(body=body, content_type="application/json")
+
+    async def go():
+        app = web.Application()
+        app.router.add_get("/modelship/load", load)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        a, clock, asked = scaler()
+        m = md("a", status={"autoscaling": {"desiredReplicas": 0, "reason": "ScaledToZero", "specReplicas": 1}})
+        a.track(m, "cpu", frozenset(), 0, None)
+        a.view(m)
+        stop = asyncio.Event()
+        poller = RouterPoller(AutoscalerSettings(intervalSeconds=0.2, routerUrls=[f"http://127.0.0.1:{port}"]), a)
+        task = asyncio.create_task(poller.run(stop))
+        for _ in range(100):
+            if a.view(m).replicas == 1:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        await runner.cleanup()
+        return a.view(m), asked
+
+    view, asked = asyncio.run(go())
+    assert view.replicas == 1 and view.status["reason"] == "Woken" and asked == ["a"]
+    assert "version" not in seen[0] and [q.get("version") for q in seen[1:4]] == ["7", "7", "7"], seen
+
+
+def orjson_dumps(obj) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj)

@@ -24,7 +24,7 @@ from .autoscaler import Autoscaler
 log = logging.getLogger("modelship")
 
 PATH = "/modelship/load"
-LIST_EVERY = 5  # intervals between two listings of the router's endpoints
+LIST_EVERY = 2  # intervals between two listings of the router's endpoints
 
 
 class RouterPoller:
@@ -42,6 +42,10 @@ class RouterPoller:
             try:
                 while not stop.is_set():
                     urls = set(self.settings.router_urls) | set(await self._listed())
+                    for url, task in list(self.polls.items()):
+                        if task.done() and not task.cancelled():  # (a bug: said, and the poll starts again)
+                            log.error("autoscaler: polling router %s stopped: %r; starting again", url, task.exception())
+                            del self.polls[url]
                     for url in urls - set(self.polls):
                         self.polls[url] = asyncio.create_task(self._poll(session, url.rstrip("/")))
                     for url in set(self.polls) - urls:
@@ -99,9 +103,13 @@ class RouterPoller:
             if url in self.failing:
                 self.failing.discard(url)
                 log.info("autoscaler: router %s answers again", url)
-            urgent = self.autoscaler.observe(url, answer)
-            if urgent:
-                self.autoscaler.tick(sample=False)  # a model at zero is wanted: decide now
+            try:
+                if self.autoscaler.observe(url, answer):
+                    self.autoscaler.tick(sample=False)  # a model at zero is wanted: decide now
+            except Exception:  # noqa: BLE001 - an answer this operator cannot read must not end the poll
+                log.exception("autoscaler: cannot use the answer of router %s", url)
+                await asyncio.sleep(interval)
+                continue
             if answer.get("version") == version:
                 continue
             version = answer.get("version")

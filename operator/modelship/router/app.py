@@ -28,6 +28,7 @@ from .settings import Limits
 from .upstream import Upstream
 
 OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+BUMP_EVERY = 0.5  # seconds: a model's demand moves the load's version at most this often
 TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (what its client calls)
 
 
@@ -89,7 +90,7 @@ class Router:
             self.metrics.prune({(t.name, url) for t in self.registry.targets.values() for url in t.endpoints})
             await respond(send, 200, generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.encode())
             return
-        if path == "/modelship/load":  # the operator's autoscaler; nothing /metrics does not show
+        if path == "/modelship/load":  # the operator's autoscaler: load figures, as /metrics has, no secret
             await self._load(scope, receive, send)
             return
         self._authorize(scope)
@@ -177,7 +178,10 @@ class Router:
         version (the operator wakes it), whether a fallback answers or it is held; the held
         count is raised before the operator's poll runs (no await between)."""
         if named.wakeable:
-            self.load.bump()
+            now = time.monotonic()
+            if now - named.demand.bumped >= BUMP_EVERY:  # (the first at once; a flood moves it twice a second)
+                named.demand.bumped = now
+                self.load.bump()
         return self.registry.stand_in(named) or named
 
     def _target(self, model) -> Target:

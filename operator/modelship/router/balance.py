@@ -66,6 +66,7 @@ class Endpoint:
     ready: bool = True
     scrapes: int = 0  # how many times its metrics were read
     scraped: bool = False  # whether the last read found the engine's load there
+    probed_until: float = 0.0  # found healthy by the router itself: ready until then, whatever the slice says
     salt: int = field(init=False, repr=False)  # its rendezvous identity: the same in every router replica
 
     def __post_init__(self) -> None:

@@ -23,13 +23,14 @@ if TYPE_CHECKING:
 
 MAX_WAIT = 30.0  # seconds a poll may wait for the version to move
 PROBE_EVERY = 0.05  # seconds between two asks of a starting pod's /health while requests are held for it
+PROBED_FOR = 15.0  # seconds a pod found healthy stays ready to the router while its EndpointSlice catches up
 
 
 class Demand:
     """One model's requests, as the router sees them: those that named it (answered by a
     fallback included). It follows the model's name: a target rebuilt by discovery keeps it."""
 
-    __slots__ = ("in_flight", "area", "since", "held", "requests", "woken")
+    __slots__ = ("in_flight", "area", "since", "held", "requests", "woken", "bumped")
 
     def __init__(self) -> None:
         self.in_flight = 0  # requests open now: being answered or held
@@ -38,6 +39,7 @@ class Demand:
         self.held = 0  # of those open, held waiting for a ready endpoint
         self.requests = 0  # requests that named it
         self.woken: asyncio.Event | None = None  # set when a ready endpoint appears (made by the first waiter)
+        self.bumped = float("-inf")  # when a request for it last moved the load's version
 
     def enter(self, now: float) -> None:
         self.area += self.in_flight * (now - self.since)
@@ -73,7 +75,7 @@ class Load:
     def __init__(self) -> None:
         self.id = secrets.token_hex(8)  # a restarted router is another one: its counters start again
         self.started = time.monotonic()
-        self.version = 0
+        self.version = secrets.randbits(48)  # (a restarted router never repeats the version a poller holds)
         self._moved: asyncio.Event | None = None  # set by the next bump (made by the first poll that waits)
 
     def bump(self) -> None:
@@ -130,14 +132,19 @@ async def probe_starting(target: Target, registry: Registry, client: Upstream, p
     try:
         while target.demand.held and not target.ready() and registry.targets.get(target.name) is target:
             starting = [e for e in target.endpoints.values() if not e.ready]
+            if not starting:
+                return  # (a new one wakes the held requests, which start this again)
             answers = await asyncio.gather(*(client.get(f"{e.url}/health", 1.0) for e in starting),
                                            return_exceptions=True)
             healthy = [e for e, a in zip(starting, answers) if isinstance(a, tuple) and a[0] == 200]
             if healthy:
+                until = time.monotonic() + PROBED_FOR
                 for e in healthy:
-                    e.ready = True  # (the next EndpointSlice event says what the kubelet thinks)
+                    e.ready, e.probed_until = True, until  # (until the EndpointSlice says so too)
                 target.demand.wake()
                 return
             await asyncio.sleep(PROBE_EVERY)
     finally:
         probing.pop(target.name, None)
+        if target.demand.held:  # (rebuilt meanwhile: the held requests start the probe again on the new one)
+            target.demand.wake()

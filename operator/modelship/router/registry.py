@@ -4,6 +4,7 @@ writes it; the app and forwarding read it on every request."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,8 +45,15 @@ class Target:
         if gone:
             self.strategy.forget(gone)
         new = [u for u in urls if u not in self.endpoints]
+        now = None
         for url, ready in urls.items():
-            self.endpoints.setdefault(url, balance.Endpoint(url)).ready = ready
+            ep = self.endpoints.setdefault(url, balance.Endpoint(url))
+            if not ready and ep.probed_until:  # the router found it healthy: the kubelet will too, soon
+                now = now or time.monotonic()
+                ready = now < ep.probed_until
+            elif ready:
+                ep.probed_until = 0.0
+            ep.ready = ready
         if self.demand.woken is not None and (new or any(urls.values())):
             self.demand.wake()  # (a pod that is starting: held requests may ask its engine themselves)
 
