@@ -53,6 +53,7 @@ class Times:
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
+        self.ip: str | None = None  # the new pod's address, once it runs
         self.lock = threading.Lock()
 
     def mark(self, what: str) -> None:
@@ -63,40 +64,37 @@ class Times:
 def watch_children(api: client.ApiClient, namespace: str, name: str, times: Times, stop: threading.Event) -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
 
-    def deployments() -> None:
+    def follow(list_fn, on_object, **selector) -> None:
+        """Each object the watch sees, until `stop`."""
         w = watch.Watch()
-        for ev in w.stream(apps.list_namespaced_deployment, namespace, field_selector=f"metadata.name={name}",
-                           timeout_seconds=300):
+        for ev in w.stream(list_fn, namespace, timeout_seconds=300, **selector):
             if stop.is_set():
                 return w.stop()
-            if (ev["object"].spec.replicas or 0) >= 1:
-                times.mark("decision")
+            if ev["type"] != "DELETED":
+                on_object(ev["object"])
 
-    def pods() -> None:
-        w = watch.Watch()
-        for ev in w.stream(core.list_namespaced_pod, namespace, label_selector=f"modelship.io/deployment={name},app.kubernetes.io/component=server",
-                           timeout_seconds=300):
-            if stop.is_set():
-                return w.stop()
-            pod = ev["object"]
-            if ev["type"] == "DELETED" or pod.metadata.deletion_timestamp:
-                continue
-            times.mark("pod created")
-            for cs in pod.status.container_statuses or []:
-                if cs.state and cs.state.running:
-                    times.mark("pod start")
-                    if pod.status.pod_ip:
-                        times.ip = pod.status.pod_ip
-            if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
-                times.mark("pod ready")
+    def deployment(d) -> None:
+        if (d.spec.replicas or 0) >= 1:
+            times.mark("decision")
 
-    for fn in (deployments, pods):
-        threading.Thread(target=fn, daemon=True).start()
+    def pod(p) -> None:
+        if p.metadata.deletion_timestamp:
+            return
+        times.mark("pod created")
+        if any(cs.state and cs.state.running for cs in p.status.container_statuses or []):
+            times.mark("pod start")
+            times.ip = p.status.pod_ip or times.ip
+
+    threading.Thread(target=follow, args=(apps.list_namespaced_deployment, deployment), daemon=True,
+                     kwargs={"field_selector": f"metadata.name={name}"}).start()
+    threading.Thread(target=follow, args=(core.list_namespaced_pod, pod), daemon=True,
+                     kwargs={"label_selector": f"modelship.io/deployment={name},app.kubernetes.io/component=server"}
+                     ).start()
 
 
 def poll_health(times: Times, stop: threading.Event) -> None:
     while not stop.is_set():
-        ip = getattr(times, "ip", None)
+        ip = times.ip
         if ip and ip.startswith("127."):
             try:
                 if httpx.get(f"http://{ip}:8080/health", timeout=1).status_code == 200:
@@ -190,8 +188,8 @@ def main() -> None:
 
 
 def pods_left(api, namespace: str) -> bool:
-    return bool(client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="modelship.io/deployment=wake,app.kubernetes.io/component=server")
-                .items)
+    selector = "modelship.io/deployment=wake,app.kubernetes.io/component=server"
+    return bool(client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items)
 
 
 if __name__ == "__main__":

@@ -344,7 +344,8 @@ def test_a_model_that_yielded_waits_until_the_wanted_one_is_placed():
 
 
 def test_the_routers_are_the_ready_endpoints_of_their_service():
-    from modelship.reconcile.kube import Kube, ready_urls
+    from modelship.endpointslices import ready_urls
+    from modelship.reconcile.kube import Kube
 
     slices = [{"ports": [{"name": "metrics", "port": 9}, {"name": "http", "port": 8000}],
                "endpoints": [{"addresses": ["127.0.0.5"], "conditions": {"ready": True}},

@@ -19,7 +19,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "operator" / "modelship"
 SHARED = ("modelship.api", "modelship.crd", "modelship.settings", "modelship.units", "modelship.clock",
-          "modelship.login")
+          "modelship.login", "modelship.endpointslices")
 SUBPACKAGES = ("modelship.reconcile", "modelship.manifests", "modelship.weights", "modelship.router")
 PURE = ("modelship.reconcile.observe", "modelship.reconcile.facts", "modelship.reconcile.policy",
         "modelship.reconcile.plan", "modelship.reconcile.status", "modelship.reconcile.types",

@@ -176,9 +176,7 @@ def decide(spec: api.ModelDeploymentSpec, st: State, sig: Signal, now: float) ->
             n = min(max(lo, 1, first[0]), hi)
             what = f"{sig.held} request(s) held by the router" if sig.held else "a request came"
             return Decision(n, "Woken", f"{what}: waking from zero to {n} replica(s)")
-        if lo > 0:
-            return Decision(lo, "ScaledUp", f"minReplicas is {lo}")
-        return None
+        return None  # (below minReplicas is `adjust`'s, signal or none)
     n, metric, value, target = wanted(spec, sig)
     if lo == 0 and n == 0:
         watched = max(cfg.window_seconds, cfg.scale_down_delay_seconds)  # (no scale-down right after a restart)
@@ -189,7 +187,7 @@ def decide(spec: api.ModelDeploymentSpec, st: State, sig: Signal, now: float) ->
         n = 1
     if metric is None:
         return None  # no signal has a value (an engine nobody scraped): no change
-    n = min(max(n, lo, 1 if lo == 0 else lo), hi)
+    n = min(max(n, lo, 1), hi)
     st.history.append((now, n))
     while st.history and st.history[0][0] < now - cfg.scale_down_delay_seconds:
         st.history.popleft()

@@ -23,7 +23,7 @@ from ..manifests.serving import resources
 from ..settings import Settings
 from . import observe, status
 from .autoscaler import Autoscaler, View
-from .facts import Facts
+from .facts import unschedulable
 from .kube import Kube, is_transient, refusal
 from .metrics import ControllerMetrics
 from .plan import plan
@@ -121,9 +121,8 @@ class Controller:
             if placement is not None:
                 pool = placement.pool
                 uses = frozenset(k for kind in resources(md, placement).values() for k in kind)
-        facts = Facts.of(md, observed)
         pods = sum(1 for p in observed.pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
-        self.autoscaler.track(md, pool, uses, pods, facts.unschedulable)
+        self.autoscaler.track(md, pool, uses, pods, unschedulable(observed.pods))
         return self.autoscaler.view(md)
 
     async def _observe(self, md: api.ModelDeployment) -> Observed:

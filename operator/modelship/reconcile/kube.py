@@ -19,6 +19,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from .. import api, clock
+from ..endpointslices import ready_urls
 from ..manifests import COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, on_shared_cache
 from .types import Action, Event, Reads
 
@@ -42,23 +43,6 @@ def refusal(e: ApiException) -> str:
         return json.loads(e.body).get("message") or str(e.reason)
     except (TypeError, ValueError):
         return f"{e.status} {e.reason}"
-
-
-def ready_urls(slices: list[dict]) -> list[str]:
-    """`http://address:port` of every ready endpoint of these EndpointSlices (the port named
-    `http`, else the first)."""
-    out = set()
-    for item in slices:
-        ports = item.get("ports") or []
-        port = next((p.get("port") for p in ports if p.get("name") == "http"), None) or \
-            next((p.get("port") for p in ports), None)
-        if not port:
-            continue
-        for ep in item.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready") is False:
-                continue
-            out.update(f"http://[{a}]:{port}" if ":" in a else f"http://{a}:{port}" for a in ep.get("addresses") or [])
-    return sorted(out)
 
 
 class Kube:

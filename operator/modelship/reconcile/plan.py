@@ -27,9 +27,9 @@ from ..api import DownloadStatus, ModelDeployment, ResolvedModel
 from ..manifests import APPLIED_HASH, Placement
 from ..settings import Settings
 from ..units import human_bytes, quantity_bytes
+from .autoscaler import View
 from .facts import Facts, JobFacts
 from .policy import check_ownership, check_storage, place
-from .autoscaler import View
 from .status import StatusWriter
 from .types import Action, Event, Observed, Plan, ResolveError, SpecError
 
