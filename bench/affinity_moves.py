@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from modelship.router.balance import Endpoint, PrefixAffinity, stable_hash
-from modelship.router.forward import prompt_text
+from modelship.router.exchange import prompt_text
 
 
 def opener(cid: int) -> dict:

@@ -149,8 +149,8 @@ class RouterFlag(click.Option):
 @click.option("--host", cls=RouterFlag, help="Address to listen on.")
 @click.option("--port", cls=RouterFlag, type=int, help="Port to listen on.")
 @click.option("--api-keys-file", cls=RouterFlag, type=click.Path(exists=True, dir_okay=False),
-              help="Accept only requests with one of these keys (one per line; a mounted Secret). The file is "
-                   "followed: changed keys apply within about 10 s.")
+              help="Accept only requests with one of these keys (a mounted Secret): a YAML mapping of caller names "
+                   "to keys, or one key per line. The file is followed: changed keys apply within about 10 s.")
 @click.option("--max-body-bytes", cls=RouterFlag, type=int, help="Larger request bodies get 413.")
 @click.option("--connect-timeout", cls=RouterFlag, type=float, help="Seconds to connect to an endpoint.")
 @click.option("--first-byte-timeout", cls=RouterFlag, type=float,

@@ -41,6 +41,7 @@ def router(cluster, namespace):
     yield url
     code = stop(proc, 20)  # killed rather than left running; the assert below says so
     said = proc.stderr.read()
+    print(said[-5000:])  # (shown with a failing test's report)
     assert code in (0, -15) and "Traceback" not in said, said[-3000:]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from modelship.router import balance
 from modelship.router.balance import Endpoint, PrefixAffinity, block_hashes
-from modelship.router.forward import OPENER_CHARS, prompt_text
+from modelship.router.exchange import OPENER_CHARS, prompt_text
 
 
 def eps(*loads: int, port: int = 9000) -> list[Endpoint]:

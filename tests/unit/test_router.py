@@ -16,6 +16,7 @@ import yaml
 from modelship_testbed.procs import stop
 
 HOST = "127.0.0.1"
+HI = [{"role": "user", "content": "hi"}]
 
 
 def free_port() -> int:
@@ -146,7 +147,7 @@ def error(r: httpx.Response) -> dict:
 
 def test_errors_come_in_openai_shape(router):
     chat = f"{router}/v1/chat/completions"
-    r = httpx.post(chat, json={"model": "nope", "messages": []})
+    r = httpx.post(chat, json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 404 and "'nope' does not exist" in error(r)["message"] and "tiny" in error(r)["message"]
     r = httpx.post(chat, content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in error(r)["message"]
@@ -235,12 +236,12 @@ def test_no_ready_endpoint_is_503_with_retry_after_and_counted():
     t = Target("warming")
     t.set_endpoints({"http://127.0.0.1:9": False})  # a pod that is not ready yet
     app = app_with([t])
-    r = call(app, "POST", "/v1/chat/completions", json={"model": "warming", "messages": []})
+    r = call(app, "POST", "/v1/chat/completions", json={"model": "warming", "messages": HI})
     assert r.status_code == 503 and r.headers["retry-after"] == "5" and error(r)["code"] == "no_ready_endpoint"
     assert call(app, "GET", "/v1/models").json()["data"] == []  # only what can answer is listed
     # The router's own answers count in the requests a model got (its 5xx alert sees them).
     t.set_endpoints({"http://127.0.0.1:9": True})  # ready, but nothing listens: 502 after the tries
-    assert call(app, "POST", "/v1/chat/completions", json={"model": "warming", "messages": []}).status_code == 502
+    assert call(app, "POST", "/v1/chat/completions", json={"model": "warming", "messages": HI}).status_code == 502
     metrics = call(app, "GET", "/metrics").text
     assert 'modelship_router_requests_total{code="503",endpoint="",model="warming"} 1.0' in metrics
     assert 'modelship_router_requests_total{code="502",endpoint="",model="warming"} 1.0' in metrics

@@ -12,33 +12,50 @@ the operator's long poll of `/modelship/load`.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import fnmatch
+import logging
+import os
 import time
 from urllib.parse import parse_qs
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import usage
+from . import callers
+from .callers import Callers
+from . import validate
 from .errors import ClientGone, ErrorAnswer, respond
-from .forward import Exchange, Forwarder, cancel_on_disconnect
+from .exchange import Call, Exchange, cancel_on_disconnect
+from .forward import Forwarder
 from .load import MAX_WAIT, Load
 from .metrics import Metrics
 from .registry import Registry, Target
+from .quota import Limit, Quotas
 from .settings import Limits
 from .upstream import Upstream
 
 OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 BUMP_EVERY = 0.5  # seconds: a model's demand moves the load's version at most this often
+log = logging.getLogger("modelship.router")
+access = logging.getLogger("modelship.router.access")
 TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (what its client calls)
 
 
 class Router:
     def __init__(self, registry: Registry, client: Upstream, limits: Limits | None = None,
-                 api_keys: list[str] | None = None, metrics: Metrics | None = None):
+                 api_keys: list[str] | dict[str, str] | None = None, metrics: Metrics | None = None):
         self.registry, self.client = registry, client
         limits = limits or Limits()
         self.max_body_bytes = limits.max_body_bytes
+        self.callers = Callers()
         self.set_api_keys(api_keys or [])
+        self.quotas = Quotas()
+        self._callers_limits: dict[str, Limit] = {}
+        self._default_limit: Limit | None = None
+        self.model_limits: list[tuple[str, Limit]] = []  # (name or glob, limit), in the settings' order
+        self._model_limited: dict[str, bool] = {}  # target name -> whether a model limit applies (cache)
+        self.access_log = True
         self.metrics = metrics or Metrics(registry)
         self.load = Load()
         self.forwarder = Forwarder(client, limits, self.metrics, registry)
@@ -46,9 +63,41 @@ class Router:
         self.on_startup: list = []  # called with the running loop (discovery starts its watches)
         self.background: list[asyncio.Task] = []  # cancelled at shutdown
 
-    def set_api_keys(self, keys: list[str]) -> None:
-        """The keys a request may carry (none: no key needed)."""
-        self.api_keys = [k.encode() for k in keys]
+    def set_api_keys(self, keys: list[str] | dict[str, str]) -> None:
+        """The keys a request may carry (none: no key needed): a list of keys, or key -> name."""
+        named = keys if isinstance(keys, dict) else {k: callers.key_name(k) for k in keys}
+        old = self.callers
+        self.callers = Callers(named, {n: p.patterns for n, p in old.policies.items()}, list(old.default.patterns))
+
+    def set_limits(self, callers: dict[str, Limit], default: Limit, models: dict[str, Limit]) -> None:
+        """The limits: per caller, for callers not named, and per model (names or globs: each
+        model they match has a limit of its own)."""
+        self.model_limits = [(p, limit) for p, limit in models.items() if limit]
+        self._callers_limits, self._default_limit = callers, default
+        self._model_limited = {}
+        self.quotas.configure(callers, {n: self._model_limit(n) for n in self.quotas.models
+                                        if self._model_limit(n)}, default)
+
+    def _model_limit(self, name: str) -> Limit | None:
+        target = self.registry.targets.get(name)
+        names = target.names() if target is not None else [name]
+        return next((limit for p, limit in self.model_limits if any(fnmatch.fnmatchcase(n, p) for n in names)),
+                    None)
+
+    def _limit_model(self, name: str) -> None:
+        """Give a model seen for the first time the limit the settings say for it, if any."""
+        limit = self._model_limit(name)
+        self._model_limited[name] = limit is not None
+        if limit is not None and name not in self.quotas.models:
+            models = {n: q.limit for n, q in self.quotas.models.items()}
+            models[name] = limit
+            self.quotas.configure(self._callers_limits, models, self._default_limit)
+
+    def set_callers(self, policies: dict[str, list[str]], default: list[str]) -> None:
+        """What each caller may call (the settings' `callers` and `defaultCaller`)."""
+        old = self.callers
+        self.callers = Callers({}, policies, default)
+        self.callers.keys = old.keys
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -59,6 +108,8 @@ class Router:
         try:
             await self._route(scope, receive, send)
         except ErrorAnswer as e:
+            if e.status >= 500:
+                log.warning("%s %s: %d %s", scope["method"], scope["path"], e.status, e.message)
             await respond(send, e.status, e.body(), e.headers)
         except ClientGone:
             pass
@@ -90,49 +141,111 @@ class Router:
             self.metrics.prune({(t.name, url) for t in self.registry.targets.values() for url in t.endpoints})
             await respond(send, 200, generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.encode())
             return
+        if path == "/modelship/quota":  # the other router replicas: what this one let through, per limit
+            await respond(send, 200, orjson.dumps(self.quotas.report()))
+            return
         if path == "/modelship/load":  # the operator's autoscaler: load figures, as /metrics has, no secret
             await self._load(scope, receive, send)
             return
-        self._authorize(scope)
-        if path == "/v1/models" and method == "GET":
-            await respond(send, 200, self._models())
-            return
+        call = Call(_request_id(scope["headers"]), "", time.monotonic())
+        try:
+            call.caller = self.callers.identify(scope["headers"])
+            if path == "/v1/models" and method == "GET":
+                await respond(send, 200, self._models(call.caller), call.headers)
+                return
+            await self._infer(scope, receive, send, call)
+        except ErrorAnswer as e:
+            call.status = e.status
+            if e.status >= 500:
+                log.warning("%s %s: %d %s", method, path, e.status, e.message)
+            await respond(send, e.status, e.body(), e.headers + call.headers)
+        finally:
+            if call.status:
+                self._account(call, method, path)
+
+    async def _infer(self, scope, receive, send, call: Call) -> None:
+        path, method = scope["path"], scope["method"]
         kind = OPENAI_PATHS.get(path)
         if kind is not None:
             if method != "POST":
                 raise ErrorAnswer(405, f"{path} takes POST")
             raw, body = await self._read_json(scope, receive)
-            named = self._target(body.get("model"))
-            await self._forward(Exchange(named, named if named.ready() else self._stand_in(named), path, raw, body,
-                                         kind, receive, send))
+            validate.check(kind, body)
+            named = self._target(body.get("model"), call)
+            await self._serve(Exchange(named, named, path, raw, body, kind, receive, send, call=call))
             return
         if path.startswith("/models/"):  # TGI's native API: /models/{name}/generate
             name, _, rest = path[len("/models/"):].rstrip("/").partition("/")
             if rest not in TGI_PATHS:
                 raise ErrorAnswer(404, f"no route {path}: the TGI API is at /models/{{name}}/generate, "
                                        f"/models/{{name}}/generate_stream and /models/{{name}}/info", code="not_found")
-            named = self._target(name)
+            named = self._target(name, call)
             if named.engine != "tgi":
                 raise ErrorAnswer(400, f"model {name!r} is served by llama.cpp, which has no TGI API: use the "
                                        f"OpenAI API (/v1/chat/completions, /v1/completions)", code="unsupported_api")
             if rest == "info":
-                await self._forward(Exchange(named, named if named.ready() else self._stand_in(named), "/info", b"",
-                                             {}, "info", receive, send, method="GET"))
+                await self._serve(Exchange(named, named, "/info", b"", {}, "info", receive, send, method="GET",
+                                           call=call))
                 return
             raw, body = await self._read_json(scope, receive)
-            await self._forward(Exchange(named, named if named.ready() else self._stand_in(named), "/" + rest, raw,
-                                         body, "tgi", receive, send))
+            validate.check("tgi", body)
+            await self._serve(Exchange(named, named, "/" + rest, raw, body, "tgi", receive, send, call=call))
             return
         raise ErrorAnswer(404, f"no route {method} {path}: the router serves /v1/chat/completions, /v1/completions, "
                                f"/v1/models, /models/{{name}}/generate[_stream], /models/{{name}}/info, /health, "
                                f"/metrics and /modelship/load", code="not_found")
 
-    def _models(self) -> bytes:
-        """/v1/models: every name a request may use whose target has a ready endpoint or can be
+    async def _serve(self, ex: Exchange) -> None:
+        """One request, within its caller's and its model's limits, to the engines."""
+        named, call = ex.named, ex.call
+        if named.defaults and named.engine == "tgi" and ex.kind != "info" \
+                and validate.apply_defaults(ex.kind, ex.body, named.defaults):
+            ex.raw = orjson.dumps(ex.body)  # (TGI has no defaults of its own: the router applies them)
+        if not named.ready():
+            self._bump(named)
+        if self.model_limits and named.name not in self._model_limited:
+            self._limit_model(named.name)
+        estimate = usage.prompt_estimate(len(ex.raw))
+        try:
+            admission = self.quotas.admit(call.caller, named.name, call.started, estimate)
+        except ErrorAnswer as e:  # over a limit: 429
+            self.metrics.child(self.metrics.limited, call.caller, named.name, e.kind).inc()
+            raise
+        call.headers.extend(admission.headers())
+        try:
+            await self._forward(ex)
+        finally:
+            admission.done(time.monotonic(), max(call.prompt_tokens, 0) + max(call.completion_tokens, 0)
+                           if call.prompt_tokens >= 0 else estimate + max(call.completion_tokens, 0), estimate)
+
+    def _account(self, call: Call, method: str, path: str) -> None:
+        """The usage counters and the access log line of one request, once it is answered."""
+        m = self.metrics
+        code = str(call.status)
+        m.child(m.usage_requests, call.caller, call.model, code).inc()
+        if call.prompt_tokens > 0:
+            m.child(m.usage_prompt, call.caller, call.model).inc(call.prompt_tokens)
+        if call.completion_tokens > 0:
+            m.child(m.usage_generated, call.caller, call.model).inc(call.completion_tokens)
+        if self.access_log:
+            access.info(orjson.dumps({
+                "time": round(time.time(), 3), "id": call.rid.decode("latin-1"), "caller": call.caller,
+                "method": method, "path": path, "model": call.model, "answeredBy": call.answered_by,
+                "endpoint": call.endpoint, "status": call.status,
+                "ttfb": round(call.ttfb, 4) if call.ttfb >= 0 else None,
+                "duration": round(time.monotonic() - call.started, 4),
+                "promptTokens": call.prompt_tokens if call.prompt_tokens >= 0 else None,
+                "completionTokens": call.completion_tokens if call.completion_tokens >= 0 else None}).decode())
+
+    def _models(self, caller: str) -> bytes:
+        """/v1/models: every name the caller may use whose target has a ready endpoint or can be
         woken."""
         now = int(time.time())
         data = []
+        policy = self.callers.policy(caller)
         for name, t in self.registry.serving():
+            if not policy.any and not policy.may(self.registry.find(name)):
+                continue
             ready = len(t.ready())
             data.append({"id": name, "object": "model", "created": now, "owned_by": "modelship",
                          "modelship": {"target": t.name, "engine": t.engine, "ready_endpoints": ready,
@@ -163,18 +276,8 @@ class Router:
                 watcher.cancel()
         await respond(send, 200, orjson.dumps(self.load.report(list(self.registry.targets.values()))))
 
-    def _authorize(self, scope) -> None:
-        if not self.api_keys:
-            return
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        token = given[7:] if given[:7].lower() == b"bearer " else b""
-        if not any(hmac.compare_digest(token, k) for k in self.api_keys):
-            raise ErrorAnswer(401, "a valid API key is needed: send `Authorization: Bearer <key>`",
-                              "authentication_error", "invalid_api_key")
-
-    def _stand_in(self, named: Target) -> Target:
-        """The target that answers for `named` while it has no ready endpoint: its first fallback
-        that has one, else itself. A request for a model that can be woken moves the load's
+    def _bump(self, named: Target) -> None:
+        """A request for a model that can be woken, which has no ready endpoint, moves the load's
         version (the operator wakes it), whether a fallback answers or it is held; the held
         count is raised before the operator's poll runs (no await between)."""
         if named.wakeable:
@@ -182,22 +285,37 @@ class Router:
             if now - named.demand.bumped >= BUMP_EVERY:  # (the first at once; a flood moves it twice a second)
                 named.demand.bumped = now
                 self.load.bump()
-        return self.registry.stand_in(named) or named
 
-    def _target(self, model) -> Target:
+    def _target(self, model, call: Call) -> Target:
+        """The target a request names, if its caller may call it: 403 when it may not (whether
+        the model exists or not), 404 when it does not exist; both list only what it may call."""
+        policy = self.callers.policy(call.caller)
+        if not policy.any:
+            call.allowed = policy.may  # (its fallbacks too)
         if model is None:
             names = list(self.registry.targets)
-            if len(names) == 1:
-                return self.registry.targets[names[0]]
+            if len(names) == 1 and policy.may(self.registry.targets[names[0]]):
+                target = self.registry.targets[names[0]]
+                call.model = target.name
+                return target
             raise ErrorAnswer(400, f"the request names no model: set \"model\" to one of "
-                                   f"{', '.join(self.registry.names())}")
-        if not isinstance(model, str):
-            raise ErrorAnswer(400, "\"model\" must be a string")
+                                   f"{', '.join(self._names(call.caller)) or '(none)'}", param="model",
+                              code="missing_required_parameter")
         target = self.registry.find(model)
-        if target is None:
+        if target is None or not policy.may(target):
+            if target is not None or not policy.may_name(model):
+                raise self.callers.refuse(call.caller, model, self.registry.names())
             raise ErrorAnswer(404, f"the model {model!r} does not exist here; the models are: "
-                                   f"{', '.join(self.registry.names()) or '(none)'}", code="model_not_found")
+                                   f"{', '.join(self._names(call.caller)) or '(none)'}", code="model_not_found")
+        call.model = target.name
         return target
+
+    def _names(self, caller: str) -> list[str]:
+        """The names a caller may use."""
+        policy = self.callers.policy(caller)
+        if policy.any:
+            return self.registry.names()
+        return [n for n in self.registry.names() if (t := self.registry.find(n)) is not None and policy.may(t)]
 
     async def _read_json(self, scope, receive) -> tuple[bytes, dict]:
         limit = self.max_body_bytes
@@ -224,3 +342,14 @@ class Router:
         if not isinstance(body, dict):
             raise ErrorAnswer(400, "the request body must be a JSON object")
         return raw, body
+
+
+def _request_id(headers) -> bytes:
+    """The client's `x-request-id` when it is a sane one (printable ASCII, at most 128
+    characters), else one made here."""
+    for k, v in headers:
+        if k == b"x-request-id":
+            if 0 < len(v) <= 128 and v.isascii() and all(32 < c < 127 for c in v):
+                return v
+            break
+    return os.urandom(12).hex().encode()

@@ -48,6 +48,7 @@ class Discovered:
     block: int
     max_imbalance: int
     wakeable: bool = False
+    defaults: tuple = ()  # spec.serving.generation as (snake_case key, value) pairs: the router applies them for TGI
 
     @classmethod
     def from_object(cls, obj: dict) -> "Discovered":
@@ -59,7 +60,20 @@ class Discovered:
         wakeable = spec.get("maxReplicas") is not None and spec.get("minReplicas") == 0
         return cls(obj["metadata"]["namespace"], obj["metadata"]["name"], engine, tuple(router.aliases),
                    tuple(router.tasks), tuple(router.fallback), lb.strategy, lb.prefix_block_size, lb.max_imbalance,
-                   wakeable)
+                   wakeable, _generation(spec))
+
+
+GENERATION = {"temperature": "temperature", "topP": "top_p", "topK": "top_k", "maxNewTokens": "max_new_tokens"}
+
+
+def _generation(spec: dict) -> tuple:
+    """`spec.serving.generation`, as the router applies it (numbers only: the API server checked
+    their ranges)."""
+    given = ((spec.get("serving") or {}).get("generation")) or {}
+    if not isinstance(given, dict):
+        return ()
+    return tuple((key, given[k]) for k, key in GENERATION.items()
+                 if isinstance(given.get(k), (int, float)) and not isinstance(given.get(k), bool))
 
 
 def _api_type(annotation) -> type[api.ApiType] | None:
@@ -148,6 +162,7 @@ class State:
             target.aliases = [m.name, *m.aliases] if unique else []
             target.tasks = list(m.tasks)
             target.fallback = [f"{m.namespace}/{f}" for f in m.fallback]
+            target.defaults = dict(m.defaults)
             if target.wakeable and not m.wakeable:
                 target.demand.wake()  # requests held for it get the usual 503 now, not at their deadline
             target.wakeable = m.wakeable  # (in place: a request held for it follows the change)

@@ -15,12 +15,14 @@ class ErrorAnswer(Exception):
     raised anywhere on a request's way and written by the app."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
-                 headers: list[tuple[bytes, bytes]] | None = None):
+                 headers: list[tuple[bytes, bytes]] | None = None, fallback: bool = False, param: str | None = None):
         super().__init__(message)
+        self.param = param  # the request's field at fault, as OpenAI says it (`messages[1].role`)
         self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers or []
+        self.fallback = fallback  # a model's failure before its first byte: its fallbacks may answer instead
 
     def body(self) -> bytes:
-        return orjson.dumps({"error": {"message": self.message, "type": self.kind, "param": None,
+        return orjson.dumps({"error": {"message": self.message, "type": self.kind, "param": self.param,
                                        "code": self.code or self.kind}})
 
 

@@ -31,6 +31,21 @@ class Metrics:
                                ["model", "reason"], registry=r)
         self.chunks = Counter("modelship_router_streamed_chunks_total", "Chunks passed through in streamed "
                               "answers.", ["model"], registry=r)
+        self.fallbacks = Counter("modelship_router_fallbacks_total", "Requests answered by a fallback model, by the "
+                                 "model they named, the fallback and why (the named model's last failure, or "
+                                 "no_ready_endpoint).", ["model", "fallback", "reason"], registry=r)
+        self.usage_requests = Counter("modelship_router_caller_requests_total", "Requests, by caller (API key name; "
+                                      "empty without keys), model named and status code.",
+                                      ["caller", "model", "code"], registry=r)
+        self.usage_prompt = Counter("modelship_router_caller_prompt_tokens_total", "Prompt tokens, by caller and "
+                                    "model (the engine's count; estimated where it gives none).",
+                                    ["caller", "model"], registry=r)
+        self.usage_generated = Counter("modelship_router_caller_generated_tokens_total", "Generated tokens, by caller "
+                                       "and model (the engine's count; the events of a stream where it gives none).",
+                                       ["caller", "model"], registry=r)
+        self.limited = Counter("modelship_router_rate_limited_total", "Requests refused with 429 by a limit, by "
+                               "caller, model and limit (requests, tokens, concurrent).",
+                               ["caller", "model", "limit"], registry=r)
         if registry is not None:
             r.register(RegistryCollector(registry))
         self._children: dict[tuple, object] = {}

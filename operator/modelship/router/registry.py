@@ -31,6 +31,15 @@ class Target:
     wakeable: bool = False  # autoscaled down to zero replicas: a request waits for it to wake
     config: tuple = ()  # what the target was built from (discovery replaces it when that changes)
     demand: Demand = field(default_factory=Demand)  # its requests, for the autoscaler (kept when replaced)
+    defaults: dict = field(default_factory=dict)  # generation defaults the router applies (TGI has none of its own)
+    name_bytes: bytes = field(init=False, repr=False)  # the name as a header value (x-modelship-model)
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode()
+
+    def names(self) -> list[str]:
+        """Every name a request may use for it."""
+        return [self.name, *self.aliases, *self.tasks]
 
     def ready(self) -> list[balance.Endpoint]:
         return [e for e in self.endpoints.values() if e.ready]
@@ -87,13 +96,26 @@ class Registry:
             found = max(serving, key=lambda t: len(t.ready()), default=None)
         return found
 
+    def fallbacks(self, named: Target, allowed=None):
+        """`named`'s fallbacks in order, depth first (a fallback's own fallbacks after it), each
+        once and never `named` again: no loop. `allowed(target)`, when given, passes over those a
+        caller may not call."""
+        seen, stack = {named.name}, list(reversed(named.fallback))
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            other = self.targets.get(name)
+            if other is None:
+                continue
+            stack.extend(reversed(other.fallback))
+            if allowed is None or allowed(other):
+                yield other
+
     def stand_in(self, target: Target) -> Target | None:
         """The first of a target's fallbacks that has a ready endpoint, if any."""
-        for name in target.fallback:
-            other = self.targets.get(name)
-            if other is not None and other.ready():
-                return other
-        return None
+        return next((other for other in self.fallbacks(target) if other.ready()), None)
 
     def lookup(self, model: str) -> Target | None:
         """The target that answers a request for `model`: the one it names (`find`), or, while
@@ -134,6 +156,7 @@ class StaticEntry(api.LoadBalancing):
     fallback: list[str] = Field(default_factory=list)
     strategy: Literal[balance.STRATEGIES] = balance.DEFAULTS.strategy
     wakeable: bool = False  # as an autoscaled ModelDeployment that may sleep at zero replicas
+    generation: api.GenerationDefaults | None = None  # as a ModelDeployment's spec.serving.generation
 
     @model_validator(mode="after")
     def _served(self) -> StaticEntry:
@@ -155,7 +178,8 @@ def load_static(path: str | Path, seed: int | None = None) -> Registry:
     reg = Registry()
     for m in config.models:
         t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed),
-                   aliases=m.aliases, tasks=m.tasks, fallback=m.fallback, wakeable=m.wakeable)
+                   aliases=m.aliases, tasks=m.tasks, fallback=m.fallback, wakeable=m.wakeable,
+                   defaults=m.generation.model_dump(exclude_none=True) if m.generation else {})
         t.set_endpoints({u.rstrip("/"): True for u in m.endpoints})
         reg.put(t)
     return reg

@@ -6,46 +6,96 @@ import asyncio
 import ipaddress
 import logging
 import resource
+import sys
+import time
 from pathlib import Path
 
+import orjson
+
 from .app import Router
+from .callers import read_keys
 from .registry import Registry, load_static
 from .scrape import scrape_forever
-from .settings import Limits, RouterSettings
-from .upstream import AiohttpUpstream, Upstream
+from .quota import Limit
+from .settings import ConfigError, Limits, RouterSettings, load
+from .upstream import AiohttpUpstream, Unreachable, Upstream
 
 log = logging.getLogger("modelship.router")
 
 
-def api_keys_from(path: str | None) -> list[str]:
-    """One key per line (a mounted Secret's file); blank lines and # comments ignored."""
-    if not path:
-        return []
-    keys = [line.strip() for line in Path(path).read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-    if not keys:
-        raise ValueError(f"{path} holds no API key")
-    return keys
+def api_keys_from(path: str | None) -> dict[str, str]:
+    """key -> caller name, from the keys file (a mounted Secret's): a YAML mapping of names to
+    keys, or one key per line (blank lines and # comments ignored). See callers.py."""
+    return read_keys(path) if path else {}
 
 
-async def reload_keys_forever(router: Router, path: str, seen: tuple | None, interval: float = 10.0) -> None:
-    """Follow the API keys file: a Secret mounted as a volume is updated in place when the
-    Secret changes (a rotated key works within a minute or so, with no restart). A file that
-    cannot be read, or holds no key, leaves the keys as they were, with a warning. `seen`:
-    the file's stamp when the keys in use were read."""
+def configure(router: Router, settings: RouterSettings) -> None:
+    """The settings' callers and limits, applied to a running router (at start, and when the
+    settings file changes)."""
+    router.set_callers({n: c.models for n, c in settings.callers.items()}, settings.default_caller.models)
+    router.set_limits({n: _limit(c) for n, c in settings.callers.items()}, _limit(settings.default_caller),
+                      {n: _limit(m) for n, m in settings.model_limits.items()})
+
+
+def _limit(s) -> Limit:
+    return Limit(s.requests_per_minute, s.tokens_per_minute, s.concurrent_requests)
+
+
+async def follow_forever(router: Router, keys: str | None, config: str | None, seen: dict,
+                         interval: float = 10.0) -> None:
+    """Follow the API keys file and the settings file: a Secret or ConfigMap mounted as a
+    volume is updated in place when it changes (a rotated key, a new limit apply within a
+    minute or so, with no restart). A file that cannot be read, or is not valid, leaves what
+    was in use, with a warning. Of the settings file, the callers and the limits apply so; the
+    other settings need a restart. `seen`: each file's stamp when what is in use was read."""
     while True:
         await asyncio.sleep(interval)
-        stamp = _stamp(path)
-        if stamp == seen:
-            continue
-        seen = stamp
+        for path in list(seen):
+            stamp = _stamp(path)
+            if stamp == seen[path]:
+                continue
+            seen[path] = stamp
+            try:
+                if path == keys:
+                    found = api_keys_from(path)
+                    router.set_api_keys(found)
+                    log.info("API keys reloaded from %s (%d keys)", path, len(found))
+                else:
+                    configure(router, load(config=path))
+                    log.info("callers and limits reloaded from %s", path)
+            except (OSError, ValueError, ConfigError) as e:
+                log.warning("%s not reloaded, what was in use stays: %s", path, e)
+
+
+async def share_limits_forever(router: Router, peers, interval: float) -> None:
+    """Every `interval`, read each peer's counters (`GET /modelship/quota`) into this replica's
+    limits, so that a limit holds over all the router's replicas (quota.py says the error).
+    `peers()` gives the peers' base URLs now (a static list, or the router Service's ready
+    endpoints); this replica among them is known by its boot id and passed over."""
+    known: set[str] = set()
+    while True:
+        await asyncio.sleep(interval)
         try:
-            keys = api_keys_from(path)
-        except (OSError, ValueError) as e:
-            log.warning("API keys not reloaded, the old ones stay: %s", e)
+            urls = set(await peers())
+        except Exception as e:  # noqa: BLE001 - the next round tries again
+            log.warning("the router's peers could not be listed: %s", e)
             continue
-        router.set_api_keys(keys)
-        log.info("API keys reloaded from %s (%d keys)", path, len(keys))
+        for gone in known - urls:
+            router.quotas.forget(gone)
+        known = urls
+
+        async def read(url: str) -> None:
+            try:
+                status, body = await router.client.get(f"{url}/modelship/quota", interval)
+                report = orjson.loads(body) if status == 200 else None
+            except (Unreachable, orjson.JSONDecodeError):
+                report = None
+            if report is None:
+                router.quotas.forget(url)  # (its in-flight count no longer holds)
+            elif report.get("boot") != router.quotas.boot:
+                router.quotas.merge(url, report, time.monotonic())
+
+        await asyncio.gather(*(read(u) for u in urls))
 
 
 def _stamp(path: str) -> tuple | None:
@@ -61,46 +111,96 @@ def upstream_client(limits: Limits, max_connections: int = 10_000) -> Upstream:
     return AiohttpUpstream(limits.connect_timeout, max_connections)
 
 
-def build(static: str | None, limits: Limits, api_keys: list[str], namespaces: list[str] | None = None,
-          scrape_interval: float = 1.0, allowed: list[str] | None = None, seed: int | None = None,
-          api_keys_file: str | None = None, keys_interval: float = 10.0) -> Router:
+def build(static: str | None, limits: Limits, api_keys: list[str] | dict[str, str],
+          namespaces: list[str] | None = None, scrape_interval: float = 1.0, allowed: list[str] | None = None,
+          seed: int | None = None, api_keys_file: str | None = None, keys_interval: float = 10.0,
+          settings: RouterSettings | None = None) -> Router:
     """The router, with endpoints from a static file or (without one) from the cluster;
-    `api_keys_file`, when given, is followed for changes."""
+    `api_keys_file` and the settings file, when given, are followed for changes."""
     registry = load_static(static, seed=seed) if static else Registry()
     router = Router(registry, upstream_client(limits), limits, api_keys)
-    if api_keys_file:
-        stamp = _stamp(api_keys_file)
+    config = settings.config if settings is not None else None
+    if settings is not None:
+        configure(router, settings)
+        router.access_log = settings.access_log
+    if api_keys_file or config:
+        seen = {path: _stamp(path) for path in (api_keys_file, config) if path}
 
-        def follow_keys(loop: asyncio.AbstractEventLoop) -> None:
-            router.background.append(loop.create_task(reload_keys_forever(router, api_keys_file, stamp,
-                                                                          keys_interval)))
+        def follow(loop: asyncio.AbstractEventLoop) -> None:
+            router.background.append(loop.create_task(follow_forever(router, api_keys_file, config, seen,
+                                                                     keys_interval)))
 
-        router.on_startup.append(follow_keys)
+        router.on_startup.append(follow)
     if scrape_interval > 0:
         def scrape(loop: asyncio.AbstractEventLoop) -> None:
             router.background.append(loop.create_task(scrape_forever(registry, router.client, scrape_interval)))
 
         router.on_startup.append(scrape)
-    if not static:
+    kube = None
+    if not static or (settings is not None and settings.peers_service):
         # Imported here for start-up time: the kubernetes library takes about a second to
         # import, and a router with a static list (the tests build many) never uses it.
         from ..login import api_client
-        from .discovery import Watcher
 
         kube = api_client()  # logged in now, so that a missing kubeconfig stops the start
-        networks = [ipaddress.ip_network(n, strict=False) for n in allowed] if allowed else None
+    networks = [ipaddress.ip_network(n, strict=False) for n in allowed] if allowed else None
+    if not static:
+        from .discovery import Watcher
+
 
         def start(loop: asyncio.AbstractEventLoop) -> None:
             Watcher(registry, list(namespaces or []), loop, kube, networks).start()
 
         router.on_startup.append(start)
+    if settings is not None and (settings.peers or settings.peers_service):
+        peers = _static_peers(settings.peers) if settings.peers else _service_peers(kube, settings.peers_service, networks)
+
+        def share(loop: asyncio.AbstractEventLoop) -> None:
+            router.background.append(loop.create_task(share_limits_forever(router, peers, settings.peer_interval)))
+
+        router.on_startup.append(share)
     return router
+
+
+def _static_peers(urls: list[str]):
+    found = [u.rstrip("/") for u in urls]
+
+    async def peers() -> list[str]:
+        return found
+
+    return peers
+
+
+def _service_peers(kube, service: str, networks):
+    """The ready endpoints of the router's own Service (`namespace/name`), listed at most every
+    10 s (a replica that comes or goes is seen within that)."""
+    from kubernetes import client
+
+    from ..endpointslices import SERVICE_NAME, slice_endpoints
+
+    namespace, _, name = service.partition("/")
+    cache: dict = {"at": -1e9, "urls": []}
+
+    def listed() -> list[str]:
+        answer = client.DiscoveryV1Api(kube).list_namespaced_endpoint_slice(
+            namespace, label_selector=f"{SERVICE_NAME}={name}", _preload_content=False, _request_timeout=10)
+        return sorted({url for item in orjson.loads(answer.data)["items"]
+                       for url, ready in slice_endpoints(item, networks)[1].items() if ready})
+
+    async def peers() -> list[str]:
+        if time.monotonic() - cache["at"] >= 10:
+            cache["urls"] = await asyncio.to_thread(listed)
+            cache["at"] = time.monotonic()
+        return cache["urls"]
+
+    return peers
 
 
 def from_settings(settings: RouterSettings) -> Router:
     """The router its settings describe (the settings are its limits too)."""
     return build(settings.static, settings, api_keys_from(settings.api_keys_file), settings.namespaces,
-                 settings.scrape_interval, settings.allow_cidrs, api_keys_file=settings.api_keys_file)
+                 settings.scrape_interval, settings.allow_cidrs, api_keys_file=settings.api_keys_file,
+                 settings=settings)
 
 
 def raise_open_files() -> int:
@@ -117,6 +217,13 @@ def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: s
     import uvloop
 
     raise_open_files()
+    if router.access_log:  # one JSON line per request, on stderr as the rest of the log
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("modelship.router.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
                             backlog=4096, timeout_keep_alive=75, proxy_headers=False,

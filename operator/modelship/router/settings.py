@@ -15,6 +15,7 @@ import ipaddress
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -49,6 +50,23 @@ class Limits(BaseModel):
                                                                   "streamed request gets while it waits.")
 
 
+class LimitSettings(BaseModel):
+    """Limits of one caller (an API key's name) or one model (all callers together)."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests per minute.")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Prompt plus generated tokens per minute.")
+    concurrent_requests: int | None = Field(None, ge=1, description="Requests open at once.")
+
+
+class CallerSettings(LimitSettings):
+    """What one caller may call, and how much."""
+
+    models: list[str] = Field(default_factory=lambda: ["*"], description="Model names, aliases, tasks or globs "
+                                                                         "(`team-a/*`, `llama-*`) it may call.")
+
+
 class RouterSettings(Limits, BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", populate_by_name=True)
 
@@ -59,9 +77,10 @@ class RouterSettings(Limits, BaseSettings):
                                                  "outside a cluster).")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
-    api_keys_file: str | None = Field(None, description="Accept only requests with one of these keys (one per "
-                                                        "line; a mounted Secret). The file is followed: changed "
-                                                        "keys apply within about 10 s.")
+    api_keys_file: str | None = Field(None, description="Accept only requests with one of these keys (a mounted "
+                                                        "Secret): a YAML mapping of caller names to keys, or one key "
+                                                        "per line. The file is followed: changed keys apply within "
+                                                        "about 10 s.")
     drain_seconds: int = Field(30, ge=0, description="On SIGTERM, time given to open requests.")
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Serve the ModelDeployments of these namespaces; empty: all namespaces.")
@@ -69,6 +88,26 @@ class RouterSettings(Limits, BaseSettings):
                                                           "metrics; 0: never.")
     allow_cidrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Send requests only to endpoints in these networks; empty: any.")
+    callers: dict[str, CallerSettings] = Field(
+        default_factory=dict, description="Per caller (an API key's name in `apiKeysFile`): the models it may "
+                                          "call and its limits. Reloaded with the settings file.")
+    default_caller: CallerSettings = Field(
+        default_factory=CallerSettings, description="What a key not named in `callers` may do (and every request "
+                                                    "when there are no keys). Default: every model, no limit.")
+    model_limits: dict[str, LimitSettings] = Field(
+        default_factory=dict, description="Per model (its name, `namespace/name` or a glob): limits over all "
+                                          "callers together. Reloaded with the settings file.")
+    peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="The other router replicas' base URLs, which share the limits' counters "
+                                          "(a router outside a cluster); see `peersService`.")
+    peers_service: str | None = Field(
+        None, description="`namespace/name` of the router's own Service: its ready endpoints are the replicas that "
+                          "share the limits' counters (the chart sets it).")
+    peer_interval: float = Field(1.0, gt=0, description="Seconds between two reads of each peer's counters: the "
+                                                       "limits' error across replicas is at most this much of the "
+                                                       "others' traffic.")
+    access_log: bool = Field(True, description="One JSON line per inference request on stderr (its id, caller, "
+                                               "model, endpoint, status, times and tokens; no prompt, no key).")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -77,7 +116,7 @@ class RouterSettings(Limits, BaseSettings):
         file = _File(settings_cls, given, "--config") if given else _File(settings_cls, None, CONFIG_VARIABLE)
         return init_settings, Environment(settings_cls), file
 
-    @field_validator("namespaces", "allow_cidrs", mode="before")
+    @field_validator("namespaces", "allow_cidrs", "peers", mode="before")
     @classmethod
     def _split(cls, v):
         if isinstance(v, str):  # MODELSHIP_ROUTER_NAMESPACES=a,b
