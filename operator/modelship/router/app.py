@@ -304,7 +304,7 @@ class Router:
         target = self.registry.find(model)
         if target is None or not policy.may(target):
             if target is not None or not policy.may_name(model):
-                raise self.callers.refuse(call.caller, model, self.registry.names())
+                raise self.callers.refuse(call.caller, model, self._names(call.caller))
             raise ErrorAnswer(404, f"the model {model!r} does not exist here; the models are: "
                                    f"{', '.join(self._names(call.caller)) or '(none)'}", code="model_not_found")
         call.model = target.name

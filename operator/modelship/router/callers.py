@@ -108,9 +108,8 @@ class Callers:
     def policy(self, caller: str) -> Policy:
         return self.policies.get(caller, self.default)
 
-    def refuse(self, caller: str, model: str, names: list[str]) -> ErrorAnswer:
-        """403 for a model this caller may not call, listing only those it may."""
-        may = [n for n in names if self.policy(caller).may_name(n)]
+    def refuse(self, caller: str, model: str, may: list[str]) -> ErrorAnswer:
+        """403 for a model this caller may not call, listing only those it may (`may`)."""
         who = f"the API key {caller!r}" if caller else "this router"
         return ErrorAnswer(403, f"{who} may not call the model {model!r}; it may call: {', '.join(may) or '(none)'}",
                            "permission_error", "model_not_allowed")

@@ -238,7 +238,7 @@ class Forwarder(Holding):
             if sse:
                 headers.append((b"cache-control", b"no-cache"))
             await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
-        first, chunks, events, tail = True, 0, 0, b""
+        first, chunks, events, tail, chunk = True, 0, 0, b"", b""
         it = upstream.chunks()
         idle, wheel = self.idle_timeout, self.wheel
         while True:
@@ -269,7 +269,7 @@ class Forwarder(Holding):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if sse:
             m.child(m.chunks, ex.target.name).inc(chunks)
-            usage.streamed(ex.call, tail, events)
+            usage.streamed(ex.call, tail, events, chunk)
 
 
     async def _relay_held(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer, ctype: str) -> None:

@@ -7,8 +7,9 @@ counters, the access log and the tokens-per-minute limits count.
   (`stream_options.include_usage`); TGI does when asked, and its `/generate_stream` ends with
   `details.generated_tokens`. The router looks for it in each chunk (a substring test) and
   reads the event that has it: exact. Where no event says it, the generated tokens are the
-  events counted (one token per event, as both engines send them: over by the one or two
-  events that carry no token, under where an engine sends several tokens in one event).
+  events counted, `[DONE]` aside (one token per event, as both engines send them: over by
+  the one event that carries only the role or the finish reason, where an engine sends one;
+  under where an engine sends several tokens in one event).
 - The prompt's tokens, where the answer does not say them: its characters / 4 (the usual
   rule for English text with BPE vocabularies; off by tens of percent for other text).
 
@@ -52,8 +53,9 @@ def whole(call, body: bytes) -> None:
         _read(found, call)
 
 
-def streamed(call, tail: bytes, events: int) -> None:
-    """A stream's usage: the last chunk that said it (`tail`), else its events counted."""
+def streamed(call, tail: bytes, events: int, last: bytes) -> None:
+    """A stream's usage: the last chunk that said it (`tail`), else its events counted (but
+    `data: [DONE]`, in the `last` chunk)."""
     if tail:
         for line in reversed(tail.split(b"\n")):
             if line.startswith(b"data:") and (b'"usage":{' in line or b'"generated_tokens":' in line):
@@ -65,7 +67,7 @@ def streamed(call, tail: bytes, events: int) -> None:
                     return
                 break
     if events:
-        call.completion_tokens = max(0, events - 1)  # ([DONE], or the last event, says no token)
+        call.completion_tokens = max(0, events - (b"[DONE]" in last))
 
 
 def prompt_estimate(text_chars: int) -> int:

@@ -1,0 +1,394 @@
+"""The router as the front door: fallback models when a model fails before its first byte,
+callers with names, allowed models and limits (OpenAI's 429 and x-ratelimit-* headers, which
+the real `openai` client reads), requests checked before any engine sees them, TGI's
+generation defaults, usage counted from the answers, the request id and the access log.
+
+The router is served in this process (uvicorn on the test's loop, real HTTP on loopback) in
+front of one fake TGI and of small failing engines; the limits shared by two router
+replicas are tested with two `modelship router` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from modelship_testbed.procs import stop
+
+from .test_router import HOST, error, free_port, start
+from .test_router_hold import serving
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    proc = start([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny", "--hostname", HOST,
+                  "--port", str(port), "--fake-token-delay-ms", "1", "--fake-load-seconds", "0"], f"{url}/health",
+                 "fake TGI")
+    yield url
+    stop(proc, 10)
+
+
+def answering(status: int, body: bytes, content_type: bytes = b"application/json", then_break: bool = False):
+    """An engine that answers every request with this status and body (`then_break`: a stream
+    that breaks off after its first event); it counts what it was asked."""
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append(scope["path"])
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
+        if then_break:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            raise ConnectionResetError("the engine died mid-answer")
+        await send({"type": "http.response.body", "body": body})
+
+    app.seen = seen
+    return app
+
+
+def router(*targets, keys=None, **settings):
+    from modelship.router.app import Router
+    from modelship.router.registry import Registry
+    from modelship.router.server import configure, upstream_client
+    from modelship.router.settings import RouterSettings
+
+    reg = Registry()
+    for t in targets:
+        reg.put(t)
+    s = RouterSettings(**settings)
+    app = Router(reg, upstream_client(s), s, keys)
+    configure(app, s)
+    return app
+
+
+def target(name: str, *urls: str, **kw):
+    from modelship.router.registry import Target
+
+    t = Target(name, "tgi", **kw)
+    t.set_endpoints({u: True for u in urls})
+    return t
+
+
+def dead() -> str:
+    return f"http://{HOST}:{free_port()}"  # nothing listens there: connection refused
+
+
+def metric(text: str, name: str, **labels) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# --- fallback ---------------------------------------------------------------------------
+
+
+def test_a_model_that_fails_before_its_first_byte_falls_back_in_order_each_with_its_own_retries(engine):
+    busy, broken = answering(503, b'{"error":"Model is overloaded"}'), answering(500, b'{"error":"CUDA OOM"}')
+
+    async def go():
+        async with serving(busy) as b, serving(broken) as c:
+            app = router(target("a", dead(), b, fallback=["b", "c"]), target("b", c, fallback=["a", "c"]),
+                         target("c", engine))
+            async with serving(app) as url:
+                r = await httpx.AsyncClient().post(f"{url}/v1/chat/completions",
+                                                   json={"model": "a", "messages": HI, "max_tokens": 3})
+                metrics = (await httpx.AsyncClient().get(f"{url}/metrics")).text
+                return r, metrics
+
+    r, metrics = asyncio.run(go())
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3, r.text
+    assert r.headers["x-modelship-model"] == "c"  # which model answered
+    assert busy.seen == ["/v1/chat/completions"] and broken.seen == ["/v1/chat/completions"]  # each tried once
+    # Why: a's last failure (its endpoints are tried in the strategy's order), then b's 500.
+    assert metric(metrics, "modelship_router_fallbacks_total", model="a", fallback="b") == 1
+    assert metric(metrics, "modelship_router_fallbacks_total", model="a", fallback="c",
+                  reason="upstream_error") == 1
+    assert metric(metrics, "modelship_router_retries_total", model="a", reason="connect") == 1
+
+
+def test_fallbacks_never_loop_and_the_last_failure_is_the_answer():
+    broken = answering(500, b'{"error":{"message":"CUDA out of memory","type":"server_error"}}')
+
+    async def go():
+        async with serving(broken) as b:
+            app = router(target("a", b, fallback=["b"]), target("b", b, fallback=["a"]))
+            async with serving(app) as url:
+                started = time.monotonic()
+                r = await httpx.AsyncClient().post(f"{url}/v1/chat/completions", json={"model": "a", "messages": HI})
+                return r, time.monotonic() - started
+
+    r, took = asyncio.run(go())
+    assert r.status_code == 502 and "b answered 500: CUDA out of memory" in error(r)["message"], r.text
+    assert broken.seen == ["/v1/chat/completions"] * 2 and took < 5  # a, then b, then nothing more
+
+
+def test_no_fallback_after_the_first_byte(engine):
+    breaking = answering(200, b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n',
+                         b"text/event-stream", then_break=True)
+
+    async def go():
+        async with serving(breaking) as b:
+            app = router(target("a", b, fallback=["c"]), target("c", engine))
+            async with serving(app) as url:
+                async with httpx.AsyncClient().stream("POST", f"{url}/v1/chat/completions",
+                                                      json={"model": "a", "messages": HI, "stream": True}) as r:
+                    text = (await r.aread()).decode()
+                metrics = (await httpx.AsyncClient().get(f"{url}/metrics")).text
+                return r, text, metrics
+
+    r, text, metrics = asyncio.run(go())
+    assert r.headers["x-modelship-model"] == "a" and '"Hel"' in text and "upstream_broke_off" in text
+    assert "modelship_router_fallbacks_total{" not in metrics
+
+
+def test_an_engines_4xx_stays_and_its_5xx_is_a_502_with_its_message():
+    refusing = answering(422, b'{"error":"Input validation error: inputs tokens + max_new_tokens must be <= 2048",'
+                              b'"error_type":"validation"}')
+    broken = answering(500, b"Internal Server Error: CUDA error")
+
+    async def go():
+        async with serving(refusing) as a, serving(broken) as b:
+            app = router(target("a", a), target("b", b))
+            async with serving(app) as url, httpx.AsyncClient() as c:
+                return [await c.post(f"{url}/v1/chat/completions", json={"model": m, "messages": HI})
+                        for m in ("a", "b")]
+
+    four, five = asyncio.run(go())
+    assert four.status_code == 422 and "must be <= 2048" in four.json()["error"]
+    assert five.status_code == 502 and error(five)["message"] == "b answered 500: Internal Server Error: CUDA error"
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def test_a_malformed_request_is_a_400_naming_the_field_and_no_engine_sees_it():
+    from openai import AsyncOpenAI, BadRequestError
+
+    engine = answering(200, b"{}")
+
+    async def go():
+        async with serving(engine) as e:
+            async with serving(router(target("smollm2", e))) as url:
+                client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+                out = []
+                for kw in ({"messages": "hello"}, {"messages": HI, "max_tokens": -5},
+                           {"messages": [{"role": "robot", "content": "hi"}]}, {"messages": HI, "temperature": 3}):
+                    with pytest.raises(BadRequestError) as e:
+                        await client.chat.completions.create(model="smollm2", **kw)
+                    out.append(e.value.body)
+                r = await httpx.AsyncClient().post(f"{url}/v1/chat/completions", json={"model": "smollm2"})
+                return out, r
+
+    bodies, missing = asyncio.run(go())
+    assert [b["param"] for b in bodies] == ["messages", "max_tokens", "messages[0].role", "temperature"]
+    assert all(b["type"] == "invalid_request_error" for b in bodies)
+    assert "must be at least 1, got -5" in bodies[1]["message"]
+    assert missing.status_code == 400 and error(missing)["code"] == "missing_required_parameter"
+    assert engine.seen == []
+
+
+# --- callers: keys, models, limits ---------------------------------------------------------
+
+
+KEYS = {"ka-secret": "team-a", "kb-secret": "team-b"}
+
+
+def test_a_key_may_call_only_its_models_403_otherwise_and_lists_only_those(engine):
+    from openai import AsyncOpenAI, PermissionDeniedError
+
+    app = router(target("ns/tiny", engine, aliases=["tiny"]), target("ns/secret-model", engine, tasks=["chat"]),
+                 keys=KEYS, callers={"team-a": {"models": ["tiny", "ghost"]}})
+
+    async def go():
+        async with serving(app) as url:
+            a = AsyncOpenAI(base_url=f"{url}/v1", api_key="ka-secret", max_retries=0)
+            b = AsyncOpenAI(base_url=f"{url}/v1", api_key="kb-secret", max_retries=0)
+            ok = await a.chat.completions.create(model="tiny", messages=HI, max_tokens=2)
+            refused = []
+            for model in ("ns/secret-model", "chat", "does-not-exist"):
+                with pytest.raises(PermissionDeniedError) as e:
+                    await a.chat.completions.create(model=model, messages=HI)
+                refused.append(e.value.body["message"])
+            ghost = await httpx.AsyncClient().post(f"{url}/v1/chat/completions", json={"model": "ghost", "messages": HI},
+                                                   headers={"authorization": "Bearer ka-secret"})
+            listed_a = [m.id async for m in a.models.list()]
+            listed_b = [m.id async for m in b.models.list()]
+            other = await b.chat.completions.create(model="chat", messages=HI, max_tokens=2)
+            return ok, refused, ghost, listed_a, listed_b, other
+
+    ok, refused, ghost, listed_a, listed_b, other = asyncio.run(go())
+    assert ok.choices[0].message.content
+    for message in refused:  # nothing said about the other models, whether they exist or not
+        assert "team-a" in message and "secret" not in message.replace("'ns/secret-model'", "") and "it may call: " \
+            "ns/tiny, tiny" in message, message
+    assert ghost.status_code == 404 and "the models are: ns/tiny, tiny" in error(ghost)["message"]
+    assert listed_a == ["ns/tiny", "tiny"] and set(listed_b) == {"ns/tiny", "tiny", "ns/secret-model", "chat"}
+    assert other.choices[0].message.content
+
+
+def test_over_a_limit_is_429_with_the_headers_openai_reads_and_its_retry_succeeds(engine):
+    from openai import AsyncOpenAI, RateLimitError
+
+    app = router(target("tiny", engine), keys=KEYS, callers={"team-a": {"requestsPerMinute": 60}})
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient() as c:
+            auth = {"authorization": "Bearer ka-secret"}
+            first = await c.post(f"{url}/v1/completions", headers=auth, json={"model": "tiny", "prompt": "a"})
+            for _ in range(59):  # the burst: the bucket holds a minute's requests
+                await c.post(f"{url}/v1/completions", headers=auth, json={"model": "tiny", "prompt": "a",
+                                                                           "max_tokens": 1})
+            plain = AsyncOpenAI(base_url=f"{url}/v1", api_key="ka-secret", max_retries=0)
+            with pytest.raises(RateLimitError) as refused:
+                await plain.completions.create(model="tiny", prompt="a", max_tokens=1)
+            patient = AsyncOpenAI(base_url=f"{url}/v1", api_key="ka-secret")  # retries twice by default
+            started = time.monotonic()
+            answer = await patient.completions.with_raw_response.create(model="tiny", prompt="a", max_tokens=1)
+            took = time.monotonic() - started
+            unlimited = await c.post(f"{url}/v1/completions", headers={"authorization": "Bearer kb-secret"},
+                                     json={"model": "tiny", "prompt": "a", "max_tokens": 1})
+            return first, refused.value, answer, took, unlimited, (await c.get(f"{url}/metrics")).text
+
+    first, refused, answer, took, unlimited, metrics = asyncio.run(go())
+    assert first.headers["x-ratelimit-limit-requests"] == "60" and first.headers["x-ratelimit-remaining-requests"] \
+        == "59" and first.headers["x-ratelimit-reset-requests"].endswith("s")
+    h = refused.response.headers
+    assert refused.status_code == 429 and refused.body["code"] == "rate_limit_exceeded"
+    assert h["retry-after"] == "1" and 0 < int(h["retry-after-ms"]) <= 1000 and h["x-ratelimit-remaining-requests"] == "0"
+    assert "requests per minute" in refused.body["message"] and "team-a" in refused.body["message"]
+    assert answer.http_response.status_code == 200 and answer.retries_taken >= 1 and took >= 0.3
+    assert "x-ratelimit-limit-requests" not in unlimited.headers  # team-b has no limit
+    assert metric(metrics, "modelship_router_rate_limited_total", caller="team-a", model="tiny") >= 2
+
+
+def test_tokens_per_minute_count_the_answers_tokens_streamed_ones_too(engine):
+    app = router(target("tiny", engine), model_limits={"ti*": {"tokensPerMinute": 100, "concurrentRequests": 1}})
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient() as c:
+            chat = f"{url}/v1/chat/completions"
+            async with c.stream("POST", chat, json={"model": "tiny", "messages": HI, "max_tokens": 40,
+                                                    "stream": True}) as r:
+                concurrent = await c.post(chat, json={"model": "tiny", "messages": HI})
+                await r.aread()
+            after_stream = await c.post(chat, json={"model": "tiny", "messages": HI, "max_tokens": 40})
+            refused = await c.post(chat, json={"model": "tiny", "messages": HI, "max_tokens": 1})
+            return concurrent, after_stream, refused, (await c.get(f"{url}/metrics")).text
+
+    concurrent, after_stream, refused, metrics = asyncio.run(go())
+    assert concurrent.status_code == 429 and "concurrent" in error(concurrent)["message"]
+    # The stream's 40 tokens (its events, the fake saying no usage) and its prompt's estimate
+    # counted, the next request was admitted (the bucket above zero) and went over the minute's
+    # 100; the one after waits for the debt to be paid back.
+    assert after_stream.status_code == 200 and after_stream.json()["usage"]["completion_tokens"] == 40
+    assert refused.status_code == 429 and error(refused)["type"] == "tokens"
+    assert float(refused.headers["retry-after"]) >= 3 and refused.headers["x-ratelimit-limit-tokens"] == "100"
+    assert metric(metrics, "modelship_router_caller_generated_tokens_total", model="tiny") == 80
+
+
+# --- TGI's defaults, the request id, the access log ------------------------------------------
+
+
+def test_the_router_applies_generation_defaults_for_tgi(engine):
+    app = router(target("tiny", engine, defaults={"max_new_tokens": 5, "temperature": 0.5}))
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient() as c:
+            return [await c.post(f"{url}/v1/chat/completions", json={"model": "tiny", "messages": HI}),
+                    await c.post(f"{url}/v1/chat/completions", json={"model": "tiny", "messages": HI,
+                                                                      "max_tokens": 2}),
+                    await c.post(f"{url}/models/tiny/generate", json={"inputs": "hi",
+                                                                      "parameters": {"details": True}})]
+
+    default, own, native = asyncio.run(go())
+    assert default.json()["usage"]["completion_tokens"] == 5 and own.json()["usage"]["completion_tokens"] == 2
+    assert native.json()["details"]["generated_tokens"] == 5
+
+
+def test_every_request_has_an_id_and_one_access_log_line_without_prompt_or_key(engine, caplog):
+    app = router(target("tiny", engine), keys=KEYS)
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient() as c:
+            auth = {"authorization": "Bearer ka-secret"}
+            given = await c.post(f"{url}/v1/chat/completions", headers={**auth, "x-request-id": "req-42"},
+                                 json={"model": "tiny", "messages": [{"role": "user", "content": "my secret prompt"}],
+                                       "max_tokens": 2})
+            made = await c.post(f"{url}/v1/chat/completions", headers=auth, json={"model": "nope", "messages": HI})
+            return given, made
+
+    with caplog.at_level(logging.INFO, logger="modelship.router.access"):
+        given, made = asyncio.run(go())
+    assert given.headers["x-request-id"] == "req-42" and given.headers["x-modelship-model"] == "tiny"
+    assert len(made.headers["x-request-id"]) == 24 and made.status_code == 404
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "modelship.router.access"]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["id"] == "req-42" and first["caller"] == "team-a" and first["model"] == "tiny"
+    assert first["status"] == 200 and first["endpoint"] == engine and first["completionTokens"] == 2
+    assert first["ttfb"] > 0 and first["duration"] >= first["ttfb"] and first["promptTokens"] > 0
+    assert lines[1]["status"] == 404 and lines[1]["id"] == made.headers["x-request-id"]
+    text = caplog.text
+    assert "secret prompt" not in text and "ka-secret" not in text
+
+
+# --- two router replicas, one limit -------------------------------------------------------------
+
+
+def _routers(tmp_path: Path, engine: str, share: bool) -> tuple[list, list[str]]:
+    ports = [free_port(), free_port()]
+    urls = [f"http://{HOST}:{p}" for p in ports]
+    static = tmp_path / "static.yaml"
+    static.write_text(yaml.safe_dump({"models": [{"name": "tiny", "engine": "tgi", "endpoints": [engine]}]}))
+    procs = []
+    for i, port in enumerate(ports):
+        config = tmp_path / f"router-{i}.yaml"
+        config.write_text(yaml.safe_dump({"defaultCaller": {"requestsPerMinute": 30}, "peerInterval": 0.5,
+                                          "peers": [urls[1 - i]] if share else [], "accessLog": False}))
+        procs.append(start([str(Path(sys.executable).with_name("modelship")), "router", "--config", str(config),
+                            "--static", str(static), "--host", HOST, "--port", str(port), "--scrape-interval", "0"],
+                           f"{urls[i]}/health", "router"))
+    return procs, urls
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "not-shared"])
+def test_two_router_replicas_hold_one_limit(engine, tmp_path, share):
+    """30 requests a minute (a burst of 30, then one every 2 s), asked of two replicas for 12 s
+    at 8 requests a second, every other request to each: one shared bucket admits 30 + 6.
+    Without the exchange, each replica admits that much."""
+    procs, urls = _routers(tmp_path, engine, share)
+    try:
+        admitted, i, started = 0, 0, time.monotonic()
+        with httpx.Client() as c:
+            while time.monotonic() - started < 12:
+                r = c.post(f"{urls[i % 2]}/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 1})
+                assert r.status_code in (200, 429), r.text
+                admitted += r.status_code == 200
+                i += 1
+                time.sleep(max(0.0, started + i / 8 - time.monotonic()))
+        took = time.monotonic() - started
+    finally:
+        for p in procs:
+            stop(p, 10)
+    ideal = 30 + took / 2
+    error_ = (admitted - ideal) / ideal
+    print(f"two replicas, {'shared' if share else 'not shared'}: {admitted} admitted of {i} in {took:.1f} s; "
+          f"one bucket: {ideal:.1f}; error {error_:+.1%}")
+    if share:
+        assert abs(error_) <= 0.12, (admitted, ideal)
+    else:
+        assert error_ > 0.5, (admitted, ideal)  # the control: the exchange is what holds the limit
