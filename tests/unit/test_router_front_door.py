@@ -38,7 +38,8 @@ def engine():
     stop(proc, 10)
 
 
-def answering(status: int, body: bytes, content_type: bytes = b"application/json", then_break: bool = False):
+def answering(status: int, body: bytes, content_type: bytes = b"application/json", then_break: bool = False,
+              length: int | None = None):
     """An engine that answers every request with this status and body (`then_break`: a stream
     that breaks off after its first event); it counts what it was asked."""
     seen = []
@@ -49,7 +50,10 @@ def answering(status: int, body: bytes, content_type: bytes = b"application/json
         seen.append(scope["path"])
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
+        headers = [(b"content-type", content_type)]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         if then_break:
             await send({"type": "http.response.body", "body": body, "more_body": True})
             raise ConnectionResetError("the engine died mid-answer")
@@ -134,6 +138,24 @@ def test_fallbacks_never_loop_and_the_last_failure_is_the_answer():
     r, took = asyncio.run(go())
     assert r.status_code == 502 and "b answered 500: CUDA out of memory" in error(r)["message"], r.text
     assert broken.seen == ["/v1/chat/completions"] * 2 and took < 5  # a, then b, then nothing more
+
+
+def test_a_whole_answer_that_breaks_off_is_tried_again_elsewhere(engine):
+    """A pod killed as it answered a non-streamed request: its head came, its body broke off.
+    Nothing was sent to the client yet, so another endpoint answers."""
+    dying = answering(200, b'{"choices":[', then_break=True, length=400)
+
+    async def go():
+        async with serving(dying) as d:
+            async with serving(router(target("a", d, engine))) as url, httpx.AsyncClient() as c:
+                codes = [(await c.post(f"{url}/v1/chat/completions", json={
+                    "model": "a", "max_tokens": 2, "messages": [{"role": "user", "content": f"conversation {i}"}]})
+                          ).status_code for i in range(8)]  # (each its own home: some on the dying one)
+                return codes, (await c.get(f"{url}/metrics")).text
+
+    codes, metrics = asyncio.run(go())
+    assert codes == [200] * 8 and len(dying.seen) >= 1
+    assert metric(metrics, "modelship_router_retries_total", model="a", reason="broke_off") == len(dying.seen)
 
 
 def test_no_fallback_after_the_first_byte(engine):

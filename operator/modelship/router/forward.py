@@ -163,9 +163,13 @@ class Forwarder(Holding):
                         m.child(m.retries, target.name, str(status)).inc()
                         continue
                     break  # (an engine's 500 for a request checked here: not sent to its peers again)
+                body = await self._whole(ex, ep, upstream)
+                if isinstance(body, ErrorAnswer):
+                    last = body
+                    continue
                 if key is not None:
                     target.strategy.served(key, ep)
-                await self._relay(ex, ep, upstream)
+                await self._relay(ex, ep, upstream, body)
                 return
             finally:
                 ep.in_flight -= 1
@@ -177,6 +181,24 @@ class Forwarder(Holding):
         else:
             m.child(m.requests, target.name, "", str(last.status)).inc()
         raise last
+
+    async def _whole(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer) -> bytes | ErrorAnswer | None:
+        """A small whole answer (a non-streamed completion), read before anything is sent (None
+        for any other). One that breaks off (an engine killed as it answered) is a failure
+        before the first byte, tried again elsewhere as a connect error is: the client never
+        knew."""
+        if ex.opened or upstream.length is None or upstream.length > WHOLE_BODY_BYTES \
+                or upstream.content_type.startswith("text/event-stream"):
+            return None
+        try:
+            with self.wheel.timeout(self.idle_timeout, ex.task):
+                return await upstream.read()
+        except (TimeoutError, BrokeOff) as e:
+            await upstream.close()
+            name = ex.target.name
+            self.metrics.child(self.metrics.retries, name, "broke_off").inc()
+            return ErrorAnswer(502, f"the answer from {name} at {ep.url} broke off ({_why(e)})", "upstream_error",
+                               "upstream_broke_off", fallback=True)
 
     async def _failed(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer) -> ErrorAnswer:
         """An engine's 5xx or 429 before the first byte, as the router's answer: a 429 or 503
@@ -198,7 +220,7 @@ class Forwarder(Holding):
                                headers=[(b"retry-after", self.retry_after)], fallback=True)
         return ErrorAnswer(502, message, "upstream_error", "upstream_error", fallback=True)
 
-    async def _relay(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer) -> None:
+    async def _relay(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer, body: bytes | None) -> None:
         m, name, call = self.metrics, ex.target.name, ex.call
         ctype = upstream.content_type
         call.status = code = upstream.status
@@ -208,16 +230,7 @@ class Forwarder(Holding):
         try:
             if ex.opened:  # held and streamed: the head is sent
                 await self._relay_held(ex, ep, upstream, ctype)
-            elif not ctype.startswith("text/event-stream") and upstream.length is not None \
-                    and upstream.length <= WHOLE_BODY_BYTES:
-                # A small whole answer (a non-streamed completion) is read, then sent at once,
-                # with its length: one write, no chunked encoding, and a broken one is a 502.
-                try:
-                    with self.wheel.timeout(self.idle_timeout, ex.task):
-                        body = await upstream.read()
-                except (TimeoutError, BrokeOff) as e:
-                    raise ErrorAnswer(502, f"the answer from {name} at {ep.url} broke off ({_why(e)})",
-                                      "upstream_error", "upstream_broke_off") from None
+            elif body is not None:  # read whole: sent at once, with its length (one write, no chunks)
                 call.ttfb = time.monotonic() - ex.started
                 m.child(m.ttfb, name).observe(call.ttfb)
                 if code < 300:
