@@ -117,13 +117,25 @@ def test_the_chart_mounts_a_settings_file_the_router_reads(tmp_path):
         "0.0.0.0", 8000, 600, 100_000_000, ["127.0.0.0/8"], "/etc/modelship/api-keys/keys")
     plain = render()
     settings.write_text(plain["ConfigMap"]["data"]["settings.yaml"])
-    # the values' defaults are the router's
-    assert load(config=str(settings)).model_dump(exclude={"config"}) == load().model_dump(exclude={"config"})
+    # the values' defaults are the router's, but the peers: the replicas of the release's Service
+    rendered = load(config=str(settings))
+    assert rendered.peers_service == "ns/r-router"
+    assert rendered.model_dump(exclude={"config", "peers_service"}) == load().model_dump(exclude={"config",
+                                                                                               "peers_service"})
     checksum = "checksum/settings"
     assert plain["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum] != \
         pod["metadata"]["annotations"][checksum]
     assert render("router.replicas=3")["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum] == \
         plain["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum]
+    # Callers and limits apply live (the router follows the file): changing them rolls nothing.
+    limited = render("router.callers.team-a.requestsPerMinute=60", "router.callers.team-a.models={chat}",
+                     "router.modelLimits.big.concurrentRequests=4")
+    assert limited["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum] == \
+        plain["Deployment"]["spec"]["template"]["metadata"]["annotations"][checksum]
+    settings.write_text(limited["ConfigMap"]["data"]["settings.yaml"])
+    s = load(config=str(settings))
+    assert (s.callers["team-a"].requests_per_minute, s.callers["team-a"].models,
+            s.model_limits["big"].concurrent_requests) == (60, ["chat"], 4)
 
 
 def test_kubernetes_service_links_are_never_settings(tmp_path, monkeypatch):
