@@ -107,18 +107,18 @@ def test_a_model_that_fails_before_its_first_byte_falls_back_in_order_each_with_
         async with serving(busy) as b, serving(broken) as c:
             app = router(target("a", dead(), b, fallback=["b", "c"]), target("b", c, fallback=["a", "c"]),
                          target("c", engine))
-            async with serving(app) as url:
-                r = await httpx.AsyncClient().post(f"{url}/v1/chat/completions",
+            async with serving(app) as url, httpx.AsyncClient() as c:
+                r = await c.post(f"{url}/v1/chat/completions",
                                                    json={"model": "a", "messages": HI, "max_tokens": 3})
-                metrics = (await httpx.AsyncClient().get(f"{url}/metrics")).text
+                metrics = (await c.get(f"{url}/metrics")).text
                 return r, metrics
 
     r, metrics = asyncio.run(go())
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3, r.text
     assert r.headers["x-modelship-model"] == "c"  # which model answered
     assert busy.seen == ["/v1/chat/completions"] and broken.seen == ["/v1/chat/completions"]  # each tried once
-    # Why: a's last failure (its endpoints are tried in the strategy's order), then b's 500.
-    assert metric(metrics, "modelship_router_fallbacks_total", model="a", fallback="b") == 1
+    # Counted once, for the fallback that answered, with why the one before it did not (b's 500).
+    assert metric(metrics, "modelship_router_fallbacks_total", model="a", fallback="b") == 0
     assert metric(metrics, "modelship_router_fallbacks_total", model="a", fallback="c",
                   reason="upstream_error") == 1
     assert metric(metrics, "modelship_router_retries_total", model="a", reason="connect") == 1
@@ -130,9 +130,9 @@ def test_fallbacks_never_loop_and_the_last_failure_is_the_answer():
     async def go():
         async with serving(broken) as b:
             app = router(target("a", b, fallback=["b"]), target("b", b, fallback=["a"]))
-            async with serving(app) as url:
+            async with serving(app) as url, httpx.AsyncClient() as c:
                 started = time.monotonic()
-                r = await httpx.AsyncClient().post(f"{url}/v1/chat/completions", json={"model": "a", "messages": HI})
+                r = await c.post(f"{url}/v1/chat/completions", json={"model": "a", "messages": HI})
                 return r, time.monotonic() - started
 
     r, took = asyncio.run(go())
@@ -165,11 +165,11 @@ def test_no_fallback_after_the_first_byte(engine):
     async def go():
         async with serving(breaking) as b:
             app = router(target("a", b, fallback=["c"]), target("c", engine))
-            async with serving(app) as url:
-                async with httpx.AsyncClient().stream("POST", f"{url}/v1/chat/completions",
+            async with serving(app) as url, httpx.AsyncClient() as c:
+                async with c.stream("POST", f"{url}/v1/chat/completions",
                                                       json={"model": "a", "messages": HI, "stream": True}) as r:
                     text = (await r.aread()).decode()
-                metrics = (await httpx.AsyncClient().get(f"{url}/metrics")).text
+                metrics = (await c.get(f"{url}/metrics")).text
                 return r, text, metrics
 
     r, text, metrics = asyncio.run(go())
@@ -204,7 +204,7 @@ def test_a_malformed_request_is_a_400_naming_the_field_and_no_engine_sees_it():
 
     async def go():
         async with serving(engine) as e:
-            async with serving(router(target("smollm2", e))) as url:
+            async with serving(router(target("smollm2", e))) as url, httpx.AsyncClient() as c:
                 client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
                 out = []
                 for kw in ({"messages": "hello"}, {"messages": HI, "max_tokens": -5},
@@ -212,7 +212,7 @@ def test_a_malformed_request_is_a_400_naming_the_field_and_no_engine_sees_it():
                     with pytest.raises(BadRequestError) as e:
                         await client.chat.completions.create(model="smollm2", **kw)
                     out.append(e.value.body)
-                r = await httpx.AsyncClient().post(f"{url}/v1/chat/completions", json={"model": "smollm2"})
+                r = await c.post(f"{url}/v1/chat/completions", json={"model": "smollm2"})
                 return out, r
 
     bodies, missing = asyncio.run(go())
@@ -236,7 +236,7 @@ def test_a_key_may_call_only_its_models_403_otherwise_and_lists_only_those(engin
                  keys=KEYS, callers={"team-a": {"models": ["tiny", "ghost"]}})
 
     async def go():
-        async with serving(app) as url:
+        async with serving(app) as url, httpx.AsyncClient() as c:
             a = AsyncOpenAI(base_url=f"{url}/v1", api_key="ka-secret", max_retries=0)
             b = AsyncOpenAI(base_url=f"{url}/v1", api_key="kb-secret", max_retries=0)
             ok = await a.chat.completions.create(model="tiny", messages=HI, max_tokens=2)
@@ -245,7 +245,7 @@ def test_a_key_may_call_only_its_models_403_otherwise_and_lists_only_those(engin
                 with pytest.raises(PermissionDeniedError) as e:
                     await a.chat.completions.create(model=model, messages=HI)
                 refused.append(e.value.body["message"])
-            ghost = await httpx.AsyncClient().post(f"{url}/v1/chat/completions", json={"model": "ghost", "messages": HI},
+            ghost = await c.post(f"{url}/v1/chat/completions", json={"model": "ghost", "messages": HI},
                                                    headers={"authorization": "Bearer ka-secret"})
             listed_a = [m.id async for m in a.models.list()]
             listed_b = [m.id async for m in b.models.list()]
@@ -414,3 +414,84 @@ def test_two_router_replicas_hold_one_limit(engine, tmp_path, share):
         assert abs(error_) <= 0.12, (admitted, ideal)
     else:
         assert error_ > 0.5, (admitted, ideal)  # the control: the exchange is what holds the limit
+
+
+# --- what a review found: names, caches, fallbacks' own limits and engines, the keys file ----
+
+
+def test_a_task_goes_to_a_model_the_caller_may_call_and_an_alias_removed_takes_the_right_away(engine):
+    small = target("team-a/small", engine, tasks=["chat"])
+    big = target("team-b/big", engine, engine, tasks=["chat"])  # more ready endpoints: chosen without a policy
+    app = router(small, big, keys=KEYS, callers={"team-a": {"models": ["team-a/*", "gpt-4o"]}})
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient(headers={"authorization": "Bearer ka-secret"}) as c:
+            chat = await c.post(f"{url}/v1/chat/completions", json={"model": "chat", "messages": HI, "max_tokens": 1})
+            listed = [m["id"] for m in (await c.get(f"{url}/v1/models")).json()["data"]]
+            big.aliases = ["gpt-4o"]  # as discovery does, in place
+            aliased = await c.post(f"{url}/v1/chat/completions", json={"model": "gpt-4o", "messages": HI,
+                                                                       "max_tokens": 1})
+            big.aliases = []
+            removed = await c.post(f"{url}/v1/chat/completions", json={"model": "team-b/big", "messages": HI})
+            return chat, listed, aliased, removed
+
+    chat, listed, aliased, removed = asyncio.run(go())
+    assert chat.status_code == 200 and chat.headers["x-modelship-model"] == "team-a/small"
+    assert "chat" in listed and "team-b/big" not in listed
+    assert aliased.status_code == 200 and aliased.headers["x-modelship-model"] == "team-b/big"
+    assert removed.status_code == 403
+
+
+def test_a_fallback_answers_within_its_own_model_limits_and_only_on_an_api_it_has(engine):
+    from modelship.router.registry import Target
+
+    llama = Target("l", "llamacpp")
+    llama.set_endpoints({engine: True})  # (a TGI fake: what matters is the engine the router thinks it is)
+    app = router(target("a", dead(), fallback=["big"]), target("big", engine),
+                 target("t", dead(), fallback=["l"]), llama, model_limits={"big": {"requestsPerMinute": 2}})
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient() as c:
+            codes = [(await c.post(f"{url}/v1/chat/completions", json={"model": "a", "messages": HI,
+                                                                        "max_tokens": 1})).status_code
+                     for _ in range(4)]
+            native = await c.post(f"{url}/models/t/generate", json={"inputs": "hi"})
+            return codes, native, (await c.get(f"{url}/metrics")).text
+
+    codes, native, metrics = asyncio.run(go())
+    assert codes == [200, 200, 429, 429], codes  # big's two a minute, then its limit (the last failure)
+    assert metric(metrics, "modelship_router_rate_limited_total", model="big", limit="requests") == 2
+    assert native.status_code == 502 and "could not reach t" in error(native)["message"]  # l has no TGI API
+
+
+def test_a_keys_file_that_is_not_valid_yaml_is_refused_not_read_as_keys(tmp_path):
+    from modelship.router.callers import read_keys
+
+    path = tmp_path / "keys"
+    path.write_text("team-a: sk-a\nteam-b: [sk-b1, sk-b2\n")
+    with pytest.raises(ValueError, match="not a YAML mapping"):
+        read_keys(str(path))
+    path.write_text("- sk-a\n- sk-b\n")
+    with pytest.raises(ValueError, match="mapping of caller names"):
+        read_keys(str(path))
+    path.write_text("# two plain keys\nsk-a\nsk-b\n")
+    assert set(read_keys(str(path))) == {"sk-a", "sk-b"}
+    path.write_text("team-a: sk-a\nteam-b: [sk-b1, sk-b2]\n")
+    assert read_keys(str(path)) == {"sk-a": "team-a", "sk-b1": "team-b", "sk-b2": "team-b"}
+
+
+@pytest.mark.parametrize("body, prompt, generated", [
+    (b'{"choices":[],"usage":{"prompt_tokens":14,"completion_tokens":8,"total_tokens":22}}', 14, 8),
+    (b'{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}', 3, 5),  # spaces (Python servers)
+    (b'{"usage":{"prompt_tokens":3,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":2}}}', 3, 5),
+    (b'[{"generated_text":"a","details":{"generated_tokens":4}},{"generated_text":"b","details":'
+     b'{"generated_tokens":6}}]', -1, 10),  # TGI's POST / answers a list
+    (b'{"generated_text":"hi"}', -1, -1),
+], ids=["compact", "spaced", "nested-details", "tgi-list", "none"])
+def test_the_usage_of_a_whole_answer(body, prompt, generated):
+    from modelship.router import usage
+    from modelship.router.exchange import Call
+
+    call = Call(b"x", "", 0.0)
+    usage.whole(call, body)
+    assert (call.prompt_tokens, call.completion_tokens) == (prompt, generated)

@@ -54,11 +54,12 @@ class Router:
         self._callers_limits: dict[str, Limit] = {}
         self._default_limit: Limit | None = None
         self.model_limits: list[tuple[str, Limit]] = []  # (name or glob, limit), in the settings' order
-        self._model_limited: dict[str, bool] = {}  # target name -> whether a model limit applies (cache)
+        self._model_limited: dict[str, tuple] = {}  # target name -> its names when its limit was looked up
         self.access_log = True
         self.metrics = metrics or Metrics(registry)
         self.load = Load()
         self.forwarder = Forwarder(client, limits, self.metrics, registry)
+        self.forwarder.admit_model = self._admit_fallback
         self._forward = self.forwarder.forward  # bound once: called on every request
         self.on_startup: list = []  # called with the running loop (discovery starts its watches)
         self.background: list[asyncio.Task] = []  # cancelled at shutdown
@@ -84,11 +85,16 @@ class Router:
         return next((limit for p, limit in self.model_limits if any(fnmatch.fnmatchcase(n, p) for n in names)),
                     None)
 
-    def _limit_model(self, name: str) -> None:
-        """Give a model seen for the first time the limit the settings say for it, if any."""
+    def _limit_model(self, target: Target) -> None:
+        """Give a model the limit the settings say for it, if any: once for each set of its
+        names (an alias may be what a pattern matches, and discovery changes them in place)."""
+        names = target.names_key
+        if self._model_limited.get(target.name) is names:
+            return
+        name = target.name
         limit = self._model_limit(name)
-        self._model_limited[name] = limit is not None
-        if limit is not None and name not in self.quotas.models:
+        self._model_limited[name] = names
+        if limit is not None and (name not in self.quotas.models or self.quotas.models[name].limit != limit):
             models = {n: q.limit for n, q in self.quotas.models.items()}
             models[name] = limit
             self.quotas.configure(self._callers_limits, models, self._default_limit)
@@ -198,35 +204,47 @@ class Router:
     async def _serve(self, ex: Exchange) -> None:
         """One request, within its caller's and its model's limits, to the engines."""
         named, call = ex.named, ex.call
-        if named.defaults and named.engine == "tgi" and ex.kind != "info" \
-                and validate.apply_defaults(ex.kind, ex.body, named.defaults):
-            ex.raw = orjson.dumps(ex.body)  # (TGI has no defaults of its own: the router applies them)
-        if not named.ready():
+        if named.defaults:
+            ex.shape(named)
+        if named.wakeable and not named.ready():
             self._bump(named)
-        if self.model_limits and named.name not in self._model_limited:
-            self._limit_model(named.name)
-        estimate = usage.prompt_estimate(len(ex.raw))
+        if self.model_limits:
+            self._limit_model(named)
+        prompt, most = usage.estimate(ex.kind, ex.body, len(ex.raw))
+        call.estimate = prompt
         try:
-            admission = self.quotas.admit(call.caller, named.name, call.started, estimate)
+            admission = self.quotas.admit(call.caller, named.name, call.started, prompt + most)
         except ErrorAnswer as e:  # over a limit: 429
-            self.metrics.child(self.metrics.limited, call.caller, named.name, e.kind).inc()
+            self.metrics.child(self.metrics.limited, call.caller, named.name, e.limit).inc()
             raise
         call.headers.extend(admission.headers())
         try:
             await self._forward(ex)
-        finally:
-            admission.done(time.monotonic(), max(call.prompt_tokens, 0) + max(call.completion_tokens, 0)
-                           if call.prompt_tokens >= 0 else estimate + max(call.completion_tokens, 0), estimate)
+        finally:  # (a request no engine answered uses no tokens)
+            admission.done(time.monotonic(), call.used() if call.answered_by else 0, prompt + most)
+
+    def _admit_fallback(self, target: Target, call: Call):
+        """A fallback's own model limits (its caller's were taken for the model it named)."""
+        if self.model_limits:
+            self._limit_model(target)
+        try:
+            return self.quotas.admit_model(target.name, time.monotonic(), call.estimate)
+        except ErrorAnswer as e:
+            self.metrics.child(self.metrics.limited, call.caller, target.name, e.limit).inc()
+            raise
 
     def _account(self, call: Call, method: str, path: str) -> None:
         """The usage counters and the access log line of one request, once it is answered."""
-        m = self.metrics
-        code = str(call.status)
-        m.child(m.usage_requests, call.caller, call.model, code).inc()
-        if call.prompt_tokens > 0:
-            m.child(m.usage_prompt, call.caller, call.model).inc(call.prompt_tokens)
-        if call.completion_tokens > 0:
-            m.child(m.usage_generated, call.caller, call.model).inc(call.completion_tokens)
+        key = (call.caller, call.model, call.status)
+        counts = self.metrics.usage.get(key)
+        if counts is None:
+            counts = self.metrics.usage[key] = [0, 0, 0]
+        counts[0] += 1
+        if call.answered_by:
+            if call.prompt_tokens < 0:
+                call.prompt_tokens = call.estimate
+            counts[1] += call.prompt_tokens
+            counts[2] += max(call.completion_tokens, 0)
         if self.access_log:
             access.info(orjson.dumps({
                 "time": round(time.time(), 3), "id": call.rid.decode("latin-1"), "caller": call.caller,
@@ -243,9 +261,7 @@ class Router:
         now = int(time.time())
         data = []
         policy = self.callers.policy(caller)
-        for name, t in self.registry.serving():
-            if not policy.any and not policy.may(self.registry.find(name)):
-                continue
+        for name, t in self.registry.serving(None if policy.any else policy.may):
             ready = len(t.ready())
             data.append({"id": name, "object": "model", "created": now, "owned_by": "modelship",
                          "modelship": {"target": t.name, "engine": t.engine, "ready_endpoints": ready,
@@ -301,7 +317,7 @@ class Router:
             raise ErrorAnswer(400, f"the request names no model: set \"model\" to one of "
                                    f"{', '.join(self._names(call.caller)) or '(none)'}", param="model",
                               code="missing_required_parameter")
-        target = self.registry.find(model)
+        target = self.registry.find(model, call.allowed)
         if target is None or not policy.may(target):
             if target is not None or not policy.may_name(model):
                 raise self.callers.refuse(call.caller, model, self._names(call.caller))
@@ -315,7 +331,8 @@ class Router:
         policy = self.callers.policy(caller)
         if policy.any:
             return self.registry.names()
-        return [n for n in self.registry.names() if (t := self.registry.find(n)) is not None and policy.may(t)]
+        return [n for n in self.registry.names() if (t := self.registry.find(n, policy.may)) is not None
+                and policy.may(t)]
 
     async def _read_json(self, scope, receive) -> tuple[bytes, dict]:
         limit = self.max_body_bytes

@@ -31,27 +31,41 @@ def key_name(key: str) -> str:
 
 
 def read_keys(path: str) -> dict[str, str]:
-    """key -> name, from the keys file; ValueError says what is wrong with it."""
+    """key -> name, from the keys file; ValueError says what is wrong with it (a file that is
+    neither a mapping of names to keys nor plain keys one per line is refused whole)."""
     text = Path(path).read_text()
     try:
         found = yaml.safe_load(text)
-    except yaml.YAMLError:
-        found = None
-    keys: dict[str, str] = {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not a YAML mapping of caller names to keys, nor one key per line: "
+                         f"{str(e).splitlines()[0]}") from None
     if isinstance(found, dict):
-        for name, given in found.items():
-            if not isinstance(name, str) or not NAME.match(name):
-                raise ValueError(f"{path}: {name!r} is not a caller name (letters, digits, '_', '.', ':', '@', '-')")
-            for key in given if isinstance(given, list) else [given]:
-                if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key.strip()):
-                    raise ValueError(f"{path}: the key of {name!r} must be a string without spaces")
-                if key.strip() in keys:
-                    raise ValueError(f"{path}: one key is given to both {keys[key.strip()]!r} and {name!r}")
-                keys[key.strip()] = name
-    else:
-        for line in text.splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                keys[line.strip()] = key_name(line.strip())
+        return _named(path, found)
+    if found is not None and not isinstance(found, str):
+        raise ValueError(f"{path} must hold a YAML mapping of caller names to keys, or one key per line")
+    keys: dict[str, str] = {}
+    for line in text.splitlines():
+        key = line.strip()
+        if key and not key.startswith("#"):
+            if any(c.isspace() for c in key) or key.startswith(("-", "[", "{")):
+                raise ValueError(f"{path}: a line is not a key (no spaces; a list or mapping is YAML)")
+            keys[key] = key_name(key)
+    if not keys:
+        raise ValueError(f"{path} holds no API key")
+    return keys
+
+
+def _named(path: str, found: dict) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for name, given in found.items():
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ValueError(f"{path}: {name!r} is not a caller name (letters, digits, '_', '.', ':', '@', '-')")
+        for key in given if isinstance(given, list) else [given]:
+            if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key.strip()):
+                raise ValueError(f"{path}: the key of {name!r} must be a string without spaces")
+            if key.strip() in keys:
+                raise ValueError(f"{path}: one key is given to both {keys[key.strip()]!r} and {name!r}")
+            keys[key.strip()] = name
     if not keys:
         raise ValueError(f"{path} holds no API key")
     return keys
@@ -65,18 +79,21 @@ class Policy:
     def __init__(self, patterns: list[str]) -> None:
         self.patterns = tuple(patterns)
         self.any = "*" in self.patterns
-        self._seen: dict[int, tuple[object, bool]] = {}  # id(target) -> (target, may call)
+        # id(target) -> (target, its names then, may call): a target's names change in place
+        # when discovery reads its ModelDeployment again, and the answer with them
+        self._seen: dict[int, tuple[object, tuple, bool]] = {}
 
     def may(self, target) -> bool:
         if self.any:
             return True
+        names = target.names_key
         seen = self._seen.get(id(target))
-        if seen is not None and seen[0] is target:
-            return seen[1]
-        ok = any(fnmatch.fnmatchcase(n, p) for n in target.names() for p in self.patterns)
+        if seen is not None and seen[0] is target and seen[1] is names:
+            return seen[2]
+        ok = any(fnmatch.fnmatchcase(n, p) for n in names for p in self.patterns)
         if len(self._seen) > 4096:
             self._seen.clear()
-        self._seen[id(target)] = (target, ok)
+        self._seen[id(target)] = (target, names, ok)
         return ok
 
     def may_name(self, name: str) -> bool:

@@ -7,6 +7,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+import orjson
+
+from .validate import apply_defaults
+
 if TYPE_CHECKING:
     from .registry import Target
 
@@ -48,7 +52,7 @@ class Call:
     it arrives, filled in on its way."""
 
     __slots__ = ("rid", "caller", "started", "model", "answered_by", "endpoint", "status", "ttfb", "prompt_tokens",
-                 "completion_tokens", "headers", "admission", "allowed")
+                 "completion_tokens", "headers", "admission", "allowed", "estimate")
 
     def __init__(self, rid: bytes, caller: str, started: float) -> None:
         self.rid = rid  # x-request-id: the client's, or made here
@@ -63,6 +67,13 @@ class Call:
         self.headers: list[tuple[bytes, bytes]] = [(b"x-request-id", rid)]  # every answer's own headers
         self.admission = None  # the limits it was admitted under (quota.Admission), if any
         self.allowed = None  # allowed(target): whether the caller may call it (None: any target)
+        self.estimate = 0  # the prompt's tokens, estimated before any engine says (usage.estimate)
+
+
+    def used(self) -> int:
+        """Its tokens, prompt and generated, as the engine said them (the prompt's estimated
+        where it said none)."""
+        return (self.prompt_tokens if self.prompt_tokens >= 0 else self.estimate) + max(self.completion_tokens, 0)
 
 
 class Exchange:
@@ -73,7 +84,7 @@ class Exchange:
     read of it."""
 
     __slots__ = ("named", "target", "path", "raw", "body", "kind", "method", "receive", "send", "started", "task",
-                 "key", "watcher", "demand", "opened", "call")
+                 "key", "watcher", "demand", "opened", "call", "given")
 
     def __init__(self, named: Target, target: Target, path: str, raw: bytes, body: dict, kind: str, receive, send,
                  method: str = "POST", call: Call | None = None) -> None:
@@ -84,6 +95,7 @@ class Exchange:
         self.call = call if call is not None else Call(b"", "", self.started)
         self.path = path
         self.raw = raw
+        self.given = raw  # the body as the client sent it (`raw` may carry a TGI target's defaults)
         self.body = body
         self.kind = kind
         self.method = method
@@ -96,8 +108,19 @@ class Exchange:
         strategy = target.strategy  # only a strategy that reads the prompt pays for rendering it
         self.key = strategy.key(*prompt_text(kind, body)) if strategy.reads_prompt and kind != "info" else None
 
+    def shape(self, target: Target) -> None:
+        """The body for `target`: with its generation defaults where it is served by TGI, which
+        has none of its own (validate.apply_defaults); as the client sent it otherwise."""
+        if target.defaults and target.engine == "tgi" and self.kind != "info":
+            body = orjson.loads(self.given)
+            self.raw = orjson.dumps(body) if apply_defaults(self.kind, body, target.defaults) else self.given
+        elif self.raw is not self.given:
+            self.raw = self.given
+
     def retarget(self, target: Target) -> None:
-        """Discovery rebuilt the target (its strategy changed) while the request was held."""
+        """Another target answers: a fallback, or the one discovery rebuilt (its strategy
+        changed) while the request was held."""
+        self.shape(target)
         self.target = target
         strategy = target.strategy
         self.key = (strategy.key(*prompt_text(self.kind, self.body)) if strategy.reads_prompt and self.kind != "info"

@@ -26,6 +26,7 @@ import orjson
 from . import balance, usage
 from .errors import ErrorAnswer, respond
 from .exchange import Exchange
+from .quota import UNLIMITED
 from .hold import Holding
 from .metrics import Metrics
 from .registry import Registry, Target
@@ -34,6 +35,11 @@ from .upstream import Answer, BrokeOff, Unreachable, Upstream
 from .wheel import Wheel
 
 log = logging.getLogger("modelship.router")
+
+
+class NoneReady(Exception):
+    """The target had no ready endpoint to try (its fallbacks may, or it may be woken)."""
+
 
 RETRY_STATUSES = (429, 502, 503)
 WATCH_AFTER = 0.02  # seconds: a request still open then starts watching for its client leaving
@@ -76,6 +82,8 @@ class Forwarder(Holding):
                 return
             raise
         except ErrorAnswer as e:
+            if e.fallback:  # the router's own answer after the engines failed: counted once, without an
+                self.metrics.child(self.metrics.requests, ex.target.name, "", str(e.status)).inc()  # endpoint
             if not ex.opened:
                 raise  # (the app writes it)
             ex.call.status = e.status
@@ -91,37 +99,64 @@ class Forwarder(Holding):
         own retries, until one begins to answer; a target with no ready endpoint is passed over.
         None answered and the named one can be woken: held until it is, then tried again."""
         named = ex.named
-        if named.ready():
-            try:
-                await self._try_endpoints(ex)
+        try:
+            await self._try_endpoints(ex)
+            return
+        except NoneReady:
+            last: ErrorAnswer | None = None
+        except ErrorAnswer as e:
+            if ex.opened or not e.fallback or not named.fallback:
+                raise
+            last = e
+        if named.fallback:
+            answered, last = await self._fall_back(ex, last)
+            if answered:
                 return
-            except ErrorAnswer as e:
-                if ex.opened or not e.fallback or not named.fallback:
-                    raise
-                last: ErrorAnswer | None = e
-        else:
-            last = None
-        reason = "no_ready_endpoint" if last is None else last.code or str(last.status)
-        for target in self.registry.fallbacks(named, ex.call.allowed):
-            if not target.ready():
-                continue
-            ex.retarget(target)
-            self.metrics.child(self.metrics.fallbacks, named.name, target.name, reason).inc()
-            try:
-                await self._try_endpoints(ex, time.monotonic())
-                return
-            except ErrorAnswer as e:
-                if ex.opened or not e.fallback:
-                    raise
-                last, reason = e, e.code or str(e.status)
         if last is not None:
             raise last
         if named.wakeable:  # at zero replicas: wait for it to wake, then go on as usual
             ex.retarget(named)
             await self._hold(ex)
-            await self._try_endpoints(ex, time.monotonic())
+            try:
+                await self._try_endpoints(ex, time.monotonic())
+            except NoneReady:
+                raise self._no_ready(named.name) from None
             return
         raise self._no_ready(named.name)
+
+    async def _fall_back(self, ex: Exchange, last: ErrorAnswer | None) -> tuple[bool, ErrorAnswer | None]:
+        """Try the named target's fallbacks (those its caller may call and, on TGI's own routes,
+        those served by TGI), each within its own model limits: (whether one answered, the last
+        failure, if any)."""
+        named, call = ex.named, ex.call
+        reason = "no_ready_endpoint" if last is None else last.code or str(last.status)
+        for target in self.registry.fallbacks(named, call.allowed):
+            if not target.ready() or (ex.kind in ("tgi", "info") and target.engine != "tgi"):
+                continue
+            try:
+                admission = self.admit_model(target, call)
+            except ErrorAnswer as e:  # the fallback's own limit: the next one, if any
+                last, reason = e, "rate_limited"
+                continue
+            ex.retarget(target)
+            try:
+                await self._try_endpoints(ex, time.monotonic())
+                self.metrics.child(self.metrics.fallbacks, named.name, target.name, reason).inc()
+                return True, None
+            except NoneReady:
+                continue
+            except ErrorAnswer as e:
+                if ex.opened or not e.fallback:
+                    raise
+                last, reason = e, e.code or str(e.status)
+            finally:
+                admission.done(time.monotonic(), call.used() if call.answered_by == target.name else 0)
+        return False, last
+
+    @staticmethod
+    def admit_model(target: Target, call) -> object:
+        """The limits of a model that answers for another (the app puts its quotas' here)."""
+        return UNLIMITED
 
     async def _try_endpoints(self, ex: Exchange, since: float = 0.0) -> None:
         """The target's ready endpoints, one after another while each fails before the first
@@ -151,7 +186,6 @@ class Forwarder(Holding):
                                        "upstream_error", "bad_gateway", fallback=True)
                     continue
                 except TimeoutError:  # not tried elsewhere: the engine may still be at work on it
-                    m.child(m.requests, target.name, ep.url, "504").inc()
                     last = ErrorAnswer(504, f"{target.name} at {ep.url} did not answer within "
                                             f"{self.first_byte_timeout:g} s", "upstream_error",
                                        "gateway_timeout", fallback=True)
@@ -173,13 +207,8 @@ class Forwarder(Holding):
                 return
             finally:
                 ep.in_flight -= 1
-        # The router's own answer (no endpoint answered, or none is ready): counted without an
-        # endpoint, as a client that left is, so that a model's 5xx rate sees it.
         if last is None:
-            last = self._no_ready(target.name)
-            last.fallback = True
-        else:
-            m.child(m.requests, target.name, "", str(last.status)).inc()
+            raise NoneReady
         raise last
 
     async def _whole(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer) -> bytes | ErrorAnswer | None:
@@ -205,7 +234,6 @@ class Forwarder(Holding):
         stays one (with the engine's message, and Retry-After), any other 5xx is a 502 with the
         engine's message (the request was checked here: the failure is the engine's)."""
         status, name = upstream.status, ex.target.name
-        self.metrics.child(self.metrics.requests, name, ep.url, str(status)).inc()
         try:
             with self.wheel.timeout(self.idle_timeout, ex.task):
                 body = await upstream.read() if (upstream.length or 0) <= WHOLE_BODY_BYTES else b""
@@ -254,36 +282,38 @@ class Forwarder(Holding):
         first, chunks, events, tail, chunk = True, 0, 0, b"", b""
         it = upstream.chunks()
         idle, wheel = self.idle_timeout, self.wheel
-        while True:
-            try:
-                with wheel.timeout(idle, task):
-                    chunk = await it.__anext__()
-            except StopAsyncIteration:
-                break
-            except (TimeoutError, BrokeOff) as e:  # after the first byte: end cleanly
-                why = _why(e)
-                log.warning("upstream %s failed mid-answer: %s", ep.url, why)
-                if not sse:  # a cut JSON body must not look whole: abort the connection
-                    raise ConnectionAbortedError(f"upstream {ep.url} broke off ({why})") from None
-                await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
-                    {"error": {"message": f"the upstream answer broke off ({why})",
-                               "type": "upstream_error", "code": "upstream_broke_off"}}) + b"\n\n"})
-                break
-            if first:
-                ex.call.ttfb = time.monotonic() - ex.started
-                m.child(m.ttfb, ex.target.name).observe(ex.call.ttfb)
-                first = False
-            chunks += 1
-            if sse:  # (what the usage is read from: the events, and the last one that says it)
-                events += chunk.count(b"data:")
-                if b'"usage":{' in chunk or b'"generated_tokens":' in chunk:
-                    tail = chunk
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if sse:
-            m.child(m.chunks, ex.target.name).inc(chunks)
-            usage.streamed(ex.call, tail, events, chunk)
-
+        try:
+            while True:
+                try:
+                    with wheel.timeout(idle, task):
+                        chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (TimeoutError, BrokeOff) as e:  # after the first byte: end cleanly
+                    why = _why(e)
+                    log.warning("upstream %s failed mid-answer: %s", ep.url, why)
+                    if not sse:  # a cut JSON body must not look whole: abort the connection
+                        ex.call.status = 502
+                        raise ConnectionAbortedError(f"upstream {ep.url} broke off ({why})") from None
+                    await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
+                        {"error": {"message": f"the upstream answer broke off ({why})",
+                                   "type": "upstream_error", "code": "upstream_broke_off"}}) + b"\n\n"})
+                    break
+                if first:
+                    ex.call.ttfb = time.monotonic() - ex.started
+                    m.child(m.ttfb, ex.target.name).observe(ex.call.ttfb)
+                    first = False
+                chunks += 1
+                if sse:  # (what the usage is read from: the events, and the last one that says it)
+                    events += chunk.count(b"data:")
+                    if usage.says_usage(chunk):
+                        tail = chunk
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:  # (a client that left, a stream cut: the tokens it got count all the same)
+            if sse:
+                m.child(m.chunks, ex.target.name).inc(chunks)
+                usage.streamed(ex.call, tail, events, chunk)
 
     async def _relay_held(self, ex: Exchange, ep: balance.Endpoint, upstream: Answer, ctype: str) -> None:
         """The answer to a held streamed request, whose head (200, SSE) is sent: the engine's

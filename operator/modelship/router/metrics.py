@@ -34,15 +34,9 @@ class Metrics:
         self.fallbacks = Counter("modelship_router_fallbacks_total", "Requests answered by a fallback model, by the "
                                  "model they named, the fallback and why (the named model's last failure, or "
                                  "no_ready_endpoint).", ["model", "fallback", "reason"], registry=r)
-        self.usage_requests = Counter("modelship_router_caller_requests_total", "Requests, by caller (API key name; "
-                                      "empty without keys), model named and status code.",
-                                      ["caller", "model", "code"], registry=r)
-        self.usage_prompt = Counter("modelship_router_caller_prompt_tokens_total", "Prompt tokens, by caller and "
-                                    "model (the engine's count; estimated where it gives none).",
-                                    ["caller", "model"], registry=r)
-        self.usage_generated = Counter("modelship_router_caller_generated_tokens_total", "Generated tokens, by caller "
-                                       "and model (the engine's count; the events of a stream where it gives none).",
-                                       ["caller", "model"], registry=r)
+        # Usage by caller: plain counts, a dict update per request, turned into series at scrape.
+        self.usage: dict[tuple[str, str, int], list[int]] = {}  # (caller, model, code) -> [requests, prompt, gen]
+        r.register(UsageCollector(self.usage))
         self.limited = Counter("modelship_router_rate_limited_total", "Requests refused with 429 by a limit, by "
                                "caller, model and limit (requests, tokens, concurrent).",
                                ["caller", "model", "limit"], registry=r)
@@ -65,6 +59,33 @@ class Metrics:
             if metric is self.requests and values[1] and values[:2] not in live:
                 metric.remove(*values)
                 del self._children[(metric, values)]
+
+
+class UsageCollector:
+    """The usage counters by caller and model, from `Metrics.usage`."""
+
+    def __init__(self, usage: dict) -> None:
+        self.usage = usage
+
+    def collect(self):
+        requests = CounterMetricFamily("modelship_router_caller_requests", "Requests, by caller (API key name; "
+                                       "empty without keys), model named and status code.",
+                                       labels=["caller", "model", "code"])
+        prompt = CounterMetricFamily("modelship_router_caller_prompt_tokens", "Prompt tokens, by caller and model "
+                                     "(the engine's count; estimated where it gives none).", labels=["caller", "model"])
+        generated = CounterMetricFamily("modelship_router_caller_generated_tokens", "Generated tokens, by caller and "
+                                        "model (the engine's count; the events of a stream where it gives none).",
+                                        labels=["caller", "model"])
+        tokens: dict[tuple[str, str], list[int]] = {}
+        for (caller, model, code), (n, p, g) in list(self.usage.items()):
+            requests.add_metric([caller, model, str(code)], n)
+            both = tokens.setdefault((caller, model), [0, 0])
+            both[0] += p
+            both[1] += g
+        for (caller, model), (p, g) in tokens.items():
+            prompt.add_metric([caller, model], p)
+            generated.add_metric([caller, model], g)
+        yield from (requests, prompt, generated)
 
 
 class RegistryCollector:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from .errors import ErrorAnswer
 
+MAX_FIGURE = 1e15  # a peer's figure beyond this is not one (it would drive a bucket to -inf)
 MAX_RETRY = 3600.0  # seconds: the longest retry-after said (the openai client retries only up to 120)
 CONCURRENCY_RETRY = 1.0  # seconds: a refusal for concurrency cannot know when a request ends
 
@@ -134,7 +135,7 @@ class Quota:
         concurrent, requests, tokens = self.limit.concurrent, self.requests, self.tokens
         if concurrent is not None and self.in_flight + self.peers_in_flight >= concurrent:
             return _refused(f"Too many concurrent requests for {kind} '{name}': limit {concurrent}.",
-                            "requests", CONCURRENCY_RETRY)
+                            "requests", CONCURRENCY_RETRY, "concurrent")
         if requests is not None and requests.level(now) < 1.0:
             return _refused(_reached("requests", kind, name, requests, now), "requests", requests.retry_after(now))
         if tokens is not None and tokens.level(now) <= 0.0:
@@ -167,11 +168,14 @@ def _ceil(x: float) -> int:
     return math.ceil(round(x, 6))
 
 
-def _refused(message: str, what: str, retry: float) -> ErrorAnswer:
+def _refused(message: str, what: str, retry: float, limit: str = "") -> ErrorAnswer:
+    """A 429; `limit` (the metrics' label): `what`, or "concurrent"."""
     retry = min(retry, MAX_RETRY)
     headers = [(b"retry-after", str(max(1, _ceil(retry))).encode()),
                (b"retry-after-ms", str(max(1, _ceil(retry * 1000))).encode())]
-    return ErrorAnswer(429, message, what, "rate_limit_exceeded", headers)
+    e = ErrorAnswer(429, message, what, "rate_limit_exceeded", headers)
+    e.limit = limit or what
+    return e
 
 
 def duration(seconds: float) -> str:
@@ -306,6 +310,18 @@ class Quotas:
             m.take(now, tokens_estimate)
         return Admission(c, m, tokens_estimate, now)
 
+    def admit_model(self, model: str, now: float, tokens_estimate: int = 0) -> Admission:
+        """A fallback model's own limits, for a request its caller's were checked for already."""
+        m = self.models.get(model)
+        if m is None:
+            return UNLIMITED
+        refusal = m.refusal(now, "model", model)
+        if refusal is not None:
+            refusal.headers += ratelimit_headers(None, m, now)
+            raise refusal
+        m.take(now, tokens_estimate)
+        return Admission(None, m, tokens_estimate, now)
+
     def report(self) -> dict:
         """What the peers read (JSON-able): this replica's totals and in-flight counts."""
         return {"boot": self.boot,
@@ -338,6 +354,15 @@ class Quotas:
             quota.set_peer(peer, 0)
         self._peers[peer] = state
 
+    def quiet(self, peer: str) -> None:
+        """A peer that did not answer this time: its in-flight counts no longer count, but what it
+        consumed is still charged from its next report (its baseline is kept)."""
+        last = self._peers.get(peer)
+        for quota in last.holding if last is not None else ():
+            quota.set_peer(peer, 0)
+        if last is not None:
+            last.holding = set()
+
     def forget(self, peer: str) -> None:
         """A peer gone: its in-flight counts no longer count (what it consumed stays charged)."""
         last = self._peers.pop(peer, None)
@@ -353,7 +378,7 @@ def _charge(quota: Quota, now: float, requests: float, tokens: float) -> None:
 
 
 def _count(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < MAX_FIGURE
 
 
 def _parse(report: object) -> tuple[str, list[tuple[str, str, float, float, int]]] | None:

@@ -41,6 +41,16 @@ class Target:
         """Every name a request may use for it."""
         return [self.name, *self.aliases, *self.tasks]
 
+    @property
+    def names_key(self) -> tuple:
+        """Its names, as one object that is the same while they are (a policy's cache key)."""
+        key = (self.name, *self.aliases, *self.tasks)
+        cached = self.__dict__.get("_names_key")
+        if cached is not None and cached == key:
+            return cached
+        self.__dict__["_names_key"] = key
+        return key
+
     def ready(self) -> list[balance.Endpoint]:
         return [e for e in self.endpoints.values() if e.ready]
 
@@ -85,14 +95,14 @@ class Registry:
         if gone is not None:
             gone.demand.wake()  # its held requests learn at once that it is gone
 
-    def find(self, model: str) -> Target | None:
+    def find(self, model: str, allowed=None) -> Target | None:
         """The target a request names: by name, then alias, then task (the task's target with
-        the most ready endpoints)."""
+        the most ready endpoints, among those `allowed(target)` when given: a caller's)."""
         found = self.targets.get(model)
         if found is None:
             found = next((t for t in self.targets.values() if model in t.aliases), None)
         if found is None:
-            serving = [t for t in self.targets.values() if model in t.tasks]
+            serving = [t for t in self.targets.values() if model in t.tasks and (allowed is None or allowed(t))]
             found = max(serving, key=lambda t: len(t.ready()), default=None)
         return found
 
@@ -117,12 +127,12 @@ class Registry:
         """The first of a target's fallbacks that has a ready endpoint, if any."""
         return next((other for other in self.fallbacks(target) if other.ready()), None)
 
-    def lookup(self, model: str) -> Target | None:
+    def lookup(self, model: str, allowed=None) -> Target | None:
         """The target that answers a request for `model`: the one it names (`find`), or, while
-        that one has no ready endpoint, its first fallback that has one."""
-        found = self.find(model)
+        that one has no ready endpoint, its first fallback that has one (of those `allowed`)."""
+        found = self.find(model, allowed)
         if found is not None and not found.ready():
-            return self.stand_in(found) or found
+            return next((o for o in self.fallbacks(found, allowed) if o.ready()), None) or found
         return found
 
     def names(self) -> list[str]:
@@ -133,10 +143,18 @@ class Registry:
             out.update(t.tasks)
         return sorted(out)
 
-    def serving(self) -> list[tuple[str, Target]]:
+    def serving(self, allowed=None) -> list[tuple[str, Target]]:
         """(name, target) for every name a request may use now, /v1/models: its target has a
-        ready endpoint, or can be woken."""
-        return [(n, t) for n in self.names() if (t := self.lookup(n)) is not None and (t.wakeable or t.ready())]
+        ready endpoint, or can be woken (of those `allowed`, when given: a caller's)."""
+        out = []
+        for n in self.names():
+            named = self.find(n, allowed)
+            if named is None or (allowed is not None and not allowed(named)):
+                continue
+            t = self.lookup(n, allowed)
+            if t.wakeable or t.ready():
+                out.append((n, t))
+        return out
 
 
 # --- the static list (benchmarks, tests, a router outside the cluster) ----------------------

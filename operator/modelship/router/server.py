@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import logging.handlers
+import queue
 import resource
 import sys
 import time
@@ -76,26 +78,28 @@ async def share_limits_forever(router: Router, peers, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            urls = set(await peers())
+            urls = sorted(set(await peers()))
         except Exception as e:  # noqa: BLE001 - the next round tries again
             log.warning("the router's peers could not be listed: %s", e)
             continue
-        for gone in known - urls:
+        for gone in known - set(urls):
             router.quotas.forget(gone)
-        known = urls
+        known = set(urls)
 
         async def read(url: str) -> None:
             try:
-                status, body = await router.client.get(f"{url}/modelship/quota", interval)
+                status, body = await router.client.get(f"{url}/modelship/quota", max(0.2, 0.8 * interval))
                 report = orjson.loads(body) if status == 200 else None
             except (Unreachable, orjson.JSONDecodeError):
                 report = None
-            if report is None:
-                router.quotas.forget(url)  # (its in-flight count no longer holds)
-            elif report.get("boot") != router.quotas.boot:
-                router.quotas.merge(url, report, time.monotonic())
+            if isinstance(report, dict):
+                router.quotas.merge(url, report, time.monotonic())  # (its own report, by its boot id: ignored)
+            else:  # its in-flight count no longer holds; what it let through counts from its next report
+                router.quotas.quiet(url)
 
-        await asyncio.gather(*(read(u) for u in urls))
+        for url, result in zip(urls, await asyncio.gather(*(read(u) for u in urls), return_exceptions=True)):
+            if isinstance(result, Exception):
+                log.warning("the limits' counters of %s could not be read: %s", url, result)
 
 
 def _stamp(path: str) -> tuple | None:
@@ -217,17 +221,25 @@ def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: s
     import uvloop
 
     raise_open_files()
-    if router.access_log:  # one JSON line per request, on stderr as the rest of the log
+    listener = None
+    if router.access_log:  # one JSON line per request, on stderr, written by a thread of its own
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        listener = logging.handlers.QueueListener(lines, handler)
         access = logging.getLogger("modelship.router.access")
-        access.addHandler(handler)
+        access.addHandler(logging.handlers.QueueHandler(lines))
         access.setLevel(logging.INFO)
         access.propagate = False
+        listener.start()
     config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
                             backlog=4096, timeout_keep_alive=75, proxy_headers=False,
                             server_header=False)
     # The loop is ours to make: uvicorn's `loop=` only applies when uvicorn makes the loop.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(uvicorn.Server(config).serve())
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(uvicorn.Server(config).serve())
+    finally:
+        if listener is not None:
+            listener.stop()  # (the lines still queued are written)
