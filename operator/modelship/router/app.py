@@ -22,6 +22,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import usage
+from .accesslog import AccessLog
 from . import callers
 from .callers import Callers
 from . import validate
@@ -38,7 +39,6 @@ from .upstream import Upstream
 OPENAI_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 BUMP_EVERY = 0.5  # seconds: a model's demand moves the load's version at most this often
 log = logging.getLogger("modelship.router")
-access = logging.getLogger("modelship.router.access")
 TGI_PATHS = ("", "generate", "generate_stream", "info")  # "": TGI's `POST /` (what its client calls)
 
 
@@ -55,7 +55,7 @@ class Router:
         self._default_limit: Limit | None = None
         self.model_limits: list[tuple[str, Limit]] = []  # (name or glob, limit), in the settings' order
         self._model_limited: dict[str, tuple] = {}  # target name -> its names when its limit was looked up
-        self.access_log = True
+        self.access: AccessLog | None = None  # the access log, once serving (server.serve)
         self.metrics = metrics or Metrics(registry)
         self.load = Load()
         self.forwarder = Forwarder(client, limits, self.metrics, registry)
@@ -245,15 +245,15 @@ class Router:
                 call.prompt_tokens = call.estimate
             counts[1] += call.prompt_tokens
             counts[2] += max(call.completion_tokens, 0)
-        if self.access_log:
-            access.info(orjson.dumps({
+        if self.access is not None:
+            self.access.write(orjson.dumps({
                 "time": round(time.time(), 3), "id": call.rid.decode("latin-1"), "caller": call.caller,
                 "method": method, "path": path, "model": call.model, "answeredBy": call.answered_by,
                 "endpoint": call.endpoint, "status": call.status,
                 "ttfb": round(call.ttfb, 4) if call.ttfb >= 0 else None,
                 "duration": round(time.monotonic() - call.started, 4),
                 "promptTokens": call.prompt_tokens if call.prompt_tokens >= 0 else None,
-                "completionTokens": call.completion_tokens if call.completion_tokens >= 0 else None}).decode())
+                "completionTokens": call.completion_tokens if call.completion_tokens >= 0 else None}))
 
     def _models(self, caller: str) -> bytes:
         """/v1/models: every name the caller may use whose target has a ready endpoint or can be

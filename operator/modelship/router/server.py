@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import logging.handlers
-import queue
 import resource
-import sys
 import time
 from pathlib import Path
 
 import orjson
 
+from .accesslog import AccessLog
 from .app import Router
 from .callers import read_keys
 from .registry import Registry, load_static
@@ -126,7 +124,13 @@ def build(static: str | None, limits: Limits, api_keys: list[str] | dict[str, st
     config = settings.config if settings is not None else None
     if settings is not None:
         configure(router, settings)
-        router.access_log = settings.access_log
+        if settings.access_log:
+            router.access = AccessLog()
+
+            def write_log(loop: asyncio.AbstractEventLoop) -> None:
+                router.background.append(loop.create_task(router.access.run()))
+
+            router.on_startup.append(write_log)
     if api_keys_file or config:
         seen = {path: _stamp(path) for path in (api_keys_file, config) if path}
 
@@ -221,25 +225,12 @@ def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: s
     import uvloop
 
     raise_open_files()
-    listener = None
-    if router.access_log:  # one JSON line per request, on stderr, written by a thread of its own
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        lines: queue.SimpleQueue = queue.SimpleQueue()
-        listener = logging.handlers.QueueListener(lines, handler)
-        access = logging.getLogger("modelship.router.access")
-        access.addHandler(logging.handlers.QueueHandler(lines))
-        access.setLevel(logging.INFO)
-        access.propagate = False
-        listener.start()
     config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
                             backlog=4096, timeout_keep_alive=75, proxy_headers=False,
                             server_header=False)
     # The loop is ours to make: uvicorn's `loop=` only applies when uvicorn makes the loop.
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(uvicorn.Server(config).serve())
-    finally:
-        if listener is not None:
-            listener.stop()  # (the lines still queued are written)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(uvicorn.Server(config).serve())
+    if router.access is not None:
+        router.access.flush()  # (what the last half second gathered)
