@@ -100,6 +100,8 @@ def metric(text: str, name: str, **labels) -> float:
 
 
 def test_a_model_that_fails_before_its_first_byte_falls_back_in_order_each_with_its_own_retries(engine):
+    from openai import AsyncOpenAI
+
     busy, broken = answering(503, b'{"error":"Model is overloaded"}'), answering(500, b'{"error":"CUDA OOM"}')
 
     async def go():
@@ -107,13 +109,13 @@ def test_a_model_that_fails_before_its_first_byte_falls_back_in_order_each_with_
             app = router(target("a", dead(), b, fallback=["b", "c"]), target("b", c, fallback=["a", "c"]),
                          target("c", engine))
             async with serving(app) as url, httpx.AsyncClient() as c:
-                r = await c.post(f"{url}/v1/chat/completions",
-                                                   json={"model": "a", "messages": HI, "max_tokens": 3})
+                client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+                r = await client.chat.completions.with_raw_response.create(model="a", messages=HI, max_tokens=3)
                 metrics = (await c.get(f"{url}/metrics")).text
                 return r, metrics
 
     r, metrics = asyncio.run(go())
-    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3, r.text
+    assert r.http_response.status_code == 200 and r.parse().usage.completion_tokens == 3
     assert r.headers["x-modelship-model"] == "c"  # which model answered
     assert busy.seen == ["/v1/chat/completions"] and broken.seen == ["/v1/chat/completions"]  # each tried once
     # Counted once, for the fallback that answered, with why the one before it did not (b's 500).
