@@ -159,6 +159,20 @@ def test_a_whole_answer_that_breaks_off_is_tried_again_elsewhere(engine):
     assert metric(metrics, "modelship_router_retries_total", model="a", reason="broke_off") == len(dying.seen)
 
 
+def test_a_json_answer_cut_after_its_head_is_not_passed_on_as_whole():
+    """Chunked, not SSE: the client's read fails (the connection is closed), rather than a
+    cut JSON body ending as if it were complete."""
+    cut = answering(200, b'{"choices":[{"text":"Hel', then_break=True)
+
+    async def go():
+        async with serving(cut) as e, serving(router(target("a", e))) as url, httpx.AsyncClient() as c:
+            with pytest.raises(httpx.HTTPError):
+                await c.post(f"{url}/v1/completions", json={"model": "a", "prompt": "hi"})
+            return (await c.get(f"{url}/health")).status_code  # and the router goes on
+
+    assert asyncio.run(go()) == 200
+
+
 def test_no_fallback_after_the_first_byte(engine):
     breaking = answering(200, b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n',
                          b"text/event-stream", then_break=True)

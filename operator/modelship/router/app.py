@@ -119,6 +119,8 @@ class Router:
             await respond(send, e.status, e.body(), e.headers)
         except ClientGone:
             pass
+        except ConnectionAbortedError:  # an answer cut after its head, not SSE: it must not look whole, so
+            pass  # its connection is closed (uvicorn does that, in one line, when the app returns)
 
     async def _lifespan(self, receive, send) -> None:
         while True:
