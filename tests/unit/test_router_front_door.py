@@ -514,3 +514,25 @@ def test_the_usage_of_a_whole_answer(body, prompt, generated):
     call = Call(b"x", "", 0.0)
     usage.whole(call, body)
     assert (call.prompt_tokens, call.completion_tokens) == (prompt, generated)
+
+
+def test_a_model_at_zero_whose_fallback_is_over_its_limit_is_held_and_pays_nothing_for_its_fallback(engine):
+    from modelship.router.registry import Target
+
+    sleepy = Target("m", "tgi", wakeable=True, fallback=["f"])
+    app = router(sleepy, target("f", engine), model_limits={"f": {"requestsPerMinute": 1},
+                                                             "m": {"tokensPerMinute": 1000}})
+
+    async def go():
+        async with serving(app) as url, httpx.AsyncClient(timeout=10) as c:
+            chat = {"model": "m", "messages": HI, "max_tokens": 5}
+            first = await c.post(f"{url}/v1/chat/completions", json=chat)
+            asyncio.get_running_loop().call_later(0.5, sleepy.set_endpoints, {engine: True})  # as discovery does
+            second = await c.post(f"{url}/v1/chat/completions", json=chat)
+            return first, second
+
+    first, second = asyncio.run(go())
+    assert first.status_code == 200 and first.headers["x-modelship-model"] == "f"
+    assert second.status_code == 200 and second.headers["x-modelship-model"] == "m"  # held, not f's 429
+    m = app.quotas.models["m"]
+    assert m.tokens_total == second.json()["usage"]["total_tokens"]  # f's tokens are f's, not m's

@@ -94,9 +94,11 @@ class Router:
         name = target.name
         limit = self._model_limit(name)
         self._model_limited[name] = names
-        if limit is not None and (name not in self.quotas.models or self.quotas.models[name].limit != limit):
-            models = {n: q.limit for n, q in self.quotas.models.items()}
-            models[name] = limit
+        current = self.quotas.models.get(name)
+        if (current.limit if current is not None else None) != limit:  # new, changed, or no longer matched
+            models = {n: q.limit for n, q in self.quotas.models.items() if n != name}
+            if limit is not None:
+                models[name] = limit
             self.quotas.configure(self._callers_limits, models, self._default_limit)
 
     def set_callers(self, policies: dict[str, list[str]], default: list[str]) -> None:
@@ -213,7 +215,9 @@ class Router:
         if self.model_limits:
             self._limit_model(named)
         prompt, most = usage.estimate(ex.kind, ex.body, len(ex.raw))
-        call.estimate = prompt
+        if not most and named.engine == "tgi":
+            most = named.defaults.get("max_new_tokens", 0)  # (the router applies it)
+        call.estimate, call.reserved = prompt, prompt + most
         try:
             admission = self.quotas.admit(call.caller, named.name, call.started, prompt + most)
         except ErrorAnswer as e:  # over a limit: 429
@@ -222,17 +226,19 @@ class Router:
         call.headers.extend(admission.headers())
         try:
             await self._forward(ex)
-        finally:  # (a request no engine answered uses no tokens)
-            admission.done(time.monotonic(), call.used() if call.answered_by else 0, prompt + most)
+        finally:  # (a request no engine answered uses no tokens; the model, none a fallback used)
+            used = call.used() if call.answered_by else 0
+            admission.done(time.monotonic(), used, prompt + most, used if call.answered_by == named.name else 0)
 
     def _admit_fallback(self, target: Target, call: Call):
         """A fallback's own model limits (its caller's were taken for the model it named)."""
         if self.model_limits:
             self._limit_model(target)
         try:
-            return self.quotas.admit_model(target.name, time.monotonic(), call.estimate)
+            return self.quotas.admit_model(target.name, time.monotonic(), call.reserved)
         except ErrorAnswer as e:
             self.metrics.child(self.metrics.limited, call.caller, target.name, e.limit).inc()
+            e.headers = [h for h in e.headers if not h[0].startswith(b"x-ratelimit-")]  # (the caller's are sent)
             raise
 
     def _account(self, call: Call, method: str, path: str) -> None:

@@ -52,7 +52,7 @@ class Call:
     it arrives, filled in on its way."""
 
     __slots__ = ("rid", "caller", "started", "model", "answered_by", "endpoint", "status", "ttfb", "prompt_tokens",
-                 "completion_tokens", "headers", "admission", "allowed", "estimate")
+                 "completion_tokens", "headers", "admission", "allowed", "estimate", "reserved")
 
     def __init__(self, rid: bytes, caller: str, started: float) -> None:
         self.rid = rid  # x-request-id: the client's, or made here
@@ -68,6 +68,7 @@ class Call:
         self.admission = None  # the limits it was admitted under (quota.Admission), if any
         self.allowed = None  # allowed(target): whether the caller may call it (None: any target)
         self.estimate = 0  # the prompt's tokens, estimated before any engine says (usage.estimate)
+        self.reserved = 0  # the tokens taken from the limits at admission: the estimate and max_tokens
 
 
     def used(self) -> int:

@@ -77,7 +77,8 @@ class Forwarder(Holding):
             watcher = ex.watcher
             if watcher is not None and watcher.done() and not watcher.cancelled():  # the client left: not an error
                 task.uncancel()
-                self.metrics.child(self.metrics.requests, ex.target.name, "", "499").inc()
+                if not ex.call.answered_by:  # (once answering, the engine's status was counted)
+                    self.metrics.child(self.metrics.requests, ex.target.name, "", "499").inc()
                 ex.call.status = 499
                 return
             raise
@@ -99,11 +100,13 @@ class Forwarder(Holding):
         own retries, until one begins to answer; a target with no ready endpoint is passed over.
         None answered and the named one can be woken: held until it is, then tried again."""
         named = ex.named
+        asleep = False  # the named target had no ready endpoint: held, if it can be woken
         try:
             await self._try_endpoints(ex)
             return
         except NoneReady:
             last: ErrorAnswer | None = None
+            asleep = True
         except ErrorAnswer as e:
             if ex.opened or not e.fallback or not named.fallback:
                 raise
@@ -112,9 +115,7 @@ class Forwarder(Holding):
             answered, last = await self._fall_back(ex, last)
             if answered:
                 return
-        if last is not None:
-            raise last
-        if named.wakeable:  # at zero replicas: wait for it to wake, then go on as usual
+        if asleep and named.wakeable:  # at zero replicas, no fallback answered: wait for it to wake
             ex.retarget(named)
             await self._hold(ex)
             try:
@@ -122,6 +123,8 @@ class Forwarder(Holding):
             except NoneReady:
                 raise self._no_ready(named.name) from None
             return
+        if last is not None:
+            raise last
         raise self._no_ready(named.name)
 
     async def _fall_back(self, ex: Exchange, last: ErrorAnswer | None) -> tuple[bool, ErrorAnswer | None]:
@@ -136,7 +139,7 @@ class Forwarder(Holding):
             try:
                 admission = self.admit_model(target, call)
             except ErrorAnswer as e:  # the fallback's own limit: the next one, if any
-                last, reason = e, "rate_limited"
+                last = e
                 continue
             ex.retarget(target)
             try:
@@ -222,8 +225,10 @@ class Forwarder(Holding):
         try:
             with self.wheel.timeout(self.idle_timeout, ex.task):
                 return await upstream.read()
-        except (TimeoutError, BrokeOff) as e:
+        except BaseException as e:  # (a client that left included: its answer is closed, then it goes)
             await upstream.close()
+            if not isinstance(e, (TimeoutError, BrokeOff)):
+                raise
             name = ex.target.name
             self.metrics.child(self.metrics.retries, name, "broke_off").inc()
             return ErrorAnswer(502, f"the answer from {name} at {ep.url} broke off ({_why(e)})", "upstream_error",

@@ -222,7 +222,8 @@ class Admission:
             return []
         return ratelimit_headers(self.caller, self.model, self.at)
 
-    def done(self, now: float, tokens: int = 0, estimate_was: int | None = None) -> None:
+    def done(self, now: float, tokens: int = 0, estimate_was: int | None = None,
+             model_tokens: int | None = None) -> None:
         """The request ended having used `tokens` (prompt + generated; 0 when unknown or failed):
         the estimate taken at admission (`estimate_was`, by default the one given to `admit`)
         is settled against them."""
@@ -232,8 +233,8 @@ class Admission:
         estimate = self.estimate if estimate_was is None else estimate_was
         if self.caller is not None:
             self.caller.settle(now, tokens, estimate)
-        if self.model is not None:
-            self.model.settle(now, tokens, estimate)
+        if self.model is not None:  # (`model_tokens`: what the model used, when another one answered)
+            self.model.settle(now, tokens if model_tokens is None else model_tokens, estimate)
 
 
 UNLIMITED = Admission(None, None, 0, 0.0, open=False)  # shared: done() and headers() do nothing
