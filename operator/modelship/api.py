@@ -581,7 +581,8 @@ class ModelDeploymentStatus(ApiType):
     phase: Phase | None = Field(None, description="One word for where it stands: Pending, Resolving, "
                                                   "Downloading, Starting, Ready, Degraded or Failed.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Resolved, Downloaded, Available and Ready.",
+        default_factory=list, description="Resolved, Downloaded, Available, Ready, Reconciling and Stalled "
+                                          "(and Autoscaled, with autoscaling on).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     resolved: ResolvedModel | None = Field(None, description="The model as resolved on the Hub.")
     download: DownloadStatus | None = Field(None, description="Download progress.")

