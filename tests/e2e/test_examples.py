@@ -30,7 +30,7 @@ from ..integration.conftest import crd_installed, fake_hub, operator  # noqa: E4
 from ..integration.conftest import md_status, preload_claim  # noqa: E402
 
 EXAMPLES = sorted((REPO_EXAMPLES := __import__("pathlib").Path(__file__).resolve().parents[2] / "examples")
-                  .glob("*.yaml"))
+                  .glob("*.yaml")) + sorted((REPO_EXAMPLES / "gitops" / "models").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
