@@ -269,27 +269,27 @@ def source_version(folder: Path = KUBELET_STREAMING_SRC, prefix: str = KUBERNETE
     return f"{prefix}-{digest.hexdigest()[:12]}"
 
 
-def build_kubelet_streaming(ctx: BuildContext) -> None:
-    """This checkout's Go program (see its main.go) on the kubelet's own port-forward server,
-    `k8s.io/cri-streaming` of the same Kubernetes version; built from a copy, so that
-    `-mod=mod` never writes into the checkout or an installed package."""
+def _build_checkout_program(ctx: BuildContext, folder: Path, name: str) -> None:
+    """One of this checkout's Go programs, built from a copy, so that `-mod=mod` never writes
+    into the checkout or an installed package."""
     src = ctx.work / "src"
     src.mkdir()
-    for f in _go_sources(KUBELET_STREAMING_SRC):
+    for f in _go_sources(folder):
         shutil.copy2(f, src / f.name)
-    ctx.run("go", "build", "-mod=mod", "-trimpath", "-ldflags", "-s -w", "-o", ctx.out / "kubelet-streaming", ".",
+    ctx.run("go", "build", "-mod=mod", "-trimpath", "-ldflags", "-s -w", "-o", ctx.out / name, ".",
             cwd=src, env=_go_env(ctx))
+
+
+def build_kubelet_streaming(ctx: BuildContext) -> None:
+    """This checkout's Go program (see its main.go) on the kubelet's own port-forward server,
+    `k8s.io/cri-streaming` of the same Kubernetes version."""
+    _build_checkout_program(ctx, KUBELET_STREAMING_SRC, "kubelet-streaming")
 
 
 def build_kstatus(ctx: BuildContext) -> None:
     """This checkout's Go program (kstatus/main.go) on sigs.k8s.io/cli-utils' kstatus library:
     what Flux, kpt and cli-utils say of an object's status."""
-    src = ctx.work / "src"
-    src.mkdir()
-    for f in _go_sources(KSTATUS_SRC):
-        shutil.copy2(f, src / f.name)
-    ctx.run("go", "build", "-mod=mod", "-trimpath", "-ldflags", "-s -w", "-o", ctx.out / "kstatus", ".",
-            cwd=src, env=_go_env(ctx))
+    _build_checkout_program(ctx, KSTATUS_SRC, "kstatus")
 
 
 # --- llama.cpp -------------------------------------------------------------------------

@@ -21,20 +21,9 @@ import yaml
 from modelship_testbed.procs import stop
 
 from .test_router import HOST, error, free_port, start
-from .test_router_hold import serving
+from .test_router_hold import engine, serving  # noqa: F401 (engine: a fixture, one fake TGI)
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def engine():
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    proc = start([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny", "--hostname", HOST,
-                  "--port", str(port), "--fake-token-delay-ms", "1", "--fake-load-seconds", "0"], f"{url}/health",
-                 "fake TGI")
-    yield url
-    stop(proc, 10)
 
 
 def answering(status: int, body: bytes, content_type: bytes = b"application/json", then_break: bool = False,

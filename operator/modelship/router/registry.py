@@ -123,10 +123,6 @@ class Registry:
             if allowed is None or allowed(other):
                 yield other
 
-    def stand_in(self, target: Target) -> Target | None:
-        """The first of a target's fallbacks that has a ready endpoint, if any."""
-        return next((other for other in self.fallbacks(target) if other.ready()), None)
-
     def lookup(self, model: str, allowed=None) -> Target | None:
         """The target that answers a request for `model`: the one it names (`find`), or, while
         that one has no ready endpoint, its first fallback that has one (of those `allowed`)."""
