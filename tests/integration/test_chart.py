@@ -122,7 +122,8 @@ def test_every_rendered_manifest_is_accepted_by_the_api_server(cluster, core, na
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     kinds = {d["kind"] for d in yaml.safe_load_all(manifest) if d}
     assert out.count("(server dry run)") == sum(1 for d in yaml.safe_load_all(manifest) if d), out
-    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "Lease", "PodDisruptionBudget"} <= kinds
+    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "PodDisruptionBudget"} <= kinds
+    assert "Lease" not in kinds  # the operator makes it: Argo CD never applies a Lease
     if values == "all-on":
         assert {"HorizontalPodAutoscaler", "RoleBinding", "ServiceMonitor", "PrometheusRule"} <= kinds
 
@@ -169,6 +170,10 @@ def test_install_upgrade_and_uninstall_in_a_restricted_namespace(cluster, core, 
         assert serving
         before = {c: uids(cluster, system, c, release) for c in ("operator", "router")}
         assert all(before.values()), before
+        # The Lease is the operator's, owned by its ServiceAccount (so the uninstall removes it).
+        lease = json.loads(cluster.kubectl("get", "lease", f"{release}-operator", "-n", system, "-o", "json"))
+        assert [(o["kind"], o["name"]) for o in lease["metadata"]["ownerReferences"]] == [
+            ("ServiceAccount", f"{release}-operator")], lease["metadata"]
 
         # An operator value: new operator pods, the same router and serving pods.
         helm(cluster, "upgrade", release, str(CHART), *common, "--reuse-values", "--set", "operator.logLevel=DEBUG")
@@ -184,6 +189,8 @@ def test_install_upgrade_and_uninstall_in_a_restricted_namespace(cluster, core, 
         assert "kept due to the resource policy" in out and "modeldeployments.modelship.io" in out, out
         wait_for(lambda: not release_objects(cluster, release), 60, "the release's objects to be gone",
                  lambda: "\n".join(release_objects(cluster, release)))
+        wait_for(lambda: not cluster.kubectl("get", "lease", "-n", system, "-o", "name"), 60,
+                 "the operator's Lease to go with its ServiceAccount")
         # The user's ModelDeployment and what it made are still there, still serving.
         assert md_status(cluster, namespace, "smollm2")["phase"] == "Ready"
         assert serving == {p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "smollm2")}

@@ -4,7 +4,9 @@ checks, 404, 409): who leads, when a standby takes over, and when a leader must 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import json
 import threading
 import time
 
@@ -38,6 +40,15 @@ class Leases:
         if self.lease is None:
             raise ApiException(status=404, reason="Not Found")
         return copy.deepcopy(self.lease)
+
+    def create_namespaced_lease(self, namespace, body, _request_timeout=None):
+        self._check()
+        if self.lease is not None:
+            raise ApiException(status=409, reason="AlreadyExists")
+        body = copy.deepcopy(body)
+        body.metadata.resource_version = "1"
+        self.lease = body
+        return body
 
     def replace_namespaced_lease(self, name, namespace, body, _request_timeout=None):
         self._check()
@@ -133,11 +144,42 @@ def test_a_leader_that_cannot_renew_has_lost_within_the_renew_deadline(trouble):
     assert took < 0.6, took  # renew deadline 0.4 s + one retry step: before the 0.6 s lease runs out
 
 
-def test_a_missing_lease_is_not_created_and_nobody_leads(caplog):
+def test_a_missing_lease_is_created_by_one_replica_owned_by_its_service_account(tmp_path):
+    # Argo CD never applies a Lease (a fixed exclusion), so the chart does not ship it.
+    claims = {"kubernetes.io": {"namespace": "ns", "serviceaccount": {"name": "op", "uid": "u-1"}}}
+    token = tmp_path / "token"
+    token.write_text("e30." + base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=") + ".sig")
     api = Leases(exists=False)
-    a = election(api, "a")
-    assert not run(a.try_acquire_or_renew(1))
-    assert "does not exist: the chart makes it" in caplog.text
+    a = election(api, "a", owner=lambda: leader.service_account(token))
+    b = election(api, "b", owner=lambda: None)
+    assert run(a.try_acquire_or_renew(1))
+    assert api.lease.spec.holder_identity == "a" and api.lease.spec.lease_transitions == 0
+    assert [(o.kind, o.name, o.uid) for o in api.lease.metadata.owner_references] == [("ServiceAccount", "op", "u-1")]
+    assert not run(b.try_acquire_or_renew(1))  # held and fresh
+    api.lease = None
+    b.observed = ()
+    assert run(b.try_acquire_or_renew(1)) and api.lease.metadata.owner_references is None
+    a.leading = True  # its Lease deleted under a leader: it no longer leads
+    api.lease = None
+    with pytest.raises(leader.Lost, match="was deleted"):
+        run(a.try_acquire_or_renew(1))
+
+
+def test_two_replicas_finding_no_lease_make_one(monkeypatch):
+    api = Leases(exists=False)
+    a, b = election(api, "a"), election(api, "b")
+    real_read = api.read_namespaced_lease
+    monkeypatch.setattr(api, "read_namespaced_lease", lambda *a, **k: (_ for _ in ()).throw(
+        ApiException(status=404, reason="Not Found")))  # both read before either creates
+    assert run(a.try_acquire_or_renew(1)) and not run(b.try_acquire_or_renew(1))
+    monkeypatch.setattr(api, "read_namespaced_lease", real_read)
+    assert api.lease.spec.holder_identity == "a"
+
+
+def test_no_service_account_outside_a_pod(tmp_path):
+    assert leader.service_account(tmp_path / "absent") is None
+    (tmp_path / "legacy").write_text("not-a-jwt")
+    assert leader.service_account(tmp_path / "legacy") is None
 
 
 def test_the_settings_refuse_timings_that_allow_two_leaders(monkeypatch):

@@ -12,23 +12,46 @@ with client-go's rules (docs/decisions/leader-election.md says why not Kopf's pe
 - Every write carries the Lease's resourceVersion: of two replicas that saw it free, one wins.
 - A holder that stops cleanly releases the Lease (holder empty, duration 1 s), so that the
   next replica takes over within `retrySeconds` instead of waiting for the lease to run out.
-- The Lease is the chart's object: replicas only read and update it (labels and annotations
-  kept), never create it. A missing Lease is reported, and nobody leads until it is back.
+- A missing Lease is created by the first replica to find it missing (holding it from the
+  start; of two that try, the API server lets one create it). The chart does not ship it:
+  Argo CD never applies a Lease (`coordination.k8s.io/Lease` is in its fixed exclusions), so a
+  chart-made Lease never exists under Argo CD. It is owned by the operator's ServiceAccount,
+  named with its uid in the pod's own token, so uninstalling the chart (or pruning it) removes
+  it with the account, and no extra read right is needed to find the owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
 import logging
 import time
+from pathlib import Path
+from typing import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from ..login import SERVICE_ACCOUNT_TOKEN
+
 log = logging.getLogger("modelship")
+TOKEN = Path(SERVICE_ACCOUNT_TOKEN)
+
+
+def service_account(token: Path = TOKEN) -> tuple[str, str] | None:
+    """(name, uid) of the ServiceAccount whose token this pod mounts, from the token's own claims
+    (read, not verified: it is this pod's token); None outside a pod or for a legacy token."""
+    try:
+        payload = token.read_text().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        sa = claims["kubernetes.io"]["serviceaccount"]
+        return sa["name"], sa["uid"]
+    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        return None
 
 
 class Lost(Exception):
@@ -49,6 +72,7 @@ class Election:
     leading: bool = field(default=False, init=False)
     # Lease calls never wait behind reconciles for a thread of the default pool.
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "lease"), init=False)
+    owner: Callable[[], tuple[str, str] | None] = service_account  # () -> (ServiceAccount name, uid) owning a Lease this replica creates
 
     async def _call(self, timeout: float, fn, *args):
         """One API call, bounded by `timeout` seconds (on the wire and here)."""
@@ -64,9 +88,7 @@ class Election:
             lease = await self._call(timeout, self.leases.read_namespaced_lease, self.name, self.namespace)
         except ApiException as e:
             if e.status == 404:
-                log.warning("lease %s/%s does not exist: the chart makes it (`helm upgrade` puts it back); "
-                            "no replica leads until it is there", self.namespace, self.name)
-                return False
+                return await self._create(timeout - (time.monotonic() - started))
             raise
         spec = lease.spec or client.V1LeaseSpec()
         holder = spec.holder_identity or ""
@@ -93,6 +115,30 @@ class Election:
             if e.status == 409:  # changed since read: someone else renewed or took it
                 return False
             raise
+        return True
+
+    async def _create(self, timeout: float) -> bool:
+        """The Lease made, held by this replica; False when another replica made it first."""
+        if self.leading:
+            raise Lost(f"lease {self.namespace}/{self.name} was deleted")
+        now = dt.datetime.now(dt.timezone.utc)
+        meta = client.V1ObjectMeta(name=self.name, namespace=self.namespace, labels={
+            "app.kubernetes.io/component": "operator", "app.kubernetes.io/managed-by": "modelship"})
+        owner = self.owner()
+        if owner:
+            meta.owner_references = [client.V1OwnerReference(api_version="v1", kind="ServiceAccount",
+                                                             name=owner[0], uid=owner[1])]
+        lease = client.V1Lease(metadata=meta, spec=client.V1LeaseSpec(
+            holder_identity=self.identity, lease_duration_seconds=int(self.lease_seconds), acquire_time=now,
+            renew_time=now, lease_transitions=0))
+        try:
+            await self._call(timeout, self.leases.create_namespaced_lease, self.namespace, lease)
+        except ApiException as e:
+            if e.status == 409:  # another replica made it a moment ago
+                return False
+            raise
+        log.info("created lease %s/%s%s", self.namespace, self.name,
+                 f" (owned by ServiceAccount {owner[0]})" if owner else "")
         return True
 
     async def _attempt(self, timeout: float) -> bool:
