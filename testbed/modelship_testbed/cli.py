@@ -9,7 +9,7 @@ import time
 
 import click
 
-from . import binaries, cluster
+from . import argocd, binaries, cluster
 from .paths import kubeconfig_path
 
 
@@ -20,7 +20,7 @@ def one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (cluster.TestbedError, binaries.BuildError) as e:
+        except (cluster.TestbedError, binaries.BuildError, argocd.ArgoCDError) as e:
             raise click.ClickException(str(e)) from None
 
     return wrapper
@@ -50,11 +50,17 @@ def testbed() -> None:
 @click.option("--images", "images_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Image-to-program mapping for the local node (default: the one shipped with the test bed).")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for the cluster.")
+@click.option("--argocd", is_flag=True, help="Also run Argo CD (repo server, application controller, Redis) and a "
+                                             "git daemon on loopback; also on a test bed that is already up.")
 @one_line_errors
 def up(gpu_nodes: int, cpu_nodes: int, local_node: bool, local_gpus: int, images_file: str | None,
-       timeout: float) -> None:
+       timeout: float, argocd: bool) -> None:
     """Start the test bed (or resize its node pools if it is already up)."""
     cluster.up(cluster.UpOptions(gpu_nodes, cpu_nodes, local_node, local_gpus, images_file, timeout), _log)
+    if argocd:
+        from . import argocd as argocd_mod
+
+        argocd_mod.up(_log)
 
 
 @testbed.command()

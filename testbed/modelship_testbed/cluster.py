@@ -170,6 +170,9 @@ def _wait_nodes_ready(core, opts: UpOptions, log: Log, timeout: float = 120.0) -
 
 
 def down(keep_data: bool = False, log: Log = print) -> None:
+    from . import argocd
+
+    argocd.down(log, keep_data)  # an add-on first: its controller would see the API server go
     d = state_dir()
     pid = supervisor_pid()
     status = read_status() or {}
@@ -240,5 +243,8 @@ def status_lines() -> list[str]:
             lines.append("  nodes: " + ", ".join(f"{k}={v}" for k, v in sorted(pools.items())))
         except Exception as e:  # status must still print something useful
             lines.append(f"  nodes: unavailable ({e.__class__.__name__})")
+    from . import argocd
+
+    lines += argocd.status_lines()
     lines.append(f"  kubeconfig: {kubeconfig_path()}")
     return lines

@@ -25,6 +25,13 @@ class Ports:
     kubelet_local: int = 10248  # the local node agent's own plain HTTP API behind it (logs, healthz), 127.0.0.1 only
     hub_mirror: int = 18090  # the olah Hub mirror (HF_ENDPOINT)
     router: int = 18000  # the demo's `modelship router`
+    # Argo CD (`modelship testbed up --argocd`): its Redis, repo server (gRPC and metrics), the
+    # application controller's metrics (it binds every address: no flag narrows it) and git daemon.
+    argocd_redis: int = 16379
+    argocd_repo_server: int = 18081
+    argocd_repo_metrics: int = 18084
+    argocd_controller_metrics: int = 18082
+    git: int = 19418
 
 
 @dataclass

@@ -9,6 +9,10 @@ even a SIGKILLed supervisor leaves no component behind.
 
 Progress and health are written to `<state>/status.json`, which `modelship testbed up`
 and `status` read. Run as `python -m modelship_testbed.supervisor`.
+
+An add-on (Argo CD: `modelship testbed up --argocd`) runs under a supervisor of its own
+(`python -m modelship_testbed.supervisor --addon argocd`), with its status, pid file and
+logs under `<state>/<addon>/`; `modelship testbed down` stops it before the cluster.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -170,11 +175,20 @@ def prepare(cfg: TestbedConfig) -> None:
     cfg.save()
 
 
+def addon_specs(cfg: TestbedConfig, addon: str) -> list[Spec]:
+    if addon == "argocd":
+        from . import argocd
+
+        return argocd.component_specs(cfg)
+    raise SystemExit(f"unknown add-on {addon!r}")
+
+
 class Supervisor:
-    def __init__(self, cfg: TestbedConfig):
+    def __init__(self, cfg: TestbedConfig, specs: list[Spec] | None = None, home: Path | None = None):
         self.cfg = cfg
-        self.status_path = cfg.dir / "status.json"
-        self.components = [Running(s) for s in component_specs(cfg)]
+        self.home = home or cfg.dir  # where status.json is written
+        self.status_path = self.home / "status.json"
+        self.components = [Running(s) for s in (component_specs(cfg) if specs is None else specs)]
         self.phase = "starting"
         self.error: str | None = None
         self.stopping = asyncio.Event()
@@ -207,6 +221,14 @@ class Supervisor:
 
     async def healthy(self, spec: Spec) -> bool:
         if spec.health_url is None:
+            return True
+        if spec.health_url.startswith("tcp://"):  # a port that accepts connections (redis, git daemon)
+            host, port = spec.health_url.removeprefix("tcp://").rsplit(":", 1)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+            except (OSError, asyncio.TimeoutError):
+                return False
+            writer.close()
             return True
         client = self.http_unverified if spec.name in ("kube-controller-manager", "kube-scheduler") \
             else self.http_verified
@@ -313,13 +335,17 @@ class Supervisor:
         return 0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     cfg = TestbedConfig.load()
-    (cfg.dir / "supervisor.pid").write_text(str(os.getpid()))
+    addon = argv[1] if len(argv) == 2 and argv[0] == "--addon" else None
+    home = cfg.dir / addon if addon else cfg.dir
+    specs = addon_specs(cfg, addon) if addon else None
+    (home / "supervisor.pid").write_text(str(os.getpid()))
     try:
-        code = asyncio.run(Supervisor(cfg).run())
+        code = asyncio.run(Supervisor(cfg, specs, home).run())
     finally:
-        (cfg.dir / "supervisor.pid").unlink(missing_ok=True)
+        (home / "supervisor.pid").unlink(missing_ok=True)
     sys.exit(code)
 
 

@@ -1,5 +1,7 @@
 """The Argo CD health check shipped for ModelDeployments (charts/modelship/files/argocd-health.lua),
-run by a real Lua interpreter (Debian's `lua5.4`) against status objects of every phase and
+run by a real Lua interpreter (Debian's `lua5.1`: Argo CD's gopher-lua is Lua 5.1) with only the
+libraries Argo CD opens for a health check (base, table and a safe os: no string, no math), against
+status objects of every phase and
 `Ready` reason the operator writes (docs/reference.md lists them; a reason added there without a
 case here fails `test_every_ready_reason_has_a_case`)."""
 
@@ -14,7 +16,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "charts" / "modelship" / "files" / "argocd-health.lua"
-LUA = shutil.which("lua5.4")
+LUA = shutil.which("lua5.1")
+# Argo CD's sandbox (util/lua/lua.go): the base and table libraries and a safe os, nothing else;
+# and without the string library strings have no methods either.
+SANDBOX = """
+local check = assert(loadfile(arg[1]))
+local env = {obj = obj, table = table, os = {time = os.time, date = os.date, clock = os.clock}}
+for _, name in ipairs({"assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "print", "rawequal",
+                       "rawget", "rawset", "select", "setmetatable", "tonumber", "tostring", "type", "unpack",
+                       "xpcall", "_VERSION"}) do
+  env[name] = _G[name]
+end
+env._G = env
+setfenv(check, env)
+local methods = getmetatable("").__index
+getmetatable("").__index = nil
+local hs = check()
+getmetatable("").__index = methods
+io.write(hs.status, "\t", hs.message or "")
+"""
 
 # Ready reason -> (phase, Ready status) as the operator writes them (reconcile/plan.py, status.py).
 FAILED = ["PoolNotFound", "PoolHasNoGPUs", "TooManyGPUs", "GPUsRequired", "EngineMismatch", "StorageTooSmall",
@@ -50,11 +70,14 @@ CASES = {
     "rolling out": (md("Starting", "RollingOut", message="1/2 updated"), "Progressing", "RollingOut"),
     "some replicas not ready": (md("Degraded", "ReplicasNotReady", message="1/2 replicas ready"), "Progressing",
                                 "ReplicasNotReady: 1/2"),
-    "pods crash": (md("Starting", "ReplicasNotReady", message="0/1 replicas ready; CrashLoopBackOff (last exit "
-                                                             "code 1)"), "Degraded", "CrashLoopBackOff"),
+    "pods crash": (md("Starting", "CrashLoopBackOff", message="0/1 replicas ready; pod m-1: CrashLoopBackOff (last "
+                                                             "exit code 1)"), "Degraded", "CrashLoopBackOff: 0/1"),
     "downloading": (md("Downloading", "Downloading", message="downloading", download={
         "bytesDone": 52428800, "bytesTotal": 104857600, "percent": 50, "etaSeconds": 12}), "Progressing",
         "Downloading: 50% (50.0 of 100.0 MiB, about 12 s left)"),
+    "downloading, sizes as they come": (md("Downloading", "Downloading", message="downloading", download={
+        "bytesDone": 12345678, "bytesTotal": 102891839.0, "percent": 12.0}), "Progressing",
+        "Downloading: 12% (11.7 of 98.1 MiB)"),
     "downloading, size not known yet": (md("Downloading", "Downloading", message="the Job starts"), "Progressing",
                                         "Downloading: the Job starts"),
     "waiting for collection": (md("Downloading", "WaitingForCollection", message="collecting"), "Progressing",
@@ -82,16 +105,27 @@ def lua_table(value) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def health(obj: dict) -> tuple[str, str]:
-    program = (f"obj = {lua_table(obj)}\nlocal function check()\n{SCRIPT.read_text()}\nend\n"
-               "local hs = check()\nio.write(hs.status, '\\t', hs.message or '')\n")
-    out = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, timeout=10)
+def health(obj: dict, script: Path = SCRIPT) -> tuple[str, str]:
+    program = f"obj = {lua_table(obj)}\n{SANDBOX}"
+    out = subprocess.run([LUA, "-", str(script)], input=program, capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stderr
     status, _, message = out.stdout.partition("\t")
     return status, message
 
 
-@pytest.mark.skipif(LUA is None, reason="needs Debian's lua5.4 (apt-get install lua5.4; .ci/run installs it)")
+needs_lua = pytest.mark.skipif(LUA is None, reason="needs Debian's lua5.1 (apt-get install lua5.1; .ci/run installs it)")
+
+
+@needs_lua
+def test_the_sandbox_refuses_what_argo_cd_does_not_open(tmp_path):
+    for body in ('return {status = string.format("%d", 1)}', 'return {status = ("x"):upper()}',
+                 'return {status = tostring(math.floor(1.5))}'):
+        (tmp_path / "check.lua").write_text(body)
+        with pytest.raises(AssertionError, match="attempt to"):
+            health(md(None), tmp_path / "check.lua")
+
+
+@needs_lua
 @pytest.mark.parametrize("name", list(CASES))
 def test_health_of_every_phase_and_reason(name):
     obj, status, fragment = CASES[name]

@@ -1,6 +1,6 @@
 """examples/gitops/: the Argo CD Applications (the chart from git, a folder of ModelDeployments)
 read as Argo CD would need them, the chart rendered with the Application's own values, and every
-ModelDeployment of the folder valid. (Syncing them with a real Argo CD is issue 17's next step.)"""
+ModelDeployment of the folder valid. tests/e2e/test_gitops.py syncs them with a real Argo CD."""
 
 from __future__ import annotations
 
@@ -61,3 +61,11 @@ def test_every_model_in_the_folder_is_valid():
         for doc in yaml.safe_load_all(path.read_text()):
             assert doc["kind"] == api.KIND, path
             api.ModelDeployment.model_validate(doc)
+
+
+def test_the_argo_cd_chart_values_carry_the_health_check_unchanged():
+    """examples/gitops/argo-cd-values.yaml: for users who manage argocd-cm with Argo CD's chart (and
+    what the test bed's Argo CD runs)."""
+    values = yaml.safe_load((GITOPS / "argo-cd-values.yaml").read_text())
+    lua = values["configs"]["cm"]["resource.customizations.health.modelship.io_ModelDeployment"]
+    assert lua == (REPO / "charts" / "modelship" / "files" / "argocd-health.lua").read_text()

@@ -462,6 +462,22 @@ def test_not_ready_pods_explain_themselves():
     assert f"pod {NAME}-abc: Unschedulable: 0/3 nodes are available" in ready["message"]
 
 
+def test_crashing_pods_have_a_reason_of_their_own():
+    """Tools that read reasons, not messages (Argo CD's Lua has no string library), see a crash loop."""
+    md, r = make_md({"replicas": 2}), gguf()
+    dep = obs_deployment(md, r, ready=1, replicas=2, updated=2)
+    crashing = {"metadata": {"name": f"{NAME}-abc"}, "status": {"containerStatuses": [{
+        "name": "llamacpp", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+        "lastState": {"terminated": {"exitCode": 1}}}]}}
+    p = run(md, r, observed(md, r, "Complete", deployment=dep, pods=[crashing]))
+    ready = cond(p, "Ready")
+    assert (p.status["phase"], ready["reason"]) == ("Degraded", "CrashLoopBackOff")
+    assert "CrashLoopBackOff (last exit code 1)" in ready["message"]
+    gone = {**crashing, "metadata": {**crashing["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    p = run(md, r, observed(md, r, "Complete", deployment=dep, pods=[gone]))
+    assert cond(p, "Ready")["reason"] == "ReplicasNotReady"  # a pod being deleted does not count
+
+
 def test_tgi_deployment_on_the_gpu_pool():
     md = make_md({"model": {"repo": "org/tiny"}})
     r = safetensors()

@@ -541,3 +541,35 @@ def test_port_forward_learns_its_local_port_waits_and_stops_kubectl(tmp_path):
             failing.start()
     finally:
         failing.stop()
+
+
+def test_argocd_config_objects_carry_the_shipped_health_check(tmp_path):
+    """What `modelship testbed up --argocd` applies from Argo CD's install.yaml: only its ConfigMaps
+    and Secrets (in namespace argocd), argocd-cm with the health check of
+    examples/gitops/argo-cd-values.yaml, a server.secretkey, and the default AppProject."""
+    from modelship_testbed import argocd
+
+    install = tmp_path / "install.yaml"
+    install.write_text("""apiVersion: v1
+kind: ConfigMap
+metadata: {name: argocd-cm}
+data: {admin.enabled: "false"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: argocd-secret}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: argocd-server}
+""")
+    objs = argocd.config_objects(install)
+    assert [(o["kind"], o["metadata"]["name"], o["metadata"]["namespace"]) for o in objs] == [
+        ("ConfigMap", "argocd-cm", "argocd"), ("Secret", "argocd-secret", "argocd"), ("AppProject", "default", "argocd")]
+    cm = objs[0]["data"]
+    assert cm["admin.enabled"] == "false" and cm[argocd.HEALTH_KEY] == argocd.health_check()
+    assert argocd.health_check().startswith("-- Argo CD health for modelship.io/ModelDeployment")
+    assert len(objs[1]["stringData"]["server.secretkey"]) >= 40
+    install.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\n")
+    with pytest.raises(argocd.ArgoCDError, match="no argocd-cm ConfigMap"):
+        argocd.config_objects(install)

@@ -4,6 +4,7 @@
 -- Degraded: the operator says the spec cannot work or the download failed (phase Failed), or the
 -- pods crash; the condition's message says why. Progressing: everything on the way there
 -- (resolving, downloading with its progress, starting, rolling out, waking from zero).
+-- Argo CD runs it with the base and table libraries only: no string or math library here.
 local hs = {status = "Progressing", message = "Waiting for the operator to read this ModelDeployment"}
 local status = obj.status
 if status == nil then
@@ -44,8 +45,13 @@ end
 if status.phase == "Failed" then
   return {status = "Degraded", message = said(ready.reason or "Failed")}
 end
-if string.find(message, "CrashLoopBackOff", 1, true) ~= nil then
-  return {status = "Degraded", message = said(ready.reason or "ReplicasNotReady")}
+if ready.reason == "CrashLoopBackOff" then
+  return {status = "Degraded", message = said(ready.reason)}
+end
+local function mib(bytes)
+  local tenths = bytes * 10 / 1048576
+  tenths = tenths - tenths % 1
+  return tostring((tenths - tenths % 10) / 10) .. "." .. tostring(tenths % 10)
 end
 local download = status.download
 if ready.reason == "Downloading" and download ~= nil and (download.bytesTotal or 0) > 0 then
@@ -53,7 +59,7 @@ if ready.reason == "Downloading" and download ~= nil and (download.bytesTotal or
   if download.etaSeconds ~= nil then
     left = ", about " .. tostring(download.etaSeconds) .. " s left"
   end
-  return {status = "Progressing", message = string.format("Downloading: %d%% (%.1f of %.1f MiB%s)",
-    download.percent or 0, (download.bytesDone or 0) / 1048576, download.bytesTotal / 1048576, left)}
+  return {status = "Progressing", message = "Downloading: " .. tostring(download.percent or 0) .. "% (" ..
+    mib(download.bytesDone or 0) .. " of " .. mib(download.bytesTotal) .. " MiB" .. left .. ")"}
 end
 return {status = "Progressing", message = said(ready.reason or (status.phase or "Progressing"))}

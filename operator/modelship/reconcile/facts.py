@@ -79,6 +79,13 @@ def pod_problems(pods: list[dict], limit: int = 3) -> list[str]:
     return out[:limit]
 
 
+def crash_looping(pods: list[dict]) -> bool:
+    """A serving container (of a pod not being deleted) restarts in a loop."""
+    return any(((cs.get("state") or {}).get("waiting") or {}).get("reason") == "CrashLoopBackOff"
+               for p in pods if not p["metadata"].get("deletionTimestamp")
+               for cs in (p.get("status") or {}).get("containerStatuses") or [])
+
+
 def unschedulable(pods: list[dict]) -> str | None:
     """The scheduler's message for a serving pod it cannot place for want of room
     ("0/3 nodes are available: 1 Insufficient nvidia.com/gpu, ..."), if any."""
@@ -131,6 +138,7 @@ class Facts:
     serving_node: str | None  # a node where one of its serving pods (not terminating) runs
     problems: list[str]  # why serving pods are not ready
     unschedulable: str | None = None  # the scheduler cannot place a pod for want of room: its message
+    crash_looping: bool = False  # a serving container is in CrashLoopBackOff
 
     @classmethod
     def of(cls, md: ModelDeployment, observed: Observed) -> "Facts":
@@ -140,7 +148,7 @@ class Facts:
         return cls(_served(observed.deployment), _rollout(observed.deployment), _volume(observed.pvc, uid),
                    {j["metadata"]["name"]: _job(j, uid) for j in observed.jobs},
                    [_job(j, uid) for j in observed.collect_jobs], node, pod_problems(observed.pods),
-                   unschedulable(observed.pods))
+                   unschedulable(observed.pods), crash_looping(observed.pods))
 
     def running_download(self) -> bool:
         return any(j.state == "Running" for j in self.downloads.values())

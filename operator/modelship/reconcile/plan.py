@@ -286,7 +286,10 @@ def serving_stage(md: ModelDeployment, resolved: ResolvedModel, placement: Place
         status.set("Ready", "False", "RollingOut", f"rolling out the serving pods: {rollout.updated}/{want} updated, "
                                                    f"{rollout.ready} ready{detail}{note}")
         return status.finish("Starting", actions, events, 15.0)
-    status.set("Ready", "False", "ReplicasNotReady", f"{rollout.ready}/{want} replicas ready{detail}{note}")
+    # Crashing pods: a reason of their own, for tools that read reasons, not messages (Argo CD's
+    # Lua has no string library to search a message with).
+    status.set("Ready", "False", "CrashLoopBackOff" if facts.crash_looping else "ReplicasNotReady",
+               f"{rollout.ready}/{want} replicas ready{detail}{note}")
     return status.finish("Degraded" if rollout.ready > 0 else "Starting", actions, events, 15.0)
 
 
