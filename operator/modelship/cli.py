@@ -44,6 +44,15 @@ def main() -> None:
     """Serve Hugging Face models on Kubernetes."""
 
 
+def _register_user_commands() -> None:
+    from .user import register
+
+    register(main)
+
+
+_register_user_commands()
+
+
 @main.command()
 def version() -> None:
     """Print the version."""
