@@ -6,6 +6,11 @@ What it reproduces (the parts the resolver and the downloader use):
   (a repo can be told to leave sizes out, as the olah mirror does).
 - `HEAD|GET /{repo}/resolve/{rev}/{path}`: `X-Repo-Commit` and `ETag`; LFS files answer a
   302 to `/cdn/<sha256>` with `X-Linked-Etag` and `X-Linked-Size`, as the Hub does; `Range`.
+- `GET /api/models`: the search `huggingface_hub.list_models` sends (`search`, `author`,
+  `filter` (tags; `gguf`/`safetensors` are derived from the files, as the Hub does), `gated`,
+  `sort` (descending by the key; `direction=1` ascending), `limit`, `full`/`expand`); siblings
+  carry sizes with `full` or `expand=siblings` only while `search_sizes` is on (the real Hub
+  gives none). `searchable = False` answers 404 there, as a mirror such as olah does.
 - Errors with the Hub's `X-Error-Code` headers: unknown repo (401 RepoNotFound), unknown
   revision (404 RevisionNotFound), missing file (404 EntryNotFound), gated repo without a
   token (401 GatedRepo) or with a token that lacks access (403 GatedRepo), private repo.
@@ -37,6 +42,11 @@ class FakeRepo:
     tokens: set[str] = field(default_factory=set)  # tokens with access (gated or private)
     sizes_in_listing: bool = True  # False: like olah, siblings carry no sizes
     extra_info: dict = field(default_factory=dict)
+    downloads: int = 0
+    likes: int = 0
+    created: str = "2025-01-01T00:00:00.000Z"
+    modified: str = "2026-01-01T00:00:00.000Z"
+    tags: list[str] = field(default_factory=list)
 
     def resolve(self, rev: str) -> str | None:
         if rev in self.commits:
@@ -81,6 +91,8 @@ class FakeHub:
         self.corrupt: set[str] = set()  # paths whose content is served with a flipped byte
         self.requests: list[tuple[str, str]] = []
         self.chunk_delay = 0.0  # seconds between 64 KiB chunks: a slow link, to watch progress
+        self.searchable = True  # False: no /api/models search (404), as a mirror such as olah
+        self.search_sizes = True  # siblings of a search carry sizes (with full or expand=siblings)
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,9 +154,48 @@ class FakeHub:
             siblings.append(s)
         return web.json_response({"_id": repo.id, "id": repo.id, "modelId": repo.id, "sha": sha,
                                   "private": repo.private, "gated": "manual" if repo.gated else False,
-                                  "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-                                  "lastModified": "2026-01-01T00:00:00.000Z", "siblings": siblings,
+                                  "disabled": False, "downloads": repo.downloads, "likes": repo.likes,
+                                  "tags": self._tags(repo, sha), "lastModified": repo.modified,
+                                  "createdAt": repo.created, "siblings": siblings,
                                   **repo.extra_info})
+
+    @staticmethod
+    def _tags(repo: FakeRepo, sha: str) -> list[str]:
+        files = repo.commits[sha]
+        derived = [t for t, ext in (("gguf", ".gguf"), ("safetensors", ".safetensors"))
+                   if any(p.endswith(ext) for p in files)]
+        return sorted(set(repo.tags) | set(derived))
+
+    def _search_item(self, repo: FakeRepo, sizes: bool) -> dict:
+        sha = repo.resolve("main") or next(iter(repo.commits))
+        siblings = [{"rfilename": p, **({"size": len(d)} if sizes else {})} for p, d in sorted(repo.commits[sha].items())]
+        return {"_id": repo.id, "id": repo.id, "modelId": repo.id, "sha": sha, "private": repo.private,
+                "gated": "manual" if repo.gated else False, "downloads": repo.downloads, "likes": repo.likes,
+                "lastModified": repo.modified, "createdAt": repo.created, "tags": self._tags(repo, sha),
+                "siblings": siblings}
+
+    async def search(self, request: web.Request) -> web.Response:
+        """`GET /api/models`, as the Hub answers `list_models`."""
+        self.requests.append(("search", request.path_qs))
+        if not self.searchable:
+            return web.Response(status=404, text="Not Found")
+        q = request.query
+        words = [w.lower() for w in q.getall("search", [])]
+        wanted_tags = set(q.getall("filter", []))
+        expand = q.getall("expand", []) + q.getall("expand[]", [])
+        sizes = self.search_sizes and (q.get("full") in ("True", "true", "1") or "siblings" in expand)
+        found = [r for r in self.repos.values() if not r.private
+                 and all(w in r.id.lower() for w in words)
+                 and (not q.get("author") or r.id.split("/")[0] == q["author"])
+                 and wanted_tags <= set(self._tags(r, r.resolve("main") or next(iter(r.commits))))
+                 and (q.get("gated") is None or r.gated == (q["gated"] in ("True", "true")))]
+        key = {"downloads": lambda r: r.downloads, "likes": lambda r: r.likes,
+               "lastModified": lambda r: r.modified, "createdAt": lambda r: r.created}.get(q.get("sort", ""))
+        if key is not None:
+            found.sort(key=key, reverse=q.get("direction", "-1") == "-1")
+        if q.get("limit"):
+            found = found[: int(q["limit"])]
+        return web.json_response([self._search_item(r, sizes) for r in found])
 
     async def resolve_file(self, request: web.Request) -> web.StreamResponse:
         repo = self._repo(request)
@@ -222,6 +273,7 @@ class FakeHub:
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.router.add_get("/api/models", self.search)
         app.router.add_get("/api/models/{org}/{name}", self.model_info)
         app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self.model_info)
         app.router.add_route("*", "/{org}/{name}/resolve/{rev}/{path:.+}", self.resolve_file)
