@@ -168,7 +168,8 @@ class FakeHub:
 
     def _search_item(self, repo: FakeRepo, sizes: bool) -> dict:
         sha = repo.resolve("main") or next(iter(repo.commits))
-        siblings = [{"rfilename": p, **({"size": len(d)} if sizes else {})} for p, d in sorted(repo.commits[sha].items())]
+        siblings = [{"rfilename": p, **({"size": len(d)} if sizes else {})}
+                    for p, d in sorted(repo.commits[sha].items())]
         return {"_id": repo.id, "id": repo.id, "modelId": repo.id, "sha": sha, "private": repo.private,
                 "gated": "manual" if repo.gated else False, "downloads": repo.downloads, "likes": repo.likes,
                 "lastModified": repo.modified, "createdAt": repo.created, "tags": self._tags(repo, sha),

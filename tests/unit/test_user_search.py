@@ -34,7 +34,8 @@ def hub():
     h = FakeHub()
     h.add_repo(FakeRepo("org/chat-GGUF", {SHA: CHAT}, {"main": SHA}, downloads=500, likes=3,
                         created="2025-03-01T00:00:00.000Z", modified="2026-02-01T00:00:00.000Z"))
-    h.add_repo(FakeRepo("org/tiny-GGUF", {SHA: {"tiny-Q8_0.gguf": blob(2 * KB, "t"), "tiny-F16.gguf": blob(4 * KB, "u")}},
+    tiny = {"tiny-Q8_0.gguf": blob(2 * KB, "t"), "tiny-F16.gguf": blob(4 * KB, "u")}
+    h.add_repo(FakeRepo("org/tiny-GGUF", {SHA: tiny},
                         {"main": SHA}, downloads=900, likes=1, created="2025-06-01T00:00:00.000Z",
                         modified="2025-07-01T00:00:00.000Z"))
     h.add_repo(FakeRepo("other/chat-llama", {SHA: ST}, {"main": SHA}, downloads=100, likes=50,
@@ -47,7 +48,7 @@ def hub():
 
 
 def run(*args: str, code: int = 0):
-    r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    r = CliRunner(env={"COLUMNS": "160"}).invoke(main, list(args), catch_exceptions=False)
     assert r.exit_code == code, r.output
     return r
 
@@ -218,3 +219,59 @@ def test_fits_and_sizes():
     assert parse_size("700m") == 700 * 10 ** 6 and parse_size("1024") == 1024
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+class FakeCore:
+    """What `cluster_pool` reads of CoreV1Api: the operator's settings ConfigMap and the nodes."""
+
+    def __init__(self, settings: str, nodes: list[dict], down: bool = False):
+        from types import SimpleNamespace as NS
+
+        self.cm = NS(data={"settings.yaml": settings}, metadata=NS(namespace="modelship", name="modelship-operator"))
+        self.nodes, self.down, self.selectors = nodes, down, []
+
+    def list_config_map_for_all_namespaces(self, label_selector):
+        import urllib3
+
+        if self.down:
+            raise urllib3.exceptions.MaxRetryError(None, "/api/v1/configmaps")
+        assert label_selector == "app.kubernetes.io/component=operator"
+        from types import SimpleNamespace as NS
+
+        return NS(items=[self.cm])
+
+    def list_node(self, label_selector, _preload_content):
+        from types import SimpleNamespace as NS
+
+        self.selectors.append(label_selector)
+        return NS(data=json.dumps({"items": self.nodes}).encode())
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from modelship.user import common
+
+    core = FakeCore("pools:\n  small:\n    nodeSelector: {modelship.io/pool: small}\n"
+                    "    gpuResource: nvidia.com/gpu\n    maxGpus: 1\n",
+                    [node({"nvidia.com/gpu.memory": "0"}, {"nvidia.com/gpu": "1"}),
+                     node({"nvidia.com/gpu.memory": "1"}, {"nvidia.com/gpu": "1"})])  # 1 MiB of GPU memory
+    monkeypatch.setattr(common.Kube, "connect", classmethod(lambda cls, *a: NS(core=lambda: core)))
+    return core
+
+
+def test_search_fits_a_pool_of_the_operators_settings(hub, cluster):
+    rows = {r["repo"]: r for r in search(hub, "--pool", "small")}
+    assert cluster.selectors == ["modelship.io/pool=small"]
+    chat = rows["org/chat-GGUF"]["fits"]
+    assert chat == {"pool": "small", "needed": needed_bytes(3000), "capacity": 2 ** 20, "fits": True}
+    assert "FITS small" in run("search", "--pool", "small", "--endpoint", hub.url).output
+
+
+def test_search_with_an_unknown_pool_or_no_cluster_is_one_line(hub, cluster):
+    r = search(hub, "--pool", "huge", code=1)
+    assert "no pool 'huge'" in r.output and "small" in r.output and len(r.output.strip().splitlines()) == 1
+    cluster.down = True
+    r = search(hub, "--pool", "small", code=1)
+    assert "cannot reach the cluster" in r.output and len(r.output.strip().splitlines()) == 1

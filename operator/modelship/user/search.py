@@ -179,7 +179,7 @@ def quantizations(names: list[str], sizes: dict[str, int]) -> list[dict]:
         total = sum(sizes[f] for f in files) if all(f in sizes for f in files) else None
         out.append({"quantization": tag, "files": files, "bytes": total,
                     "default": bool(default) and default[0] in files})
-    return out
+    return sorted(out, key=lambda q: (q["bytes"] is None, q["bytes"] or 0, q["quantization"]))
 
 
 def _add_fits(rows: list[dict], capacity: dict) -> None:
@@ -204,10 +204,12 @@ def _print_search(rows: list[dict], output: str, capacity: dict | None) -> None:
         console().print("No models match.")
         return
     table = Table(box=None, header_style="bold")
-    for col in ("REPO", "DOWNLOADS", "LIKES", "MODIFIED", "GATED", "SIZE", "QUANTIZATIONS (* default)"):
-        table.add_column(col, justify="right" if col in ("DOWNLOADS", "LIKES", "SIZE") else "left")
+    for col in ("REPO", "DOWNLOADS", "LIKES", "MODIFIED", "GATED", "SIZE", "QUANTS (* default)"):
+        table.add_column(col, justify="right" if col in ("DOWNLOADS", "LIKES", "SIZE") else "left",
+                         min_width=max(len(r["repo"]) for r in rows) if col == "REPO" else 16 if "*" in col else None,
+                         no_wrap=col not in ("REPO", "QUANTS (* default)"), overflow="fold")  # names never cut
     if capacity is not None:
-        table.add_column(f"FITS {capacity['pool']}")
+        table.add_column(f"FITS {capacity['pool']}", no_wrap=True)
     for r in rows:
         quants = "\n".join(f"{'*' if q['default'] else ' '} {q['quantization']} {_human(q['bytes'])}"
                            for q in r["quantizations"]) or r["format"]
@@ -217,7 +219,10 @@ def _print_search(rows: list[dict], output: str, capacity: dict | None) -> None:
             f = r["fits"]["fits"]
             cells.append("?" if f is None else "yes" if f else "no")
         table.add_row(*cells)
-    console().print(table)
+    out = console()
+    if not out.is_terminal:  # into a pipe or a file: whole lines, as kubectl writes them
+        out.width = 240
+    out.print(table)
 
 
 # --- show ------------------------------------------------------------------------------------
@@ -318,7 +323,7 @@ def _print_show(d: dict, output: str) -> None:
         files.add_row(f["path"], _human(f["bytes"]))
     out.print(files)
     if d["quantizations"]:
-        quants = Table(title="GGUF quantizations (* default pick)", box=None, header_style="bold",
+        quants = Table(title="quantizations (* default)", box=None, header_style="bold",
                        title_justify="left")
         for col in ("", "QUANT", "SIZE", "FILES"):
             quants.add_column(col)
