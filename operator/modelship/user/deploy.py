@@ -211,9 +211,11 @@ def deploy_command(ref: str, quant: str | None, engine: str, gpus: int | None, p
         from .render import endpoint_lines
         from .watch import follow_live
 
-        ready = follow_live(kube, name, timeout)
         from .common import console
 
+        ready = follow_live(kube, name, timeout)
+        if console().is_terminal:
+            return  # the live view's last frame shows the endpoint
         for line in endpoint_lines(ready):
             console().print(line, highlight=False, markup=line.startswith("[bold]"))
     else:

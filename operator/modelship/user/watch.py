@@ -177,14 +177,14 @@ Examples:
   modelship delete smollm2 --wait
 """)
 @click.argument("name")
-@click.option("--wait", is_flag=True, help="Return once it is gone (its pods, Service and volume go with it).")
+@click.option("--wait", is_flag=True, help="Return once it is gone (with what the operator made for it).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=300, show_default=True,
               help="With --wait: give up after this many seconds (exit 4).")
 @kube_options
 @user_errors
 def delete_command(name: str, wait: bool, timeout: float, namespace: str | None, context: str | None,
                    kubeconfig: str | None) -> None:
-    """Delete a ModelDeployment (the serving pods, Service and its own volume go with it)."""
+    """Delete a ModelDeployment (what the operator made for it goes with it)."""
     from kubernetes.client.exceptions import ApiException
 
     kube = Kube.connect(kubeconfig, context, namespace)
