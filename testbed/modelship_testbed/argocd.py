@@ -12,8 +12,10 @@ loopback (its API server and UI are not needed, and not run):
   charts with the test bed's helm) and the application controller (compares and syncs; with
   `ARGOCD_FAKE_IN_CLUSTER` its in-cluster destination, `https://kubernetes.default.svc`, is the
   test bed's API server);
-- `git daemon`, serving the bare repositories under `<state>/argocd/git/` as
-  `git://127.0.0.1:<port>/<name>.git`, pushes included (`create_repo`, `git_url`).
+- `git daemon`, serving the bare repositories under `<state>/argocd/git/` read-only as
+  `git://127.0.0.1:<port>/<name>.git` (`create_repo`, `git_url`); commits are pushed to the
+  bare repository's path (`push_path`), so no account of the machine can push over loopback
+  what Argo CD would apply; Redis has a password of its own for the same reason.
 
 They run under a supervisor of their own (`python -m modelship_testbed.supervisor --addon
 argocd`), which restarts one that dies; `modelship testbed down` stops them first.
@@ -59,6 +61,16 @@ def git_root() -> Path:
     return home() / "git"
 
 
+def redis_password() -> str:
+    """Made once per test bed, kept in <state>/argocd/redis-password (0600)."""
+    path = home() / "redis-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(24))
+    return path.read_text().strip()
+
+
 def _needs() -> None:
     missing = [t for t in ("redis-server", "git") if shutil.which(t) is None]
     if missing:
@@ -77,13 +89,17 @@ def component_specs(cfg: TestbedConfig) -> list:
     env = {"PATH": f"{bin_dir}:{helm_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
            "HOME": str(h / "home"), "TMPDIR": str(h / "tmp"), "ARGOCD_GPG_ENABLED": "false",
            "HELM_CACHE_HOME": str(h / "helm" / "cache"), "HELM_CONFIG_HOME": str(h / "helm" / "config"),
-           "HELM_DATA_HOME": str(h / "helm" / "data")}
+           "HELM_DATA_HOME": str(h / "helm" / "data"), "REDIS_PASSWORD": redis_password()}
     return [
+        # Redis with a password of its own: it holds the manifests the controller applies, and
+        # loopback is shared by every account of the machine.
         Spec("argocd-redis", [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
                               "--port", str(ports.argocd_redis), "--save", "", "--appendonly", "no",
-                              "--dir", str(h)], f"tcp://{redis}"),
+                              "--dir", str(h), "--requirepass", redis_password()], f"tcp://{redis}"),
+        # Read-only: commits go straight into the bare repositories (`push_path`), never over the
+        # network, so no other account of the machine can push what Argo CD would apply.
         Spec("git-daemon", ["git", "daemon", "--listen=127.0.0.1", f"--port={ports.git}", "--reuseaddr",
-                            "--export-all", "--enable=receive-pack", "--informative-errors",
+                            "--export-all", "--informative-errors",
                             f"--base-path={git_root()}", str(git_root())], f"tcp://127.0.0.1:{ports.git}",
              env={"HOME": str(h / "home")}),
         Spec("argocd-repo-server", [
@@ -183,22 +199,22 @@ def read_status() -> dict | None:
 def up(log: Log, timeout: float = 120.0) -> None:
     """Start Argo CD beside a running test bed (nothing happens when it already runs)."""
     _needs()
-    if supervisor_pid():
-        st = read_status() or {}
-        if st.get("phase") == "ready":
+    start = time.monotonic()
+    cfg = TestbedConfig.load()
+    if supervisor_pid():  # up, or still starting (an earlier `up` interrupted): never a second one
+        if (read_status() or {}).get("phase") == "ready":
             log(f"Argo CD already up (supervisor pid {supervisor_pid()})")
             return
-    start = time.monotonic()
-    binaries.ensure("argocd", log)
-    binaries.ensure("helm", log)
-    cfg = TestbedConfig.load()
-    for sub in ("git", "home", "tmp", "helm"):
-        (home() / sub).mkdir(parents=True, exist_ok=True)
-    install(log)
-    (home() / "status.json").unlink(missing_ok=True)
-    with open(cfg.dir / "logs" / "argocd-supervisor.log", "ab") as out:
-        subprocess.Popen([sys.executable, "-m", "modelship_testbed.supervisor", "--addon", ADDON],
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=cfg.dir)
+    else:
+        binaries.ensure("argocd", log)
+        binaries.ensure("helm", log)
+        for sub in ("git", "home", "tmp", "helm"):
+            (home() / sub).mkdir(parents=True, exist_ok=True)
+        install(log)
+        (home() / "status.json").unlink(missing_ok=True)
+        with open(cfg.dir / "logs" / "argocd-supervisor.log", "ab") as out:
+            subprocess.Popen([sys.executable, "-m", "modelship_testbed.supervisor", "--addon", ADDON],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=cfg.dir)
     deadline = time.monotonic() + timeout
     said: set[str] = set()
     while time.monotonic() < deadline:
@@ -225,7 +241,10 @@ def down(log: Log, keep_data: bool = False) -> None:
     pid = supervisor_pid()
     st = read_status() or {}
     if pid:
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:  # (gone since it was found)
+            pass
         deadline = time.monotonic() + 60
         while supervisor_pid() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -256,9 +275,15 @@ def git_url(repo: str, cfg: TestbedConfig | None = None) -> str:
     return f"git://127.0.0.1:{cfg.ports.git}/{repo}.git"
 
 
+def push_path(repo: str) -> Path:
+    """Where commits for a repository are pushed: the bare repository itself (the daemon serves
+    it read-only)."""
+    return git_root() / f"{repo}.git"
+
+
 def create_repo(repo: str) -> str:
     """A new, empty bare repository served by the git daemon (replacing one of the same name);
-    its git:// URL, which takes pushes."""
+    its git:// URL, which Argo CD reads (push to `push_path(repo)`)."""
     path = git_root() / f"{repo}.git"
     shutil.rmtree(path, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)

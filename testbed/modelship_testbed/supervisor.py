@@ -11,8 +11,9 @@ Progress and health are written to `<state>/status.json`, which `modelship testb
 and `status` read. Run as `python -m modelship_testbed.supervisor`.
 
 An add-on (Argo CD: `modelship testbed up --argocd`) runs under a supervisor of its own
-(`python -m modelship_testbed.supervisor --addon argocd`), with its status, pid file and
-logs under `<state>/<addon>/`; `modelship testbed down` stops it before the cluster.
+(`python -m modelship_testbed.supervisor --addon argocd`), with its status and pid file under
+`<state>/<addon>/` (its components' logs beside the others' in `<state>/logs/`); `modelship
+testbed down` stops it before the cluster.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ ARGO = ("argoproj.io", "v1alpha1", "argocd", "applications")
 
 
 class Git:
-    """A working copy whose commits are pushed over git:// to the test bed's git daemon."""
+    """A working copy whose commits are pushed into a bare repository that the test bed's git
+    daemon serves to Argo CD as `url`."""
 
-    def __init__(self, url: str, work: Path):
-        self.url, self.work = url, work
+    def __init__(self, url: str, push: Path, work: Path):
+        self.url, self.push, self.work = url, push, work
         work.mkdir(parents=True, exist_ok=True)
         self.run("init", "-q", "-b", "main")
 
@@ -33,7 +34,7 @@ class Git:
         """Commit everything and push; the new commit's sha."""
         self.run("add", "-A")
         self.run("commit", "-q", "-m", message)
-        self.run("push", "-q", self.url, "main")
+        self.run("push", "-q", str(self.push), "main")
         return self.run("rev-parse", "HEAD").strip()
 
 
@@ -52,7 +53,8 @@ class Seen:
 @dataclass
 class Watch:
     """Polls the Applications every `interval` seconds in a thread of its own; while `strict`
-    holds for an app, any state of it that is not Synced is a drift."""
+    holds for an app, an OutOfSync state of it is a drift (Unknown, a comparison that failed
+    for a moment, is kept apart in `unknown`)."""
 
     custom: object  # kubernetes.client.CustomObjectsApi
     apps: list[str]
@@ -60,6 +62,7 @@ class Watch:
     seen: list[Seen] = field(default_factory=list)
     strict: set[str] = field(default_factory=set)
     drifts: list[Seen] = field(default_factory=list)
+    unknown: list[Seen] = field(default_factory=list)
     refreshes_asked: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -81,13 +84,14 @@ class Watch:
         while not self._stop.wait(self.interval):
             for app in self.apps:
                 try:
-                    obj = self.get(app)
+                    s = seen_of(app, self.get(app))
                 except Exception:  # (a moment without the API server is not a state of the app)
                     continue
-                s = seen_of(app, obj)
                 self.seen.append(s)
-                if app in self.strict and s.sync != "Synced":
+                if app in self.strict and s.sync == "OutOfSync":
                     self.drifts.append(s)
+                elif app in self.strict and s.sync != "Synced":
+                    self.unknown.append(s)
 
     def latest(self, app: str) -> Seen | None:
         return next((s for s in reversed(self.seen) if s.app == app), None)

@@ -185,7 +185,7 @@ def stack(argo, cluster, api, core, hub, tmp_path_factory):
     for ns in (system, models):
         core.create_namespace({"metadata": {"name": ns}})
     url = argo.create_repo(f"gitops-{tag}")
-    git = Git(url, tmp_path_factory.mktemp("gitops"))
+    git = Git(url, argo.push_path(f"gitops-{tag}"), tmp_path_factory.mktemp("gitops"))
     s = Stack(cluster, client.CustomObjectsApi(api), git, tag, system, models, hub.url)
     shutil.copytree(REPO / "charts" / "modelship", git.work / "charts" / "modelship")
     git.write("values/modelship.yaml", yaml.safe_dump(s.chart_values()))
@@ -205,9 +205,12 @@ def stack(argo, cluster, api, core, hub, tmp_path_factory):
 
 
 def report(stack, what: str, since: float) -> None:
+    assert stack.watch.observations(stack.models_app, since) > 0, "the watcher saw nothing"
+    assert stack.watch.observations(stack.chart_app, since) > 0, "the watcher saw nothing"
     print(f"zero drift through {what}: {stack.watch.observations(stack.models_app, since)} observations of the "
           f"models' Application, {stack.watch.refreshes(stack.models_app, since)} comparisons by Argo CD, "
-          f"{sum(1 for d in stack.watch.drifts if d.t >= since)} not Synced")
+          f"{sum(1 for d in stack.watch.drifts if d.t >= since)} OutOfSync, "
+          f"{sum(1 for d in stack.watch.unknown if d.t >= since)} Unknown (a comparison that failed)")
 
 
 def test_both_applications_sync_and_the_model_goes_progressing_then_healthy(stack):
@@ -227,10 +230,11 @@ def test_both_applications_sync_and_the_model_goes_progressing_then_healthy(stac
     wait_for(healthy, 300, "both Applications to be Synced and Healthy", stack.show, interval=1.0)
     wait_for(lambda: stack.watch.latest(stack.models_app).models.get("smollm2", ("",))[0] == "Healthy", 10,
              "the watch to see it too")
+    stack.watch.strict.add(stack.chart_app)  # from here the chart's Application must stay Synced too
     healths = [s.models["smollm2"] for s in stack.watch.seen if s.app == stack.models_app and "smollm2" in s.models]
     order = [h for i, (h, _) in enumerate(healths) if i == 0 or healths[i - 1][0] != h]
     assert order[-1] == "Healthy" and "Progressing" in order and "Degraded" not in order, order
-    progress = [m for h, m in healths if h == "Progressing" and "%" in m]
+    progress = [m for h, m in healths if h == "Progressing" and "%" in m and "MiB" in m]  # the check's own text
     assert progress, f"no download progress seen in Argo CD's health messages: {sorted(set(m for _, m in healths))}"
     assert stack.md("smollm2")["status"]["phase"] == "Ready"
     answer = httpx.post(f"{stack.router_url()}/v1/chat/completions", timeout=120, json={
@@ -256,11 +260,15 @@ def test_no_drift_through_an_operator_restart_and_a_helm_upgrade(stack):
     # `helm upgrade` of the chart, the GitOps way: a commit of its values (the operator's log
     # level: the operator's pods roll). The chart's Application follows the commit; the
     # models' must not notice.
+    stack.watch.strict.discard(stack.chart_app)  # (a commit of its own: it must see it)
     stack.git.write("values/modelship.yaml", yaml.safe_dump(stack.chart_values(logLevel="DEBUG")))
     rev = stack.git.commit("operator: debug logs")
     stack.watch.refresh(stack.chart_app)
     wait_for(lambda: stack.synced_healthy(stack.chart_app, rev), 180, "the chart's Application to sync the upgrade",
              stack.show)
+    wait_for(lambda: (s := stack.watch.latest(stack.chart_app)).revision == rev and s.sync == "Synced", 10,
+             "the watch to see the chart synced")
+    stack.watch.strict.add(stack.chart_app)
     stack.refreshing(9)
     assert stack.md("smollm2")["status"]["phase"] == "Ready"
     assert not stack.watch.drifts, stack.watch.drifts
@@ -295,6 +303,19 @@ def test_no_drift_while_autoscaling_goes_up_down_to_zero_and_wakes(stack):
     assert not stack.watch.drifts, stack.watch.drifts
     assert stack.md("smollm2")["metadata"]["generation"] == 1, "the operator wrote the spec"
     report(stack, "autoscaling 1 -> 2 -> 0 -> 1", since)
+
+
+def test_self_heal_puts_back_a_spec_edited_by_hand(stack):
+    """Argo CD's selfHeal: the ModelDeployment edited outside git is put back as git has it."""
+    stack.watch.strict.discard(stack.models_app)  # (the edit is a drift Argo CD must see, and undo)
+    stack.cluster.kubectl("patch", "md", "smollm2", "-n", stack.models, "--type=merge",
+                          "-p", '{"spec": {"serving": {"contextLength": 1024}}}')
+    wait_for(lambda: stack.md("smollm2")["spec"]["serving"]["contextLength"] == 2048, 120,
+             "Argo CD to undo the edit", stack.show)
+    wait_for(lambda: stack.synced_healthy(stack.models_app), 120, "the models' Application to be Synced again",
+             stack.show)
+    wait_for(lambda: stack.watch.latest(stack.models_app).sync == "Synced", 10, "the watch to see it too")
+    stack.watch.strict.add(stack.models_app)
 
 
 def test_a_deleted_child_is_put_back_and_never_out_of_sync(stack):

@@ -151,13 +151,14 @@ def test_a_missing_lease_is_created_by_one_replica_owned_by_its_service_account(
     token.write_text("e30." + base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=") + ".sig")
     api = Leases(exists=False)
     a = election(api, "a", owner=lambda: leader.service_account(token))
-    b = election(api, "b", owner=lambda: None)
+    b = election(api, "b", owner=lambda: ("elsewhere", "op", "u-2"))  # another namespace: no owner
     assert run(a.try_acquire_or_renew(1))
     assert api.lease.spec.holder_identity == "a" and api.lease.spec.lease_transitions == 0
     assert [(o.kind, o.name, o.uid) for o in api.lease.metadata.owner_references] == [("ServiceAccount", "op", "u-1")]
     assert not run(b.try_acquire_or_renew(1))  # held and fresh
-    api.lease = None
-    b.observed = ()
+    api.lease = None  # deleted under a holder b saw a moment ago: b waits out that holder's lease
+    assert not run(b.try_acquire_or_renew(1)) and api.lease is None
+    time.sleep(0.65)
     assert run(b.try_acquire_or_renew(1)) and api.lease.metadata.owner_references is None
     a.leading = True  # its Lease deleted under a leader: it no longer leads
     api.lease = None

@@ -473,6 +473,10 @@ def test_crashing_pods_have_a_reason_of_their_own():
     ready = cond(p, "Ready")
     assert (p.status["phase"], ready["reason"]) == ("Degraded", "CrashLoopBackOff")
     assert "CrashLoopBackOff (last exit code 1)" in ready["message"]
+    # A rollout whose new pods crash (updated < want) says so too, not RollingOut forever.
+    rolling = obs_deployment(md, r, ready=1, replicas=2, updated=1)
+    p = run(md, r, observed(md, r, "Complete", deployment=rolling, pods=[crashing]))
+    assert cond(p, "Ready")["reason"] == "CrashLoopBackOff" and "rolling out" in cond(p, "Ready")["message"]
     gone = {**crashing, "metadata": {**crashing["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
     p = run(md, r, observed(md, r, "Complete", deployment=dep, pods=[gone]))
     assert cond(p, "Ready")["reason"] == "ReplicasNotReady"  # a pod being deleted does not count

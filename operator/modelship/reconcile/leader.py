@@ -42,14 +42,14 @@ log = logging.getLogger("modelship")
 TOKEN = Path(SERVICE_ACCOUNT_TOKEN)
 
 
-def service_account(token: Path = TOKEN) -> tuple[str, str] | None:
-    """(name, uid) of the ServiceAccount whose token this pod mounts, from the token's own claims
-    (read, not verified: it is this pod's token); None outside a pod or for a legacy token."""
+def service_account(token: Path = TOKEN) -> tuple[str, str, str] | None:
+    """(namespace, name, uid) of the ServiceAccount whose token this pod mounts, from the token's
+    own claims (read, not verified: it is this pod's token); None outside a pod or for a legacy
+    token."""
     try:
         payload = token.read_text().split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        sa = claims["kubernetes.io"]["serviceaccount"]
-        return sa["name"], sa["uid"]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["kubernetes.io"]
+        return claims["namespace"], claims["serviceaccount"]["name"], claims["serviceaccount"]["uid"]
     except (OSError, IndexError, KeyError, TypeError, ValueError):
         return None
 
@@ -72,7 +72,8 @@ class Election:
     leading: bool = field(default=False, init=False)
     # Lease calls never wait behind reconciles for a thread of the default pool.
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "lease"), init=False)
-    owner: Callable[[], tuple[str, str] | None] = service_account  # () -> (ServiceAccount name, uid) owning a Lease this replica creates
+    # () -> (namespace, name, uid) of the ServiceAccount that owns a Lease this replica creates
+    owner: Callable[[], tuple[str, str, str] | None] = service_account
 
     async def _call(self, timeout: float, fn, *args):
         """One API call, bounded by `timeout` seconds (on the wire and here)."""
@@ -121,13 +122,20 @@ class Election:
         """The Lease made, held by this replica; False when another replica made it first."""
         if self.leading:
             raise Lost(f"lease {self.namespace}/{self.name} was deleted")
+        held_by, _, _ = self.observed or ("", None, None)
+        if held_by and time.monotonic() < self.observed_at + self.lease_seconds:
+            # Deleted under a holder seen a moment ago: it may still be working until its next
+            # renewal finds the Lease gone; wait out its lease, as for a holder that went silent.
+            return False
         now = dt.datetime.now(dt.timezone.utc)
         meta = client.V1ObjectMeta(name=self.name, namespace=self.namespace, labels={
             "app.kubernetes.io/component": "operator", "app.kubernetes.io/managed-by": "modelship"})
         owner = self.owner()
+        if owner and owner[0] != self.namespace:
+            owner = None  # an owner in another namespace would not resolve: the collector would delete it
         if owner:
             meta.owner_references = [client.V1OwnerReference(api_version="v1", kind="ServiceAccount",
-                                                             name=owner[0], uid=owner[1])]
+                                                             name=owner[1], uid=owner[2])]
         lease = client.V1Lease(metadata=meta, spec=client.V1LeaseSpec(
             holder_identity=self.identity, lease_duration_seconds=int(self.lease_seconds), acquire_time=now,
             renew_time=now, lease_transitions=0))
@@ -138,7 +146,7 @@ class Election:
                 return False
             raise
         log.info("created lease %s/%s%s", self.namespace, self.name,
-                 f" (owned by ServiceAccount {owner[0]})" if owner else "")
+                 f" (owned by ServiceAccount {owner[1]})" if owner else "")
         return True
 
     async def _attempt(self, timeout: float) -> bool:

@@ -278,17 +278,18 @@ def serving_stage(md: ModelDeployment, resolved: ResolvedModel, placement: Place
                                              f"{'up' if rollout.replicas <= want else 'down'}{note}")
         return status.finish("Ready", actions, events, 15.0)
     detail = ("; " + "; ".join(facts.problems)) if facts.problems else ""
+    # Crashing pods: a reason of their own whatever else is going on (waking, rolling out), for
+    # tools that read reasons, not messages (Argo CD's Lua has no string library to search with).
+    crash = "CrashLoopBackOff" if facts.crash_looping else None
     if scale and rollout.ready == 0 and want > 0 and scale.status["reason"] in ("Woken", "WaitingForRoom", "Placed"):
-        status.set("Ready", "False", "Waking", f"waking from zero: {rollout.replicas}/{want} replicas started, none "
+        status.set("Ready", "False", crash or "Waking", f"waking from zero: {rollout.replicas}/{want} replicas started, none "
                                                f"ready yet{detail}{note}")
         return status.finish("Starting", actions, events, 15.0)
     if rolling or not settled or rollout.updated < want:
-        status.set("Ready", "False", "RollingOut", f"rolling out the serving pods: {rollout.updated}/{want} updated, "
+        status.set("Ready", "False", crash or "RollingOut", f"rolling out the serving pods: {rollout.updated}/{want} updated, "
                                                    f"{rollout.ready} ready{detail}{note}")
         return status.finish("Starting", actions, events, 15.0)
-    # Crashing pods: a reason of their own, for tools that read reasons, not messages (Argo CD's
-    # Lua has no string library to search a message with).
-    status.set("Ready", "False", "CrashLoopBackOff" if facts.crash_looping else "ReplicasNotReady",
+    status.set("Ready", "False", crash or "ReplicasNotReady",
                f"{rollout.ready}/{want} replicas ready{detail}{note}")
     return status.finish("Degraded" if rollout.ready > 0 else "Starting", actions, events, 15.0)
 
