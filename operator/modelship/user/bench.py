@@ -92,9 +92,9 @@ def table(result: dict[str, Any]) -> None:
     cfg = result["configuration"]
     t = Table(title=f"{cfg['model']} via {cfg['api']} ({cfg['prompt_tokens']} prompt tokens, "
                     f"at most {cfg['max_tokens']} generated)")
-    for name in ("conc.", "requests", "errors", "prompt tok/s", "gen. tok/s", "TTFT p50/p90/p99 ms",
-                 "latency p50/p90/p99 ms"):
-        t.add_column(name, justify="right")
+    for name in ("conc.", "req.", "err.", "prompt\ntok/s", "gen.\ntok/s", "TTFT ms\np50/p90/p99",
+                 "latency ms\np50/p90/p99"):
+        t.add_column(name, justify="right", no_wrap=True)
 
     def three(p: dict) -> str:
         return "/".join("-" if p[k] is None else f"{p[k]:.0f}" for k in ("p50", "p90", "p99"))
