@@ -123,7 +123,10 @@ def interactive(client: Any, url: str, talk: Conversation) -> None:
                 return
             con.print(said, highlight=False, markup=False)
             continue
-        turn(client, url, talk, line)
+        try:
+            turn(client, url, talk, line)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer (not kept), not the session
+            con.print("\n(interrupted)", highlight=False)
 
 
 def once(client: Any, url: str, talk: Conversation, prompt: str) -> None:
