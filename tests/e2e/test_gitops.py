@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -241,6 +244,13 @@ def test_both_applications_sync_and_the_model_goes_progressing_then_healthy(stac
         "model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 16, "temperature": 0})
     assert answer.status_code == 200, answer.text
+    # The same through `modelship chat` with no --router-url: it finds the chart's router Service
+    # and port-forwards to a router pod through the API server itself.
+    chat = subprocess.run([str(Path(sys.executable).with_name("modelship")), "chat", "smollm2", "-n", stack.models,
+                           "--max-tokens", "16", "--temperature", "0"], input="What is the capital of France?\n",
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "KUBECONFIG": stack.cluster.kubeconfig, "NO_COLOR": "1"})
+    assert chat.returncode == 0 and chat.stdout.strip(), (chat.stdout, chat.stderr)
     assert not stack.watch.drifts, stack.watch.drifts
     report(stack, "the download, the start and the first answer", stack.watch.seen[0].t)
 

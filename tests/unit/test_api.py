@@ -93,8 +93,10 @@ def test_every_condition_reason_the_operator_writes_is_documented():
     reasons |= set(re.findall(r'blocked\("([A-Za-z]+)"', source))
     reasons |= set(re.findall(r'Event\("Warning", "([A-Za-z]+)"', source))
     reasons |= set(re.findall(r'reason = "([A-Za-z]+)" if', source))
+    reasons |= set(re.findall(r'"(?:True|False)", \w+ or "([A-Za-z]+)"', source))  # crash or "RollingOut"
+    reasons |= set(re.findall(r'crash = "([A-Za-z]+)" if', source))
     assert {"PoolNotFound", "Downloading", "RollingOut", "RepoNotFound", "ClaimNotFound", "ApplyRejected",
-            "WaitingForDownload"} <= reasons, reasons  # the scan finds reasons however they are written
+            "WaitingForDownload", "Waking", "CrashLoopBackOff"} <= reasons, reasons  # the scan finds reasons however they are written
     readme = (REPO / "docs" / "reference.md").read_text()
     missing = sorted(r for r in reasons if f"`{r}`" not in readme)
     assert not missing, f"docs/reference.md does not explain the condition reasons {missing}"

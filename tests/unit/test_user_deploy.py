@@ -278,3 +278,20 @@ def test_wait_ignores_a_status_of_an_older_generation(stub):
                           "status": {**READY["status"], "observedGeneration": 2}}])
     assert watch.settled(stale) is None
     assert run("status", "smollm2", "--wait").exit_code == 0
+
+
+def test_set_reaches_any_spec_field_and_bad_ones_are_one_line():
+    from click.testing import CliRunner
+
+    from modelship.cli import main
+
+    out = CliRunner().invoke(main, ["deploy", "org/m-GGUF", "--set", "serving.chatTemplate=chatml", "--set",
+                                    "serving.contextLength=2048", "--set", "router.aliases=[a, b]", "--dry-run",
+                                    "-o", "json"])
+    assert out.exit_code == 0, out.output
+    spec = json.loads(out.output)["spec"]
+    assert spec["serving"] == {"chatTemplate": "chatml", "contextLength": 2048} and spec["router"]["aliases"] == ["a", "b"]
+    for bad, said in ((["--set", "serving"], "write FIELD=VALUE"), (["--set", "serving.nope=1"], "nope"),
+                      (["--set", "serving.contextLength=lots"], "contextLength")):
+        out = CliRunner().invoke(main, ["deploy", "org/m-GGUF", *bad, "--dry-run"])
+        assert out.exit_code == 2 and said in out.output and "Traceback" not in out.output, out.output

@@ -72,6 +72,31 @@ def spec_dict(repo: str, revision: str | None, quant: str | None, engine: str, g
     return spec
 
 
+def apply_sets(spec: dict, sets: tuple[str, ...]) -> dict:
+    """`--set serving.chatTemplate=chatml`: any other spec field, by its API path (camelCase,
+    dots), the value read as YAML (`2048` a number, `true` a boolean, `[a, b]` a list)."""
+    import yaml
+
+    for item in sets:
+        path, eq, raw = item.partition("=")
+        keys = path.strip().split(".")
+        if not eq or not all(keys):
+            raise UserError(f"--set {item!r}: write FIELD=VALUE with the spec's field path, for example "
+                            "--set serving.contextLength=4096", EXIT_USAGE)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = spec
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {key} is not an object", EXIT_USAGE)
+            node = child
+        node[keys[-1]] = value
+    return spec
+
+
 def string_rules(model: Any) -> dict[str, list[tuple[str, str | None, str]]]:
     """A model's `self.matches('...')` rules (and `!self.contains('..')`), by field (camelCase),
     as (pattern, forbidden substring, message); list items' rules under the list's name."""
@@ -163,6 +188,8 @@ Examples:
   modelship deploy Qwen/Qwen2.5-0.5B-Instruct@main --engine tgi --gpus 1 --pool gpu
   modelship deploy TheBloke/Mistral-7B-Instruct-v0.2-GGUF --name mistral --alias mistral-7b \\
       --min-replicas 0 --max-replicas 3
+  modelship deploy HuggingFaceTB/SmolLM2-135M-Instruct-GGUF --set serving.chatTemplate=chatml \\
+      --set serving.contextLength=2048
   modelship deploy HuggingFaceTB/SmolLM2-135M-Instruct-GGUF --dry-run -o yaml > smollm2.yaml
 
 \b
@@ -181,6 +208,8 @@ Exit codes: 0 done; 1 failed (the name exists, or it went Failed with --wait);
 @click.option("--max-replicas", type=int, default=None, help="Autoscaling: most replicas; turns autoscaling on.")
 @click.option("--name", default=None, help="ModelDeployment name (default: from the repo's name).")
 @click.option("--alias", "aliases", multiple=True, help="Another model name for requests (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Any other spec field by its path, e.g. serving.chatTemplate=chatml (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the ModelDeployment; create nothing.")
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
               help="With --dry-run: the format.")
@@ -191,12 +220,13 @@ Exit codes: 0 done; 1 failed (the name exists, or it went Failed with --wait);
 @user_errors
 def deploy_command(ref: str, quant: str | None, engine: str, gpus: int | None, pool: str | None,
                    replicas: int | None, min_replicas: int | None, max_replicas: int | None, name: str | None,
-                   aliases: tuple[str, ...], dry_run: bool, output: str, wait: bool, timeout: float,
-                   namespace: str | None, context: str | None, kubeconfig: str | None) -> None:
+                   aliases: tuple[str, ...], sets: tuple[str, ...], dry_run: bool, output: str, wait: bool,
+                   timeout: float, namespace: str | None, context: str | None, kubeconfig: str | None) -> None:
     """Serve a Hugging Face model: create a ModelDeployment for REPO (at REVISION: a branch, tag
     or commit; default main)."""
     repo, revision = split_ref(ref)
-    spec = spec_dict(repo, revision, quant, engine, gpus, pool, replicas, min_replicas, max_replicas, aliases)
+    spec = apply_sets(spec_dict(repo, revision, quant, engine, gpus, pool, replicas, min_replicas, max_replicas,
+                                aliases), sets)
     name = name or derive_name(repo)
     if dry_run:
         from .render import dump
