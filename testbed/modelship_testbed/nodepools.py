@@ -37,8 +37,9 @@ def pool_labels(pool: str, name: str, gpu_product: str, gpus: int) -> dict[str, 
         POOL_LABEL: pool,
     }
     if gpus:
+        # As NVIDIA's GPU feature discovery labels a node (gpu.memory in MiB: an H100 80GB's).
         labels.update({"nvidia.com/gpu.product": gpu_product, "nvidia.com/gpu.count": str(gpus),
-                       "nvidia.com/gpu.present": "true"})
+                       "nvidia.com/gpu.present": "true", "nvidia.com/gpu.memory": "81559"})
     return labels
 
 

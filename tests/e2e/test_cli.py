@@ -19,7 +19,7 @@ import pytest
 
 from ..conftest import REPO, wait_for
 from ..integration.conftest import (POOLS, SMOLLM2_FILE, SMOLLM2_SHA, HelmOperator,  # noqa: F401
-                                    crd_installed)
+                                    crd_installed, kwok_pools)
 from ..integration.test_autoscaling import Router
 
 pytestmark = [pytest.mark.integration, pytest.mark.localnode, pytest.mark.slow]
@@ -63,6 +63,37 @@ def test_deploy_dry_run_is_accepted_by_the_api_server(cluster, crd_installed, na
     applied = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=out.stdout)
     assert "(server dry run)" in applied
     assert not cluster.kubectl("get", "md", "-n", namespace, "-o", "name")  # nothing was made
+
+
+def test_search_says_whether_the_default_pick_fits_the_operators_pools(cluster, namespace, crd_installed,
+                                                                      kwok_pools, tmp_path):
+    """`search --pool`: the pools of the operator's own settings (its ConfigMap, as the chart makes
+    it), their nodes' GPU memory (the kwok GPU node's nvidia.com/gpu.memory) or memory."""
+    from modelship_testbed.hub_fake import FakeHub, FakeRepo
+
+    h = FakeHub()
+    big = b"\0" * (48 << 20)  # 48 MiB of "weights", named as the Hub names a 7B's quantizations
+    h.add_repo(FakeRepo("org/Small-GGUF", {"1" * 40: {"small.Q4_K_M.gguf": big, "small.Q8_0.gguf": big + big}},
+                        {"main": "1" * 40}))
+    h.start()
+    op = HelmOperator(cluster, namespace, tmp_path, h.url)
+    try:
+        op.start(pools=kwok_pools)
+        # The gpu pool: an H100's 81559 MiB x its maxGpus (8); the cpu pool: its kwok node's 128Gi.
+        for pool, capacity in (("gpu", 81559 * 2**20 * 8), ("cpu", 128 * 2**30)):
+            out = ms(cluster, "search", "small", "--endpoint", h.url, "--pool", pool, "--operator-namespace",
+                     namespace, "-o", "json")
+            assert out.returncode == 0, out.stderr
+            row = json.loads(out.stdout)[0]
+            assert row["repo"] == "org/Small-GGUF" and "Q4_K_M" in json.dumps(row), row
+            assert row["fits"]["pool"] == pool and row["fits"]["capacity"] == capacity, row["fits"]
+            assert row["fits"]["fits"] is True and 48 << 20 < row["fits"]["needed"] < 96 << 20, row["fits"]
+        unknown = ms(cluster, "search", "small", "--endpoint", h.url, "--pool", "nope", "--operator-namespace",
+                     namespace)
+        assert unknown.returncode != 0 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+    finally:
+        op.stop()
+        h.stop()
 
 
 @pytest.fixture

@@ -260,6 +260,9 @@ def show(ref, quant, endpoint, token, output):
         resolved = HubResolver().resolve(source, endpoint, token)
         gated, quants = _repo_facts(source, resolved.sha, endpoint, token)
     except ResolveError as e:
+        if e.transient:  # (the operator's words say it retries, and where to set a mirror: not this command's)
+            raise UserError(f"{endpoint} did not answer well ({e.reason}); check --endpoint / $HF_ENDPOINT and "
+                            "try again", EXIT_FAILED) from None
         raise UserError(e.message, EXIT_NOT_FOUND if e.reason in NOT_FOUND_REASONS else EXIT_FAILED) from None
     _print_show(describe(resolved, gated, quants), output)
 
