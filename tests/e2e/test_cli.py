@@ -90,7 +90,7 @@ def test_search_says_whether_the_default_pick_fits_the_operators_pools(cluster, 
             assert row["fits"]["fits"] is True and 48 << 20 < row["fits"]["needed"] < 96 << 20, row["fits"]
         unknown = ms(cluster, "search", "small", "--endpoint", h.url, "--pool", "nope", "--operator-namespace",
                      namespace)
-        assert unknown.returncode != 0 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+        assert unknown.returncode == 1 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
     finally:
         op.stop()
         h.stop()

@@ -275,3 +275,55 @@ def test_search_with_an_unknown_pool_or_no_cluster_is_one_line(hub, cluster):
     cluster.down = True
     r = search(hub, "--pool", "small", code=1)
     assert "cannot reach the cluster" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_repo_with_safetensors_and_gguf_marks_no_default_quantization():
+    """The operator serves such a repo's safetensors (TGI) unless a quantization is asked for, so
+    no quantization is its default pick."""
+    from modelship.reconcile.resolve import HubResolver
+    from modelship.user.search import default_format, quantizations
+
+    both = ["config.json", "model.safetensors", "tokenizer.json", "m-Q4_K_M.gguf", "m-Q8_0.gguf"]
+    assert default_format(both) == "safetensors" == HubResolver()._select(
+        __import__("modelship.api", fromlist=["ModelSource"]).ModelSource(repo="o/m"), both,
+        lambda ns: {n: (0, None, None) for n in ns})[0]
+    assert not any(q["default"] for q in quantizations(both, {}, default_format(both)))
+    gguf_only = both[3:]
+    assert [q["quantization"] for q in quantizations(gguf_only, {}, default_format(gguf_only)) if q["default"]] == \
+        ["Q4_K_M"]
+
+
+def test_unexpected_failures_and_markup_stay_one_line(tmp_path):
+    """An unreachable cluster (urllib3's errors are not OSErrors) is one line, and a condition
+    message with brackets is shown as written."""
+    from click.testing import CliRunner
+
+    from modelship.cli import main
+    from modelship.user.render import conditions_table
+
+    kubeconfig = tmp_path / "kc"
+    kubeconfig.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    out = CliRunner().invoke(main, ["ls", "--kubeconfig", str(kubeconfig)])
+    assert out.exit_code == 1 and "cannot reach the cluster's API server" in out.output, out.output
+    assert "Traceback" not in out.output
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(conditions_table({"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "X", "message": "path [/models] missing [bold]"}]}}))
+    assert "path [/models] missing [bold]" in console.export_text()
+
+
+def test_show_of_a_gated_repo_without_a_token_names_the_flag(hub):
+    from click.testing import CliRunner
+
+    from modelship.cli import main
+
+    out = CliRunner().invoke(main, ["show", "org/gated-chat-GGUF", "--endpoint", hub.url])
+    assert out.exit_code == 1 and "--token" in out.output and "Traceback" not in out.output, out.output

@@ -88,7 +88,9 @@ def turn(client: Any, url: str, talk: Conversation, prompt: str) -> bool:
     try:
         answer = stream_answer(client, url, talk.request(prompt), show)
     except RouterError as e:
-        err_console().print(f"[red]Error:[/red] {e.line()}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        err_console().print(f"[red]Error:[/red] {escape(e.line())}", highlight=False, markup=True)
         return True
     except httpx.TransportError as e:
         raise UserError(f"cannot reach the router at {url} ({type(e).__name__}: {e})", EXIT_FAILED) from None

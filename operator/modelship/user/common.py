@@ -51,8 +51,23 @@ def user_errors(fn: Callable) -> Callable:
             raise UserError(api_message(e), EXIT_NOT_FOUND if e.status == 404 else EXIT_FAILED) from None
         except OSError as e:
             raise UserError(f"{e.strerror or e}: {getattr(e, 'filename', '') or ''}".rstrip(": ")) from None
+        except Exception as e:  # noqa: BLE001 - the promise: one line, never a traceback
+            raise UserError(unexpected(e)) from None
 
     return wrapper
+
+
+def unexpected(e: Exception) -> str:
+    """A failure no branch above names: the cluster unreachable (urllib3's errors are not
+    OSErrors), or anything else, said in one line with its type."""
+    import urllib3
+
+    if isinstance(e, urllib3.exceptions.HTTPError):
+        reason = getattr(e, "reason", None) or e
+        return (f"cannot reach the cluster's API server ({type(reason).__name__}: {str(reason).splitlines()[0]}); "
+                "check `kubectl cluster-info`, or pass --context / --kubeconfig")
+    first = (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def api_message(e: Any) -> str:
@@ -65,7 +80,7 @@ def api_message(e: Any) -> str:
         body = {}
     what = body.get("message") or e.reason or "error"
     if e.status == 403:
-        return f"the API server refused: {what} (ask for RBAC rights on modeldeployments.modelship.io)"
+        return f"the API server refused: {what} (ask your cluster's admin for that right)"
     if e.status in (0, None) or e.status >= 500:
         return f"the API server did not answer well ({e.status} {what}); is the cluster up?"
     return f"{what}"

@@ -111,6 +111,7 @@ class PortForward:
         self.threads: list[threading.Thread] = []
 
     def __enter__(self) -> str:
+        self._probe()
         self._spawn(self._accept)
         return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
 
@@ -120,6 +121,14 @@ class PortForward:
             self.listener.close()
         for t in self.threads:
             t.join(timeout=2)
+
+    def _probe(self) -> None:
+        """One stream opened and closed first: a refusal (RBAC on pods/portforward, a pod gone)
+        is the API server's own answer now, as one line, not a dropped connection later."""
+        from kubernetes.stream import portforward
+
+        portforward(self.core.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
+                    ports=str(self.port)).close()
 
     def _spawn(self, target: Callable, *args: Any) -> None:
         t = threading.Thread(target=target, args=args, daemon=True, name=f"port-forward-{self.pod}")
@@ -133,7 +142,7 @@ class PortForward:
                 if ready:
                     conn, _ = self.listener.accept()
                     self._spawn(self._relay, conn)
-            except OSError:
+            except (OSError, ValueError):  # (the listener closed under select: stopping)
                 return
 
     def _relay(self, conn: socket.socket) -> None:

@@ -154,6 +154,7 @@ def endpoint_lines(obj: dict) -> list[str]:
 
 
 def conditions_table(obj: dict):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
@@ -161,8 +162,8 @@ def conditions_table(obj: dict):
         table.add_column(column, overflow="fold")
     for c in (obj.get("status") or {}).get("conditions") or []:
         style = {"True": "green", "False": "red"}.get(c.get("status"), "yellow")
-        table.add_row(c.get("type", ""), f"[{style}]{c.get('status', '')}[/]", c.get("reason", ""),
-                      c.get("message", ""))
+        table.add_row(escape(c.get("type", "")), f"[{style}]{escape(c.get('status', ''))}[/]",
+                      escape(c.get("reason", "")), escape(c.get("message", "")))
     return table
 
 

@@ -143,7 +143,8 @@ def _row(m, quant, gguf_only, include_gated, most, endpoint, token) -> dict | No
             "lastModified": m.last_modified.isoformat() if m.last_modified else None,
             "createdAt": m.created_at.isoformat() if m.created_at else None, "gated": bool(m.gated),
             "format": fmt, "engine": "llamacpp" if fmt == "gguf" else "tgi",
-            "pick": {"files": picked, "bytes": pick_bytes}, "quantizations": quantizations(names, sizes)}
+            "pick": {"files": picked, "bytes": pick_bytes},
+            "quantizations": quantizations(names, sizes, default_format(names))}
 
 
 def _sizes(m, paths: list[str], endpoint, token) -> dict[str, int]:
@@ -166,11 +167,30 @@ def _sizes(m, paths: list[str], endpoint, token) -> dict[str, int]:
     return {p: s[0] for p, s in got.items()}
 
 
-def quantizations(names: list[str], sizes: dict[str, int]) -> list[dict]:
-    """Every GGUF quantization of a repo, its files and size, and the resolver's default pick."""
+def default_format(names: list[str]) -> str:
+    """What the resolver serves when no quantization is asked for: the safetensors weights when
+    the repo has them (TGI), else its GGUF files (its own rule, `HubResolver._select`)."""
+    from ..reconcile.resolve import HubResolver
+
+    no_sizes = (lambda ns: {n: (0, None, None) for n in ns})
+    try:
+        return HubResolver()._select(_source_for(names), names, no_sizes)[0]
+    except Exception:  # (nothing servable: no default to mark)
+        return ""
+
+
+def _source_for(names: list[str]):
+    from ..api import ModelSource
+
+    return ModelSource(repo="org/any")
+
+
+def quantizations(names: list[str], sizes: dict[str, int], served_format: str | None = "gguf") -> list[dict]:
+    """Every GGUF quantization of a repo, its files and size, and the resolver's default pick
+    (none when the resolver serves the repo's safetensors instead)."""
     from ..reconcile.resolve import _is_gguf_model, choose_gguf, quant_tag
 
-    default = choose_gguf(names, None)
+    default = choose_gguf(names, None) if served_format == "gguf" else None
     by_tag: dict[str, list[str]] = {}
     for n in sorted(n for n in names if _is_gguf_model(n)):
         by_tag.setdefault(quant_tag(n) or n.rsplit("/", 1)[-1], []).append(n)
@@ -263,6 +283,10 @@ def show(ref, quant, endpoint, token, output):
         if e.transient:  # (the operator's words say it retries, and where to set a mirror: not this command's)
             raise UserError(f"{endpoint} did not answer well ({e.reason}); check --endpoint / $HF_ENDPOINT and "
                             "try again", EXIT_FAILED) from None
+        if e.reason in ("GatedRepo", "Unauthorized"):  # (the operator's words name its Secret, not this flag)
+            said = "is gated: it needs a token" if e.reason == "GatedRepo" else "refused the token given"
+            raise UserError(f"{source.repo} {said}; pass --token (or set $HF_TOKEN) with a token that has access "
+                            "to it", EXIT_FAILED) from None
         raise UserError(e.message, EXIT_NOT_FOUND if e.reason in NOT_FOUND_REASONS else EXIT_FAILED) from None
     _print_show(describe(resolved, gated, quants), output)
 
@@ -280,7 +304,7 @@ def _repo_facts(source, sha: str, endpoint: str, token: str | None) -> tuple[boo
         ggufs = [n for n in names if _is_gguf_model(n)]
         known = {s.rfilename: s for s in info.siblings or []}
         sizes = HubResolver()._sizes(ggufs, known, source, endpoint, token, sha) if ggufs else {}
-    return bool(info.gated), quantizations(names, {p: s[0] for p, s in sizes.items()})
+    return bool(info.gated), quantizations(names, {p: s[0] for p, s in sizes.items()}, default_format(names))
 
 
 def describe(resolved, gated: bool, quants: list[dict]) -> dict:
