@@ -205,7 +205,7 @@ def test_bench_counts_tokens_without_usage_and_counts_errors(fake):
     assert (run["requests"], run["errors"]) == (4, 2) and "retry in 7 s" in run["error_examples"][0]
     assert run["generated_tokens"] == 2 * USAGE["completion_tokens"]
     table = run_bench("nope", "--router-url", fake.url, "--requests", "2")
-    assert table.exit_code == 1 and "every request failed" in table.output and "404" in table.output
+    assert table.exit_code == 3 and "every request failed" in table.output and "404" in table.output  # as chat
 
 
 def test_bench_through_tgis_api(fake):

@@ -295,3 +295,36 @@ def test_set_reaches_any_spec_field_and_bad_ones_are_one_line():
                       (["--set", "serving.contextLength=lots"], "contextLength")):
         out = CliRunner().invoke(main, ["deploy", "org/m-GGUF", *bad, "--dry-run"])
         assert out.exit_code == 2 and said in out.output and "Traceback" not in out.output, out.output
+
+
+def test_the_kubeconfig_is_read_as_kubectl_reads_it(tmp_path):
+    """Several files in KUBECONFIG are merged; the context's namespace is the default."""
+    from modelship.user.common import Kube
+
+    def config(name: str, port: int, current: bool) -> str:
+        return (f"apiVersion: v1\nkind: Config\nclusters: [{{name: c{name}, cluster: {{server: 'https://127.0.0.1:{port}'}}}}]\n"
+                f"users: [{{name: u{name}, user: {{token: t}}}}]\n"
+                f"contexts: [{{name: {name}, context: {{cluster: c{name}, user: u{name}, namespace: ns-{name}}}}}]\n"
+                + (f"current-context: {name}\n" if current else ""))
+
+    (tmp_path / "a").write_text(config("a", 1, True))
+    (tmp_path / "b").write_text(config("b", 2, False))
+    both = f"{tmp_path / 'a'}:{tmp_path / 'b'}"
+    assert Kube.connect(both, "b", None).namespace == "ns-b"
+    current = Kube.connect(both, None, None)
+    assert (current.namespace, current.api_client.configuration.host) == ("ns-a", "https://127.0.0.1:1")
+    assert Kube.connect(both, None, "mine").namespace == "mine"
+
+
+def test_a_missing_crd_is_named():
+    from kubernetes.client.exceptions import ApiException
+
+    from modelship.user.common import api_message
+
+    missing_type = ApiException(status=404, reason="Not Found")
+    missing_type.body = '{"kind":"Status","reason":"NotFound","details":{},"message":"the server could not find the requested resource"}'
+    assert "CRD installed" in api_message(missing_type)
+    missing_object = ApiException(status=404, reason="Not Found")
+    missing_object.body = ('{"kind":"Status","reason":"NotFound","details":{"name":"m","group":"modelship.io",'
+                           '"kind":"modeldeployments"},"message":"modeldeployments.modelship.io \\"m\\" not found"}')
+    assert api_message(missing_object) == 'modeldeployments.modelship.io "m" not found'

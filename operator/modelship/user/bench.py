@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import EXIT_FAILED, EXIT_USAGE, UserError, console, err_console, user_errors
+from .common import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, UserError, console, err_console, user_errors
 from .reach import auth_headers, router, router_options
 
 SCHEMA = "modelship.bench/v1"
@@ -157,8 +157,11 @@ def bench(name, concurrency, requests, duration, prompt_tokens, max_tokens, api,
     else:
         table(result)
     if all(r["errors"] == r["requests"] for r in runs):
-        first = next((e for r in runs for e in r["error_examples"]), "no request was sent")
-        raise UserError(f"every request failed ({first})", EXIT_FAILED)
+        examples = [e for r in runs for e in r["error_examples"]]
+        first = examples[0] if examples else "no request was sent"
+        # An unknown model is "not found", as `chat` says it (exit 3); anything else failed (1).
+        not_found = bool(examples) and all(e.startswith("not found (404)") for e in examples)
+        raise UserError(f"every request failed ({first})", EXIT_NOT_FOUND if not_found else EXIT_FAILED)
 
 
 COMMANDS = [bench]

@@ -79,6 +79,9 @@ def api_message(e: Any) -> str:
     except ValueError:
         body = {}
     what = body.get("message") or e.reason or "error"
+    if e.status == 404 and not body.get("details"):  # the resource type itself, not an object of it
+        return (f"the API server does not serve it ({what}): is the ModelDeployment CRD installed? "
+                "(`helm install` of the chart installs it, or `kubectl apply -f crds/`)")
     if e.status == 403:
         return f"the API server refused: {what} (ask your cluster's admin for that right)"
     if e.status in (0, None) or e.status >= 500:
@@ -111,7 +114,7 @@ class Kube:
                 ns_file = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
                 ns = namespace or (open(ns_file).read().strip() if os.path.exists(ns_file) else "default")
                 return cls(ns, api_client())
-        path = (kubeconfig or "").split(os.pathsep)[0] or None
+        path = kubeconfig or None  # several files joined by ':' are merged, as kubectl merges them
         contexts, current = config.list_kube_config_contexts(config_file=path)
         chosen = next((c for c in contexts if c["name"] == context), None) if context else current
         if context and chosen is None:
