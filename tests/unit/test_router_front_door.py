@@ -296,7 +296,10 @@ def test_over_a_limit_is_429_with_the_headers_openai_reads_and_its_retry_succeed
     assert refused.status_code == 429 and refused.body["code"] == "rate_limit_exceeded"
     assert h["retry-after"] == "1" and 0 < int(h["retry-after-ms"]) <= 1000 and h["x-ratelimit-remaining-requests"] == "0"
     assert "requests per minute" in refused.body["message"] and "team-a" in refused.body["message"]
-    assert answer.http_response.status_code == 200 and answer.retries_taken >= 1 and took >= 0.3
+    # The client waited what retry-after-ms said (the time to the bucket's next request: under a
+    # second by however long the burst took), then its retry got through.
+    assert answer.http_response.status_code == 200 and answer.retries_taken >= 1
+    assert took >= int(h["retry-after-ms"]) / 1000 - 0.2, (took, h["retry-after-ms"])
     assert "x-ratelimit-limit-requests" not in unlimited.headers  # team-b has no limit
     assert metric(metrics, "modelship_router_rate_limited_total", caller="team-a", model="tiny") >= 2
 
