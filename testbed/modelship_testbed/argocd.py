@@ -23,11 +23,9 @@ argocd`), which restarts one that dies; `modelship testbed down` stops them firs
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -181,19 +179,11 @@ def install(log: Log) -> None:
 
 
 def supervisor_pid() -> int | None:
-    try:
-        pid = int((home() / "supervisor.pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"modelship_testbed.supervisor" in cmdline and ADDON.encode() in cmdline else None
+    return procs.supervisor_pid(home(), ADDON)
 
 
 def read_status() -> dict | None:
-    try:
-        return json.loads((home() / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return procs.read_status(home())
 
 
 def up(log: Log, timeout: float = 120.0) -> None:
@@ -238,22 +228,8 @@ def up(log: Log, timeout: float = 120.0) -> None:
 def down(log: Log, keep_data: bool = False) -> None:
     """Stop Argo CD's processes (its objects stay in the cluster; the git repositories go unless
     `keep_data`)."""
-    pid = supervisor_pid()
-    st = read_status() or {}
-    if pid:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:  # (gone since it was found)
-            pass
-        deadline = time.monotonic() + 60
-        while supervisor_pid() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if supervisor_pid():
-            procs.signal_group(pid, signal.SIGKILL)
+    if procs.stop_supervisor(home(), 60, ADDON):
         log("stopped Argo CD")
-    for c in st.get("components", {}).values():
-        if c.get("pid"):
-            procs.kill_if_same(c["pid"], c.get("started"))
     if not keep_data and home().exists():
         shutil.rmtree(home(), ignore_errors=True)
 
@@ -263,11 +239,7 @@ def status_lines() -> list[str]:
     if not pid:
         return []
     st = read_status() or {}
-    lines = [f"Argo CD {st.get('phase', 'unknown')} (supervisor pid {pid})"]
-    for name, c in st.get("components", {}).items():
-        extra = f", {c['restarts']} restarts" if c["restarts"] else ""
-        lines.append(f"  {name:<29} {c['state']:<10} pid {c['pid']}{extra}")
-    return lines
+    return [f"Argo CD {st.get('phase', 'unknown')} (supervisor pid {pid})", *procs.component_lines(st, 29)]
 
 
 def git_url(repo: str, cfg: TestbedConfig | None = None) -> str:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,26 +25,12 @@ class TestbedError(RuntimeError):
     """Something a person can act on; the CLI prints it as one line."""
 
 
-def _proc_cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def supervisor_pid() -> int | None:
-    try:
-        pid = int((state_dir() / "supervisor.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if "modelship_testbed.supervisor" in _proc_cmdline(pid) else None
+    return procs.supervisor_pid(state_dir())
 
 
 def read_status() -> dict | None:
-    try:
-        return json.loads((state_dir() / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return procs.read_status(state_dir())
 
 
 @dataclass
@@ -174,23 +158,9 @@ def down(keep_data: bool = False, log: Log = print) -> None:
 
     argocd.down(log, keep_data)  # an add-on first: its controller would see the API server go
     d = state_dir()
-    pid = supervisor_pid()
-    status = read_status() or {}
-    if pid:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 90
-        while supervisor_pid() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if supervisor_pid():
-            procs.signal_group(pid, signal.SIGKILL)
-        log("stopped the test bed")
-    else:
-        log("the test bed is not running")
-    # Anything left over, e.g. after a SIGKILLed supervisor whose children ignored SIGTERM:
-    # the components the status file recorded, and recorded pod processes.
-    for c in status.get("components", {}).values():
-        if c.get("pid"):
-            procs.kill_if_same(c["pid"], c.get("started"))
+    # (The components the status file recorded are killed too if they outlive the supervisor,
+    # e.g. after a SIGKILLed supervisor whose children ignored SIGTERM; then recorded pods.)
+    log("stopped the test bed" if procs.stop_supervisor(d, 90) else "the test bed is not running")
     procs.kill_recorded(d / "localnode" / "pids")
     _remove_created_mountpoints(d)
     if not keep_data:
@@ -228,9 +198,7 @@ def status_lines() -> list[str]:
     lines = [f"test bed {st.get('phase', 'unknown')} (supervisor pid {pid}, state in {state_dir()})"]
     if st.get("error"):
         lines.append(f"  error: {st['error']}")
-    for name, c in st.get("components", {}).items():
-        extra = f", {c['restarts']} restarts" if c["restarts"] else ""
-        lines.append(f"  {name:<24} {c['state']:<10} pid {c['pid']}{extra}")
+    lines += procs.component_lines(st, 24)
     if st.get("phase") == "ready":
         try:
             core, _ = api_clients()

@@ -5,9 +5,11 @@ with that pid has the start time recorded with it)."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -76,3 +78,57 @@ def kill_recorded(folder: Path) -> int:
         killed += kill_if_same(pid, started)
         f.unlink(missing_ok=True)
     return killed
+
+
+# --- the supervisors (the cluster's, and an add-on's): one pid file and status.json each -----
+
+SUPERVISOR = "modelship_testbed.supervisor"
+
+
+def supervisor_pid(home: Path, marker: str = "") -> int | None:
+    """The pid in <home>/supervisor.pid while that process is a test-bed supervisor (with
+    `marker` in its command line too: an add-on's name), else None."""
+    try:
+        pid = int((home / "supervisor.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if SUPERVISOR in cmdline and marker in cmdline else None
+
+
+def read_status(home: Path) -> dict | None:
+    try:
+        return json.loads((home / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stop_supervisor(home: Path, timeout: float, marker: str = "") -> bool:
+    """SIGTERM the supervisor of `home` (it stops its components in order), wait up to `timeout`
+    seconds, then SIGKILL its group; and SIGKILL any component the status file recorded that
+    outlived it. True when a supervisor was running."""
+    pid = supervisor_pid(home, marker)
+    status = read_status(home) or {}
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:  # (gone since it was found)
+            pass
+        deadline = time.monotonic() + timeout
+        while supervisor_pid(home, marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if supervisor_pid(home, marker):
+            signal_group(pid, signal.SIGKILL)
+    for c in status.get("components", {}).values():
+        if c.get("pid"):
+            kill_if_same(c["pid"], c.get("started"))
+    return pid is not None
+
+
+def component_lines(status: dict, width: int) -> list[str]:
+    """`modelship testbed status`'s line for each component of a supervisor."""
+    lines = []
+    for name, c in status.get("components", {}).items():
+        extra = f", {c['restarts']} restarts" if c["restarts"] else ""
+        lines.append(f"  {name:<{width}} {c['state']:<10} pid {c['pid']}{extra}")
+    return lines
