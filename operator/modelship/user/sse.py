@@ -53,26 +53,35 @@ def event_data(line: str) -> dict | None:
     return event if isinstance(event, dict) else None
 
 
+_DONE: dict = {"done": True}
+
+
+def _step(line: str) -> dict | None:
+    """One line of the stream: its event, checked (an error in it raises); None for a line that
+    is no event; `_DONE` at `[DONE]`. What `events` and `aevents` share."""
+    event = event_data(line)
+    if event is None or event.get("done") is True:
+        return _DONE if event is not None else None
+    check(event)
+    return event
+
+
 def events(lines: Iterable[str]) -> Iterator[dict]:
     for line in lines:
-        event = event_data(line)
-        if event is None:
-            continue
-        if event.get("done") is True:
+        event = _step(line)
+        if event is _DONE:
             return
-        check(event)
-        yield event
+        if event is not None:
+            yield event
 
 
 async def aevents(lines: AsyncIterator[str]) -> AsyncIterator[dict]:
     async for line in lines:
-        event = event_data(line)
-        if event is None:
-            continue
-        if event.get("done") is True:
+        event = _step(line)
+        if event is _DONE:
             return
-        check(event)
-        yield event
+        if event is not None:
+            yield event
 
 
 def check(event: dict) -> None:
