@@ -130,9 +130,8 @@ def _row(m, quant, gguf_only, include_gated, most, endpoint, token) -> dict | No
     ggufs = [n for n in names if _is_gguf_model(n)]
     if (gguf_only and not ggufs) or (quant and choose_gguf(names, quant) is None):
         return None
-    no_sizes = (lambda ns: {n: (0, None, None) for n in ns})
     try:  # the resolver's own choice of format and files (the safetensors index is not read here)
-        fmt, picked, _ = HubResolver()._select(ModelSource(repo=m.id, quantization=quant), names, no_sizes)
+        fmt, picked, _ = HubResolver()._select(ModelSource(repo=m.id, quantization=quant), names, _no_sizes)
     except (ResolveError, ValueError):
         return None
     sizes = _sizes(m, ggufs + picked, endpoint, token)
@@ -170,19 +169,19 @@ def _sizes(m, paths: list[str], endpoint, token) -> dict[str, int]:
 def default_format(names: list[str]) -> str:
     """What the resolver serves when no quantization is asked for: the safetensors weights when
     the repo has them (TGI), else its GGUF files (its own rule, `HubResolver._select`)."""
-    from ..reconcile.resolve import HubResolver
+    from ..api import ModelSource
+    from ..reconcile.resolve import HubResolver, ResolveError
 
-    no_sizes = (lambda ns: {n: (0, None, None) for n in ns})
     try:
-        return HubResolver()._select(_source_for(names), names, no_sizes)[0]
-    except Exception:  # (nothing servable: no default to mark)
+        return HubResolver()._select(ModelSource(repo="org/any"), names, _no_sizes)[0]
+    except ResolveError:  # (nothing servable: no default to mark)
         return ""
 
 
-def _source_for(names: list[str]):
-    from ..api import ModelSource
-
-    return ModelSource(repo="org/any")
+def _no_sizes(names: list[str]) -> dict:
+    """Sizes for the resolver's choice of files, which only needs them to explain a missing
+    quantization (sizes are read afterwards, only for the files kept)."""
+    return {n: (0, None, None) for n in names}
 
 
 def quantizations(names: list[str], sizes: dict[str, int], served_format: str | None = "gguf") -> list[dict]:
