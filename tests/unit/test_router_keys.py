@@ -40,7 +40,7 @@ def test_keys_are_held_only_as_digests_and_a_near_miss_is_refused_like_any_wrong
     assert set(answers) == {(401, "a valid API key is needed: send `Authorization: Bearer <key>`")}
 
 
-def test_a_missing_or_wrong_key_costs_no_upstream_discovery_or_body_work_and_no_key_is_logged(caplog, monkeypatch):
+def test_a_missing_or_wrong_key_costs_no_upstream_or_discovery_work_and_no_key_is_logged(caplog, monkeypatch):
     from modelship.router.accesslog import AccessLog
     from modelship.router.registry import Registry
 
