@@ -29,7 +29,7 @@ from ..settings import Settings
 from ..units import human_bytes, quantity_bytes
 from .autoscaler import View
 from .facts import Facts, JobFacts
-from .policy import check_ownership, check_storage, place
+from .policy import check_ownership, check_settings, check_storage, place
 from .status import StatusWriter
 from .types import Action, Event, Observed, Plan, ResolveError, SpecError
 
@@ -48,6 +48,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     status.resolved(resolved, follow_failure)
     try:
         placement = place(md, resolved.engine, settings)
+        check_settings(md, resolved.engine)
         check_storage(md, resolved)
         check_ownership(observed.conflicts)
     except SpecError as e:
