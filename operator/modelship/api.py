@@ -236,7 +236,7 @@ def _no_managed_flags(engine: str) -> dict:
 
 
 def _no_managed_flags_auto() -> dict:
-    flags = [f for engine in MANAGED_FLAGS for f in MANAGED_FLAGS[engine]]
+    flags = list(dict.fromkeys(f for engine in MANAGED_FLAGS for f in MANAGED_FLAGS[engine]))
     return rule(f"(has(self.type) && self.type != 'auto') || !has(self.args) || "
                 f"!self.args.exists(a, {sets_flag('a', flags)})",
                 f"engine.args must not set {', '.join(flags)}: the operator sets them for whichever engine serves "
@@ -398,10 +398,9 @@ class StorageSpec(ApiType):
         None, description="Size of the volume, for example `20Gi`. Default: the resolved files' total plus "
                           "10% (at least 1Gi more). A size too small for the files is an error.",
         json_schema_extra=rules(
-            rule("type(self) == int ? self > 0 : (!isQuantity(self) || quantity(self).isGreaterThan(quantity('0')))",
-                 "storage.size must be more than zero, for example 20Gi"),
-            rule("type(self) == int || !isQuantity(self) || quantity(self).isInteger()",
-                 "storage.size must be a whole number of bytes, for example 20Gi, not a fraction such as 500m")))
+            rule("type(self) == int ? self >= 1 : (!isQuantity(self) || !quantity(self).isLessThan(quantity('1')))",
+                 "storage.size must be a size of at least 1 byte, for example 20Gi (not zero, negative, or a "
+                 "fraction such as 500m)")))
     shared_cache: bool = Field(
         False, description="Keep the weights on the namespace's shared, content-addressed cache volume "
                            "(`modelship-cache`) instead of a volume of its own: ModelDeployments of the same "
@@ -536,11 +535,11 @@ class ModelDeploymentSpec(ApiType):
              "llamacpp (TGI's own quantization is serving.quantize)", field_path=".model.quantization"),
         rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.gpus) || self.gpus > 0",
              "TGI needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp", field_path=".gpus"),
-        rule("!has(self.serving) || (" + " && ".join(f"!has(self.serving.{f})" for f in TGI_SETTINGS) + ") || "
+        rule("!has(self.serving) || ((" + " && ".join(f"!has(self.serving.{f})" for f in TGI_SETTINGS) + ") || "
              "!has(self.engine) || self.engine.type != 'llamacpp')",
              "serving.quantize, dtype, maxInputTokens, maxTotalTokens and maxConcurrentRequests are TGI settings; "
              "llama.cpp uses serving.contextLength and parallel", field_path=".serving"),
-        rule("!has(self.serving) || (" + " && ".join(f"!has(self.serving.{f})" for f in LLAMACPP_SETTINGS) + ") || "
+        rule("!has(self.serving) || ((" + " && ".join(f"!has(self.serving.{f})" for f in LLAMACPP_SETTINGS) + ") || "
              "!has(self.engine) || self.engine.type != 'tgi')",
              "serving.gpuLayers, threads, parallel and chatTemplate are llama.cpp settings, not TGI's",
              field_path=".serving"),
