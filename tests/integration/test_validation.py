@@ -346,6 +346,15 @@ def test_storage_class_and_access_mode_cannot_change(cluster, crd_installed, nam
     assert proc.returncode != 0 and "storage.accessMode cannot change" in proc.stderr, proc.stderr
 
 
+def test_storage_size_can_grow_but_not_shrink(cluster, crd_installed, namespace):
+    sized = lambda size: with_(storage={"size": size}) | {"metadata": {"name": "sized"}}
+    cluster.apply(sized("10Gi"), namespace)
+    proc = kubectl_apply(cluster, sized("5Gi"), namespace)
+    assert proc.returncode != 0 and "storage.size cannot be lowered: a volume cannot shrink; delete and re-create " \
+        "the ModelDeployment for a smaller one" in proc.stderr, proc.stderr
+    assert kubectl_apply(cluster, sized(20 * 1024 ** 3), namespace).returncode == 0  # 20Gi, as a number: it grows
+
+
 def test_kubectl_explain_reads_the_descriptions(cluster, crd_installed):
     # kubectl explain reads the OpenAPI document, which the API server publishes a while after
     # the CRD is Established: until then explain fails (it does not know the resource).

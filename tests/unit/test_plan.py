@@ -823,3 +823,16 @@ def test_every_job_name_fits_a_label_value_for_the_longest_name_the_crd_admits()
     assert len(collect) == 63 and collect.startswith("m" * MD_NAME_MAX + "-collect-")
     # a shorter name keeps the 8 hex digits it always had
     assert len(manifests.collect_job(make_md(), settings(), [])["metadata"]["name"]) == len(f"{NAME}-collect-") + 8
+
+
+def test_a_storage_size_below_the_volume_is_said_not_silently_ignored():
+    r = gguf()
+    md = make_md({"storage": {"size": "1Gi"}})
+    obs = Observed(pvc=obs_pvc(md, r, size="5Gi"), jobs=[obs_job(md, r, "Running")], service=obs_service(md))
+    p = run(md, r, obs)
+    assert not any(a.kind == "PersistentVolumeClaim" for a in p.actions)  # never shrunk
+    assert cond(p, "Downloaded")["message"].endswith(
+        "; storage.size 1Gi is below the volume's 5Gi, and a volume cannot shrink: it stays at 5Gi (delete the "
+        "ModelDeployment to start with a smaller one)")
+    # the size the volume has: nothing to say
+    assert "cannot shrink" not in cond(run(md, r, observed(md, r)), "Downloaded")["message"]

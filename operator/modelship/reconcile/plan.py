@@ -65,7 +65,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     status.download(download.progress)
     if download.blocked:
         return status.blocked(download.reason, download.message, "Failed", actions + download.actions, None)
-    status.set("Downloaded", download.condition, download.reason, download.message)
+    status.set("Downloaded", download.condition, download.reason, download.message + volume_note(md, facts))
     actions += download.actions
     if not download.done:
         status.available(downloaded=False)
@@ -133,6 +133,17 @@ def volume_stage(md: ModelDeployment, resolved: ResolvedModel, observed: Observe
     if storage.shared_cache and not facts.volume.joined:  # join as an owner; never shrink what others need
         requests["storage"] = max(requests["storage"], facts.volume.request, key=quantity_bytes)
     return apply_if_needed(want, observed.pvc)
+
+
+def volume_note(md: ModelDeployment, facts: Facts) -> str:
+    """A volume is never shrunk (Kubernetes cannot): a storage.size below it is said, not ignored."""
+    size = md.spec.storage.size
+    if size is None or md.spec.storage.existing_claim or not facts.volume.exists:
+        return ""
+    if quantity_bytes(size) >= quantity_bytes(facts.volume.request):
+        return ""
+    return (f"; storage.size {size} is below the volume's {facts.volume.request}, and a volume cannot shrink: it "
+            f"stays at {facts.volume.request} (delete the ModelDeployment to start with a smaller one)")
 
 
 # --- 3. the download -------------------------------------------------------------------------
