@@ -34,6 +34,26 @@ MANAGED_FLAGS = {
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # (CEL string literals treat '\' as an escape, so the patterns avoid it: '[.]', not '\.'.)
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A ModelDeployment's name: it names a Service (a DNS-1035 label: a letter first) and, with a
+# suffix, a volume and Jobs, whose names are label values of their pods (at most 63
+# characters): 48 leaves room for `-fetch-` and 8 hex digits (manifests/jobs.py fits the rest).
+MD_NAME, MD_NAME_MAX = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", 48
+JOB_NAME_MAX = 63
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# The pod fields the downward API offers as environment variables (besides labels and annotations).
+POD_FIELDS = ["metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
+              "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs"]
+# The serving fields one engine alone honours (the others apply to both).
+TGI_SETTINGS = ("quantize", "dtype", "maxInputTokens", "maxTotalTokens", "maxConcurrentRequests")
+LLAMACPP_SETTINGS = ("gpuLayers", "threads", "parallel", "chatTemplate")
+# The flags each serving field sets on an engine's command line: engine.args may not repeat them.
+SERVING_FLAGS = {
+    "contextLength": ["-c", "--ctx-size", "--max-total-tokens"], "maxTotalTokens": ["--max-total-tokens"],
+    "maxInputTokens": ["--max-input-tokens"], "maxConcurrentRequests": ["--max-concurrent-requests"],
+    "quantize": ["--quantize"], "dtype": ["--dtype"], "parallel": ["-np", "--parallel"],
+    "threads": ["-t", "--threads"], "gpuLayers": ["-ngl", "--gpu-layers", "--n-gpu-layers"],
+    "chatTemplate": ["--chat-template"],
+}
 
 
 def rule(expr: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict:
@@ -47,6 +67,20 @@ def rule(expr: str, message: str, *, field_path: str | None = None, reason: str 
 
 def rules(*items: dict) -> dict:
     return {"x-kubernetes-validations": list(items)}
+
+
+def sets_flag(var: str, flags: list[str]) -> str:
+    """CEL: the argument `var` is one of `flags`, alone or as `flag=value`."""
+    return "(" + " || ".join(f"{var} == '{f}' || {var}.startsWith('{f}=')" for f in flags) + ")"
+
+
+def as_quantity(x: str) -> str:
+    """CEL: the int-or-string `x` as a quantity (call it only where `x` is one)."""
+    return f"(type({x}) == int ? quantity(string({x})) : quantity({x}))"
+
+
+def is_quantity(x: str) -> str:
+    return f"(type({x}) == int || isQuantity({x}))"
 
 
 def cel_string(max_length: int, *items: dict, **extra: Any) -> dict:
@@ -75,6 +109,11 @@ Quantity = Annotated[
 # --- spec -----------------------------------------------------------------------------------
 
 
+def _secret_key_rule() -> dict:
+    return rule(f"self.matches('{SECRET_KEY}')",
+                "must be a key of a Secret or ConfigMap: letters, digits, '-', '_' and '.' (no '/' or spaces)")
+
+
 class SecretKeyRef(ApiType):
     """A key of a Secret in the ModelDeployment's namespace."""
 
@@ -82,11 +121,23 @@ class SecretKeyRef(ApiType):
         253, rule(f"self.matches('{DNS_SUBDOMAIN}')",
                   "must be a Secret name: lower-case letters, digits, '-' and '.'")))
     key: str = Field("token", description="Key in the Secret that holds the Hugging Face token.",
-                     json_schema_extra={"maxLength": 253, "minLength": 1})
+                     json_schema_extra=cel_string(253, _secret_key_rule(), minLength=1))
+
+
+def _repo_path_rule() -> dict:
+    return rule("!self.startsWith('/') && !('..' in self.split('/'))",
+                "model.files and model.exclude are glob patterns of paths in the repository: no leading '/' and "
+                "no '..'")
 
 
 class ModelSource(ApiType):
     """Which model to serve: a Hugging Face Hub repository, pinned to a commit when resolved."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        rule("!has(self.revisionPolicy) || self.revisionPolicy != 'Follow' || !has(self.revision) || "
+             "!self.revision.matches('^[0-9a-f]{40}$')",
+             "revisionPolicy Follow follows a branch, but model.revision is a commit sha, which never moves: set "
+             "revision to a branch such as main, or revisionPolicy to Pin", field_path=".revisionPolicy")))
 
     repo: str = Field(
         description="Hub repository, as `org/name` (for example `HuggingFaceTB/SmolLM2-135M-Instruct-GGUF`).",
@@ -99,12 +150,12 @@ class ModelSource(ApiType):
         json_schema_extra=cel_string(
             255, rule(r"self.matches('^[A-Za-z0-9][A-Za-z0-9_./-]*$') && !self.contains('..')",
                       "must be a branch, tag or commit sha: letters, digits, '_', '.', '-' and '/', no '..'")))
-    files: list[Annotated[str, Field(max_length=512)]] = Field(
+    files: list[Annotated[str, Field(max_length=512, json_schema_extra=rules(_repo_path_rule()))]] = Field(
         default_factory=list, description="Glob patterns of repository files to download in addition to (or, "
                                           "for repositories without weights the resolver recognises, instead "
                                           "of) the ones chosen automatically, for example `*.json`.",
         json_schema_extra={"maxItems": 64})
-    exclude: list[Annotated[str, Field(max_length=512)]] = Field(
+    exclude: list[Annotated[str, Field(max_length=512, json_schema_extra=rules(_repo_path_rule()))]] = Field(
         default_factory=list, description="Glob patterns of repository files never to download, applied last.",
         json_schema_extra={"maxItems": 64})
     quantization: str | None = Field(
@@ -136,7 +187,7 @@ class KeySelector(ApiType):
     name: str = Field(description="Name of the Secret or ConfigMap.", json_schema_extra=cel_string(
         253, rule(f"self.matches('{DNS_SUBDOMAIN}')",
                   "must be a Secret or ConfigMap name: lower-case letters, digits, '-' and '.'")))
-    key: str = Field(description="The key to read.", json_schema_extra={"maxLength": 253})
+    key: str = Field(description="The key to read.", json_schema_extra=cel_string(253, _secret_key_rule()))
     optional: bool | None = Field(None, description="Start even if the key is missing.")
 
 
@@ -144,7 +195,11 @@ class FieldSelector(ApiType):
     """A field of the pod (the downward API)."""
 
     field_path: str = Field(description="Path of the field, for example `metadata.name` or `status.podIP`.",
-                            json_schema_extra={"maxLength": 256})
+                            json_schema_extra=cel_string(256, rule(
+                                f"self in {POD_FIELDS} || ((self.startsWith(\"metadata.labels['\") || "
+                                f"self.startsWith(\"metadata.annotations['\")) && self.endsWith(\"']\"))",
+                                "must be a pod field the downward API offers: " + ", ".join(POD_FIELDS) +
+                                ", metadata.labels['<key>'] or metadata.annotations['<key>']")))
 
 
 class EnvVarSource(ApiType):
@@ -180,16 +235,32 @@ def _no_managed_flags(engine: str) -> dict:
                 field_path=".args")
 
 
+def _no_managed_flags_auto() -> dict:
+    flags = list(dict.fromkeys(f for engine in MANAGED_FLAGS for f in MANAGED_FLAGS[engine]))
+    return rule(f"(has(self.type) && self.type != 'auto') || !has(self.args) || "
+                f"!self.args.exists(a, {sets_flag('a', flags)})",
+                f"engine.args must not set {', '.join(flags)}: the operator sets them for whichever engine serves "
+                f"(engine.type auto)", field_path=".args")
+
+
 class EngineSpec(ApiType):
     """The inference engine that serves the model."""
 
-    model_config = ConfigDict(json_schema_extra=rules(_no_managed_flags("llamacpp"), _no_managed_flags("tgi")))
+    model_config = ConfigDict(json_schema_extra=rules(
+        _no_managed_flags("llamacpp"), _no_managed_flags("tgi"), _no_managed_flags_auto(),
+        rule("!has(self.env) || self.env.all(e, self.env.exists_one(f, f.name == e.name))",
+             "each name may appear once in engine.env (a second one would silently win over the first)",
+             field_path=".env")))
 
     type: Literal["auto", "tgi", "llamacpp"] = Field(
         "auto", description="`auto`: llama.cpp for GGUF models, TGI (text-generation-inference) for "
                             "safetensors models. `tgi` or `llamacpp` to choose.")
     image: str | None = Field(None, description="Container image, overriding the operator's image for the engine.",
-                              json_schema_extra={"maxLength": 512, "minLength": 1})
+                              json_schema_extra=cel_string(512, rule(
+                                  "self.matches('^[a-z0-9][A-Za-z0-9._/:@-]*$')",
+                                  "engine.image must be a container image such as "
+                                  "ghcr.io/ggml-org/llama.cpp:server: lower-case registry and path, then an "
+                                  "optional :tag or @sha256 digest, no spaces"), minLength=1))
     args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, description="Extra command-line arguments, appended to the ones the operator sets.",
         json_schema_extra={"maxItems": 64})
@@ -197,11 +268,27 @@ class EngineSpec(ApiType):
                               json_schema_extra={"maxItems": 64})
 
 
+def _resource_map_rules(field: str) -> dict:
+    return rules(
+        rule("self.all(k, k in ['cpu', 'memory', 'ephemeral-storage'] || k.startsWith('hugepages-') || "
+             "k.contains('/'))",
+             f"resources.{field} names cpu, memory, ephemeral-storage, hugepages-<size> or an extended resource "
+             f"with a domain such as example.com/device"),
+        rule("self.all(k, type(self[k]) == int ? self[k] >= 0 : (!isQuantity(self[k]) || "
+             "!quantity(self[k]).isLessThan(quantity('0'))))",
+             f"resources.{field} must not be negative"))
+
+
 class ResourceRequirements(ApiType):
     """Compute resources of the serving container (see Kubernetes' ResourceRequirements). GPUs come from
     `gpus`, not from here."""
 
     model_config = ConfigDict(json_schema_extra=rules(
+        rule("!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
+             f"!{is_quantity('self.requests[k]')} || !{is_quantity('self.limits[k]')} || "
+             f"{as_quantity('self.requests[k]')}.compareTo({as_quantity('self.limits[k]')}) <= 0)",
+             "resources.requests must not be above resources.limits for the same resource: lower the request or "
+             "raise the limit", field_path=".requests"),
         rule("!has(self.limits) || !self.limits.exists(k, k.endsWith('/gpu'))",
              "set GPUs with spec.gpus, not resources.limits", field_path=".limits"),
         rule("!has(self.requests) || !self.requests.exists(k, k.endsWith('/gpu'))",
@@ -209,9 +296,9 @@ class ResourceRequirements(ApiType):
 
     requests: dict[str, Quantity] | None = Field(
         None, description="Minimum resources, for example `{cpu: \"2\", memory: 4Gi}`.",
-        json_schema_extra={"maxProperties": 16})
+        json_schema_extra={"maxProperties": 16, **_resource_map_rules("requests")})
     limits: dict[str, Quantity] | None = Field(None, description="Maximum resources.",
-                                               json_schema_extra={"maxProperties": 16})
+                                               json_schema_extra={"maxProperties": 16, **_resource_map_rules("limits")})
 
 
 class GenerationDefaults(ApiType):
@@ -232,15 +319,30 @@ class ServingSpec(ApiType):
     model_config = ConfigDict(json_schema_extra=rules(
         rule("!has(self.maxInputTokens) || !has(self.maxTotalTokens) || self.maxInputTokens < self.maxTotalTokens",
              "serving.maxInputTokens must be less than serving.maxTotalTokens (the total includes the new "
-             "tokens)", field_path=".maxInputTokens")))
+             "tokens)", field_path=".maxInputTokens"),
+        rule("!has(self.contextLength) || !has(self.maxTotalTokens)",
+             "serving.contextLength and serving.maxTotalTokens both set TGI's --max-total-tokens: set only "
+             "maxTotalTokens (contextLength is its default)", field_path=".contextLength"),
+        rule("!has(self.maxInputTokens) || !has(self.contextLength) || has(self.maxTotalTokens) || "
+             "self.maxInputTokens < self.contextLength",
+             "serving.maxInputTokens must be less than serving.contextLength, which is TGI's total (the prompt "
+             "plus the new tokens)", field_path=".maxInputTokens"),
+        rule("!has(self.generation) || !has(self.generation.maxNewTokens) || !has(self.maxTotalTokens) || "
+             "self.generation.maxNewTokens < self.maxTotalTokens",
+             "serving.generation.maxNewTokens must be less than serving.maxTotalTokens: the prompt needs room too",
+             field_path=".generation.maxNewTokens"),
+        rule("!has(self.generation) || !has(self.generation.maxNewTokens) || !has(self.contextLength) || "
+             "self.generation.maxNewTokens < self.contextLength",
+             "serving.generation.maxNewTokens must be less than serving.contextLength: the prompt needs room too",
+             field_path=".generation.maxNewTokens")))
 
     context_length: int | None = Field(
         None, ge=16, le=4194304, description="Context window in tokens. llama.cpp: `-c`, shared by the "
                                              "parallel slots (default: the model's trained context, at most "
                                              "4096); TGI: the default of `maxTotalTokens`.")
     max_concurrent_requests: int | None = Field(
-        None, ge=1, le=65536, description="Requests a replica accepts at once; more are refused with 429 "
-                                          "(TGI `--max-concurrent-requests`).")
+        None, ge=1, le=65536, description="TGI: requests a replica accepts at once; more are refused with "
+                                          "429 (`--max-concurrent-requests`).")
     max_input_tokens: int | None = Field(None, ge=1, le=4194304, description="Longest prompt, in tokens (TGI).")
     max_total_tokens: int | None = Field(None, ge=2, le=4194304,
                                          description="Longest prompt plus generation, in tokens (TGI).")
@@ -269,10 +371,17 @@ class StorageSpec(ApiType):
         rule("!has(self.existingClaim) || (!has(self.size) && !has(self.storageClassName))",
              "storage.existingClaim uses a volume that exists already; do not set size or storageClassName "
              "with it"),
+        rule("!has(self.existingClaim) || !has(self.sharedCache) || !self.sharedCache",
+             "storage.sharedCache and storage.existingClaim both choose the volume: set one of them",
+             field_path=".sharedCache"),
         rule("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || "
              "self.storageClassName == oldSelf.storageClassName)",
              "storage.storageClassName cannot be set, changed or removed after creation (a volume's class is "
              "fixed); delete and re-create the ModelDeployment", field_path=".storageClassName"),
+        rule(f"!has(self.size) || !has(oldSelf.size) || !{is_quantity('self.size')} || "
+             f"!{is_quantity('oldSelf.size')} || !{as_quantity('self.size')}.isLessThan({as_quantity('oldSelf.size')})",
+             "storage.size cannot be lowered: a volume cannot shrink; delete and re-create the ModelDeployment for "
+             "a smaller one", field_path=".size"),
         rule("has(self.existingClaim) == has(oldSelf.existingClaim) && (!has(self.existingClaim) || "
              "self.existingClaim == oldSelf.existingClaim)",
              "storage.existingClaim cannot be set, changed or removed after creation; delete and re-create the "
@@ -280,7 +389,9 @@ class StorageSpec(ApiType):
 
     storage_class_name: str | None = Field(
         None, description="StorageClass of the volume. Default: the cluster's default class.",
-        json_schema_extra={"maxLength": 253})
+        json_schema_extra=cel_string(253, rule(f"self.matches('{DNS_SUBDOMAIN}')",
+                                               "must be a StorageClass name: lower-case letters, digits, '-' and "
+                                               "'.'")))
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = Field(
         "ReadWriteOnce", description="Access mode of the volume. Replicas on several nodes need `ReadWriteMany` "
                                      "(or `ReadOnlyMany`); with `ReadWriteOnce` the serving pods and the download "
@@ -289,7 +400,12 @@ class StorageSpec(ApiType):
                                                         "the ModelDeployment")))
     size: Quantity | None = Field(
         None, description="Size of the volume, for example `20Gi`. Default: the resolved files' total plus "
-                          "10% (at least 1Gi more). A size too small for the files is an error.")
+                          "10% (at least 1Gi more). A size too small for the files is an error. It can be "
+                          "raised later, not lowered: a volume cannot shrink.",
+        json_schema_extra=rules(
+            rule("type(self) == int ? self >= 1 : (!isQuantity(self) || !quantity(self).isLessThan(quantity('1')))",
+                 "storage.size must be a size of at least 1 byte, for example 20Gi (not zero, negative, or a "
+                 "fraction such as 500m)")))
     shared_cache: bool = Field(
         False, description="Keep the weights on the namespace's shared, content-addressed cache volume "
                            "(`modelship-cache`) instead of a volume of its own: ModelDeployments of the same "
@@ -342,7 +458,10 @@ class RouterSpec(ApiType):
                                           "whose `model` is a task name goes to one of the ModelDeployments that "
                                           "serve it.",
         json_schema_extra={"maxItems": 32, "x-kubernetes-list-type": "set"})
-    fallback: list[Annotated[str, Field(max_length=253)]] = Field(
+    fallback: list[Annotated[str, Field(max_length=253, json_schema_extra=rules(rule(
+        f"self.size() <= {MD_NAME_MAX} && self.matches('{MD_NAME}')",
+        f"router.fallback names ModelDeployments: a lower-case letter first, then lower-case letters, digits and "
+        f"'-', at most {MD_NAME_MAX} characters")))]] = Field(
         default_factory=list, description="ModelDeployments in this namespace to use, in order, when this one has "
                                           "no ready replica.",
         json_schema_extra={"maxItems": 8, "x-kubernetes-list-type": "set"})
@@ -393,6 +512,16 @@ class AutoscalingSpec(ApiType):
                                       "(scaled to zero, least recently used first). Higher is more important.")
 
 
+def _args_repeat_serving() -> dict:
+    repeats = " || ".join(f"(has(self.serving.{field}) && {sets_flag('a', flags)})"
+                          for field, flags in SERVING_FLAGS.items())
+    return rule(f"!has(self.serving) || !has(self.engine) || !has(self.engine.args) || "
+                f"!self.engine.args.exists(a, {repeats})",
+                "engine.args must not repeat a flag that a serving field sets (for example -c with "
+                "serving.contextLength, or --max-total-tokens with serving.maxTotalTokens): set the value in one "
+                "place", field_path=".engine.args")
+
+
 class ModelDeploymentSpec(ApiType):
     """The desired state: a model, the engine that serves it, where, and how many replicas."""
 
@@ -411,19 +540,22 @@ class ModelDeploymentSpec(ApiType):
              "llamacpp (TGI's own quantization is serving.quantize)", field_path=".model.quantization"),
         rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.gpus) || self.gpus > 0",
              "TGI needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp", field_path=".gpus"),
-        rule("!has(self.serving) || ((!has(self.serving.quantize) && !has(self.serving.dtype) && "
-             "!has(self.serving.maxInputTokens) && !has(self.serving.maxTotalTokens)) || "
+        rule("!has(self.serving) || ((" + " && ".join(f"!has(self.serving.{f})" for f in TGI_SETTINGS) + ") || "
              "!has(self.engine) || self.engine.type != 'llamacpp')",
-             "serving.quantize, dtype, maxInputTokens and maxTotalTokens are TGI settings; llama.cpp uses "
-             "serving.contextLength and parallel", field_path=".serving"),
-        rule("!has(self.serving) || ((!has(self.serving.gpuLayers) && !has(self.serving.threads) && "
-             "!has(self.serving.parallel) && !has(self.serving.chatTemplate)) || "
+             "serving.quantize, dtype, maxInputTokens, maxTotalTokens and maxConcurrentRequests are TGI settings; "
+             "llama.cpp uses serving.contextLength and parallel", field_path=".serving"),
+        rule("!has(self.serving) || ((" + " && ".join(f"!has(self.serving.{f})" for f in LLAMACPP_SETTINGS) + ") || "
              "!has(self.engine) || self.engine.type != 'tgi')",
              "serving.gpuLayers, threads, parallel and chatTemplate are llama.cpp settings, not TGI's",
              field_path=".serving"),
         rule("!has(self.serving) || !has(self.serving.gpuLayers) || self.serving.gpuLayers == 0 || "
              "(has(self.gpus) && self.gpus > 0)",
              "serving.gpuLayers offloads layers to a GPU: set gpus to 1 or more", field_path=".serving.gpuLayers"),
+        rule("!has(self.storage) || !has(self.storage.sharedCache) || !self.storage.sharedCache || "
+             "has(self.storage.existingClaim) || !has(self.model.endpoint)",
+             "storage.sharedCache holds files from the operator's hubEndpoint only; remove model.endpoint or set "
+             "storage.sharedCache: false", field_path=".model.endpoint"),
+        _args_repeat_serving(),
     ))
 
     model: ModelSource = Field(description="The model to serve.")

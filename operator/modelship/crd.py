@@ -61,6 +61,8 @@ def structural(node: dict, defs: dict, *, with_defaults: bool = True) -> dict:
     for key in _KEEP:
         if key in node:
             out[key] = copy.deepcopy(node[key])
+    if node.get("x-modelship-quantity") and "x-kubernetes-validations" in node:  # the field's rules after it
+        out["x-kubernetes-validations"] = [QUANTITY_RULE, *copy.deepcopy(node["x-kubernetes-validations"])]
     if "exclusiveMinimum" in node:  # JSON Schema 2020 -> OpenAPI 3.0
         out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
     if "exclusiveMaximum" in node:
@@ -90,6 +92,17 @@ def schema_of(model: type, *, with_defaults: bool = True) -> dict:
     return structural(raw, raw.get("$defs", {}), with_defaults=with_defaults)
 
 
+# Rules that read metadata.name, which only the root of the schema sees.
+ROOT_RULES = [
+    api.rule(f"self.metadata.name.size() <= {api.MD_NAME_MAX} && self.metadata.name.matches('{api.MD_NAME}')",
+             f"metadata.name must start with a lower-case letter, contain only lower-case letters, digits and '-', "
+             f"and be at most {api.MD_NAME_MAX} characters: it names the Service, Deployment and download Job"),
+    api.rule("!has(self.spec.router) || !has(self.spec.router.fallback) || "
+             "!(self.metadata.name in self.spec.router.fallback)",
+             "spec.router.fallback must name other ModelDeployments, not this one"),
+]
+
+
 def crd() -> dict:
     spec = schema_of(api.ModelDeploymentSpec)
     status = schema_of(api.ModelDeploymentStatus, with_defaults=False)
@@ -104,14 +117,7 @@ def crd() -> dict:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": [
-            api.rule("self.metadata.name.size() <= 48 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-                     "metadata.name must start with a lower-case letter, contain only lower-case letters, digits "
-                     "and '-', and be at most 48 characters: it names the Service, Deployment and download Job"),
-            api.rule("!has(self.spec.router) || !has(self.spec.router.fallback) || "
-                     "!(self.metadata.name in self.spec.router.fallback)",
-                     "spec.router.fallback must name other ModelDeployments, not this one"),
-        ],
+        "x-kubernetes-validations": ROOT_RULES,
     }
     columns = [
         {"name": "Engine", "type": "string", "jsonPath": ".status.resolved.engine"},

@@ -411,3 +411,17 @@ def orjson_dumps(obj) -> bytes:
     import orjson
 
     return orjson.dumps(obj)
+
+
+def test_replicas_outside_the_bounds_are_moved_and_the_status_says_so():
+    # minReplicas 2 with spec.replicas 1: it starts at 2, and the message says why (never silently)
+    st = State.seed(spec(minReplicas=2, replicas=1), None, 0.0)
+    assert (st.desired, st.message) == (2, "autoscaling from spec.replicas: 2 replica(s) (spec.replicas 1 is "
+                                           "outside the autoscaling bounds: raised to minReplicas 2)")
+    d = adjust(spec(minReplicas=2, replicas=1), State(3, 3))
+    assert (d.replicas, d.reason, d.message) == (2, "ScaledBySpec", "spec.replicas changed to 1: 3 → 2 replica(s) "
+                                                 "(spec.replicas 1 is outside the autoscaling bounds: raised to "
+                                                 "minReplicas 2); the autoscaler goes on from there")
+    # within the bounds: no note
+    assert State.seed(spec(minReplicas=1, replicas=2), None, 0.0).message == \
+        "autoscaling from spec.replicas: 2 replica(s)"

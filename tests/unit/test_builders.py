@@ -209,3 +209,21 @@ def test_llamacpp_context_defaults_to_the_models_own_up_to_4096():
     assert c(GGUF) == "4096"  # unknown
     assert c(GGUF.model_copy(update={"context_length": 2048})) == "2048"
     assert c(GGUF.model_copy(update={"context_length": 131072})) == "4096"
+
+
+def test_the_pools_default_resources_give_way_to_what_the_spec_asks_never_the_reverse():
+    from modelship.manifests import Placement
+    from modelship.manifests.serving import resources
+    from modelship.settings import PoolProfile
+
+    pool = PoolProfile(resources={"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}})
+    place = Placement("cpu", pool, 0)
+    spec = lambda res: ModelDeployment.model_validate({"metadata": {"name": "m"}, "spec": {
+        "model": {"repo": "a/b"}, "resources": res}})
+    # a request above the pool's limit: the limit is raised to it, not the request lowered
+    assert resources(spec({"requests": {"memory": "16Gi"}}), place) == {
+        "requests": {"cpu": "2", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}
+    # a limit below the pool's request: the pool's request is lowered to it
+    assert resources(spec({"limits": {"memory": "4Gi"}}), place) == {
+        "requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
+    assert resources(spec(None), place) == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}

@@ -793,3 +793,46 @@ def test_a_readwriteonce_shared_cache_is_collected_where_it_is_attached():
     assert job["metadata"]["name"].startswith("modelship-collect-")
     assert job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-3"]
+
+
+def test_serving_settings_the_resolved_engine_cannot_honour_are_refused_not_ignored():
+    # engine.type auto: only the resolved format tells which engine serves (the CRD refuses a named one)
+    p = run(make_md({"serving": {"dtype": "bfloat16", "maxConcurrentRequests": 8}}), gguf(), Observed())
+    ready = cond(p, "Ready")
+    assert p.actions == [] and (ready["status"], ready["reason"]) == ("False", "SettingNotForEngine")
+    assert ready["message"] == ("serving.dtype, serving.maxConcurrentRequests are TGI settings, but the model is "
+                                "served by llama.cpp (GGUF weights), which would ignore them: remove them, or "
+                                "choose a model in the other format")
+    p = run(make_md({"model": {"repo": "org/tiny"}, "serving": {"parallel": 2}}), safetensors(), Observed())
+    assert cond(p, "Ready")["message"] == (
+        "serving.parallel is a llama.cpp setting, but the model is served by TGI (safetensors weights), which "
+        "would ignore it: remove it, or choose a model in the other format")
+    # settings both engines honour pass
+    p = run(make_md({"serving": {"contextLength": 2048, "generation": {"temperature": 0.2}}}), gguf(), Observed())
+    assert cond(p, "Ready")["reason"] != "SettingNotForEngine"
+
+
+def test_every_job_name_fits_a_label_value_for_the_longest_name_the_crd_admits():
+    from modelship.api import MD_NAME_MAX
+
+    md = ModelDeployment.model_validate({**make_md().model_dump(by_alias=True), "metadata": {
+        "name": "m" * MD_NAME_MAX, "namespace": NS, "uid": "0000-uid-1", "generation": 1}})
+    download = manifests.download_job(md, gguf(), ENDPOINT, settings())["metadata"]["name"]
+    collect = manifests.collect_job(md, settings(), ["org/tiny-GGUF@" + "a" * 40])["metadata"]["name"]
+    assert len(download) == 63 and download.startswith("m" * MD_NAME_MAX + "-fetch-")
+    assert len(collect) == 63 and collect.startswith("m" * MD_NAME_MAX + "-collect-")
+    # a shorter name keeps the 8 hex digits it always had
+    assert len(manifests.collect_job(make_md(), settings(), [])["metadata"]["name"]) == len(f"{NAME}-collect-") + 8
+
+
+def test_a_storage_size_below_the_volume_is_said_not_silently_ignored():
+    r = gguf()
+    md = make_md({"storage": {"size": "1Gi"}})
+    obs = Observed(pvc=obs_pvc(md, r, size="5Gi"), jobs=[obs_job(md, r, "Running")], service=obs_service(md))
+    p = run(md, r, obs)
+    assert not any(a.kind == "PersistentVolumeClaim" for a in p.actions)  # never shrunk
+    assert cond(p, "Downloaded")["message"].endswith(
+        "; storage.size 1Gi is below the volume's 5Gi, and a volume cannot shrink: it stays at 5Gi (delete the "
+        "ModelDeployment to start with a smaller one)")
+    # the size the volume has: nothing to say
+    assert "cannot shrink" not in cond(run(md, r, observed(md, r)), "Downloaded")["message"]

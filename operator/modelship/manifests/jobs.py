@@ -5,7 +5,7 @@ a different download is a different Job."""
 
 from __future__ import annotations
 
-from ..api import ModelDeployment, ResolvedFile, ResolvedModel
+from ..api import JOB_NAME_MAX, ModelDeployment, ResolvedFile, ResolvedModel
 from ..settings import Settings
 from .meta import KEEP, REPO, REVISION, cache_labels, claim_name, digest, finish, labels, on_shared_cache
 from .pods import FETCH_UID, pin, restricted_container, restricted_pod, schedule
@@ -79,7 +79,10 @@ def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: s
     if settings.download_pool:
         schedule(pod["spec"], settings.pools[settings.download_pool])
     # On the shared cache: named by what it does alone, so ModelDeployments of one repo@sha share one Job.
-    name = f"{'modelship' if cache else md.name}-{verb}-{digest([*identity, pod], 8)}"
+    # A Job's name is a label value of its pods: at most 63 characters, so the digest gives way
+    # to a long name (48, the longest the CRD admits, leaves 6 hex digits for `-collect-`).
+    prefix = f"{'modelship' if cache else md.name}-{verb}-"
+    name = prefix + digest([*identity, pod], min(8, JOB_NAME_MAX - len(prefix)))
     if pin_node:
         pin(pod["spec"], pin_node)
     return finish({

@@ -18,17 +18,21 @@ ENGINES: dict[str, ModuleType] = {m.NAME: m for m in (tgi, llamacpp)}
 def resources(md: ModelDeployment, placement: Placement) -> dict:
     """The pool's default requests and limits, overridden by the spec's, and the GPUs."""
     out: dict[str, dict] = {k: dict(v) for k, v in placement.profile.resources.items()}
-    if md.spec.resources:
-        for kind in ("requests", "limits"):
-            override = getattr(md.spec.resources, kind)
-            if override:
-                out.setdefault(kind, {}).update({k: str(v) for k, v in override.items()})
-    # A limit below the pool's default request lowers the request, as Kubernetes itself does
-    # when only a limit is given (a request above its limit is refused).
-    for key, limit in (out.get("limits") or {}).items():
-        request = (out.get("requests") or {}).get(key)
+    asked = md.spec.resources.wire() if md.spec.resources else {}
+    for kind in ("requests", "limits"):
+        out.setdefault(kind, {}).update({k: str(v) for k, v in (asked.get(kind) or {}).items()})
+    # Where a request and its limit disagree, the pool's default gives way to what the spec
+    # asked (a request above its limit is refused; the CRD refuses a spec that has both): a
+    # limit asked for lowers the pool's request, as Kubernetes does when only a limit is given,
+    # and a request asked for raises the pool's limit. The spec's own values are never changed.
+    for key, limit in out["limits"].items():
+        request = out["requests"].get(key)
         if request is not None and quantity(request) > quantity(limit):
-            out["requests"][key] = limit
+            if key in (asked.get("requests") or {}):
+                out["limits"][key] = request
+            else:
+                out["requests"][key] = limit
+    out = {kind: v for kind, v in out.items() if v}
     if placement.gpus and placement.profile.gpu_resource:
         out.setdefault("limits", {})[placement.profile.gpu_resource] = str(placement.gpus)
     return out

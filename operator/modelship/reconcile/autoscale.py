@@ -87,10 +87,9 @@ class State:
 
     @classmethod
     def seed(cls, spec: api.ModelDeploymentSpec, saved: api.AutoscalingStatus | None, now: float) -> "State":
-        lo, hi = spec.bounds()
-        start = min(max(spec.replicas, lo), hi)
+        start, note = within_bounds(spec)
         if saved is None:
-            return cls(start, spec.replicas, "Started", f"autoscaling from spec.replicas: {start} replica(s)",
+            return cls(start, spec.replicas, "Started", f"autoscaling from spec.replicas: {start} replica(s){note}",
                        started=now)
         at = _epoch
         return cls(saved.desired_replicas, saved.spec_replicas if saved.spec_replicas is not None else spec.replicas,
@@ -148,14 +147,25 @@ def wanted(spec: api.ModelDeploymentSpec, sig: Signal) -> tuple[int, str | None,
     return best
 
 
+def within_bounds(spec: api.ModelDeploymentSpec) -> tuple[int, str]:
+    """`spec.replicas` within the bounds, and the words that say so where it is not (the
+    operator never changes what was asked for without saying it)."""
+    lo, hi = spec.bounds()
+    n = min(max(spec.replicas, lo), hi)
+    if n == spec.replicas:
+        return n, ""
+    moved = f"raised to minReplicas {lo}" if n > spec.replicas else f"lowered to maxReplicas {hi}"
+    return n, f" (spec.replicas {spec.replicas} is outside the autoscaling bounds: {moved})"
+
+
 def adjust(spec: api.ModelDeploymentSpec, st: State) -> Decision | None:
     """What the spec alone asks, signal or none: `spec.replicas` changed (`kubectl scale`: jump
     there, go on from there), or the replicas are outside new bounds."""
     lo, hi = spec.bounds()
     if st.spec_replicas != spec.replicas:
-        n = min(max(spec.replicas, lo), hi)
+        n, note = within_bounds(spec)
         return Decision(n, "ScaledBySpec", f"spec.replicas changed to {spec.replicas}: {st.desired} → {n} "
-                                           f"replica(s); the autoscaler goes on from there")
+                                           f"replica(s){note}; the autoscaler goes on from there")
     if st.desired > hi:
         return Decision(hi, "ScaledToBounds", f"maxReplicas is {hi}: {st.desired} → {hi} replicas")
     if st.desired < lo:

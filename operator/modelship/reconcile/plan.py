@@ -29,7 +29,7 @@ from ..settings import Settings
 from ..units import human_bytes, quantity_bytes
 from .autoscaler import View
 from .facts import Facts, JobFacts
-from .policy import check_ownership, check_storage, place
+from .policy import check_ownership, check_settings, check_storage, place
 from .status import StatusWriter
 from .types import Action, Event, Observed, Plan, ResolveError, SpecError
 
@@ -48,6 +48,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     status.resolved(resolved, follow_failure)
     try:
         placement = place(md, resolved.engine, settings)
+        check_settings(md, resolved.engine)
         check_storage(md, resolved)
         check_ownership(observed.conflicts)
     except SpecError as e:
@@ -64,7 +65,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     status.download(download.progress)
     if download.blocked:
         return status.blocked(download.reason, download.message, "Failed", actions + download.actions, None)
-    status.set("Downloaded", download.condition, download.reason, download.message)
+    status.set("Downloaded", download.condition, download.reason, download.message + volume_note(md, facts))
     actions += download.actions
     if not download.done:
         status.available(downloaded=False)
@@ -132,6 +133,17 @@ def volume_stage(md: ModelDeployment, resolved: ResolvedModel, observed: Observe
     if storage.shared_cache and not facts.volume.joined:  # join as an owner; never shrink what others need
         requests["storage"] = max(requests["storage"], facts.volume.request, key=quantity_bytes)
     return apply_if_needed(want, observed.pvc)
+
+
+def volume_note(md: ModelDeployment, facts: Facts) -> str:
+    """A volume is never shrunk (Kubernetes cannot): a storage.size below it is said, not ignored."""
+    size = md.spec.storage.size
+    if size is None or md.spec.storage.existing_claim or not facts.volume.exists:
+        return ""
+    if quantity_bytes(size) >= quantity_bytes(facts.volume.request):
+        return ""
+    return (f"; storage.size {size} is below the volume's {facts.volume.request}, and a volume cannot shrink: it "
+            f"stays at {facts.volume.request} (delete the ModelDeployment to start with a smaller one)")
 
 
 # --- 3. the download -------------------------------------------------------------------------

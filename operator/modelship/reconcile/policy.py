@@ -4,7 +4,7 @@ raises `SpecError` with a message that says what to fix."""
 
 from __future__ import annotations
 
-from ..api import ModelDeployment, ResolvedModel
+from ..api import LLAMACPP_SETTINGS, TGI_SETTINGS, ModelDeployment, ResolvedModel
 from ..manifests import Placement
 from ..settings import Settings
 from ..units import GIB, quantity_bytes
@@ -40,6 +40,22 @@ def place(md: ModelDeployment, engine: str, settings: Settings) -> Placement:
         raise SpecError("TooManyGPUs", f"pool {name!r} has at most {profile.max_gpus} GPUs per node, but gpus "
                                        f"is {gpus}: lower gpus or choose a larger pool")
     return Placement(name, profile, gpus)
+
+
+def check_settings(md: ModelDeployment, engine: str) -> None:
+    """Serving fields the chosen engine cannot honour (the API server refuses them where
+    engine.type names the engine; with `auto` only the resolved format tells)."""
+    serving = md.spec.serving.wire() if md.spec.serving else {}
+    foreign, other = (LLAMACPP_SETTINGS, "llama.cpp") if engine == "tgi" else (TGI_SETTINGS, "TGI")
+    unused = [f"serving.{f}" for f in foreign if f in serving]
+    if unused:
+        served = "TGI (safetensors weights)" if engine == "tgi" else "llama.cpp (GGUF weights)"
+        raise SpecError("SettingNotForEngine", f"{', '.join(unused)} {'is a' if len(unused) == 1 else 'are'} "
+                                               f"{other} setting{'s' if len(unused) > 1 else ''}, but the model is "
+                                               f"served by {served}, which would ignore "
+                                               f"{'it' if len(unused) == 1 else 'them'}: remove "
+                                               f"{'it' if len(unused) == 1 else 'them'}, or choose a model in "
+                                               f"the other format")
 
 
 def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 
 import click
 
+from ..api import MD_NAME, MD_NAME_MAX
 from .common import EXIT_FAILED, EXIT_USAGE, GROUP, PLURAL, VERSION, Kube, UserError, kube_options, user_errors
 
 # crd.py's rule on metadata.name: it names the Service, Deployment and download Job.
-NAME_PATTERN, NAME_MAX = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", 48
+NAME_PATTERN, NAME_MAX = MD_NAME, MD_NAME_MAX
 # TGI's own quantization formats (`serving.quantize`); any other --quant picks a GGUF file.
 FLAGS = {"model.repo": "REPO", "model.revision": "REPO@REVISION", "model.quantization": "--quant",
          "serving.quantize": "--quant", "engine.type": "--engine", "gpus": "--gpus", "pool": "--pool",
