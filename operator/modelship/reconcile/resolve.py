@@ -218,7 +218,7 @@ class HubResolver:
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
         api = HfApi(endpoint=endpoint, token=token or False)
         with _hub_errors(source, endpoint, token):
-            info = api.model_info(source.repo, revision=source.revision, files_metadata=True)
+            info = api.model_info(source.repo, revision=source.revision, files_metadata=True, timeout=self.timeout)
             if not re.fullmatch(r"[0-9a-f]{40}", str(info.sha)):
                 raise ValueError(f"no commit sha in the model's info (sha: {str(info.sha)[:50]!r})")
             names = [s.rfilename for s in info.siblings or []]

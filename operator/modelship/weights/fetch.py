@@ -288,6 +288,9 @@ class Fetcher:
                 digest = sink.finish()  # hashed, and on disk
                 got = sink.git.hexdigest() if sink.git else None
         size = part.stat().st_size
+        if size > w.size:  # more than the Hub listed: not this file
+            part.unlink()
+            raise ChecksumError(f"{w.path}: {size} bytes served, the Hub lists {w.size}")
         if size != w.size:
             raise Incomplete(f"{w.path}: {size} bytes so far, expected {w.size}")
         if w.sha256 and digest != w.sha256:
