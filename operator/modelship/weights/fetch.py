@@ -15,7 +15,8 @@ an engine gets a plain folder per commit. For each file:
   an HTTP Range request (after a crash, a killed pod, a dropped connection), then checked
   (size, and sha256 where the Hub gives one) and only then renamed into place and linked;
 - several files download at once (`--parallel`);
-- no name can leave DEST: paths are checked as names, never resolved through links.
+- no name can leave DEST: names are checked as names first (`volume.unsafe_name`), and
+  nothing is read or written through a link that leaves DEST (a pre-loaded volume's).
 
 Progress goes to stdout as one JSON object per line (`{"event": "progress", "done": ...,
 "total": ..., "rate": ..., "eta": ...}`), every two seconds and at the end; the operator
