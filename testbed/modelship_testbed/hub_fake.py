@@ -14,7 +14,8 @@ What it reproduces (the parts the resolver and the downloader use):
 - Errors with the Hub's `X-Error-Code` headers: unknown repo (401 RepoNotFound), unknown
   revision (404 RevisionNotFound), missing file (404 EntryNotFound), gated repo without a
   token (401 GatedRepo) or with a token that lacks access (403 GatedRepo), private repo.
-- Faults for tests: cut a response after N bytes (once), flip a byte of a file's content.
+- Faults for tests: cut a response after N bytes (once), flip a byte of a file's content, stall
+  a response after N bytes (once), send bytes past a file's end, answer the API with an HTML page.
 Counters record the bytes served per file, so tests can tell how often a file was downloaded.
 """
 
@@ -89,6 +90,9 @@ class FakeHub:
         self.served: dict[str, int] = {}  # path -> bytes sent in GET bodies
         self.cut_after: dict[str, int] = {}  # path -> cut the next GET after this many bytes
         self.corrupt: set[str] = set()  # paths whose content is served with a flipped byte
+        self.stall_after: dict[str, tuple[int, float]] = {}  # path -> (bytes, seconds): the next GET stops sending
+        self.trailing: dict[str, bytes] = {}  # path -> bytes served past the file's end (a longer file)
+        self.garbage: set[str] = set()  # repos whose API answers an HTML page with 200, as a broken proxy
         self.requests: list[tuple[str, str]] = []
         self.chunk_delay = 0.0  # seconds between 64 KiB chunks: a slow link, to watch progress
         self.searchable = True  # False: no /api/models search (404), as a mirror such as olah
@@ -136,6 +140,8 @@ class FakeHub:
         self.requests.append(("info", request.path_qs))
         if repo is None:
             return self._error(401, "RepoNotFound", "Repository not found")
+        if repo.id in self.garbage:
+            return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
         if (denied := self._auth(request, repo, files=False)) is not None:
             return denied
         rev = request.match_info.get("rev", "main")
@@ -234,6 +240,7 @@ class FakeHub:
         self.authorized.append((request.host.split(":")[0], request.path, "Authorization" in request.headers))
         if path in self.corrupt and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        data = data + self.trailing.get(path, b"")
         start, status = 0, 200
         rng = request.headers.get("Range")
         if rng and rng.startswith("bytes="):
@@ -250,9 +257,10 @@ class FakeHub:
         if request.method == "HEAD":
             return resp
         cut = self.cut_after.pop(path, None)
+        stall = self.stall_after.pop(path, None)
         # 64 KiB pieces while a delay simulates a slow link; otherwise 1 MiB, so that the
         # server spends little CPU per byte (benchmarks share two cores with it).
-        sent, chunk = 0, 64 * 1024 if self.chunk_delay or cut is not None else 1 << 20
+        sent, chunk = 0, 64 * 1024 if self.chunk_delay or cut is not None or stall else 1 << 20
         # Bytes are counted as each piece goes out, before any delay: a client that has the
         # whole file must find it counted (it may finish before this coroutine resumes).
         self.served.setdefault(path, 0)
@@ -267,6 +275,9 @@ class FakeHub:
             self.served[path] += len(piece)
             await resp.write(piece)
             sent += len(piece)
+            if stall is not None and sent >= stall[0]:
+                await asyncio.sleep(stall[1])  # the connection stays open, silent
+                stall = None
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
         await resp.write_eof()

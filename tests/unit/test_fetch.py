@@ -109,7 +109,7 @@ def test_a_wrong_preloaded_file_is_replaced_and_a_right_one_kept(hub, tmp_path):
 
 @pytest.mark.parametrize("bad", ["../evil.gguf", "/etc/passwd", "a/../../b", "sub/./x"])
 def test_names_that_leave_the_volume_are_refused_before_anything_is_written(hub, tmp_path, bad):
-    with pytest.raises(weights.FetchError, match="leaves the snapshot folder"):
+    with pytest.raises(weights.FetchError, match="could leave the snapshot folder"):
         run(hub, tmp_path, [spec("config.json", CONFIG), f"1::{bad}"])
     assert not list(tmp_path.iterdir())
 

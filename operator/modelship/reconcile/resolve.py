@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from ..api import ModelSource, ResolvedFile, ResolvedModel
 from ..units import human_bytes
+from ..weights.volume import unsafe_name
 from .types import ResolveError
 
 
@@ -74,13 +75,13 @@ class CatalogResolver:
                 raise ResolveError("QuantizationNotFound",
                                    f"{source.repo}@{source.revision} has no {source.quantization}; it has: "
                                    f"{have or 'no GGUF quantizations'}")
-            return _exclude(chosen[0], source)
+            return _refuse_unsafe(_exclude(chosen[0], source), source)
         # No quantization asked: Q4_K_M, then Q8_0, then the first entry (as for the Hub).
         for tag in ("Q4_K_M", "Q8_0"):
             for e in at_rev:
                 if quant_matches(tag, e):
-                    return _exclude(e, source)
-        return _exclude(at_rev[0], source)
+                    return _refuse_unsafe(_exclude(e, source), source)
+        return _refuse_unsafe(_exclude(at_rev[0], source), source)
 
 
 def _exclude(model: ResolvedModel, source: ModelSource) -> ResolvedModel:
@@ -93,6 +94,25 @@ def _exclude(model: ResolvedModel, source: ModelSource) -> ResolvedModel:
         raise ResolveError("NoServableFiles", f"model.exclude removes {model.model_file}, the file to serve; "
                                               f"narrow the exclude patterns")
     return model.model_copy(update={"files": keep, "total_bytes": sum(f.size for f in keep)})
+
+
+def _refuse_unsafe(model: ResolvedModel, source: ModelSource) -> ResolvedModel:
+    """A file to download whose name could leave the volume is refused (the download Job
+    refuses it again as it writes). Odd names the choice leaves out are no concern: they are
+    never written."""
+    unsafe_files(source, [f.path for f in model.files])
+    return model
+
+
+def unsafe_files(source: ModelSource, files: list[str]) -> None:
+    for name in files:
+        why = unsafe_name(name)
+        if why is not None:
+            shown = repr(name) if len(name) <= 80 else repr(name[:60]) + f"... ({len(name)} characters)"
+            raise ResolveError("UnsafeFileName", f"{source.repo}@{source.revision} has a file named {shown} that "
+                                                 f"cannot be written safely ({why}); it is needed to serve the "
+                                                 f"model, so the repository cannot be served: fix the name on the "
+                                                 f"Hub, or choose other files (spec.model.quantization or files)")
 
 
 # --- the Hub ---------------------------------------------------------------------------------
@@ -198,7 +218,9 @@ class HubResolver:
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
         api = HfApi(endpoint=endpoint, token=token or False)
         with _hub_errors(source, endpoint, token):
-            info = api.model_info(source.repo, revision=source.revision, files_metadata=True)
+            info = api.model_info(source.repo, revision=source.revision, files_metadata=True, timeout=self.timeout)
+            if not re.fullmatch(r"[0-9a-f]{40}", str(info.sha)):
+                raise ValueError(f"no commit sha in the model's info (sha: {str(info.sha)[:50]!r})")
             names = [s.rfilename for s in info.siblings or []]
             known = {s.rfilename: s for s in info.siblings or []}
             indexed = (self._json(source, "model.safetensors.index.json", info.sha, endpoint, token)
@@ -207,6 +229,7 @@ class HubResolver:
                                                                                           endpoint, token, info.sha),
                                                      sorted(set(indexed)) if indexed else None)
             files = _apply_patterns(selected, names, source)
+            unsafe_files(source, files)
             if model_file and model_file not in files:
                 raise ResolveError("NoServableFiles", f"model.exclude removes {model_file}, the file to serve; "
                                                       f"narrow the exclude patterns")
@@ -330,7 +353,18 @@ def _hub_errors(source: ModelSource, endpoint: str, token: str | None):
             raise ResolveError("HubUnavailable", f"{where} answered {status or 'nothing'}; retrying with backoff",
                                transient=True) from None
         raise ResolveError("HubError", f"{where} answered {status}: {str(e).splitlines()[0]}") from None
-    except (requests.ConnectionError, requests.Timeout, OfflineModeIsEnabled, OSError) as e:
-        raise ResolveError("HubUnreachable", f"cannot reach {endpoint} ({type(e).__name__}); retrying with backoff. "
-                                             f"In an air-gapped cluster set spec.model.endpoint or the operator's "
-                                             f"hubEndpoint to a mirror", transient=True) from None
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise _unreachable(endpoint, e) from None
+    except (ValueError, KeyError, TypeError) as e:  # an error page, a mirror gone wrong
+        raise ResolveError("HubBadAnswer", f"{where}: the Hub API answered something that is not the Hub's JSON "
+                                           f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                                           f"check that {endpoint} is a Hub or a Hub mirror; retrying with backoff",
+                           transient=True) from None
+    except (OfflineModeIsEnabled, OSError) as e:
+        raise _unreachable(endpoint, e) from None
+
+
+def _unreachable(endpoint: str, e: Exception) -> ResolveError:
+    return ResolveError("HubUnreachable", f"cannot reach {endpoint} ({type(e).__name__}); retrying with backoff. "
+                                          f"In an air-gapped cluster set spec.model.endpoint or the operator's "
+                                          f"hubEndpoint to a mirror", transient=True)

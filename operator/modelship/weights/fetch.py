@@ -15,7 +15,8 @@ an engine gets a plain folder per commit. For each file:
   an HTTP Range request (after a crash, a killed pod, a dropped connection), then checked
   (size, and sha256 where the Hub gives one) and only then renamed into place and linked;
 - several files download at once (`--parallel`);
-- no name can leave DEST: paths are checked as names, never resolved through links.
+- no name can leave DEST: names are checked as names first (`volume.unsafe_name`), and
+  nothing is read or written through a link that leaves DEST (a pre-loaded volume's).
 
 Progress goes to stdout as one JSON object per line (`{"event": "progress", "done": ...,
 "total": ..., "rate": ..., "eta": ...}`), every two seconds and at the end; the operator
@@ -46,7 +47,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from .collect import prune
 from .hashing import Sink, git_sha1_of, sha256_of
-from .volume import FetchError, blob_lock, record_use, repo_dir, safe_target, volume_lock
+from .volume import FetchError, blob_lock, inside, record_use, repo_dir, safe_target, volume_lock
 
 ATTEMPTS = 5
 
@@ -147,7 +148,7 @@ class Fetcher:
             raise FetchError(f"--revision {revision!r} is not a commit sha (the operator pins one before "
                              f"downloading)")
         self.repo, self.revision, self.endpoint = repo, revision, endpoint.rstrip("/")
-        self.repo_dir = repo_dir(dest, repo)
+        self.dest, self.repo_dir = dest, repo_dir(dest, repo)
         self.snapshot = self.repo_dir / "snapshots" / revision
         self.blobs = self.repo_dir / "blobs"
         self.log, self.parallel, self.retry_delay = log, max(1, parallel), retry_delay
@@ -185,8 +186,11 @@ class Fetcher:
     # --- one file ---------------------------------------------------------------------------
 
     def present(self, w: Wanted, target: Path) -> bool:
-        """Whether the snapshot already holds this file, intact."""
+        """Whether the snapshot already holds this file, intact. A link out of the volume (a
+        pre-loaded one) is refused: neither read nor written through."""
+        inside(self.dest, target.parent, f"the folder of {w.path}")
         if target.is_symlink():
+            inside(self.dest, target, w.path)
             blob = Path(os.path.realpath(target))
             if blob.parent != self.blobs.resolve() or not blob.exists():
                 return False
@@ -207,6 +211,9 @@ class Fetcher:
         key = w.sha256 or hashlib.sha256(f"{self.revision}/{w.path}".encode()).hexdigest()
         blob = self.blobs / key
         self.blobs.mkdir(parents=True, exist_ok=True)
+        if blob.is_symlink():
+            raise FetchError(f"refusing blobs/{key} of {self.repo}: it is a link, not a file; remove it from "
+                             f"the volume")
         # Other Jobs may want the same blob at the same time (ModelDeployments sharing a cache
         # volume): one downloads, the others wait and then find it there.
         with blob_lock(self.repo_dir, key):
@@ -282,6 +289,9 @@ class Fetcher:
                 digest = sink.finish()  # hashed, and on disk
                 got = sink.git.hexdigest() if sink.git else None
         size = part.stat().st_size
+        if size > w.size:  # more than the Hub listed: not this file
+            part.unlink()
+            raise ChecksumError(f"{w.path}: {size} bytes served, the Hub lists {w.size}")
         if size != w.size:
             raise Incomplete(f"{w.path}: {size} bytes so far, expected {w.size}")
         if w.sha256 and digest != w.sha256:
@@ -294,6 +304,7 @@ class Fetcher:
 
     def link(self, target: Path, blob: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
+        inside(self.dest, target.parent, f"the folder of {target.name}")  # made through no link out
         rel = os.path.relpath(blob, target.parent)
         # A name of its own: another Job (or thread) may be linking the same file right now.
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.link")
@@ -307,6 +318,8 @@ class Fetcher:
         """Every file; progress lines go to `out` (default: stdout, the Job's log, which the operator reads)."""
         for w in wanted:
             safe_target(self.snapshot, w.path)  # refuse a bad name before anything is written
+        for folder in (self.repo_dir, self.snapshot, self.blobs, self.repo_dir / ".locks"):
+            inside(self.dest, folder, f"{folder.relative_to(self.dest)}")  # a pre-loaded volume's links
         progress = Progress(sum(w.size for w in wanted), len(wanted), out)
         stop = threading.Event()
 

@@ -47,7 +47,8 @@ class Sink:
     WINDOW = 32 << 20
 
     def __init__(self, path: Path, keep: int = 0, git_size: int | None = None) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        # never through a link (a partial file that is one would write outside the volume)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         os.ftruncate(self.fd, keep)
         os.lseek(self.fd, keep, os.SEEK_SET)
         self.h = hashlib.sha256()

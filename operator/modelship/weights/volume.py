@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -33,13 +34,51 @@ def repo_of(folder: Path) -> str:
     return folder.name.removeprefix("models--").replace("--", "/", 1)
 
 
+NAME_MAX, PATH_MAX = 255, 1024  # bytes of one component (most filesystems), of the whole name
+
+
+def unsafe_name(rel: str) -> str | None:
+    """Why a file name of a repository cannot be a path under the snapshot folder (None: it
+    can). Judged on the name alone: `..`, `.` or empty components, absolute paths,
+    backslashes, control and invisible format characters (NUL, newline, a right-to-left
+    override), names that become `..` once Unicode-normalized (fullwidth dots), and
+    components longer than a filesystem takes."""
+    if not rel:
+        return "it is empty"
+    if rel.startswith("/"):
+        return "it is an absolute path"
+    if "\\" in rel:
+        return "it has a backslash"
+    odd = next((c for c in rel if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    if odd is not None:
+        return f"it has the control or invisible character U+{ord(odd):04X}"
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or any(p in ("", ".", "..") for p in
+                                                       unicodedata.normalize("NFKC", rel).split("/")):
+        return "it has an empty, '.' or '..' component"
+    if len(rel.encode()) > PATH_MAX or any(len(p.encode()) > NAME_MAX for p in parts):
+        return f"it is longer than a filesystem takes ({NAME_MAX} bytes a component, {PATH_MAX} in all)"
+    return None
+
+
 def safe_target(root: Path, rel: str) -> Path:
-    """root/rel, refusing names that leave root. Checked on the name itself, not by resolving
-    links: in the Hub cache layout every snapshot file is a link into ../../blobs."""
-    parts = Path(rel).parts
-    if not rel or rel.startswith(("/", "\\")) or ".." in parts or "\x00" in rel or os.path.normpath(rel) != rel:
-        raise FetchError(f"refusing file {rel!r}: its path leaves the snapshot folder")
+    """root/rel, refusing names that leave root (`unsafe_name`). Checked on the name itself,
+    not by resolving links: in the Hub cache layout every snapshot file is a link into
+    ../../blobs; `inside` checks the folders once they exist."""
+    why = unsafe_name(rel)
+    if why is not None:
+        raise FetchError(f"refusing file {rel!r}: {why}, so its path could leave the snapshot folder")
     return root / rel
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """`path`, once its links are followed, still under `root` (followed too): a folder of a
+    pre-loaded volume (existingClaim) that is a link out of it is refused, never written through."""
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != top and top not in real.parents:
+        raise FetchError(f"refusing {what}: it is a link to {real}, outside the volume; remove that link "
+                         f"from the volume (storage.existingClaim)")
+    return path
 
 
 @contextmanager
