@@ -161,6 +161,8 @@ class RouterFlag(click.Option):
               help="Accept only requests with one of these keys (a mounted Secret): a YAML mapping of caller names "
                    "to keys, or one key per line. The file is followed: changed keys apply within about 10 s.")
 @click.option("--max-body-bytes", cls=RouterFlag, type=int, help="Larger request bodies get 413.")
+@click.option("--body-timeout", cls=RouterFlag, type=float,
+              help="Seconds a request's body may take to arrive (408 after).")
 @click.option("--connect-timeout", cls=RouterFlag, type=float, help="Seconds to connect to an endpoint.")
 @click.option("--first-byte-timeout", cls=RouterFlag, type=float,
               help="Seconds to wait for an endpoint's answer to begin (504 after).")

@@ -31,6 +31,7 @@ from .exchange import Call, Exchange, cancel_on_disconnect
 from .forward import Forwarder
 from .load import MAX_WAIT, Load
 from .metrics import Metrics
+from .openapi import DOCUMENT as OPENAPI
 from .registry import Registry, Target
 from .quota import Limit, Quotas
 from .settings import Limits
@@ -47,7 +48,7 @@ class Router:
                  api_keys: list[str] | dict[str, str] | None = None, metrics: Metrics | None = None):
         self.registry, self.client = registry, client
         limits = limits or Limits()
-        self.max_body_bytes = limits.max_body_bytes
+        self.max_body_bytes, self.body_timeout = limits.max_body_bytes, limits.body_timeout
         self.callers = Callers()
         self.set_api_keys(api_keys or [])
         self.quotas = Quotas()
@@ -156,6 +157,9 @@ class Router:
             return
         if path == "/modelship/load":  # the operator's autoscaler: load figures, as /metrics has, no secret
             await self._load(scope, receive, send)
+            return
+        if path == "/openapi.json":  # this API, described (openapi.py)
+            await respond(send, 200, OPENAPI)
             return
         call = Call(_request_id(scope["headers"]), "", time.monotonic())
         try:
@@ -348,17 +352,22 @@ class Router:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ErrorAnswer(413, f"the request body is {int(declared)} bytes; the limit is {limit}")
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ErrorAnswer(413, f"the request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
+        try:
+            with self.forwarder.wheel.timeout(self.body_timeout, asyncio.current_task()):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise ErrorAnswer(413, f"the request body is over the limit of {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            raise ErrorAnswer(408, f"the request body did not arrive within {self.body_timeout:g} s "
+                                   f"(--body-timeout)", code="request_timeout", headers=[(b"connection", b"close")]) from None
         raw = b"".join(chunks)
         try:
             body = orjson.loads(raw)

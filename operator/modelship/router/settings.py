@@ -31,6 +31,8 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_body_bytes: int = Field(8 << 20, ge=1, description="Larger request bodies are refused with 413.")
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a request's body may take to arrive (a client "
+                                                         "that sends it slowly, or stops); 408 after.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to an endpoint.")
     first_byte_timeout: float = Field(300.0, gt=0, description="Seconds an endpoint's answer may take to begin "
                                                                 "(a long prompt's prefill, a cold engine); 504 after.")
