@@ -64,7 +64,8 @@ def new_endpoint(url: str, namespace: str, i: int) -> float:
     the router counting it."""
     disc = client.DiscoveryV1Api()
     name = f"m0000-bench-{i}"
-    body = {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": "m0000"}},
+    body = {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": "m0000",
+                                                    "app.kubernetes.io/managed-by": "modelship"}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": [{"addresses": [f"127.200.255.{10 + i}"], "conditions": {"ready": True}}]}
     start = time.monotonic()
