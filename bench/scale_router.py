@@ -84,7 +84,9 @@ def new_endpoint(url: str, namespace: str, i: int) -> float:
 
 
 def ready_endpoints(url: str, model: str) -> int:
-    return (httpx.get(f"{url}/modelship/load", timeout=10).json()["models"].get(model) or {}).get("readyEndpoints", 0)
+    """The router's count for `model` (named `namespace/name` in `/modelship/load`)."""
+    models = httpx.get(f"{url}/modelship/load", timeout=10).json()["models"]
+    return max((m["readyEndpoints"] for k, m in models.items() if k == model or k.endswith(f"/{model}")), default=0)
 
 
 def static_router(workdir: Path, backends: list[str], others: int) -> tuple[subprocess.Popen, str]:
