@@ -216,6 +216,8 @@ def main() -> None:
     ap.add_argument("--resync", type=float, default=60, help="the operator's resyncSeconds (its default: 60)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--no-router", action="store_true", help="the operator part only")
+    ap.add_argument("--router-only", action="store_true", help="the router part only, with ModelDeployments and "
+                    "EndpointSlices made by the bench (no operator, nodes or pods)")
     args = ap.parse_args()
     from modelship_testbed import binaries
     from modelship_testbed.config import LOCAL_NODE_NAME
@@ -230,6 +232,11 @@ def main() -> None:
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
     try:
+        if args.router_only:
+            import scale_router
+
+            scale_router.fake_endpoints(api, namespace, args.models)
+            return scale_router.run(args, api, cluster, namespace, work)
         start = time.monotonic()
         sc.create_nodes(core, args.nodes)
         sc.wait_until(lambda: sc.ready_nodes(core) >= args.nodes, 300, f"{args.nodes} Ready nodes", every=2)

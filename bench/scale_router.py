@@ -131,6 +131,29 @@ def overhead(workdir: Path, count: int, rounds: int = 3, seconds: float = 4) -> 
             b.stop()
 
 
+def fake_endpoints(api, namespace: str, count: int) -> None:
+    """`--router-only`: the N ModelDeployments without an operator, nodes or pods, and for each
+    the EndpointSlice its Service would have (two ready addresses in kwok's range): what the
+    router watches, at a fraction of the API server's work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scale import GROUP, PLURAL, VERSION, model
+
+    custom, disc = client.CustomObjectsApi(api), client.DiscoveryV1Api(api)
+
+    def make(i: int) -> None:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model(i))
+        disc.create_namespaced_endpoint_slice(namespace, {
+            "metadata": {"name": f"m{i:04d}-x", "labels": {"kubernetes.io/service-name": f"m{i:04d}",
+                                                         "app.kubernetes.io/managed-by": "modelship"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [f"127.200.{i // 100}.{2 * (i % 100) + k + 1}"], "conditions": {"ready": True}}
+                          for k in range(2)]})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(make, range(count)))
+
+
 def run(args, api, cluster, namespace: str, work: Path) -> None:
     print("\nthe router: discovery of the same models, then overhead with many targets", flush=True)
     found = discovery(namespace, args.models, cluster.kubeconfig)
