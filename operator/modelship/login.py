@@ -26,9 +26,12 @@ def in_cluster_server() -> str:
 
 
 def api_client() -> client.ApiClient:
-    """A client of its own (never the library's global default configuration)."""
+    """A client of its own (never the library's global default configuration), with room for
+    the operator's concurrent requests (the library's default pool holds 5 per core)."""
+    configuration = client.Configuration()
     if in_cluster():
-        configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
-    return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+    else:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 32)
+    return client.ApiClient(configuration)

@@ -49,7 +49,9 @@ class Controller:
         # Fault injection for the restart test: exit abruptly after N child writes.
         failpoint = os.environ.get("MODELSHIP_FAILPOINT_EXIT_AFTER_WRITES")
         self.writes_left = int(failpoint) if failpoint else None
-        self.queue = WorkQueue(self._handle, workers=4)
+        # Reconciles mostly wait on the API server: 16 at once keep it busy (bench/scale.py:
+        # 500 ModelDeployments took four times as long with 4).
+        self.queue = WorkQueue(self._handle, workers=16)
         self.follow_failures: dict[Key, str] = {}  # the last failed Follow re-check
         self.volume_locks: dict[Key, asyncio.Lock] = {}  # (namespace, claim) of a shared volume
         self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)
@@ -102,8 +104,8 @@ class Controller:
         scale = self._scale(md, resolution, observed)
         p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale)
         p.events += (scale.events if scale else []) + self.autoscaler.pop_events(key)
-        await self._execute(md, p)
-        await self._report(key, md, body.get("status") or {}, p)
+        done = await self._execute(md, p)
+        await self._report(key, md, body.get("status") or {}, p, done)
         if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while (sooner after a failure)
             wait = 30.0 if key in self.follow_failures else float(self.settings.follow_interval_seconds)
             return min(p.requeue_after or float("inf"), wait)
@@ -137,14 +139,18 @@ class Controller:
             reads.job_pods[job] = JobPods(pods, tail)
         return observe.observe(md, claim, reads)
 
-    async def _execute(self, md: api.ModelDeployment, p: Plan) -> None:
-        """The plan's actions, in its order; each announced with an Event. A child the API
-        server refuses for good stops the rest and goes into the status."""
+    async def _execute(self, md: api.ModelDeployment, p: Plan) -> list[Event]:
+        """The plan's actions, in its order; the Events that announce them (posted after the
+        status: `_report`). A child the API server refuses for good stops the rest and goes
+        into the status."""
+        done: list[Event] = []
         for action in p.actions:
             try:
                 await asyncio.to_thread(self.kube.execute, action, md.namespace)
             except ApiException as e:
                 if is_transient(e) or (action.field_manager and e.status == 422):
+                    for event in done:  # what was done is announced all the same
+                        self.kube.post_event_later(md, event)
                     raise  # (a co-owned object others are changing too: try again shortly)
                 status.rejected(md, p, f"{action.kind} {action.name} was refused by the API server: {refusal(e)}",
                                 clock.now())
@@ -153,7 +159,8 @@ class Controller:
             self._failpoint()
             message = f"{action.past_tense()} {action.kind} {action.name}"
             log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
-            await asyncio.to_thread(self.kube.post_event, md, Event("Normal", action.past_tense(), message))
+            done.append(Event("Normal", action.past_tense(), message))
+        return done
 
     def _failpoint(self) -> None:
         if self.writes_left is not None:
@@ -162,15 +169,16 @@ class Controller:
                 log.error("failpoint: exiting abruptly after a child write, mid-reconcile")
                 os._exit(137)
 
-    async def _report(self, key: Key, md: api.ModelDeployment, old: dict, p: Plan) -> None:
-        """Write the status (when it changed), then post the plan's events."""
+    async def _report(self, key: Key, md: api.ModelDeployment, old: dict, p: Plan, done: list[Event]) -> None:
+        """Write the status (when it changed), then post the Events of what was done and the
+        plan's, in the background and in order (best effort: a change waits for none of them)."""
         if p.status != old:
             await asyncio.to_thread(self.kube.write_status, md.namespace, md.name, p.status)
             if p.status.get("phase") != old.get("phase"):
                 log.info("ModelDeployment %s/%s is %s", md.namespace, md.name, p.status.get("phase"))
         self.metrics.record_phase(key, p.status.get("phase"))
-        for event in p.events:
-            await asyncio.to_thread(self.kube.post_event, md, event)
+        for event in done + p.events:
+            self.kube.post_event_later(md, event)
 
     async def _say_resolving(self, key: Key, md: api.ModelDeployment) -> None:
         """Resolution may take a while (a slow Hub, many files): say so first."""

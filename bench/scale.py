@@ -1,0 +1,255 @@
+"""Benchmark 7: the operator and the router at scale, on the test bed: N ModelDeployments
+(two replicas each) on M kwok nodes, with the weights already present.
+
+    .venv/bin/python bench/scale.py [--models 500] [--nodes 1000] [--idle-seconds 60] [--no-router]
+
+Weights already present: every ModelDeployment uses one claim bound to a volume from the
+start (`storage.existingClaim`), and the operator's download pool is the bench's kwok pool,
+where kwok completes a Job's pod as soon as it runs: the operator goes through its download
+stage (it makes the verifying Job, sees it complete) and nothing is fetched. The models come
+from the integration tests' catalog, so no Hub is asked either.
+
+It runs the operator as a process (as the integration tests do), under a ServiceAccount of
+its own so that the API server's audit log tells its requests apart from those of the other
+users of a shared test bed, and measures:
+
+- reconciled: from the first create until every ModelDeployment's `status.observedGeneration`
+  is its `metadata.generation` and its Service and Deployment (2 replicas) exist; and until
+  every one is `phase: Ready` (this also takes the scheduler, kwok and the EndpointSlices);
+- the operator's peak RSS (psutil, every 0.2 s);
+- once idle: the operator's requests per object per minute, watches left out, over
+  `--idle-seconds` (the audit log; and apiserver_request_total's deltas over the same
+  window, which count every client of the test bed);
+- one change among the N: a patch of one spec until its Deployment's template says it, and
+  until its status's observedGeneration does.
+
+Then the router part (`scale_router.py`). Everything is deleted at the end, on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+from kubernetes import client, config  # noqa: E402
+
+import scale_cluster as sc  # noqa: E402
+from tests.conftest import Cluster  # noqa: E402
+from tests.integration.conftest import LocalOperator, service_account_kubeconfig  # noqa: E402
+
+GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
+SPEC_HASH = "modelship.io/spec-hash"
+
+
+def model(i: int) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": f"m{i:04d}"},
+            "spec": {"model": {"repo": "modelship-test/tiny-llama-GGUF", "quantization": "Q4_K_M"},
+                     "pool": sc.POOL, "replicas": 2, "storage": {"existingClaim": sc.CLAIM},
+                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                     "serving": {"contextLength": 1024, "threads": 1}}}
+
+
+class Peak:
+    """A process's peak RSS, sampled in a thread."""
+
+    def __init__(self, pid: int):
+        self.proc, self.peak, self.stop = psutil.Process(pid), 0, threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+
+def progress(api: client.ApiClient, namespace: str) -> tuple[int, int]:
+    """(reconciled, Ready) ModelDeployments, as defined in this file's docstring."""
+    custom, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)
+    mds = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    deps = {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items if d.spec.replicas == 2}
+    svcs = {s.metadata.name for s in core.list_namespaced_service(namespace).items}
+    done = ready = 0
+    for md in mds:
+        name, st = md["metadata"]["name"], md.get("status") or {}
+        if st.get("observedGeneration") == md["metadata"]["generation"] and name in deps and name in svcs:
+            done += 1
+            ready += st.get("phase") == "Ready"
+    return done, ready
+
+
+def apply_all(api: client.ApiClient, namespace: str, count: int) -> None:
+    custom = client.CustomObjectsApi(api)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model(i)),
+                      range(count)))
+
+
+def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: float,
+                  op: LocalOperator) -> dict[str, float]:
+    start, out = time.monotonic(), {}
+    apply_all(api, namespace, count)
+    out["applied"] = time.monotonic() - start
+    last = -1
+    while time.monotonic() - start < timeout:
+        if op.proc.poll() is not None:
+            raise SystemExit("the operator exited: " + op.log()[-2000:])
+        done, ready = progress(api, namespace)
+        if done == count and "reconciled" not in out:
+            out["reconciled"] = time.monotonic() - start
+        if ready == count:
+            out["ready"] = time.monotonic() - start
+            return out
+        if done + ready != last:
+            print(f"  {time.monotonic() - start:6.1f} s: {done}/{count} reconciled, {ready} Ready", flush=True)
+            last = done + ready
+        time.sleep(1.0)
+    raise SystemExit(f"not all Ready after {timeout:.0f} s: {progress(api, namespace)}")
+
+
+def idle_requests(cluster: Cluster, user: str, seconds: float) -> tuple[Counter, Counter]:
+    """The operator's requests in a window of `seconds` (audit log, by verb and resource, no
+    watches), and every client's (apiserver_request_total deltas)."""
+    from modelship_testbed import audit
+
+    before, since = sc.request_totals(cluster.kubectl), datetime.now(timezone.utc)
+    time.sleep(seconds)
+    after, until = sc.request_totals(cluster.kubectl), datetime.now(timezone.utc)
+    time.sleep(3)  # the audit log is written a moment after the answers
+    mine = Counter(f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}"
+                   for r in audit.requests_by(user, since) if r.time <= until and r.verb != "watch")
+    every = Counter({f"{v.lower()} {res}": after[(v, res)] - before.get((v, res), 0) for v, res in after
+                     if v != "WATCH" and after[(v, res)] > before.get((v, res), 0)})
+    return mine, every
+
+
+def one_change(api: client.ApiClient, namespace: str, name: str) -> dict[str, float]:
+    custom, apps = client.CustomObjectsApi(api), client.AppsV1Api(api)
+    hash_of = lambda: (apps.read_namespaced_deployment(name, namespace).spec.template.metadata.annotations or {}  # noqa: E731
+                       ).get(SPEC_HASH)
+    before = hash_of()
+    threads = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)["spec"]["serving"]["threads"]
+    start = time.monotonic()
+    md = custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                               {"spec": {"serving": {"threads": threads + 1}}})
+    out: dict[str, float] = {}
+    while len(out) < 2 and time.monotonic() - start < 60:
+        if "deployment" not in out and hash_of() != before:
+            out["deployment"] = time.monotonic() - start
+        if "status" not in out:
+            got = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            if (got.get("status") or {}).get("observedGeneration") == md["metadata"]["generation"]:
+                out["status"] = time.monotonic() - start
+        time.sleep(0.01)
+    return out
+
+
+def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tuple[dict, Counter, Counter]:
+    core = client.CoreV1Api(api)
+    user = sc.operator_account(core, client.RbacAuthorizationV1Api(api), namespace)
+    sc.make_volume(core, namespace, str(work / "weights"))
+    kubeconfig = service_account_kubeconfig(cluster, namespace, "operator", work / "operator.kubeconfig")
+    op = LocalOperator(cluster, namespace, work)
+    op.start(pools=sc.POOLS, config={"downloadPool": sc.POOL, "defaultGpuPool": f"{sc.POOL}-gpu",
+                                         "defaultCpuPool": sc.POOL, "resyncSeconds": args.resync},
+             KUBECONFIG=str(kubeconfig))
+    try:
+        peak = Peak(op.proc.pid)
+        time.sleep(3)  # its watches are open
+        figures = reconcile_all(api, namespace, args.models, args.timeout, op)
+        print(f"  all reconciled in {figures['reconciled']:.1f} s, all Ready in {figures['ready']:.1f} s", flush=True)
+        time.sleep(args.settle)
+        mine, every = idle_requests(cluster, user, args.idle_seconds)
+        changes = [one_change(api, namespace, f"m{i * max(1, args.models // 5):04d}") for i in range(5)]
+        for key in ("deployment", "status"):
+            figures[f"change {key}"] = sorted(c.get(key, float("inf")) for c in changes)[len(changes) // 2]
+        figures["peak rss"] = peak.peak / 2**20
+        figures["rss now"] = peak.proc.memory_info().rss / 2**20
+        peak.stop.set()
+        return figures, mine, every
+    finally:
+        op.stop()
+        if "Traceback" in op.log():
+            print(op.log()[-3000:])
+
+
+def report(args, figures: dict, mine: Counter, every: Counter) -> None:
+    per_min = 60 / args.idle_seconds / args.models
+    print(f"\n{args.models} ModelDeployments (2 replicas each) on {args.nodes} kwok nodes; "
+          f"resyncSeconds {args.resync:g}; idle window {args.idle_seconds:g} s")
+    rows = [("time until all reconciled", f"{figures['reconciled']:.1f} s", "<= 60 s"),
+            ("time until all Ready (scheduler, kwok, too)", f"{figures['ready']:.1f} s", ""),
+            ("operator peak RSS", f"{figures['peak rss']:.0f} MiB", "<= 200 MiB"),
+            ("operator requests / object / minute, idle, no watches",
+             f"{sum(mine.values()) * per_min:.2f}", "about 0"),
+            ("one change: Deployment updated (median of 5)", f"{figures['change deployment'] * 1e3:.0f} ms", "<= 1 s"),
+            ("one change: status observedGeneration (median of 5)", f"{figures['change status'] * 1e3:.0f} ms",
+             "<= 1 s")]
+    print(f"{'figure':<56} {'measured':>10}   goal")
+    for name, got, goal in rows:
+        print(f"{name:<56} {got:>10}   {goal}")
+    print("  the operator's idle requests (audit log), per object per minute: "
+          + ", ".join(f"{k} {v * per_min:.2f}" for k, v in mine.most_common()))
+    print("  every client's (apiserver_request_total), per object per minute: "
+          + ", ".join(f"{k} {v * per_min:.2f}" for k, v in every.most_common(8)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", type=int, default=500)
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--settle", type=float, default=10, help="seconds after all are Ready before the idle window")
+    ap.add_argument("--resync", type=float, default=60, help="the operator's resyncSeconds (its default: 60)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--no-router", action="store_true", help="the operator part only")
+    ap.add_argument("--router-only", action="store_true", help="the router part only, with ModelDeployments and "
+                    "EndpointSlices made by the bench (no operator, nodes or pods)")
+    args = ap.parse_args()
+    from modelship_testbed import binaries
+    from modelship_testbed.config import LOCAL_NODE_NAME
+    from modelship_testbed.paths import kubeconfig_path
+
+    kubeconfig = str(kubeconfig_path())
+    cluster = Cluster(kubeconfig, str(binaries.path("kubectl")), LOCAL_NODE_NAME)
+    config.load_kube_config(kubeconfig)
+    api = client.ApiClient()
+    namespace = f"bench-scale-{uuid.uuid4().hex[:5]}"
+    work = Path(tempfile.mkdtemp(prefix="scale-"))
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    try:
+        if args.router_only:
+            import scale_router
+
+            scale_router.fake_endpoints(api, namespace, args.models)
+            return scale_router.run(args, api, cluster, namespace, work)
+        start = time.monotonic()
+        sc.create_nodes(core, args.nodes)
+        sc.wait_until(lambda: sc.ready_nodes(core) >= args.nodes, 300, f"{args.nodes} Ready nodes", every=2)
+        print(f"{args.nodes} kwok nodes Ready in {time.monotonic() - start:.1f} s", flush=True)
+        figures, mine, every = operator_part(args, api, cluster, namespace, work)
+        report(args, figures, mine, every)
+        if not args.no_router:
+            import scale_router
+
+            scale_router.run(args, api, cluster, namespace, work)
+    finally:
+        sc.clean_up(api, namespace)
+
+
+if __name__ == "__main__":
+    main()
