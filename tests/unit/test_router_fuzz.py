@@ -10,7 +10,7 @@ it forbids is refused (4xx)."""
 
 from __future__ import annotations
 
-import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +20,7 @@ import pytest
 import yaml
 from modelship_testbed.procs import stop
 
-from .test_router import HOST, free_port, start
+from .test_router import HOST, free_port, wait_http
 
 schemathesis = pytest.importorskip("schemathesis")
 
@@ -37,27 +37,41 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 VALIDATE_CODES = {"missing_required_parameter", "invalid_type", "invalid_value"}
 
 
+def start_logged(argv: list[str], health: str, what: str, log: Path) -> subprocess.Popen:
+    """Start a program with its output in a file: a pipe nobody reads fills after a few hundred
+    logged requests (64 KiB) and blocks the program mid-answer, which looks like a hang."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(health, what)
+    except AssertionError:
+        stop(proc, 10)
+        raise AssertionError(f"{what} did not start: {log.read_text()[-2000:]}") from None
+    return proc
+
+
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
     procs, urls = [], []
     try:
-        for _ in range(2):
+        for i in range(2):
             port = free_port()
             urls.append(f"http://{HOST}:{port}")
-            procs.append(start([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny",
-                                "--hostname", HOST, "--port", str(port), "--fake-token-delay-ms", "0",
-                                "--fake-prefill-ms-per-token", "0", "--fake-load-seconds", "0",
-                                "--max-total-tokens", "64", "--max-input-tokens", "32"],
-                               f"{urls[-1]}/health", "fake TGI"))
+            procs.append(start_logged([sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/tiny",
+                                       "--hostname", HOST, "--port", str(port), "--fake-token-delay-ms", "0",
+                                       "--fake-prefill-ms-per-token", "0", "--fake-load-seconds", "0",
+                                       "--max-total-tokens", "64", "--max-input-tokens", "32"],
+                                      f"{urls[-1]}/health", "fake TGI", folder / f"fake{i}.log"))
         config = {"models": [{"name": "tiny", "engine": "tgi", "endpoints": [urls[0]]},
                              {"name": "cpu", "engine": "llamacpp", "endpoints": [urls[1]]}]}
-        path = tmp_path_factory.mktemp("fuzz") / "static.yaml"
+        path = folder / "static.yaml"
         path.write_text(yaml.safe_dump(config))
         port = free_port()
         url = f"http://{HOST}:{port}"
-        procs.append(start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path),
-                            "--host", HOST, "--port", str(port), "--max-body-bytes", "100000",
-                            "--body-timeout", "5"], f"{url}/health", "router"))
+        procs.append(start_logged([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path),
+                                   "--host", HOST, "--port", str(port), "--max-body-bytes", "100000",
+                                   "--body-timeout", "5"], f"{url}/health", "router", folder / "router.log"))
         yield url
     finally:
         router = procs.pop() if len(procs) == 3 else None
@@ -65,7 +79,7 @@ def fuzzed(tmp_path_factory):
             stop(p, 10)
         if router is not None:
             stop(router, 20)
-            said = router.stderr.read()
+            said = (folder / "router.log").read_text()
             assert "Traceback" not in said, said[-3000:]
 
 
@@ -91,7 +105,10 @@ def _agrees(mode: GenerationMode, case, response) -> str | None:
     if case.body is None or not isinstance(case.body, (dict, list, str, int, float, bool)):
         return None
     refused = response.status_code == 400 and _code(response) in VALIDATE_CODES
-    if mode is GenerationMode.POSITIVE and refused and _param(response) != "model":
+    # JSON Schema counts 1.0 as an integer; the router, as OpenAI and TGI do, refuses a number
+    # written with a decimal point where an integer goes (the document says so in `info`).
+    decimal = refused and "but got a decimal number instead" in response.text
+    if mode is GenerationMode.POSITIVE and refused and not decimal and _param(response) != "model":
         return f"the schema allows this body, the router refused it: {response.text[:300]}"
     if mode is GenerationMode.NEGATIVE and response.status_code < 400 and _body_negated(case):
         return f"the schema forbids this body, the router let it through ({response.status_code})"
@@ -119,8 +136,6 @@ def _body_negated(case) -> bool:
     return body is not None and getattr(body, "mode", None) == GenerationMode.NEGATIVE
 
 
-@pytest.mark.skipif(not os.environ.get("MODELSHIP_FUZZ"), reason="set MODELSHIP_FUZZ=1: a run stalled after "
-                    "~200 requests, not yet understood (see the branch's report)")
 @pytest.mark.timeout(300)
 def test_every_operation_fuzzed(fuzzed):
     schema = schemathesis.openapi.from_url(f"{fuzzed}/openapi.json")
@@ -175,5 +190,7 @@ def test_every_operation_fuzzed(fuzzed):
                     if "Unsatisfiable" not in type(e).__name__:
                         raise
     print(f"fuzzed {len(figures)} operations, {sum(figures.values())} requests: {figures}")
-    assert len(figures) == 12, figures
+    # Every operation but GET /openapi.json, which schemathesis leaves out (the document's own
+    # address; test_the_document_is_served_without_a_key asks it).
+    assert len(figures) == 11 and "GET /openapi.json" not in figures, figures
     assert not failures, "\n".join(failures[:20])

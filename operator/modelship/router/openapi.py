@@ -155,7 +155,9 @@ def document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "modelship router", "version": "1",
-                 "description": "The OpenAI API and TGI's own API in front of every ModelDeployment (docs/router.md)."},
+                 "description": ("The OpenAI API and TGI's own API in front of every ModelDeployment "
+                                 "(docs/router.md). An `integer` is written without a decimal point: 1.0 "
+                                 "is refused (400 invalid_type), as OpenAI and TGI refuse it.")},
         "components": {"securitySchemes": {"key": {"type": "http", "scheme": "bearer",
                                                    "description": "only when the router has `--api-keys-file`"}},
                        "schemas": {"Error": _ERROR}},
