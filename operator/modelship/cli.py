@@ -161,6 +161,8 @@ class RouterFlag(click.Option):
               help="Accept only requests with one of these keys (a mounted Secret): a YAML mapping of caller names "
                    "to keys, or one key per line. The file is followed: changed keys apply within about 10 s.")
 @click.option("--max-body-bytes", cls=RouterFlag, type=int, help="Larger request bodies get 413.")
+@click.option("--header-timeout", cls=RouterFlag, type=float,
+              help="Seconds a request's head may take to arrive (408 after, and the connection closed).")
 @click.option("--body-timeout", cls=RouterFlag, type=float,
               help="Seconds a request's body may take to arrive (408 after).")
 @click.option("--connect-timeout", cls=RouterFlag, type=float, help="Seconds to connect to an endpoint.")
@@ -201,7 +203,7 @@ def router(**flags) -> None:
     source = (f"{len(app.registry.targets)} models from {settings.static}" if settings.static else
               f"ModelDeployments of {', '.join(settings.namespaces) or 'all namespaces'}")
     click.echo(f"modelship router on http://{settings.host}:{settings.port} ({source})", err=True)
-    serve(app, settings.host, settings.port, settings.drain_seconds)
+    serve(app, settings.host, settings.port, settings.drain_seconds, header_timeout=settings.header_timeout)
 
 
 @main.command()

@@ -219,13 +219,16 @@ def raise_open_files() -> int:
     return hard
 
 
-def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning") -> None:
+def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: str = "warning",
+          header_timeout: float = 10.0) -> None:
     # Imported here for start-up time: only serving needs them (build() and the tests do not).
     import uvicorn
     import uvloop
 
     raise_open_files()
-    config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+    from .connection import protocol
+
+    config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http=protocol(header_timeout), lifespan="on",
                             access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
                             backlog=4096, timeout_keep_alive=75, proxy_headers=False,
                             server_header=False)

@@ -79,6 +79,9 @@ class RouterSettings(Limits, BaseSettings):
                                                  "outside a cluster).")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    header_timeout: float = Field(10.0, gt=0, description="Seconds a request's head (its request line and "
+                                                          "headers) may take to arrive; 408 after, and the "
+                                                          "connection is closed (a client that trickles headers).")
     api_keys_file: str | None = Field(None, description="Accept only requests with one of these keys (a mounted "
                                                         "Secret): a YAML mapping of caller names to keys, or one key "
                                                         "per line. The file is followed: changed keys apply within "
