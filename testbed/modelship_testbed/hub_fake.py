@@ -90,6 +90,7 @@ class FakeHub:
         self.cut_after: dict[str, int] = {}  # path -> cut the next GET after this many bytes
         self.corrupt: set[str] = set()  # paths whose content is served with a flipped byte
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, int]] = []  # (path, first byte asked for) of each GET of a file's bytes
         self.chunk_delay = 0.0  # seconds between 64 KiB chunks: a slow link, to watch progress
         self.searchable = True  # False: no /api/models search (404), as a mirror such as olah
         self.search_sizes = True  # siblings of a search carry sizes (with full or expand=siblings)
@@ -239,6 +240,8 @@ class FakeHub:
         if rng and rng.startswith("bytes="):
             first = rng[6:].split("-", 1)[0]
             start = int(first) if first else 0
+        if request.method == "GET":
+            self.ranges.append((path, start))
             if start >= len(data) and data:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
