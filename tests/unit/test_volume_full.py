@@ -108,6 +108,10 @@ def test_a_job_stopped_by_a_full_volume_gives_volume_full_then_is_made_again():
     later = run(md, r, obs, now="2025-01-01T00:00:30Z")
     assert [(a.verb, a.kind, a.name) for a in later.actions] == [("delete", "Job", name)]
     assert cond(later, "Ready")["reason"] == "VolumeFull"
+    # a node that keeps no termination message: only the exit code is known, and not repeated
+    obs.download_errors = {name: "Error (exit code 28)"}
+    bare = cond(run(md, r, obs, now="2025-01-01T00:00:10Z"), "Ready")["message"]
+    assert bare.startswith(f"volume {claim} is full: download Job {name} stopped; grow the claim")
     # once it is gone, the same Job is made again (same name: it resumes on the same volume)
     obs.jobs, obs.download_errors = [], {}
     again = run(md, r, obs, now="2025-01-01T00:00:31Z")
