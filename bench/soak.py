@@ -151,7 +151,8 @@ def verdict(tally: Tally, max_rss_mb: float, max_fds: int) -> tuple[dict, list[s
     figures = {"requests": tally.requests, "streamed": tally.streamed, "errors": len(tally.errors),
                "rss_mb": [mb(start[1]), mb(middle[1]), mb(end[1])], "rss_max_mb": mb(max(x[1] for x in s)),
                "fds": [start[2], middle[2], end[2]], "fds_max": max(x[2] for x in s), "samples": len(s),
-               "at_s": [round(start[0]), round(middle[0]), round(end[0])]}
+               "at_s": [round(start[0]), round(middle[0]), round(end[0])],
+               "series": [[round(t), mb(rss), fds] for t, rss, fds in s]}  # every sample: (s, RSS MB, FDs)
     broken = []
     if tally.errors:
         broken.append(f"{len(tally.errors)} requests failed, the first: {tally.errors[0]}")
