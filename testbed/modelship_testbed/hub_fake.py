@@ -240,12 +240,12 @@ class FakeHub:
         if rng and rng.startswith("bytes="):
             first = rng[6:].split("-", 1)[0]
             start = int(first) if first else 0
-        if request.method == "GET":
-            self.ranges.append((path, start))
             if start >= len(data) and data:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        if request.method == "GET":
+            self.ranges.append((path, start))
         body = memoryview(data)[start:]  # no copy of the file per request
         headers["Content-Length"] = str(len(body))
         resp = web.StreamResponse(status=status, headers=headers)

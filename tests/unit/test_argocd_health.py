@@ -38,7 +38,8 @@ io.write(hs.status, "\t", hs.message or "")
 
 # Ready reason -> (phase, Ready status) as the operator writes them (reconcile/plan.py, status.py).
 FAILED = ["PoolNotFound", "PoolHasNoGPUs", "TooManyGPUs", "GPUsRequired", "EngineMismatch", "StorageTooSmall",
-          "SharedCacheEndpoint", "ResourceConflict", "ApplyRejected", "DownloadFailed", "InvalidRepo", "RepoNotFound",
+          "SharedCacheEndpoint", "ResourceConflict", "ApplyRejected", "DownloadFailed", "VolumeFull", "InvalidRepo",
+          "RepoNotFound",
           "RevisionNotFound", "QuantizationNotFound", "GatedRepo", "Unauthorized", "NoServableFiles", "HubError"]
 RETRIED = ["Resolving", "HubUnreachable", "HubUnavailable", "SecretNotFound", "CatalogUnreadable",
            "FollowCheckFailed", "RevisionMoved"]
