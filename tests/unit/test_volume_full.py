@@ -40,7 +40,7 @@ def test_a_full_volume_stops_the_download_at_once_with_one_line(hub, tmp_path, m
     with pytest.raises(weights.VolumeFull) as e:
         fetch_run(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF)])
     message = str(e.value)
-    assert message.startswith(f"the volume is full: no space left writing m-Q4_K_M.gguf (")
+    assert message.startswith("the volume is full: no space left writing m-Q4_K_M.gguf (")
     assert f"of {len(GGUF)} bytes written;" in message and f"bytes free on {tmp_path}" in message
     assert message.endswith("grow the claim or free space on it; the download then resumes from the bytes "
                             "already there")
