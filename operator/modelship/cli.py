@@ -230,4 +230,6 @@ def _terminate(e: Exception) -> None:
             f.write(f"Error: {e}\n")
     except OSError:
         pass
-    fail(str(e))
+    error = click.ClickException(str(e))
+    error.exit_code = getattr(e, "exit_code", 1)  # the download Job's podFailurePolicy reads it (a full volume)
+    raise error

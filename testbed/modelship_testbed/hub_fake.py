@@ -94,6 +94,7 @@ class FakeHub:
         self.trailing: dict[str, bytes] = {}  # path -> bytes served past the file's end (a longer file)
         self.garbage: set[str] = set()  # repos whose API answers an HTML page with 200, as a broken proxy
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, int]] = []  # (path, first byte asked for) of each GET of a file's bytes
         self.chunk_delay = 0.0  # seconds between 64 KiB chunks: a slow link, to watch progress
         self.searchable = True  # False: no /api/models search (404), as a mirror such as olah
         self.search_sizes = True  # siblings of a search carry sizes (with full or expand=siblings)
@@ -250,6 +251,8 @@ class FakeHub:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        if request.method == "GET":
+            self.ranges.append((path, start))
         body = memoryview(data)[start:]  # no copy of the file per request
         headers["Content-Length"] = str(len(body))
         resp = web.StreamResponse(status=status, headers=headers)

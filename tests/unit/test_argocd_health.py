@@ -39,8 +39,8 @@ io.write(hs.status, "\t", hs.message or "")
 # Ready reason -> (phase, Ready status) as the operator writes them (reconcile/plan.py, status.py).
 FAILED = ["PoolNotFound", "PoolHasNoGPUs", "TooManyGPUs", "GPUsRequired", "EngineMismatch", "StorageTooSmall",
           "SettingNotForEngine", "SharedCacheEndpoint", "ResourceConflict", "ApplyRejected", "DownloadFailed",
-          "InvalidRepo", "RepoNotFound", "RevisionNotFound", "QuantizationNotFound", "GatedRepo", "Unauthorized",
-          "NoServableFiles", "HubError", "UnsafeFileName"]
+          "VolumeFull", "InvalidRepo", "RepoNotFound", "RevisionNotFound", "QuantizationNotFound", "GatedRepo",
+          "Unauthorized", "NoServableFiles", "HubError", "UnsafeFileName"]
 RETRIED = ["Resolving", "HubUnreachable", "HubUnavailable", "HubBadAnswer", "SecretNotFound", "CatalogUnreadable",
            "FollowCheckFailed", "RevisionMoved"]
 

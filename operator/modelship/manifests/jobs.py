@@ -11,6 +11,11 @@ from .meta import KEEP, REPO, REVISION, cache_labels, claim_name, digest, finish
 from .pods import FETCH_UID, pin, restricted_container, restricted_pod, schedule
 from .volume import MODELS_MOUNT
 
+# `modelship fetch` exits with this when the volume is full (modelship.weights.VOLUME_FULL_EXIT,
+# checked equal by a test: the builders import no program): the Job fails at once, as another
+# pod would find the volume as full, and the operator says so (condition reason VolumeFull).
+VOLUME_FULL_EXIT = 28
+
 
 def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, settings: Settings,
                  pin_node: str | None = None, serving: str | None = None) -> dict:
@@ -34,7 +39,8 @@ def download_job(md: ModelDeployment, resolved: ResolvedModel, endpoint: str, se
             "name": settings.default_token_secret, "key": "token", "optional": True}}})
     return _volume_job(md, settings, "download", "fetch", args, env, pin_node,
                        {REVISION: resolved.sha, REPO: resolved.repo}, [resolved.repo, resolved.sha],
-                       backoff=settings.download_backoff_limit, deadline=settings.download_deadline_seconds)
+                       backoff=settings.download_backoff_limit, deadline=settings.download_deadline_seconds,
+                       fail_job_on=VOLUME_FULL_EXIT)
 
 
 def file_spec(f: ResolvedFile) -> str:
@@ -53,7 +59,7 @@ def collect_job(md: ModelDeployment, settings: Settings, keep: list[str], pin_no
 
 def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: str, args: list[str],
                 env: list[dict], pin_node: str | None, annotations: dict[str, str], identity: list,
-                backoff: int, deadline: int) -> dict:
+                backoff: int, deadline: int, fail_job_on: int | None = None) -> dict:
     """A Job of the modelship image that works on the weights' volume (and on nothing else)."""
     cache = on_shared_cache(md)
     job_labels = cache_labels(component) if cache else labels(md, component)
@@ -88,5 +94,7 @@ def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: s
     return finish({
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "labels": dict(job_labels), "annotations": annotations},
-        "spec": {"backoffLimit": backoff, "activeDeadlineSeconds": deadline, "template": pod},
+        "spec": {"backoffLimit": backoff, "activeDeadlineSeconds": deadline, "template": pod,
+                 **({"podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+                     "containerName": verb, "operator": "In", "values": [fail_job_on]}}]}} if fail_job_on else {})},
     }, md, co_owned=cache)

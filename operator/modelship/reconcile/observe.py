@@ -45,8 +45,9 @@ def volume_jobs(md: ModelDeployment, jobs: list[dict]) -> tuple[list[dict], list
 
 
 def downloads_to_follow(md: ModelDeployment, reads: Reads) -> list[str]:
-    """The downloads whose pods are worth reading: those still running."""
-    return [j["metadata"]["name"] for j in volume_jobs(md, reads.jobs)[0] if job_state(j)[0] == "Running"]
+    """The downloads whose pods are worth reading: those still running, and failed ones (their
+    last pod's termination message says why)."""
+    return [j["metadata"]["name"] for j in volume_jobs(md, reads.jobs)[0] if job_state(j)[0] in ("Running", "Failed")]
 
 
 def progress_pod(pods: list[dict]) -> str | None:

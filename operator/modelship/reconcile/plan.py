@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import manifests
+from .. import clock, manifests
 from ..api import DownloadStatus, ModelDeployment, ResolvedModel
 from ..manifests import APPLIED_HASH, Placement
 from ..settings import Settings
@@ -61,10 +61,11 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
                                                f"{md.namespace}: create it, or remove existingClaim to let the "
                                                f"operator create a volume", "Pending", actions, 15.0)
     actions += volume_stage(md, resolved, observed, facts, settings)
-    download = download_stage(md, resolved, facts, observed, settings, endpoint)
+    download = download_stage(md, resolved, facts, observed, settings, endpoint, now)
     status.download(download.progress)
     if download.blocked:
-        return status.blocked(download.reason, download.message, "Failed", actions + download.actions, None)
+        return status.blocked(download.reason, download.message, "Failed", actions + download.actions,
+                              download.requeue)
     status.set("Downloaded", download.condition, download.reason, download.message + volume_note(md, facts))
     actions += download.actions
     if not download.done:
@@ -157,6 +158,7 @@ class Download:
     message: str
     progress: dict  # status.download
     actions: list[Action] = field(default_factory=list)
+    requeue: float | None = None  # when to look again (a full volume: when its Job is tried again)
 
     @property
     def done(self) -> bool:
@@ -206,8 +208,33 @@ def _progress(md: ModelDeployment, resolved: ResolvedModel, job: str, state: str
     return out
 
 
+# Seconds a download Job that found the volume full stays failed (its status to read) before it
+# is deleted and made again: the next one resumes from the bytes already there, once the
+# claim was grown or space freed. Each Job fails at once on a full volume (its podFailurePolicy).
+VOLUME_FULL_RETRY = 30.0
+
+
+def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said: str | None,
+                progress: dict) -> Download | None:
+    """A download Job that failed on a full volume: VolumeFull, and the Job deleted (to be
+    made again) once it has been failed for VOLUME_FULL_RETRY seconds."""
+    if current is None or not (current.why.startswith("PodFailurePolicy")
+                               and f"exit code {manifests.VOLUME_FULL_EXIT} " in current.why + " "):
+        return None
+    failed = next((c.get("lastTransitionTime") for c in (current.body.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Failed" and c.get("status") == "True"), None) or now
+    left = VOLUME_FULL_RETRY - (clock.parse(now) - clock.parse(failed)).total_seconds()
+    actions = [Action("delete", "Job", name, exists=True)] if left <= 0 else []
+    # the pod's own line (bytes written and free), unless only its exit code is known
+    detail = f" ({said.removeprefix('Error: ')})" if said and "(exit code " not in said else ""
+    return Download("Failed", "False", "VolumeFull", f"volume {claim} is full: download Job {name} stopped{detail}" + f"; grow the claim (spec.storage.size, or "
+                    f"the existing claim) or free space on it: the download is tried again every "
+                    f"{VOLUME_FULL_RETRY:.0f} s and resumes from the bytes already there", progress, actions,
+                    max(left, 1.0))
+
+
 def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, observed: Observed,
-                   settings: Settings, endpoint: str) -> Download:
+                   settings: Settings, endpoint: str, now: str) -> Download:
     cache, claim = manifests.on_shared_cache(md), manifests.claim_name(md)
     pin = facts.serving_node if md.spec.storage.access_mode == "ReadWriteOnce" and not cache else None
     serving = facts.served.key() if facts.served.repo and facts.served.sha != resolved.sha else None
@@ -219,6 +246,8 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
     state, why, refill = _download_state(md, name, current, facts, key)
     progress = _progress(md, resolved, name, state, observed.download_progress.get(name) or {}, facts.volume.uid)
     said = observed.download_errors.get(name)
+    if state == "Failed" and (full := volume_full(current, now, name, claim, said, progress)):
+        return full
     if state == "Failed":
         return Download(state, "False", "DownloadFailed", f"download Job {name} failed ({why})" + (f": {said}" if said else "")
                         + f"; see `kubectl logs job/{name}`, fix the cause, then delete the Job to retry",

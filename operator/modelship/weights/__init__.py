@@ -11,7 +11,7 @@ possible (a test enforces it).
 
 from .collect import collect, prune
 from .fetch import Fetcher, download, parse_file
-from .volume import USERS, FetchError, record_use, volume_lock
+from .volume import USERS, VOLUME_FULL, VOLUME_FULL_EXIT, FetchError, VolumeFull, record_use, volume_lock
 
-__all__ = ["USERS", "FetchError", "Fetcher", "collect", "download", "parse_file", "prune", "record_use",
+__all__ = ["USERS", "VOLUME_FULL", "VOLUME_FULL_EXIT", "FetchError", "VolumeFull", "Fetcher", "collect", "download", "parse_file", "prune", "record_use",
            "volume_lock"]

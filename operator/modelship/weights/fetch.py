@@ -47,7 +47,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from .collect import prune
 from .hashing import Sink, git_sha1_of, sha256_of
-from .volume import FetchError, blob_lock, inside, record_use, repo_dir, safe_target, volume_lock
+from .volume import (FetchError, blob_lock, inside, is_full, record_use, repo_dir, safe_target, volume_full,
+                     volume_lock)
 
 ATTEMPTS = 5
 
@@ -242,7 +243,13 @@ class Fetcher:
                     raise FetchError(f"{e} (twice): the source serves corrupt data") from None
                 last = e
                 self.log(f"retrying {w.path} from scratch: {e}")
-            except (Incomplete, RetryableHTTP, http.client.HTTPException, OSError) as e:  # resumed from what is there
+            except OSError as e:
+                if is_full(e):  # a retry would find it as full: say so at once
+                    have = part.stat().st_size if part.exists() else 0
+                    raise volume_full(self.repo_dir.parent, w.path, have, w.size) from None
+                last = e
+                self.log(f"retrying {w.path} (attempt {attempt}/{ATTEMPTS}) after {type(e).__name__}: {e}")
+            except (Incomplete, RetryableHTTP, http.client.HTTPException) as e:  # resumed from what is there
                 last = e
                 self.log(f"retrying {w.path} (attempt {attempt}/{ATTEMPTS}) after {type(e).__name__}: {e}")
             time.sleep(min(self.retry_delay * 2 ** (attempt - 1), 10))
@@ -376,7 +383,12 @@ def download(repo: str, revision: str, endpoint: str | None, dest: str, files: l
     fetcher = Fetcher(repo, revision, endpoint, Path(dest), os.environ.get("HF_TOKEN") or None, log, parallel,
                       retry_delay=retry_delay)
     with volume_lock(Path(dest), exclusive=False, log=log):
-        progress = fetcher.fetch_all(wanted)
+        try:
+            progress = fetcher.fetch_all(wanted)
+        except OSError as e:  # a link, a folder, the lock: no room for them either
+            if not is_full(e):
+                raise
+            raise volume_full(Path(dest), "the snapshot's links", 0, 0) from None
         log(f"all {len(wanted)} files of {repo}@{revision} are in place ({progress.total} bytes)")
         if user:
             record_use(Path(dest), user, f"{repo}@{revision}")

@@ -24,6 +24,38 @@ CHUNK = 1 << 20
 class FetchError(Exception):
     """What a Job says when it fails: one line a person can act on."""
 
+    exit_code = 1
+
+
+# What a Job says, and its exit code, when the volume has no room left: the Job fails at
+# once (its podFailurePolicy: another pod would find the volume as full) and the operator
+# names it (condition reason VolumeFull) and tries again later.
+VOLUME_FULL = "the volume is full"
+VOLUME_FULL_EXIT = 28  # ENOSPC
+
+
+class VolumeFull(FetchError):
+    exit_code = VOLUME_FULL_EXIT
+
+
+def volume_full(dest: Path, what: str, have: int, size: int) -> VolumeFull:
+    """The one line for a volume with no room left, with what it would take."""
+    try:
+        st = os.statvfs(dest)
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    except OSError:
+        free = total = 0
+    written = f"{have} of {size} bytes written; " if size else ""
+    return VolumeFull(f"{VOLUME_FULL}: no space left writing {what} ({written}{free} of "
+                      f"{total} bytes free on {dest}): grow the claim or free space on it; the download then "
+                      f"resumes from the bytes already there")
+
+
+def is_full(e: OSError) -> bool:
+    import errno
+
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 def repo_dir(dest: Path, repo: str) -> Path:
     return dest / f"models--{repo.replace('/', '--')}"
