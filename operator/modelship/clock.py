@@ -16,7 +16,10 @@ def stamp(moment: dt.datetime) -> str:
 
 
 def parse(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, FORMAT).replace(tzinfo=dt.timezone.utc)
+    """Any RFC 3339 time: the API server's `...Z`, and the client library's `...+00:00` (its
+    objects turned back into dicts); one without a zone is UTC."""
+    moment = dt.datetime.fromisoformat(text)
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
 def seconds_since(text: str) -> float:

@@ -132,3 +132,14 @@ def test_failed_downloads_are_followed_for_their_pods_error_line():
     assert downloads_to_follow(md, reads) == [reads.jobs[0]["metadata"]["name"]]
     reads = Reads(jobs=[obs_job(md, r, "Complete")])
     assert downloads_to_follow(md, reads) == []
+
+
+def test_the_failed_time_as_the_client_library_writes_it_is_read_too():
+    """Jobs read through the kubernetes client come back with `+00:00`, not `Z` (the live
+    operator failed on that: `clock.parse` read only the API server's form)."""
+    md, r = make_md(), gguf()
+    obs = observed(md, r, None)
+    obs.jobs = [full_job(md, r, failed_at=FAILED_AT.replace("Z", "+00:00"))]
+    name = obs.jobs[0]["metadata"]["name"]
+    assert run(md, r, obs, now="2025-01-01T00:00:10Z").requeue_after == VOLUME_FULL_RETRY - 10
+    assert [(a.verb, a.name) for a in run(md, r, obs, now="2025-01-01T00:00:30Z").actions] == [("delete", name)]

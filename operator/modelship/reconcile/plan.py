@@ -227,9 +227,10 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
     actions = [Action("delete", "Job", name, exists=True)] if left <= 0 else []
     # the pod's own line (bytes written and free), unless only its exit code is known
     detail = f" ({said.removeprefix('Error: ')})" if said and "(exit code " not in said else ""
-    return Download("Failed", "False", "VolumeFull", f"volume {claim} is full: download Job {name} stopped{detail}" + f"; grow the claim (spec.storage.size, or "
-                    f"the existing claim) or free space on it: the download is tried again every "
-                    f"{VOLUME_FULL_RETRY:.0f} s and resumes from the bytes already there", progress, actions,
+    return Download("Failed", "False", "VolumeFull", f"volume {claim} is full: download Job {name} stopped{detail}"
+                    "; grow the claim (spec.storage.size, or the existing claim) or free space on it: the download is "
+                    f"tried again every {VOLUME_FULL_RETRY:.0f} s and resumes from the bytes already there", progress,
+                    actions,
                     max(left, 1.0))
 
 
