@@ -159,3 +159,11 @@ def test_kube_writes_through():
     body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"x": "y"}}}
     kube.execute(Action("apply", "Deployment", "d", body), "ns")
     assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "7"
+
+
+def test_a_kind_held_whole_answers_absent_without_asking():
+    cache = WatchCache(("Deployment",), whole={"Deployment"})
+    kube = kube_with(cache)
+    cache.replace("Deployment", "ns", [], "1")
+    assert kube._get("Deployment", kube.apps.read_namespaced_deployment, "none", "ns") is None
+    assert kube.apps.reads == 0

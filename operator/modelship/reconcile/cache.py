@@ -15,9 +15,10 @@ How it stays true:
 - **Order**: within one object (one uid), an older resourceVersion never replaces a newer
   one (etcd's versions are integers; where one is not, the newer arrival wins).
 
-What it does not hold: only objects labelled `app.kubernetes.io/managed-by=modelship` are
-watched and listed (and every ModelDeployment), so an object *absent* by name may still
-exist unlabelled (a conflict): readers by name ask the API server when the store has none.
+What it does not hold: of most kinds only objects labelled `app.kubernetes.io/managed-by=
+modelship` are watched and listed, so an object *absent* by name may still exist unlabelled
+(a conflict): readers by name ask the API server when the store has none. The kinds in
+`whole` (the ModelDeployments, the claims) are watched and listed whole.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def _key(obj: dict) -> Key:
 class WatchCache:
     """Objects by kind, then (namespace, name). Thread-safe: the reads run in threads."""
 
-    def __init__(self, kinds: tuple[str, ...], forget_after: int = 10_000):
+    def __init__(self, kinds: tuple[str, ...], whole: set[str] = frozenset(), forget_after: int = 10_000):
+        self.whole = set(whole)  # kinds watched and listed whoever made them: absent there is absent
         self.objects: dict[str, dict[Key, dict]] = {kind: {} for kind in kinds}
         self.listed: dict[str, set[str | None]] = {kind: set() for kind in kinds}  # namespaces (None: all)
         self.gone: OrderedDict[str, None] = OrderedDict()  # uids seen deleted, the latest `forget_after`

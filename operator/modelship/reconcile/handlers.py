@@ -40,6 +40,9 @@ CHILD_RESOURCES = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1"
                    ("v1", "persistentvolumeclaims"), ("v1", "pods"))
 KINDS = {"deployments": "Deployment", "jobs": "Job", "services": "Service", "persistentvolumeclaims":
          "PersistentVolumeClaim", "pods": "Pod"}  # the watch cache's kinds, by plural
+# Claims are watched whoever made them: `storage.existingClaim` names one the operator does not
+# label, and the watch cache then knows every claim (absent there is absent). They are few.
+UNFILTERED = ("persistentvolumeclaims",)
 OURS = {MANAGED_BY: "modelship"}
 
 
@@ -59,7 +62,8 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     # Filter children on the API server, not in the operator: only objects it manages.
     for *_, plural in CHILD_RESOURCES:
-        settings.watching.label_selectors[plural] = f"{MANAGED_BY}=modelship"
+        if plural not in UNFILTERED:
+            settings.watching.label_selectors[plural] = f"{MANAGED_BY}=modelship"
 
 
 @kopf.on.login()
@@ -83,7 +87,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     hub = HubResolver(ca_bundle=config.hub_ca_bundle)
     resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
     metrics = memo.get("metrics") or ControllerMetrics()
-    cache = WatchCache((*KINDS.values(), MD_KIND)) if config.cache_reads else None
+    cache = WatchCache((*KINDS.values(), MD_KIND), whole={KINDS[p] for p in UNFILTERED} | {MD_KIND}) \
+        if config.cache_reads else None
     memo.controller = Controller(config, Kube(client_, config.field_manager, cache), resolver, metrics)
     memo.stop = asyncio.Event()
     memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
@@ -150,4 +155,7 @@ async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, r
 
 
 for resource in CHILD_RESOURCES:
-    kopf.on.event(*resource, labels=OURS, id=f"child-{resource[-1]}")(child_changed)
+    if resource[-1] in UNFILTERED:
+        kopf.on.event(*resource, id=f"child-{resource[-1]}")(child_changed)  # (not ours: enqueues nothing)
+    else:
+        kopf.on.event(*resource, labels=OURS, id=f"child-{resource[-1]}")(child_changed)

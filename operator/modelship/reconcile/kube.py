@@ -67,7 +67,8 @@ class Kube:
     # --- the ModelDeployment ---------------------------------------------------------------
 
     def get_md(self, namespace: str, name: str) -> dict | None:
-        if (cached := self._cached(MD_KIND, namespace, name)) is not None:
+        _, cached = self._cached(MD_KIND, namespace, name)
+        if cached is not None:  # (absent: asked all the same, a reconcile of a deleted one is rare)
             return cached
         try:
             return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
@@ -84,7 +85,7 @@ class Kube:
         mds = []
         for kind in self.cache.objects:
             for ns in namespaces or [None]:
-                listing = self._list_raw(kind, ns, None if kind == MD_KIND else f"{MANAGED_BY}=modelship")
+                listing = self._list_raw(kind, ns, None if kind in self.cache.whole else f"{MANAGED_BY}=modelship")
                 self.cache.replace(kind, ns, listing["items"], (listing.get("metadata") or {}).get("resourceVersion"))
                 mds += listing["items"] if kind == MD_KIND else []
         return mds
@@ -134,7 +135,8 @@ class Kube:
     # --- reading the children --------------------------------------------------------------
 
     def _get(self, kind: str, fn, name: str, namespace: str) -> dict | None:
-        if (cached := self._cached(kind, namespace, name)) is not None:
+        known, cached = self._cached(kind, namespace, name)
+        if known:
             return cached
         try:
             return self._plain(fn(name, namespace))
@@ -143,12 +145,13 @@ class Kube:
                 return None
             raise
 
-    def _cached(self, kind: str, namespace: str, name: str) -> dict | None:
-        """The watch cache's copy of an object, when it has one (None: ask the API server: the
-        cache holds only what the operator labels, so absent there is not absent)."""
+    def _cached(self, kind: str, namespace: str, name: str) -> tuple[bool, dict | None]:
+        """(whether the watch cache knows, its copy of the object). Of most kinds it holds only
+        what the operator labels: absent there is not absent, so the API server is asked."""
         if self.cache is None or not self.cache.synced(kind, namespace):
-            return None
-        return self.cache.get(kind, namespace, name)
+            return False, None
+        obj = self.cache.get(kind, namespace, name)
+        return obj is not None or kind in self.cache.whole, obj
 
     def _list(self, kind: str, namespace: str, selector: str, live) -> list[dict]:
         """Objects by label selector: from the watch cache once it listed the kind."""
