@@ -1,6 +1,9 @@
 """The operator's watch cache (reconcile/cache.py): events in, reads out, label selectors as
 the API server reads them, deletes, listings, and our own writes."""
 
+import json
+import types
+
 import pytest
 
 from modelship.reconcile.cache import WatchCache, matches, parse_selector
@@ -167,3 +170,51 @@ def test_a_kind_held_whole_answers_absent_without_asking():
     cache.replace("Deployment", "ns", [], "1")
     assert kube._get("Deployment", kube.apps.read_namespaced_deployment, "none", "ns") is None
     assert kube.apps.reads == 0
+
+
+def test_a_watch_event_is_in_the_cache_before_its_reconcile_is_enqueued():
+    import asyncio
+
+    import kopf
+
+    from modelship.reconcile import handlers
+
+    cache, seen = WatchCache(("Job",)), []
+    controller = types.SimpleNamespace(kube=types.SimpleNamespace(cache=cache),
+                                       enqueue=lambda ns, name: seen.append((ns, name, cache.get("Job", ns, "j"))))
+    job = obj("j", 3, **{"modelship.io/deployment": "m"})
+    asyncio.run(handlers.child_changed(labels=job["metadata"]["labels"], namespace="ns", meta=job["metadata"],
+                                       event={"type": "ADDED", "object": job}, memo=kopf.Memo(controller=controller),
+                                       resource=kopf.Resource("batch", "v1", "jobs")))
+    assert seen == [("ns", "m", job)]
+    asyncio.run(handlers.child_changed(labels=job["metadata"]["labels"], namespace="ns", meta=job["metadata"],
+                                       event={"type": "DELETED", "object": job}, memo=kopf.Memo(controller=controller),
+                                       resource=kopf.Resource("batch", "v1", "jobs")))
+    assert seen[-1] == ("ns", "m", None)
+
+
+class FakeLists:
+    def __init__(self, items):
+        self.items, self.selectors = items, []
+
+    def __getattr__(self, name):
+        def listing(*args, label_selector=None, **_):
+            self.selectors.append((name, args, label_selector))
+            body = {"metadata": {"resourceVersion": "50"}, "items": self.items.get(name, [])}
+            return types.SimpleNamespace(data=json.dumps(body).encode())
+        return listing
+
+
+def test_a_resync_listing_primes_every_kind_and_returns_the_modeldeployments():
+    cache = WatchCache(("Job", "PersistentVolumeClaim", "ModelDeployment"),
+                       whole={"PersistentVolumeClaim", "ModelDeployment"})
+    kube = kube_with(cache)
+    kube.batch = kube.core = FakeLists({"list_namespaced_job": [obj("j", 1)]})
+    kube.custom = types.SimpleNamespace(list_namespaced_custom_object=lambda *a: {
+        "metadata": {"resourceVersion": "50"}, "items": [obj("m", 2)]})
+    mds = kube.list_mds(["ns"])
+    assert [m["metadata"]["name"] for m in mds] == ["m"]
+    assert kube.batch.selectors == [("list_namespaced_job", ("ns",), "app.kubernetes.io/managed-by=modelship"),
+                                    ("list_namespaced_persistent_volume_claim", ("ns",), None)]
+    assert cache.synced("Job", "ns") and cache.synced("ModelDeployment", "ns") and not cache.synced("Job", "other")
+    assert cache.get("Job", "ns", "j") is not None and kube.get_md("ns", "m")["metadata"]["name"] == "m"
