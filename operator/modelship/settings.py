@@ -191,6 +191,8 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(60, gt=0,
                                   description="Every ModelDeployment is reconciled at least this often, even "
                                               "without events.")
+    cache_reads: bool = Field(True, description="Reconciles read the children and ModelDeployments from the "
+                                                "operator's watch cache instead of asking the API server each time.")
     metrics_port: int = Field(9090, description="Port of the Prometheus `/metrics`; 0: off.")
     health_port: int = Field(8081, description="Port of `/healthz` (alive, leading or standing by) and `/readyz`.")
     bind_host: str = Field("0.0.0.0", description="Address the metrics and health ports bind.")

@@ -243,15 +243,17 @@ class Controller:
                                            "moved_from": moved})
 
     async def resync(self, stop: asyncio.Event) -> None:
-        """Reconcile everything every `resyncSeconds`: never trust that an event was seen."""
+        """Reconcile everything every `resyncSeconds`: never trust that an event was seen. Each
+        round (the first at once) lists the ModelDeployments, and with the watch cache every
+        kind it holds, which primes it and drops what a watch missed (`cache.py`)."""
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.settings.resync_seconds)
-                return
-            except asyncio.TimeoutError:
-                pass
             try:
                 for md in await asyncio.to_thread(self.kube.list_mds, self.settings.namespaces):
                     self.enqueue(md["metadata"]["namespace"], md["metadata"]["name"])
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 log.warning("resync could not list ModelDeployments: %s", e)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.resync_seconds)
+                return
+            except asyncio.TimeoutError:
+                pass

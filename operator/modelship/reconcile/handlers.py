@@ -27,6 +27,7 @@ from .. import api
 from ..login import api_client, in_cluster, in_cluster_server
 from ..manifests import DEPLOYMENT_LABEL, MANAGED_BY
 from ..settings import Settings, load
+from .cache import MD_KIND, WatchCache
 from .controller import Controller
 from .kube import Kube
 from .metrics import ControllerMetrics
@@ -37,6 +38,11 @@ log = logging.getLogger("modelship")
 
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1", "services"),
                    ("v1", "persistentvolumeclaims"), ("v1", "pods"))
+KINDS = {"deployments": "Deployment", "jobs": "Job", "services": "Service", "persistentvolumeclaims":
+         "PersistentVolumeClaim", "pods": "Pod"}  # the watch cache's kinds, by plural
+# Claims are watched whoever made them: `storage.existingClaim` names one the operator does not
+# label, and the watch cache then knows every claim (absent there is absent). They are few.
+UNFILTERED = ("persistentvolumeclaims",)
 OURS = {MANAGED_BY: "modelship"}
 
 
@@ -56,7 +62,8 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     # Filter children on the API server, not in the operator: only objects it manages.
     for *_, plural in CHILD_RESOURCES:
-        settings.watching.label_selectors[plural] = f"{MANAGED_BY}=modelship"
+        if plural not in UNFILTERED:
+            settings.watching.label_selectors[plural] = f"{MANAGED_BY}=modelship"
 
 
 @kopf.on.login()
@@ -80,7 +87,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     hub = HubResolver(ca_bundle=config.hub_ca_bundle)
     resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
     metrics = memo.get("metrics") or ControllerMetrics()
-    memo.controller = Controller(config, Kube(client_, config.field_manager), resolver, metrics)
+    cache = WatchCache((*KINDS.values(), MD_KIND), whole={KINDS[p] for p in UNFILTERED} | {MD_KIND}) \
+        if config.cache_reads else None
+    memo.controller = Controller(config, Kube(client_, config.field_manager, cache), resolver, metrics)
     memo.stop = asyncio.Event()
     memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
     poller = RouterPoller(config.autoscaler, memo.controller.autoscaler, memo.controller.kube.router_urls)
@@ -119,15 +128,24 @@ def queue_depth(memo: kopf.Memo, **_) -> int:
     return len(controller.queue) if controller else 0
 
 
+def remember(controller: Controller, kind: str, event: dict) -> None:
+    """Into the watch cache first, so that the reconcile this event starts sees it."""
+    if controller.kube.cache is not None:
+        controller.kube.cache.event(kind, event)
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def modeldeployment_changed(name: str, namespace: str, memo: kopf.Memo, **_) -> None:
+async def modeldeployment_changed(name: str, namespace: str, event: dict, memo: kopf.Memo, **_) -> None:
+    remember(memo.controller, MD_KIND, event)
     memo.controller.enqueue(namespace, name)
 
 
-async def child_changed(labels: dict, namespace: str, meta: dict, memo: kopf.Memo, **_) -> None:
+async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, resource: kopf.Resource,
+                        memo: kopf.Memo, **_) -> None:
     controller: Controller | None = memo.get("controller")
     if controller is None:
         return
+    remember(controller, KINDS[resource.plural], event)
     if labels.get(DEPLOYMENT_LABEL):
         controller.enqueue(namespace, labels[DEPLOYMENT_LABEL])
     else:  # an object of the shared cache (its volume, its download Jobs): every owner cares
@@ -137,4 +155,7 @@ async def child_changed(labels: dict, namespace: str, meta: dict, memo: kopf.Mem
 
 
 for resource in CHILD_RESOURCES:
-    kopf.on.event(*resource, labels=OURS, id=f"child-{resource[-1]}")(child_changed)
+    if resource[-1] in UNFILTERED:
+        kopf.on.event(*resource, id=f"child-{resource[-1]}")(child_changed)  # (not ours: enqueues nothing)
+    else:
+        kopf.on.event(*resource, labels=OURS, id=f"child-{resource[-1]}")(child_changed)

@@ -22,6 +22,7 @@ from kubernetes.client.rest import ApiException
 from .. import api, clock
 from ..endpointslices import ready_urls
 from ..manifests import COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, on_shared_cache
+from .cache import MD_KIND, WatchCache
 from .types import Action, Event, Reads
 
 log = logging.getLogger("modelship")
@@ -47,13 +48,14 @@ def refusal(e: ApiException) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, field_manager: str):
+    def __init__(self, api_client: client.ApiClient, field_manager: str, cache: WatchCache | None = None):
         self.client = api_client
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.field_manager = field_manager
+        self.cache = cache  # the watch cache the reads answer from where it holds the answer (cache.py)
         # For the reads of one reconcile at once (the controller runs 4 at a time).
         self.readers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube-read")
         self.events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-events")  # one: in order
@@ -65,6 +67,9 @@ class Kube:
     # --- the ModelDeployment ---------------------------------------------------------------
 
     def get_md(self, namespace: str, name: str) -> dict | None:
+        _, cached = self._cached(MD_KIND, namespace, name)
+        if cached is not None:  # (absent: asked all the same, a reconcile of a deleted one is rare)
+            return cached
         try:
             return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
         except ApiException as e:
@@ -73,17 +78,41 @@ class Kube:
             raise
 
     def list_mds(self, namespaces: list[str]) -> list[dict]:
-        """Every ModelDeployment of these namespaces (none: of the cluster)."""
-        if not namespaces:
-            return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
-        return [md for ns in namespaces
-                for md in self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]]
+        """Every ModelDeployment of these namespaces (none: of the cluster); with the watch
+        cache, every kind it holds is listed too and replaces what it holds (`cache.py`)."""
+        if self.cache is None:
+            return [md for ns in namespaces or [None] for md in self._list_raw(MD_KIND, ns, None)["items"]]
+        mds = []
+        for kind in self.cache.objects:
+            for ns in namespaces or [None]:
+                listing = self._list_raw(kind, ns, None if kind in self.cache.whole else f"{MANAGED_BY}=modelship")
+                self.cache.replace(kind, ns, listing["items"], (listing.get("metadata") or {}).get("resourceVersion"))
+                mds += listing["items"] if kind == MD_KIND else []
+        return mds
+
+    def _list_raw(self, kind: str, namespace: str | None, selector: str | None) -> dict:
+        """One listing as the API server sent it (plain JSON: as the watch events come)."""
+        if kind == MD_KIND:
+            if namespace is None:
+                return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
+            return self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)
+        group, plural = {"Job": (self.batch, "job"), "Pod": (self.core, "pod"), "Service": (self.core, "service"),
+                         "Deployment": (self.apps, "deployment"),
+                         "PersistentVolumeClaim": (self.core, "persistent_volume_claim")}[kind]
+        kw = {"label_selector": selector, "_preload_content": False}
+        if namespace is None:
+            resp = getattr(group, f"list_{plural}_for_all_namespaces")(**kw)
+        else:
+            resp = getattr(group, f"list_namespaced_{plural}")(namespace, **kw)
+        return json.loads(resp.data)
 
     def write_status(self, namespace: str, name: str, status: dict) -> None:
         """Replace the whole status (a merge patch would keep nested fields that went away)."""
-        self.custom.patch_namespaced_custom_object_status(
+        written = self.custom.patch_namespaced_custom_object_status(
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
             _content_type=JSON_PATCH)
+        if self.cache is not None and isinstance(written, dict):
+            self.cache.put(MD_KIND, written)
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         """The value, or None if the Secret or its key is missing."""
@@ -105,7 +134,10 @@ class Kube:
 
     # --- reading the children --------------------------------------------------------------
 
-    def _get(self, fn, name: str, namespace: str) -> dict | None:
+    def _get(self, kind: str, fn, name: str, namespace: str) -> dict | None:
+        known, cached = self._cached(kind, namespace, name)
+        if known:
+            return cached
         try:
             return self._plain(fn(name, namespace))
         except ApiException as e:
@@ -113,26 +145,46 @@ class Kube:
                 return None
             raise
 
+    def _cached(self, kind: str, namespace: str, name: str) -> tuple[bool, dict | None]:
+        """(whether the watch cache knows, its copy of the object). Of most kinds it holds only
+        what the operator labels: absent there is not absent, so the API server is asked."""
+        if self.cache is None or not self.cache.synced(kind, namespace):
+            return False, None
+        obj = self.cache.get(kind, namespace, name)
+        return obj is not None or kind in self.cache.whole, obj
+
+    def _list(self, kind: str, namespace: str, selector: str, live) -> list[dict]:
+        """Objects by label selector: from the watch cache once it listed the kind."""
+        if self.cache is not None and self.cache.synced(kind, namespace):
+            return self.cache.list(kind, namespace, selector)
+        return [self._plain(o) for o in live(namespace, label_selector=selector).items]
+
     def read(self, md: api.ModelDeployment, claim: str) -> Reads:
         """Everything that may be a child of `md` or share its volume (the log tails of running
-        downloads aside: `read_job_pods`). The reads are independent and go at once: one round
-        trip instead of five, which is most of what a change waits for."""
+        downloads aside: `read_job_pods`), from the watch cache where it holds them. The reads
+        that go to the API server are independent and go at once: one round trip instead of
+        five, which is most of what a change waits for."""
         ns, own = md.namespace, f"{DEPLOYMENT_LABEL}={md.name}"
         cache = on_shared_cache(md)
+        jobs = f"{SHARED_CACHE}={SHARED_CLAIM}" if cache else f"{own},{COMPONENT} in (download,collect)"
+        # On the shared cache every serving pod of the namespace may mount the volume.
+        pods = f"{MANAGED_BY}=modelship,{COMPONENT}=server" if cache else f"{own},{COMPONENT}=server"
         calls = {
-            "jobs": lambda: [self._plain(j) for j in self.batch.list_namespaced_job(ns, label_selector=(
-                f"{SHARED_CACHE}={SHARED_CLAIM}" if cache else f"{own},{COMPONENT} in (download,collect)")).items],
-            # On the shared cache every serving pod of the namespace may mount the volume.
-            "server_pods": lambda: [self._plain(p) for p in self.core.list_namespaced_pod(ns, label_selector=(
-                f"{MANAGED_BY}=modelship,{COMPONENT}=server" if cache else f"{own},{COMPONENT}=server")).items],
-            "neighbours": lambda: (self.custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.PLURAL)["items"] if cache else []),
-            "pvc": lambda: self._get(self.core.read_namespaced_persistent_volume_claim, claim, ns),
-            "deployment": lambda: self._get(self.apps.read_namespaced_deployment, md.name, ns),
-            "service": lambda: self._get(self.core.read_namespaced_service, md.name, ns),
+            "jobs": lambda: self._list("Job", ns, jobs, self.batch.list_namespaced_job),
+            "server_pods": lambda: self._list("Pod", ns, pods, self.core.list_namespaced_pod),
+            "neighbours": lambda: (self._neighbours(ns) if cache else []),
+            "pvc": lambda: self._get("PersistentVolumeClaim", self.core.read_namespaced_persistent_volume_claim,
+                                     claim, ns),
+            "deployment": lambda: self._get("Deployment", self.apps.read_namespaced_deployment, md.name, ns),
+            "service": lambda: self._get("Service", self.core.read_namespaced_service, md.name, ns),
         }
         futures = {k: self.readers.submit(fn) for k, fn in calls.items()}
         return Reads(**{k: f.result() for k, f in futures.items()})
+
+    def _neighbours(self, ns: str) -> list[dict]:
+        if self.cache is not None and self.cache.synced(MD_KIND, ns):
+            return self.cache.list(MD_KIND, ns)
+        return self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]
 
     def job_pods(self, namespace: str, job: str) -> list[dict]:
         """A Job's pods, oldest first."""
@@ -154,17 +206,17 @@ class Kube:
         kind, name = action.kind, action.name
         if action.verb == "annotate":  # a merge patch: one key per snapshot, so writers never collide
             assert kind == "PersistentVolumeClaim"
-            self.core.patch_namespaced_persistent_volume_claim(
+            self._wrote(kind, self.core.patch_namespaced_persistent_volume_claim(
                 name, namespace, {"metadata": {"annotations": action.body}}, field_manager=self.field_manager,
-                _content_type=MERGE_PATCH)
+                _content_type=MERGE_PATCH))
             return
         if action.verb == "apply":
             fn = {"PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
                   "Service": self.core.patch_namespaced_service,
                   "Job": self.batch.patch_namespaced_job,
                   "Deployment": self.apps.patch_namespaced_deployment}[kind]
-            fn(name, namespace, action.body, field_manager=action.field_manager or self.field_manager, force=True,
-               _content_type=APPLY)
+            self._wrote(kind, fn(name, namespace, action.body, force=True, _content_type=APPLY,
+                                 field_manager=action.field_manager or self.field_manager))
             return
         # Only Jobs are ever deleted (a superseded or failed download, a finished collection);
         # the rest goes with the ModelDeployment, by the garbage collector. The chart grants no more.
@@ -174,6 +226,14 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
+        if self.cache is not None:
+            self.cache.remove(kind, namespace, name)
+
+    def _wrote(self, kind: str, written) -> None:
+        """Read-your-writes: the object the API server answered a write with goes in the watch
+        cache at once, not when its watch event comes."""
+        if self.cache is not None and written is not None:
+            self.cache.put(kind, self._plain(written))
 
     def post_event_later(self, md: api.ModelDeployment, event: Event) -> None:
         """`post_event` in the background, after those posted before it."""

@@ -1,0 +1,170 @@
+"""The watch cache (an informer, as controller-runtime has): the latest object of each kind
+the operator watches, so that a reconcile with nothing to change asks the API server nothing.
+
+How it stays true:
+- **Watch events** (the ones Kopf already delivers to `handlers.py`) put the object in, or
+  take it out on DELETED, *before* the ModelDeployment concerned is enqueued: a reconcile
+  that an event starts sees that event.
+- **Listings**: one list per kind (and namespace) when the operator starts and at every
+  resync round replaces what the store holds for it (`replace`): objects the watch missed
+  (a watch restarted after "410 Gone" lists again but tells no DELETED) go then. Until a
+  kind was listed once, it is not *synced* and the reads of it go to the API server.
+- **Our own writes** (read-your-writes): what the API server answers to an apply, a patch
+  or a status write is put in at once; a Job the operator deleted goes at once, and its uid
+  is remembered so that a late event for it never brings it back.
+- **Order**: within one object (one uid), an older resourceVersion never replaces a newer
+  one (etcd's versions are integers; where one is not, the newer arrival wins).
+
+What it does not hold: of most kinds only objects labelled `app.kubernetes.io/managed-by=
+modelship` are watched and listed, so an object *absent* by name may still exist unlabelled
+(a conflict): readers by name ask the API server when the store has none. The kinds in
+`whole` (the ModelDeployments, the claims) are watched and listed whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+from collections import OrderedDict
+
+MD_KIND = "ModelDeployment"
+Key = tuple[str, str]  # (namespace, name)
+
+
+def parse_selector(selector: str) -> list[tuple[str, str, frozenset[str]]]:
+    """A label selector as the API server reads it: `k=v`, `k==v`, `k!=v`, `k in (a,b)`,
+    `k notin (a,b)`, `k`, `!k`, comma-separated. ValueError on anything else."""
+    out, rest = [], selector.strip()
+    term = re.compile(r"\s*(?:(?P<set>[\w./-]+)\s+(?P<op>in|notin)\s*\((?P<vals>[^)]*)\)"
+                      r"|(?P<key>[\w./-]+)\s*(?P<eq>==|!=|=)\s*(?P<val>[\w.-]*)"
+                      r"|(?P<neg>!)?\s*(?P<ex>[\w./-]+))\s*(?:,|$)")
+    while rest:
+        m = term.match(rest)
+        if not m or not m.group(0):
+            raise ValueError(f"cannot read the label selector {selector!r} at {rest!r}")
+        if m.group("set"):
+            vals = frozenset(v.strip() for v in m.group("vals").split(",") if v.strip())
+            out.append((m.group("set"), m.group("op"), vals))
+        elif m.group("key"):
+            op = "!=" if m.group("eq") == "!=" else "="
+            out.append((m.group("key"), op, frozenset([m.group("val")])))
+        else:
+            out.append((m.group("ex"), "!" if m.group("neg") else "exists", frozenset()))
+        rest = rest[m.end():]
+    return out
+
+
+def matches(selector: str, labels: dict | None) -> bool:
+    """Whether an object with these labels is one the API server lists for this selector."""
+    labels = labels or {}
+    for key, op, vals in parse_selector(selector):
+        have = labels.get(key)
+        ok = {"=": have in vals, "in": have in vals,
+              "!=": have not in vals, "notin": have not in vals,
+              "exists": key in labels, "!": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _version(obj: dict) -> int | None:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _key(obj: dict) -> Key:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
+
+
+class WatchCache:
+    """Objects by kind, then (namespace, name). Thread-safe: the reads run in threads."""
+
+    def __init__(self, kinds: tuple[str, ...], whole: set[str] = frozenset(), forget_after: int = 10_000):
+        self.whole = set(whole)  # kinds watched and listed whoever made them: absent there is absent
+        self.objects: dict[str, dict[Key, dict]] = {kind: {} for kind in kinds}
+        self.listed: dict[str, set[str | None]] = {kind: set() for kind in kinds}  # namespaces (None: all)
+        self.gone: OrderedDict[str, None] = OrderedDict()  # uids seen deleted, the latest `forget_after`
+        self.forget_after = forget_after
+        self.lock = threading.Lock()
+
+    # --- what comes in --------------------------------------------------------------------
+
+    def put(self, kind: str, obj: dict) -> None:
+        """An object as the API server showed it (a watch event, a listing, a write's answer)."""
+        with self.lock:
+            self._put(kind, obj)
+
+    def _put(self, kind: str, obj: dict) -> None:
+        meta, key = obj.get("metadata") or {}, _key(obj)
+        if meta.get("uid") in self.gone:
+            return  # a late event of an object already deleted
+        have = self.objects[kind].get(key)
+        if have is not None and have["metadata"].get("uid") == meta.get("uid"):
+            old, new = _version(have), _version(obj)
+            if old is not None and new is not None and new < old:
+                return  # older than what we hold (a late event after our own write's answer)
+        self.objects[kind][key] = obj
+
+    def remove(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Deleted (a DELETED event, or our own delete): gone, and never back under this uid."""
+        with self.lock:
+            have = self.objects[kind].get((namespace, name))
+            held = (have or {}).get("metadata", {}).get("uid")
+            if have is not None and (uid is None or held in (uid, None)):
+                del self.objects[kind][(namespace, name)]  # (else a newer object of that name: kept)
+            uid = uid or held
+            if uid:
+                self.gone[uid] = None
+                while len(self.gone) > self.forget_after:
+                    self.gone.popitem(last=False)
+
+    def event(self, kind: str, raw: dict) -> None:
+        """A watch event as Kopf hands it over (`type` None: the initial listing)."""
+        obj = raw.get("object") or {}
+        if raw.get("type") == "DELETED":
+            ns, name = _key(obj)
+            self.remove(kind, ns, name, (obj.get("metadata") or {}).get("uid"))
+        elif obj.get("metadata"):
+            self.put(kind, obj)
+
+    def replace(self, kind: str, namespace: str | None, items: list[dict], version: str | None) -> None:
+        """A full listing of the kind (in a namespace; None: the cluster) at `version`: what it
+        has goes in, what the store holds beyond it and is no newer than the listing goes."""
+        try:
+            listed_at = int(version) if version else None
+        except ValueError:
+            listed_at = None
+        with self.lock:
+            for obj in items:
+                self._put(kind, obj)
+            present = {_key(o) for o in items}
+            for key, obj in list(self.objects[kind].items()):
+                if namespace is not None and key[0] != namespace or key in present:
+                    continue
+                v = _version(obj)
+                if listed_at is None or v is None or v <= listed_at:
+                    del self.objects[kind][key]
+            self.listed[kind].add(namespace)
+
+    # --- what goes out --------------------------------------------------------------------
+
+    def synced(self, kind: str, namespace: str) -> bool:
+        """Whether the kind was listed once in this namespace (or cluster-wide)."""
+        listed = self.listed[kind]
+        return None in listed or namespace in listed
+
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        """A copy (the readers may change what they are given)."""
+        obj = self.objects[kind].get((namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
+        with self.lock:
+            objs = [o for (ns, _), o in self.objects[kind].items() if ns == namespace]
+        if selector:
+            objs = [o for o in objs if matches(selector, o["metadata"].get("labels"))]
+        return copy.deepcopy(sorted(objs, key=lambda o: o["metadata"]["name"]))

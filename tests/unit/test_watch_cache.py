@@ -1,0 +1,220 @@
+"""The operator's watch cache (reconcile/cache.py): events in, reads out, label selectors as
+the API server reads them, deletes, listings, and our own writes."""
+
+import json
+import types
+
+import pytest
+
+from modelship.reconcile.cache import WatchCache, matches, parse_selector
+from modelship.reconcile.kube import Kube
+
+
+def obj(name, rv, uid=None, ns="ns", **labels):
+    return {"metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv), "uid": uid or f"uid-{name}",
+                         "labels": labels}}
+
+
+@pytest.fixture
+def cache():
+    return WatchCache(("Job", "Deployment"))
+
+
+@pytest.mark.parametrize("selector,labels,expected", [
+    ("a=1", {"a": "1"}, True),
+    ("a=1", {"a": "2"}, False),
+    ("a==1", {"a": "1"}, True),
+    ("a!=1", {}, True),
+    ("a!=1", {"a": "1"}, False),
+    ("modelship.io/deployment=m,app.kubernetes.io/component in (download,collect)",
+     {"modelship.io/deployment": "m", "app.kubernetes.io/component": "collect"}, True),
+    ("modelship.io/deployment=m,app.kubernetes.io/component in (download,collect)",
+     {"modelship.io/deployment": "m", "app.kubernetes.io/component": "server"}, False),
+    ("modelship.io/deployment=m,app.kubernetes.io/component in (download,collect)",
+     {"modelship.io/deployment": "n", "app.kubernetes.io/component": "download"}, False),
+    ("c notin (x, y)", {"c": "z"}, True),
+    ("c notin (x, y)", {"c": "y"}, False),
+    ("c", {"c": ""}, True),
+    ("c", {}, False),
+    ("!c", {}, True),
+    ("!c", {"c": "1"}, False),
+    ("", {"anything": "1"}, True),
+])
+def test_selectors_match_as_the_api_server_does(selector, labels, expected):
+    assert matches(selector, labels) is expected
+
+
+def test_a_selector_it_cannot_read_says_where():
+    with pytest.raises(ValueError, match=r"cannot read the label selector 'a in \(x' at 'a in \(x'"):
+        parse_selector("a in (x")
+
+
+def test_events_in_reads_out(cache):
+    cache.event("Job", {"type": None, "object": obj("j1", 5, **{"modelship.io/deployment": "m"})})
+    cache.event("Job", {"type": "ADDED", "object": obj("j2", 6, **{"modelship.io/deployment": "n"})})
+    assert [j["metadata"]["name"] for j in cache.list("Job", "ns", "modelship.io/deployment=m")] == ["j1"]
+    assert [j["metadata"]["name"] for j in cache.list("Job", "ns")] == ["j1", "j2"]
+    assert cache.list("Job", "other") == []
+    assert cache.get("Job", "ns", "j2")["metadata"]["resourceVersion"] == "6"
+    cache.event("Job", {"type": "DELETED", "object": obj("j2", 7)})
+    assert cache.get("Job", "ns", "j2") is None
+
+
+def test_reads_are_copies(cache):
+    cache.put("Deployment", obj("d", 1))
+    cache.get("Deployment", "ns", "d")["metadata"]["name"] = "changed"
+    cache.list("Deployment", "ns")[0]["metadata"]["name"] = "changed"
+    assert cache.get("Deployment", "ns", "d")["metadata"]["name"] == "d"
+
+
+def test_an_older_event_never_replaces_our_write(cache):
+    cache.put("Deployment", obj("d", 10))  # the answer to our apply
+    cache.event("Deployment", {"type": "MODIFIED", "object": obj("d", 9)})  # its watch event, late
+    assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "10"
+    cache.event("Deployment", {"type": "MODIFIED", "object": obj("d", 11)})
+    assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "11"
+
+
+def test_a_new_object_of_the_same_name_replaces_the_old_one_whatever_its_version(cache):
+    cache.put("Deployment", obj("d", 10, uid="old"))
+    cache.put("Deployment", obj("d", 3, uid="new"))  # (versions not comparable across objects in tests)
+    assert cache.get("Deployment", "ns", "d")["metadata"]["uid"] == "new"
+
+
+def test_a_deleted_object_never_comes_back_with_a_late_event(cache):
+    cache.put("Job", obj("j", 4))
+    cache.remove("Job", "ns", "j")  # our own delete, by name
+    cache.event("Job", {"type": "MODIFIED", "object": obj("j", 5)})  # the job controller's last update, late
+    assert cache.get("Job", "ns", "j") is None
+    cache.event("Job", {"type": "ADDED", "object": obj("j", 8, uid="again")})  # made again: a new uid
+    assert cache.get("Job", "ns", "j")["metadata"]["uid"] == "again"
+
+
+def test_a_late_delete_of_the_old_object_keeps_the_new_one(cache):
+    cache.put("Job", obj("j", 8, uid="new"))
+    cache.event("Job", {"type": "DELETED", "object": obj("j", 7, uid="old")})
+    assert cache.get("Job", "ns", "j")["metadata"]["uid"] == "new"
+
+
+def test_a_listing_syncs_the_kind_and_drops_what_the_watch_missed(cache):
+    assert not cache.synced("Job", "ns")
+    cache.put("Job", obj("missed", 3))  # deleted while no watch ran: no DELETED came
+    cache.put("Job", obj("newer", 12))  # came by a watch event after the listing was taken
+    cache.replace("Job", "ns", [obj("kept", 2)], "10")
+    assert [j["metadata"]["name"] for j in cache.list("Job", "ns")] == ["kept", "newer"]
+    assert cache.synced("Job", "ns") and not cache.synced("Job", "other") and not cache.synced("Deployment", "ns")
+    cache.replace("Job", None, [], "20")
+    assert cache.list("Job", "ns") == [] and cache.synced("Job", "other")
+
+
+def test_a_listing_never_brings_back_what_was_deleted_since(cache):
+    cache.put("Job", obj("j", 4))
+    cache.event("Job", {"type": "DELETED", "object": obj("j", 6)})
+    cache.replace("Job", "ns", [obj("j", 4)], "5")  # a listing taken before the delete, applied after
+    assert cache.get("Job", "ns", "j") is None
+
+
+def test_the_uids_of_deleted_objects_are_forgotten_in_time():
+    cache = WatchCache(("Job",), forget_after=2)
+    for i in range(3):
+        cache.remove("Job", "ns", f"j{i}", uid=f"u{i}")
+    assert list(cache.gone) == ["u1", "u2"]
+
+
+class FakeApps:
+    def __init__(self):
+        self.reads = 0
+
+    def read_namespaced_deployment(self, name, namespace):
+        self.reads += 1
+        return {"metadata": {"name": name, "namespace": namespace, "labels": {}}}
+
+    def patch_namespaced_deployment(self, name, namespace, body, **_):
+        return {**body, "metadata": {**body["metadata"], "namespace": namespace, "resourceVersion": "7", "uid": "u"}}
+
+
+def kube_with(cache):
+    from kubernetes import client
+
+    kube = Kube(client.ApiClient(), "modelship", cache)
+    kube.apps = FakeApps()
+    return kube
+
+
+def test_kube_reads_from_the_cache_once_synced_and_asks_for_what_it_lacks():
+    cache = WatchCache(("Deployment",))
+    kube = kube_with(cache)
+    cache.put("Deployment", obj("d", 1))
+    assert kube._get("Deployment", kube.apps.read_namespaced_deployment, "d", "ns")["metadata"]["name"] == "d"
+    assert kube.apps.reads == 1  # not synced yet: asked
+    cache.replace("Deployment", "ns", [obj("d", 1)], "1")
+    kube._get("Deployment", kube.apps.read_namespaced_deployment, "d", "ns")
+    assert kube.apps.reads == 1  # synced and held: not asked
+    kube._get("Deployment", kube.apps.read_namespaced_deployment, "unlabelled", "ns")
+    assert kube.apps.reads == 2  # absent from the cache is not absent: asked
+
+
+def test_kube_writes_through():
+    from modelship.reconcile.types import Action
+
+    cache = WatchCache(("Deployment",))
+    kube = kube_with(cache)
+    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"x": "y"}}}
+    kube.execute(Action("apply", "Deployment", "d", body), "ns")
+    assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "7"
+
+
+def test_a_kind_held_whole_answers_absent_without_asking():
+    cache = WatchCache(("Deployment",), whole={"Deployment"})
+    kube = kube_with(cache)
+    cache.replace("Deployment", "ns", [], "1")
+    assert kube._get("Deployment", kube.apps.read_namespaced_deployment, "none", "ns") is None
+    assert kube.apps.reads == 0
+
+
+def test_a_watch_event_is_in_the_cache_before_its_reconcile_is_enqueued():
+    import asyncio
+
+    import kopf
+
+    from modelship.reconcile import handlers
+
+    cache, seen = WatchCache(("Job",)), []
+    controller = types.SimpleNamespace(kube=types.SimpleNamespace(cache=cache),
+                                       enqueue=lambda ns, name: seen.append((ns, name, cache.get("Job", ns, "j"))))
+    job = obj("j", 3, **{"modelship.io/deployment": "m"})
+    asyncio.run(handlers.child_changed(labels=job["metadata"]["labels"], namespace="ns", meta=job["metadata"],
+                                       event={"type": "ADDED", "object": job}, memo=kopf.Memo(controller=controller),
+                                       resource=kopf.Resource("batch", "v1", "jobs")))
+    assert seen == [("ns", "m", job)]
+    asyncio.run(handlers.child_changed(labels=job["metadata"]["labels"], namespace="ns", meta=job["metadata"],
+                                       event={"type": "DELETED", "object": job}, memo=kopf.Memo(controller=controller),
+                                       resource=kopf.Resource("batch", "v1", "jobs")))
+    assert seen[-1] == ("ns", "m", None)
+
+
+class FakeLists:
+    def __init__(self, items):
+        self.items, self.selectors = items, []
+
+    def __getattr__(self, name):
+        def listing(*args, label_selector=None, **_):
+            self.selectors.append((name, args, label_selector))
+            body = {"metadata": {"resourceVersion": "50"}, "items": self.items.get(name, [])}
+            return types.SimpleNamespace(data=json.dumps(body).encode())
+        return listing
+
+
+def test_a_resync_listing_primes_every_kind_and_returns_the_modeldeployments():
+    cache = WatchCache(("Job", "PersistentVolumeClaim", "ModelDeployment"),
+                       whole={"PersistentVolumeClaim", "ModelDeployment"})
+    kube = kube_with(cache)
+    kube.batch = kube.core = FakeLists({"list_namespaced_job": [obj("j", 1)]})
+    kube.custom = types.SimpleNamespace(list_namespaced_custom_object=lambda *a: {
+        "metadata": {"resourceVersion": "50"}, "items": [obj("m", 2)]})
+    mds = kube.list_mds(["ns"])
+    assert [m["metadata"]["name"] for m in mds] == ["m"]
+    assert kube.batch.selectors == [("list_namespaced_job", ("ns",), "app.kubernetes.io/managed-by=modelship"),
+                                    ("list_namespaced_persistent_volume_claim", ("ns",), None)]
+    assert cache.synced("Job", "ns") and cache.synced("ModelDeployment", "ns") and not cache.synced("Job", "other")
+    assert cache.get("Job", "ns", "j") is not None and kube.get_md("ns", "m")["metadata"]["name"] == "m"
