@@ -20,7 +20,7 @@ from .test_autoscaling import Router, chat, deployment_replicas, smollm2
 pytestmark = [pytest.mark.integration, pytest.mark.localnode, pytest.mark.slow]
 
 
-def testbed_status() -> dict:
+def read_testbed_status() -> dict:
     from modelship_testbed import procs
     from modelship_testbed.paths import state_dir
 
@@ -56,11 +56,11 @@ class SteadyLoad:
 def restart(cluster, component: str) -> float:
     """SIGKILL the component; the supervisor starts it again. Seconds until the API server
     answers /readyz again."""
-    before = testbed_status()["components"][component]
+    before = read_testbed_status()["components"][component]
     killed = time.monotonic()
     os.kill(before["pid"], signal.SIGKILL)
-    wait_for(lambda: (testbed_status()["components"][component]["restarts"] > before["restarts"]
-                      and testbed_status()["components"][component]["ready"]), 120, f"{component} to be back")
+    wait_for(lambda: (read_testbed_status()["components"][component]["restarts"] > before["restarts"]
+                      and read_testbed_status()["components"][component]["ready"]), 120, f"{component} to be back")
     wait_for(lambda: cluster.kubectl("get", "--raw", "/readyz", check=False).strip() == "ok", 120,
              "the API server to be ready")
     return time.monotonic() - killed
@@ -71,7 +71,7 @@ def test_the_api_server_and_etcd_restarted_under_an_operator_and_a_router_at_wor
                                                                                    local_operator):
     from modelship_testbed.paths import kubeconfig_path
 
-    if cluster.kubeconfig != str(kubeconfig_path()) or not testbed_status().get("components"):
+    if cluster.kubeconfig != str(kubeconfig_path()) or not read_testbed_status().get("components"):
         pytest.skip("restarts the test bed's own API server and etcd (its supervisor starts them again)")
     preload_claim(cluster, namespace)
     router = Router(cluster, namespace)
