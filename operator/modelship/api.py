@@ -378,10 +378,6 @@ class StorageSpec(ApiType):
              "self.storageClassName == oldSelf.storageClassName)",
              "storage.storageClassName cannot be set, changed or removed after creation (a volume's class is "
              "fixed); delete and re-create the ModelDeployment", field_path=".storageClassName"),
-        rule(f"!has(self.size) || !has(oldSelf.size) || !{is_quantity('self.size')} || "
-             f"!{is_quantity('oldSelf.size')} || !{as_quantity('self.size')}.isLessThan({as_quantity('oldSelf.size')})",
-             "storage.size cannot be lowered: a volume cannot shrink; delete and re-create the ModelDeployment for "
-             "a smaller one", field_path=".size"),
         rule("has(self.existingClaim) == has(oldSelf.existingClaim) && (!has(self.existingClaim) || "
              "self.existingClaim == oldSelf.existingClaim)",
              "storage.existingClaim cannot be set, changed or removed after creation; delete and re-create the "
@@ -401,7 +397,8 @@ class StorageSpec(ApiType):
     size: Quantity | None = Field(
         None, description="Size of the volume, for example `20Gi`. Default: the resolved files' total plus "
                           "10% (at least 1Gi more). A size too small for the files is an error. It can be "
-                          "raised later, not lowered: a volume cannot shrink.",
+                          "raised later; a volume cannot shrink, so a lower size leaves it as it is (the "
+                          "Downloaded condition says so).",
         json_schema_extra=rules(
             rule("type(self) == int ? self >= 1 : (!isQuantity(self) || !quantity(self).isLessThan(quantity('1')))",
                  "storage.size must be a size of at least 1 byte, for example 20Gi (not zero, negative, or a "

@@ -182,3 +182,17 @@ def test_a_partial_file_that_is_a_link_is_not_written_through(hub, tmp_path, mon
     with pytest.raises(weights.FetchError, match="Too many levels of symbolic links"):
         fetch(hub, tmp_path / "vol", [spec("m-Q4_K_M.gguf", GGUF)])
     assert outside.read_bytes() == b""
+
+
+def test_a_source_that_serves_far_past_the_listed_size_is_cut_off_before_filling_the_volume(hub, tmp_path,
+                                                                                         monkeypatch):
+    """It stops reading at the first chunk past the listed size (the volume would fill first and
+    blame itself); the check of the size then calls the source corrupt."""
+    from modelship.weights import hashing
+
+    monkeypatch.setattr(hashing, "CHUNK", 4096)
+    hub.trailing["m-Q4_K_M.gguf"] = b"x" * (4 << 20)
+    with pytest.raises(weights.FetchError) as e:
+        fetch(hub, tmp_path, [spec("m-Q4_K_M.gguf", GGUF)])
+    served = int(str(e.value).split(": ")[1].split(" bytes served")[0])
+    assert len(GGUF) < served <= len(GGUF) + 4096 and "the source serves corrupt data" in str(e.value), e.value

@@ -56,13 +56,13 @@ def test_a_head_sent_a_line_at_a_time_is_408_at_the_header_timeout(router_url):
         got, _ = read_until_closed(s, 5)
         took = time.monotonic() - began
     assert got.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in got, got
-    assert b"--header-timeout" in got and 0.9 <= took < 3, took
+    assert b"--header-timeout" in got and 0.9 <= took < 5, took  # (bounded: 1 s, and a loaded machine)
 
 
 def test_a_connection_that_sends_nothing_is_closed(router_url):
     with socket.create_connection((HOST, router_url)) as s:
         got, took = read_until_closed(s, 5)
-    assert got == b"" and 0.9 <= took < 3, (got, took)
+    assert got == b"" and 0.9 <= took < 5, (got, took)
 
 
 def test_a_head_in_time_is_answered_and_the_connection_kept(router_url):

@@ -143,3 +143,22 @@ def test_the_failed_time_as_the_client_library_writes_it_is_read_too():
     name = obs.jobs[0]["metadata"]["name"]
     assert run(md, r, obs, now="2025-01-01T00:00:10Z").requeue_after == VOLUME_FULL_RETRY - 10
     assert [(a.verb, a.name) for a in run(md, r, obs, now="2025-01-01T00:00:30Z").actions] == [("delete", name)]
+
+
+def test_joining_a_shared_download_made_by_an_older_operator_adds_no_pod_failure_policy():
+    """podFailurePolicy cannot be added to a Job that exists (422): a Job an older operator
+    made, joined after the upgrade, is applied without it."""
+    first, r = make_md({"storage": {"sharedCache": True}}), gguf()
+    raw = first.model_dump(by_alias=True, exclude_none=True)
+    raw["metadata"].update(name="second", uid="uid-second")
+    second = type(first).model_validate(raw)
+    job = obs_job(first, r, "Running")
+    job["spec"].pop("podFailurePolicy")
+    obs = observed(second, r, None)
+    obs.jobs = [job]
+    applied = [a for a in run(second, r, obs).actions if a.kind == "Job" and a.verb == "apply"]
+    assert applied and all("podFailurePolicy" not in a.body["spec"] for a in applied), applied
+    job = obs_job(first, r, "Running")  # one of this operator's: applied as it is
+    obs.jobs = [job]
+    applied = [a for a in run(second, r, obs).actions if a.kind == "Job" and a.verb == "apply"]
+    assert applied and all("podFailurePolicy" in a.body["spec"] for a in applied), applied

@@ -75,10 +75,28 @@ def test_an_older_event_never_replaces_our_write(cache):
     assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "11"
 
 
-def test_a_new_object_of_the_same_name_replaces_the_old_one_whatever_its_version(cache):
-    cache.put("Deployment", obj("d", 10, uid="old"))
-    cache.put("Deployment", obj("d", 3, uid="new"))  # (versions not comparable across objects in tests)
+def test_a_new_object_of_the_same_name_replaces_the_old_one_and_a_late_event_of_the_old_does_not(cache):
+    cache.put("Deployment", obj("d", 3, uid="old"))
+    cache.put("Deployment", obj("d", 10, uid="new"))
     assert cache.get("Deployment", "ns", "d")["metadata"]["uid"] == "new"
+    # The old one's last update, late (another Kopf worker: one per uid): older, kept out.
+    cache.event("Deployment", {"type": "MODIFIED", "object": obj("d", 4, uid="old")})
+    cache.event("Deployment", {"type": "DELETED", "object": obj("d", 5, uid="old")})
+    assert cache.get("Deployment", "ns", "d")["metadata"]["uid"] == "new"
+
+
+def test_an_object_whose_label_comes_back_is_seen_again(cache):
+    """A filtered watch says DELETED when our label is taken off; ADDED, newer, when it is put
+    back: the object is held again (it used to be kept out for good)."""
+    cache.event("Job", {"type": "ADDED", "object": obj("j", 4)})
+    cache.event("Job", {"type": "DELETED", "object": obj("j", 5)})  # label taken off
+    assert cache.get("Job", "ns", "j") is None
+    cache.event("Job", {"type": "MODIFIED", "object": obj("j", 5)})  # late, no newer: still out
+    assert cache.get("Job", "ns", "j") is None
+    cache.event("Job", {"type": "ADDED", "object": obj("j", 9)})  # label put back
+    assert cache.get("Job", "ns", "j")["metadata"]["resourceVersion"] == "9"
+    cache.replace("Job", "ns", [obj("j", 9)], "9")
+    assert [o["metadata"]["name"] for o in cache.list("Job", "ns")] == ["j"]
 
 
 def test_a_deleted_object_never_comes_back_with_a_late_event(cache):

@@ -87,7 +87,11 @@ class WatchCache:
         self.whole = set(whole)  # kinds watched and listed whoever made them: absent there is absent
         self.objects: dict[str, dict[Key, dict]] = {kind: {} for kind in kinds}
         self.listed: dict[str, set[str | None]] = {kind: set() for kind in kinds}  # namespaces (None: all)
-        self.gone: OrderedDict[str, None] = OrderedDict()  # uids seen deleted, the latest `forget_after`
+        # uids seen deleted, the latest `forget_after`, each with the version it went at: None
+        # for our own delete (never back), the DELETED event's version for a watch's (a filtered
+        # watch also says DELETED when a label is taken off: the object is back, newer, when
+        # the label is put back).
+        self.gone: OrderedDict[str, int | None] = OrderedDict()
         self.forget_after = forget_after
         self.lock = threading.Lock()
 
@@ -99,18 +103,26 @@ class WatchCache:
             self._put(kind, obj)
 
     def _put(self, kind: str, obj: dict) -> None:
-        meta, key = obj.get("metadata") or {}, _key(obj)
-        if meta.get("uid") in self.gone:
-            return  # a late event of an object already deleted
+        meta, key, new = obj.get("metadata") or {}, _key(obj), _version(obj)
+        uid = meta.get("uid")
+        if uid in self.gone:
+            went = self.gone[uid]
+            if went is None or new is None or new <= went:
+                return  # a late event of an object already deleted
+            del self.gone[uid]  # out of a filtered watch and back in (its label put back)
         have = self.objects[kind].get(key)
-        if have is not None and have["metadata"].get("uid") == meta.get("uid"):
-            old, new = _version(have), _version(obj)
-            if old is not None and new is not None and new < old:
-                return  # older than what we hold (a late event after our own write's answer)
+        old = _version(have) if have is not None else None
+        # Older than what we hold (a late event after our own write's answer; or, of another
+        # object of that name, the one deleted before this one was made: etcd's revisions only
+        # grow): kept out.
+        if old is not None and new is not None and new < old:
+            return
         self.objects[kind][key] = obj
 
-    def remove(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
-        """Deleted (a DELETED event, or our own delete): gone, and never back under this uid."""
+    def remove(self, kind: str, namespace: str, name: str, uid: str | None = None,
+               version: int | None = None) -> None:
+        """Deleted: by our own delete (no `version`: never back under this uid), or as a DELETED
+        event at `version` (back only newer than that: a filtered watch's object relabelled)."""
         with self.lock:
             have = self.objects[kind].get((namespace, name))
             held = (have or {}).get("metadata", {}).get("uid")
@@ -118,7 +130,7 @@ class WatchCache:
                 del self.objects[kind][(namespace, name)]  # (else a newer object of that name: kept)
             uid = uid or held
             if uid:
-                self.gone[uid] = None
+                self.gone[uid] = None if version is None or self.gone.get(uid, 0) is None else version
                 while len(self.gone) > self.forget_after:
                     self.gone.popitem(last=False)
 
@@ -127,7 +139,7 @@ class WatchCache:
         obj = raw.get("object") or {}
         if raw.get("type") == "DELETED":
             ns, name = _key(obj)
-            self.remove(kind, ns, name, (obj.get("metadata") or {}).get("uid"))
+            self.remove(kind, ns, name, (obj.get("metadata") or {}).get("uid"), _version(obj))
         elif obj.get("metadata"):
             self.put(kind, obj)
 

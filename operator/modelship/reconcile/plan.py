@@ -275,6 +275,8 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
     if current is None:  # a Job's pod template is immutable; its name already fingerprints it
         actions += apply_if_needed(job, None)
     elif cache and not current.owned:  # another ModelDeployment's download of the same files: join it
+        if "podFailurePolicy" not in current.body.get("spec", {}):  # made by an older operator: the field
+            job["spec"].pop("podFailurePolicy", None)  # cannot be added to a Job that exists (422)
         actions += apply_if_needed(job, current.body)
     eta = f", about {progress['etaSeconds']} s left" if "etaSeconds" in progress else ""
     return Download(state, "False", "Downloading", f"downloading {len(resolved.files)} files with Job {name}: "

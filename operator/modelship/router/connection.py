@@ -4,9 +4,11 @@ request's head.
 uvicorn bounds the time between requests on a kept-alive connection, and the router bounds
 a body's arrival (`--body-timeout`), but nothing bounds a head: a client that connects and
 sends nothing, or sends a header line every few seconds (slowloris), would hold a connection
-and its memory for ever. Here a connection must send a whole head within `--header-timeout`
-of opening, and each later request within as long of its first byte; otherwise it gets 408
-(or, having sent nothing at all, is simply closed, as nginx does) and is closed."""
+and its memory for ever. Here a connection must begin a request within `--header-timeout` of
+opening, and each request's head must be whole within as long of its first byte (so a first
+request has at most twice that); otherwise it gets 408 (or, having sent nothing at all, is
+simply closed, as nginx does) and is closed. While an earlier answer on the connection is
+still going out (a pipelined request behind it), the deadline waits for it."""
 
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ def protocol(header_timeout: float) -> type[asyncio.Protocol]:
 
         def _too_slow(self) -> None:
             self.head_timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._arm()  # an answer is going out: a 408 now would cut into it
+                return
             if not self.transport.is_closing():
                 if self.head_begun:
                     self.transport.write(answer)

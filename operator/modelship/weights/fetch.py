@@ -47,8 +47,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from .collect import prune
 from .hashing import Sink, git_sha1_of, sha256_of
-from .volume import (FetchError, blob_lock, inside, is_full, record_use, repo_dir, safe_target, volume_full,
-                     volume_lock)
+from .volume import FetchError, blob_lock, inside, is_full, record_use, repo_dir, safe_target, volume_full, volume_lock
 
 ATTEMPTS = 5
 
@@ -291,8 +290,12 @@ class Fetcher:
             with Sink(part, keep=have, git_size=w.size if w.git_sha1 and not w.sha256 else None) as sink:
                 # Large reads straight from the socket into reused buffers (http.client:
                 # a third faster than httpx's streaming here); hashed in a thread.
+                written = have
                 while not complete and (n := sink.fill(r)):
                     tally.add(n)
+                    written += n
+                    if written > w.size:  # more than the Hub lists: stop before it fills the volume
+                        break
                 digest = sink.finish()  # hashed, and on disk
                 got = sink.git.hexdigest() if sink.git else None
         size = part.stat().st_size
