@@ -117,7 +117,12 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
             print(f"  {time.monotonic() - start:6.1f} s: {done}/{count} reconciled, {ready} Ready", flush=True)
             last = done + ready
         time.sleep(1.0)
-    raise SystemExit(f"not all Ready after {timeout:.0f} s: {progress(api, namespace)}")
+    # Not all Ready in time (the scheduler, kwok and the API server saturated): the rest is
+    # measured all the same, and the report says how far it got.
+    done, out["ready count"] = progress(api, namespace)
+    out.setdefault("reconciled", float("inf"))
+    print(f"  not all Ready after {timeout:.0f} s: {done} reconciled, {out['ready count']} Ready", flush=True)
+    return out
 
 
 def idle_requests(cluster: Cluster, user: str, seconds: float) -> tuple[Counter, Counter]:
@@ -170,7 +175,8 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
         peak = Peak(op.proc.pid)
         time.sleep(3)  # its watches are open
         figures = reconcile_all(api, namespace, args.models, args.timeout, op)
-        print(f"  all reconciled in {figures['reconciled']:.1f} s, all Ready in {figures['ready']:.1f} s", flush=True)
+        print(f"  all reconciled in {figures['reconciled']:.1f} s, all Ready in {figures.get('ready', 0):.1f} s",
+              flush=True)
         time.sleep(args.settle)
         mine, every = idle_requests(cluster, user, args.idle_seconds)
         changes = [one_change(api, namespace, f"m{i * max(1, args.models // 5):04d}") for i in range(5)]
@@ -191,7 +197,8 @@ def report(args, figures: dict, mine: Counter, every: Counter) -> None:
     print(f"\n{args.models} ModelDeployments (2 replicas each) on {args.nodes} kwok nodes; "
           f"resyncSeconds {args.resync:g}; idle window {args.idle_seconds:g} s")
     rows = [("time until all reconciled", f"{figures['reconciled']:.1f} s", "<= 60 s"),
-            ("time until all Ready (scheduler, kwok, too)", f"{figures['ready']:.1f} s", ""),
+            ("time until all Ready (scheduler, kwok, too)", f"{figures['ready']:.1f} s" if "ready" in figures
+             else f"{figures['ready count']} in {args.timeout:.0f} s", ""),
             ("operator peak RSS", f"{figures['peak rss']:.0f} MiB", "<= 200 MiB"),
             ("operator requests / object / minute, idle, no watches",
              f"{sum(mine.values()) * per_min:.2f}", "about 0"),
