@@ -236,3 +236,11 @@ def test_a_resync_listing_primes_every_kind_and_returns_the_modeldeployments():
                                     ("list_namespaced_persistent_volume_claim", ("ns",), None)]
     assert cache.synced("Job", "ns") and cache.synced("ModelDeployment", "ns") and not cache.synced("Job", "other")
     assert cache.get("Job", "ns", "j") is not None and kube.get_md("ns", "m")["metadata"]["name"] == "m"
+
+
+def test_managed_fields_are_not_kept(cache):
+    o = obj("j", 4)
+    o["metadata"]["managedFields"] = [{"manager": "kube-controller-manager", "fieldsV1": {"f:status": {}}}]
+    cache.put("Job", o)
+    assert "managedFields" not in cache.get("Job", "ns", "j")["metadata"]
+    assert "managedFields" in o["metadata"]  # what was handed in is not changed

@@ -104,6 +104,9 @@ class WatchCache:
 
     def _put(self, kind: str, obj: dict) -> None:
         meta, key, new = obj.get("metadata") or {}, _key(obj), _version(obj)
+        if "managedFields" in meta:  # half of a pod's size, and nothing here reads it
+            meta = {k: v for k, v in meta.items() if k != "managedFields"}
+            obj = {**obj, "metadata": meta}
         uid = meta.get("uid")
         if uid in self.gone:
             went = self.gone[uid]
