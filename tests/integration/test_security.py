@@ -150,7 +150,8 @@ def test_restricted_namespace_admits_every_pod_and_no_secret_leaks(cluster, name
                     {"config.json": b"{}", "model.safetensors": b"abc"})  # (the TGI's download checks them)
         wait_phase(cluster, operator, "smol", "Ready", timeout=240)
         wait_phase(cluster, operator, "tgi", "Ready", timeout=120)
-        wait_for(lambda: ask(router, API_KEY).status_code == 200, 60, "the router to serve smol")
+        wait_for(lambda: ask(router, API_KEY).status_code == 200, 180, "the router to serve smol",
+                 lambda: cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False))
         assert [ask(router, key).status_code for key in (None, WRONG_KEY)] == [401, 401]
         assert "paris" in ask(router, API_KEY).json()["choices"][0]["message"]["content"].lower()
         assert md_status(cluster, namespace, "smol")["resolved"]["sha"] == GATED_SHA  # resolved with the token

@@ -153,6 +153,16 @@ class Kube:
         obj = self.cache.get(kind, namespace, name)
         return obj is not None or kind in self.cache.whole, obj
 
+    def _claim(self, name: str, namespace: str):
+        """A claim by name, through `list` with a field selector: the watch cache holds claims
+        whole (it lists and watches them), so the API server is asked only before its first
+        listing, and the operator needs no `get` on claims."""
+        items = self.core.list_namespaced_persistent_volume_claim(
+            namespace, field_selector=f"metadata.name={name}").items
+        if not items:
+            raise ApiException(status=404, reason="Not Found")
+        return items[0]
+
     def _list(self, kind: str, namespace: str, selector: str, live) -> list[dict]:
         """Objects by label selector: from the watch cache once it listed the kind."""
         if self.cache is not None and self.cache.synced(kind, namespace):
@@ -173,8 +183,7 @@ class Kube:
             "jobs": lambda: self._list("Job", ns, jobs, self.batch.list_namespaced_job),
             "server_pods": lambda: self._list("Pod", ns, pods, self.core.list_namespaced_pod),
             "neighbours": lambda: (self._neighbours(ns) if cache else []),
-            "pvc": lambda: self._get("PersistentVolumeClaim", self.core.read_namespaced_persistent_volume_claim,
-                                     claim, ns),
+            "pvc": lambda: self._get("PersistentVolumeClaim", self._claim, claim, ns),
             "deployment": lambda: self._get("Deployment", self.apps.read_namespaced_deployment, md.name, ns),
             "service": lambda: self._get("Service", self.core.read_namespaced_service, md.name, ns),
         }
