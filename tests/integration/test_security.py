@@ -16,6 +16,7 @@ import uuid
 import httpx
 import pytest
 import yaml
+from modelship_testbed.config import LOCAL_NODE_NAME
 
 from ..conftest import wait_for
 from .conftest import TINY_SHA, md_status, render, seed_volume, wait_phase
@@ -56,7 +57,10 @@ def install_router(cluster, namespace: str) -> tuple[str, str]:
     release = f"r{uuid.uuid4().hex[:6]}"
     manifest = render(release, namespace, "operator.enabled=false", "crds.enabled=false", f"namespaces={{{namespace}}}",
                       "router.replicas=1", "router.allowCidrs={127.0.0.0/8}", "router.apiKeys.secretName=router-keys",
-                      "router.resources.requests.cpu=10m", "router.resources.requests.memory=64Mi")
+                      "router.resources.requests.cpu=10m", "router.resources.requests.memory=64Mi",
+                      # on the node whose pods really run: scheduled on the test's own kwok node, it
+                      # was "Ready" there and every connection to it was refused
+                      f"router.nodeSelector.kubernetes\\.io/hostname={LOCAL_NODE_NAME}")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest)
 
     def ready_ip():
