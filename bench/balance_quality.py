@@ -65,7 +65,8 @@ from pathlib import Path
 import httpx
 from modelship_testbed.tgi_fake import render_chat, tokenize
 
-from loopback import HOST, free_port, modelship_router, pct, source_path, start_vllm_router, vllm_router, wait
+from loopback import (HOST, free_port, modelship_router, pct, source_path, start_vllm_router, stop_all, vllm_router,
+                      wait)
 
 SYSTEM_PROMPTS = [
     " ".join(f"rule {i}.{j}: answer with care about topic {i} and cite section {j}." for j in range(60))
@@ -159,17 +160,6 @@ class Backends:
     def stop(self) -> None:
         self.http.close()
         stop_all(self.procs)
-
-
-def stop_all(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 class RouterFailed(Exception):

@@ -39,6 +39,18 @@ def wait(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} did not come up within {timeout:.0f} s")
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each, then wait for each (SIGKILL after 10 s)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def pinned(cmd: list[str], core: int) -> list[str]:
     """`cmd` run on one core (taskset), so that proxies are compared on equal CPU."""
     return ["taskset", "-c", str(core % CORES), *cmd]

@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 import psutil
 import yaml
+from loopback import HOST, free_port, stop_all, wait
 
-HOST = "127.0.0.1"  # loopback only
 HERE = Path(__file__).resolve().parent
 
 
@@ -44,24 +44,6 @@ class Tally:
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, rss bytes, fds)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up within {timeout:.0f} s")
 
 
 def start_engines(models: int, per_model: int, token_ms: float) -> tuple[list[subprocess.Popen], dict[str, list[str]]]:
@@ -78,7 +60,7 @@ def start_engines(models: int, per_model: int, token_ms: float) -> tuple[list[su
             endpoints.setdefault(name, []).append(f"http://{HOST}:{port}")
     for urls in endpoints.values():
         for url in urls:
-            wait_up(f"{url}/health")
+            wait(f"{url}/health")
     return procs, endpoints
 
 
@@ -91,7 +73,7 @@ def start_router(endpoints: dict[str, list[str]], workdir: Path) -> tuple[subpro
                              "--host", HOST, "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://{HOST}:{port}"
-    wait_up(f"{url}/health")
+    wait(f"{url}/health")
     return proc, url
 
 
@@ -190,13 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(router)
             tally = asyncio.run(load(url, router.pid, list(endpoints), args))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     figures, broken = verdict(tally, args.max_rss_growth_mb, args.max_fd_growth)
     print(json.dumps(figures))
     for line in broken:

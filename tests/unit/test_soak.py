@@ -15,6 +15,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def soak():
+    if str(BENCH) not in sys.path:  # its helpers (bench/loopback.py), as when it runs as a script
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location("soak", BENCH / "soak.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["soak"] = module  # dataclasses look their module up
