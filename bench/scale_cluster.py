@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from modelship_testbed.nodepools import create_node, delete_node, kwok_node
 
 POOL = "scale"
 BENCH_LABEL = "modelship.io/bench"  # on every cluster-scoped object the bench makes
@@ -26,43 +27,26 @@ POOLS[f"{POOL}-gpu"] = {**POOLS[POOL], "gpuResource": "nvidia.com/gpu"}
 
 
 def node(i: int) -> dict:
-    capacity = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-storage": "1Ti"}
-    name = f"scale-{i:04d}"
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                    "kubernetes.io/arch": "amd64", "modelship.io/pool": POOL, BENCH_LABEL: POOL}},
-            "spec": {"taints": [TAINT]},
-            "status": {"allocatable": capacity, "capacity": capacity,
-                       "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "osImage": "kwok",
-                                    "kernelVersion": "", "kubeletVersion": "fake", "kubeProxyVersion": "fake",
-                                    "containerRuntimeVersion": "", "machineID": "", "systemUUID": "", "bootID": ""}}}
+    """A kwok node of the test bed's CPU shape, named, labelled and tainted as the bench's own."""
+    body = kwok_node("cpu", i, "")
+    name = body["metadata"]["name"] = f"scale-{i:04d}"
+    labels = body["metadata"]["labels"]
+    labels.pop("type")
+    labels.update({"kubernetes.io/hostname": name, "modelship.io/pool": POOL, BENCH_LABEL: POOL})
+    body["spec"]["taints"] = [TAINT]
+    return body
 
 
 def create_nodes(core: client.CoreV1Api, count: int) -> None:
-    def create(body: dict) -> None:
-        try:
-            core.create_node(body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, [node(i) for i in range(count)]))
+        list(pool.map(lambda body: create_node(core, body), [node(i) for i in range(count)]))
 
 
 def delete_nodes(core: client.CoreV1Api) -> int:
     names = [n.metadata.name for n in core.list_node(label_selector=f"{BENCH_LABEL}={POOL}").items]
 
-    def delete(name: str) -> None:
-        try:
-            core.delete_node(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(delete, names))
+        list(pool.map(lambda name: delete_node(core, name), names))
     return len(names)
 
 

@@ -65,6 +65,24 @@ def kwok_node(pool: str, index: int, gpu_product: str) -> dict:
     }
 
 
+def create_node(api: client.CoreV1Api, body: dict) -> None:
+    """Create a node; one that exists already is left as it is."""
+    try:
+        api.create_node(body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+
+
+def delete_node(api: client.CoreV1Api, name: str) -> None:
+    """Delete a node; one that is gone already is fine."""
+    try:
+        api.delete_node(name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
 def reconcile_pools(api: client.CoreV1Api, cfg: TestbedConfig, sizes: dict[str, int],
                     log: Callable[[str], None]) -> None:
     existing = {
@@ -81,25 +99,11 @@ def reconcile_pools(api: client.CoreV1Api, cfg: TestbedConfig, sizes: dict[str, 
     if not to_create and not to_delete:
         return
 
-    def create(body: dict) -> None:
-        try:
-            api.create_node(body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-
-    def delete(name: str) -> None:
-        try:
-            api.delete_node(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for i, _ in enumerate(pool.map(create, to_create), 1):
+        for i, _ in enumerate(pool.map(lambda body: create_node(api, body), to_create), 1):
             if i % 250 == 0 or i == len(to_create):
                 log(f"  created {i}/{len(to_create)} kwok nodes")
-        list(pool.map(delete, to_delete))
+        list(pool.map(lambda name: delete_node(api, name), to_delete))
     if to_delete:
         log(f"  deleted {len(to_delete)} kwok nodes")
 
