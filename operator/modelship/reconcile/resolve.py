@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from ..api import ModelSource, ResolvedFile, ResolvedModel
 from ..units import human_bytes
 from ..weights.volume import unsafe_name
+from . import hub_answer
 from .types import ResolveError
 
 
@@ -218,16 +219,14 @@ class HubResolver:
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
         api = HfApi(endpoint=endpoint, token=token or False)
         with _hub_errors(source, endpoint, token):
-            info = api.model_info(source.repo, revision=source.revision, files_metadata=True, timeout=self.timeout)
-            if not re.fullmatch(r"[0-9a-f]{40}", str(info.sha)):
-                raise ValueError(f"no commit sha in the model's info (sha: {str(info.sha)[:50]!r})")
+            info = hub_answer.model_info(api, source.repo, source.revision, self.timeout)
             names = [s.rfilename for s in info.siblings or []]
             known = {s.rfilename: s for s in info.siblings or []}
-            indexed = (self._json(source, "model.safetensors.index.json", info.sha, endpoint, token)
-                       .get("weight_map", {}).values() if "model.safetensors.index.json" in names else None)
+            indexed = (hub_answer.weight_map(self._json(source, "model.safetensors.index.json", info.sha, endpoint,
+                                                        token)) if "model.safetensors.index.json" in names else None)
             fmt, selected, model_file = self._select(source, names, lambda ns: self._sizes(ns, known, source,
                                                                                           endpoint, token, info.sha),
-                                                     sorted(set(indexed)) if indexed else None)
+                                                     indexed)
             files = _apply_patterns(selected, names, source)
             unsafe_files(source, files)
             if model_file and model_file not in files:
@@ -309,15 +308,12 @@ class HubResolver:
 
     def _architecture(self, info, names: list[str], source: ModelSource, endpoint: str,
                       token: str | None) -> tuple[str | None, int | None]:
-        gguf = getattr(info, "gguf", None) or {}
+        gguf = getattr(info, "gguf", None) or {}  # (its shape checked by hub_answer.model_info)
         if gguf:
             return gguf.get("architecture"), gguf.get("context_length")
         if "config.json" not in names:
             return None, None
-        config = self._json(source, "config.json", info.sha, endpoint, token)
-        arch = (config.get("architectures") or [None])[0] or config.get("model_type")
-        ctx = config.get("max_position_embeddings") or config.get("n_positions")
-        return arch, int(ctx) if isinstance(ctx, int) else None
+        return hub_answer.architecture(self._json(source, "config.json", info.sha, endpoint, token))
 
 
 @contextmanager
@@ -355,9 +351,9 @@ def _hub_errors(source: ModelSource, endpoint: str, token: str | None):
         raise ResolveError("HubError", f"{where} answered {status}: {str(e).splitlines()[0]}") from None
     except (requests.ConnectionError, requests.Timeout) as e:
         raise _unreachable(endpoint, e) from None
-    except (ValueError, KeyError, TypeError) as e:  # an error page, a mirror gone wrong
+    except hub_answer.BadAnswer as e:  # an error page, a mirror gone wrong (nothing else: see hub_answer.py)
         raise ResolveError("HubBadAnswer", f"{where}: the Hub API answered something that is not the Hub's JSON "
-                                           f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                                           f"({e}); "
                                            f"check that {endpoint} is a Hub or a Hub mirror; retrying with backoff",
                            transient=True) from None
     except (OfflineModeIsEnabled, OSError) as e:
