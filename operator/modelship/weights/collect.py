@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .volume import FetchError, blob_lock, forget_uses, repo_of, used_by_others, volume_lock
+from .volume import FetchError, blob_lock, forget_uses, full_is_said, repo_of, used_by_others, volume_lock
 
 
 def _linked(folder: Path) -> set[str]:
@@ -63,7 +63,7 @@ def collect(dest: str, keep: list[str], log: Callable[[str], None], user: str | 
     root = Path(dest)
     if not root.is_dir():
         raise FetchError(f"--dest {dest} is not a folder (is the volume mounted?)")
-    with volume_lock(root, exclusive=True, log=log):
+    with full_is_said(root), volume_lock(root, exclusive=True, log=log):
         freed = prune(root, set(keep), log, user)
     print(json.dumps({"event": "collected", "freed": freed}), flush=True)
     return freed

@@ -47,7 +47,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from .collect import prune
 from .hashing import Sink, git_sha1_of, sha256_of
-from .volume import FetchError, blob_lock, inside, is_full, record_use, repo_dir, safe_target, volume_full, volume_lock
+from .volume import (FetchError, blob_lock, full_is_said, inside, is_full, record_use, repo_dir, safe_target,
+                     volume_full, volume_lock)
 
 ATTEMPTS = 5
 
@@ -385,13 +386,8 @@ def download(repo: str, revision: str, endpoint: str | None, dest: str, files: l
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     fetcher = Fetcher(repo, revision, endpoint, Path(dest), os.environ.get("HF_TOKEN") or None, log, parallel,
                       retry_delay=retry_delay)
-    with volume_lock(Path(dest), exclusive=False, log=log):
-        try:
-            progress = fetcher.fetch_all(wanted)
-        except OSError as e:  # a link, a folder, the lock: no room for them either
-            if not is_full(e):
-                raise
-            raise volume_full(Path(dest), "the snapshot's links", 0, 0) from None
+    with full_is_said(Path(dest)), volume_lock(Path(dest), exclusive=False, log=log):
+        progress = fetcher.fetch_all(wanted)
         log(f"all {len(wanted)} files of {repo}@{revision} are in place ({progress.total} bytes)")
         if user:
             record_use(Path(dest), user, f"{repo}@{revision}")

@@ -57,6 +57,21 @@ def is_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+@contextmanager
+def full_is_said(dest: Path):
+    """No room on the volume anywhere in a Job (its locks, its records, its links, a folder;
+    a file's bytes say more, in `Fetcher.download`): the one VolumeFull line and exit 28,
+    not a traceback and exit 1."""
+    try:
+        yield
+    except OSError as e:
+        if not is_full(e):
+            raise
+        name = os.fsdecode(e.filename) if e.filename is not None else None
+        inside_dest = name is not None and os.path.abspath(name).startswith(os.path.abspath(dest) + os.sep)
+        raise volume_full(dest, os.path.relpath(name, dest) if inside_dest else name or "to the volume", 0, 0) from None
+
+
 def repo_dir(dest: Path, repo: str) -> Path:
     return dest / f"models--{repo.replace('/', '--')}"
 
