@@ -23,6 +23,7 @@ from .. import api, clock
 from ..endpointslices import ready_urls
 from ..manifests import COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, on_shared_cache
 from .cache import MD_KIND, WatchCache
+from .event_queue import EventQueue
 from .types import Action, Event, Reads
 
 log = logging.getLogger("modelship")
@@ -58,7 +59,7 @@ class Kube:
         self.cache = cache  # the watch cache the reads answer from where it holds the answer (cache.py)
         # For the reads of one reconcile at once (the controller runs 4 at a time).
         self.readers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube-read")
-        self.events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-events")  # one: in order
+        self.events = EventQueue(self.post_event)  # one thread: in order; bounded
 
     def _plain(self, obj) -> dict:
         """An object of the client library as the API server sent it (camelCase dicts)."""
@@ -245,8 +246,9 @@ class Kube:
             self.cache.put(kind, self._plain(written))
 
     def post_event_later(self, md: api.ModelDeployment, event: Event) -> None:
-        """`post_event` in the background, after those posted before it."""
-        self.events.submit(self.post_event, md, event)
+        """`post_event` in the background, after those posted before it (the oldest waiting
+        dropped past event_queue.LIMIT)."""
+        self.events.submit(md, event)
 
     def post_event(self, md: api.ModelDeployment, event: Event) -> None:
         """An Event on the ModelDeployment; failing to post one never fails a reconcile."""
