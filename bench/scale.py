@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -43,9 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
-from kubernetes import client, config  # noqa: E402
+from kubernetes import client  # noqa: E402
 
 import scale_cluster as sc  # noqa: E402
+from testbed_cluster import open_testbed  # noqa: E402
 from tests.conftest import Cluster  # noqa: E402
 from tests.integration.conftest import LocalOperator, service_account_kubeconfig  # noqa: E402
 
@@ -227,18 +227,9 @@ def main() -> None:
     ap.add_argument("--router-only", action="store_true", help="the router part only, with ModelDeployments and "
                     "EndpointSlices made by the bench (no operator, nodes or pods)")
     args = ap.parse_args()
-    from modelship_testbed import binaries
-    from modelship_testbed.config import LOCAL_NODE_NAME
-    from modelship_testbed.paths import kubeconfig_path
-
-    kubeconfig = str(kubeconfig_path())
-    cluster = Cluster(kubeconfig, str(binaries.path("kubectl")), LOCAL_NODE_NAME)
-    config.load_kube_config(kubeconfig)
-    api = client.ApiClient()
-    namespace = f"bench-scale-{uuid.uuid4().hex[:5]}"
+    cluster, api, namespace = open_testbed("bench-scale")
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     core = client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": namespace}})
     try:
         if args.router_only:
             import scale_router

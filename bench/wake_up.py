@@ -32,15 +32,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from kubernetes import client, config, watch  # noqa: E402
+from kubernetes import client, watch  # noqa: E402
 
+from testbed_cluster import open_testbed  # noqa: E402
 from tests.conftest import Cluster  # noqa: E402
 from tests.integration.conftest import LocalOperator, preload_claim  # noqa: E402
 from tests.integration.test_autoscaling import Router, scaled_to_zero, smollm2  # noqa: E402
@@ -143,17 +143,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=5)
     args = ap.parse_args()
-    from modelship_testbed.paths import kubeconfig_path
-
-    from modelship_testbed import binaries
-    from modelship_testbed.config import LOCAL_NODE_NAME
-
-    kubeconfig = str(kubeconfig_path())
-    cluster = Cluster(kubeconfig, str(binaries.path("kubectl")), LOCAL_NODE_NAME)
-    config.load_kube_config(kubeconfig)
-    api = client.ApiClient()
-    namespace = f"bench-wake-{uuid.uuid4().hex[:5]}"
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    cluster, api, namespace = open_testbed("bench-wake")
     work = Path(tempfile.mkdtemp(prefix="wake-"))
     router = op = None
     try:
