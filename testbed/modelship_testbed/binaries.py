@@ -250,9 +250,16 @@ def build_kwok(ctx: BuildContext) -> None:
                 f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}")
 
 
+HELM_KUBE_MINOR = "37"  # helm v3.22.0's k8s.io/client-go v0.37: the version its release build assumes
+
+
 def build_helm(ctx: BuildContext) -> None:
+    # As helm's Makefile: without these, `helm template` (no cluster) assumes Kubernetes 1.20,
+    # and a chart's kubeVersion (ours: >=1.29) refuses to render.
+    kube = " ".join(f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}={value}" for pkg in ("chartutil", "lint/rules")
+                    for part, value in (("Major", "1"), ("Minor", HELM_KUBE_MINOR)))
     _go_install(ctx, f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}",
-                f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}")
+                f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION} {kube}")
 
 
 # --- kubelet-streaming: the local node's kubelet port ------------------------------------

@@ -125,6 +125,8 @@ def run_helm(*args: str, kubeconfig: str | None = None, check: bool = True) -> s
     from modelship_testbed import binaries
 
     flags = [f"--kubeconfig={kubeconfig}"] if kubeconfig else []
+    if args[:1] == ("template",):  # rendered for the test bed's version, not helm's own default (Chart.yaml kubeVersion)
+        flags.append(f"--kube-version={binaries.KUBERNETES_VERSION}")
     proc = subprocess.run([str(binaries.path("helm")), *flags, *args], capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed: {proc.stdout}{proc.stderr.strip()}")

@@ -95,7 +95,8 @@ def test_the_chart_mounts_a_settings_file_the_router_reads(tmp_path):
         pytest.skip("helm is not built here (modelship testbed build)")
 
     def render(*sets: str) -> dict[str, dict]:  # the router alone: one Deployment, one ConfigMap
-        args = [str(helm), "template", "r", str(REPO / "charts" / "modelship"), "-n", "ns"]
+        args = [str(helm), "template", "r", str(REPO / "charts" / "modelship"), "-n", "ns", "--kube-version",
+                binaries.KUBERNETES_VERSION]
         for s in ("operator.enabled=false", "crds.enabled=false", *sets):
             args += ["--set", s]
         out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
