@@ -50,9 +50,9 @@ def wait_healthy(url: str, timeout: float = 20) -> None:
 
 @pytest.fixture(scope="module", params=["vllm", "sglang"])
 def fake(request):
-    """Each fake with a 1 ms token, 64 KV blocks (of 16 tokens) and a tunable load."""
+    """Each fake with a 1 ms token, loaded at once."""
     proc, url = launch(request.param, "--fake-token-delay-ms", "1", "--fake-prefill-ms-per-token", "0.2",
-                       "--fake-load-seconds", "0", "--fake-kv-blocks", "64", "--tensor-parallel-size", "1",
+                       "--fake-load-seconds", "0", "--tensor-parallel-size", "1",
                        "--some-future-flag", "x")
     wait_healthy(url)
     yield request.param, url
@@ -221,28 +221,40 @@ def test_metrics_names_types_and_labels(fake):
     assert prompt.name.endswith("_total") and prompt.value > 0
 
 
-def test_kv_usage_rises_under_load_and_falls_after(fake):
-    engine, url = fake
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_kv_usage_rises_under_load_and_falls_after(engine):
+    """A fake of 64 KV blocks (of 16 tokens) and 5 ms a token: 6 requests of 300 prompt
+    tokens (19 blocks each) and 200 answer tokens (1 s each); 3 fit, the others wait."""
+    proc, url = launch(engine, "--fake-token-delay-ms", "5", "--fake-load-seconds", "0", "--fake-kv-blocks", "64")
+    try:
+        wait_healthy(url)
+        peak_kv, peak_waiting, kv, waiting = load_kv(engine, url)
+        assert 0.5 <= peak_kv <= 1.0, peak_kv
+        assert peak_waiting >= 1, peak_waiting
+        assert (kv, waiting) == (0, 0)
+    finally:
+        stop(proc, 10)
+
+
+def load_kv(engine: str, url: str) -> tuple[float, float, float, float]:
+    """The peaks of KV usage and of waiting requests under the load, then both once it ended."""
     kv = "vllm:kv_cache_usage_perc" if engine == "vllm" else "sglang:token_usage"
     waiting = "vllm:num_requests_waiting" if engine == "vllm" else "sglang:num_queue_reqs"
     assert gauge(url, kv) == 0
-    # 6 requests of ~300 prompt tokens (19 blocks each, 64 in all): 3 fit, the others wait.
     bodies = [{"model": "tiny", "prompt": " ".join(f"kv{i}x{j}" for j in range(300)), "max_tokens": 200}
               for i in range(6)]
     threads = [threading.Thread(target=httpx.post, args=(f"{url}/v1/completions",),
-                                kwargs={"json": b, "timeout": 30}) for b in bodies]
+                                kwargs={"json": b, "timeout": 60}) for b in bodies]
     for t in threads:
         t.start()
     peak_kv = peak_waiting = 0.0
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
         peak_kv, peak_waiting = max(peak_kv, gauge(url, kv)), max(peak_waiting, gauge(url, waiting))
         time.sleep(0.05)
     for t in threads:
         t.join()
-    assert 0.5 <= peak_kv <= 1.0, peak_kv
-    assert peak_waiting >= 1, peak_waiting
-    assert gauge(url, kv) == 0 and gauge(url, waiting) == 0
+    return peak_kv, peak_waiting, gauge(url, kv), gauge(url, waiting)
 
 
 def test_prefix_cache_hits_on_a_repeated_prompt(fake):
@@ -309,6 +321,18 @@ def test_loading_as_each_engine_does_and_generation_defaults():
         stop(vllm, 10)
         stop(sglang, 10)
     assert "ignoring flags" not in vllm.stderr.read()
+
+
+def test_vllm_answers_to_each_served_name():
+    proc, url = launch("vllm", "--fake-load-seconds", "0", "--served-model-name", "tiny", "tiny-alias")
+    try:
+        wait_healthy(url)
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["tiny", "tiny-alias"]
+        answer = client(url).chat.completions.create(model="tiny-alias", messages=CHAT, max_tokens=1)
+        assert answer.model == "tiny"  # vLLM answers with its first name
+        assert httpx.post(f"{url}/v1/completions", json={"model": "org/tiny", "prompt": "x"}).status_code == 404
+    finally:
+        stop(proc, 10)
 
 
 def test_sglang_native_generate_and_metrics_only_when_enabled():
