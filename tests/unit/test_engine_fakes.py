@@ -161,7 +161,10 @@ def vllm_errors(url: str) -> None:
         r = httpx.post(f"{url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
         err = r.json()["error"]
         assert r.status_code == 400 and err["type"] == "Bad Request" and err["code"] == 400, r.text
-    assert "json_invalid" in httpx.post(f"{url}/v1/chat/completions", content=b"{").json()["error"]["message"]
+    r = httpx.post(f"{url}/v1/chat/completions", content=b"{", headers={"content-type": "application/json"})
+    assert "'type': 'json_invalid'" in r.json()["error"]["message"]
+    r = httpx.post(f"{url}/v1/chat/completions", content=json.dumps({"model": "tiny", "messages": CHAT}))
+    assert r.status_code == 400 and "Only 'application/json' is allowed" in r.json()["error"]["message"]
 
 
 def sglang_errors(url: str) -> None:
@@ -175,7 +178,7 @@ def sglang_errors(url: str) -> None:
              "number of tokens in the input messages or the completion to fit within the limit."))
     r = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny", "messages": []})
     assert (r.status_code, r.json()) == (400, sglang_error(400, "Messages cannot be empty."))
-    r = httpx.post(f"{url}/v1/chat/completions", content=b"{oops")
+    r = httpx.post(f"{url}/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["type"] == "Bad Request" and r.json()["object"] == "error"
     with pytest.raises(openai.BadRequestError):
         client(url).completions.create(model="tiny", prompt="x", max_tokens=600)

@@ -157,20 +157,24 @@ class VllmServer(OpenAIServer):
         if not c.chat:
             return []
         return [{**self.base(c), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                              "logprobs": None, "finish_reason": None}]}]
+                                              "logprobs": None, "finish_reason": None}],
+                 "prompt_token_ids": None}]  # set (to None) unless return_token_ids, so dumped
 
     def stream_token(self, c, piece, finish):
         if not c.chat:  # completion chunks are dumped whole (exclude_unset=False)
             choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": openai_finish(finish),
-                      "stop_reason": None}
-            return [{**self.base(c), "choices": [choice], "usage": None}]
+                      "stop_reason": self.stop_reason(c, finish), "prompt_token_ids": None, "token_ids": None}
+            return [{**self.base(c), "choices": [choice], "usage": None, "system_fingerprint": None,
+                     "metrics": None}]
         choice = {"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": openai_finish(finish)}
         if finish:
             choice["stop_reason"] = self.stop_reason(c, finish)
+        choice["token_ids"] = None
         return [{**self.base(c), "choices": [choice]}]
 
-    def stop_reason(self, c: Call, finish: str):
-        return next((s for s in c.request.stops if finish == "stop_sequence"), None)
+    def stop_reason(self, c: Call, finish: str | None):
+        """The stop string that ended the answer (None for EOS and length), as vLLM's stop_reason."""
+        return next(iter(c.request.stops), None) if finish == "stop_sequence" else None
 
     def usage_chunk(self, c):
         return {**self.base(c), "choices": [], "usage": c.usage()}
@@ -181,16 +185,17 @@ class VllmServer(OpenAIServer):
                 "model": c.model}
         end = {"finish_reason": openai_finish(finish), "stop_reason": self.stop_reason(c, finish),
                "token_ids": None}
+        tail = {"service_tier": None, "system_fingerprint": None, "usage": usage}
         if c.chat:
             message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "audio": None,
-                       "function_call": None, "tool_calls": [], "reasoning": None, "reasoning_content": None}
+                       "function_call": None, "tool_calls": [], "reasoning": None}
             choice = {"index": 0, "message": message, "logprobs": None, **end}
-            return {**head, "choices": [choice], "service_tier": None, "system_fingerprint": None, "usage": usage,
-                    "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None}
+            return {**head, "choices": [choice], **tail, "prompt_logprobs": None, "prompt_token_ids": None,
+                    "kv_transfer_params": None}
         choice = {"index": 0, "text": text, "logprobs": None, **end, "prompt_logprobs": None,
-                  "prompt_token_ids": None}
-        return {**head, "choices": [choice], "service_tier": None, "system_fingerprint": None, "usage": usage,
-                "kv_transfer_params": None}
+                  "prompt_token_ids": None, "routed_experts": None}
+        return {**head, "choices": [choice], **tail, "kv_transfer_params": None, "ec_transfer_params": None,
+                "metrics": None}
 
     def models(self) -> dict:
         now = int(time.time())
