@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from .engines import engine
 from .validate import apply_defaults
 
 if TYPE_CHECKING:
@@ -110,9 +111,10 @@ class Exchange:
         self.key = strategy.key(*prompt_text(kind, body)) if strategy.reads_prompt and kind != "info" else None
 
     def shape(self, target: Target) -> None:
-        """The body for `target`: with its generation defaults where it is served by TGI, which
-        has none of its own (validate.apply_defaults); as the client sent it otherwise."""
-        if target.defaults and target.engine == "tgi" and self.kind != "info":
+        """The body for `target`: with its generation defaults where the router applies them
+        (TGI, which has none of its own: validate.apply_defaults); as the client sent it, byte
+        for byte, otherwise (vLLM, SGLang and llama.cpp are started with them: engines.py)."""
+        if target.defaults and engine(target.engine).router_defaults and self.kind != "info":
             body = orjson.loads(self.given)
             self.raw = orjson.dumps(body) if apply_defaults(self.kind, body, target.defaults) else self.given
         elif self.raw is not self.given:

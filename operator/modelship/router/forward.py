@@ -24,6 +24,7 @@ import time
 import orjson
 
 from . import balance, usage
+from .engines import engine
 from .errors import ErrorAnswer, respond
 from .exchange import Exchange
 from .quota import UNLIMITED
@@ -134,7 +135,7 @@ class Forwarder(Holding):
         named, call = ex.named, ex.call
         reason = "no_ready_endpoint" if last is None else last.code or str(last.status)
         for target in self.registry.fallbacks(named, call.allowed):
-            if not target.ready() or (ex.kind in ("tgi", "info") and target.engine != "tgi"):
+            if not target.ready() or (ex.kind in ("tgi", "info") and not engine(target.engine).tgi_api):
                 continue
             try:
                 admission = self.admit_model(target, call)
@@ -339,8 +340,10 @@ class Forwarder(Holding):
 
 
 def _engine_error(name: str, status: int, body: bytes) -> dict:
-    """An engine's error answer in OpenAI's shape: as it is when it has that shape (llama.cpp's
-    and TGI's OpenAI routes), else its message (TGI's own routes: `{"error": "..."}`) or text."""
+    """An engine's error answer in OpenAI's shape: as it is when it has that shape (llama.cpp's,
+    TGI's OpenAI routes, vLLM's: `{"error": {"message", "type", "param", "code"}}`), those fields
+    when they are at the top level (older vLLM's and SGLang's: `{"object": "error", "message",
+    ...}`), else its message (TGI's own routes: `{"error": "..."}`) or text."""
     try:
         found = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -348,6 +351,8 @@ def _engine_error(name: str, status: int, body: bytes) -> dict:
     error = found.get("error") if isinstance(found, dict) else None
     if isinstance(error, dict):
         return error
+    if isinstance(found, dict) and found.get("object") == "error" and isinstance(found.get("message"), str):
+        return {k: found.get(k) for k in ("message", "type", "param", "code")}
     message = error if isinstance(error, str) else body[:500].decode("utf-8", "replace")
     kind = "invalid_request_error" if status < 500 else "upstream_error"  # (a 4xx: the request's fault)
     code = found.get("error_type") if isinstance(found, dict) else None  # TGI's ("validation", ...)
