@@ -71,7 +71,8 @@ def sglang_page(running: float = 0, waiting: float = 0, usage: float = 0.0, mode
     out = _process()
     for r in range(ranks):
         labels = f'dp_rank="{r}",engine_type="unified",model_name="{model}",pp_rank="0",tp_rank="0"'
-        out += ["# HELP sglang:num_running_reqs The number of running requests.", "# TYPE sglang:num_running_reqs gauge",
+        out += ["# HELP sglang:num_running_reqs The number of running requests.",
+                "# TYPE sglang:num_running_reqs gauge",
                 f"sglang:num_running_reqs{{{labels}}} {float(running)}",
                 "# HELP sglang:num_queue_reqs The number of requests in the waiting queue.",
                 "# TYPE sglang:num_queue_reqs gauge", f"sglang:num_queue_reqs{{{labels}}} {float(waiting)}",

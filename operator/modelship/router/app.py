@@ -214,7 +214,7 @@ class Router:
     async def _serve(self, ex: Exchange) -> None:
         """One request, within its caller's and its model's limits, to the engines."""
         named, call = ex.named, ex.call
-        if named.defaults:
+        if named.defaults or named.served_as_named:
             ex.shape(named)
         if named.wakeable and not named.ready():
             self._bump(named)

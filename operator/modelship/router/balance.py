@@ -300,7 +300,8 @@ def make(name: str = DEFAULTS.strategy, block: int = BLOCK_CHARS, max_imbalance:
     if name == "round-robin":
         return RoundRobin()
     if name in ("least-load", "queue-aware"):
-        return LeastLoad(seed, queue_aware=name == "queue-aware", kv_weight=KV_WEIGHT if kv_weight is None else kv_weight)
+        return LeastLoad(seed, queue_aware=name == "queue-aware",
+                         kv_weight=KV_WEIGHT if kv_weight is None else kv_weight)
     if name == "prefix-cache":
         return PrefixAffinity(block=block, max_imbalance=max_imbalance)
     if name == "prefix-hash":

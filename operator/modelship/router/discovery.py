@@ -171,6 +171,7 @@ class State:
             target.tasks = list(m.tasks)
             target.fallback = [f"{m.namespace}/{f}" for f in m.fallback]
             target.defaults = dict(m.defaults)
+            target.served = m.name  # (the operator starts the engine with --served-model-name <name>)
             if target.wakeable and not m.wakeable:
                 target.demand.wake()  # requests held for it get the usual 503 now, not at their deadline
             target.wakeable = m.wakeable  # (in place: a request held for it follows the change)

@@ -20,6 +20,7 @@ class Engine:
     # defaults); the others are started with them (vLLM's --generation-config/--override-generation-config,
     # SGLang's --preferred-sampling-params, llama.cpp's --temp ...) and their bodies are left as sent.
     router_defaults: bool = False
+    checks_model: bool = False  # answers 404 to a request whose `model` is not its served name
     running: tuple[str, ...] = ()  # gauges: requests the engine is working on
     waiting: tuple[str, ...] = ()  # gauges: requests queued
     kv_usage: tuple[str, ...] = ()  # gauges: the KV cache's share in use, 0..1
@@ -28,7 +29,8 @@ class Engine:
 ENGINES = {e.name: e for e in (
     Engine("tgi", "TGI", tgi_api=True, router_defaults=True,
            running=("tgi_batch_current_size",), waiting=("tgi_queue_size",)),
-    Engine("vllm", "vLLM", running=("vllm:num_requests_running",), waiting=("vllm:num_requests_waiting",),
+    Engine("vllm", "vLLM", checks_model=True,
+           running=("vllm:num_requests_running",), waiting=("vllm:num_requests_waiting",),
            kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),  # (the second: older, deprecated)
     Engine("sglang", "SGLang", running=("sglang:num_running_reqs",), waiting=("sglang:num_queue_reqs",),
            kv_usage=("sglang:token_usage",)),

@@ -119,7 +119,9 @@ def _answers(ok: dict, *errors: str, passed_on: bool = False) -> dict:
     for code in errors:
         out[code] = {"description": _ERRORS[code], "content": {"application/json": {"schema": _ERROR}}}
     if passed_on:  # an engine's own 4xx, passed on as it is, in the engine's shape
-        out["4XX"] = {"description": "the engine's own refusal, passed on", "content": _JSON}
+        out["4XX"] = {"description": "the engine's own refusal, passed on (a flat `{\"object\": \"error\", "
+                                     "\"message\", ...}`, older vLLM's and SGLang's, under `error`, OpenAI's shape)",
+                      "content": _JSON}
     return out
 
 
@@ -160,7 +162,8 @@ def document() -> dict:
         "info": {"title": "modelship router", "version": "1",
                  "description": ("The OpenAI API in front of every ModelDeployment (served by "
                                  f"{', '.join(e.display for e in ENGINES.values())}), and TGI's own API in front "
-                                 "of those TGI serves (docs/router.md). An `integer` is written without a decimal point: 1.0 "
+                                 "of those TGI serves (docs/router.md). An `integer` is written without a decimal "
+                                 "point: 1.0 "
                                  "is refused (400 invalid_type), as OpenAI and TGI refuse it.")},
         "components": {"securitySchemes": {"key": {"type": "http", "scheme": "bearer",
                                                    "description": "only when the router has `--api-keys-file`"}},

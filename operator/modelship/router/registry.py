@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import api
 from . import balance
-from .engines import ENGINES
+from .engines import ENGINES, engine
 from .load import Demand
 
 
@@ -34,10 +34,16 @@ class Target:
     demand: Demand = field(default_factory=Demand)  # its requests, for the autoscaler (kept when replaced)
     defaults: dict = field(default_factory=dict)  # spec.serving.generation (the router applies it where
     # engines.Engine.router_defaults says: TGI, which has none of its own; the others are started with it)
+    served: str = ""  # the name its engine serves it by (--served-model-name; "": `name`)
     name_bytes: bytes = field(init=False, repr=False)  # the name as a header value (x-modelship-model)
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode()
+
+    @property
+    def served_as_named(self) -> bool:
+        """Whether its engine must be asked by its served name (exchange.Exchange.shape)."""
+        return engine(self.engine).checks_model
 
     def names(self) -> list[str]:
         """Every name a request may use for it."""
@@ -173,6 +179,7 @@ class StaticEntry(api.LoadBalancing):
     strategy: Literal[balance.STRATEGIES] = balance.DEFAULTS.strategy
     wakeable: bool = False  # as an autoscaled ModelDeployment that may sleep at zero replicas
     generation: api.GenerationDefaults | None = None  # as a ModelDeployment's spec.serving.generation
+    served_name: str | None = None  # the name its engine serves it by, where that is not `name`
     kv_weight: float = Field(balance.KV_WEIGHT, ge=0)  # queue-aware: requests a full KV cache counts for (the
     # benchmarks' knob: a ModelDeployment has the router's own figure)
 
@@ -197,6 +204,7 @@ def load_static(path: str | Path, seed: int | None = None) -> Registry:
     for m in config.models:
         t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed, m.kv_weight),
                    aliases=m.aliases, tasks=m.tasks, fallback=m.fallback, wakeable=m.wakeable,
+                   served=m.served_name or "",
                    defaults=m.generation.model_dump(exclude_none=True) if m.generation else {})
         t.set_endpoints({u.rstrip("/"): True for u in m.endpoints})
         reg.put(t)
