@@ -154,23 +154,30 @@ def test_engine_errors_are_read_in_every_engines_shape(body, expected):
         assert orjson.loads(_nested_error(orjson.dumps(body))) == {"error": expected}
 
 
-def test_generation_defaults_are_applied_for_tgi_only():
-    """vLLM, SGLang and llama.cpp are started with the model's generation defaults: the router
-    sends their bodies byte for byte as the client did. TGI has none: the router fills them in."""
+def test_generation_defaults_are_applied_where_the_engine_would_not():
+    """vLLM and llama.cpp are started with the model's generation defaults: the router sends
+    their bodies byte for byte as the client did. TGI has none, and SGLang's OpenAI routes fill
+    every sampling field themselves before its --preferred-sampling-params could apply: the
+    router fills them in (top_k too on SGLang, whose OpenAI routes take it; 0, off, as -1)."""
     from modelship.router.exchange import Exchange
     from modelship.router.registry import Target
 
     raw = b'{"model": "m",  "messages": [{"role": "user", "content": "hi"}]}'  # (spacing kept)
 
-    async def shaped(engine: str) -> bytes:
-        t = Target("m", engine, defaults={"temperature": 0.2, "max_new_tokens": 64})
+    async def shaped(engine: str, defaults: dict) -> bytes:
+        t = Target("m", engine, defaults=defaults)
         ex = Exchange(t, t, "/v1/chat/completions", raw, orjson.loads(raw), "chat", None, None)
         ex.shape(t)
         return ex.raw
 
-    for name in ("vllm", "sglang", "llamacpp"):
-        assert asyncio.run(shaped(name)) is raw, name
-    assert orjson.loads(asyncio.run(shaped("tgi"))) == {**orjson.loads(raw), "temperature": 0.2, "max_tokens": 64}
+    given = {"temperature": 0.2, "max_new_tokens": 64, "top_k": 20}
+    for name in ("vllm", "llamacpp"):
+        assert asyncio.run(shaped(name, given)) is raw, name
+    assert orjson.loads(asyncio.run(shaped("tgi", given))) == {**orjson.loads(raw), "temperature": 0.2,
+                                                               "max_tokens": 64}
+    assert orjson.loads(asyncio.run(shaped("sglang", given))) == {**orjson.loads(raw), "temperature": 0.2,
+                                                                  "max_tokens": 64, "top_k": 20}
+    assert orjson.loads(asyncio.run(shaped("sglang", {"top_k": 0})))["top_k"] == -1
 
 
 def test_vllm_is_asked_by_its_served_name_whatever_name_the_request_used():

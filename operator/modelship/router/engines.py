@@ -16,10 +16,13 @@ class Engine:
     name: str  # as the operator says it
     display: str  # as a message to a user says it
     tgi_api: bool = False  # /generate, /generate_stream, /info (the router's /models/{name}/...)
-    # The router applies spec.serving.generation to the bodies it sends (TGI has no server-side
-    # defaults); the others are started with them (vLLM's --generation-config/--override-generation-config,
-    # SGLang's --preferred-sampling-params, llama.cpp's --temp ...) and their bodies are left as sent.
+    # The router applies spec.serving.generation to the bodies it sends: TGI has no server-side
+    # defaults, and SGLang's OpenAI routes fill every sampling field of a request in themselves
+    # (the request's, else the model's generation_config.json, else OpenAI's) before its
+    # --preferred-sampling-params could apply, which therefore reaches its native /generate only.
+    # vLLM (--override-generation-config) and llama.cpp (--temp ...) apply them: bodies left as sent.
     router_defaults: bool = False
+    openai_top_k: bool = False  # its OpenAI routes take top_k (an extension; TGI's take none)
     checks_model: bool = False  # answers 404 to a request whose `model` is not its served name
     running: tuple[str, ...] = ()  # gauges: requests the engine is working on
     waiting: tuple[str, ...] = ()  # gauges: requests queued
@@ -32,7 +35,7 @@ ENGINES = {e.name: e for e in (
     Engine("vllm", "vLLM", checks_model=True,
            running=("vllm:num_requests_running",), waiting=("vllm:num_requests_waiting",),
            kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),  # (the second: older, deprecated)
-    Engine("sglang", "SGLang", running=("sglang:num_running_reqs",), waiting=("sglang:num_queue_reqs",),
+    Engine("sglang", "SGLang", router_defaults=True, openai_top_k=True, running=("sglang:num_running_reqs",), waiting=("sglang:num_queue_reqs",),
            kv_usage=("sglang:token_usage",)),
     Engine("llamacpp", "llama.cpp", running=("llamacpp:requests_processing",),
            waiting=("llamacpp:requests_deferred",)),

@@ -112,8 +112,8 @@ class Exchange:
 
     def shape(self, target: Target) -> None:
         """The body for `target`: with its generation defaults where the router applies them
-        (TGI, which has none of its own: validate.apply_defaults; vLLM, SGLang and llama.cpp
-        are started with them, engines.py), and naming the model as the engine serves it where
+        (TGI, which has none of its own, and SGLang's OpenAI routes: validate.apply_defaults;
+        vLLM and llama.cpp are started with them, engines.py), and naming the model as the engine serves it where
         the engine answers 404 for any other name (vLLM: a request by alias, task, namespace or
         for a fallback); as the client sent it, byte for byte, otherwise."""
         kind, changed = self.kind, False
@@ -123,7 +123,7 @@ class Exchange:
         e, body = engine(target.engine), None
         if target.defaults and e.router_defaults:
             body = orjson.loads(self.given)
-            changed = apply_defaults(kind, body, target.defaults)
+            changed = apply_defaults(kind, body, target.defaults, top_k=e.openai_top_k)
         served = target.served or target.name
         if e.checks_model and kind != "tgi" and self.body.get("model") != served:
             body = body if body is not None else orjson.loads(self.given)

@@ -295,17 +295,18 @@ def check(kind: str, body: dict) -> None:
         _tgi(body)
 
 
-# --- generation defaults for TGI -------------------------------------------------------------
+# --- generation defaults the router applies (TGI; SGLang's OpenAI routes) --------------------
 
-def apply_defaults(kind: str, body: dict, defaults: dict) -> bool:
+def apply_defaults(kind: str, body: dict, defaults: dict, top_k: bool = False) -> bool:
     """Write `defaults` (any of temperature, top_p, top_k, max_new_tokens) into a request for
-    TGI where the request does not set them; True if the body changed."""
+    TGI (or SGLang's OpenAI routes) where the request does not set them; `top_k`: the engine's
+    OpenAI routes take top_k. True if the body changed."""
     if not defaults:
         return False
     if kind == "tgi":
         return _tgi_defaults(body, defaults)
     if kind == "chat" or kind == "completion":
-        return _openai_defaults(body, defaults)
+        return _openai_defaults(body, defaults, top_k)
     return False
 
 
@@ -317,10 +318,13 @@ def _put(into: dict, key: str, value) -> bool:
     return True
 
 
-def _openai_defaults(body: dict, defaults: dict) -> bool:
-    """TGI's OpenAI routes: temperature (0 is greedy there), top_p below 1, max_new_tokens as
-    `max_tokens`; no top_k (TGI's OpenAI routes take none)."""
+def _openai_defaults(body: dict, defaults: dict, top_k: bool) -> bool:
+    """OpenAI routes: temperature (0 is greedy there), top_p below 1, max_new_tokens as
+    `max_tokens`; top_k only where the engine takes it (SGLang; TGI's OpenAI routes take none;
+    0 is off, which SGLang says as -1)."""
     changed = False
+    if top_k and defaults.get("top_k") is not None:
+        changed |= _put(body, "top_k", defaults["top_k"] or -1)
     temperature, top_p, most = defaults.get("temperature"), defaults.get("top_p"), defaults.get("max_new_tokens")
     if temperature is not None:
         changed |= _put(body, "temperature", temperature)
