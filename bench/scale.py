@@ -179,6 +179,18 @@ def one_change(api: client.ApiClient, namespace: str, name: str) -> dict[str, fl
     return out
 
 
+def metrics_up(op: LocalOperator) -> bool:
+    if op.proc.poll() is not None:
+        raise SystemExit("the operator exited: " + op.log()[-2000:])
+    import httpx
+
+    try:
+        op.metrics()
+        return True
+    except httpx.HTTPError:  # not serving yet
+        return False
+
+
 def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tuple[dict, Counter, Counter]:
     core = client.CoreV1Api(api)
     user = sc.operator_account(core, client.RbacAuthorizationV1Api(api), namespace)
@@ -190,6 +202,7 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
              KUBECONFIG=str(kubeconfig))
     try:
         peak = Peak(op.proc.pid)
+        sc.wait_until(lambda: metrics_up(op), 120, "the operator's /metrics")
         time.sleep(3)  # its watches are open
         figures = reconcile_all(api, namespace, args.models, args.timeout, op)
         if "ready" in figures:
@@ -266,6 +279,9 @@ def main() -> None:
     cluster = Cluster(kubeconfig, str(binaries.path("kubectl")), LOCAL_NODE_NAME)
     config.load_kube_config(kubeconfig)
     api = client.ApiClient()
+    # The CRD, as the integration tests install it (a fresh test bed has none).
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    cluster.wait_established(f"{PLURAL}.{GROUP}")
     namespace = f"bench-scale-{uuid.uuid4().hex[:5]}"
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     core = client.CoreV1Api(api)
