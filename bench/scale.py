@@ -218,7 +218,7 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
         figures["peak rss"] = peak.peak / 2**20
         figures["rss now"] = peak.proc.memory_info().rss / 2**20
         peak.stop.set()
-        figures["steps"] = sr.steps(op.log(), figures.pop("created"))
+        figures["steps"] = sr.steps(op.log(), figures.pop("created"), sr.cluster_times(api, namespace))
         return figures, mine, every
     finally:
         op.stop()

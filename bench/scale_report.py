@@ -52,18 +52,40 @@ def describe(part: str, f: dict[str, float]) -> str:
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ modelship: (.*)$")
 WROTE = re.compile(r"^(\w+) (Service|Job|Deployment) (\S+) \(for ModelDeployment (\S+)/(\S+)\)$")
 PHASE = re.compile(r"^ModelDeployment (\S+)/(\S+) is (\w+)$")
-# (label, from, to): the steps of a ModelDeployment's path, as the log shows them.
-STEPS = (("created → Job applied", "start", "Job"),
-         ("Job applied → Deployment applied (the Job's pod scheduled, run by kwok, the Job complete, seen)",
-          "Job", "Deployment"),
-         ("Deployment applied → Ready (2 pods scheduled, Running, Ready, their EndpointSlice, seen)",
-          "Deployment", "Ready"))
+# (label, from, to): the steps of a ModelDeployment's path, as the operator's log shows them
+# ("[cluster]": the moments the API server's objects record, to the second).
+STEPS = (("created → Service and Job applied (operator)", "start", "Job"),
+         ("Job applied → Job complete (cluster: its pod scheduled, run by kwok; the Job controller)", "Job",
+          "Job complete"),
+         ("Job complete → Deployment applied (operator: sees it, acts)", "Job complete", "Deployment"),
+         ("Deployment applied → Available (cluster: 2 pods scheduled, Running, Ready)", "Deployment", "Available"),
+         ("Available → Ready in the status (operator: sees the pods and endpoints, writes it)", "Available", "Ready"))
+LABEL = "modelship.io/deployment"  # manifests.DEPLOYMENT_LABEL
 
 
-def steps(log: str, created: dict[str, float]) -> list[tuple[str, float, float, int]]:
-    """(step, median s, max s, how many) over the ModelDeployments, from the operator's log;
-    `created` is each one's create time (epoch seconds)."""
-    seen: dict[str, dict[str, float]] = {name: {"start": t} for name, t in created.items()}
+def cluster_times(api, namespace: str) -> dict[str, dict[str, float]]:
+    """When each ModelDeployment's download Job completed and its Deployment became Available,
+    as those objects record it (whole seconds)."""
+    from kubernetes import client
+
+    out: dict[str, dict[str, float]] = {}
+    for job in client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=LABEL).items:
+        done = job.status.completion_time
+        if done is not None:
+            out.setdefault(job.metadata.labels[LABEL], {})["Job complete"] = done.timestamp()
+    for dep in client.AppsV1Api(api).list_namespaced_deployment(namespace).items:
+        for c in dep.status.conditions or []:
+            if c.type == "Available" and c.status == "True":
+                out.setdefault(dep.metadata.name, {})["Available"] = c.last_transition_time.timestamp()
+    return out
+
+
+def steps(log: str, created: dict[str, float], cluster: dict[str, dict[str, float]] | None = None
+          ) -> list[tuple[str, float, float, int]]:
+    """(step, median s, max s, how many) over the ModelDeployments, from the operator's log and
+    the `cluster_times`; `created` is each one's create time (epoch seconds)."""
+    seen: dict[str, dict[str, float]] = {name: {"start": t, **(cluster or {}).get(name, {})}
+                                         for name, t in created.items()}
     for line in log.splitlines():
         m = LINE.match(line)
         if not m:
