@@ -218,7 +218,10 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
         figures["peak rss"] = peak.peak / 2**20
         figures["rss now"] = peak.proc.memory_info().rss / 2**20
         peak.stop.set()
-        figures["steps"] = sr.steps(op.log(), figures.pop("created"), sr.cluster_times(api, namespace))
+        created = figures.pop("created")
+        figures["steps"] = sr.steps(op.log(), created, sr.cluster_times(api, namespace))
+        figures["latency"] = sr.request_latency(user, min(created.values()) - 1,
+                                                min(created.values()) + figures["to ready"]["wall"])
         return figures, mine, every
     finally:
         op.stop()
@@ -251,6 +254,9 @@ def report(args, figures: dict, mine: Counter, every: Counter) -> None:
     print("the operator's own metrics:")
     print(sr.describe("first create until all Ready", figures["to ready"]))
     print(sr.describe("idle window", figures["idle"]))
+    print("  its requests until all Ready, as the API server timed them (audit log; how many, median, p90, "
+          "in all):\n    " + "; ".join(f"{w} {n}, {m * 1e3:.0f} ms, {p * 1e3:.0f} ms, {t:.0f} s"
+                                    for w, n, m, p, t in figures["latency"][:8]))
     print("a ModelDeployment's path, from the operator's log (median, max, of how many):")
     for label, median, most, n in figures["steps"]:
         print(f"  {label}: {median:.1f} s, {most:.1f} s, {n}")

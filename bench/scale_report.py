@@ -102,3 +102,23 @@ def steps(log: str, created: dict[str, float], cluster: dict[str, dict[str, floa
         if spans:
             out.append((label, statistics.median(spans), max(spans), len(spans)))
     return out
+
+
+def request_latency(user: str, since: float, until: float) -> list[tuple[str, int, float, float, float]]:
+    """The operator's requests between two moments (epoch seconds), watches left out, by verb and
+    resource, as the API server's audit log times them (received to answered): (what, how many,
+    median s, 90th percentile s, seconds in all), the longest in all first."""
+    from modelship_testbed import audit
+
+    by: dict[str, list[float]] = {}
+    for e in audit.events(audit.log_files(), containing=f'"{user}"'):
+        if e.get("stage") != "ResponseComplete" or e.get("verb") == "watch":
+            continue
+        t0, t1 = (datetime.fromisoformat(e[k].replace("Z", "+00:00")).timestamp()
+                  for k in ("requestReceivedTimestamp", "stageTimestamp"))
+        if since <= t0 <= until:
+            r = e.get("objectRef") or {}
+            what = f"{e['verb']} {r.get('resource', '')}{'/' + r['subresource'] if r.get('subresource') else ''}"
+            by.setdefault(what, []).append(t1 - t0)
+    rows = [(what, len(v), statistics.median(v), sorted(v)[int(0.9 * len(v))], sum(v)) for what, v in by.items()]
+    return sorted(rows, key=lambda r: -r[4])
