@@ -10,7 +10,7 @@ stage (it makes the verifying Job, sees it complete) and nothing is fetched. The
 from the integration tests' catalog, so no Hub is asked either.
 
 `--heartbeats slow` gives the bench's nodes a kwok of their own that renews their leases every
-30 s and patches their status every 10-20 minutes (`scale_cluster.BenchKwok`), instead of the
+15 s and patches their status every 10-20 minutes (`scale_cluster.BenchKwok`), instead of the
 test bed's kwok (leases every 10 s, status every 20-45 s): the API server then serves the
 operator more than the nodes' heartbeats.
 
@@ -219,6 +219,7 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
         figures["rss now"] = peak.proc.memory_info().rss / 2**20
         peak.stop.set()
         created = figures.pop("created")
+        figures["lapsed"] = sc.lapsed(core, namespace)
         figures["steps"] = sr.steps(op.log(), created, sr.cluster_times(api, namespace))
         figures["latency"] = sr.request_latency(user, min(created.values()) - 1,
                                                 min(created.values()) + figures["to ready"]["wall"])
@@ -231,7 +232,7 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
 
 def report(args, figures: dict, mine: Counter, every: Counter) -> None:
     per_min = 60 / args.idle_seconds / args.models
-    beats = ("slow (the bench's own kwok: leases every 30 s, node status every 10-20 min)" if args.heartbeats == "slow"
+    beats = ("slow (the bench's own kwok: leases every 15 s, node status every 10-20 min)" if args.heartbeats == "slow"
              else "default (the test bed's kwok: leases every 10 s, node status every 20-45 s)")
     print(f"\n{args.models} ModelDeployments (2 replicas each) on {args.nodes} kwok nodes; "
           f"resyncSeconds {args.resync:g}; idle window {args.idle_seconds:g} s\nnode heartbeats: {beats}")
@@ -251,12 +252,20 @@ def report(args, figures: dict, mine: Counter, every: Counter) -> None:
           + ", ".join(f"{k} {v * per_min:.2f}" for k, v in mine.most_common()))
     print("  every client's (apiserver_request_total), per object per minute: "
           + ", ".join(f"{k} {v * per_min:.2f}" for k, v in every.most_common(8)))
+    if figures.get("lapsed"):
+        print(f"  WARNING: {figures['lapsed']} pods were marked not ready when their node's heartbeat lapsed "
+              "(events NodeNotReady): the API server or kwok fell behind; the figures after that are not the operator's")
     print("the operator's own metrics:")
     print(sr.describe("first create until all Ready", figures["to ready"]))
     print(sr.describe("idle window", figures["idle"]))
     print("  its requests until all Ready, as the API server timed them (audit log; how many, median, p90, "
           "in all):\n    " + "; ".join(f"{w} {n}, {m * 1e3:.0f} ms, {p * 1e3:.0f} ms, {t:.0f} s"
                                     for w, n, m, p, t in figures["latency"][:8]))
+    f, api_s = figures["to ready"], sum(t for w, _, _, _, t in figures["latency"] if w != "create events")
+    print(f"  so of the {f['reconcile seconds']:.0f} s the reconciles took until all Ready: at most {f['cpu']:.0f} s the "
+          f"operator's CPU, at most {api_s:.0f} s the API server's answers (Events, posted in the background, left out; "
+          f"a reconcile's reads go at once, so this counts them more than once), and at least "
+          f"{max(0.0, f['reconcile seconds'] - f['cpu'] - api_s):.0f} s waiting for a thread or the event loop")
     print("a ModelDeployment's path, from the operator's log (median, max, of how many):")
     for label, median, most, n in figures["steps"]:
         print(f"  {label}: {median:.1f} s, {most:.1f} s, {n}")
@@ -273,7 +282,7 @@ def main() -> None:
     ap.add_argument("--no-router", action="store_true", help="the operator part only")
     ap.add_argument("--heartbeats", choices=("default", "slow"), default="default",
                     help="default: the test bed's kwok keeps the nodes; slow: a kwok of the bench's own, which "
-                    "renews their leases every 30 s and patches their status every 10-20 minutes")
+                    "renews their leases every 15 s and patches their status every 10-20 minutes")
     ap.add_argument("--router-only", action="store_true", help="the router part only, with ModelDeployments and "
                     "EndpointSlices made by the bench (no operator, nodes or pods)")
     args = ap.parse_args()
