@@ -1,13 +1,18 @@
 """Benchmark 7: the operator and the router at scale, on the test bed: N ModelDeployments
 (two replicas each) on M kwok nodes, with the weights already present.
 
-    .venv/bin/python bench/scale.py [--models 500] [--nodes 1000] [--idle-seconds 60] [--no-router]
+    .venv/bin/python bench/scale.py [--models 500] [--nodes 1000] [--heartbeats default|slow] [--no-router]
 
 Weights already present: every ModelDeployment uses one claim bound to a volume from the
 start (`storage.existingClaim`), and the operator's download pool is the bench's kwok pool,
 where kwok completes a Job's pod as soon as it runs: the operator goes through its download
 stage (it makes the verifying Job, sees it complete) and nothing is fetched. The models come
 from the integration tests' catalog, so no Hub is asked either.
+
+`--heartbeats slow` gives the bench's nodes a kwok of their own that renews their leases every
+15 s and patches their status every 10-20 minutes (`scale_cluster.BenchKwok`), instead of the
+test bed's kwok (leases every 10 s, status every 20-45 s): the API server then serves the
+operator more than the nodes' heartbeats.
 
 It runs the operator as a process (as the integration tests do), under a ServiceAccount of
 its own so that the API server's audit log tells its requests apart from those of the other
@@ -21,7 +26,9 @@ users of a shared test bed, and measures:
   `--idle-seconds` (the audit log; and apiserver_request_total's deltas over the same
   window, which count every client of the test bed);
 - one change among the N: a patch of one spec until its Deployment's template says it, and
-  until its status's observedGeneration does.
+  until its status's observedGeneration does;
+- from the operator's own metrics, its CPU against the time its reconciles took (how much of
+  it was waiting), and from its log, how long each step of a ModelDeployment's path took.
 
 Then the router part (`scale_router.py`). Everything is deleted at the end, on Ctrl-C too.
 """
@@ -45,6 +52,7 @@ import psutil  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 import scale_cluster as sc  # noqa: E402
+import scale_report as sr  # noqa: E402
 from testbed_cluster import open_testbed  # noqa: E402
 from tests.conftest import Cluster  # noqa: E402
 from tests.integration.conftest import LocalOperator, service_account_kubeconfig  # noqa: E402
@@ -91,17 +99,24 @@ def progress(api: client.ApiClient, namespace: str) -> tuple[int, int]:
     return done, ready
 
 
-def apply_all(api: client.ApiClient, namespace: str, count: int) -> None:
-    custom = client.CustomObjectsApi(api)
+def apply_all(api: client.ApiClient, namespace: str, count: int) -> dict[str, float]:
+    """Create them; each one's create time (epoch seconds), by name."""
+    custom, created = client.CustomObjectsApi(api), {}
+
+    def create(i: int) -> None:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model(i))
+        created[f"m{i:04d}"] = time.time()
+
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model(i)),
-                      range(count)))
+        list(pool.map(create, range(count)))
+    return created
 
 
 def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: float,
                   op: LocalOperator) -> dict[str, float]:
     start, out = time.monotonic(), {}
-    apply_all(api, namespace, count)
+    metrics = sr.scrape(op.metrics())
+    out["created"] = apply_all(api, namespace, count)
     out["applied"] = time.monotonic() - start
     last = -1
     while time.monotonic() - start < timeout:
@@ -112,6 +127,7 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
             out["reconciled"] = time.monotonic() - start
         if ready == count:
             out["ready"] = time.monotonic() - start
+            out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), out["ready"])
             return out
         if done + ready != last:
             print(f"  {time.monotonic() - start:6.1f} s: {done}/{count} reconciled, {ready} Ready", flush=True)
@@ -120,6 +136,7 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
     # Not all Ready in time (the scheduler, kwok and the API server saturated): the rest is
     # measured all the same, and the report says how far it got.
     done, out["ready count"] = progress(api, namespace)
+    out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), time.monotonic() - start)
     out.setdefault("reconciled", float("inf"))
     print(f"  not all Ready after {timeout:.0f} s: {done} reconciled, {out['ready count']} Ready", flush=True)
     return out
@@ -162,6 +179,18 @@ def one_change(api: client.ApiClient, namespace: str, name: str) -> dict[str, fl
     return out
 
 
+def metrics_up(op: LocalOperator) -> bool:
+    if op.proc.poll() is not None:
+        raise SystemExit("the operator exited: " + op.log()[-2000:])
+    import httpx
+
+    try:
+        op.metrics()
+        return True
+    except httpx.HTTPError:  # not serving yet
+        return False
+
+
 def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tuple[dict, Counter, Counter]:
     core = client.CoreV1Api(api)
     user = sc.operator_account(core, client.RbacAuthorizationV1Api(api), namespace)
@@ -173,19 +202,27 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
              KUBECONFIG=str(kubeconfig))
     try:
         peak = Peak(op.proc.pid)
+        sc.wait_until(lambda: metrics_up(op), 120, "the operator's /metrics")
         time.sleep(3)  # its watches are open
         figures = reconcile_all(api, namespace, args.models, args.timeout, op)
         if "ready" in figures:
             print(f"  all reconciled in {figures['reconciled']:.1f} s, all Ready in {figures['ready']:.1f} s",
                   flush=True)
         time.sleep(args.settle)
+        before, idle_start = sr.scrape(op.metrics()), time.monotonic()
         mine, every = idle_requests(cluster, user, args.idle_seconds)
+        figures["idle"] = sr.cpu_vs_wait(before, sr.scrape(op.metrics()), time.monotonic() - idle_start)
         changes = [one_change(api, namespace, f"m{i * max(1, args.models // 5):04d}") for i in range(5)]
         for key in ("deployment", "status"):
             figures[f"change {key}"] = sorted(c.get(key, float("inf")) for c in changes)[len(changes) // 2]
         figures["peak rss"] = peak.peak / 2**20
         figures["rss now"] = peak.proc.memory_info().rss / 2**20
         peak.stop.set()
+        created = figures.pop("created")
+        figures["lapsed"] = sc.lapsed(core, namespace)
+        figures["steps"] = sr.steps(op.log(), created, sr.cluster_times(api, namespace))
+        figures["latency"] = sr.request_latency(user, min(created.values()) - 1,
+                                                min(created.values()) + figures["to ready"]["wall"])
         return figures, mine, every
     finally:
         op.stop()
@@ -195,8 +232,10 @@ def operator_part(args, api, cluster: Cluster, namespace: str, work: Path) -> tu
 
 def report(args, figures: dict, mine: Counter, every: Counter) -> None:
     per_min = 60 / args.idle_seconds / args.models
+    beats = ("slow (the bench's own kwok: leases every 15 s, node status every 10-20 min)" if args.heartbeats == "slow"
+             else "default (the test bed's kwok: leases every 10 s, node status every 20-45 s)")
     print(f"\n{args.models} ModelDeployments (2 replicas each) on {args.nodes} kwok nodes; "
-          f"resyncSeconds {args.resync:g}; idle window {args.idle_seconds:g} s")
+          f"resyncSeconds {args.resync:g}; idle window {args.idle_seconds:g} s\nnode heartbeats: {beats}")
     rows = [("time until all reconciled", f"{figures['reconciled']:.1f} s", "<= 60 s"),
             ("time until all Ready (scheduler, kwok, too)", f"{figures['ready']:.1f} s" if "ready" in figures
              else f"{figures['ready count']} in {args.timeout:.0f} s", ""),
@@ -213,6 +252,23 @@ def report(args, figures: dict, mine: Counter, every: Counter) -> None:
           + ", ".join(f"{k} {v * per_min:.2f}" for k, v in mine.most_common()))
     print("  every client's (apiserver_request_total), per object per minute: "
           + ", ".join(f"{k} {v * per_min:.2f}" for k, v in every.most_common(8)))
+    if figures.get("lapsed"):
+        print(f"  WARNING: {figures['lapsed']} pods were marked not ready when their node's heartbeat lapsed "
+              "(events NodeNotReady): the API server or kwok fell behind; the figures after that are not the operator's")
+    print("the operator's own metrics:")
+    print(sr.describe("first create until all Ready", figures["to ready"]))
+    print(sr.describe("idle window", figures["idle"]))
+    print("  its requests until all Ready, as the API server timed them (audit log; how many, median, p90, "
+          "in all):\n    " + "; ".join(f"{w} {n}, {m * 1e3:.0f} ms, {p * 1e3:.0f} ms, {t:.0f} s"
+                                    for w, n, m, p, t in figures["latency"][:8]))
+    f, api_s = figures["to ready"], sum(t for w, _, _, _, t in figures["latency"] if w != "create events")
+    print(f"  so of the {f['reconcile seconds']:.0f} s the reconciles took until all Ready: at most {f['cpu']:.0f} s the "
+          f"operator's CPU, at most {api_s:.0f} s the API server's answers (Events, posted in the background, left out; "
+          f"a reconcile's reads go at once, so this counts them more than once), and at least "
+          f"{max(0.0, f['reconcile seconds'] - f['cpu'] - api_s):.0f} s waiting for a thread or the event loop")
+    print("a ModelDeployment's path, from the operator's log (median, max, of how many):")
+    for label, median, most, n in figures["steps"]:
+        print(f"  {label}: {median:.1f} s, {most:.1f} s, {n}")
 
 
 def main() -> None:
@@ -224,12 +280,19 @@ def main() -> None:
     ap.add_argument("--resync", type=float, default=60, help="the operator's resyncSeconds (its default: 60)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--no-router", action="store_true", help="the operator part only")
+    ap.add_argument("--heartbeats", choices=("default", "slow"), default="default",
+                    help="default: the test bed's kwok keeps the nodes; slow: a kwok of the bench's own, which "
+                    "renews their leases every 15 s and patches their status every 10-20 minutes")
     ap.add_argument("--router-only", action="store_true", help="the router part only, with ModelDeployments and "
                     "EndpointSlices made by the bench (no operator, nodes or pods)")
     args = ap.parse_args()
     cluster, api, namespace = open_testbed("bench-scale")
+    # The CRD, as the integration tests install it (a fresh test bed has none).
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    cluster.wait_established(f"{PLURAL}.{GROUP}")
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     core = client.CoreV1Api(api)
+    kwok = sc.BenchKwok(cluster.kubeconfig, work) if args.heartbeats == "slow" and not args.router_only else None
     try:
         if args.router_only:
             import scale_router
@@ -237,7 +300,9 @@ def main() -> None:
             scale_router.fake_endpoints(api, namespace, args.models)
             return scale_router.run(args, api, cluster, namespace, work)
         start = time.monotonic()
-        sc.create_nodes(core, args.nodes)
+        if kwok is not None:
+            kwok.start()
+        sc.create_nodes(core, args.nodes, args.heartbeats)
         sc.wait_until(lambda: sc.ready_nodes(core) >= args.nodes, 300, f"{args.nodes} Ready nodes", every=2)
         print(f"{args.nodes} kwok nodes Ready in {time.monotonic() - start:.1f} s", flush=True)
         figures, mine, every = operator_part(args, api, cluster, namespace, work)
@@ -247,7 +312,7 @@ def main() -> None:
 
             scale_router.run(args, api, cluster, namespace, work)
     finally:
-        sc.clean_up(api, namespace)
+        sc.clean_up(api, namespace, kwok)
 
 
 if __name__ == "__main__":

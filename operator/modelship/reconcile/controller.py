@@ -35,6 +35,9 @@ from .workqueue import WorkQueue
 log = logging.getLogger("modelship")
 
 Key = tuple[str, str]  # (namespace, name)
+# Reconciles mostly wait on the API server: 16 at once keep it busy (bench/scale.py: 500
+# ModelDeployments took four times as long with 4). Their calls need as many threads (run.py).
+WORKERS = 16
 Resolution = api.ResolvedModel | ResolveError | SpecError
 
 
@@ -49,9 +52,7 @@ class Controller:
         # Fault injection for the restart test: exit abruptly after N child writes.
         failpoint = os.environ.get("MODELSHIP_FAILPOINT_EXIT_AFTER_WRITES")
         self.writes_left = int(failpoint) if failpoint else None
-        # Reconciles mostly wait on the API server: 16 at once keep it busy (bench/scale.py:
-        # 500 ModelDeployments took four times as long with 4).
-        self.queue = WorkQueue(self._handle, workers=16)
+        self.queue = WorkQueue(self._handle, workers=WORKERS)
         self.follow_failures: dict[Key, str] = {}  # the last failed Follow re-check
         self.volume_locks: dict[Key, asyncio.Lock] = {}  # (namespace, claim) of a shared volume
         self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)

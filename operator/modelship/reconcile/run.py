@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 from aiohttp import web
@@ -26,6 +27,19 @@ from .leader import Election
 from .metrics import ControllerMetrics
 
 log = logging.getLogger("modelship")
+
+# The reconcile loop's API calls run in threads (`asyncio.to_thread`: the loop's default
+# executor), whose default size is min(32, CPUs + 4): 6 on two cores, so that 16 reconciles at
+# once made at most 6 requests at once and the rest queued for a thread, not for the API server.
+# Enough for every reconcile at once, the resync and the router poller beside them.
+IO_THREADS = 32
+
+
+def use_io_threads(loop: asyncio.AbstractEventLoop, threads: int = IO_THREADS) -> ThreadPoolExecutor:
+    """The loop's default executor, sized for the reconciles rather than for the CPUs."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube-io")
+    loop.set_default_executor(pool)
+    return pool
 
 
 def identity() -> str:
@@ -72,6 +86,7 @@ async def main(settings: Settings, metrics: ControllerMetrics) -> int:
     """Run until told to stop (0) or until Kopf fails (1); a lost Lease ends the process (1)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    use_io_threads(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     health = Health()
