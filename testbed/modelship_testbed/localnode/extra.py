@@ -8,12 +8,14 @@ front, so that `kubectl logs` and `port-forward` reach its pods) and its own fol
 (`modelship.io/extra-node=NAME:NoSchedule`) besides the GPU one, so that only pods that
 tolerate it by name land there: other tests' pods for the gpu pool or the local node never do.
 `stop()` stops both processes by their pids (the agent ends its pods' processes), removes the
-pods still bound to the node (no kubelet is left to finish their deletion), its Lease and Node.
+pods still bound to the node (no kubelet is left to finish their deletion), its folder, its
+Lease and its Node.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -120,6 +122,7 @@ class ExtraNode:
                     raise
         from kubernetes import client
 
+        shutil.rmtree(self.root, ignore_errors=True)  # its pods' folders and logs (read log() before)
         for delete in (lambda: client.CoordinationV1Api(core.api_client).delete_namespaced_lease(
                            self.name, "kube-node-lease"),
                        lambda: core.delete_node(self.name)):
