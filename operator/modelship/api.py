@@ -25,10 +25,17 @@ PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ["md", "mdep"]
 
-# The flags the operator sets on each engine itself; `engine.args` may not set them.
+# The engines, by `engine.type`, and their names in messages.
+ENGINES = ("tgi", "vllm", "sglang", "llamacpp")
+ENGINE_NAMES = {"tgi": "TGI", "vllm": "vLLM", "sglang": "SGLang", "llamacpp": "llama.cpp"}
+GPU_ENGINES = ("tgi", "vllm", "sglang")  # safetensors weights, at least one GPU
+# The flags the operator sets on each engine itself; `engine.args` may not set them (vLLM's
+# model is also its first positional argument, which CEL cannot tell from a flag's value).
 MANAGED_FLAGS = {
     "llamacpp": ["-m", "--model", "--host", "--port", "--alias", "-hf", "--hf-repo"],
     "tgi": ["--model-id", "--port", "--hostname", "--num-shard"],
+    "vllm": ["--model", "--host", "--port", "--served-model-name", "--tensor-parallel-size", "-tp"],
+    "sglang": ["--model-path", "--model", "--host", "--port", "--served-model-name", "--tp-size", "--tp"],
 }
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -43,18 +50,59 @@ SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 # The pod fields the downward API offers as environment variables (besides labels and annotations).
 POD_FIELDS = ["metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
               "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs"]
-# The serving fields one engine alone honours (the others apply to both).
-TGI_SETTINGS = ("quantize", "dtype", "maxInputTokens", "maxTotalTokens", "maxConcurrentRequests")
-LLAMACPP_SETTINGS = ("gpuLayers", "threads", "parallel", "chatTemplate")
+# Which engines honour each serving field: the one table the CRD's rules (a field the named
+# engine lacks is refused), the operator's SettingNotForEngine (engine.type auto) and
+# docs/serving.md follow. INSTEAD: what the engines without the field take for it.
+SERVING_ENGINES = {
+    "contextLength": ENGINES, "maxConcurrentRequests": GPU_ENGINES, "maxInputTokens": ("tgi",),
+    "maxTotalTokens": ("tgi",), "dtype": GPU_ENGINES, "quantize": GPU_ENGINES,
+    "gpuMemoryUtilization": ("vllm", "sglang"), "gpuLayers": ("llamacpp",), "threads": ("llamacpp",),
+    "parallel": ("llamacpp",), "chatTemplate": ("llamacpp",), "generation": ENGINES,
+}
+INSTEAD = {"maxInputTokens": "serving.contextLength", "maxTotalTokens": "serving.contextLength",
+           "maxConcurrentRequests": "serving.parallel", "parallel": "serving.maxConcurrentRequests",
+           "quantize": "a GGUF file (model.quantization)"}
+# Which engines take each `serving.quantize` value (TGI `--quantize`, vLLM and SGLang `--quantization`).
+QUANTIZE_ENGINES = {
+    "awq": GPU_ENGINES, "compressed-tensors": ("tgi", "vllm"), "eetq": ("tgi",), "exl2": ("tgi",),
+    "fp8": GPU_ENGINES, "gptq": GPU_ENGINES, "marlin": ("tgi", "sglang"), "bitsandbytes": GPU_ENGINES,
+    "bitsandbytes-nf4": ("tgi",), "bitsandbytes-fp4": ("tgi",),
+}
 # The flags each serving field sets on an engine's command line: engine.args may not repeat them.
 SERVING_FLAGS = {
-    "contextLength": ["-c", "--ctx-size", "--max-total-tokens"], "maxTotalTokens": ["--max-total-tokens"],
-    "maxInputTokens": ["--max-input-tokens"], "maxConcurrentRequests": ["--max-concurrent-requests"],
-    "quantize": ["--quantize"], "dtype": ["--dtype"], "parallel": ["-np", "--parallel"],
+    "contextLength": ["-c", "--ctx-size", "--max-total-tokens", "--max-model-len", "--context-length"],
+    "maxTotalTokens": ["--max-total-tokens"], "maxInputTokens": ["--max-input-tokens"],
+    "maxConcurrentRequests": ["--max-concurrent-requests", "--max-num-seqs", "--max-running-requests"],
+    "quantize": ["--quantize", "--quantization", "-q"], "dtype": ["--dtype"], "parallel": ["-np", "--parallel"],
     "threads": ["-t", "--threads"], "gpuLayers": ["-ngl", "--gpu-layers", "--n-gpu-layers"],
     "chatTemplate": ["--chat-template"],
+    "gpuMemoryUtilization": ["--gpu-memory-utilization", "--mem-fraction-static"],
+    "generation": ["--override-generation-config", "--preferred-sampling-params"],
 }
 
+
+def names(engines, conjunction: str = "and") -> str:
+    """`("vllm", "sglang")` as "vLLM and SGLang"."""
+    items = [ENGINE_NAMES[e] for e in engines]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+
+
+def setting_message(field: str) -> str:
+    """What the API server says when engine.type names an engine without serving.`field`."""
+    owners = SERVING_ENGINES[field]
+    others = [e for e in ENGINES if e not in owners]
+    said = f"serving.{field} is a {names(owners)} setting"
+    if field in INSTEAD:
+        return f"{said}; {names(others)} take{'s' if len(others) == 1 else ''} {INSTEAD[field]}"
+    return f"{said}, which {names(others)} do{'es' if len(others) == 1 else ''} not have: remove it"
+
+
+def quantize_message(engine: str) -> str:
+    """What the API server says when engine.type names an engine without that serving.quantize."""
+    lacks = [f"{q} ({names(has)})" for q, has in QUANTIZE_ENGINES.items() if engine not in has]
+    takes = [q for q, has in QUANTIZE_ENGINES.items() if engine in has]
+    return (f"serving.quantize {', '.join(lacks[:-1])} and {lacks[-1]} are not {ENGINE_NAMES[engine]}'s: "
+            f"{ENGINE_NAMES[engine]} takes {', '.join(takes[:-1])} and {takes[-1]}")
 
 def rule(expr: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict:
     r = {"rule": expr, "message": message}
@@ -247,14 +295,15 @@ class EngineSpec(ApiType):
     """The inference engine that serves the model."""
 
     model_config = ConfigDict(json_schema_extra=rules(
-        _no_managed_flags("llamacpp"), _no_managed_flags("tgi"), _no_managed_flags_auto(),
+        *(_no_managed_flags(e) for e in ENGINES), _no_managed_flags_auto(),
         rule("!has(self.env) || self.env.all(e, self.env.exists_one(f, f.name == e.name))",
              "each name may appear once in engine.env (a second one would silently win over the first)",
              field_path=".env")))
 
-    type: Literal["auto", "tgi", "llamacpp"] = Field(
-        "auto", description="`auto`: llama.cpp for GGUF models, TGI (text-generation-inference) for "
-                            "safetensors models. `tgi` or `llamacpp` to choose.")
+    type: Literal["auto", "tgi", "vllm", "sglang", "llamacpp"] = Field(
+        "auto", description="`auto`: llama.cpp for GGUF models, the operator's `defaultEngine` (TGI unless the "
+                            "cluster admin chose vLLM or SGLang) for safetensors models. `tgi`, `vllm`, `sglang` "
+                            "or `llamacpp` to choose.")
     image: str | None = Field(None, description="Container image, overriding the operator's image for the engine.",
                               json_schema_extra=cel_string(512, rule(
                                   "self.matches('^[a-z0-9][A-Za-z0-9._/:@-]*$')",
@@ -302,8 +351,10 @@ class ResourceRequirements(ApiType):
 
 
 class GenerationDefaults(ApiType):
-    """Defaults for requests that do not set them. llama.cpp applies them in the server; for TGI the
-    router applies them."""
+    """Defaults for requests that do not set them. llama.cpp and vLLM apply them in the server (vLLM:
+    `--override-generation-config`, over the model's own generation_config.json); SGLang gets them as
+    `--preferred-sampling-params`, which its OpenAI routes do not apply (their requests carry every
+    key), so the router applies them for SGLang, as for TGI, which has none of its own."""
 
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens "
@@ -339,17 +390,25 @@ class ServingSpec(ApiType):
     context_length: int | None = Field(
         None, ge=16, le=4194304, description="Context window in tokens. llama.cpp: `-c`, shared by the "
                                              "parallel slots (default: the model's trained context, at most "
-                                             "4096); TGI: the default of `maxTotalTokens`.")
+                                             "4096); TGI: the default of `maxTotalTokens`; vLLM "
+                                             "`--max-model-len`; SGLang `--context-length`.")
     max_concurrent_requests: int | None = Field(
-        None, ge=1, le=65536, description="TGI: requests a replica accepts at once; more are refused with "
-                                          "429 (`--max-concurrent-requests`).")
+        None, ge=1, le=65536, description="Requests a replica runs at once. TGI refuses more with 429 "
+                                          "(`--max-concurrent-requests`); vLLM (`--max-num-seqs`) and SGLang "
+                                          "(`--max-running-requests`) queue them.")
     max_input_tokens: int | None = Field(None, ge=1, le=4194304, description="Longest prompt, in tokens (TGI).")
     max_total_tokens: int | None = Field(None, ge=2, le=4194304,
                                          description="Longest prompt plus generation, in tokens (TGI).")
-    dtype: Literal["float16", "bfloat16"] | None = Field(None, description="Weights' precision (TGI `--dtype`).")
+    dtype: Literal["float16", "bfloat16"] | None = Field(None, description="Weights' precision (`--dtype` of TGI, "
+                                                                           "vLLM and SGLang).")
     quantize: Literal["awq", "compressed-tensors", "eetq", "exl2", "fp8", "gptq", "marlin", "bitsandbytes",
                       "bitsandbytes-nf4", "bitsandbytes-fp4"] | None = Field(
-        None, description="On-the-fly or pre-quantized weights format (TGI `--quantize`).")
+        None, description="On-the-fly or pre-quantized weights format (TGI `--quantize`, vLLM and SGLang "
+                          "`--quantization`; docs/serving.md says which engine takes which).")
+    gpu_memory_utilization: float | None = Field(
+        None, ge=0.05, le=1.0, description="Fraction of each GPU's memory the engine may use for the weights and "
+                                           "the KV cache (vLLM `--gpu-memory-utilization`, default 0.9; SGLang "
+                                           "`--mem-fraction-static`).")
     gpu_layers: int | None = Field(
         None, ge=0, le=100000, description="Layers to offload to the GPU (llama.cpp `-ngl`). Default: all of "
                                            "them when `gpus` > 0.")
@@ -519,6 +578,33 @@ def _args_repeat_serving() -> dict:
                 "place", field_path=".engine.args")
 
 
+def _named(engines) -> str:
+    """CEL: engine.type is one of `engines`."""
+    return f"has(self.engine) && self.engine.type in {list(engines)}"
+
+
+def _engine_rules() -> list[dict]:
+    """What each named engine refuses: GGUF files (but llama.cpp), no GPU, a serving field or a
+    quantization it does not have (generated from SERVING_ENGINES and QUANTIZE_ENGINES)."""
+    out = [rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.model.quantization)",
+                "model.quantization picks a GGUF file, which TGI cannot serve: remove it, or set engine.type to "
+                "llamacpp (TGI's own quantization is serving.quantize)", field_path=".model.quantization")]
+    out += [rule(f"!({_named([e])}) || !has(self.model.quantization)",
+                 f"model.quantization picks a GGUF file, which modelship serves with llama.cpp only: remove it, or "
+                 f"set engine.type to llamacpp ({ENGINE_NAMES[e]}'s own quantization is serving.quantize)",
+                 field_path=".model.quantization") for e in ("vllm", "sglang")]
+    out += [rule(f"!({_named([e])}) || !has(self.gpus) || self.gpus > 0",
+                 f"{ENGINE_NAMES[e]} needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp",
+                 field_path=".gpus") for e in GPU_ENGINES]
+    out += [rule(f"!has(self.serving) || !has(self.serving.{f}) || "
+                 f"!({_named([e for e in ENGINES if e not in owners])})", setting_message(f),
+                 field_path=f".serving.{f}") for f, owners in SERVING_ENGINES.items() if owners != ENGINES]
+    out += [rule(f"!has(self.serving) || !has(self.serving.quantize) || !({_named([e])}) || "
+                 f"self.serving.quantize in {[q for q, has in QUANTIZE_ENGINES.items() if e in has]}",
+                 quantize_message(e), field_path=".serving.quantize") for e in ("vllm", "sglang")]
+    return out
+
+
 class ModelDeploymentSpec(ApiType):
     """The desired state: a model, the engine that serves it, where, and how many replicas."""
 
@@ -532,19 +618,7 @@ class ModelDeploymentSpec(ApiType):
              field_path=".autoscaling"),
         rule("!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
              "replicas must be at most maxReplicas", field_path=".replicas"),
-        rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.model.quantization)",
-             "model.quantization picks a GGUF file, which TGI cannot serve: remove it, or set engine.type to "
-             "llamacpp (TGI's own quantization is serving.quantize)", field_path=".model.quantization"),
-        rule("!has(self.engine) || self.engine.type != 'tgi' || !has(self.gpus) || self.gpus > 0",
-             "TGI needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp", field_path=".gpus"),
-        rule("!has(self.serving) || ((" + " && ".join(f"!has(self.serving.{f})" for f in TGI_SETTINGS) + ") || "
-             "!has(self.engine) || self.engine.type != 'llamacpp')",
-             "serving.quantize, dtype, maxInputTokens, maxTotalTokens and maxConcurrentRequests are TGI settings; "
-             "llama.cpp uses serving.contextLength and parallel", field_path=".serving"),
-        rule("!has(self.serving) || ((" + " && ".join(f"!has(self.serving.{f})" for f in LLAMACPP_SETTINGS) + ") || "
-             "!has(self.engine) || self.engine.type != 'tgi')",
-             "serving.gpuLayers, threads, parallel and chatTemplate are llama.cpp settings, not TGI's",
-             field_path=".serving"),
+        *_engine_rules(),
         rule("!has(self.serving) || !has(self.serving.gpuLayers) || self.serving.gpuLayers == 0 || "
              "(has(self.gpus) && self.gpus > 0)",
              "serving.gpuLayers offloads layers to a GPU: set gpus to 1 or more", field_path=".serving.gpuLayers"),
@@ -561,12 +635,13 @@ class ModelDeploymentSpec(ApiType):
     pool: str | None = Field(
         None, description="Node pool profile (from the operator's configuration) to run on: its node selector, "
                           "tolerations, affinity and GPU resource. Default: the operator's GPU pool when `gpus` "
-                          "> 0 or the engine is TGI, its CPU pool otherwise.",
+                          "> 0 or the engine is TGI, vLLM or SGLang, its CPU pool otherwise.",
         json_schema_extra=cel_string(63, rule(f"self.matches('{DNS_LABEL}')",
                                               "must be a pool name from the operator's configuration: "
                                               "lower-case letters, digits and '-'")))
-    gpus: int | None = Field(None, ge=0, le=64, description="GPUs per replica. Default: 1 for TGI, 0 for "
-                                                            "llama.cpp. TGI shards the model over them.")
+    gpus: int | None = Field(None, ge=0, le=64, description="GPUs per replica. Default: 1 for TGI, vLLM "
+                                                            "and SGLang, 0 for llama.cpp. TGI, vLLM and SGLang shard "
+                                                            "the model over them (tensor parallelism).")
     resources: ResourceRequirements | None = Field(
         None, description="CPU and memory of each replica, overriding the pool's defaults.")
     replicas: int = Field(1, ge=0, le=1000, description="Serving replicas. 0 keeps the weights and stops serving. "
@@ -640,7 +715,7 @@ class ResolvedModel(ApiType):
     revision: str = Field(description="The revision asked for.")
     sha: str = Field(description="The commit it resolved to; this is what is served.")
     short_sha: str = Field("", description="The first 7 characters of `sha`, for display.")
-    engine: Literal["tgi", "llamacpp"] = Field(description="The engine that serves it.")
+    engine: Literal["tgi", "vllm", "sglang", "llamacpp"] = Field(description="The engine that serves it.")
     format: Literal["gguf", "safetensors"] = Field(description="Weights' format.")
     model_file: str | None = Field(None, description="GGUF: the file (first shard) the engine loads.")
     quantization: str | None = Field(None, description="GGUF: the quantization chosen.")
@@ -726,7 +801,7 @@ class ModelDeploymentStatus(ApiType):
 
 class ModelDeployment(BaseModel):
     """A Hugging Face model served in the cluster: resolved to a commit, downloaded to a volume, served by
-    TGI or llama.cpp, and exposed through a Service."""
+    TGI, vLLM, SGLang or llama.cpp, and exposed through a Service."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -59,6 +59,8 @@ class Images(BaseModel):
                               description="llama.cpp's server image for CPU pools.")
     llamacpp_cuda: str = Field("ghcr.io/ggml-org/llama.cpp:server-cuda", alias="llamacppCuda",
                                description="llama.cpp's server image for GPU pools.")
+    vllm: str = Field("vllm/vllm-openai:v0.29.0", description="vLLM's image (its OpenAI-compatible server).")
+    sglang: str = Field("lmsysorg/sglang:v0.5.20-cu130", description="SGLang's image.")
     modelship: str = Field(f"ghcr.io/modelship/modelship:{__version__}",
                            description="This project's image, for the download Jobs.")
 
@@ -172,8 +174,13 @@ class Settings(BaseSettings):
                     "`revision`), used instead of asking the Hub: for air-gapped clusters and tests.")
     pools: dict[str, PoolProfile] = Field(default_factory=default_pools,
                                           description="Node-pool profiles, by name.")
+    default_engine: Literal["tgi", "vllm", "sglang"] = Field(
+        "tgi", description="Engine for safetensors models with `engine.type: auto` (GGUF models get llama.cpp). "
+                           "It is chosen when a ModelDeployment is resolved: a change applies to those resolved "
+                           "after it, not to the ones already serving.")
     default_gpu_pool: str = Field("gpu",
-                                  description="Pool for TGI and for ModelDeployments with `gpus` > 0.")
+                                  description="Pool for TGI, vLLM and SGLang, and for ModelDeployments with "
+                                              "`gpus` > 0.")
     default_cpu_pool: str = Field("cpu", description="Pool for the others.")
     download_pool: str | None = Field(None,
                                       description="Pool whose node selector and tolerations the download Jobs "

@@ -28,6 +28,8 @@ def with_(**spec) -> dict:
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TGI = {"engine": {"type": "tgi"}}
 CPP = {"engine": {"type": "llamacpp"}}
+VLLM = {"engine": {"type": "vllm"}}
+SGL = {"engine": {"type": "sglang"}}
 
 
 def env(*items: dict) -> dict:
@@ -98,7 +100,8 @@ INVALID = [
      "engine.args must not set --model-id, --port, --hostname, --num-shard: the operator sets them for tgi"),
     ("auto-managed-flag", with_(engine={"args": ["--num-shard", "2"]}),
      "engine.args must not set -m, --model, --host, --port, --alias, -hf, --hf-repo, --model-id, --hostname, "
-     "--num-shard: the operator sets them for whichever engine serves (engine.type auto)"),
+     "--num-shard, --served-model-name, --tensor-parallel-size, -tp, --model-path, --tp-size, --tp: the operator "
+     "sets them for whichever engine serves (engine.type auto)"),
     ("args-repeat-serving", with_(serving={"contextLength": 2048}, engine={"type": "llamacpp", "args": ["-c", "8192"]}),
      "engine.args must not repeat a flag that a serving field sets (for example -c with serving.contextLength, "
      "or --max-total-tokens with serving.maxTotalTokens): set the value in one place"),
@@ -128,13 +131,47 @@ INVALID = [
     ("tgi-without-gpus", with_(**TGI, gpus=0),
      "TGI needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp"),
     ("tgi-settings-on-llamacpp", with_(**CPP, serving={"dtype": "bfloat16"}),
-     "serving.quantize, dtype, maxInputTokens, maxTotalTokens and maxConcurrentRequests are TGI settings; "
-     "llama.cpp uses serving.contextLength and parallel"),
+     "serving.dtype is a TGI, vLLM and SGLang setting, which llama.cpp does not have: remove it"),
     ("max-concurrent-on-llamacpp", with_(**CPP, serving={"maxConcurrentRequests": 8}),
-     "spec.serving: Invalid value: serving.quantize, dtype, maxInputTokens, maxTotalTokens and "
-     "maxConcurrentRequests are TGI settings"),
+     "spec.serving.maxConcurrentRequests: Invalid value: \"object\": serving.maxConcurrentRequests is a TGI, vLLM "
+     "and SGLang setting; llama.cpp takes serving.parallel"),
     ("llamacpp-settings-on-tgi", with_(**TGI, serving={"parallel": 4}),
-     "serving.gpuLayers, threads, parallel and chatTemplate are llama.cpp settings, not TGI's"),
+     "serving.parallel is a llama.cpp setting; TGI, vLLM and SGLang take serving.maxConcurrentRequests"),
+    ("max-input-on-vllm", with_(**VLLM, serving={"maxInputTokens": 2048}),
+     "serving.maxInputTokens is a TGI setting; vLLM, SGLang and llama.cpp take serving.contextLength"),
+    ("max-total-on-sglang", with_(**SGL, serving={"maxTotalTokens": 2048}),
+     "serving.maxTotalTokens is a TGI setting; vLLM, SGLang and llama.cpp take serving.contextLength"),
+    ("threads-on-vllm", with_(**VLLM, serving={"threads": 4}),
+     "serving.threads is a llama.cpp setting, which TGI, vLLM and SGLang do not have: remove it"),
+    ("gpu-memory-on-tgi", with_(**TGI, serving={"gpuMemoryUtilization": 0.8}),
+     "serving.gpuMemoryUtilization is a vLLM and SGLang setting, which TGI and llama.cpp do not have: remove it"),
+    ("gpu-memory-range", with_(**VLLM, serving={"gpuMemoryUtilization": 1.5}),
+     "spec.serving.gpuMemoryUtilization in body should be less than or equal to 1"),
+    ("quantize-not-vllms", with_(**VLLM, serving={"quantize": "exl2"}),
+     "serving.quantize eetq (TGI), exl2 (TGI), marlin (TGI and SGLang), bitsandbytes-nf4 (TGI) and bitsandbytes-fp4 "
+     "(TGI) are not vLLM's: vLLM takes awq, compressed-tensors, fp8, gptq and bitsandbytes"),
+    ("quantize-not-sglangs", with_(**SGL, serving={"quantize": "compressed-tensors"}),
+     "serving.quantize compressed-tensors (TGI and vLLM), eetq (TGI), exl2 (TGI), bitsandbytes-nf4 (TGI) and "
+     "bitsandbytes-fp4 (TGI) are not SGLang's: SGLang takes awq, fp8, gptq, marlin and bitsandbytes"),
+    ("vllm-with-gguf-quant", md({"model": {"repo": "a/b", "quantization": "Q4_K_M"}, **VLLM}),
+     "model.quantization picks a GGUF file, which modelship serves with llama.cpp only: remove it, or set "
+     "engine.type to llamacpp (vLLM's own quantization is serving.quantize)"),
+    ("sglang-with-gguf-quant", md({"model": {"repo": "a/b", "quantization": "Q4_K_M"}, **SGL}),
+     "model.quantization picks a GGUF file, which modelship serves with llama.cpp only: remove it, or set "
+     "engine.type to llamacpp (SGLang's own quantization is serving.quantize)"),
+    ("vllm-without-gpus", with_(**VLLM, gpus=0),
+     "vLLM needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp"),
+    ("sglang-without-gpus", with_(**SGL, gpus=0),
+     "SGLang needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp"),
+    ("vllm-managed-flag", with_(engine={"type": "vllm", "args": ["--served-model-name=x"]}),
+     "engine.args must not set --model, --host, --port, --served-model-name, --tensor-parallel-size, -tp: the "
+     "operator sets them for vllm"),
+    ("sglang-managed-flag", with_(engine={"type": "sglang", "args": ["--tp", "2"]}),
+     "engine.args must not set --model-path, --model, --host, --port, --served-model-name, --tp-size, --tp: the "
+     "operator sets them for sglang"),
+    ("args-repeat-vllm-serving", with_(serving={"contextLength": 2048},
+                                       engine={"type": "vllm", "args": ["--max-model-len=8192"]}),
+     "engine.args must not repeat a flag that a serving field sets"),
     ("gpu-layers-without-gpus", with_(serving={"gpuLayers": 20}),
      "serving.gpuLayers offloads layers to a GPU: set gpus to 1 or more"),
     ("chat-template-name", with_(serving={"chatTemplate": "Chat ML"}),
@@ -234,6 +271,12 @@ VALID = [
                                    serving={"maxTotalTokens": 4096, "maxInputTokens": 2048,
                                             "maxConcurrentRequests": 64, "generation": {"maxNewTokens": 1024}})),
     ("tgi-context-length", with_(**TGI, serving={"contextLength": 4096, "maxInputTokens": 2048})),
+    ("vllm-serving", md({"model": {"repo": "a/b"}, **VLLM, "gpus": 2, "serving": {
+        "contextLength": 8192, "maxConcurrentRequests": 64, "dtype": "bfloat16", "quantize": "fp8",
+        "gpuMemoryUtilization": 0.85, "generation": {"temperature": 0.2, "maxNewTokens": 1024}}})),
+    ("sglang-serving", md({"model": {"repo": "a/b"}, "engine": {"type": "sglang", "args": ["--schedule-policy", "lpm"]},
+                           "serving": {"contextLength": 4096, "maxConcurrentRequests": 32, "quantize": "marlin",
+                                       "gpuMemoryUtilization": 0.8, "generation": {"topK": 20}}})),
     ("llamacpp-serving", with_(**CPP, gpus=1, serving={"contextLength": 4096, "parallel": 4, "gpuLayers": 20,
                                                        "generation": {"maxNewTokens": 1024}})),
     ("env", with_(**env({"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {
@@ -280,13 +323,16 @@ OPERATOR_REFUSES = [
     ("tgi-without-gpus-auto", tiny(gpus=0), "Ready", "GPUsRequired", "TGI needs at least one GPU: set gpus to 1 or more"),
     ("llamacpp-on-safetensors", tiny(engine={"type": "llamacpp"}), "Ready", "EngineMismatch",
      "engine.type is llamacpp, which serves GGUF files, but this repository has safetensors weights: use "
-     "engine.type tgi (or auto), or a GGUF repo"),
+     "engine.type auto, tgi, vllm or sglang, or a GGUF repo"),
+    ("vllm-on-gguf", tiny(TINY_GGUF, engine={"type": "vllm"}), "Ready", "EngineMismatch",
+     "engine.type is vllm, but the resolved files are GGUF, which llama.cpp serves: use engine.type llamacpp (or "
+     "auto), or a safetensors repo"),
     ("tgi-on-gguf", tiny(TINY_GGUF, engine={"type": "tgi"}), "Ready", "EngineMismatch",
      "engine.type is tgi, but the resolved files are GGUF, which llama.cpp serves: use engine.type llamacpp (or "
      "auto), or a safetensors repo"),
     ("tgi-setting-on-gguf", tiny(TINY_GGUF, serving={"dtype": "bfloat16"}), "Ready", "SettingNotForEngine",
-     "serving.dtype is a TGI setting, but the model is served by llama.cpp (GGUF weights), which would ignore it: "
-     "remove it, or choose a model in the other format"),
+     "serving.dtype is a TGI, vLLM and SGLang setting, but the model is served by llama.cpp (GGUF weights), which "
+     "would ignore it: remove it, or choose a model in the other format"),
     ("llamacpp-setting-on-safetensors", tiny(serving={"threads": 4, "chatTemplate": "chatml"}), "Ready",
      "SettingNotForEngine", "serving.threads, serving.chatTemplate are llama.cpp settings, but the model is served "
      "by TGI (safetensors weights), which would ignore them: remove them, or choose a model in the other format"),
@@ -380,3 +426,26 @@ def test_specs_the_operator_cannot_honour_get_a_condition_that_says_what_to_fix(
         assert (said["status"], said["reason"]) == ("False", reason), (name, said)
         assert message.format(namespace=namespace) in said["message"], (name, said["message"])
         assert not md_status(cluster, namespace, name).get("readyReplicas"), name
+
+
+# With the operator's defaultEngine vllm, engine.type auto serves safetensors with vLLM: what
+# only TGI has is refused by the operator (the API server cannot know), and so are no GPUs.
+DEFAULT_VLLM_REFUSES = [
+    ("tgi-setting-on-default-vllm", tiny(serving={"maxInputTokens": 100}), "SettingNotForEngine",
+     "serving.maxInputTokens is a TGI setting, but the model is served by vLLM (safetensors weights), which would "
+     "ignore it: remove it, or set engine.type to tgi"),
+    ("default-vllm-without-gpus", tiny(gpus=0), "GPUsRequired", "vLLM needs at least one GPU: set gpus to 1 or more"),
+]
+
+
+def test_the_default_engine_setting_decides_auto_and_what_it_refuses(cluster, namespace, local_operator):
+    from .conftest import condition, md_status, wait_phase
+
+    local_operator.start(config={"resyncSeconds": 3600, "defaultEngine": "vllm"})
+    for name, spec, *_ in DEFAULT_VLLM_REFUSES:
+        cluster.apply(md(spec, name=name), namespace)
+    for name, _, reason, message in DEFAULT_VLLM_REFUSES:
+        st = wait_phase(cluster, local_operator, name, "Failed")
+        said = condition(st, "Ready")
+        assert (said["status"], said["reason"], said["message"]) == ("False", reason, message), (name, said)
+        assert md_status(cluster, namespace, name)["resolved"]["engine"] == "vllm"

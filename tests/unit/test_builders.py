@@ -50,6 +50,17 @@ CASES = {
     "tgi": ({"model": {"repo": "org/tiny", "revision": "v1", "tokenSecretRef": {"name": "hf"}}, "gpus": 2,
              "serving": {"maxConcurrentRequests": 64, "maxInputTokens": 4000, "maxTotalTokens": 4096,
                          "dtype": "bfloat16"}}, SAFETENSORS),
+    "vllm": ({"model": {"repo": "org/tiny"}, "engine": {"type": "vllm"},
+              "serving": {"contextLength": 8192, "maxConcurrentRequests": 32, "gpuMemoryUtilization": 0.85,
+                          "generation": {"temperature": 0.2, "topK": 0, "maxNewTokens": 256}}},
+             SAFETENSORS.model_copy(update={"engine": "vllm"})),
+    "vllm-multi-gpu": ({"model": {"repo": "org/tiny"}, "engine": {"type": "vllm", "args": ["--enforce-eager"]},
+                        "gpus": 4, "serving": {"dtype": "bfloat16", "quantize": "fp8"}},
+                       SAFETENSORS.model_copy(update={"engine": "vllm"})),
+    "sglang": ({"model": {"repo": "org/tiny"}, "engine": {"type": "sglang"}, "gpus": 2,
+                "serving": {"contextLength": 4096, "maxConcurrentRequests": 16, "gpuMemoryUtilization": 0.8,
+                            "quantize": "awq", "generation": {"topP": 0.9, "topK": 0}}},
+               SAFETENSORS.model_copy(update={"engine": "sglang"})),
 }
 
 
@@ -111,6 +122,43 @@ def test_tgi_shards_over_its_gpus_offline():
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"]
     assert c["image"].startswith("ghcr.io/huggingface/text-generation-inference:")
     assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+
+
+def container(name: str) -> dict:
+    return build_all(name)[3]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_vllm_serves_the_snapshot_under_the_deployments_name_with_an_explicit_command():
+    c = container("vllm")
+    a = c["args"]
+    assert c["command"] == ["vllm", "serve"] and c["image"] == "vllm/vllm-openai:v0.29.0"
+    assert a[:9] == [f"/models/models--org--tiny/snapshots/{SHA}", "--served-model-name", "m", "--host", "0.0.0.0",
+                     "--port", "8080", "--tensor-parallel-size", "1"]
+    assert "--enable-prefix-caching" in a and a[a.index("--max-model-len") + 1] == "8192"
+    assert a[a.index("--max-num-seqs") + 1] == "32" and a[a.index("--gpu-memory-utilization") + 1] == "0.85"
+    assert a[a.index("--override-generation-config") + 1] == '{"max_new_tokens":256,"temperature":0.2,"top_k":0}'
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"] and c["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_vllm_shards_over_its_gpus_with_shared_memory_for_them():
+    dep = build_all("vllm-multi-gpu")[3]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    a = c["args"]
+    assert a[a.index("--tensor-parallel-size") + 1] == "4" and a[a.index("--quantization") + 1] == "fp8"
+    assert a[-1] == "--enforce-eager" and c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in dep["spec"]["template"]["spec"][
+        "volumes"]
+
+
+def test_sglang_serves_with_metrics_and_its_own_sampling_names():
+    c = container("sglang")
+    a = c["args"]
+    assert c["command"] == ["python3", "-m", "sglang.launch_server"] and c["image"].startswith("lmsysorg/sglang:v")
+    assert a[a.index("--model-path") + 1] == f"/models/models--org--tiny/snapshots/{SHA}"
+    assert a[a.index("--served-model-name") + 1] == "m" and a[a.index("--tp-size") + 1] == "2"
+    assert "--enable-metrics" in a and a[a.index("--context-length") + 1] == "4096"
+    assert a[a.index("--max-running-requests") + 1] == "16" and a[a.index("--mem-fraction-static") + 1] == "0.8"
+    assert a[a.index("--preferred-sampling-params") + 1] == '{"top_k":-1,"top_p":0.9}'
 
 
 def test_every_pod_meets_the_restricted_pod_security_standard():

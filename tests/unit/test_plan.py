@@ -527,10 +527,52 @@ def test_pod_problems_is_limited():
 
 @pytest.mark.parametrize("requested,fmt,engine", [
     ("auto", "gguf", "llamacpp"), ("auto", "safetensors", "tgi"),
-    ("llamacpp", "gguf", "llamacpp"), ("tgi", "safetensors", "tgi"),
+    ("llamacpp", "gguf", "llamacpp"), ("tgi", "safetensors", "tgi"), ("vllm", "safetensors", "vllm"),
+    ("sglang", "safetensors", "sglang"),
 ])
 def test_choose_engine(requested, fmt, engine):
     assert choose_engine(requested, fmt) == engine
+
+
+@pytest.mark.parametrize("default", ["tgi", "vllm", "sglang"])
+def test_auto_takes_the_operators_default_engine_for_safetensors_only(default):
+    assert choose_engine("auto", "safetensors", default) == default
+    assert choose_engine("auto", "gguf", default) == "llamacpp"
+    assert choose_engine("tgi", "safetensors", default) == "tgi"  # a named engine wins over the default
+
+
+@pytest.mark.parametrize("requested", ["tgi", "vllm", "sglang"])
+def test_a_gpu_engine_named_for_gguf_files_names_llamacpp(requested):
+    with pytest.raises(SpecError) as e:
+        choose_engine(requested, "gguf", "vllm")
+    assert (e.value.reason, e.value.message) == ("EngineMismatch", (
+        f"engine.type is {requested}, but the resolved files are GGUF, which llama.cpp serves: use engine.type "
+        f"llamacpp (or auto), or a safetensors repo"))
+
+
+def test_settings_the_default_engine_lacks_are_refused_under_auto():
+    """defaultEngine vllm: the controller resolved engine.type auto to vllm."""
+    md = make_md({"model": {"repo": "org/tiny"}, "serving": {"maxInputTokens": 100, "gpuMemoryUtilization": 0.8}})
+    p = run(md, safetensors().model_copy(update={"engine": "vllm"}), Observed())
+    ready = cond(p, "Ready")
+    assert p.actions == [] and (ready["reason"], ready["message"]) == ("SettingNotForEngine", (
+        "serving.maxInputTokens is a TGI setting, but the model is served by vLLM (safetensors weights), which "
+        "would ignore it: remove it, or set engine.type to tgi"))
+    # and what vLLM has, TGI lacks, when TGI is the default
+    p = run(make_md({"model": {"repo": "org/tiny"}, "serving": {"gpuMemoryUtilization": 0.8}}), safetensors(),
+            Observed())
+    assert cond(p, "Ready")["message"] == (
+        "serving.gpuMemoryUtilization is a vLLM and SGLang setting, but the model is served by TGI (safetensors "
+        "weights), which would ignore it: remove it, or set engine.type to vllm or sglang")
+
+
+@pytest.mark.parametrize("engine,name", [("vllm", "vLLM"), ("sglang", "SGLang")])
+def test_vllm_and_sglang_need_a_gpu_and_default_to_one(engine, name):
+    r = safetensors().model_copy(update={"engine": engine})
+    assert place(make_md({"model": {"repo": "org/tiny"}}), engine, settings()).gpus == 1
+    p = run(make_md({"model": {"repo": "org/tiny"}, "gpus": 0}), r, Observed())
+    assert (cond(p, "Ready")["reason"], cond(p, "Ready")["message"]) == (
+        "GPUsRequired", f"{name} needs at least one GPU: set gpus to 1 or more")
 
 
 @pytest.mark.parametrize("requested,fmt", [("llamacpp", "safetensors"), ("tgi", "gguf")])
@@ -800,9 +842,9 @@ def test_serving_settings_the_resolved_engine_cannot_honour_are_refused_not_igno
     p = run(make_md({"serving": {"dtype": "bfloat16", "maxConcurrentRequests": 8}}), gguf(), Observed())
     ready = cond(p, "Ready")
     assert p.actions == [] and (ready["status"], ready["reason"]) == ("False", "SettingNotForEngine")
-    assert ready["message"] == ("serving.dtype, serving.maxConcurrentRequests are TGI settings, but the model is "
-                                "served by llama.cpp (GGUF weights), which would ignore them: remove them, or "
-                                "choose a model in the other format")
+    assert ready["message"] == ("serving.maxConcurrentRequests, serving.dtype are TGI, vLLM and SGLang settings, but "
+                                "the model is served by llama.cpp (GGUF weights), which would ignore them: remove "
+                                "them, or choose a model in the other format")
     p = run(make_md({"model": {"repo": "org/tiny"}, "serving": {"parallel": 2}}), safetensors(), Observed())
     assert cond(p, "Ready")["message"] == (
         "serving.parallel is a llama.cpp setting, but the model is served by TGI (safetensors weights), which "

@@ -51,3 +51,13 @@ def test_kubernetes_service_links_are_never_settings(monkeypatch):
     """A Service named `modelship-metrics` would give MODELSHIP_METRICS_PORT=tcp://...: not a port."""
     monkeypatch.setenv("MODELSHIP_METRICS_PORT", "tcp://10.96.0.11:9090")
     assert load().metrics_port == 9090
+
+
+def test_the_default_engine_is_tgi_unless_the_admin_chooses(monkeypatch):
+    assert load().default_engine == "tgi"
+    monkeypatch.setenv("MODELSHIP_DEFAULT_ENGINE", "vllm")
+    assert load().default_engine == "vllm"
+    monkeypatch.setenv("MODELSHIP_DEFAULT_ENGINE", "llamacpp")  # GGUF models get llama.cpp whatever it says
+    with pytest.raises(ConfigError, match="invalid operator setting defaultEngine: Input should be 'tgi', 'vllm' or "
+                                          "'sglang'"):
+        load()

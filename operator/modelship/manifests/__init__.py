@@ -3,7 +3,7 @@ dicts. No I/O and no Kubernetes client here.
 
 - `meta`: names, labels, annotations and owner references every child shares;
 - `pods`: security contexts, scheduling, flags;
-- `tgi`, `llamacpp`: one module per engine, its image and command line;
+- `tgi`, `vllm`, `sglang`, `llamacpp`: one module per engine, its image and command line;
 - `serving`: the engine's Deployment and the Service;
 - `volume`: the weights' PersistentVolumeClaim;
 - `jobs`: the download and collection Jobs.

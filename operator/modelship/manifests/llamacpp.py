@@ -9,11 +9,16 @@ from .pods import PORT, flag
 from .volume import snapshot_dir
 
 NAME = "llamacpp"
-SHARED_MEMORY = False  # one process: no shards to share memory between
+COMMAND = None  # the image's entrypoint, llama-server
 
 
 def image(md: ModelDeployment, gpus: int, settings: Settings) -> str:
     return md.spec.engine.image or (settings.images.llamacpp_cuda if gpus else settings.images.llamacpp_cpu)
+
+
+def shared_memory(gpus: int) -> None:
+    """One process: no shards to share memory between."""
+    return None
 
 
 def env() -> list[dict]:

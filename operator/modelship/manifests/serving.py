@@ -7,12 +7,12 @@ from types import ModuleType
 from ..api import ModelDeployment, ResolvedModel
 from ..settings import Settings
 from ..units import quantity
-from . import llamacpp, tgi
+from . import llamacpp, sglang, tgi, vllm
 from .meta import REPO, REVISION, SPEC_HASH, WEIGHTS_BYTES, claim_name, digest, finish, labels, selector
 from .pods import PORT, Placement, restricted_container, restricted_pod, schedule
 from .volume import MODELS_MOUNT
 
-ENGINES: dict[str, ModuleType] = {m.NAME: m for m in (tgi, llamacpp)}
+ENGINES: dict[str, ModuleType] = {m.NAME: m for m in (tgi, vllm, sglang, llamacpp)}
 
 
 def resources(md: ModelDeployment, placement: Placement) -> dict:
@@ -47,10 +47,11 @@ def _container(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
                engine: ModuleType) -> dict:
     env = [{"name": "HOME", "value": "/tmp"}, *engine.env(), *(e.wire() for e in md.spec.engine.env)]
     mounts = [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
-    if engine.SHARED_MEMORY:
+    if engine.shared_memory(placement.gpus):
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     return {
         "name": engine.NAME, "image": engine.image(md, placement.gpus, settings),
+        **({"command": list(engine.COMMAND)} if engine.COMMAND else {}),
         "args": engine.args(md, resolved, placement.gpus), "env": env,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         # Startup is generous (big models load for minutes) and asked every second, so that a
@@ -80,8 +81,9 @@ def deployment(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
     engine = ENGINES[resolved.engine]
     volumes = [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(md), "readOnly": True}},
                {"name": "tmp", "emptyDir": {}}]
-    if engine.SHARED_MEMORY:
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+    shm = engine.shared_memory(placement.gpus)
+    if shm:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
     pod_spec: dict = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

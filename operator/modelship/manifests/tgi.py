@@ -9,11 +9,16 @@ from .pods import PORT, flag
 from .volume import snapshot_dir
 
 NAME = "tgi"
-SHARED_MEMORY = True  # NCCL shares memory between shards through /dev/shm
+COMMAND = None  # the image's entrypoint, text-generation-launcher
 
 
 def image(md: ModelDeployment, gpus: int, settings: Settings) -> str:
     return md.spec.engine.image or settings.images.tgi
+
+
+def shared_memory(gpus: int) -> str:
+    """/dev/shm: NCCL shares memory between shards through it."""
+    return "1Gi"
 
 
 def env() -> list[dict]:

@@ -4,29 +4,36 @@ raises `SpecError` with a message that says what to fix."""
 
 from __future__ import annotations
 
-from ..api import LLAMACPP_SETTINGS, TGI_SETTINGS, ModelDeployment, ResolvedModel
+from ..api import ENGINE_NAMES, GPU_ENGINES, SERVING_ENGINES, ModelDeployment, ResolvedModel, names
 from ..manifests import Placement
 from ..settings import Settings
 from ..units import GIB, quantity_bytes
 from .types import SpecError
 
 
-def choose_engine(requested: str, fmt: str) -> str:
-    native = "llamacpp" if fmt == "gguf" else "tgi"
-    if requested in ("auto", native):
-        return native
+def choose_engine(requested: str, fmt: str, default: str = "tgi") -> str:
+    """The engine for `engine.type` and the weights' format; `default`: the operator's
+    `defaultEngine`, which `auto` takes for safetensors weights."""
+    if fmt == "gguf":
+        if requested in ("auto", "llamacpp"):
+            return "llamacpp"
+        raise SpecError("EngineMismatch", f"engine.type is {requested}, but the resolved files are GGUF, which "
+                                          f"llama.cpp serves: use engine.type llamacpp (or auto), or a "
+                                          f"safetensors repo")
+    if requested == "auto":
+        return default
     if requested == "llamacpp":
         raise SpecError("EngineMismatch", "engine.type is llamacpp, which serves GGUF files, but this repository "
-                                          "has safetensors weights: use engine.type tgi (or auto), or a GGUF repo")
-    raise SpecError("EngineMismatch", "engine.type is tgi, but the resolved files are GGUF, which llama.cpp "
-                                      "serves: use engine.type llamacpp (or auto), or a safetensors repo")
+                                          "has safetensors weights: use engine.type auto, tgi, vllm or sglang, "
+                                          "or a GGUF repo")
+    return requested
 
 
 def place(md: ModelDeployment, engine: str, settings: Settings) -> Placement:
     spec = md.spec
-    gpus = spec.gpus if spec.gpus is not None else (1 if engine == "tgi" else 0)
-    if engine == "tgi" and gpus == 0:
-        raise SpecError("GPUsRequired", "TGI needs at least one GPU: set gpus to 1 or more")
+    gpus = spec.gpus if spec.gpus is not None else (1 if engine in GPU_ENGINES else 0)
+    if engine in GPU_ENGINES and gpus == 0:
+        raise SpecError("GPUsRequired", f"{ENGINE_NAMES[engine]} needs at least one GPU: set gpus to 1 or more")
     name = spec.pool or (settings.default_gpu_pool if gpus else settings.default_cpu_pool)
     profile = settings.pools.get(name)
     if profile is None:
@@ -44,18 +51,26 @@ def place(md: ModelDeployment, engine: str, settings: Settings) -> Placement:
 
 def check_settings(md: ModelDeployment, engine: str) -> None:
     """Serving fields the chosen engine cannot honour (the API server refuses them where
-    engine.type names the engine; with `auto` only the resolved format tells)."""
+    engine.type names the engine; with `auto` only the resolved format, and the operator's
+    defaultEngine, tell)."""
     serving = md.spec.serving.wire() if md.spec.serving else {}
-    foreign, other = (LLAMACPP_SETTINGS, "llama.cpp") if engine == "tgi" else (TGI_SETTINGS, "TGI")
-    unused = [f"serving.{f}" for f in foreign if f in serving]
-    if unused:
-        served = "TGI (safetensors weights)" if engine == "tgi" else "llama.cpp (GGUF weights)"
-        raise SpecError("SettingNotForEngine", f"{', '.join(unused)} {'is a' if len(unused) == 1 else 'are'} "
-                                               f"{other} setting{'s' if len(unused) > 1 else ''}, but the model is "
-                                               f"served by {served}, which would ignore "
-                                               f"{'it' if len(unused) == 1 else 'them'}: remove "
-                                               f"{'it' if len(unused) == 1 else 'them'}, or choose a model in "
-                                               f"the other format")
+    unused = [f for f, owners in SERVING_ENGINES.items() if f in serving and engine not in owners]
+    if not unused:
+        return
+    groups: dict[tuple, list[str]] = {}
+    for f in unused:
+        groups.setdefault(SERVING_ENGINES[f], []).append(f"serving.{f}")
+    said = "; ".join(f"{', '.join(fs)} {'is a' if len(fs) == 1 else 'are'} {names(owners)} "
+                     f"setting{'s' if len(fs) > 1 else ''}" for owners, fs in groups.items())
+    one = len(unused) == 1
+    if engine == "llamacpp":
+        served, fix = "llama.cpp (GGUF weights)", "choose a model in the other format"
+    else:
+        owners = [e for e in GPU_ENGINES if any(e in SERVING_ENGINES[f] for f in unused)]
+        served = f"{ENGINE_NAMES[engine]} (safetensors weights)"
+        fix = f"set engine.type to {' or '.join(owners)}" if owners else "choose a model in the other format"
+    raise SpecError("SettingNotForEngine", f"{said}, but the model is served by {served}, which would ignore "
+                                           f"{'it' if one else 'them'}: remove {'it' if one else 'them'}, or {fix}")
 
 
 def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:
