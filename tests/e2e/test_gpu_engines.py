@@ -14,8 +14,11 @@ import pytest
 
 from ..conftest import wait_for
 
-# The operator's fixtures come from the integration layer.
-from ..integration.conftest import POOLS, TINY_SHA, crd_installed, fake_hub, kwok_pools, operator  # noqa: F401
+# The operator's fixtures come from the integration layer. `local_operator` (the operator as a
+# process of this checkout) rather than the chart's: the chart's runs on the test bed's local
+# node, whose code is the checkout that started the test bed, not necessarily this one.
+from ..integration.conftest import (POOLS, TINY_SHA, crd_installed, fake_hub, kwok_pools,  # noqa: F401
+                                    local_operator)
 from ..integration.conftest import free_port, seed_volume, wait_phase
 from ..integration.test_operator import node_labels, serving_pods
 from ..integration.test_router_cluster import served, start_router, stop_router
@@ -117,8 +120,8 @@ def check_pods(cluster, namespace: str, md: dict, engine: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_example_is_scheduled_on_the_kwok_gpu_pool(engine, cluster, namespace, operator, kwok_pools):
-    md, status = deploy(cluster, namespace, operator, kwok_pools, engine)
+def test_example_is_scheduled_on_the_kwok_gpu_pool(engine, cluster, namespace, local_operator, kwok_pools):
+    md, status = deploy(cluster, namespace, local_operator, kwok_pools, engine)
     pods = check_pods(cluster, namespace, md, engine)
     tag = kwok_pools["gpu"]["nodeSelector"]["test"]
     assert all(node_labels(cluster, p["spec"]["nodeName"])["test"] == tag for p in pods)  # this test's kwok node
@@ -126,15 +129,15 @@ def test_example_is_scheduled_on_the_kwok_gpu_pool(engine, cluster, namespace, o
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_example_on_a_process_backed_gpu_node_answers_through_the_router(engine, cluster, namespace, operator,
-                                                                        gpu_node):
+def test_example_on_a_process_backed_gpu_node_answers_through_the_router(engine, cluster, namespace,
+                                                                        local_operator, gpu_node):
     import openai
     from modelship_testbed.localnode.extra import tolerations
 
     pools = {**POOLS, "gpu": {"nodeSelector": {"modelship.io/pool": "gpu", "test": gpu_node.labels["test"]},
                               "gpuResource": "nvidia.com/gpu", "maxGpus": gpu_node.gpus,
                               "tolerations": tolerations(gpu_node.name, gpu_node.gpus)}}
-    md, _ = deploy(cluster, namespace, operator, pools, engine)
+    md, _ = deploy(cluster, namespace, local_operator, pools, engine)
     name, alias = md["metadata"]["name"], md["spec"]["router"]["aliases"][0]
     for pod in check_pods(cluster, namespace, md, engine):
         assert pod["spec"]["nodeName"] == gpu_node.name
