@@ -111,23 +111,26 @@ class ExtraNode:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, core) -> None:
+        from kubernetes import client
+
         for proc, wait in ((self.agent, 30), (self.streaming, 5)):
             if proc is not None:
                 procs.stop(proc, wait)
-        for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.name}").items:
-            try:
-                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
-            except Exception as e:
-                if getattr(e, "status", None) != 404:
-                    raise
-        from kubernetes import client
-
         shutil.rmtree(self.root, ignore_errors=True)  # its pods' folders and logs (read log() before)
-        for delete in (lambda: client.CoordinationV1Api(core.api_client).delete_namespaced_lease(
-                           self.name, "kube-node-lease"),
-                       lambda: core.delete_node(self.name)):
-            try:
-                delete()
-            except Exception as e:
-                if getattr(e, "status", None) != 404:
-                    raise
+        # The Node first, so that no new pod is bound to it, then the pods still bound to it
+        # (a controller may have replaced them meanwhile): no kubelet is left to end them.
+        lease = client.CoordinationV1Api(core.api_client)
+        _gone(lambda: core.delete_node(self.name))
+        _gone(lambda: lease.delete_namespaced_lease(self.name, "kube-node-lease"))
+        for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.name}").items:
+            _gone(lambda: core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
+                                                     grace_period_seconds=0))
+
+
+def _gone(delete) -> None:
+    """Delete something; already gone is fine."""
+    try:
+        delete()
+    except Exception as e:
+        if getattr(e, "status", None) != 404:
+            raise
