@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 import pytest
 
@@ -45,10 +46,36 @@ def test_shipped_mapping_covers_the_engines():
     m = images.ImageMap()
     expected = {"ghcr.io/ggml-org/llama.cpp:server": "{bin:llama-server}",
                 "ghcr.io/ggml-org/llama.cpp:server-cuda": "{bin:llama-server}",
-                "ghcr.io/huggingface/text-generation-inference:3.0.1": "modelship_testbed.tgi_fake",
+                "ghcr.io/huggingface/text-generation-inference:3.0.1": "modelship_testbed.engine_fake.tgi",
+                "vllm/vllm-openai:v0.11.0": "modelship_testbed.engine_fake.vllm",
                 "ghcr.io/modelship/modelship:0.1.0": "{venv}/bin/modelship"}
     for image, program in expected.items():
         assert program in m.entry_for(image).entrypoint, image
+
+
+def test_vllm_and_sglang_containers_run_the_fakes_with_the_pod_address():
+    """The operator's exact commands (the contract of issue 20) map to the engine fakes."""
+    m = images.ImageMap()
+    args = ["/models/tiny", "--served-model-name", "tiny", "--host", "0.0.0.0", "--port", "8080"]
+    vllm = m.resolve("docker.io/vllm/vllm-openai:v0.11.0", ["vllm", "serve"], args, "127.9.0.3")
+    assert vllm.argv == [sys.executable, "-m", "modelship_testbed.engine_fake.vllm", "serve", "/models/tiny",
+                         "--served-model-name", "tiny", "--host", "127.9.0.3", "--port", "8080"]
+    assert m.resolve("vllm/vllm-openai:latest", None, args, "127.9.0.3").argv[:5] == \
+        [sys.executable, "-m", "modelship_testbed.engine_fake.vllm", "serve", "/models/tiny"]
+    sglang = m.resolve("lmsysorg/sglang:v0.5.4-cu126", ["python3", "-m", "sglang.launch_server"],
+                       ["--model-path", "/models/tiny", "--port", "8080", "--enable-metrics"], "127.9.0.4")
+    assert sglang.argv == [sys.executable, "-m", "modelship_testbed.engine_fake.sglang", "--model-path",
+                           "/models/tiny", "--port", "8080", "--enable-metrics", "--host", "127.9.0.4"]
+    # Another module of the same image runs as it is (and a bare interpreter stays one).
+    assert m.resolve("lmsysorg/sglang:v0.5.4", ["python3", "-m", "sglang.bench_serving"], [], "127.9.0.4").argv[:3] \
+        == [sys.executable, "-m", "sglang.bench_serving"]
+
+
+def test_with_module_maps_only_the_interpreters_own_module():
+    mods = {"a.b": "x.y"}
+    assert images.with_module(["py", "-m", "a.b", "-m", "c"], mods) == ["py", "-m", "x.y", "-m", "c"]
+    assert images.with_module(["py", "script.py", "-m", "a.b"], mods) == ["py", "script.py", "-m", "a.b"]
+    assert images.with_module(["py", "-m"], mods) == ["py", "-m"]
 
 
 def test_modelship_image_binds_the_operator_and_the_router_to_the_pod_address():

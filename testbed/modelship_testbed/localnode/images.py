@@ -30,6 +30,7 @@ class ImageEntry:
     programs: dict[str, str] = field(default_factory=dict)
     bind: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, str] = field(default_factory=dict)  # python -m X -> python -m Y
 
 
 @dataclass
@@ -67,6 +68,7 @@ class ImageMap:
         if not argv:
             raise ImageError("CreateContainerError", f'image "{image}": no command to run (the mapping has no '
                                                      "entrypoint and the container sets no command)")
+        argv = with_module(argv, e.modules)
         env = {k: _expand_one(v) for k, v in e.env.items()}
         if "flag" in e.bind:
             argv = with_flag(argv, e.bind["flag"], pod_ip)
@@ -81,7 +83,15 @@ class ImageMap:
             e = self.entry_for(image)
         except ImageError:
             return argv
-        return _expand(e.programs.get(argv[0], argv[0])) + argv[1:] if argv else argv
+        return with_module(_expand(e.programs.get(argv[0], argv[0])) + argv[1:], e.modules) if argv else argv
+
+
+def with_module(argv: list[str], modules: dict[str, str]) -> list[str]:
+    """Replace the module of an interpreter's `-m MODULE` (its first option naming one) by
+    what `modules` maps it to; any other command line is left as it is."""
+    if len(argv) > 2 and argv[1] == "-m" and argv[2] in modules:
+        return [argv[0], "-m", modules[argv[2]], *argv[3:]]
+    return argv
 
 
 def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
