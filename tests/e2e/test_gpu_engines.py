@@ -19,7 +19,7 @@ from ..conftest import wait_for
 # node, whose code is the checkout that started the test bed, not necessarily this one.
 from ..integration.conftest import (POOLS, TINY_SHA, crd_installed, fake_hub, kwok_pools,  # noqa: F401
                                     local_operator)
-from ..integration.conftest import free_port, seed_volume, wait_phase
+from ..integration.conftest import free_port, md_status, seed_volume
 from ..integration.test_operator import node_labels, serving_pods
 from ..integration.test_router_cluster import served, start_router, stop_router
 
@@ -90,7 +90,12 @@ def deploy(cluster, namespace: str, operator, pools: dict, engine: str) -> tuple
     operator.start(pools=pools)
     cluster.apply(md, namespace)
     seed_volume(cluster, namespace, f"{name}-weights", TEST_REPO, TINY_SHA, TEST_FILES)
-    status = wait_phase(cluster, operator, name, "Ready", timeout=240)
+    status = wait_for(lambda: (st := md_status(cluster, namespace, name)).get("phase") == "Ready" and st, 240,
+                      f"ModelDeployment {name} to be Ready", lambda: cluster.kubectl(
+                          "get", "md,deploy,job,pod", "-n", namespace, "-o", "wide", check=False)
+                      + "\n--- the engine's log\n" + cluster.kubectl(
+                          "logs", "-n", namespace, "-l", "app.kubernetes.io/component=server", "--tail=20",
+                          "--prefix", check=False) + "\n--- operator log\n" + operator.log()[-2000:])
     assert status["resolved"]["engine"] == engine and status["resolved"]["sha"] == TINY_SHA
     assert status["readyReplicas"] == md["spec"]["replicas"]
     return md, status

@@ -265,6 +265,7 @@ def test_an_extra_node_is_a_gpu_node_of_its_own_beside_the_local_node(tmp_path, 
     streaming = node.streaming_argv()
     assert "--listen=127.0.0.1:21250" in streaming and "--backend=http://127.0.0.1:21248" in streaming
     assert "--node-name=gpu-x" in streaming
+    assert args.pass_env == ["PYTHONPATH"]
     # Without flags: the test bed's own settings, as the supervisor starts its local node.
     plain = cli.node_config(TestbedConfig(), cli.parse_args(["--state-dir", str(tmp_path), "--name", LOCAL_NODE_NAME]))
     assert plain == TestbedConfig()

@@ -58,7 +58,7 @@ class Agent:
     taints: list[dict] = []
 
     def __init__(self, cfg: TestbedConfig, name: str, labels: dict[str, str] | None = None,
-                 taints: list[dict] | None = None):
+                 taints: list[dict] | None = None, pass_env: list[str] | None = None):
         self.cfg = cfg
         self.name = name
         self.labels, self.taints = dict(labels or {}), list(taints or [])
@@ -86,6 +86,9 @@ class Agent:
             f"KUBERNETES_PORT_{port}_TCP_ADDR": "127.0.0.1", f"KUBERNETES_PORT_{port}_TCP_PORT": port,
             f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
         }
+        # Variables of the agent's own environment every container gets too (an extra node
+        # started from a checkout passes PYTHONPATH: its pods run that checkout's fakes).
+        self.service_env.update({k: os.environ[k] for k in pass_env or [] if k in os.environ})
         self.workers: dict[str, PodWorker] = {}
         self.finished: set[str] = set()
         self.ips: dict[str, str] = {}

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kubelet-local-port", type=int, help="the agent's own plain HTTP API, on 127.0.0.1")
     parser.add_argument("--label", type=parse_label, action="append", default=[], help="key=value (repeat)")
     parser.add_argument("--taint", type=parse_taint, action="append", default=[], help="key=value:Effect (repeat)")
+    parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                        help="a variable of this environment that every container gets too (repeat)")
     return parser.parse_args(argv)
 
 
@@ -75,6 +77,6 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(cfg, args.name, dict(args.label), args.taint).run(stop)
+        await Agent(cfg, args.name, dict(args.label), args.taint, args.pass_env).run(stop)
 
     asyncio.run(amain())

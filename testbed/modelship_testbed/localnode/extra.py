@@ -73,7 +73,8 @@ class ExtraNode:
     def agent_argv(self) -> list[str]:
         argv = [sys.executable, "-m", "modelship_testbed.localnode", f"--state-dir={self.dir}", f"--name={self.name}",
                 f"--gpus={self.gpus}", f"--pod-cidr={self.pod_cidr}", f"--kubelet-port={self.kubelet_port}",
-                f"--kubelet-local-port={self.kubelet_local_port}", f"--taint={TAINT_KEY}={self.name}:NoSchedule"]
+                f"--kubelet-local-port={self.kubelet_local_port}", f"--taint={TAINT_KEY}={self.name}:NoSchedule",
+                "--pass-env=PYTHONPATH"]  # its pods run the test bed's programs of the checkout that runs it
         return argv + [f"--label={k}={v}" for k, v in self.labels.items()]
 
     def streaming_argv(self) -> list[str]:
