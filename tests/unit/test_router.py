@@ -307,10 +307,10 @@ def test_an_endpoint_that_never_answers_is_a_504_and_its_connection_is_closed():
 def test_scrape_reads_tgi_and_llamacpp_metrics():
     from modelship.router.scrape import parse
 
-    assert parse("# TYPE tgi_queue_size gauge\ntgi_queue_size 3\ntgi_batch_current_size 5\n") == (5.0, 3.0)
+    assert parse("# TYPE tgi_queue_size gauge\ntgi_queue_size 3\ntgi_batch_current_size 5\n") == (5.0, 3.0, None)
     llama = ('# HELP llamacpp:requests_processing x\nllamacpp:requests_processing 2\n'
              'llamacpp:requests_deferred{slot="a"} 1\nllamacpp:prompt_tokens_total 99\n')
-    assert parse(llama) == (2.0, 1.0)
+    assert parse(llama) == (2.0, 1.0, None)
     assert parse("process_cpu_seconds_total 1\n") is None
 
 

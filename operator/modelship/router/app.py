@@ -26,6 +26,7 @@ from .accesslog import AccessLog
 from . import callers
 from .callers import Callers
 from . import validate
+from .engines import display, engine
 from .errors import ClientGone, ErrorAnswer, respond
 from .exchange import Call, Exchange, cancel_on_disconnect
 from .forward import Forwarder
@@ -194,9 +195,10 @@ class Router:
                 raise ErrorAnswer(404, f"no route {path}: the TGI API is at /models/{{name}}/generate, "
                                        f"/models/{{name}}/generate_stream and /models/{{name}}/info", code="not_found")
             named = self._target(name, call)
-            if named.engine != "tgi":
-                raise ErrorAnswer(400, f"model {name!r} is served by llama.cpp, which has no TGI API: use the "
-                                       f"OpenAI API (/v1/chat/completions, /v1/completions)", code="unsupported_api")
+            if not engine(named.engine).tgi_api:
+                raise ErrorAnswer(400, f"model {name!r} is served by {display(named.engine)}, which has no TGI API: "
+                                       f"use the OpenAI API (/v1/chat/completions, /v1/completions)",
+                                  code="unsupported_api")
             if rest == "info":
                 await self._serve(Exchange(named, named, "/info", b"", {}, "info", receive, send, method="GET",
                                            call=call))
@@ -212,14 +214,14 @@ class Router:
     async def _serve(self, ex: Exchange) -> None:
         """One request, within its caller's and its model's limits, to the engines."""
         named, call = ex.named, ex.call
-        if named.defaults:
+        if named.defaults or named.served_as_named:
             ex.shape(named)
         if named.wakeable and not named.ready():
             self._bump(named)
         if self.model_limits:
             self._limit_model(named)
         prompt, most = usage.estimate(ex.kind, ex.body, len(ex.raw))
-        if not most and named.engine == "tgi":
+        if not most and engine(named.engine).router_defaults:
             most = named.defaults.get("max_new_tokens", 0)  # (the router applies it)
         call.estimate, call.reserved = prompt, prompt + most
         try:

@@ -38,6 +38,7 @@ from ..api import LoadBalancing
 DEFAULTS = LoadBalancing()  # a ModelDeployment's `router.loadBalancing` defaults: api.py holds each one
 BLOCK_CHARS = DEFAULTS.prefix_block_size  # ~32 tokens: a prefix cache hit is counted in whole blocks
 _M64 = (1 << 64) - 1
+KV_WEIGHT = 0.0  # queue-aware: requests a full KV cache counts for (bench/README.md: measured, see docs/router.md)
 
 
 def stable_hash(text: str) -> int:
@@ -63,6 +64,7 @@ class Endpoint:
     in_flight: int = 0  # requests this router has open to it
     running: float = 0.0  # requests the engine says it is working on (scraped; other routers' too)
     waiting: float = 0.0  # requests the engine says are queued (scraped)
+    kv_usage: float | None = None  # the engine's KV cache's share in use, 0..1, where it says it (scraped)
     ready: bool = True
     scrapes: int = 0  # how many times its metrics were read
     scraped: bool = False  # whether the last read found the engine's load there
@@ -140,8 +142,10 @@ class RoundRobin(Blind):
         return endpoints[self.turn % len(endpoints)]
 
 
-def two_choices(endpoints: list[Endpoint], rng: random.Random, own_only: bool = False) -> Endpoint:
-    """The less loaded of two endpoints drawn at random (ties: the first drawn)."""
+def two_choices(endpoints: list[Endpoint], rng: random.Random, own_only: bool = False,
+                kv_weight: float = 0.0) -> Endpoint:
+    """The less loaded of two endpoints drawn at random (ties: the first drawn). `kv_weight`:
+    what a full KV cache adds to an endpoint's load, in requests (where its engine says it)."""
     n = len(endpoints)
     if n == 1:
         return endpoints[0]
@@ -149,20 +153,24 @@ def two_choices(endpoints: list[Endpoint], rng: random.Random, own_only: bool = 
     a, b = endpoints[i], endpoints[j + (j >= i)]
     if own_only:
         return b if b.in_flight < a.in_flight else a
+    if kv_weight:
+        return b if b.load + kv_weight * (b.kv_usage or 0.0) < a.load + kv_weight * (a.kv_usage or 0.0) else a
     return b if b.load < a.load else a
 
 
 class LeastLoad(Blind):
     """`least-load`: by this router's requests in flight. `queue-aware`: by the engines' own
-    counts where they are larger (other router replicas), plus their queues (scraped)."""
+    counts where they are larger (other router replicas), plus their queues (scraped), plus
+    `kv_weight` times their KV cache's use where they say it (vLLM, SGLang)."""
 
-    def __init__(self, seed: int | None = None, queue_aware: bool = False) -> None:
+    def __init__(self, seed: int | None = None, queue_aware: bool = False, kv_weight: float = 0.0) -> None:
         self.rng = random.Random(seed)
         self.queue_aware = queue_aware
+        self.kv_weight = kv_weight if queue_aware else 0.0
         self.name = "queue-aware" if queue_aware else "least-load"
 
     def pick(self, key: Any, endpoints: list[Endpoint]) -> Endpoint:
-        return two_choices(endpoints, self.rng, own_only=not self.queue_aware)
+        return two_choices(endpoints, self.rng, not self.queue_aware, self.kv_weight)
 
 
 @dataclass(slots=True)
@@ -288,11 +296,12 @@ STRATEGIES = ("least-load", "prefix-cache", "prefix-hash", "queue-aware", "round
 
 
 def make(name: str = DEFAULTS.strategy, block: int = BLOCK_CHARS, max_imbalance: float = DEFAULTS.max_imbalance,
-         seed: int | None = None) -> Strategy:
+         seed: int | None = None, kv_weight: float | None = None) -> Strategy:
     if name == "round-robin":
         return RoundRobin()
     if name in ("least-load", "queue-aware"):
-        return LeastLoad(seed, queue_aware=name == "queue-aware")
+        return LeastLoad(seed, queue_aware=name == "queue-aware",
+                         kv_weight=KV_WEIGHT if kv_weight is None else kv_weight)
     if name == "prefix-cache":
         return PrefixAffinity(block=block, max_imbalance=max_imbalance)
     if name == "prefix-hash":

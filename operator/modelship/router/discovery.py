@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from .. import api
 from ..endpointslices import slice_endpoints
 from . import balance
+from .engines import ENGINES
 from .registry import Registry, Target
 
 log = logging.getLogger("modelship.router")
@@ -48,19 +49,26 @@ class Discovered:
     block: int
     max_imbalance: int
     wakeable: bool = False
-    defaults: tuple = ()  # spec.serving.generation as (snake_case key, value) pairs: the router applies them for TGI
+    defaults: tuple = ()  # spec.serving.generation as (snake_case key, value) pairs: applied here for TGI only
 
     @classmethod
     def from_object(cls, obj: dict) -> "Discovered":
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
         router = routing(spec.get("router") or {}, f"{obj['metadata']['namespace']}/{obj['metadata']['name']}")
         lb = router.load_balancing or api.LoadBalancing()
-        engine = ((status.get("resolved") or {}).get("engine")
-                  or ("tgi" if (spec.get("engine") or {}).get("type") == "tgi" else "llamacpp"))
+        engine = (status.get("resolved") or {}).get("engine") or _asked_engine(spec)
         wakeable = spec.get("maxReplicas") is not None and spec.get("minReplicas") == 0
         return cls(obj["metadata"]["namespace"], obj["metadata"]["name"], engine, tuple(router.aliases),
                    tuple(router.tasks), tuple(router.fallback), lb.strategy, lb.prefix_block_size, lb.max_imbalance,
                    wakeable, _generation(spec))
+
+
+def _asked_engine(spec: dict) -> str:
+    """The engine of a ModelDeployment the operator has not resolved yet (its status says none):
+    the one its spec names, or "" (not known) for `auto`, which the weights' format and the
+    operator's default engine decide."""
+    asked = (spec.get("engine") or {}).get("type")
+    return asked if asked in ENGINES else ""
 
 
 GENERATION = {"temperature": "temperature", "topP": "top_p", "topK": "top_k", "maxNewTokens": "max_new_tokens"}
@@ -163,6 +171,7 @@ class State:
             target.tasks = list(m.tasks)
             target.fallback = [f"{m.namespace}/{f}" for f in m.fallback]
             target.defaults = dict(m.defaults)
+            target.served = m.name  # (the operator starts the engine with --served-model-name <name>)
             if target.wakeable and not m.wakeable:
                 target.demand.wake()  # requests held for it get the usual 503 now, not at their deadline
             target.wakeable = m.wakeable  # (in place: a request held for it follows the change)

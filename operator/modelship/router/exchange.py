@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from .engines import engine
 from .validate import apply_defaults
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class Exchange:
         self.call = call if call is not None else Call(b"", "", self.started)
         self.path = path
         self.raw = raw
-        self.given = raw  # the body as the client sent it (`raw` may carry a TGI target's defaults)
+        self.given = raw  # the body as the client sent it (`raw`: as its target gets it, `shape`)
         self.body = body
         self.kind = kind
         self.method = method
@@ -110,13 +111,24 @@ class Exchange:
         self.key = strategy.key(*prompt_text(kind, body)) if strategy.reads_prompt and kind != "info" else None
 
     def shape(self, target: Target) -> None:
-        """The body for `target`: with its generation defaults where it is served by TGI, which
-        has none of its own (validate.apply_defaults); as the client sent it otherwise."""
-        if target.defaults and target.engine == "tgi" and self.kind != "info":
-            body = orjson.loads(self.given)
-            self.raw = orjson.dumps(body) if apply_defaults(self.kind, body, target.defaults) else self.given
-        elif self.raw is not self.given:
+        """The body for `target`: with its generation defaults where the router applies them
+        (TGI, which has none of its own: validate.apply_defaults; vLLM, SGLang and llama.cpp
+        are started with them, engines.py), and naming the model as the engine serves it where
+        the engine answers 404 for any other name (vLLM: a request by alias, task, namespace or
+        for a fallback); as the client sent it, byte for byte, otherwise."""
+        kind, changed = self.kind, False
+        if kind == "info":
             self.raw = self.given
+            return
+        e, body = engine(target.engine), None
+        if target.defaults and e.router_defaults:
+            body = orjson.loads(self.given)
+            changed = apply_defaults(kind, body, target.defaults)
+        served = target.served or target.name
+        if e.checks_model and kind != "tgi" and self.body.get("model") != served:
+            body = body if body is not None else orjson.loads(self.given)
+            body["model"], changed = served, True
+        self.raw = orjson.dumps(body) if changed else self.given
 
     def retarget(self, target: Target) -> None:
         """Another target answers: a fallback, or the one discovery rebuilt (its strategy

@@ -24,6 +24,7 @@ import time
 import orjson
 
 from . import balance, usage
+from .engines import engine
 from .errors import ErrorAnswer, respond
 from .exchange import Exchange
 from .quota import UNLIMITED
@@ -134,7 +135,7 @@ class Forwarder(Holding):
         named, call = ex.named, ex.call
         reason = "no_ready_endpoint" if last is None else last.code or str(last.status)
         for target in self.registry.fallbacks(named, call.allowed):
-            if not target.ready() or (ex.kind in ("tgi", "info") and target.engine != "tgi"):
+            if not target.ready() or (ex.kind in ("tgi", "info") and not engine(target.engine).tgi_api):
                 continue
             try:
                 admission = self.admit_model(target, call)
@@ -268,6 +269,8 @@ class Forwarder(Holding):
                 m.child(m.ttfb, name).observe(call.ttfb)
                 if code < 300:
                     usage.whole(call, body)
+                elif code >= 400 and b'"object"' in body:
+                    body = _nested_error(body)
                 await respond(ex.send, code, body, call.headers, content_type=ctype.encode())
             else:
                 await self._relay_stream(ex, ep, upstream, ctype)
@@ -339,8 +342,10 @@ class Forwarder(Holding):
 
 
 def _engine_error(name: str, status: int, body: bytes) -> dict:
-    """An engine's error answer in OpenAI's shape: as it is when it has that shape (llama.cpp's
-    and TGI's OpenAI routes), else its message (TGI's own routes: `{"error": "..."}`) or text."""
+    """An engine's error answer in OpenAI's shape: as it is when it has that shape (llama.cpp's,
+    TGI's OpenAI routes, vLLM's: `{"error": {"message", "type", "param", "code"}}`), those fields
+    when they are at the top level (older vLLM's and SGLang's: `{"object": "error", "message",
+    ...}`), else its message (TGI's own routes: `{"error": "..."}`) or text."""
     try:
         found = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -348,11 +353,32 @@ def _engine_error(name: str, status: int, body: bytes) -> dict:
     error = found.get("error") if isinstance(found, dict) else None
     if isinstance(error, dict):
         return error
+    flat = _flat_error(found)
+    if flat is not None:
+        return flat
     message = error if isinstance(error, str) else body[:500].decode("utf-8", "replace")
     kind = "invalid_request_error" if status < 500 else "upstream_error"  # (a 4xx: the request's fault)
     code = found.get("error_type") if isinstance(found, dict) else None  # TGI's ("validation", ...)
     return {"message": f"{name} answered {status}: {message}", "type": kind, "param": None,
             "code": code if isinstance(code, str) else kind}
+
+
+def _nested_error(body: bytes) -> bytes:
+    """An engine's own refusal (4xx), passed on: in OpenAI's shape when it came flat (older
+    vLLM's and SGLang's `{"object": "error", "message", "type", "param", "code"}`), so that
+    every engine's errors read alike (`error.message`); any other body as it came."""
+    try:
+        flat = _flat_error(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return body
+    return body if flat is None else orjson.dumps({"error": flat})
+
+
+def _flat_error(found) -> dict | None:
+    """OpenAI's error fields of a flat error body (`{"object": "error", "message", ...}`)."""
+    if isinstance(found, dict) and found.get("object") == "error" and isinstance(found.get("message"), str):
+        return {k: found.get(k) for k in ("message", "type", "param", "code")}
+    return None
 
 
 async def _last_event(send, body: bytes) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import orjson
 
+from .engines import ENGINES
 from .load import MAX_WAIT
 from .validate import MAX_STOP, ROLES
 
@@ -118,7 +119,9 @@ def _answers(ok: dict, *errors: str, passed_on: bool = False) -> dict:
     for code in errors:
         out[code] = {"description": _ERRORS[code], "content": {"application/json": {"schema": _ERROR}}}
     if passed_on:  # an engine's own 4xx, passed on as it is, in the engine's shape
-        out["4XX"] = {"description": "the engine's own refusal, passed on", "content": _JSON}
+        out["4XX"] = {"description": "the engine's own refusal, passed on (a flat `{\"object\": \"error\", "
+                                     "\"message\", ...}`, older vLLM's and SGLang's, under `error`, OpenAI's shape)",
+                      "content": _JSON}
     return out
 
 
@@ -145,8 +148,10 @@ def _get(summary: str, content: dict, *errors: str, params: list | None = None, 
     return {"get": op}
 
 
+_OTHERS = ", ".join(e.display for e in ENGINES.values() if not e.tgi_api)
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-          "description": "the ModelDeployment (or alias) served by TGI"}]
+          "description": f"the ModelDeployment (or alias) served by TGI (one served by {_OTHERS}: 400 "
+                         f"`unsupported_api`, it has the OpenAI routes only)"}]
 _OBJECT = {"application/json": {"schema": {"type": "object"}}}
 
 
@@ -155,8 +160,10 @@ def document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "modelship router", "version": "1",
-                 "description": ("The OpenAI API and TGI's own API in front of every ModelDeployment "
-                                 "(docs/router.md). An `integer` is written without a decimal point: 1.0 "
+                 "description": ("The OpenAI API in front of every ModelDeployment (served by "
+                                 f"{', '.join(e.display for e in ENGINES.values())}), and TGI's own API in front "
+                                 "of those TGI serves (docs/router.md). An `integer` is written without a decimal "
+                                 "point: 1.0 "
                                  "is refused (400 invalid_type), as OpenAI and TGI refuse it.")},
         "components": {"securitySchemes": {"key": {"type": "http", "scheme": "bearer",
                                                    "description": "only when the router has `--api-keys-file`"}},

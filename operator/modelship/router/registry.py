@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import api
 from . import balance
+from .engines import ENGINES, engine
 from .load import Demand
 
 
@@ -22,7 +23,7 @@ class Target:
     """One ModelDeployment, as the router sees it."""
 
     name: str
-    engine: str = "llamacpp"  # "tgi" or "llamacpp": which native API it has
+    engine: str = "llamacpp"  # engines.ENGINES: which native API it has, its metrics ("": not resolved yet)
     strategy: balance.Strategy = field(default_factory=balance.make)  # the default strategy
     endpoints: dict[str, balance.Endpoint] = field(default_factory=dict)  # url -> endpoint
     aliases: list[str] = field(default_factory=list)
@@ -31,11 +32,18 @@ class Target:
     wakeable: bool = False  # autoscaled down to zero replicas: a request waits for it to wake
     config: tuple = ()  # what the target was built from (discovery replaces it when that changes)
     demand: Demand = field(default_factory=Demand)  # its requests, for the autoscaler (kept when replaced)
-    defaults: dict = field(default_factory=dict)  # generation defaults the router applies (TGI has none of its own)
+    defaults: dict = field(default_factory=dict)  # spec.serving.generation (the router applies it where
+    # engines.Engine.router_defaults says: TGI, which has none of its own; the others are started with it)
+    served: str = ""  # the name its engine serves it by (--served-model-name; "": `name`)
     name_bytes: bytes = field(init=False, repr=False)  # the name as a header value (x-modelship-model)
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode()
+
+    @property
+    def served_as_named(self) -> bool:
+        """Whether its engine must be asked by its served name (exchange.Exchange.shape)."""
+        return engine(self.engine).checks_model
 
     def names(self) -> list[str]:
         """Every name a request may use for it."""
@@ -163,7 +171,7 @@ class StaticEntry(api.LoadBalancing):
     baselines, are strategies here that the CRD does not offer."""
 
     name: str
-    engine: str = Field("llamacpp", pattern="^(tgi|llamacpp)$")
+    engine: Literal[tuple(ENGINES)] = "llamacpp"
     endpoints: list[str] = Field(default_factory=list)
     aliases: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
@@ -171,6 +179,9 @@ class StaticEntry(api.LoadBalancing):
     strategy: Literal[balance.STRATEGIES] = balance.DEFAULTS.strategy
     wakeable: bool = False  # as an autoscaled ModelDeployment that may sleep at zero replicas
     generation: api.GenerationDefaults | None = None  # as a ModelDeployment's spec.serving.generation
+    served_name: str | None = None  # the name its engine serves it by, where that is not `name`
+    kv_weight: float = Field(balance.KV_WEIGHT, ge=0)  # queue-aware: requests a full KV cache counts for (the
+    # benchmarks' knob: a ModelDeployment has the router's own figure)
 
     @model_validator(mode="after")
     def _served(self) -> StaticEntry:
@@ -191,8 +202,9 @@ def load_static(path: str | Path, seed: int | None = None) -> Registry:
     config = StaticFile.model_validate(yaml.safe_load(Path(path).read_text()) or {})
     reg = Registry()
     for m in config.models:
-        t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed),
+        t = Target(m.name, m.engine, balance.make(m.strategy, m.prefix_block_size, m.max_imbalance, seed, m.kv_weight),
                    aliases=m.aliases, tasks=m.tasks, fallback=m.fallback, wakeable=m.wakeable,
+                   served=m.served_name or "",
                    defaults=m.generation.model_dump(exclude_none=True) if m.generation else {})
         t.set_endpoints({u.rstrip("/"): True for u in m.endpoints})
         reg.put(t)

@@ -1,14 +1,17 @@
 """The tokens a request used, read from its answer on the way through: what the usage
 counters, the access log and the tokens-per-minute limits count.
 
-- A whole answer (not streamed) of the OpenAI routes carries `usage` (llama.cpp and TGI both
-  send it): exact. TGI's `/generate` says `details.generated_tokens` when asked for details.
+- A whole answer (not streamed) of the OpenAI routes carries `usage` (every engine sends it;
+  vLLM and SGLang may nest `prompt_tokens_details` in it): exact. TGI's `/generate` says
+  `details.generated_tokens` when asked for details.
 - A streamed answer: llama.cpp puts `usage` in its last event whether or not the client asked
-  (`stream_options.include_usage`); TGI does when asked, and its `/generate_stream` ends with
+  (`stream_options.include_usage`); TGI, vLLM and SGLang do when asked (vLLM and SGLang in an
+  event of its own, with empty `choices`, before `[DONE]`; their other events say
+  `"usage": null` or nothing), and TGI's `/generate_stream` ends with
   `details.generated_tokens`. The router looks for it in each chunk (a substring test) and
   reads the event that has it: exact. Where no event says it, the generated tokens are the
-  events counted, `[DONE]` aside (one token per event, as both engines send them: over by
-  the one event that carries only the role or the finish reason, where an engine sends one;
+  events counted, `[DONE]` aside (one token per event, as the engines send them: over by
+  the events that carry only the role or the finish reason, where an engine sends them;
   under where an engine sends several tokens in one event).
 - The prompt's tokens, where the answer does not say them: the request body's bytes / 4 (the
   usual rule for English text with BPE vocabularies, plus the JSON around it: over by the
