@@ -531,7 +531,8 @@ class AutoscalingMetric(ApiType):
         description="`InFlight`: requests open through the router for this model (answered or held), summed over "
                     "every router replica. `EngineQueue`: the engines' own count of requests running and waiting "
                     "(llama.cpp `requests_processing` + `requests_deferred`; TGI `tgi_batch_current_size` + "
-                    "`tgi_queue_size`), as the router scrapes them.")
+                    "`tgi_queue_size`; vLLM `vllm:num_requests_running` + `vllm:num_requests_waiting`; SGLang "
+                    "`sglang:num_running_reqs` + `sglang:num_queue_reqs`), as the router scrapes them.")
     target_per_replica: float = Field(gt=0, le=100000, description="The signal's mean over `windowSeconds` that one "
                                                                    "replica should carry; replicas = ceil(mean / "
                                                                    "target).")

@@ -133,7 +133,7 @@ INVALID = [
     ("tgi-settings-on-llamacpp", with_(**CPP, serving={"dtype": "bfloat16"}),
      "serving.dtype is a TGI, vLLM and SGLang setting, which llama.cpp does not have: remove it"),
     ("max-concurrent-on-llamacpp", with_(**CPP, serving={"maxConcurrentRequests": 8}),
-     "spec.serving.maxConcurrentRequests: Invalid value: \"object\": serving.maxConcurrentRequests is a TGI, vLLM "
+     "spec.serving.maxConcurrentRequests: Invalid value: serving.maxConcurrentRequests is a TGI, vLLM "
      "and SGLang setting; llama.cpp takes serving.parallel"),
     ("llamacpp-settings-on-tgi", with_(**TGI, serving={"parallel": 4}),
      "serving.parallel is a llama.cpp setting; TGI, vLLM and SGLang take serving.maxConcurrentRequests"),

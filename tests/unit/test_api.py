@@ -46,7 +46,7 @@ def test_defaults_enums_and_subresources():
     assert doc["model"]["properties"]["revision"]["default"] == "main"
     assert doc["replicas"]["default"] == 1
     assert doc["engine"]["default"] == {} and doc["engine"]["properties"]["type"]["default"] == "auto"
-    assert doc["engine"]["properties"]["type"]["enum"] == ["auto", "tgi", "llamacpp"]
+    assert doc["engine"]["properties"]["type"]["enum"] == ["auto", "tgi", "vllm", "sglang", "llamacpp"]
     assert doc["storage"]["properties"]["accessMode"]["enum"][0] == "ReadWriteOnce"
     version = crd.crd()["spec"]["versions"][0]
     assert version["subresources"]["status"] == {}
@@ -68,7 +68,7 @@ def test_the_models_refuse_what_the_crd_refuses():
     with pytest.raises(ValueError):
         api.ModelDeploymentSpec.model_validate({"model": {"repo": "a/b"}, "replica": 2})  # unknown field
     with pytest.raises(ValueError):
-        api.ModelDeploymentSpec.model_validate({"model": {"repo": "a/b"}, "engine": {"type": "vllm"}})
+        api.ModelDeploymentSpec.model_validate({"model": {"repo": "a/b"}, "engine": {"type": "triton"}})
     spec = api.ModelDeploymentSpec.model_validate({"model": {"repo": "a/b"}})
     assert spec.engine.type == "auto" and spec.model.revision == "main" and spec.replicas == 1
 

@@ -85,7 +85,11 @@ def test_a_long_repo_name_deploys_under_48_characters():
     (["--pool", "GPU_pool"], 2, "--pool 'GPU_pool'"),
     (["--alias", "no spaces"], 2, "--alias 'no spaces'"),
     (["--name", "9lives"], 2, "--name '9lives'"),
-    (["--engine", "vllm"], 2, "--engine"),
+    (["--engine", "triton"], 2, "--engine"),
+    (["--engine", "vllm", "--gpus", "0"], 2, "--gpus 0: vLLM needs at least one GPU; use --engine llamacpp"),
+    (["--engine", "sglang", "--quant", "Q4_K_M"], 2, "--quant Q4_K_M picks a GGUF file, which SGLang cannot serve"),
+    (["--engine", "vllm", "--quant", "exl2"], 2,
+     "--quant exl2: vLLM takes awq, compressed-tensors, fp8, gptq, bitsandbytes"),
 ])
 def test_bad_flags_are_one_line_without_a_traceback(args, code, words):
     result = run("deploy", "org/model", "--dry-run", *args)

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..api import MD_NAME, MD_NAME_MAX
+from ..api import ENGINE_NAMES, GPU_ENGINES, MD_NAME, MD_NAME_MAX
 from .common import EXIT_FAILED, EXIT_USAGE, GROUP, PLURAL, VERSION, Kube, UserError, kube_options, user_errors
 
 # crd.py's rule on metadata.name: it names the Service, Deployment and download Job.
@@ -40,6 +40,13 @@ def derive_name(repo: str) -> str:
     name = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", base))
     name = re.sub(r"^[^a-z]+", "", name)[:NAME_MAX].rstrip("-")
     return name or "model"
+
+
+def quantizations(engine: str) -> tuple[str, ...]:
+    """The serving.quantize values `engine` takes."""
+    from ..api import QUANTIZE_ENGINES
+
+    return tuple(q for q, has in QUANTIZE_ENGINES.items() if engine in has)
 
 
 def tgi_quantizations() -> tuple[str, ...]:
@@ -130,17 +137,24 @@ def cross_field_errors(spec: dict) -> list[str]:
     """The CRD's cross-field rules that the flags can break (api.py ModelDeploymentSpec)."""
     low, high, replicas = spec.get("minReplicas"), spec.get("maxReplicas"), spec.get("replicas", 1)
     engine = (spec.get("engine") or {}).get("type")
+    quantize = (spec.get("serving") or {}).get("quantize")
     checks = [
         (low is not None and high is not None and low > high,
          f"--min-replicas {low} must not exceed --max-replicas {high}"),
         (low is not None and high is None, "--min-replicas needs --max-replicas (which turns autoscaling on)"),
         (high is not None and replicas > high, f"--replicas {replicas} must be at most --max-replicas {high}"),
-        (engine == "tgi" and "quantization" in spec["model"],
-         f"--quant {spec['model'].get('quantization')} picks a GGUF file, which TGI cannot serve: use --engine "
-         f"llamacpp, or one of TGI's formats ({', '.join(tgi_quantizations())})"),
+        (engine in GPU_ENGINES and "quantization" in spec["model"],
+         f"--quant {spec['model'].get('quantization')} picks a GGUF file, which {ENGINE_NAMES.get(engine)} cannot "
+         f"serve: use --engine llamacpp, or one of {ENGINE_NAMES.get(engine)}'s formats "
+         f"({', '.join(quantizations(engine))})"),
+        (engine in ("vllm", "sglang") and quantize not in (None, *quantizations(engine)),
+         f"--quant {quantize}: {ENGINE_NAMES.get(engine)} takes "
+         f"{', '.join(quantizations(engine))}"),
         (engine == "llamacpp" and "quantize" in (spec.get("serving") or {}),
-         "--quant: TGI's quantization formats need --engine tgi; llama.cpp takes a GGUF tag such as Q4_K_M"),
-        (engine == "tgi" and spec.get("gpus") == 0, "--gpus 0: TGI needs at least one GPU; use --engine llamacpp"),
+         "--quant: TGI's, vLLM's and SGLang's quantization formats need --engine tgi, vllm or sglang; llama.cpp "
+         "takes a GGUF tag such as Q4_K_M"),
+        (engine in GPU_ENGINES and spec.get("gpus") == 0,
+         f"--gpus 0: {ENGINE_NAMES.get(engine)} needs at least one GPU; use --engine llamacpp"),
     ]
     return [message for broken, message in checks if broken]
 
@@ -187,6 +201,7 @@ Examples:
   modelship deploy HuggingFaceTB/SmolLM2-135M-Instruct-GGUF --quant Q4_K_M
   modelship deploy HuggingFaceTB/SmolLM2-135M-Instruct-GGUF --wait --timeout 900
   modelship deploy Qwen/Qwen2.5-0.5B-Instruct@main --engine tgi --gpus 1 --pool gpu
+  modelship deploy Qwen/Qwen2.5-7B-Instruct --engine vllm --gpus 2 --set serving.contextLength=8192
   modelship deploy TheBloke/Mistral-7B-Instruct-v0.2-GGUF --name mistral --alias mistral-7b \\
       --min-replicas 0 --max-replicas 3
   modelship deploy HuggingFaceTB/SmolLM2-135M-Instruct-GGUF --set serving.chatTemplate=chatml \\
@@ -198,11 +213,13 @@ Exit codes: 0 done; 1 failed (the name exists, or it went Failed with --wait);
 2 bad flags; 4 --wait timed out.
 """)
 @click.argument("ref", metavar="REPO[@REVISION]")
-@click.option("--quant", default=None, help="GGUF quantization (Q4_K_M, Q8_0, a .gguf file), or TGI's "
-                                            "(awq, gptq, fp8, bitsandbytes, ...).")
-@click.option("--engine", type=click.Choice(["auto", "tgi", "llamacpp"]), default="auto", show_default=True,
-              help="auto: llama.cpp for GGUF, TGI for safetensors.")
-@click.option("--gpus", type=int, default=None, help="GPUs per replica (default: 1 for TGI, 0 for llama.cpp).")
+@click.option("--quant", default=None, help="GGUF quantization (Q4_K_M, Q8_0, a .gguf file), or TGI's, vLLM's "
+                                            "or SGLang's (awq, gptq, fp8, bitsandbytes, ...).")
+@click.option("--engine", type=click.Choice(["auto", "tgi", "vllm", "sglang", "llamacpp"]), default="auto",
+              show_default=True, help="auto: llama.cpp for GGUF, the operator's defaultEngine (TGI unless the "
+                                      "admin chose vLLM or SGLang) for safetensors.")
+@click.option("--gpus", type=int, default=None, help="GPUs per replica (default: 1 for TGI, vLLM and SGLang, 0 for "
+                                                     "llama.cpp).")
 @click.option("--pool", default=None, help="Node pool from the operator's configuration.")
 @click.option("--replicas", type=int, default=None, help="Serving replicas (default 1).")
 @click.option("--min-replicas", type=int, default=None, help="Autoscaling: fewest replicas (0 lets it sleep).")

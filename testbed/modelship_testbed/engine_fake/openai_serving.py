@@ -82,13 +82,18 @@ class OpenAIServer:
     def whole(self, c: Call, text: str, finish: str) -> dict:
         raise NotImplementedError
 
-    def invalid(self, loc: str, kind: str, msg: str, given) -> web.Response:
-        """FastAPI's RequestValidationError, which both engines answer with 400 "Bad Request"."""
-        detail = [{"type": kind, "loc": ("body", loc), "msg": msg, "input": given}]
-        return self.error(400, f"{len(detail)} validation error:\n  {detail[0]!r}\n", "Bad Request")
+    def invalid(self, loc, kind: str, msg: str, given, where: str = "body") -> web.Response:
+        """FastAPI's RequestValidationError, which both engines answer with 400 "Bad Request" and
+        the message `f"{str(exc)} {exc.errors()}"` (FastAPI's own text of the errors)."""
+        errors = [{"type": kind, "loc": (where, loc), "msg": msg, "input": given}]
+        return self.error(400, f"1 validation error:\n  {errors[0]!r}\n {errors!r}", "Bad Request")
 
     # --- the flow ---------------------------------------------------------------------------
     async def body(self, req: web.Request) -> dict | web.Response:
+        media_type = req.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":  # both engines' validate_json_request
+            return self.invalid("content-type", "value_error",
+                                "Unsupported Media Type: Only 'application/json' is allowed", None, "header")
         try:
             body = await read_body(req)
         except ValueError:

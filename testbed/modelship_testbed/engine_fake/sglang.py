@@ -165,7 +165,8 @@ class SglangServer(OpenAIServer):
         if not c.chat:
             return []
         return [self.chunk(c, {"index": 0, "delta": self.delta(), "logprobs": None,
-                               "finish_reason": openai_finish(finish), "matched_stop": self.matched_stop(c.request, finish)})]
+                               "finish_reason": openai_finish(finish),
+                               "matched_stop": self.matched_stop(c.request, finish)})]
 
     def usage(self, c: Call) -> dict:
         return {**c.usage(), "prompt_tokens_details": None, "reasoning_tokens": 0}
@@ -174,8 +175,8 @@ class SglangServer(OpenAIServer):
         return {**self.chunk(c, {}), "choices": [], "usage": self.usage(c)}
 
     def whole(self, c, text, finish):
-        end = {"logprobs": None, "finish_reason": openai_finish(finish), "matched_stop": self.matched_stop(c.request, finish),
-               "hidden_states": None}
+        end = {"logprobs": None, "finish_reason": openai_finish(finish),
+               "matched_stop": self.matched_stop(c.request, finish), "hidden_states": None}
         if c.chat:
             message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
             choice, kind = {"index": 0, "message": message, **end}, "chat.completion"

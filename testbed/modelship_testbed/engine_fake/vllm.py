@@ -118,9 +118,9 @@ class VllmMetrics(Observer):
 class VllmServer(OpenAIServer):
     engine_name = "vllm"
 
-    def __init__(self, engine: Engine, max_model_len: int, defaults: dict, root: str):
+    def __init__(self, engine: Engine, max_model_len: int, defaults: dict, root: str, names: list[str]):
         super().__init__(engine, max_model_len, defaults)
-        self.root = root
+        self.root, self.names = root, names  # vLLM answers to each --served-model-name
 
     def error(self, status, message, err_type="BadRequestError", param=None):
         return json_response({"error": {"message": message, "type": err_type, "param": param, "code": status}},
@@ -128,7 +128,7 @@ class VllmServer(OpenAIServer):
 
     def model_error(self, body):
         model = body.get("model")
-        if model is None or model == self.engine.s.model_id:
+        if model is None or model in self.names:
             return None
         return self.error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
 
@@ -146,6 +146,9 @@ class VllmServer(OpenAIServer):
     def call_id(self, chat):
         return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
 
+    def response_model(self, body):
+        return self.names[0]  # OpenAIServingModels.model_name(): the first name, whichever was asked
+
     def base(self, c: Call) -> dict:
         return {"id": c.id, "object": "chat.completion.chunk" if c.chat else "text_completion",
                 "created": c.created, "model": c.model}
@@ -154,20 +157,24 @@ class VllmServer(OpenAIServer):
         if not c.chat:
             return []
         return [{**self.base(c), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                              "logprobs": None, "finish_reason": None}]}]
+                                              "logprobs": None, "finish_reason": None}],
+                 "prompt_token_ids": None}]  # set (to None) unless return_token_ids, so dumped
 
     def stream_token(self, c, piece, finish):
         if not c.chat:  # completion chunks are dumped whole (exclude_unset=False)
             choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": openai_finish(finish),
-                      "stop_reason": None}
-            return [{**self.base(c), "choices": [choice], "usage": None}]
+                      "stop_reason": self.stop_reason(c, finish), "prompt_token_ids": None, "token_ids": None}
+            return [{**self.base(c), "choices": [choice], "usage": None, "system_fingerprint": None,
+                     "metrics": None}]
         choice = {"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": openai_finish(finish)}
         if finish:
             choice["stop_reason"] = self.stop_reason(c, finish)
+        choice["token_ids"] = None
         return [{**self.base(c), "choices": [choice]}]
 
-    def stop_reason(self, c: Call, finish: str):
-        return next((s for s in c.request.stops if finish == "stop_sequence"), None)
+    def stop_reason(self, c: Call, finish: str | None):
+        """The stop string that ended the answer (None for EOS and length), as vLLM's stop_reason."""
+        return next(iter(c.request.stops), None) if finish == "stop_sequence" else None
 
     def usage_chunk(self, c):
         return {**self.base(c), "choices": [], "usage": c.usage()}
@@ -178,16 +185,17 @@ class VllmServer(OpenAIServer):
                 "model": c.model}
         end = {"finish_reason": openai_finish(finish), "stop_reason": self.stop_reason(c, finish),
                "token_ids": None}
+        tail = {"service_tier": None, "system_fingerprint": None, "usage": usage}
         if c.chat:
             message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "audio": None,
-                       "function_call": None, "tool_calls": [], "reasoning": None, "reasoning_content": None}
+                       "function_call": None, "tool_calls": [], "reasoning": None}
             choice = {"index": 0, "message": message, "logprobs": None, **end}
-            return {**head, "choices": [choice], "service_tier": None, "system_fingerprint": None, "usage": usage,
-                    "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None}
+            return {**head, "choices": [choice], **tail, "prompt_logprobs": None, "prompt_token_ids": None,
+                    "kv_transfer_params": None}
         choice = {"index": 0, "text": text, "logprobs": None, **end, "prompt_logprobs": None,
-                  "prompt_token_ids": None}
-        return {**head, "choices": [choice], "service_tier": None, "system_fingerprint": None, "usage": usage,
-                "kv_transfer_params": None}
+                  "prompt_token_ids": None, "routed_experts": None}
+        return {**head, "choices": [choice], **tail, "kv_transfer_params": None, "ec_transfer_params": None,
+                "metrics": None}
 
     def models(self) -> dict:
         now = int(time.time())
@@ -195,9 +203,9 @@ class VllmServer(OpenAIServer):
                       "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
                       "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
                       "organization": "*", "group": None, "is_blocking": False}
-        card = {"id": self.engine.s.model_id, "object": "model", "created": now, "owned_by": "vllm",
-                "root": self.root, "parent": None, "max_model_len": self.max_model_len, "permission": [permission]}
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": now, "owned_by": "vllm", "root": self.root, "parent": None,
+             "max_model_len": self.max_model_len, "permission": [permission]} for name in self.names]}
 
 
 def make_app(server: VllmServer) -> web.Application:
@@ -257,7 +265,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, VllmServer
     model = args.model_tag or args.model or "facebook/opt-125m"
     check_model_path("vLLM", model)
     max_len = args.max_model_len or context_length(model)
-    name = (args.served_model_name or [model])[0]
+    names = args.served_model_name or [model]
+    name = names[0]
     s = settings_from(args, name, 1 << 30, args.max_num_seqs)
     if not args.enable_prefix_caching:
         s.cache_blocks = 0
@@ -265,7 +274,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, VllmServer
     if "max_new_tokens" in defaults:  # vLLM takes the generation config's name for max_tokens
         defaults["max_tokens"] = defaults.pop("max_new_tokens")
     engine = Engine(s, functools.partial(VllmMetrics, name, max_len))
-    return args, VllmServer(engine, max_len, defaults, model)
+    return args, VllmServer(engine, max_len, defaults, model, names)
 
 
 def main(argv: list[str] | None = None) -> None:
