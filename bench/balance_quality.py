@@ -112,20 +112,37 @@ def conversation_blocks(kind: str, turns: int, doc_words: int) -> int:
     return math.ceil(len(tokenize(render_chat(messages))) / BLOCK_TOKENS)
 
 
-class Backends:
-    """`n` TGI fakes, started once and reset (`POST /fake/reset`) before each run."""
+ENGINE_ARGV = {  # each engine's fake, as the operator starts the engine (the served name: "bench")
+    "tgi": lambda port: ["-m", "modelship_testbed.tgi_fake", "--model-id", "org/bench", "--hostname", HOST,
+                         "--port", str(port), "--max-input-tokens", "16000", "--max-total-tokens", "16384"],
+    "vllm": lambda port: ["-m", "modelship_testbed.engine_fake.vllm", "serve", "org/bench", "--served-model-name",
+                          "bench", "--host", HOST, "--port", str(port), "--max-model-len", "16384"],
+    "sglang": lambda port: ["-m", "modelship_testbed.engine_fake.sglang", "--model-path", "org/bench",
+                            "--served-model-name", "bench", "--host", HOST, "--port", str(port), "--context-length",
+                            "16384", "--enable-metrics"],
+}
+HIT_RATE = {  # each engine's prefix-cache counters: (tokens found cached, prompt tokens)
+    "tgi": ("tgi_prefix_cache_hit_tokens", "tgi_request_input_tokens"),
+    "vllm": ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"),
+    "sglang": ("sglang:cached_tokens_total", "sglang:prompt_tokens_total"),
+}
 
-    def __init__(self, n: int, prefill_ms: float, cache_blocks: int, shared: bool):
+
+class Backends:
+    """`n` fakes of `engine`, started once and reset (`POST /fake/reset`) before each run."""
+
+    def __init__(self, n: int, prefill_ms: float, cache_blocks: int, shared: bool, engine: str = "tgi",
+                 kv_blocks: int | None = None):
         self.procs: list[subprocess.Popen] = []
         self.urls: list[str] = []
+        self.engine = engine
         for _ in range(n):
             port = free_port()
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "modelship_testbed.tgi_fake", "--model-id", "org/bench", "--hostname", HOST,
-                 "--port", str(port), "--fake-load-seconds", "0", "--fake-token-delay-ms", "2",
+                [sys.executable, *ENGINE_ARGV[engine](port), "--fake-load-seconds", "0", "--fake-token-delay-ms", "2",
                  "--fake-prefill-ms-per-token", str(prefill_ms), "--fake-cache-blocks", str(cache_blocks),
-                 "--max-input-tokens", "16000", "--max-total-tokens", "16384", "--fake-max-batch-size", "8",
-                 *(["--fake-prefill-shared"] if shared else [])],
+                 "--fake-max-batch-size", "8", *(["--fake-prefill-shared"] if shared else []),
+                 *(["--fake-kv-blocks", str(kv_blocks)] if kv_blocks else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             self.urls.append(f"http://{HOST}:{port}")
         self.http = httpx.Client(timeout=10)
@@ -149,11 +166,13 @@ class Backends:
 
     def hit_rate(self) -> float:
         hit = total = 0.0
+        hits, prompts = HIT_RATE[self.engine]
         for u in self.urls:
             for line in self.http.get(f"{u}/metrics").text.splitlines():
-                if line.startswith("tgi_prefix_cache_hit_tokens "):
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                if name == hits:
                     hit += float(line.split()[-1])
-                elif line.startswith("tgi_request_input_tokens "):
+                elif name == prompts:
                     total += float(line.split()[-1])
         return hit / total if total else 0.0
 
@@ -167,7 +186,7 @@ class RouterFailed(Exception):
 
 
 def start_routers(strategy: str, backends: list[str], replicas: int, workdir: Path, source: str | None,
-                  exe: str | None) -> tuple[list[subprocess.Popen], list[str]]:
+                  exe: str | None, engine: str = "tgi") -> tuple[list[subprocess.Popen], list[str]]:
     """`replicas` routers for one row (`<ours>`, `baseline:<ours>` or `vllm-router:<policy>`), each
     with state of its own: all started, then waited for (they start faster side by side)."""
     started = []
@@ -176,7 +195,7 @@ def start_routers(strategy: str, backends: list[str], replicas: int, workdir: Pa
             started.append(start_vllm_router(exe, backends, strategy.split(":", 1)[1], ready=False))
         else:
             name, src = (strategy.split(":", 1)[1], source) if strategy.startswith("baseline:") else (strategy, None)
-            started.append(modelship_router(backends, name, workdir, engine="tgi", scrape_interval=0.5, source=src,
+            started.append(modelship_router(backends, name, workdir, engine=engine, scrape_interval=0.5, source=src,
                                             ready=False))
     procs, urls = [p for p, _ in started], [u for _, u in started]
     try:
@@ -274,7 +293,7 @@ def run_one(r: Run, backends: Backends, workdir: Path, source: str | None, exe: 
     """One row: backends reset, fresh routers, the workload; None when the routers do not start."""
     backends.reset(r.cache_blocks)
     try:
-        procs, urls = start_routers(r.strategy, backends.urls, r.replicas, workdir, source, exe)
+        procs, urls = start_routers(r.strategy, backends.urls, r.replicas, workdir, source, exe, backends.engine)
     except RouterFailed as e:
         print(f"{cell_label(r)}  {r.strategy:<24} skipped: the router {e}", flush=True)
         return None
@@ -320,12 +339,13 @@ def single(args: argparse.Namespace, strategies: list[str], exe: str | None, tmp
     prefill = args.prefill or "parallel"
     doc_words = args.document_words or 1200
     prefill_ms = args.prefill_ms or 0.5
-    print(f"workload {args.workload}: {args.backends} backends, {args.conversations} conversations x "
+    print(f"workload {args.workload}: {args.backends} {args.engine} backends, {args.conversations} conversations x "
           f"{args.turns} turns, {args.concurrency} at a time, prefill {prefill_ms} ms per uncached token "
-          f"({prefill}), {args.cache_blocks} cache blocks of 16 tokens per backend, router replicas: "
+          f"({prefill}), {args.cache_blocks} cache blocks of 16 tokens per backend"
+          + (f", KV caches of {args.kv_blocks} blocks" if args.kv_blocks else "") + ", router replicas: "
           f"{args.router_replicas} (client: {args.client})")
     print(HEADER)
-    backends = Backends(args.backends, prefill_ms, args.cache_blocks, prefill == "shared")
+    backends = Backends(args.backends, prefill_ms, args.cache_blocks, prefill == "shared", args.engine, args.kv_blocks)
     results = []
     try:
         for strategy in strategies:
@@ -366,7 +386,7 @@ def matrix(args: argparse.Namespace, strategies: list[str], exe: str | None, tmp
     results: list[Run] = []
     started, i = time.monotonic(), 0
     for n in dims[0]:
-        backends = Backends(n, prefill_ms, 1, prefill == "shared")
+        backends = Backends(n, prefill_ms, 1, prefill == "shared", args.engine, args.kv_blocks)
         try:
             for turns in dims[1]:
                 concurrency = CONCURRENCY_PER_BACKEND * n
@@ -452,6 +472,10 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=("documents", "system-prompts"), default="documents")
     ap.add_argument("--backends", type=int, default=4)
+    ap.add_argument("--engine", choices=tuple(ENGINE_ARGV), default="tgi",
+                    help="the engine the fakes speak (vllm and sglang report KV-cache use)")
+    ap.add_argument("--kv-blocks", type=int, help="each fake's KV cache, in blocks of 16 tokens (the fakes' "
+                                                  "default: 2048); requests wait when it is full")
     ap.add_argument("--conversations", type=int, default=48)
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=16)

@@ -260,3 +260,15 @@ def test_the_openapi_document_names_the_engines():
     name = doc["paths"]["/models/{name}/generate"]["post"]["parameters"][0]["description"]
     assert name == ("the ModelDeployment (or alias) served by TGI (one served by vLLM, SGLang, llama.cpp: 400 "
                     "`unsupported_api`, it has the OpenAI routes only)")
+
+
+def test_discovered_vllm_targets_are_asked_by_the_modeldeployments_name():
+    from modelship.router.discovery import State
+    from modelship.router.registry import Registry
+
+    s, reg = State(), Registry()
+    s.on_model("ADDED", {"metadata": {"namespace": "a", "name": "chat"}, "spec": {"router": {"aliases": ["gpt"]}},
+                         "status": {"resolved": {"engine": "vllm"}}})
+    s.apply(reg)
+    t = reg.lookup("gpt")
+    assert (t.name, t.engine, t.served, t.served_as_named) == ("a/chat", "vllm", "chat", True)

@@ -8,7 +8,8 @@ endpoints' counters and calls `pick`, then `served` with the endpoint that answe
 - `round-robin`: the next endpoint in turn (the baseline benchmarks compare with).
 - `least-load`: power of two choices on the requests this router has in flight.
 - `queue-aware`: the same on the engines' own load, scraped from their metrics (their
-  running requests where those are more than this router's, plus their queues).
+  running requests where those are more than this router's, plus their queues; their KV
+  cache's use only at `kv_weight`, 0 by default: it did not help, bench/README.md §3b).
 - `prefix-cache`: every router replica agrees, with no shared state, on a home for each
   conversation: rendezvous hashing of its opener (the messages up to and including the
   first user message; a completion's first characters) over the model's endpoints. The
@@ -38,7 +39,7 @@ from ..api import LoadBalancing
 DEFAULTS = LoadBalancing()  # a ModelDeployment's `router.loadBalancing` defaults: api.py holds each one
 BLOCK_CHARS = DEFAULTS.prefix_block_size  # ~32 tokens: a prefix cache hit is counted in whole blocks
 _M64 = (1 << 64) - 1
-KV_WEIGHT = 0.0  # queue-aware: requests a full KV cache counts for (bench/README.md: measured, see docs/router.md)
+KV_WEIGHT = 0.0  # queue-aware: requests a full KV cache counts for (0: not counted; bench/README.md §3b)
 
 
 def stable_hash(text: str) -> int:
