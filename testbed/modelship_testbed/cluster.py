@@ -161,8 +161,9 @@ def down(keep_data: bool = False, log: Log = print) -> None:
     # (The components the status file recorded are killed too if they outlive the supervisor,
     # e.g. after a SIGKILLed supervisor whose children ignored SIGTERM; then recorded pods.)
     log("stopped the test bed" if procs.stop_supervisor(d, 90) else "the test bed is not running")
-    procs.kill_recorded(d / "localnode" / "pids")
-    _remove_created_mountpoints(d)
+    for root in [d / "localnode", *(d / "localnode" / "nodes").glob("*")]:  # extra nodes' too (tests')
+        procs.kill_recorded(root / "pids")
+        _remove_created_mountpoints(root)
     if not keep_data:
         for sub in ("etcd", "localnode", "volumes", "logs", "status.json", "controller-manager", "scheduler"):
             target = d / sub
@@ -172,9 +173,9 @@ def down(keep_data: bool = False, log: Log = print) -> None:
                 target.unlink(missing_ok=True)
 
 
-def _remove_created_mountpoints(d: Path) -> None:
-    """Empty folders the local node had to create on the host as mount points."""
-    record = d / "localnode" / "created-mountpoints"
+def _remove_created_mountpoints(root: Path) -> None:
+    """Empty folders a local node had to create on the host as mount points."""
+    record = root / "created-mountpoints"
     if not record.exists():
         return
     for line in sorted(set(record.read_text().split("\n")), key=len, reverse=True):

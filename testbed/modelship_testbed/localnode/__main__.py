@@ -1,3 +1,3 @@
-from .agent import main
+from .cli import main
 
 main()

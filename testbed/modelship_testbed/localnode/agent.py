@@ -6,11 +6,15 @@ gpu pool's labels and taint), keeps its Lease fresh, runs the pods bound to it (
 PersistentVolumes for its StorageClass as local folders, and serves the kubelet's log
 endpoint so that `kubectl logs` works (plain HTTP on 127.0.0.1, behind `kubelet-streaming`,
 which holds the kubelet port and serves `kubectl port-forward` itself; see kubelet_api.py).
+
+A node named other than the test bed's local node is an extra one beside it (tests start one
+as a GPU node: see `extra.py`): the flags override the test bed's GPUs, pod addresses and
+kubelet ports for it; it keeps its pods, processes and records under `localnode/nodes/NAME`,
+and it provisions no volumes (the local node does, as folders every node of this machine sees).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import ipaddress
@@ -18,14 +22,13 @@ import json
 import logging
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import httpx
 from kubernetes import client
 
 from ..binaries import KUBERNETES_VERSION
-from ..config import TestbedConfig
+from ..config import LOCAL_NODE_NAME, TestbedConfig
 from .. import procs
 from ..nodepools import GPU_RESOURCE, GPU_TAINT, PROVISIONER, pool_labels
 from . import kube
@@ -45,11 +48,22 @@ def _mem_kib() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
+def node_root(cfg: TestbedConfig, name: str) -> Path:
+    """The node's own folder: the test bed's local node's, or an extra node's beside it."""
+    return cfg.dir / "localnode" if name == LOCAL_NODE_NAME else cfg.dir / "localnode" / "nodes" / name
+
+
 class Agent:
-    def __init__(self, cfg: TestbedConfig, name: str):
+    labels: dict[str, str] = {}  # more Node labels, and taints, than the pool's (never mutated)
+    taints: list[dict] = []
+
+    def __init__(self, cfg: TestbedConfig, name: str, labels: dict[str, str] | None = None,
+                 taints: list[dict] | None = None, pass_env: list[str] | None = None):
         self.cfg = cfg
         self.name = name
-        self.root = cfg.dir / "localnode"
+        self.labels, self.taints = dict(labels or {}), list(taints or [])
+        self.provisions = name == LOCAL_NODE_NAME  # one provisioner for the test bed's volumes
+        self.root = node_root(cfg, name)
         self.pods_dir = self.root / "pods"
         self.pids_dir = self.root / "pids"
         self.volumes_dir = cfg.dir / "volumes"
@@ -72,6 +86,9 @@ class Agent:
             f"KUBERNETES_PORT_{port}_TCP_ADDR": "127.0.0.1", f"KUBERNETES_PORT_{port}_TCP_PORT": port,
             f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
         }
+        # Variables of the agent's own environment every container gets too (an extra node
+        # started from a checkout passes PYTHONPATH: its pods run that checkout's fakes).
+        self.service_env.update({k: os.environ[k] for k in pass_env or [] if k in os.environ})
         self.workers: dict[str, PodWorker] = {}
         self.finished: set[str] = set()
         self.ips: dict[str, str] = {}
@@ -201,7 +218,8 @@ class Agent:
         gpus = self.cfg.local_node_gpus
         pool = "gpu" if gpus else "cpu"
         labels = {**pool_labels(pool, self.name, self.cfg.gpu_product, gpus),
-                  "modelship.io/local-node": "true", "node.kubernetes.io/instance-type": "local-processes"}
+                  "modelship.io/local-node": "true", "node.kubernetes.io/instance-type": "local-processes",
+                  **self.labels}
         disk = shutil.disk_usage(self.cfg.dir)
         capacity = {"cpu": str(os.cpu_count() or 1), "memory": f"{_mem_kib()}Ki", "pods": "110",
                     "ephemeral-storage": f"{disk.total // 1024}Ki"}
@@ -210,7 +228,7 @@ class Agent:
         return {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.name, "labels": labels},
-            "spec": {"taints": [GPU_TAINT] if gpus else []},
+            "spec": {"taints": ([GPU_TAINT] if gpus else []) + self.taints},
             "status": {
                 "capacity": capacity, "allocatable": capacity,
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
@@ -388,16 +406,19 @@ class Agent:
         server = await serve(self, self.cfg)
         pods = kube.Informer("pods", self.core.list_pod_for_all_namespaces, loop, self.on_pod,
                              field_selector=f"spec.nodeName={self.name}")
-        pvcs = kube.Informer("pvcs", self.core.list_persistent_volume_claim_for_all_namespaces, loop,
-                             self.on_volume_change)
-        pvs = kube.Informer("pvs", self.core.list_persistent_volume, loop, self.on_volume_change)
-        for inf in (pods, pvcs, pvs):
+        informers, tasks = [pods], [asyncio.create_task(self.heartbeat())]
+        if self.provisions:
+            pvcs = kube.Informer("pvcs", self.core.list_persistent_volume_claim_for_all_namespaces, loop,
+                                 self.on_volume_change)
+            pvs = kube.Informer("pvs", self.core.list_persistent_volume, loop, self.on_volume_change)
+            informers += [pvcs, pvs]
+            tasks.append(asyncio.create_task(self.provisioner(pvcs, pvs)))
+        for inf in informers:
             inf.start()
-        tasks = [asyncio.create_task(self.heartbeat()), asyncio.create_task(self.provisioner(pvcs, pvs))]
         log.info("local node %s ready", self.name)
         await stop.wait()
         log.info("stopping: terminating %d pods", len(self.workers))
-        for inf in (pods, pvcs, pvs):
+        for inf in informers:
             inf.stop()
         for t in tasks:
             t.cancel()
@@ -405,23 +426,3 @@ class Agent:
                                for w in list(self.workers.values())), return_exceptions=True)
         await server.cleanup()
         await self.http.aclose()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="modelship_testbed.localnode")
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--name", required=True)
-    args = parser.parse_args(argv)
-    os.environ["MODELSHIP_TESTBED_DIR"] = args.state_dir
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
-    cfg = TestbedConfig.load(Path(args.state_dir) / "config.json")
-
-    async def amain() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Agent(cfg, args.name).run(stop)
-
-    asyncio.run(amain())
