@@ -77,7 +77,7 @@ def test_vllm_reads_flags_as_its_flexible_argument_parser():
     (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
 ])
 def test_sglang_refuses_what_sglang_refuses(flags, said, capsys):
-    code, err = exit_code(sglang.parser().parse_args, ["--model-path", "org/tiny", *flags], capsys)
+    code, err = exit_code(sglang.parse, ["--model-path", "org/tiny", *flags], capsys)
     assert code == 2 and said in err, err
 
 
