@@ -14,7 +14,7 @@ import pytest
 import yaml
 from modelship_testbed.procs import stop
 
-from .test_router import HOST, error, free_port, start
+from .test_router import HI, HOST, error, free_port, start
 
 ENGINES = {  # engine -> (fake's argv for a served name and a port, the OpenAI error shape it sends)
     "vllm": lambda name, port: [sys.executable, "-m", "modelship_testbed.engine_fake.vllm", "serve", "org/tiny",
@@ -49,7 +49,8 @@ def router(fakes, tmp_path_factory):
     config = {"models": [
         {"name": "vm", "engine": "vllm", "endpoints": fakes["vllm"], "aliases": ["vm-latest"], "tasks": ["chat"],
          "strategy": "queue-aware"},
-        {"name": "sg", "engine": "sglang", "endpoints": fakes["sglang"], "strategy": "queue-aware"},
+        {"name": "sg", "engine": "sglang", "endpoints": fakes["sglang"], "aliases": ["qwen2.5:7b"],
+         "strategy": "queue-aware"},
         {"name": "gone", "engine": "vllm", "endpoints": [f"http://{HOST}:{free_port()}"], "fallback": ["vm"]},
     ]}
     path = tmp_path_factory.mktemp("router") / "static.yaml"
@@ -97,6 +98,21 @@ def test_vllm_is_reached_by_alias_task_and_as_a_fallback(router):
     for name in ("vm-latest", "chat", "gone"):  # vLLM itself would answer 404 to each of these names
         r = client.chat.completions.create(model=name, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
         assert r.model == "vm" and r.choices[0].message.content, name
+
+
+def test_sglang_is_reached_by_an_alias_with_a_colon(router, fakes):
+    """SGLang reads `base:adapter` in `model` as a LoRA adapter (400 without LoRA): the router
+    asks it by its served name."""
+    from openai import OpenAI
+
+    asked = httpx.post(f"{fakes['sglang'][0]}/v1/chat/completions", json={"model": "qwen2.5:7b", "messages": HI})
+    assert asked.status_code == 400 and "LoRA adapter '7b' was requested" in asked.json()["message"]
+    client = OpenAI(base_url=f"{router}/v1", api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model="qwen2.5:7b", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    assert r.model == "sg" and r.choices[0].message.content
+    streamed = list(client.chat.completions.create(model="qwen2.5:7b", max_tokens=2, stream=True,
+                                                   messages=[{"role": "user", "content": "hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
 
 @pytest.mark.parametrize("model, engine", [("vm", "vLLM"), ("sg", "SGLang")])

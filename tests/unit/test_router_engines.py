@@ -180,8 +180,9 @@ def test_generation_defaults_are_applied_where_the_engine_would_not():
     assert orjson.loads(asyncio.run(shaped("sglang", {"top_k": 0})))["top_k"] == -1
 
 
-def test_vllm_is_asked_by_its_served_name_whatever_name_the_request_used():
-    """vLLM answers 404 for a `model` that is not its --served-model-name: a request by alias,
+def test_vllm_and_sglang_are_asked_by_their_served_name_whatever_name_the_request_used():
+    """vLLM answers 404 for a `model` that is not its --served-model-name, and SGLang reads a
+    ':' in it as a LoRA adapter's name (400 without LoRA): a request by alias (qwen2.5:7b),
     task or `namespace/name`, or one a fallback answers, is sent with the served name."""
     from modelship.router.exchange import Exchange
     from modelship.router.registry import Target
@@ -198,8 +199,45 @@ def test_vllm_is_asked_by_its_served_name_whatever_name_the_request_used():
     same = orjson.dumps({"model": "m", "messages": HI})
     assert asyncio.run(sent(vllm, "m")) == same and vllm.served_as_named
     assert orjson.loads(asyncio.run(sent(Target("m2", "vllm"), "alias")))["model"] == "m2"  # (static: its name)
-    for other in ("sglang", "tgi", "llamacpp"):  # they serve any name
+    sglang = Target("ns/m", "sglang", served="m")
+    assert sglang.served_as_named and orjson.loads(asyncio.run(sent(sglang, "qwen2.5:7b")))["model"] == "m"
+    assert asyncio.run(sent(sglang, "m")) == same
+    for other in ("tgi", "llamacpp"):  # they serve any name
         assert orjson.loads(asyncio.run(sent(Target("ns/m", other, served="m"), "chat")))["model"] == "chat"
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm", "sglang", "llamacpp"])
+def test_a_request_without_a_limit_reserves_the_models_max_new_tokens_whichever_engine_applies_it(engine):
+    """The tokens taken from the limits at admission: the prompt's estimate and the answer's
+    most, the request's max_tokens, else the model's maxNewTokens (the router applies it to
+    TGI and SGLang; vLLM and llama.cpp are started with it: the answer is as long)."""
+    from modelship.router import usage
+    from modelship.router.errors import ErrorAnswer
+    from modelship.router.exchange import Exchange
+    from modelship.router.registry import Target
+
+    target = Target("m", engine, defaults={"max_new_tokens": 500})
+    app, taken = app_with([target]), []
+
+    def admit(caller, model, started, tokens):
+        taken.append(tokens)
+        e = ErrorAnswer(429, "stop here")
+        e.limit = "tokens"
+        raise e
+
+    async def sent(raw: bytes, body: dict) -> bytes:  # the bytes sent: the router's defaults count in the estimate
+        ex = Exchange(target, target, "/v1/chat/completions", raw, body, "chat", None, None)
+        ex.shape(target)
+        return ex.raw
+
+    app.quotas.admit = admit
+    expected = []
+    for body, most in (({"model": "m", "messages": HI}, 500), ({"model": "m", "messages": HI, "max_tokens": 7}, 7)):
+        raw = orjson.dumps(body)
+        r = call(app, "POST", "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 429
+        expected.append(usage.estimate("chat", body, len(asyncio.run(sent(raw, body))))[0] + most)
+    assert taken == expected and expected[0] > 500
 
 
 def test_usage_of_vllm_and_sglang_answers():

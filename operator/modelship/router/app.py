@@ -221,8 +221,8 @@ class Router:
         if self.model_limits:
             self._limit_model(named)
         prompt, most = usage.estimate(ex.kind, ex.body, len(ex.raw))
-        if not most and engine(named.engine).router_defaults:
-            most = named.defaults.get("max_new_tokens", 0)  # (the router applies it)
+        if not most:  # the model's maxNewTokens, whichever applies it (the router, or the engine itself)
+            most = named.defaults.get("max_new_tokens", 0)
         call.estimate, call.reserved = prompt, prompt + most
         try:
             admission = self.quotas.admit(call.caller, named.name, call.started, prompt + most)

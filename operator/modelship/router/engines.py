@@ -23,7 +23,11 @@ class Engine:
     # vLLM (--override-generation-config) and llama.cpp (--temp ...) apply them: bodies left as sent.
     router_defaults: bool = False
     openai_top_k: bool = False  # its OpenAI routes take top_k (an extension; TGI's take none)
-    checks_model: bool = False  # answers 404 to a request whose `model` is not its served name
+    # Must be asked by its served name: the router writes it into `model` on the OpenAI routes.
+    # vLLM answers 404 to any other name; SGLang reads a `model` with ':' as `base:adapter`
+    # (a LoRA adapter) and answers 400 when LoRA is not enabled, so an alias like qwen2.5:7b
+    # must not reach it. TGI and llama.cpp serve whatever `model` says.
+    served_name: bool = False
     running: tuple[str, ...] = ()  # gauges: requests the engine is working on
     waiting: tuple[str, ...] = ()  # gauges: requests queued
     kv_usage: tuple[str, ...] = ()  # gauges: the KV cache's share in use, 0..1
@@ -32,11 +36,11 @@ class Engine:
 ENGINES = {e.name: e for e in (
     Engine("tgi", "TGI", tgi_api=True, router_defaults=True,
            running=("tgi_batch_current_size",), waiting=("tgi_queue_size",)),
-    Engine("vllm", "vLLM", checks_model=True,
+    Engine("vllm", "vLLM", served_name=True,
            running=("vllm:num_requests_running",), waiting=("vllm:num_requests_waiting",),
            kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),  # (the second: older, deprecated)
-    Engine("sglang", "SGLang", router_defaults=True, openai_top_k=True, running=("sglang:num_running_reqs",), waiting=("sglang:num_queue_reqs",),
-           kv_usage=("sglang:token_usage",)),
+    Engine("sglang", "SGLang", router_defaults=True, openai_top_k=True, served_name=True,
+           running=("sglang:num_running_reqs",), waiting=("sglang:num_queue_reqs",), kv_usage=("sglang:token_usage",)),
     Engine("llamacpp", "llama.cpp", running=("llamacpp:requests_processing",),
            waiting=("llamacpp:requests_deferred",)),
 )}

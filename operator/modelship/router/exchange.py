@@ -114,8 +114,9 @@ class Exchange:
         """The body for `target`: with its generation defaults where the router applies them
         (TGI, which has none of its own, and SGLang's OpenAI routes: validate.apply_defaults;
         vLLM and llama.cpp are started with them, engines.py), and naming the model as the engine serves it where
-        the engine answers 404 for any other name (vLLM: a request by alias, task, namespace or
-        for a fallback); as the client sent it, byte for byte, otherwise."""
+        the engine must be asked so (engines.Engine.served_name: vLLM answers 404 for any other
+        name, SGLang reads a ':' as a LoRA adapter's; a request by alias, task, namespace or for a
+        fallback); as the client sent it, byte for byte, otherwise."""
         kind, changed = self.kind, False
         if kind == "info":
             self.raw = self.given
@@ -125,7 +126,7 @@ class Exchange:
             body = orjson.loads(self.given)
             changed = apply_defaults(kind, body, target.defaults, top_k=e.openai_top_k)
         served = target.served or target.name
-        if e.checks_model and kind != "tgi" and self.body.get("model") != served:
+        if e.served_name and kind != "tgi" and self.body.get("model") != served:
             body = body if body is not None else orjson.loads(self.given)
             body["model"], changed = served, True
         self.raw = orjson.dumps(body) if changed else self.given

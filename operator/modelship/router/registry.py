@@ -43,7 +43,7 @@ class Target:
     @property
     def served_as_named(self) -> bool:
         """Whether its engine must be asked by its served name (exchange.Exchange.shape)."""
-        return engine(self.engine).checks_model
+        return engine(self.engine).served_name
 
     def names(self) -> list[str]:
         """Every name a request may use for it."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 DEFAULT_CONTEXT = 4096
@@ -37,6 +37,11 @@ def check_model_path(engine: str, model: str) -> None:
         raise SystemExit(f"fake {engine}: model path {model} does not exist")
 
 
-def unknown_flags(engine: str, unknown: list[str]) -> None:
-    if unknown:
-        print(f"fake {engine}: ignoring flags {unknown}", file=sys.stderr, flush=True)
+def known_flags(p: argparse.ArgumentParser, switches: tuple[str, ...], valued: tuple[str, ...]) -> None:
+    """Real flags of the engine that the fake takes and ignores (a switch, or one value), so
+    that a command line the engine would take starts the fake; any other flag is an error
+    (exit 2), as the engines' own argparse parsers make it."""
+    for flag in switches:
+        p.add_argument(flag, action="store_true", dest=f"ignored_{flag}", help=argparse.SUPPRESS)
+    for flag in valued:
+        p.add_argument(flag, dest=f"ignored_{flag}", help=argparse.SUPPRESS)

@@ -1,22 +1,27 @@
 """An SGLang stand-in that speaks its HTTP server's protocol (test code only).
 
 Run as the image runs SGLang: `python -m modelship_testbed.engine_fake.sglang --model-path P
---served-model-name X --host H --port N --context-length L --enable-metrics ...` (unknown
-flags are ignored with a line on stderr). Written from SGLang's own source (python/sglang/srt:
+--served-model-name X --host H --port N --context-length L --enable-metrics ...` (a flag the
+fake does not know exits 2, as SGLang's argparse parser; `--dtype` and `--quantization` take
+v0.5.20's choices). Written from SGLang's own source (python/sglang/srt:
 entrypoints/http_server.py, entrypoints/openai/protocol.py and serving_chat.py /
-serving_completions.py, managers/tokenizer_manager.py, metrics/collector.py), 0.5 series:
+serving_completions.py, managers/tokenizer_manager.py, metrics/collector.py), v0.5.20 (the pinned image):
 
 - errors are flat `{"object": "error", "message", "type", "param", "code"}`; a prompt of the
   context length or more is 400 "The input (N tokens) is longer than the model's context
   length (M tokens)."; a prompt plus `max_tokens` past it is 400 "Requested token count
   exceeds ..."; a body FastAPI cannot read is 400 "Bad Request"; any `model` is served (and
-  echoed back in the answer), as SGLang does without LoRA adapters;
+  echoed back in the answer), as SGLang does without LoRA adapters, except one with a ':'
+  naming an adapter (`base:adapter`, SGLang's LoRA syntax): 400 "LoRA adapter 'adapter' was
+  requested, but LoRA is not enabled. ..." (type "BadRequest"; the fake answers a stream so
+  too, before its first event);
 - streams are `data: <json>` events with every field (pydantic's full dump): a first chunk
   with the role, content chunks, the finish reason in a chunk of its own (with
   `matched_stop`), the usage chunk when `stream_options.include_usage`, then `data: [DONE]`;
   ids are bare hex, as SGLang's request ids;
-- the server listens at once and `/health` answers 503 until the model is "loaded"
-  (`--fake-load-seconds`), then 200 with no body; `/v1/models`, `/get_model_info`, and the
+- as SGLang 0.5.20 loads the model before uvicorn starts, the fake does not listen until the
+  model is "loaded" (`--fake-load-seconds`); then `/health` answers 503 during the warm-up
+  (`--fake-warmup-seconds`, 0 with `--skip-server-warmup`), then 200 with no body; `/v1/models`, `/get_model_info`, and the
   native `POST /generate` (engine_fake.sglang_native);
 - `/metrics` only with `--enable-metrics`, with SGLang's names, types and labels:
   `sglang:num_running_reqs`, `sglang:num_queue_reqs`, `sglang:token_usage`,
@@ -37,12 +42,25 @@ import time
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .core import BLOCK, Engine, Observer, add_fake_flags, reset_handler, serve, settings_from
-from .modelinfo import check_model_path, context_length, unknown_flags
+from .core import BLOCK, Engine, Observer, add_fake_flags, env_value, reset_handler, serve, settings_from
+from .modelinfo import check_model_path, context_length, known_flags
 from .openai_serving import Call, OpenAIServer, json_response, openai_finish, routes
 from .sglang_native import generate_route
 
-VERSION = "0.5.4"
+VERSION = "0.5.20"  # the pinned image's release (lmsysorg/sglang:v0.5.20)
+# v0.5.20: srt/arg_groups/fields/model.py (dtype), srt/arg_groups/choices.py QUANTIZATION_CHOICES.
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+QUANTIZATION_CHOICES = (
+    "awq", "fp8", "mxfp8", "gptq", "gptq_marlin", "awq_marlin", "bitsandbytes", "gguf", "modelopt", "modelopt_fp8",
+    "modelopt_fp4", "nvfp4_online", "modelopt_mixed", "petit_nvfp4", "w8a8_int8", "w8a8_fp8", "moe_wna16", "w4afp8",
+    "mxfp4", "auto-round", "auto-round-int8", "compressed-tensors", "modelslim", "mxfp_w4a8", "quark",
+    "quark_int4fp8_moe", "quark_mxfp4", "mlx_q4", "mlx_q8", "unquant", "humming")
+IGNORED_SWITCHES = ("--trust-remote-code", "--enable-torch-compile", "--disable-cuda-graph", "--log-requests",
+                    "--enable-mixed-chunk", "--enable-lora")
+IGNORED_VALUED = ("--schedule-policy", "--chunked-prefill-size", "--max-total-tokens", "--max-prefill-tokens",
+                  "--kv-cache-dtype", "--random-seed", "--dp-size", "--pp-size", "--attention-backend",
+                  "--log-level", "--api-key", "--tokenizer-path", "--revision", "--load-format", "--chat-template",
+                  "--tool-call-parser", "--reasoning-parser", "--max-loras-per-batch", "--lora-paths")
 EOS_TOKEN_ID = 2  # what `matched_stop` says when the fake "model" stops on its own
 TTFT_BUCKETS = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400]
 E2E_BUCKETS = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200, 1800, 2400]
@@ -130,6 +148,17 @@ class SglangServer(OpenAIServer):
 
     def messages_error(self, messages):
         return None if messages else self.error(400, "Messages cannot be empty.")
+
+    def model_error(self, body):
+        """SGLang reads `base:adapter` as a LoRA adapter (serving_base._parse_model_parameter),
+        refused when LoRA is not enabled (tokenizer_manager._validate_and_resolve_lora)."""
+        model = body.get("model")
+        adapter = model.split(":", 1)[1].strip() if isinstance(model, str) and ":" in model else ""
+        if not adapter:
+            return None
+        return self.error(400, f"LoRA adapter '{adapter}' was requested, but LoRA is not enabled. Please launch the "
+                               f"server with --enable-lora flag and preload adapters using --lora-paths or "
+                               f"/load_lora_adapter endpoint.", "BadRequest")
 
     def response_model(self, body):
         return body.get("model") or "default"
@@ -232,18 +261,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-running-requests", type=int, default=None)
     p.add_argument("--tp-size", "--tensor-parallel-size", type=int, default=1)
     p.add_argument("--mem-fraction-static", type=float, default=None)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--quantization", default=None)
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--quantization", default=None, choices=QUANTIZATION_CHOICES)
     p.add_argument("--enable-metrics", action="store_true")
     p.add_argument("--disable-radix-cache", action="store_true")
     p.add_argument("--preferred-sampling-params", type=json.loads, default=None)
+    p.add_argument("--skip-server-warmup", action="store_true")
+    known_flags(p, IGNORED_SWITCHES, IGNORED_VALUED)
     add_fake_flags(p, ("SGLANG_FAKE_",), None)
+    p.add_argument("--fake-warmup-seconds", type=float, default=float(env_value(("SGLANG_FAKE_",), "WARMUP_SECONDS",
+                                                                                0.2)))
     return p
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, SglangServer]:
-    args, unknown = parser().parse_known_args(argv)
-    unknown_flags("SGLang", unknown)
+    args = parser().parse_args(argv)
     check_model_path("SGLang", args.model_path)
     name = args.served_model_name or args.model_path
     max_len = args.context_length or context_length(args.model_path)
@@ -256,8 +288,13 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, SglangServ
 
 def main(argv: list[str] | None = None) -> None:
     args, server = parse(argv)
-    print(f"fake SGLang {VERSION}: serving {server.engine.s.model_id} on {args.host}:{args.port}", file=sys.stderr,
+    engine = server.engine
+    print(f"fake SGLang {VERSION}: loading {server.model_path} for {engine.s.load_seconds} s", file=sys.stderr,
           flush=True)
+    time.sleep(engine.s.load_seconds)  # SGLang 0.5.20 loads the model before uvicorn starts
+    engine.s.load_seconds = 0 if args.skip_server_warmup else args.fake_warmup_seconds  # then /health: 503
+    engine.started = time.monotonic()
+    print(f"fake SGLang: serving {engine.s.model_id} on {args.host}:{args.port}", file=sys.stderr, flush=True)
     serve(make_app(server, args.enable_metrics), args.host, args.port)
 
 

@@ -1,8 +1,10 @@
 """A vLLM stand-in that speaks the OpenAI-compatible server's protocol (test code only).
 
 Run as the image runs vLLM: `python -m modelship_testbed.engine_fake.vllm serve <model>
---served-model-name X --host H --port N --max-model-len L ...` (unknown flags are ignored
-with a line on stderr). Written from vLLM's own source (vllm/entrypoints/openai: the
+--served-model-name X --host H --port N --max-model-len L ...`. Flags are parsed as vLLM's
+FlexibleArgumentParser does (`--max_model_len` is `--max-model-len`); a flag the fake does not
+know exits 2, `--dtype` takes vLLM's choices, and a `--quantization` outside v0.29.0's
+QuantizationMethods stops the start with vLLM's message. Written from vLLM's own source (vllm/entrypoints/openai: the
 api_server, the chat and completion serving, engine/protocol.py; vllm/v1/metrics/loggers.py):
 
 - errors are `{"error": {"message", "type", "param", "code"}}` (the shape since v0.10.2; flat
@@ -35,10 +37,26 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .core import Engine, Observer, add_fake_flags, reset_handler, serve, settings_from
-from .modelinfo import check_model_path, context_length, parse_len, unknown_flags
+from .modelinfo import check_model_path, context_length, known_flags, parse_len
 from .openai_serving import Call, OpenAIServer, json_response, openai_finish, routes
 
-VERSION = "0.30.0"  # the release whose protocol this follows
+VERSION = "0.29.0"  # the pinned image's release (vllm/vllm-openai:v0.29.0), whose protocol this follows
+# v0.29.0: vllm/config/model.py ModelDType; model_executor/layers/quantization/__init__.py QuantizationMethods.
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+QUANTIZATION_METHODS = (
+    "awq", "auto_awq", "fp8", "fbgemm_fp8", "fp_quant", "modelopt", "modelopt_fp4", "modelopt_mxfp8",
+    "modelopt_mixed", "auto_gptq", "gptq", "gptq_marlin", "awq_marlin", "humming", "compressed-tensors",
+    "experts_int8", "quark", "moe_wna16", "torchao", "inc", "mxfp4", "gpt_oss_mxfp4", "deepseek_v4_fp8", "online",
+    "fp8_per_tensor", "fp8_per_block", "fp8_per_channel", "int8_per_channel_weight_only", "nvfp4_per_token",
+    "mxfp8")
+IGNORED_SWITCHES = ("--enforce-eager", "--trust-remote-code", "--disable-log-requests", "--disable-log-stats",
+                    "--enable-chunked-prefill", "--no-enable-chunked-prefill", "--enable-auto-tool-choice",
+                    "--disable-frontend-multiprocessing")
+IGNORED_VALUED = ("--max-num-batched-tokens", "--kv-cache-dtype", "--seed", "--swap-space", "--tokenizer",
+                  "--revision", "--download-dir", "--load-format", "--block-size", "--pipeline-parallel-size",
+                  "--data-parallel-size", "--api-key", "--generation-config", "--uvicorn-log-level",
+                  "--max-logprobs", "--chat-template", "--tool-call-parser", "--reasoning-parser",
+                  "--cpu-offload-gb", "--distributed-executor-backend", "--limit-mm-per-prompt")
 TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
 E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
@@ -248,20 +266,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--quantization", "-q", default=None)
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--quantization", "-q", default=None)  # (a string: vLLM checks it once the model is read)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--override-generation-config", type=json.loads, default=None)
+    known_flags(p, IGNORED_SWITCHES, IGNORED_VALUED)
     add_fake_flags(p, ("VLLM_FAKE_",), None)
     return p
 
 
-def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, VllmServer]:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def flexible(argv: list[str]) -> list[str]:
+    """FlexibleArgumentParser's spelling: underscores in a long flag's name are dashes."""
+    out = []
+    for a in argv:
+        if a.startswith("--") and "_" in a.split("=", 1)[0]:
+            name, eq, value = a.partition("=")
+            a = name.replace("_", "-") + eq + value
+        out.append(a)
+    return out
+
+
+def parse_cli(argv: list[str]) -> argparse.Namespace:
+    """The command line as vLLM reads it: exits 2 on a flag it does not know or a --dtype
+    outside its choices, and stops (as vLLM's ModelConfig does) on an unknown quantization."""
     if argv[:1] == ["serve"]:
         argv = argv[1:]
-    args, unknown = parser().parse_known_args(argv)
-    unknown_flags("vLLM", unknown)
+    args = parser().parse_args(flexible(argv))
+    if args.quantization is not None and args.quantization not in QUANTIZATION_METHODS:
+        raise SystemExit(f"fake vLLM: ValueError: Unknown quantization method: {args.quantization}. Must be one "
+                         f"of {list(QUANTIZATION_METHODS)}.")
+    return args
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, VllmServer]:
+    args = parse_cli(list(sys.argv[1:] if argv is None else argv))
     model = args.model_tag or args.model or "facebook/opt-125m"
     check_model_path("vLLM", model)
     max_len = args.max_model_len or context_length(model)
