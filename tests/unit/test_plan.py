@@ -566,6 +566,28 @@ def test_settings_the_default_engine_lacks_are_refused_under_auto():
         "weights), which would ignore it: remove it, or set engine.type to vllm or sglang")
 
 
+@pytest.mark.parametrize("engine,quantize,message", [
+    ("vllm", "eetq", "serving.quantize eetq is a TGI method, but the model is served by vLLM (safetensors weights), "
+                     "which does not have it: choose another, or set engine.type to tgi"),
+    ("vllm", "bitsandbytes", "serving.quantize bitsandbytes is a TGI and SGLang method, but the model is served by "
+                             "vLLM (safetensors weights), which does not have it: choose another, or set engine.type "
+                             "to tgi or sglang"),
+    ("sglang", "marlin", "serving.quantize marlin is a TGI method, but the model is served by SGLang (safetensors "
+                         "weights), which does not have it: choose another, or set engine.type to tgi"),
+])
+def test_a_quantization_the_default_engine_lacks_is_refused_under_auto(engine, quantize, message):
+    """defaultEngine vllm or sglang: engine.type auto resolved to it; the engine would exit on
+    the unknown --quantization and crash-loop."""
+    md = make_md({"model": {"repo": "org/tiny"}, "serving": {"quantize": quantize}})
+    p = run(md, safetensors().model_copy(update={"engine": engine}), Observed())
+    ready = cond(p, "Ready")
+    assert p.actions == [] and (ready["reason"], ready["message"]) == ("SettingNotForEngine", message)
+    # what the engine has passes
+    p = run(make_md({"model": {"repo": "org/tiny"}, "serving": {"quantize": "gptq"}}),
+            safetensors().model_copy(update={"engine": engine}), Observed())
+    assert cond(p, "Ready")["reason"] != "SettingNotForEngine"
+
+
 @pytest.mark.parametrize("engine,name", [("vllm", "vLLM"), ("sglang", "SGLang")])
 def test_vllm_and_sglang_need_a_gpu_and_default_to_one(engine, name):
     r = safetensors().model_copy(update={"engine": engine})

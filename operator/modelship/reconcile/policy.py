@@ -4,7 +4,8 @@ raises `SpecError` with a message that says what to fix."""
 
 from __future__ import annotations
 
-from ..api import ENGINE_NAMES, GPU_ENGINES, SERVING_ENGINES, ModelDeployment, ResolvedModel, names
+from ..api import (ENGINE_NAMES, GPU_ENGINES, QUANTIZE_ENGINES, SERVING_ENGINES, ModelDeployment, ResolvedModel,
+                   names)
 from ..manifests import Placement
 from ..settings import Settings
 from ..units import GIB, quantity_bytes
@@ -56,6 +57,7 @@ def check_settings(md: ModelDeployment, engine: str) -> None:
     serving = md.spec.serving.wire() if md.spec.serving else {}
     unused = [f for f, owners in SERVING_ENGINES.items() if f in serving and engine not in owners]
     if not unused:
+        check_quantize(serving.get("quantize"), engine)
         return
     groups: dict[tuple, list[str]] = {}
     for f in unused:
@@ -71,6 +73,18 @@ def check_settings(md: ModelDeployment, engine: str) -> None:
         fix = f"set engine.type to {' or '.join(owners)}" if owners else "choose a model in the other format"
     raise SpecError("SettingNotForEngine", f"{said}, but the model is served by {served}, which would ignore "
                                            f"{'it' if one else 'them'}: remove {'it' if one else 'them'}, or {fix}")
+
+
+def check_quantize(quantize: str | None, engine: str) -> None:
+    """A serving.quantize method the chosen GPU engine does not have (the API server refuses it
+    where engine.type names the engine)."""
+    if quantize is None or engine not in GPU_ENGINES or engine in QUANTIZE_ENGINES[quantize]:
+        return
+    owners = QUANTIZE_ENGINES[quantize]
+    raise SpecError("SettingNotForEngine", f"serving.quantize {quantize} is a {names(owners)} method, but the model "
+                                           f"is served by {ENGINE_NAMES[engine]} (safetensors weights), which does "
+                                           f"not have it: choose another, or set engine.type to "
+                                           f"{' or '.join(owners)}")
 
 
 def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:
