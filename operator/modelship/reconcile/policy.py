@@ -12,9 +12,12 @@ from ..units import GIB, quantity_bytes
 from .types import SpecError
 
 
-def choose_engine(requested: str, fmt: str, default: str = "tgi") -> str:
+def choose_engine(requested: str, fmt: str, default: str = "tgi", kept: str | None = None) -> str:
     """The engine for `engine.type` and the weights' format; `default`: the operator's
-    `defaultEngine`, which `auto` takes for safetensors weights."""
+    `defaultEngine`, which `auto` takes for safetensors weights; `kept`: the engine of the last
+    resolution of this same spec.model and engine.type (a revisionPolicy Follow re-check),
+    which `auto` keeps while the weights stay safetensors: a new defaultEngine applies when
+    spec.model or engine.type changes, never to a model that serves (docs/serving.md)."""
     if fmt == "gguf":
         if requested in ("auto", "llamacpp"):
             return "llamacpp"
@@ -22,7 +25,7 @@ def choose_engine(requested: str, fmt: str, default: str = "tgi") -> str:
                                           f"llama.cpp serves: use engine.type llamacpp (or auto), or a "
                                           f"safetensors repo")
     if requested == "auto":
-        return default
+        return kept if kept in GPU_ENGINES else default
     if requested == "llamacpp":
         raise SpecError("EngineMismatch", "engine.type is llamacpp, which serves GGUF files, but this repository "
                                           "has safetensors weights: use engine.type auto, tgi, vllm or sglang, "
