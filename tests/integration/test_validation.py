@@ -476,6 +476,9 @@ DEFAULT_VLLM_REFUSES = [
      "serving.maxInputTokens is a TGI setting, but the model is served by vLLM (safetensors weights), which would "
      "ignore it: remove it, or set engine.type to tgi"),
     ("default-vllm-without-gpus", tiny(gpus=0), "GPUsRequired", "vLLM needs at least one GPU: set gpus to 1 or more"),
+    ("quantize-not-default-vllms", tiny(serving={"quantize": "eetq"}), "SettingNotForEngine",
+     "serving.quantize eetq is a TGI method, but the model is served by vLLM (safetensors weights), which does not "
+     "have it: choose another, or set engine.type to tgi"),
 ]
 
 
