@@ -31,12 +31,20 @@ ENGINE_NAMES = {"tgi": "TGI", "vllm": "vLLM", "sglang": "SGLang", "llamacpp": "l
 GPU_ENGINES = ("tgi", "vllm", "sglang")  # safetensors weights, at least one GPU
 # The flags the operator sets on each engine itself; `engine.args` may not set them (vLLM's
 # model is also its first positional argument, which CEL cannot tell from a flag's value).
+# SGLang's --model and --tensor-parallel-size are its own aliases of --model-path and --tp-size.
 MANAGED_FLAGS = {
     "llamacpp": ["-m", "--model", "--host", "--port", "--alias", "-hf", "--hf-repo"],
     "tgi": ["--model-id", "--port", "--hostname", "--num-shard"],
     "vllm": ["--model", "--host", "--port", "--served-model-name", "--tensor-parallel-size", "-tp"],
-    "sglang": ["--model-path", "--model", "--host", "--port", "--served-model-name", "--tp-size", "--tp"],
+    "sglang": ["--model-path", "--model", "--host", "--port", "--served-model-name", "--tp-size",
+               "--tensor-parallel-size"],
 }
+# Engines whose command line is read by Python's argparse, which takes any unambiguous
+# abbreviation of a long flag (`--served-model` for --served-model-name); vLLM's parser also
+# reads `_` as `-` in a flag's name and `--flag.key=value` as a part of the JSON flag --flag
+# (vllm/utils/argparse_utils.py, FlexibleArgumentParser.parse_args).
+ARGPARSE_ENGINES = ("vllm", "sglang")
+SPELLINGS_ENGINES = ("vllm",)
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # (CEL string literals treat '\' as an escape, so the patterns avoid it: '[.]', not '\.'.)
@@ -62,22 +70,30 @@ SERVING_ENGINES = {
 INSTEAD = {"maxInputTokens": "serving.contextLength", "maxTotalTokens": "serving.contextLength",
            "maxConcurrentRequests": "serving.parallel", "parallel": "serving.maxConcurrentRequests",
            "quantize": "a GGUF file (model.quantization)"}
-# Which engines take each `serving.quantize` value (TGI `--quantize`, vLLM and SGLang `--quantization`).
+# Which engines take each `serving.quantize` value (TGI `--quantize`, vLLM and SGLang `--quantization`):
+# vLLM's from QuantizationMethods in vllm 0.29.0 (no bitsandbytes, no plain marlin), SGLang's from
+# QUANTIZATION_CHOICES in sglang 0.5.20 (no plain marlin): the pinned images' (tests/unit/engine_choices.py).
 QUANTIZE_ENGINES = {
-    "awq": GPU_ENGINES, "compressed-tensors": ("tgi", "vllm"), "eetq": ("tgi",), "exl2": ("tgi",),
-    "fp8": GPU_ENGINES, "gptq": GPU_ENGINES, "marlin": ("tgi", "sglang"), "bitsandbytes": GPU_ENGINES,
+    "awq": GPU_ENGINES, "compressed-tensors": GPU_ENGINES, "eetq": ("tgi",), "exl2": ("tgi",),
+    "fp8": GPU_ENGINES, "gptq": GPU_ENGINES, "marlin": ("tgi",), "bitsandbytes": ("tgi", "sglang"),
     "bitsandbytes-nf4": ("tgi",), "bitsandbytes-fp4": ("tgi",),
 }
-# The flags each serving field sets on an engine's command line: engine.args may not repeat them.
+# The flags each serving field sets on each engine's command line: engine.args may not repeat
+# them. By engine: the same flag may mean another thing elsewhere (SGLang's --max-total-tokens
+# sizes its KV pool; TGI's is the context length).
 SERVING_FLAGS = {
-    "contextLength": ["-c", "--ctx-size", "--max-total-tokens", "--max-model-len", "--context-length"],
-    "maxTotalTokens": ["--max-total-tokens"], "maxInputTokens": ["--max-input-tokens"],
-    "maxConcurrentRequests": ["--max-concurrent-requests", "--max-num-seqs", "--max-running-requests"],
-    "quantize": ["--quantize", "--quantization", "-q"], "dtype": ["--dtype"], "parallel": ["-np", "--parallel"],
-    "threads": ["-t", "--threads"], "gpuLayers": ["-ngl", "--gpu-layers", "--n-gpu-layers"],
-    "chatTemplate": ["--chat-template"],
-    "gpuMemoryUtilization": ["--gpu-memory-utilization", "--mem-fraction-static"],
-    "generation": ["--override-generation-config", "--preferred-sampling-params"],
+    "tgi": {"contextLength": ["--max-total-tokens"], "maxTotalTokens": ["--max-total-tokens"],
+            "maxInputTokens": ["--max-input-tokens"], "maxConcurrentRequests": ["--max-concurrent-requests"],
+            "quantize": ["--quantize"], "dtype": ["--dtype"]},
+    "vllm": {"contextLength": ["--max-model-len"], "maxConcurrentRequests": ["--max-num-seqs"],
+             "quantize": ["--quantization", "-q"], "dtype": ["--dtype"],
+             "gpuMemoryUtilization": ["--gpu-memory-utilization"], "generation": ["--override-generation-config"]},
+    "sglang": {"contextLength": ["--context-length"], "maxConcurrentRequests": ["--max-running-requests"],
+               "quantize": ["--quantization"], "dtype": ["--dtype"], "gpuMemoryUtilization": ["--mem-fraction-static"],
+               "generation": ["--preferred-sampling-params"]},
+    "llamacpp": {"contextLength": ["-c", "--ctx-size"], "parallel": ["-np", "--parallel"],
+                 "threads": ["-t", "--threads"], "gpuLayers": ["-ngl", "--gpu-layers", "--n-gpu-layers"],
+                 "chatTemplate": ["--chat-template"]},
 }
 
 
@@ -117,9 +133,30 @@ def rules(*items: dict) -> dict:
     return {"x-kubernetes-validations": list(items)}
 
 
-def sets_flag(var: str, flags: list[str]) -> str:
-    """CEL: the argument `var` is one of `flags`, alone or as `flag=value`."""
-    return "(" + " || ".join(f"{var} == '{f}' || {var}.startsWith('{f}=')" for f in flags) + ")"
+def flag_name(var: str, engines) -> str:
+    """CEL: the name of the flag that the argument `var` sets, as `engines` read it (before
+    '='; for vLLM also before '.', with '_' as '-')."""
+    name = f"{var}.split('=')[0]"
+    if any(e in SPELLINGS_ENGINES for e in engines):
+        name = f"{name}.split('.')[0].replace('_', '-')"
+    return name
+
+
+def sets_flag(var: str, flags: list[str], engines=ENGINES) -> str:
+    """CEL: the argument `var` sets one of `flags` on one of `engines`: alone or as
+    `flag=value`, and where argparse reads the command line, an abbreviation of a long flag."""
+    name = flag_name(var, engines)
+    same = f"{name} == f"
+    if any(e in ARGPARSE_ENGINES for e in engines):
+        same += f" || (f.startsWith('--') && {name}.startsWith('--') && {name}.size() > 2 && f.startsWith({name}))"
+    return f"{list(flags)!r}.exists(f, {same})"
+
+
+def spellings(engines) -> str:
+    """What `sets_flag` also refuses for `engines`, said in a message."""
+    said = [*(["an abbreviation"] if any(e in ARGPARSE_ENGINES for e in engines) else []),
+            *(["a '_' spelling"] if any(e in SPELLINGS_ENGINES for e in engines) else [])]
+    return f" (nor {' or '.join(said)} of one)" if said else ""
 
 
 def as_quantity(x: str) -> str:
@@ -277,18 +314,18 @@ class EnvVar(ApiType):
 
 def _no_managed_flags(engine: str) -> dict:
     flags = MANAGED_FLAGS[engine]
-    expr = " && ".join(f"!(a == '{f}' || a.startsWith('{f}='))" for f in flags)
-    return rule(f"!has(self.type) || !has(self.args) || self.type != '{engine}' || self.args.all(a, {expr})",
-                f"engine.args must not set {', '.join(flags)}: the operator sets them for {engine}",
-                field_path=".args")
+    return rule(f"!has(self.type) || !has(self.args) || self.type != '{engine}' || "
+                f"!self.args.exists(a, {sets_flag('a', flags, [engine])})",
+                f"engine.args must not set {', '.join(flags)}{spellings([engine])}: the operator sets them for "
+                f"{engine}", field_path=".args")
 
 
 def _no_managed_flags_auto() -> dict:
     flags = list(dict.fromkeys(f for engine in MANAGED_FLAGS for f in MANAGED_FLAGS[engine]))
     return rule(f"(has(self.type) && self.type != 'auto') || !has(self.args) || "
                 f"!self.args.exists(a, {sets_flag('a', flags)})",
-                f"engine.args must not set {', '.join(flags)}: the operator sets them for whichever engine serves "
-                f"(engine.type auto)", field_path=".args")
+                f"engine.args must not set {', '.join(flags)}{spellings(ENGINES)}: the operator sets them for "
+                f"whichever engine serves (engine.type auto)", field_path=".args")
 
 
 class EngineSpec(ApiType):
@@ -569,14 +606,30 @@ class AutoscalingSpec(ApiType):
                                       "(scaled to zero, least recently used first). Higher is more important.")
 
 
-def _args_repeat_serving() -> dict:
-    repeats = " || ".join(f"(has(self.serving.{field}) && {sets_flag('a', flags)})"
-                          for field, flags in SERVING_FLAGS.items())
+def _args_repeat_serving(engine: str) -> dict:
+    """engine.args repeating a flag that a serving field sets on `engine`."""
+    fields = SERVING_FLAGS[engine]
+    repeats = " || ".join(f"(has(self.serving.{field}) && {sets_flag('a', flags, [engine])})"
+                          for field, flags in fields.items())
+    said = ", ".join(f"{' or '.join(flags)} with serving.{field}" for field, flags in fields.items())
     return rule(f"!has(self.serving) || !has(self.engine) || !has(self.engine.args) || "
-                f"!self.engine.args.exists(a, {repeats})",
-                "engine.args must not repeat a flag that a serving field sets (for example -c with "
-                "serving.contextLength, or --max-total-tokens with serving.maxTotalTokens): set the value in one "
-                "place", field_path=".engine.args")
+                f"!has(self.engine.type) || self.engine.type != '{engine}' || !self.engine.args.exists(a, {repeats})",
+                f"engine.args must not repeat a flag that a serving field sets on {ENGINE_NAMES[engine]} ({said})"
+                f"{spellings([engine])}: set the value in one place", field_path=".engine.args")
+
+
+def _args_repeat_serving_auto() -> dict:
+    """With engine.type auto any engine may serve: a flag any of them takes for the field."""
+    fields: dict[str, list[str]] = {}
+    for by_field in SERVING_FLAGS.values():
+        for field, flags in by_field.items():
+            fields.setdefault(field, []).extend(f for f in flags if f not in fields.get(field, []))
+    repeats = " || ".join(f"(has(self.serving.{field}) && {sets_flag('a', flags)})" for field, flags in fields.items())
+    return rule(f"!has(self.serving) || !has(self.engine) || !has(self.engine.args) || "
+                f"(has(self.engine.type) && self.engine.type != 'auto') || !self.engine.args.exists(a, {repeats})",
+                "engine.args must not repeat a flag that a serving field sets on whichever engine serves (engine.type "
+                "auto; for example -c or --max-model-len with serving.contextLength): set the value in one place, "
+                "or name the engine", field_path=".engine.args")
 
 
 def _named(engines) -> str:
@@ -627,7 +680,7 @@ class ModelDeploymentSpec(ApiType):
              "has(self.storage.existingClaim) || !has(self.model.endpoint)",
              "storage.sharedCache holds files from the operator's hubEndpoint only; remove model.endpoint or set "
              "storage.sharedCache: false", field_path=".model.endpoint"),
-        _args_repeat_serving(),
+        *(_args_repeat_serving(e) for e in ENGINES), _args_repeat_serving_auto(),
     ))
 
     model: ModelSource = Field(description="The model to serve.")

@@ -100,11 +100,18 @@ INVALID = [
      "engine.args must not set --model-id, --port, --hostname, --num-shard: the operator sets them for tgi"),
     ("auto-managed-flag", with_(engine={"args": ["--num-shard", "2"]}),
      "engine.args must not set -m, --model, --host, --port, --alias, -hf, --hf-repo, --model-id, --hostname, "
-     "--num-shard, --served-model-name, --tensor-parallel-size, -tp, --model-path, --tp-size, --tp: the operator "
-     "sets them for whichever engine serves (engine.type auto)"),
+     "--num-shard, --served-model-name, --tensor-parallel-size, -tp, --model-path, --tp-size (nor an abbreviation or "
+     "a '_' spelling of one): the operator sets them for whichever engine serves (engine.type auto)"),
+    ("auto-managed-flag-spelling", with_(engine={"args": ["--served_model=x"]}),
+     "the operator sets them for whichever engine serves (engine.type auto)"),
     ("args-repeat-serving", with_(serving={"contextLength": 2048}, engine={"type": "llamacpp", "args": ["-c", "8192"]}),
-     "engine.args must not repeat a flag that a serving field sets (for example -c with serving.contextLength, "
-     "or --max-total-tokens with serving.maxTotalTokens): set the value in one place"),
+     "engine.args must not repeat a flag that a serving field sets on llama.cpp (-c or --ctx-size with "
+     "serving.contextLength, -np or --parallel with serving.parallel, -t or --threads with serving.threads, -ngl or "
+     "--gpu-layers or --n-gpu-layers with serving.gpuLayers, --chat-template with serving.chatTemplate): set the "
+     "value in one place"),
+    ("args-repeat-serving-auto", with_(serving={"contextLength": 2048}, engine={"args": ["--max-model-len", "8192"]}),
+     "engine.args must not repeat a flag that a serving field sets on whichever engine serves (engine.type auto; for "
+     "example -c or --max-model-len with serving.contextLength): set the value in one place, or name the engine"),
     ("engine-image", with_(engine={"image": "my image:latest"}),
      "engine.image must be a container image such as ghcr.io/ggml-org/llama.cpp:server: lower-case registry and "
      "path, then an optional :tag or @sha256 digest, no spaces"),
@@ -148,11 +155,14 @@ INVALID = [
     ("gpu-memory-range", with_(**VLLM, serving={"gpuMemoryUtilization": 1.5}),
      "spec.serving.gpuMemoryUtilization in body should be less than or equal to 1"),
     ("quantize-not-vllms", with_(**VLLM, serving={"quantize": "exl2"}),
-     "serving.quantize eetq (TGI), exl2 (TGI), marlin (TGI and SGLang), bitsandbytes-nf4 (TGI) and bitsandbytes-fp4 "
-     "(TGI) are not vLLM's: vLLM takes awq, compressed-tensors, fp8, gptq and bitsandbytes"),
-    ("quantize-not-sglangs", with_(**SGL, serving={"quantize": "compressed-tensors"}),
-     "serving.quantize compressed-tensors (TGI and vLLM), eetq (TGI), exl2 (TGI), bitsandbytes-nf4 (TGI) and "
-     "bitsandbytes-fp4 (TGI) are not SGLang's: SGLang takes awq, fp8, gptq, marlin and bitsandbytes"),
+     "serving.quantize eetq (TGI), exl2 (TGI), marlin (TGI), bitsandbytes (TGI and SGLang), bitsandbytes-nf4 (TGI) "
+     "and bitsandbytes-fp4 (TGI) are not vLLM's: vLLM takes awq, compressed-tensors, fp8 and gptq"),
+    # (vLLM 0.29.0 has no bitsandbytes method; SGLang 0.5.20 has no plain marlin: tests/unit/engine_choices.py)
+    ("quantize-bitsandbytes-on-vllm", with_(**VLLM, serving={"quantize": "bitsandbytes"}),
+     "are not vLLM's: vLLM takes awq, compressed-tensors, fp8 and gptq"),
+    ("quantize-not-sglangs", with_(**SGL, serving={"quantize": "marlin"}),
+     "serving.quantize eetq (TGI), exl2 (TGI), marlin (TGI), bitsandbytes-nf4 (TGI) and bitsandbytes-fp4 (TGI) are "
+     "not SGLang's: SGLang takes awq, compressed-tensors, fp8, gptq and bitsandbytes"),
     ("vllm-with-gguf-quant", md({"model": {"repo": "a/b", "quantization": "Q4_K_M"}, **VLLM}),
      "model.quantization picks a GGUF file, which modelship serves with llama.cpp only: remove it, or set "
      "engine.type to llamacpp (vLLM's own quantization is serving.quantize)"),
@@ -164,14 +174,39 @@ INVALID = [
     ("sglang-without-gpus", with_(**SGL, gpus=0),
      "SGLang needs at least one GPU: set gpus to 1 or more, or use engine.type llamacpp"),
     ("vllm-managed-flag", with_(engine={"type": "vllm", "args": ["--served-model-name=x"]}),
-     "engine.args must not set --model, --host, --port, --served-model-name, --tensor-parallel-size, -tp: the "
-     "operator sets them for vllm"),
-    ("sglang-managed-flag", with_(engine={"type": "sglang", "args": ["--tp", "2"]}),
-     "engine.args must not set --model-path, --model, --host, --port, --served-model-name, --tp-size, --tp: the "
-     "operator sets them for sglang"),
+     "engine.args must not set --model, --host, --port, --served-model-name, --tensor-parallel-size, -tp (nor an "
+     "abbreviation or a '_' spelling of one): the operator sets them for vllm"),
+    # vLLM's parser reads '_' as '-'; argparse takes an unambiguous abbreviation of a long flag
+    ("vllm-managed-underscore", with_(engine={"type": "vllm", "args": ["--tensor_parallel_size", "4"]}),
+     "the operator sets them for vllm"),
+    ("vllm-managed-abbreviation", with_(engine={"type": "vllm", "args": ["--served-model=x"]}),
+     "the operator sets them for vllm"),
+    ("sglang-managed-flag", with_(engine={"type": "sglang", "args": ["--tensor-parallel-size", "2"]}),
+     "engine.args must not set --model-path, --model, --host, --port, --served-model-name, --tp-size, "
+     "--tensor-parallel-size (nor an abbreviation of one): the operator sets them for sglang"),
+    ("sglang-managed-abbreviation", with_(engine={"type": "sglang", "args": ["--tp", "2"]}),
+     "the operator sets them for sglang"),
     ("args-repeat-vllm-serving", with_(serving={"contextLength": 2048},
                                        engine={"type": "vllm", "args": ["--max-model-len=8192"]}),
-     "engine.args must not repeat a flag that a serving field sets"),
+     "engine.args must not repeat a flag that a serving field sets on vLLM (--max-model-len with "
+     "serving.contextLength, --max-num-seqs with serving.maxConcurrentRequests, --quantization or -q with "
+     "serving.quantize, --dtype with serving.dtype, --gpu-memory-utilization with serving.gpuMemoryUtilization, "
+     "--override-generation-config with serving.generation) (nor an abbreviation or a '_' spelling of one): set the "
+     "value in one place"),
+    ("args-repeat-vllm-underscore", with_(serving={"contextLength": 2048},
+                                          engine={"type": "vllm", "args": ["--max_model_len=4096"]}),
+     "engine.args must not repeat a flag that a serving field sets on vLLM"),
+    ("args-repeat-vllm-dotted", with_(serving={"generation": {"temperature": 0.2}}, engine={
+        "type": "vllm", "args": ["--override-generation-config.temperature=0.5"]}),
+     "engine.args must not repeat a flag that a serving field sets on vLLM"),
+    ("args-repeat-sglang-serving", with_(serving={"contextLength": 2048},
+                                         engine={"type": "sglang", "args": ["--context-length", "8192"]}),
+     "engine.args must not repeat a flag that a serving field sets on SGLang (--context-length with "
+     "serving.contextLength"),
+    ("args-repeat-tgi-serving", with_(serving={"contextLength": 2048},
+                                      engine={"type": "tgi", "args": ["--max-total-tokens=8192"]}),
+     "engine.args must not repeat a flag that a serving field sets on TGI (--max-total-tokens with "
+     "serving.contextLength"),
     ("gpu-layers-without-gpus", with_(serving={"gpuLayers": 20}),
      "serving.gpuLayers offloads layers to a GPU: set gpus to 1 or more"),
     ("chat-template-name", with_(serving={"chatTemplate": "Chat ML"}),
@@ -275,8 +310,14 @@ VALID = [
         "contextLength": 8192, "maxConcurrentRequests": 64, "dtype": "bfloat16", "quantize": "fp8",
         "gpuMemoryUtilization": 0.85, "generation": {"temperature": 0.2, "maxNewTokens": 1024}}})),
     ("sglang-serving", md({"model": {"repo": "a/b"}, "engine": {"type": "sglang", "args": ["--schedule-policy", "lpm"]},
-                           "serving": {"contextLength": 4096, "maxConcurrentRequests": 32, "quantize": "marlin",
+                           "serving": {"contextLength": 4096, "maxConcurrentRequests": 32, "quantize": "bitsandbytes",
                                        "gpuMemoryUtilization": 0.8, "generation": {"topK": 20}}})),
+    # SGLang's --max-total-tokens sizes its KV pool (TGI's is the context length)
+    ("sglang-kv-pool-and-context", with_(serving={"contextLength": 32768}, engine={
+        "type": "sglang", "args": ["--max-total-tokens", "200000"]})),
+    ("sglang-compressed-tensors", with_(**SGL, serving={"quantize": "compressed-tensors"})),
+    ("vllm-other-dotted-flag", with_(serving={"generation": {"temperature": 0.2}}, engine={
+        "type": "vllm", "args": ["--compilation-config.mode=3", "--max-num-batched-tokens", "8192"]})),
     ("llamacpp-serving", with_(**CPP, gpus=1, serving={"contextLength": 4096, "parallel": 4, "gpuLayers": 20,
                                                        "generation": {"maxNewTokens": 1024}})),
     ("env", with_(**env({"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {
@@ -435,6 +476,9 @@ DEFAULT_VLLM_REFUSES = [
      "serving.maxInputTokens is a TGI setting, but the model is served by vLLM (safetensors weights), which would "
      "ignore it: remove it, or set engine.type to tgi"),
     ("default-vllm-without-gpus", tiny(gpus=0), "GPUsRequired", "vLLM needs at least one GPU: set gpus to 1 or more"),
+    ("quantize-not-default-vllms", tiny(serving={"quantize": "eetq"}), "SettingNotForEngine",
+     "serving.quantize eetq is a TGI method, but the model is served by vLLM (safetensors weights), which does not "
+     "have it: choose another, or set engine.type to tgi"),
 ]
 
 

@@ -100,3 +100,25 @@ def test_every_condition_reason_the_operator_writes_is_documented():
     readme = (REPO / "docs" / "reference.md").read_text()
     missing = sorted(r for r in reasons if f"`{r}`" not in readme)
     assert not missing, f"docs/reference.md does not explain the condition reasons {missing}"
+
+
+def test_each_quantize_value_goes_to_exactly_the_pinned_engines_that_take_it():
+    """QUANTIZE_ENGINES against the pinned images' own choice lists: a value the engine's
+    --quantization takes is offered for it, and no other (vLLM 0.29.0 has no bitsandbytes,
+    SGLang 0.5.20 no plain marlin)."""
+    from modelship.settings import Images
+
+    from .engine_choices import SGLANG_QUANTIZATION, SGLANG_VERSION, VLLM_QUANTIZATION, VLLM_VERSION
+
+    images = Images()
+    assert images.vllm.endswith(f":v{VLLM_VERSION}") and f":v{SGLANG_VERSION}-" in images.sglang, \
+        "the images moved: copy their choice lists into tests/unit/engine_choices.py"
+    from typing import get_args
+
+    declared = set(get_args(get_args(api.ServingSpec.model_fields["quantize"].annotation)[0]))
+    assert declared == set(api.QUANTIZE_ENGINES)
+    for engine, choices in (("vllm", VLLM_QUANTIZATION), ("sglang", SGLANG_QUANTIZATION)):
+        offered = {q for q, has in api.QUANTIZE_ENGINES.items() if engine in has}
+        assert offered == declared & set(choices), engine
+    assert api.quantize_message("vllm").endswith("vLLM takes awq, compressed-tensors, fp8 and gptq")
+    assert api.quantize_message("sglang").endswith("SGLang takes awq, compressed-tensors, fp8, gptq and bitsandbytes")

@@ -161,6 +161,20 @@ def test_sglang_serves_with_metrics_and_its_own_sampling_names():
     assert a[a.index("--preferred-sampling-params") + 1] == '{"top_k":-1,"top_p":0.9}'
 
 
+def test_sglang_probes_never_wait_on_a_generation_past_their_timeout():
+    """SGLang's /health generates a token and waits up to 20 s (SGLANG_HEALTH_CHECK_TIMEOUT):
+    startup and readiness ask /health with the generation off; liveness asks /health_generate
+    with a timeout past SGLang's own budget. The other engines' /health answers at once."""
+    c = container("sglang")
+    assert {"name": "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", "value": "false"} in c["env"]
+    assert [(c[p]["httpGet"]["path"], c[p]["timeoutSeconds"]) for p in ("startupProbe", "readinessProbe",
+                                                                          "livenessProbe")] == [
+        ("/health", 5), ("/health", 5), ("/health_generate", 25)]
+    for engine in ("tgi", "vllm", "llamacpp-gpu"):
+        c = container(engine)
+        assert (c["livenessProbe"]["httpGet"]["path"], c["livenessProbe"]["timeoutSeconds"]) == ("/health", 5)
+
+
 def test_every_pod_meets_the_restricted_pod_security_standard():
     for name in CASES:
         for obj in build_all(name)[2:]:

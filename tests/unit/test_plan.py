@@ -541,6 +541,41 @@ def test_auto_takes_the_operators_default_engine_for_safetensors_only(default):
     assert choose_engine("tgi", "safetensors", default) == "tgi"  # a named engine wins over the default
 
 
+def test_auto_keeps_the_engine_it_chose_across_a_follow_recheck():
+    """A revisionPolicy Follow re-check of the same spec.model and engine.type keeps the engine:
+    a new defaultEngine moves no model that serves, even when the branch moved."""
+    assert choose_engine("auto", "safetensors", "vllm", kept="tgi") == "tgi"
+    assert choose_engine("auto", "safetensors", "tgi", kept="sglang") == "sglang"
+    assert choose_engine("auto", "safetensors", "vllm", kept="llamacpp") == "vllm"  # the weights became safetensors
+    assert choose_engine("auto", "gguf", "vllm", kept="tgi") == "llamacpp"  # ... or GGUF
+    assert choose_engine("sglang", "safetensors", "tgi", kept="tgi") == "sglang"  # (engine.type is in the hash)
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_follow_recheck_keeps_the_engine_when_the_default_engine_changed(moved):
+    import asyncio
+
+    from modelship.reconcile.controller import Controller, source_hash
+    from modelship.reconcile.metrics import ControllerMetrics
+
+    md = make_md({"model": {"repo": "org/tiny", "revisionPolicy": "Follow"}})
+    pinned = safetensors().model_copy(update={"source_hash": source_hash(md.spec), "resolved_at": None})
+    md = make_md(md.spec.wire(), status={"resolved": pinned.wire()})
+    fresh = safetensors().model_copy(update={"sha": ("e" if moved else "d") * 40, "engine": None})
+
+    class Resolver:
+        def resolve(self, *_):
+            return fresh
+
+    controller = Controller(Settings(default_engine="vllm"), None, Resolver(), ControllerMetrics())
+    resolved = asyncio.run(controller._resolve(md))
+    assert (resolved.engine, resolved.sha, resolved.moved_from) == (
+        "tgi", fresh.sha, "d" * 40 if moved else None)
+    # a new spec.model takes the default
+    other = make_md({"model": {"repo": "org/other", "revisionPolicy": "Follow"}}, status={"resolved": pinned.wire()})
+    assert asyncio.run(controller._resolve(other)).engine == "vllm"
+
+
 @pytest.mark.parametrize("requested", ["tgi", "vllm", "sglang"])
 def test_a_gpu_engine_named_for_gguf_files_names_llamacpp(requested):
     with pytest.raises(SpecError) as e:
@@ -564,6 +599,28 @@ def test_settings_the_default_engine_lacks_are_refused_under_auto():
     assert cond(p, "Ready")["message"] == (
         "serving.gpuMemoryUtilization is a vLLM and SGLang setting, but the model is served by TGI (safetensors "
         "weights), which would ignore it: remove it, or set engine.type to vllm or sglang")
+
+
+@pytest.mark.parametrize("engine,quantize,message", [
+    ("vllm", "eetq", "serving.quantize eetq is a TGI method, but the model is served by vLLM (safetensors weights), "
+                     "which does not have it: choose another, or set engine.type to tgi"),
+    ("vllm", "bitsandbytes", "serving.quantize bitsandbytes is a TGI and SGLang method, but the model is served by "
+                             "vLLM (safetensors weights), which does not have it: choose another, or set engine.type "
+                             "to tgi or sglang"),
+    ("sglang", "marlin", "serving.quantize marlin is a TGI method, but the model is served by SGLang (safetensors "
+                         "weights), which does not have it: choose another, or set engine.type to tgi"),
+])
+def test_a_quantization_the_default_engine_lacks_is_refused_under_auto(engine, quantize, message):
+    """defaultEngine vllm or sglang: engine.type auto resolved to it; the engine would exit on
+    the unknown --quantization and crash-loop."""
+    md = make_md({"model": {"repo": "org/tiny"}, "serving": {"quantize": quantize}})
+    p = run(md, safetensors().model_copy(update={"engine": engine}), Observed())
+    ready = cond(p, "Ready")
+    assert p.actions == [] and (ready["reason"], ready["message"]) == ("SettingNotForEngine", message)
+    # what the engine has passes
+    p = run(make_md({"model": {"repo": "org/tiny"}, "serving": {"quantize": "gptq"}}),
+            safetensors().model_copy(update={"engine": engine}), Observed())
+    assert cond(p, "Ready")["reason"] != "SettingNotForEngine"
 
 
 @pytest.mark.parametrize("engine,name", [("vllm", "vLLM"), ("sglang", "SGLang")])

@@ -88,8 +88,12 @@ def test_a_long_repo_name_deploys_under_48_characters():
     (["--engine", "triton"], 2, "--engine"),
     (["--engine", "vllm", "--gpus", "0"], 2, "--gpus 0: vLLM needs at least one GPU; use --engine llamacpp"),
     (["--engine", "sglang", "--quant", "Q4_K_M"], 2, "--quant Q4_K_M picks a GGUF file, which SGLang cannot serve"),
-    (["--engine", "vllm", "--quant", "exl2"], 2,
-     "--quant exl2: vLLM takes awq, compressed-tensors, fp8, gptq, bitsandbytes"),
+    (["--engine", "vllm", "--quant", "exl2"], 2, "--quant exl2: vLLM takes awq, compressed-tensors, fp8, gptq\n"),
+    # (the pinned images: vLLM 0.29.0 has no bitsandbytes, SGLang 0.5.20 no plain marlin)
+    (["--engine", "vllm", "--quant", "bitsandbytes"], 2, "--quant bitsandbytes: vLLM takes awq, compressed-tensors, "
+                                                         "fp8, gptq\n"),
+    (["--engine", "sglang", "--quant", "marlin"], 2, "--quant marlin: SGLang takes awq, compressed-tensors, fp8, "
+                                                     "gptq, bitsandbytes\n"),
 ])
 def test_bad_flags_are_one_line_without_a_traceback(args, code, words):
     result = run("deploy", "org/model", "--dry-run", *args)

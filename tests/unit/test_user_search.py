@@ -93,7 +93,8 @@ def test_quantizations_sizes_and_the_resolvers_default_pick(hub):
     tiny = {r["repo"]: r for r in search(hub)}["org/tiny-GGUF"]
     assert [q["quantization"] for q in tiny["quantizations"] if q["default"]] == ["Q8_0"]
     st = {r["repo"]: r for r in search(hub)}["other/chat-llama"]
-    assert (st["format"], st["engine"], st["quantizations"]) == ("safetensors", "tgi", [])
+    # (the operator's defaultEngine serves safetensors under engine.type auto: not always TGI)
+    assert (st["format"], st["engine"], st["quantizations"]) == ("safetensors", "defaultEngine", [])
     assert st["pick"]["bytes"] == 20 * KB + len(ST["config.json"]) + 2
 
 
@@ -165,12 +166,18 @@ def test_show_a_gguf_repo(hub):
 
 def test_show_a_safetensors_repo(hub):
     d = show(hub, "other/chat-llama")
-    assert (d["engine"], d["format"], d["architecture"], d["contextLength"]) == ("tgi", "safetensors",
-                                                                                  "LlamaForCausalLM", 8192)
+    assert (d["engine"], d["format"], d["architecture"], d["contextLength"]) == (
+        "defaultEngine", "safetensors", "LlamaForCausalLM", 8192)
     assert [f["path"] for f in d["files"]] == ["config.json", "model.safetensors", "tokenizer.json"]
     assert d["quantizations"] == [] and d["totalBytes"] == sum(f["bytes"] for f in d["files"])
     out = run("show", "other/chat-llama", "--endpoint", hub.url).output
     assert SHA in out and "model.safetensors" in out and "2Gi" in out
+    assert "the operator's defaultEngine: tgi, vllm or sglang (safetensors)" in out
+    assert show(hub, "other/chat-llama", "--engine", "vllm")["engine"] == "vllm"
+    assert show(hub, "org/chat-GGUF", "--engine", "auto")["engine"] == "llamacpp"
+    r = show(hub, "org/chat-GGUF", "--engine", "sglang", code=1)
+    assert r.output.strip().endswith("--engine is sglang, but the resolved files are GGUF, which llama.cpp serves: "
+                                     "use --engine llamacpp (or auto), or a safetensors repo")
 
 
 @pytest.mark.parametrize("args,words", [(["org/missing"], "does not exist"),

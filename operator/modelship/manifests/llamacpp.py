@@ -10,6 +10,7 @@ from .volume import snapshot_dir
 
 NAME = "llamacpp"
 COMMAND = None  # the image's entrypoint, llama-server
+LIVENESS = "/health", 5  # the liveness probe: path, timeoutSeconds
 
 
 def image(md: ModelDeployment, gpus: int, settings: Settings) -> str:

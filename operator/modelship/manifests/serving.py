@@ -38,8 +38,8 @@ def resources(md: ModelDeployment, placement: Placement) -> dict:
     return out
 
 
-def _probe(period: int, failures: int) -> dict:
-    return {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5, "periodSeconds": period,
+def _probe(period: int, failures: int, path: str = "/health", timeout: int = 5) -> dict:
+    return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": timeout, "periodSeconds": period,
             "failureThreshold": failures}
 
 
@@ -59,7 +59,7 @@ def _container(md: ModelDeployment, resolved: ResolvedModel, placement: Placemen
         # liveness and readiness begin after it.
         "startupProbe": _probe(1, max(1, settings.startup_timeout_seconds)),
         "readinessProbe": _probe(5, 2),
-        "livenessProbe": _probe(10, 6),
+        "livenessProbe": _probe(10, 6, *engine.LIVENESS),
         "resources": resources(md, placement),
         "securityContext": restricted_container(),
         "volumeMounts": mounts,

@@ -13,6 +13,14 @@ from .volume import snapshot_dir
 
 NAME = "sglang"
 COMMAND = ["python3", "-m", "sglang.launch_server"]
+# SGLang's /health runs a one-token generation and waits up to SGLANG_HEALTH_CHECK_TIMEOUT
+# (20 s) for the scheduler to answer (sglang 0.5.20, entrypoints/http_server.py,
+# health_generate), longer than a probe's 5 s under a long prefill. With
+# SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=false (env() below) /health answers from the server's
+# state alone (503 while it starts and warms up, or shuts down): startup and readiness ask it.
+# Liveness asks /health_generate, which still generates (a wedged scheduler restarts the pod),
+# with a timeout past SGLang's own budget.
+LIVENESS = "/health_generate", 25  # path, timeoutSeconds
 
 
 def image(md: ModelDeployment, gpus: int, settings: Settings) -> str:
@@ -25,9 +33,11 @@ def shared_memory(gpus: int) -> str:
 
 
 def env() -> list[dict]:
-    """The weights are on the volume: never ask the Hub. Every cache (Triton's, PyTorch's,
-    FlashInfer's JIT, outlines') goes to /tmp: the root file system is read-only."""
+    """The weights are on the volume: never ask the Hub. /health without a generation (see
+    LIVENESS). Every cache (Triton's, PyTorch's, FlashInfer's JIT, outlines') goes to /tmp:
+    the root file system is read-only."""
     return [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf"},
+            {"name": "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", "value": "false"},
             {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"}, {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
             {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/inductor"},
             {"name": "FLASHINFER_WORKSPACE_BASE", "value": "/tmp"},

@@ -13,6 +13,7 @@ from .volume import snapshot_dir
 
 NAME = "vllm"
 COMMAND = ["vllm", "serve"]  # the image's entrypoint is `vllm serve` too; said here, not relied on
+LIVENESS = "/health", 5  # the liveness probe: path, timeoutSeconds
 
 
 def image(md: ModelDeployment, gpus: int, settings: Settings) -> str:

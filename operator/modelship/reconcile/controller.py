@@ -227,7 +227,8 @@ class Controller:
         endpoint = md.spec.model.endpoint or self.settings.hub_endpoint
         try:
             resolved = await asyncio.to_thread(self.resolver.resolve, md.spec.model, endpoint, token)
-            engine = choose_engine(md.spec.engine.type, resolved.format, self.settings.default_engine)
+            engine = choose_engine(md.spec.engine.type, resolved.format, self.settings.default_engine,
+                                   pinned.engine if pinned else None)
         except (ResolveError, SpecError) as e:
             self.metrics.resolutions.labels(e.reason).inc()
             if pinned:  # a Follow re-check failed: keep serving the commit we have, say why, try later

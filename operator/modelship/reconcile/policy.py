@@ -4,16 +4,20 @@ raises `SpecError` with a message that says what to fix."""
 
 from __future__ import annotations
 
-from ..api import ENGINE_NAMES, GPU_ENGINES, SERVING_ENGINES, ModelDeployment, ResolvedModel, names
+from ..api import (ENGINE_NAMES, GPU_ENGINES, QUANTIZE_ENGINES, SERVING_ENGINES, ModelDeployment, ResolvedModel,
+                   names)
 from ..manifests import Placement
 from ..settings import Settings
 from ..units import GIB, quantity_bytes
 from .types import SpecError
 
 
-def choose_engine(requested: str, fmt: str, default: str = "tgi") -> str:
+def choose_engine(requested: str, fmt: str, default: str = "tgi", kept: str | None = None) -> str:
     """The engine for `engine.type` and the weights' format; `default`: the operator's
-    `defaultEngine`, which `auto` takes for safetensors weights."""
+    `defaultEngine`, which `auto` takes for safetensors weights; `kept`: the engine of the last
+    resolution of this same spec.model and engine.type (a revisionPolicy Follow re-check),
+    which `auto` keeps while the weights stay safetensors: a new defaultEngine applies when
+    spec.model or engine.type changes, never to a model that serves (docs/serving.md)."""
     if fmt == "gguf":
         if requested in ("auto", "llamacpp"):
             return "llamacpp"
@@ -21,7 +25,7 @@ def choose_engine(requested: str, fmt: str, default: str = "tgi") -> str:
                                           f"llama.cpp serves: use engine.type llamacpp (or auto), or a "
                                           f"safetensors repo")
     if requested == "auto":
-        return default
+        return kept if kept in GPU_ENGINES else default
     if requested == "llamacpp":
         raise SpecError("EngineMismatch", "engine.type is llamacpp, which serves GGUF files, but this repository "
                                           "has safetensors weights: use engine.type auto, tgi, vllm or sglang, "
@@ -56,6 +60,7 @@ def check_settings(md: ModelDeployment, engine: str) -> None:
     serving = md.spec.serving.wire() if md.spec.serving else {}
     unused = [f for f, owners in SERVING_ENGINES.items() if f in serving and engine not in owners]
     if not unused:
+        check_quantize(serving.get("quantize"), engine)
         return
     groups: dict[tuple, list[str]] = {}
     for f in unused:
@@ -71,6 +76,18 @@ def check_settings(md: ModelDeployment, engine: str) -> None:
         fix = f"set engine.type to {' or '.join(owners)}" if owners else "choose a model in the other format"
     raise SpecError("SettingNotForEngine", f"{said}, but the model is served by {served}, which would ignore "
                                            f"{'it' if one else 'them'}: remove {'it' if one else 'them'}, or {fix}")
+
+
+def check_quantize(quantize: str | None, engine: str) -> None:
+    """A serving.quantize method the chosen GPU engine does not have (the API server refuses it
+    where engine.type names the engine)."""
+    if quantize is None or engine not in GPU_ENGINES or engine in QUANTIZE_ENGINES[quantize]:
+        return
+    owners = QUANTIZE_ENGINES[quantize]
+    raise SpecError("SettingNotForEngine", f"serving.quantize {quantize} is a {names(owners)} method, but the model "
+                                           f"is served by {ENGINE_NAMES[engine]} (safetensors weights), which does "
+                                           f"not have it: choose another, or set engine.type to "
+                                           f"{' or '.join(owners)}")
 
 
 def check_storage(md: ModelDeployment, resolved: ResolvedModel) -> None:

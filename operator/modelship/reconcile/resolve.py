@@ -240,6 +240,8 @@ class HubResolver:
         resolved = [ResolvedFile(path=f, size=sizes[f][0], sha256=sizes[f][1], git_sha1=sizes[f][2]) for f in files]
         return ResolvedModel(
             repo=source.repo, revision=source.revision, sha=info.sha, short_sha=info.sha[:7],
+            # (engine.type auto with the built-in default; the controller chooses with the
+            # operator's defaultEngine, policy.choose_engine, and `modelship show` says which)
             engine="llamacpp" if fmt == "gguf" else "tgi", format=fmt, model_file=model_file,
             quantization=quant_tag(model_file) if model_file else None, files=resolved,
             total_bytes=sum(f.size for f in resolved), architecture=arch, context_length=ctx)

@@ -19,7 +19,7 @@ from .common import EXIT_FAILED, EXIT_USAGE, GROUP, PLURAL, VERSION, Kube, UserE
 
 # crd.py's rule on metadata.name: it names the Service, Deployment and download Job.
 NAME_PATTERN, NAME_MAX = MD_NAME, MD_NAME_MAX
-# TGI's own quantization formats (`serving.quantize`); any other --quant picks a GGUF file.
+# The serving.quantize methods (TGI's, vLLM's, SGLang's); any other --quant picks a GGUF file.
 FLAGS = {"model.repo": "REPO", "model.revision": "REPO@REVISION", "model.quantization": "--quant",
          "serving.quantize": "--quant", "engine.type": "--engine", "gpus": "--gpus", "pool": "--pool",
          "replicas": "--replicas", "minReplicas": "--min-replicas", "maxReplicas": "--max-replicas",
@@ -49,7 +49,7 @@ def quantizations(engine: str) -> tuple[str, ...]:
     return tuple(q for q, has in QUANTIZE_ENGINES.items() if engine in has)
 
 
-def tgi_quantizations() -> tuple[str, ...]:
+def serving_quantizations() -> tuple[str, ...]:
     from typing import get_args
 
     from ..api import ServingSpec
@@ -66,7 +66,7 @@ def spec_dict(repo: str, revision: str | None, quant: str | None, engine: str, g
     spec: dict[str, Any] = {"model": model}
     if revision:
         model["revision"] = revision
-    if quant and quant.lower() in tgi_quantizations():
+    if quant and quant.lower() in serving_quantizations():
         spec["serving"] = {"quantize": quant.lower()}
     elif quant:
         model["quantization"] = quant

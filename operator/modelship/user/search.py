@@ -14,6 +14,17 @@ from .fits import FORMULA
 SORTS = {"downloads": "downloads", "likes": "likes", "modified": "lastModified", "created": "createdAt"}
 EXPAND = ["siblings", "gated", "downloads", "likes", "lastModified", "createdAt", "private", "gguf"]
 NOT_FOUND_REASONS = ("RepoNotFound", "RevisionNotFound", "QuantizationNotFound")
+# engine.type auto serves safetensors with the operator's defaultEngine, which these commands
+# cannot read (tgi unless the cluster admin chose vllm or sglang): they say so, not a guess.
+DEFAULT_ENGINE = "defaultEngine"
+
+
+def served_by(fmt: str, requested: str = "auto") -> str:
+    """The engine `requested` (spec.engine.type) gets for weights of format `fmt`, as the operator
+    chooses it (policy.choose_engine), or DEFAULT_ENGINE where the operator's setting decides."""
+    from ..reconcile.policy import choose_engine
+
+    return choose_engine(requested, fmt, DEFAULT_ENGINE)
 
 
 def _endpoint_option(fn):
@@ -141,7 +152,7 @@ def _row(m, quant, gguf_only, include_gated, most, endpoint, token) -> dict | No
     return {"repo": m.id, "downloads": m.downloads, "likes": m.likes,
             "lastModified": m.last_modified.isoformat() if m.last_modified else None,
             "createdAt": m.created_at.isoformat() if m.created_at else None, "gated": bool(m.gated),
-            "format": fmt, "engine": "llamacpp" if fmt == "gguf" else "tgi",
+            "format": fmt, "engine": served_by(fmt),
             "pick": {"files": picked, "bytes": pick_bytes},
             "quantizations": quantizations(names, sizes, default_format(names))}
 
@@ -168,7 +179,7 @@ def _sizes(m, paths: list[str], endpoint, token) -> dict[str, int]:
 
 def default_format(names: list[str]) -> str:
     """What the resolver serves when no quantization is asked for: the safetensors weights when
-    the repo has them (TGI), else its GGUF files (its own rule, `HubResolver._select`)."""
+    the repo has them (TGI, vLLM or SGLang), else its GGUF files (its own rule, `HubResolver._select`)."""
     from ..api import ModelSource
     from ..reconcile.resolve import HubResolver, ResolveError
 
@@ -261,14 +272,17 @@ Examples:
 @click.command("show", help=SHOW_HELP)
 @click.argument("ref", metavar="REPO[@REVISION]")
 @click.option("--quant", default=None, metavar="Q", help="GGUF quantization (tag or file name), as spec.model's.")
+@click.option("--engine", type=click.Choice(["auto", "tgi", "vllm", "sglang", "llamacpp"]), default="auto",
+              show_default=True, help="spec.engine.type: auto serves safetensors with the operator's defaultEngine.")
 @_endpoint_option
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 @user_errors
-def show(ref, quant, endpoint, token, output):
+def show(ref, quant, engine, endpoint, token, output):
     from pydantic import ValidationError
 
     from ..api import ModelSource
     from ..reconcile.resolve import HubResolver, ResolveError
+    from ..reconcile.types import SpecError
 
     repo, _, revision = ref.partition("@")
     try:
@@ -287,6 +301,10 @@ def show(ref, quant, endpoint, token, output):
             raise UserError(f"{source.repo} {said}; pass --token (or set $HF_TOKEN) with a token that has access "
                             "to it", EXIT_FAILED) from None
         raise UserError(e.message, EXIT_NOT_FOUND if e.reason in NOT_FOUND_REASONS else EXIT_FAILED) from None
+    try:
+        resolved = resolved.model_copy(update={"engine": served_by(resolved.format, engine)})
+    except SpecError as e:
+        raise UserError(e.message.replace("engine.type", "--engine"), EXIT_FAILED) from None
     _print_show(describe(resolved, gated, quants), output)
 
 
@@ -319,6 +337,10 @@ def describe(resolved, gated: bool, quants: list[dict]) -> dict:
             "architecture": resolved.architecture, "gated": gated, "quantizations": quants}
 
 
+def _engine_said(engine: str) -> str:
+    return "the operator's defaultEngine: tgi, vllm or sglang" if engine == DEFAULT_ENGINE else engine
+
+
 def _print_show(d: dict, output: str) -> None:
     if output in ("json", "yaml"):
         import json
@@ -336,7 +358,8 @@ def _print_show(d: dict, output: str) -> None:
     facts.add_column(style="bold")
     facts.add_column()
     for key, value in (("repo", f"{d['repo']}@{d['revision']}"), ("commit", d["sha"]),
-                       ("engine", f"{d['engine']} ({d['format']})"), ("quantization", d["quantization"] or "-"),
+                       ("engine", f"{_engine_said(d['engine'])} ({d['format']})"),
+                       ("quantization", d["quantization"] or "-"),
                        ("architecture", d["architecture"] or "?"), ("context length", d["contextLength"] or "?"),
                        ("gated", "yes" if d["gated"] else "no"), ("total", _human(d["totalBytes"])),
                        ("volume", f"{d['volumeSize']} (files + storageMarginPercent, the operator's default)")):
