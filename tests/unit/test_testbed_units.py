@@ -97,6 +97,26 @@ def test_volumes_are_mounted_parents_first_and_never_over_a_source_still_to_moun
     assert mount_order(plain) == [1, 0]
 
 
+def test_a_checkout_under_tmp_stays_visible_under_an_emptydir_at_tmp():
+    """CI clones into /tmp: an emptyDir at /tmp hid the venv's Python and the checkout's
+    packages from the pod's stand-in program ("exec: /tmp/fresh/.venv/bin/python3: not
+    found"). Each hidden path is mounted into the emptyDir's folder first, then carried by it."""
+    from pathlib import Path
+
+    from modelship_testbed.localnode import hostpaths
+
+    state = Path("/var/tb/pods/p/volumes")
+    binds = [(state / "tmp", Path("/tmp")), (state / "models", Path("/models")), (state / "shm", Path("/dev/shm"))]
+    needed = hostpaths.topmost([Path("/tmp/fresh/.venv"), Path("/tmp/fresh/.venv/lib/python3.11/site-packages"),
+                                Path("/tmp/fresh/operator"), Path("/usr/local"), Path("/models/x")])
+    assert set(needed) == {Path("/usr/local"), Path("/tmp/fresh/.venv"), Path("/tmp/fresh/operator"), Path("/models/x")}
+    kept = hostpaths.kept_visible(binds, {0, 2}, needed)  # /models is a claim: never written to
+    assert set(kept) == {(0, Path("/tmp/fresh/.venv"), state / "tmp/fresh/.venv"),
+                         (0, Path("/tmp/fresh/operator"), state / "tmp/fresh/operator")}
+    assert hostpaths.kept_visible(binds, {0}, [Path("/tmp")]) == []  # the mountPath itself is the pod's
+    assert any(p.is_relative_to(Path(__file__).resolve().parents[2]) for p in hostpaths.needed())  # the checkout
+
+
 def test_dollar_paren_expansion_follows_kubernetes():
     env = {"A": "1", "B": "two"}
     assert envvars.expand("$(A)-$(B)", env) == "1-two"

@@ -28,7 +28,7 @@ from typing import Protocol
 import httpx
 
 from ..procs import die_with_parent, signal_group
-from . import envvars
+from . import envvars, hostpaths
 from .images import ImageError, ImageMap
 from .probes import Prober
 from .volumes import VolumeError, VolumePending, Volumes, materialize
@@ -345,7 +345,11 @@ class PodWorker:
         lines = ["set -e"]
         created: list[str] = []
         binds: list[tuple[Path, Path, bool]] = []  # source, mountPath, read-only
+        empty = set()  # the binds of emptyDir volumes (hostpaths.py)
+        empty_dirs = {v["name"] for v in self.pod["spec"].get("volumes") or [] if "emptyDir" in v}
         for m in c.spec.get("volumeMounts") or []:
+            if m["name"] in empty_dirs and not m.get("subPath"):
+                empty.add(len(binds))
             if m["name"] not in self.volumes.paths:
                 raise VolumeError(f"volumeMount {m['name']} names no volume of the pod")
             src = self.volumes.paths[m["name"]]
@@ -360,9 +364,15 @@ class PodWorker:
                 raise VolumeError(f"mountPath {m['mountPath']!r} must be an absolute path other than /")
             created += _make_mountpoint(dst, is_file=src.is_file())
             binds.append((src, dst, bool(m.get("readOnly")) or m["name"] in self.volumes.read_only))
+        kept = hostpaths.kept_visible([(src, dst) for src, dst, _ in binds], empty, hostpaths.needed())
+        for _, path, stash in kept:  # mounted where the volume will carry it (rbind below)
+            stash.mkdir(parents=True, exist_ok=True)
+            lines.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(stash))}")
+        carrying = {i for i, _, _ in kept}
         for i in mount_order([(src, dst) for src, dst, _ in binds]):
             src, dst, read_only = binds[i]
-            lines.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(str(dst))}")
+            how = "--rbind" if i in carrying else "--bind"
+            lines.append(f"mount {how} {shlex.quote(str(src))} {shlex.quote(str(dst))}")
             if read_only:
                 lines.append(f"mount -o remount,bind,ro {shlex.quote(str(dst))}")
         if created:
