@@ -203,3 +203,12 @@ def openai_finish(finish: str | None) -> str | None:
 def routes(app: web.Application, server: OpenAIServer) -> None:
     app.router.add_post("/v1/chat/completions", server.chat)
     app.router.add_post("/v1/completions", server.completions)
+
+
+def metrics_handler(engine: Engine):
+    """`GET /metrics` as vLLM's and SGLang's prometheus_client pages are served."""
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=engine.metrics.render(engine),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    return metrics

@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .core import BLOCK, Engine, Observer, add_fake_flags, env_value, reset_handler, serve, settings_from
 from .modelinfo import check_model_path, context_length, known_flags
-from .openai_serving import Call, OpenAIServer, json_response, openai_finish, routes
+from .openai_serving import Call, OpenAIServer, json_response, metrics_handler, openai_finish, routes
 from .sglang_native import generate_route
 
 VERSION = "0.5.20"  # the pinned image's release (lmsysorg/sglang:v0.5.20)
@@ -226,10 +226,6 @@ def make_app(server: SglangServer, enable_metrics: bool) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.Response(status=200 if engine.ready else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=engine.metrics.render(engine),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
     async def models(_: web.Request) -> web.Response:
         return json_response(server.models())
 
@@ -246,7 +242,7 @@ def make_app(server: SglangServer, enable_metrics: bool) -> web.Application:
     app.router.add_get("/health_generate", health)
     app.router.add_get("/get_model_info", model_info)
     if enable_metrics:
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/metrics", metrics_handler(engine))
     app.router.add_post("/fake/reset", reset_handler(engine, lambda st, msg, kind: server.error(st, msg, kind)))
     return app
 

@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .core import Engine, Observer, add_fake_flags, reset_handler, serve, settings_from
 from .modelinfo import check_model_path, context_length, known_flags, parse_len
-from .openai_serving import Call, OpenAIServer, json_response, openai_finish, routes
+from .openai_serving import Call, OpenAIServer, json_response, metrics_handler, openai_finish, routes
 
 VERSION = "0.29.0"  # the pinned image's release (vllm/vllm-openai:v0.29.0), whose protocol this follows
 # v0.29.0: vllm/config/model.py ModelDType; model_executor/layers/quantization/__init__.py QuantizationMethods.
@@ -232,10 +232,6 @@ def make_app(server: VllmServer) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.Response(status=200)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=engine.metrics.render(engine),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
     async def models(_: web.Request) -> web.Response:
         return json_response(server.models())
 
@@ -249,7 +245,7 @@ def make_app(server: VllmServer) -> web.Application:
     routes(app, server)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler(engine))
     app.router.add_get("/version", version)
     app.router.add_post("/fake/reset", reset_handler(engine, reset_error))
     return app
