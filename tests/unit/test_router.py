@@ -72,12 +72,18 @@ def router(backends, tmp_path_factory):
         {"name": "half-dead", "engine": "tgi", "endpoints": [dead, backends[1]], "strategy": "round-robin"},
         {"name": "dead", "engine": "tgi", "endpoints": [dead]},
     ]}
+    yield from static_router(tmp_path_factory, config, "--max-body-bytes", "100000", "--retries", "2")
+
+
+def static_router(tmp_path_factory, config: dict, *flags: str):
+    """`modelship router --static` on `config` (a fixture's body): yields its URL; on the way
+    out, stopped, and its exit and stderr checked."""
     path = tmp_path_factory.mktemp("router") / "static.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     url = f"http://{HOST}:{port}"
     proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
-                  "--port", str(port), "--max-body-bytes", "100000", "--retries", "2"], f"{url}/health", "router")
+                  "--port", str(port), *flags], f"{url}/health", "router")
     yield url
     code = stop(proc, 20)  # uvicorn drains, then exits by the signal it was sent
     said = proc.stderr.read()

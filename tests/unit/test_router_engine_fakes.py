@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from modelship_testbed.procs import stop
 
-from .test_router import HI, HOST, error, free_port, start
+from .test_router import HI, HOST, error, free_port, start, static_router
 
 ENGINES = {  # engine -> (fake's argv for a served name and a port, the OpenAI error shape it sends)
     "vllm": lambda name, port: [sys.executable, "-m", "modelship_testbed.engine_fake.vllm", "serve", "org/tiny",
@@ -53,16 +51,7 @@ def router(fakes, tmp_path_factory):
          "strategy": "queue-aware"},
         {"name": "gone", "engine": "vllm", "endpoints": [f"http://{HOST}:{free_port()}"], "fallback": ["vm"]},
     ]}
-    path = tmp_path_factory.mktemp("router") / "static.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
-                  "--port", str(port), "--retries", "1", "--scrape-interval", "0"], f"{url}/health", "router")
-    yield url
-    code = stop(proc, 20)
-    said = proc.stderr.read()
-    assert code in (0, -15) and "Traceback" not in said, said[-3000:]
+    yield from static_router(tmp_path_factory, config, "--retries", "1", "--scrape-interval", "0")
 
 
 def generated(router: str, model: str) -> float:
