@@ -147,8 +147,10 @@ class FakeApps:
         self.reads += 1
         return {"metadata": {"name": name, "namespace": namespace, "labels": {}}}
 
-    def patch_namespaced_deployment(self, name, namespace, body, **_):
-        return {**body, "metadata": {**body["metadata"], "namespace": namespace, "resourceVersion": "7", "uid": "u"}}
+    def patch_namespaced_deployment(self, name, namespace, body, _preload_content=True, **_):
+        assert not _preload_content  # the answer's JSON as sent, not the client library's models
+        written = {**body, "metadata": {**body["metadata"], "namespace": namespace, "resourceVersion": "7", "uid": "u"}}
+        return types.SimpleNamespace(data=json.dumps(written).encode())
 
 
 def kube_with(cache):
@@ -244,3 +246,17 @@ def test_managed_fields_are_not_kept(cache):
     cache.put("Job", o)
     assert "managedFields" not in cache.get("Job", "ns", "j")["metadata"]
     assert "managedFields" in o["metadata"]  # what was handed in is not changed
+
+
+def test_a_downloads_pods_come_from_the_cache_oldest_first():
+    """Followed every few seconds while a download runs: no list of pods per look once synced."""
+    cache = WatchCache(("Pod",))
+    kube = kube_with(cache)
+    kube.core = FakeLists({})
+    job_label = {"batch.kubernetes.io/job-name": "m-download", "app.kubernetes.io/managed-by": "modelship"}
+    pods = [obj("p2", 5, **job_label), obj("p1", 4, **job_label), obj("other", 6, **{"app.kubernetes.io/managed-by": "modelship"})]
+    pods[0]["metadata"]["creationTimestamp"], pods[1]["metadata"]["creationTimestamp"] = "2026-12-01T10:00:05Z", \
+        "2026-12-01T10:00:01Z"
+    cache.replace("Pod", "ns", pods, "6")
+    assert [p["metadata"]["name"] for p in kube.job_pods("ns", "m-download")] == ["p1", "p2"]
+    assert kube.core.selectors == []

@@ -15,6 +15,12 @@ How it stays true:
 - **Order**: within one object (one uid), an older resourceVersion never replaces a newer
   one (etcd's versions are integers; where one is not, the newer arrival wins).
 
+How it holds them: each object as its compact JSON (bytes), with its version, uid and labels
+beside it for the bookkeeping and the selectors. A reader gets a fresh object parsed from it (they
+may change what they are given), which is no slower than the deep copy it replaces, and the store
+is several times smaller than the same objects as Python dicts: at 500 ModelDeployments it holds
+some 4,000 objects (bench/README.md §7). `managedFields` is left out (nothing here reads it).
+
 What it does not hold: of most kinds only objects labelled `app.kubernetes.io/managed-by=
 modelship` are watched and listed, so an object *absent* by name may still exist unlabelled
 (a conflict): readers by name ask the API server when the store has none. The kinds in
@@ -23,10 +29,11 @@ modelship` are watched and listed, so an object *absent* by name may still exist
 
 from __future__ import annotations
 
-import copy
+import json
 import re
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 MD_KIND = "ModelDeployment"
 Key = tuple[str, str]  # (namespace, name)
@@ -57,8 +64,11 @@ def parse_selector(selector: str) -> list[tuple[str, str, frozenset[str]]]:
 
 def matches(selector: str, labels: dict | None) -> bool:
     """Whether an object with these labels is one the API server lists for this selector."""
-    labels = labels or {}
-    for key, op, vals in parse_selector(selector):
+    return _match(parse_selector(selector), labels or {})
+
+
+def _match(terms: list[tuple[str, str, frozenset[str]]], labels: dict) -> bool:
+    for key, op, vals in terms:
         have = labels.get(key)
         ok = {"=": have in vals, "in": have in vals,
               "!=": have not in vals, "notin": have not in vals,
@@ -80,12 +90,31 @@ def _key(obj: dict) -> Key:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
+class Held(NamedTuple):
+    """One object in the store."""
+    version: int | None
+    uid: str | None
+    labels: dict
+    data: bytes  # the object as compact JSON, managedFields left out
+
+    @classmethod
+    def of(cls, obj: dict) -> Held:
+        meta = obj.get("metadata") or {}
+        if "managedFields" in meta:  # half of a pod's size, and nothing here reads it
+            obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+        return cls(_version(obj), meta.get("uid"), meta.get("labels") or {},
+                   json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+
+    def load(self) -> dict:
+        return json.loads(self.data)
+
+
 class WatchCache:
     """Objects by kind, then (namespace, name). Thread-safe: the reads run in threads."""
 
     def __init__(self, kinds: tuple[str, ...], whole: set[str] = frozenset(), forget_after: int = 10_000):
         self.whole = set(whole)  # kinds watched and listed whoever made them: absent there is absent
-        self.objects: dict[str, dict[Key, dict]] = {kind: {} for kind in kinds}
+        self.objects: dict[str, dict[Key, Held]] = {kind: {} for kind in kinds}
         self.listed: dict[str, set[str | None]] = {kind: set() for kind in kinds}  # namespaces (None: all)
         # uids seen deleted, the latest `forget_after`, each with the version it went at: None
         # for our own delete (never back), the DELETED event's version for a watch's (a filtered
@@ -103,24 +132,21 @@ class WatchCache:
             self._put(kind, obj)
 
     def _put(self, kind: str, obj: dict) -> None:
-        meta, key, new = obj.get("metadata") or {}, _key(obj), _version(obj)
-        if "managedFields" in meta:  # half of a pod's size, and nothing here reads it
-            meta = {k: v for k, v in meta.items() if k != "managedFields"}
-            obj = {**obj, "metadata": meta}
-        uid = meta.get("uid")
+        key, held = _key(obj), Held.of(obj)
+        uid, new = held.uid, held.version
         if uid in self.gone:
             went = self.gone[uid]
             if went is None or new is None or new <= went:
                 return  # a late event of an object already deleted
             del self.gone[uid]  # out of a filtered watch and back in (its label put back)
         have = self.objects[kind].get(key)
-        old = _version(have) if have is not None else None
+        old = have.version if have is not None else None
         # Older than what we hold (a late event after our own write's answer; or, of another
         # object of that name, the one deleted before this one was made: etcd's revisions only
         # grow): kept out.
         if old is not None and new is not None and new < old:
             return
-        self.objects[kind][key] = obj
+        self.objects[kind][key] = held
 
     def remove(self, kind: str, namespace: str, name: str, uid: str | None = None,
                version: int | None = None) -> None:
@@ -128,7 +154,7 @@ class WatchCache:
         event at `version` (back only newer than that: a filtered watch's object relabelled)."""
         with self.lock:
             have = self.objects[kind].get((namespace, name))
-            held = (have or {}).get("metadata", {}).get("uid")
+            held = have.uid if have is not None else None
             if have is not None and (uid is None or held in (uid, None)):
                 del self.objects[kind][(namespace, name)]  # (else a newer object of that name: kept)
             uid = uid or held
@@ -157,10 +183,10 @@ class WatchCache:
             for obj in items:
                 self._put(kind, obj)
             present = {_key(o) for o in items}
-            for key, obj in list(self.objects[kind].items()):
+            for key, held in list(self.objects[kind].items()):
                 if namespace is not None and key[0] != namespace or key in present:
                     continue
-                v = _version(obj)
+                v = held.version
                 if listed_at is None or v is None or v <= listed_at:
                     del self.objects[kind][key]
             self.listed[kind].add(namespace)
@@ -173,13 +199,15 @@ class WatchCache:
         return None in listed or namespace in listed
 
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
-        """A copy (the readers may change what they are given)."""
-        obj = self.objects[kind].get((namespace, name))
-        return copy.deepcopy(obj) if obj is not None else None
+        """A fresh object of its own (the readers may change what they are given)."""
+        held = self.objects[kind].get((namespace, name))
+        return held.load() if held is not None else None
 
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
+        """Fresh objects, by name."""
         with self.lock:
-            objs = [o for (ns, _), o in self.objects[kind].items() if ns == namespace]
+            found = sorted((name, h) for (ns, name), h in self.objects[kind].items() if ns == namespace)
         if selector:
-            objs = [o for o in objs if matches(selector, o["metadata"].get("labels"))]
-        return copy.deepcopy(sorted(objs, key=lambda o: o["metadata"]["name"]))
+            terms = parse_selector(selector)
+            found = [(name, h) for name, h in found if _match(terms, h.labels)]
+        return [h.load() for _, h in found]

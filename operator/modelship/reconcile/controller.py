@@ -39,6 +39,7 @@ Key = tuple[str, str]  # (namespace, name)
 # ModelDeployments took four times as long with 4). Their calls need as many threads (run.py).
 WORKERS = 16
 Resolution = api.ResolvedModel | ResolveError | SpecError
+RESOLVING_GRACE = 1.0  # seconds a resolution may take before the status says `Resolving`
 
 
 def source_hash(spec: api.ModelDeploymentSpec) -> str:
@@ -87,10 +88,7 @@ class Controller:
         except ValidationError as e:  # the CRD admitted it, so this is a newer or older schema
             log.error("ModelDeployment %s/%s does not match this operator's API: %s", namespace, name, e)
             return None
-        tried = any(c.type == "Resolved" and c.observed_generation == md.generation for c in md.status.conditions)
-        if (md.status.resolved is None or md.status.resolved.source_hash != source_hash(md.spec)) and not tried:
-            await self._say_resolving(key, md)  # once per generation: a failure is not announced again
-        resolution = await self._resolve(md)
+        resolution = await self._resolve_saying(key, md)
         if on_shared_cache(md):
             # One volume, several ModelDeployments: one of them at a time looks at it and acts,
             # so a collection never starts beside a download it did not see (or the reverse).
@@ -141,27 +139,37 @@ class Controller:
         return observe.observe(md, claim, reads)
 
     async def _execute(self, md: api.ModelDeployment, p: Plan) -> list[Event]:
-        """The plan's actions, in its order; the Events that announce them (posted after the
-        status: `_report`). A child the API server refuses for good stops the rest and goes
-        into the status."""
-        done: list[Event] = []
-        for action in p.actions:
+        """The plan's actions, in its order, the Service's beside the rest (it depends on
+        nothing and nothing on it: a download never waits for a ClusterIP to be allocated);
+        the Events that announce them (posted after the status: `_report`). A child the API
+        server refuses for good stops the rest of its lane and goes into the status; a
+        transient failure is raised once both lanes stopped, what was done announced."""
+        lanes = [[a for a in p.actions if a.kind == "Service"], [a for a in p.actions if a.kind != "Service"]]
+        done: list[list[Event]] = [[], []]
+        results = await asyncio.gather(*(self._execute_lane(md, p, lane, out)
+                                         for lane, out in zip(lanes, done) if lane), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            for event in done[0] + done[1]:  # what was done is announced all the same
+                self.kube.post_event_later(md, event)
+            raise failed  # (a co-owned object others are changing too: try again shortly)
+        return done[0] + done[1]
+
+    async def _execute_lane(self, md: api.ModelDeployment, p: Plan, actions: list, done: list[Event]) -> None:
+        for action in actions:
             try:
                 await asyncio.to_thread(self.kube.execute, action, md.namespace)
             except ApiException as e:
                 if is_transient(e) or (action.field_manager and e.status == 422):
-                    for event in done:  # what was done is announced all the same
-                        self.kube.post_event_later(md, event)
-                    raise  # (a co-owned object others are changing too: try again shortly)
+                    raise
                 status.rejected(md, p, f"{action.kind} {action.name} was refused by the API server: {refusal(e)}",
                                 clock.now())
-                break
+                return
             self.metrics.child_writes.labels(action.kind, action.verb).inc()
             self._failpoint()
             message = f"{action.past_tense()} {action.kind} {action.name}"
             log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
             done.append(Event("Normal", action.past_tense(), message))
-        return done
 
     def _failpoint(self) -> None:
         if self.writes_left is not None:
@@ -180,6 +188,24 @@ class Controller:
         self.metrics.record_phase(key, p.status.get("phase"))
         for event in done + p.events:
             self.kube.post_event_later(md, event)
+
+    async def _resolve_saying(self, key: Key, md: api.ModelDeployment) -> Resolution:
+        """`_resolve`, saying `Resolving` in the status first when the answer does not come
+        within RESOLVING_GRACE seconds (a slow Hub, many files), once per generation (a failure
+        is not announced again). An answer at once (the pinned resolution, the catalog, a warm
+        Hub cache) costs no status write, nor the reconcile its echo would start."""
+        tried = any(c.type == "Resolved" and c.observed_generation == md.generation for c in md.status.conditions)
+        if (md.status.resolved is not None and md.status.resolved.source_hash == source_hash(md.spec)) or tried:
+            return await self._resolve(md)
+        task = asyncio.ensure_future(self._resolve(md))
+        done, _ = await asyncio.wait({task}, timeout=RESOLVING_GRACE)
+        if not done:
+            try:
+                await self._say_resolving(key, md)
+            except BaseException:
+                task.cancel()
+                raise
+        return await task
 
     async def _say_resolving(self, key: Key, md: api.ModelDeployment) -> None:
         """Resolution may take a while (a slow Hub, many files): say so first."""

@@ -197,9 +197,9 @@ class Kube:
         return self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]
 
     def job_pods(self, namespace: str, job: str) -> list[dict]:
-        """A Job's pods, oldest first."""
-        pods = [self._plain(p) for p in self.core.list_namespaced_pod(
-            namespace, label_selector=f"batch.kubernetes.io/job-name={job}").items]
+        """A Job's pods, oldest first (the operator labels them: from the watch cache)."""
+        pods = self._list("Pod", namespace, f"{MANAGED_BY}=modelship,batch.kubernetes.io/job-name={job}",
+                          self.core.list_namespaced_pod)
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
     def log_tail(self, namespace: str, pod: str, lines: int = 200) -> str:
@@ -218,7 +218,7 @@ class Kube:
             assert kind == "PersistentVolumeClaim"
             self._wrote(kind, self.core.patch_namespaced_persistent_volume_claim(
                 name, namespace, {"metadata": {"annotations": action.body}}, field_manager=self.field_manager,
-                _content_type=MERGE_PATCH))
+                _content_type=MERGE_PATCH, _preload_content=False))
             return
         if action.verb == "apply":
             fn = {"PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
@@ -226,7 +226,7 @@ class Kube:
                   "Job": self.batch.patch_namespaced_job,
                   "Deployment": self.apps.patch_namespaced_deployment}[kind]
             self._wrote(kind, fn(name, namespace, action.body, force=True, _content_type=APPLY,
-                                 field_manager=action.field_manager or self.field_manager))
+                                 field_manager=action.field_manager or self.field_manager, _preload_content=False))
             return
         # Only Jobs are ever deleted (a superseded or failed download, a finished collection);
         # the rest goes with the ModelDeployment, by the garbage collector. The chart grants no more.
@@ -239,11 +239,12 @@ class Kube:
         if self.cache is not None:
             self.cache.remove(kind, namespace, name)
 
-    def _wrote(self, kind: str, written) -> None:
+    def _wrote(self, kind: str, response) -> None:
         """Read-your-writes: the object the API server answered a write with goes in the watch
-        cache at once, not when its watch event comes."""
-        if self.cache is not None and written is not None:
-            self.cache.put(kind, self._plain(written))
+        cache at once, not when its watch event comes (its JSON as sent: the client library's
+        models would cost a round of conversions each way)."""
+        if self.cache is not None:
+            self.cache.put(kind, json.loads(response.data))
 
     def post_event_later(self, md: api.ModelDeployment, event: Event) -> None:
         """`post_event` in the background, after those posted before it (the oldest waiting

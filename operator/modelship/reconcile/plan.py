@@ -13,7 +13,8 @@ facts once, and decides in stages, each over those facts:
 5. collection: snapshots nothing uses any more leave a volume the operator made.
 
 The plan's actions are executed in that order, each stage's in the order it lists them (the
-volume's ledger names a snapshot before the Job that puts it there). The status, conditions
+volume's ledger names a snapshot before the Job that puts it there); the Service's, which
+depend on nothing, beside them. The status, conditions
 included, is written by one `StatusWriter`. The controller executes the plan; the unit tests
 call `plan()` directly.
 """
