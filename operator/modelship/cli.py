@@ -72,9 +72,12 @@ def operator(namespaces: tuple[str, ...], verbose: bool) -> None:
     """Run the operator (reads its configuration from MODELSHIP_* and MODELSHIP_CONFIG)."""
     import asyncio
 
+    from . import memory
     from .reconcile import handlers, run  # noqa: F401 - registers the Kopf handlers (slow: only here)
     from .reconcile.metrics import ControllerMetrics
     from .settings import ConfigError, load
+
+    memory.limit_arenas()  # before any thread starts
 
     try:
         settings = load(**({"namespaces": list(namespaces)} if namespaces else {}))

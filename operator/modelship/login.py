@@ -33,5 +33,8 @@ def api_client() -> client.ApiClient:
         config.load_incluster_config(client_configuration=configuration)
     else:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 32)
+    # One connection for each thread that may ask at once (the operator's 32 I/O threads, its
+    # 16 readers, the Event poster): a request past the pool's size opens a connection and
+    # closes it after, a TLS handshake each time on both sides (bench/scale.py saw them).
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 64)
     return client.ApiClient(configuration)

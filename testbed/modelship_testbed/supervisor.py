@@ -54,6 +54,14 @@ class Running:
     started_at: float = 0.0
 
 
+# The controller-manager's and the scheduler's own rate limits towards the API server, as
+# Kubernetes' scalability tests set them for clusters of hundreds to thousands of nodes
+# (kubernetes/test-infra, the kubemark jobs' KUBEMARK_MASTER_COMPONENTS_QPS_LIMITS). The
+# defaults (20 requests a second for every controller of the controller-manager together)
+# made the Job, ReplicaSet and EndpointSlice controllers, not the API server or the operator,
+# what 500 ModelDeployments waited for in bench/scale.py (bench/README.md §7).
+CONTROL_PLANE_QPS = ("--kube-api-qps=100", "--kube-api-burst=100")
+
 def component_specs(cfg: TestbedConfig) -> list[Spec]:
     d = cfg.dir
     p = pki.Pki(d / "pki")
@@ -101,13 +109,14 @@ def component_specs(cfg: TestbedConfig) -> list[Spec]:
             f"--service-cluster-ip-range={cfg.service_cidr}",
             # Tests delete and recreate quickly; do not wait minutes to collect terminated pods.
             "--terminated-pod-gc-threshold=500",
+            *CONTROL_PLANE_QPS,
         ], f"https://127.0.0.1:{ports.controller_manager}/healthz"),
         Spec("kube-scheduler", [
             str(bp("kube-scheduler")), f"--kubeconfig={d / 'pki' / 'scheduler.kubeconfig'}",
             f"--authentication-kubeconfig={d / 'pki' / 'scheduler.kubeconfig'}",
             f"--authorization-kubeconfig={d / 'pki' / 'scheduler.kubeconfig'}",
             "--bind-address=127.0.0.1", f"--secure-port={ports.scheduler}",
-            f"--cert-dir={d / 'scheduler'}", "--leader-elect=false",
+            f"--cert-dir={d / 'scheduler'}", "--leader-elect=false", *CONTROL_PLANE_QPS,
         ], f"https://127.0.0.1:{ports.scheduler}/healthz"),
         Spec("kwok", [
             str(bp("kwok")), f"--kubeconfig={d / 'kubeconfig'}", f"--config={d / 'kwok.yaml'}",

@@ -17,7 +17,7 @@ import time
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from .. import api, clock
+from .. import api, clock, memory
 from ..manifests import claim_name, digest, on_shared_cache
 from ..manifests.serving import resources
 from ..settings import Settings
@@ -280,6 +280,7 @@ class Controller:
                     self.enqueue(md["metadata"]["namespace"], md["metadata"]["name"])
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 log.warning("resync could not list ModelDeployments: %s", e)
+            memory.trim()  # the round's listings were parsed and dropped: give their pages back
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.resync_seconds)
                 return

@@ -46,12 +46,28 @@ UNFILTERED = ("persistentvolumeclaims",)
 OURS = {MANAGED_BY: "modelship"}
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf's diff base when nothing diffs: the handlers are event watchers, with no create or
+    update handler whose change Kopf would have to detect. Kopf builds an object's "essence"
+    (a deep copy of it, less its status) at every watch event all the same: with thousands of
+    children, that was the largest share of the operator's CPU (bench/README.md §7). Nothing
+    is built, fetched or stored."""
+
+    def build(self, *, body, extra_fields=None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body) -> None:
+        return None
+
+    def store(self, *, body, patch, essence) -> None:
+        return None
+
+
 def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     """Every Kopf setting the operator relies on, in one place."""
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"  # unused: no handler needs one
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.enabled = False  # the controller posts its own Events, naming the object
     settings.peering.standalone = True  # one active replica by leader election instead (run.py)
     # Resources are found once at start-up (the CRD comes with the chart, before the operator),
