@@ -239,7 +239,10 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster, nam
     assert operator.proc.returncode == 137
     assert "failpoint" in operator.log()
     half = children(cluster, namespace, "smollm2")
-    assert sum(len(v) for v in half.values()) == 1, half  # exactly one child was written
+    # Cut mid-reconcile: a child was written, the serving Deployment (the last step) was not.
+    # (The Service is applied in its own lane beside the Job, so the write that was already on
+    # the wire in the other lane when the process died may have landed too: one or two children.)
+    assert 1 <= sum(len(v) for v in half.values()) <= 2 and not half["deployments"], half
     operator.start()
     wait_phase(cluster, operator, "smollm2", "Ready", timeout=180)
     kids = children(cluster, namespace, "smollm2")

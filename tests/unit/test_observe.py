@@ -84,7 +84,7 @@ def test_only_running_downloads_are_followed():
 def test_progress_is_read_from_the_newest_pod_that_started():
     pods = [obj("old", None, status={"phase": "Failed"}), obj("mid", None, status={"phase": "Running"}),
             obj("new", None, status={"phase": "Pending"})]
-    assert observe.progress_pod(pods) == "mid"
+    assert observe.progress_pod(pods)["metadata"]["name"] == "mid"
     assert observe.progress_pod([obj("p", None, status={"phase": "Pending"})]) is None
 
 

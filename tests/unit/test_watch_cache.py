@@ -7,6 +7,7 @@ import types
 import pytest
 
 from modelship.reconcile.cache import WatchCache, matches, parse_selector
+from modelship.reconcile import kube as kube_mod
 from modelship.reconcile.kube import Kube
 
 
@@ -214,30 +215,46 @@ def test_a_watch_event_is_in_the_cache_before_its_reconcile_is_enqueued():
 
 
 class FakeLists:
+    """List calls of the client library, answered a page of `limit` at a time."""
+
     def __init__(self, items):
         self.items, self.selectors = items, []
 
     def __getattr__(self, name):
-        def listing(*args, label_selector=None, **_):
-            self.selectors.append((name, args, label_selector))
-            body = {"metadata": {"resourceVersion": "50"}, "items": self.items.get(name, [])}
+        def listing(*args, label_selector=None, limit=None, _continue=None, **_):
+            self.selectors.append((name, args, label_selector, _continue))
+            items, start = self.items.get(name, []), int(_continue or 0)
+            end = start + (limit or len(items) or 1)
+            body = {"metadata": {"resourceVersion": "50", **({"continue": str(end)} if end < len(items) else {})},
+                    "items": items[start:end]}
             return types.SimpleNamespace(data=json.dumps(body).encode())
         return listing
 
 
-def test_a_resync_listing_primes_every_kind_and_returns_the_modeldeployments():
+def test_a_resync_listing_primes_every_kind_page_by_page_and_returns_the_modeldeployments(monkeypatch):
+    monkeypatch.setattr(kube_mod, "LIST_PAGE", 2)
     cache = WatchCache(("Job", "PersistentVolumeClaim", "ModelDeployment"),
                        whole={"PersistentVolumeClaim", "ModelDeployment"})
+    cache.put("Job", obj("gone", 3))  # deleted while nobody watched: the listing drops it
     kube = kube_with(cache)
-    kube.batch = kube.core = FakeLists({"list_namespaced_job": [obj("j", 1)]})
-    kube.custom = types.SimpleNamespace(list_namespaced_custom_object=lambda *a: {
-        "metadata": {"resourceVersion": "50"}, "items": [obj("m", 2)]})
-    mds = kube.list_mds(["ns"])
-    assert [m["metadata"]["name"] for m in mds] == ["m"]
-    assert kube.batch.selectors == [("list_namespaced_job", ("ns",), "app.kubernetes.io/managed-by=modelship"),
-                                    ("list_namespaced_persistent_volume_claim", ("ns",), None)]
+    kube.batch = kube.core = FakeLists({"list_namespaced_job": [obj(f"j{i}", 10 + i) for i in range(5)]})
+    kube.custom = FakeLists({"list_namespaced_custom_object": [obj("m", 2)]})
+    assert kube.list_mds(["ns"]) == [("ns", "m")]
+    mine = "app.kubernetes.io/managed-by=modelship"
+    assert kube.batch.selectors == [("list_namespaced_job", ("ns",), mine, None),
+                                    ("list_namespaced_job", ("ns",), mine, "2"),
+                                    ("list_namespaced_job", ("ns",), mine, "4"),
+                                    ("list_namespaced_persistent_volume_claim", ("ns",), None, None)]
     assert cache.synced("Job", "ns") and cache.synced("ModelDeployment", "ns") and not cache.synced("Job", "other")
-    assert cache.get("Job", "ns", "j") is not None and kube.get_md("ns", "m")["metadata"]["name"] == "m"
+    assert [j["metadata"]["name"] for j in cache.list("Job", "ns")] == [f"j{i}" for i in range(5)]
+    assert kube.get_md("ns", "m")["metadata"]["name"] == "m"
+
+
+def test_without_the_cache_a_resync_lists_only_the_modeldeployments():
+    kube = kube_with(None)
+    kube.custom = FakeLists({"list_cluster_custom_object": [obj("m", 2), obj("n", 3)]})
+    assert kube.list_mds([]) == [("ns", "m"), ("ns", "n")]
+    assert [c[0] for c in kube.custom.selectors] == ["list_cluster_custom_object"]
 
 
 def test_managed_fields_are_not_kept(cache):

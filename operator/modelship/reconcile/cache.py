@@ -175,14 +175,19 @@ class WatchCache:
     def replace(self, kind: str, namespace: str | None, items: list[dict], version: str | None) -> None:
         """A full listing of the kind (in a namespace; None: the cluster) at `version`: what it
         has goes in, what the store holds beyond it and is no newer than the listing goes."""
+        with self.lock:
+            for obj in items:
+                self._put(kind, obj)
+        self.prune(kind, namespace, {_key(o) for o in items}, version)
+
+    def prune(self, kind: str, namespace: str | None, present: set[Key], version: str | None) -> None:
+        """The end of a listing put in page by page: what the store holds beyond the `present`
+        keys and is no newer than the listing's `version` goes; the kind is listed there."""
         try:
             listed_at = int(version) if version else None
         except ValueError:
             listed_at = None
         with self.lock:
-            for obj in items:
-                self._put(kind, obj)
-            present = {_key(o) for o in items}
             for key, held in list(self.objects[kind].items()):
                 if namespace is not None and key[0] != namespace or key in present:
                     continue

@@ -134,7 +134,7 @@ class Controller:
         for job in observe.downloads_to_follow(md, reads):
             pods = await asyncio.to_thread(self.kube.job_pods, md.namespace, job)
             source = observe.progress_pod(pods)
-            tail = await asyncio.to_thread(self.kube.log_tail, md.namespace, source) if source else ""
+            tail = await asyncio.to_thread(self.kube.log_tail, source) if source else ""
             reads.job_pods[job] = JobPods(pods, tail)
         return observe.observe(md, claim, reads)
 
@@ -276,8 +276,8 @@ class Controller:
         kind it holds, which primes it and drops what a watch missed (`cache.py`)."""
         while not stop.is_set():
             try:
-                for md in await asyncio.to_thread(self.kube.list_mds, self.settings.namespaces):
-                    self.enqueue(md["metadata"]["namespace"], md["metadata"]["name"])
+                for namespace, name in await asyncio.to_thread(self.kube.list_mds, self.settings.namespaces):
+                    self.enqueue(namespace, name)
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 log.warning("resync could not list ModelDeployments: %s", e)
             memory.trim()  # the round's listings were parsed and dropped: give their pages back

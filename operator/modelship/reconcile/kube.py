@@ -13,9 +13,12 @@ import base64
 import json
 import logging
 import os
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from cachetools import LRUCache, TTLCache
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -31,6 +34,15 @@ log = logging.getLogger("modelship")
 APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
+
+# The children the watch cache holds only when they are the operator's (it lists them by label):
+# a 404 for one of these names is believed for ABSENT_FOR seconds, not asked again at every
+# reconcile of a download (a model's Deployment does not exist until its weights are in). An
+# apply that creates one asks again first, unless the 404 is younger than FRESH_FOR seconds.
+ABSENT_KINDS = ("Deployment", "Service")
+ABSENT_FOR, FRESH_FOR = 120.0, 2.0
+LIST_PAGE = 250  # objects per page of the resync's listings
+FINAL_LOGS_BYTES = 4 << 20  # the log tails of finished pods kept (they do not change), in all
 
 
 def is_transient(e: Exception) -> bool:
@@ -60,6 +72,9 @@ class Kube:
         # For the reads of one reconcile at once (the controller runs 4 at a time).
         self.readers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube-read")
         self.events = EventQueue(self.post_event)  # one thread: in order; bounded
+        self.memo_lock = threading.Lock()  # (the readers are threads)
+        self.absent: TTLCache = TTLCache(maxsize=8192, ttl=ABSENT_FOR)  # (kind, ns, name) -> when it was 404
+        self.final_logs: LRUCache = LRUCache(maxsize=FINAL_LOGS_BYTES, getsizeof=len)  # pod uid -> its tail
 
     def _plain(self, obj) -> dict:
         """An object of the client library as the API server sent it (camelCase dicts)."""
@@ -78,29 +93,43 @@ class Kube:
                 return None
             raise
 
-    def list_mds(self, namespaces: list[str]) -> list[dict]:
-        """Every ModelDeployment of these namespaces (none: of the cluster); with the watch
-        cache, every kind it holds is listed too and replaces what it holds (`cache.py`)."""
-        if self.cache is None:
-            return [md for ns in namespaces or [None] for md in self._list_raw(MD_KIND, ns, None)["items"]]
-        mds = []
-        for kind in self.cache.objects:
+    def list_mds(self, namespaces: list[str]) -> list[tuple[str, str]]:
+        """The (namespace, name) of every ModelDeployment of these namespaces (none: of the
+        cluster); with the watch cache, every kind it holds is listed too and replaces what it
+        holds (`cache.py`), page by page: a listing of thousands of pods is never all in memory."""
+        mds: list[tuple[str, str]] = []
+        for kind in self.cache.objects if self.cache is not None else (MD_KIND,):
             for ns in namespaces or [None]:
-                listing = self._list_raw(kind, ns, None if kind in self.cache.whole else f"{MANAGED_BY}=modelship")
-                self.cache.replace(kind, ns, listing["items"], (listing.get("metadata") or {}).get("resourceVersion"))
-                mds += listing["items"] if kind == MD_KIND else []
+                mine = self.cache is None or kind in self.cache.whole
+                present, version, token = set(), None, None
+                while True:
+                    page = self._list_raw(kind, ns, None if mine else f"{MANAGED_BY}=modelship", token)
+                    items, meta = page.get("items") or [], page.get("metadata") or {}
+                    version = version or meta.get("resourceVersion")
+                    for obj in items:
+                        key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
+                        present.add(key)
+                        mds += [key] if kind == MD_KIND else []
+                        if self.cache is not None:
+                            self.cache.put(kind, obj)
+                    del page, items
+                    token = meta.get("continue")
+                    if not token:
+                        break
+                if self.cache is not None:
+                    self.cache.prune(kind, ns, present, version)
         return mds
 
-    def _list_raw(self, kind: str, namespace: str | None, selector: str | None) -> dict:
-        """One listing as the API server sent it (plain JSON: as the watch events come)."""
+    def _list_raw(self, kind: str, namespace: str | None, selector: str | None, token: str | None) -> dict:
+        """One page of a listing as the API server sent it (plain JSON: as the watch events come)."""
+        kw = {"label_selector": selector, "limit": LIST_PAGE, "_continue": token, "_preload_content": False}
         if kind == MD_KIND:
-            if namespace is None:
-                return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
-            return self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)
+            args = (api.GROUP, api.VERSION) + ((namespace,) if namespace else ()) + (api.PLURAL,)
+            fn = self.custom.list_namespaced_custom_object if namespace else self.custom.list_cluster_custom_object
+            return json.loads(fn(*args, **kw).data)
         group, plural = {"Job": (self.batch, "job"), "Pod": (self.core, "pod"), "Service": (self.core, "service"),
                          "Deployment": (self.apps, "deployment"),
                          "PersistentVolumeClaim": (self.core, "persistent_volume_claim")}[kind]
-        kw = {"label_selector": selector, "_preload_content": False}
         if namespace is None:
             resp = getattr(group, f"list_{plural}_for_all_namespaces")(**kw)
         else:
@@ -139,12 +168,36 @@ class Kube:
         known, cached = self._cached(kind, namespace, name)
         if known:
             return cached
+        key = (kind, namespace, name)
+        with self.memo_lock:
+            if key in self.absent:
+                return None
         try:
             return self._plain(fn(name, namespace))
         except ApiException as e:
+            if e.status != 404:
+                raise
+            if kind in ABSENT_KINDS:
+                with self.memo_lock:
+                    self.absent[key] = time.monotonic()
+            return None
+
+    def _confirm_absent(self, kind: str, namespace: str, name: str) -> None:
+        """Before an apply that creates a child: a name last seen absent a while ago (the 404
+        memo) is asked for again. Something found there now (made meanwhile by someone else)
+        is not taken over: a conflict (transient), and the next reconcile reads it and says so."""
+        with self.memo_lock:
+            since = self.absent.pop((kind, namespace, name), None)
+        if since is None or time.monotonic() - since < FRESH_FOR:
+            return
+        read = {"Deployment": self.apps.read_namespaced_deployment, "Service": self.core.read_namespaced_service}[kind]
+        try:
+            read(name, namespace, _preload_content=False)
+        except ApiException as e:
             if e.status == 404:
-                return None
+                return
             raise
+        raise ApiException(status=409, reason=f"{kind} {name} was made by someone else since it was read")
 
     def _cached(self, kind: str, namespace: str, name: str) -> tuple[bool, dict | None]:
         """(whether the watch cache knows, its copy of the object). Of most kinds it holds only
@@ -202,13 +255,23 @@ class Kube:
                           self.core.list_namespaced_pod)
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
-    def log_tail(self, namespace: str, pod: str, lines: int = 200) -> str:
-        """The last lines a pod logged ("" when they cannot be had)."""
+    def log_tail(self, pod: dict, lines: int = 200) -> str:
+        """The last lines a pod logged ("" when they cannot be had); those of a pod that
+        finished are read once (a Job is marked complete some time after its pod ended)."""
+        meta = pod["metadata"]
+        uid = meta.get("uid") if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+        with self.memo_lock:
+            if uid in self.final_logs:
+                return self.final_logs[uid]
         try:
-            return self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines,
+            tail = self.core.read_namespaced_pod_log(meta["name"], meta["namespace"], tail_lines=lines,
                                                      _preload_content=False).data.decode(errors="replace")
         except ApiException:
             return ""
+        if uid and len(tail) <= FINAL_LOGS_BYTES // 64:
+            with self.memo_lock:
+                self.final_logs[uid] = tail
+        return tail
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -221,6 +284,8 @@ class Kube:
                 _content_type=MERGE_PATCH, _preload_content=False))
             return
         if action.verb == "apply":
+            if kind in ABSENT_KINDS and not action.exists:
+                self._confirm_absent(kind, namespace, name)
             fn = {"PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
                   "Service": self.core.patch_namespaced_service,
                   "Job": self.batch.patch_namespaced_job,

@@ -50,11 +50,11 @@ def downloads_to_follow(md: ModelDeployment, reads: Reads) -> list[str]:
     return [j["metadata"]["name"] for j in volume_jobs(md, reads.jobs)[0] if job_state(j)[0] in ("Running", "Failed")]
 
 
-def progress_pod(pods: list[dict]) -> str | None:
+def progress_pod(pods: list[dict]) -> dict | None:
     """The pod whose log tells the download's progress: the newest that started (a finished
     one said "done"). `pods` oldest first."""
     started = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded")]
-    return started[-1]["metadata"]["name"] if started else None
+    return started[-1] if started else None
 
 
 def last_progress(log: str) -> dict | None:
