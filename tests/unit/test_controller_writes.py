@@ -97,6 +97,7 @@ class SlowServiceKube(Kube):
             if self.refuse_service:
                 raise ApiException(status=422, reason="Invalid")
         self.log.append(("end", action.kind))
+        return action.kind == "Job"  # (whether the watch cache's copy changed)
 
     def post_event_later(self, md, event):
         self.later.append(event)
@@ -109,7 +110,9 @@ def execute(kube: SlowServiceKube):
     p = Plan([Action("apply", "Service", "m", {}), Action("apply", "PersistentVolumeClaim", "m-weights", {}),
               Action("apply", "Job", "m-download", {})], {"conditions": [], "phase": "Downloading"})
     controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
-    return asyncio.run(controller._execute(md, p)), p
+    (done, changed), p = asyncio.run(controller._execute(md, p)), p
+    assert changed  # (the Job's write changed the cache's copy, in both tests)
+    return done, p
 
 
 def test_a_download_does_not_wait_for_the_service():
@@ -129,3 +132,35 @@ def test_a_refused_service_stops_only_its_own_lane_and_is_said():
     assert p.status["phase"] == "Failed"
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "ApplyRejected" and ready["message"].startswith("Service m was refused by the API server")
+
+
+# --- once more after a write, since its echo is no news -------------------------------------
+
+@pytest.mark.parametrize("changed,wrote,again", [(True, False, True), (False, True, True), (False, False, False)])
+def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed, wrote, again):
+    """The watch events of the operator's own writes start no reconcile (cache.WatchCache.event),
+    so the reconcile that wrote runs once more by itself, to see what it wrote; one that changed
+    nothing (nothing to do, or writes that kept every object's version) does not (no loop)."""
+    from modelship.reconcile.types import Plan
+
+    controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
+    added = []
+    monkeypatch.setattr(controller.queue, "add", lambda key, after=None: added.append(key))
+
+    async def observe(md):
+        return None
+
+    async def execute(md, p):
+        return [], changed
+
+    async def report(key, md, old, p, done):
+        return wrote
+
+    monkeypatch.setattr(controller, "_observe", observe)
+    monkeypatch.setattr(controller, "_scale", lambda *a: None)
+    monkeypatch.setattr(controller, "_execute", execute)
+    monkeypatch.setattr(controller, "_report", report)
+    monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Ready"}))
+    md = make_md({"model": {"repo": "org/tiny"}})
+    asyncio.run(controller._reconcile(("ns", md.name), md, {}, safetensors()))
+    assert added == ([("ns", md.name)] if again else [])

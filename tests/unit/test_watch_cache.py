@@ -76,6 +76,20 @@ def test_an_older_event_never_replaces_our_write(cache):
     assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "11"
 
 
+def test_the_echo_of_our_own_write_is_no_news(cache):
+    """The controller reconciles once more after a write that changed the cache's copy, so the
+    watch event of that write starts no reconcile of its own; anything newer does."""
+    assert cache.put("Deployment", obj("d", 10)) is True  # the answer to our apply: a change
+    assert cache.put("Deployment", obj("d", 10)) is False  # an apply that changed nothing: same version
+    assert cache.event("Deployment", {"type": "ADDED", "object": obj("d", 10)}) is False  # its echo
+    assert cache.event("Deployment", {"type": "MODIFIED", "object": obj("d", 9)}) is False  # older still
+    assert cache.event("Deployment", {"type": "MODIFIED", "object": obj("d", 12)}) is True  # someone else's
+    assert cache.event("Deployment", {"type": None, "object": obj("d", 12)}) is False  # listed again, as held
+    assert cache.event("Deployment", {"type": "MODIFIED", "object": obj("d", 13, uid="new")}) is True  # made again
+    assert cache.event("Deployment", {"type": "DELETED", "object": obj("d", 14, uid="new")}) is True
+    assert cache.event("Job", {"type": "ADDED", "object": obj("j", 1)}) is True  # never held
+
+
 def test_a_new_object_of_the_same_name_replaces_the_old_one_and_a_late_event_of_the_old_does_not(cache):
     cache.put("Deployment", obj("d", 3, uid="old"))
     cache.put("Deployment", obj("d", 10, uid="new"))

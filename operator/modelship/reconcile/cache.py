@@ -126,18 +126,19 @@ class WatchCache:
 
     # --- what comes in --------------------------------------------------------------------
 
-    def put(self, kind: str, obj: dict) -> None:
-        """An object as the API server showed it (a watch event, a listing, a write's answer)."""
+    def put(self, kind: str, obj: dict) -> bool:
+        """An object as the API server showed it (a watch event, a listing, a write's answer);
+        whether the store's copy changed (not when it held that version, or a newer one)."""
         with self.lock:
-            self._put(kind, obj)
+            return self._put(kind, obj)
 
-    def _put(self, kind: str, obj: dict) -> None:
+    def _put(self, kind: str, obj: dict) -> bool:
         key, held = _key(obj), Held.of(obj)
         uid, new = held.uid, held.version
         if uid in self.gone:
             went = self.gone[uid]
             if went is None or new is None or new <= went:
-                return  # a late event of an object already deleted
+                return False  # a late event of an object already deleted
             del self.gone[uid]  # out of a filtered watch and back in (its label put back)
         have = self.objects[kind].get(key)
         old = have.version if have is not None else None
@@ -145,8 +146,9 @@ class WatchCache:
         # object of that name, the one deleted before this one was made: etcd's revisions only
         # grow): kept out.
         if old is not None and new is not None and new < old:
-            return
+            return False
         self.objects[kind][key] = held
+        return have is None or have.uid != uid or new is None or new != old
 
     def remove(self, kind: str, namespace: str, name: str, uid: str | None = None,
                version: int | None = None) -> None:
@@ -163,14 +165,25 @@ class WatchCache:
                 while len(self.gone) > self.forget_after:
                     self.gone.popitem(last=False)
 
-    def event(self, kind: str, raw: dict) -> None:
-        """A watch event as Kopf hands it over (`type` None: the initial listing)."""
+    def event(self, kind: str, raw: dict) -> bool:
+        """A watch event as Kopf hands it over (`type` None: the initial listing); whether it
+        is news: not when the store holds that object at that version or a newer one already
+        (the echo of the operator's own write, whose answer went in first; a listing again)."""
         obj = raw.get("object") or {}
         if raw.get("type") == "DELETED":
             ns, name = _key(obj)
             self.remove(kind, ns, name, (obj.get("metadata") or {}).get("uid"), _version(obj))
-        elif obj.get("metadata"):
-            self.put(kind, obj)
+            return True
+        meta = obj.get("metadata")
+        if not meta:
+            return True
+        new = _version(obj)
+        with self.lock:
+            held = self.objects[kind].get(_key(obj))
+            echo = held is not None and held.uid == meta.get("uid") and None not in (new, held.version) \
+                and new <= held.version
+            self._put(kind, obj)
+        return not echo
 
     def replace(self, kind: str, namespace: str | None, items: list[dict], version: str | None) -> None:
         """A full listing of the kind (in a namespace; None: the cluster) at `version`: what it

@@ -103,8 +103,10 @@ class Controller:
         scale = self._scale(md, resolution, observed)
         p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale)
         p.events += (scale.events if scale else []) + self.autoscaler.pop_events(key)
-        done = await self._execute(md, p)
-        await self._report(key, md, body.get("status") or {}, p, done)
+        done, changed = await self._execute(md, p)
+        changed |= await self._report(key, md, body.get("status") or {}, p, done)
+        if changed:  # once more, seeing what it wrote (whose watch events are no news: handlers.remember)
+            self.queue.add(key)
         if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while (sooner after a failure)
             wait = 30.0 if key in self.follow_failures else float(self.settings.follow_interval_seconds)
             return min(p.requeue_after or float("inf"), wait)
@@ -138,27 +140,30 @@ class Controller:
             reads.job_pods[job] = JobPods(pods, tail)
         return observe.observe(md, claim, reads)
 
-    async def _execute(self, md: api.ModelDeployment, p: Plan) -> list[Event]:
+    async def _execute(self, md: api.ModelDeployment, p: Plan) -> tuple[list[Event], bool]:
         """The plan's actions, in its order, the Service's beside the rest (it depends on
         nothing and nothing on it: a download never waits for a ClusterIP to be allocated);
-        the Events that announce them (posted after the status: `_report`). A child the API
+        the Events that announce them (posted after the status: `_report`) and whether any
+        changed an object in the watch cache (`Kube.execute`). A child the API
         server refuses for good stops the rest of its lane and goes into the status; a
         transient failure is raised once both lanes stopped, what was done announced."""
         lanes = [[a for a in p.actions if a.kind == "Service"], [a for a in p.actions if a.kind != "Service"]]
         done: list[list[Event]] = [[], []]
-        results = await asyncio.gather(*(self._execute_lane(md, p, lane, out)
+        changed: list[bool] = []
+        results = await asyncio.gather(*(self._execute_lane(md, p, lane, out, changed)
                                          for lane, out in zip(lanes, done) if lane), return_exceptions=True)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             for event in done[0] + done[1]:  # what was done is announced all the same
                 self.kube.post_event_later(md, event)
             raise failed  # (a co-owned object others are changing too: try again shortly)
-        return done[0] + done[1]
+        return done[0] + done[1], any(changed)
 
-    async def _execute_lane(self, md: api.ModelDeployment, p: Plan, actions: list, done: list[Event]) -> None:
+    async def _execute_lane(self, md: api.ModelDeployment, p: Plan, actions: list, done: list[Event],
+                            changed: list[bool]) -> None:
         for action in actions:
             try:
-                await asyncio.to_thread(self.kube.execute, action, md.namespace)
+                changed.append(await asyncio.to_thread(self.kube.execute, action, md.namespace))
             except ApiException as e:
                 if is_transient(e) or (action.field_manager and e.status == 422):
                     raise
@@ -178,16 +183,19 @@ class Controller:
                 log.error("failpoint: exiting abruptly after a child write, mid-reconcile")
                 os._exit(137)
 
-    async def _report(self, key: Key, md: api.ModelDeployment, old: dict, p: Plan, done: list[Event]) -> None:
-        """Write the status (when it changed), then post the Events of what was done and the
-        plan's, in the background and in order (best effort: a change waits for none of them)."""
+    async def _report(self, key: Key, md: api.ModelDeployment, old: dict, p: Plan, done: list[Event]) -> bool:
+        """Write the status (when it changed: whether the cache's copy did), then post the Events of what was
+        done and the plan's, in the background and in order (best effort: a change waits for
+        none of them)."""
+        wrote = False
         if p.status != old:
-            await asyncio.to_thread(self.kube.write_status, md.namespace, md.name, p.status)
+            wrote = await asyncio.to_thread(self.kube.write_status, md.namespace, md.name, p.status)
             if p.status.get("phase") != old.get("phase"):
                 log.info("ModelDeployment %s/%s is %s", md.namespace, md.name, p.status.get("phase"))
         self.metrics.record_phase(key, p.status.get("phase"))
         for event in done + p.events:
             self.kube.post_event_later(md, event)
+        return wrote
 
     async def _resolve_saying(self, key: Key, md: api.ModelDeployment) -> Resolution:
         """`_resolve`, saying `Resolving` in the status first when the answer does not come

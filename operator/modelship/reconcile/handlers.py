@@ -144,16 +144,19 @@ def queue_depth(memo: kopf.Memo, **_) -> int:
     return len(controller.queue) if controller else 0
 
 
-def remember(controller: Controller, kind: str, event: dict) -> None:
-    """Into the watch cache first, so that the reconcile this event starts sees it."""
+def remember(controller: Controller, kind: str, event: dict) -> bool:
+    """Into the watch cache first, so that the reconcile this event starts sees it; whether
+    the event is news (the echo of the operator's own write is not: the reconcile that wrote
+    it runs once more by itself, `Controller._reconcile`)."""
     if controller.kube.cache is not None:
-        controller.kube.cache.event(kind, event)
+        return controller.kube.cache.event(kind, event)
+    return True
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 async def modeldeployment_changed(name: str, namespace: str, event: dict, memo: kopf.Memo, **_) -> None:
-    remember(memo.controller, MD_KIND, event)
-    memo.controller.enqueue(namespace, name)
+    if remember(memo.controller, MD_KIND, event):
+        memo.controller.enqueue(namespace, name)
 
 
 async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, resource: kopf.Resource,
@@ -161,7 +164,8 @@ async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, r
     controller: Controller | None = memo.get("controller")
     if controller is None:
         return
-    remember(controller, KINDS[resource.plural], event)
+    if not remember(controller, KINDS[resource.plural], event):
+        return
     if labels.get(DEPLOYMENT_LABEL):
         controller.enqueue(namespace, labels[DEPLOYMENT_LABEL])
     else:  # an object of the shared cache (its volume, its download Jobs): every owner cares

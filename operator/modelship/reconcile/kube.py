@@ -136,13 +136,13 @@ class Kube:
             resp = getattr(group, f"list_namespaced_{plural}")(namespace, **kw)
         return json.loads(resp.data)
 
-    def write_status(self, namespace: str, name: str, status: dict) -> None:
-        """Replace the whole status (a merge patch would keep nested fields that went away)."""
+    def write_status(self, namespace: str, name: str, status: dict) -> bool:
+        """Replace the whole status (a merge patch would keep nested fields that went away);
+        whether that changed the watch cache's copy (`_wrote`)."""
         written = self.custom.patch_namespaced_custom_object_status(
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
             _content_type=JSON_PATCH)
-        if self.cache is not None and isinstance(written, dict):
-            self.cache.put(MD_KIND, written)
+        return self.cache is not None and isinstance(written, dict) and self.cache.put(MD_KIND, written)
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         """The value, or None if the Secret or its key is missing."""
@@ -275,14 +275,15 @@ class Kube:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def execute(self, action: Action, namespace: str) -> None:
+    def execute(self, action: Action, namespace: str) -> bool:
+        """Do the action; whether it changed the watch cache's copy of the object (`_wrote`: a
+        delete's watch event is news, the controller is told of it that way)."""
         kind, name = action.kind, action.name
         if action.verb == "annotate":  # a merge patch: one key per snapshot, so writers never collide
             assert kind == "PersistentVolumeClaim"
-            self._wrote(kind, self.core.patch_namespaced_persistent_volume_claim(
+            return self._wrote(kind, self.core.patch_namespaced_persistent_volume_claim(
                 name, namespace, {"metadata": {"annotations": action.body}}, field_manager=self.field_manager,
                 _content_type=MERGE_PATCH, _preload_content=False))
-            return
         if action.verb == "apply":
             if kind in ABSENT_KINDS and not action.exists:
                 self._confirm_absent(kind, namespace, name)
@@ -290,9 +291,9 @@ class Kube:
                   "Service": self.core.patch_namespaced_service,
                   "Job": self.batch.patch_namespaced_job,
                   "Deployment": self.apps.patch_namespaced_deployment}[kind]
-            self._wrote(kind, fn(name, namespace, action.body, force=True, _content_type=APPLY,
-                                 field_manager=action.field_manager or self.field_manager, _preload_content=False))
-            return
+            return self._wrote(kind, fn(name, namespace, action.body, force=True, _content_type=APPLY,
+                                        field_manager=action.field_manager or self.field_manager,
+                                        _preload_content=False))
         # Only Jobs are ever deleted (a superseded or failed download, a finished collection);
         # the rest goes with the ModelDeployment, by the garbage collector. The chart grants no more.
         assert kind == "Job", f"the operator deletes only Jobs, not a {kind}"
@@ -303,13 +304,14 @@ class Kube:
                 raise
         if self.cache is not None:
             self.cache.remove(kind, namespace, name)
+        return False
 
-    def _wrote(self, kind: str, response) -> None:
+    def _wrote(self, kind: str, response) -> bool:
         """Read-your-writes: the object the API server answered a write with goes in the watch
         cache at once, not when its watch event comes (its JSON as sent: the client library's
-        models would cost a round of conversions each way)."""
-        if self.cache is not None:
-            self.cache.put(kind, json.loads(response.data))
+        models would cost a round of conversions each way); whether that changed the cache's
+        copy (a write that changed nothing keeps the object's version: no news, no echo)."""
+        return self.cache is not None and self.cache.put(kind, json.loads(response.data))
 
     def post_event_later(self, md: api.ModelDeployment, event: Event) -> None:
         """`post_event` in the background, after those posted before it (the oldest waiting
