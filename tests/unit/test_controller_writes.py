@@ -42,7 +42,7 @@ def run(resolver: Resolver, md=None):
     kube = Kube()
     controller = Controller(Settings(), kube, resolver, ControllerMetrics())
     md = md or make_md({"model": {"repo": "org/tiny"}})
-    return asyncio.run(controller._resolve_saying(("ns", md.name), md)), kube.written
+    return asyncio.run(controller._resolve_saying((md.namespace, md.name), md)), kube.written
 
 
 @pytest.fixture(autouse=True)
@@ -76,16 +76,16 @@ def test_a_slow_failure_is_announced_once_per_generation():
     assert isinstance(resolution, ResolveError) and written == []
 
 
-# --- the plan's writes: the Service beside the rest ------------------------------------------
+# --- the plan's writes: the Service in the background ---------------------------------------
 
 
 class SlowServiceKube(Kube):
     """The Service's apply takes a while (the API server allocating its ClusterIP under load)."""
 
-    def __init__(self, refuse_service: bool = False):
+    def __init__(self, service_fails: int | None = None):
         super().__init__()
         self.log: list[tuple[str, str]] = []
-        self.refuse_service = refuse_service
+        self.service_fails = service_fails  # the status of the ApiException its apply raises
         self.later: list = []
 
     def execute(self, action, namespace):
@@ -94,44 +94,111 @@ class SlowServiceKube(Kube):
         self.log.append(("start", action.kind))
         if action.kind == "Service":
             time.sleep(0.3)
-            if self.refuse_service:
-                raise ApiException(status=422, reason="Invalid")
+            if self.service_fails:
+                raise ApiException(status=self.service_fails, reason="Invalid")
         self.log.append(("end", action.kind))
-        return action.kind == "Job"  # (whether the watch cache's copy changed)
+        return action.kind in ("Job", "Service")  # (whether the watch cache's copy changed)
 
     def post_event_later(self, md, event):
         self.later.append(event)
 
 
-def execute(kube: SlowServiceKube):
+def actions():
     from modelship.reconcile.types import Action, Plan
 
-    md = make_md({"model": {"repo": "org/tiny"}})
-    p = Plan([Action("apply", "Service", "m", {}), Action("apply", "PersistentVolumeClaim", "m-weights", {}),
-              Action("apply", "Job", "m-download", {})], {"conditions": [], "phase": "Downloading"})
+    return Plan([Action("apply", "Service", "m", {"spec": {"ports": [{"port": 80}]}}),
+                 Action("apply", "PersistentVolumeClaim", "m-weights", {}),
+                 Action("apply", "Job", "m-download", {})], {"conditions": [], "phase": "Downloading"})
+
+
+def reconciles(kube: SlowServiceKube, plans: list, between=None):
+    """`_execute` of each plan, one after the other, then the applies left in the background;
+    what each returned, and the keys the controller queued (and after how long)."""
     controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
-    (done, changed), p = asyncio.run(controller._execute(md, p)), p
-    assert changed  # (the Job's write changed the cache's copy, in both tests)
-    return done, p
+    queued: list = []
+    md = make_md({"model": {"repo": "org/tiny"}})
+
+    async def go():
+        controller.queue.add = lambda key, after=None: queued.append((key, after))
+        out = []
+        for p in plans:
+            out.append(await controller._execute(md, p))
+            await asyncio.sleep(0.5)  # the Service's apply ends meanwhile
+            if between:
+                between(controller)
+        await controller.close()
+        return out
+
+    return asyncio.run(go()), queued, md
 
 
 def test_a_download_does_not_wait_for_the_service():
     kube = SlowServiceKube()
-    done, _ = execute(kube)
-    # the claim and the Job were written while the Service's apply was still going, in order
-    assert kube.log.index(("end", "Job")) < kube.log.index(("end", "Service"))
-    assert kube.log.index(("end", "PersistentVolumeClaim")) < kube.log.index(("start", "Job"))
-    assert sorted(e.message for e in done) == ["Created Job m-download", "Created PersistentVolumeClaim m-weights",
-                                                "Created Service m"]
-
-
-def test_a_refused_service_stops_only_its_own_lane_and_is_said():
-    kube = SlowServiceKube(refuse_service=True)
-    done, p = execute(kube)
+    [(done, changed)], queued, md = reconciles(kube, [actions()])
+    # the reconcile ended with the claim and the Job written, in order, the Service's apply going on
     assert [e.message for e in done] == ["Created PersistentVolumeClaim m-weights", "Created Job m-download"]
-    assert p.status["phase"] == "Failed"
-    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
-    assert ready["reason"] == "ApplyRejected" and ready["message"].startswith("Service m was refused by the API server")
+    assert changed
+    assert kube.log.index(("end", "Job")) < kube.log.index(("end", "Service"))
+    # the Service's end is announced and reconciled (its watch event is no news)
+    assert [e.message for e in kube.later] == ["Created Service m"]
+    assert queued == [((md.namespace, md.name), None)]
+
+
+def test_one_apply_of_the_service_at_a_time():
+    kube = SlowServiceKube()
+
+    async def twice():
+        controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
+        controller.queue.add = lambda key, after=None: None
+        md = make_md({"model": {"repo": "org/tiny"}})
+        await controller._execute(md, actions())
+        await controller._execute(md, actions())  # while the first is going on
+        await asyncio.sleep(0.5)
+        await controller.close()
+
+    asyncio.run(twice())
+    assert kube.log.count(("start", "Service")) == 1
+
+
+def test_a_refused_service_is_said_and_not_tried_at_every_reconcile(monkeypatch):
+    kube = SlowServiceKube(service_fails=422)
+    plans = [actions(), actions(), actions()]
+    results, queued, md = reconciles(kube, plans)
+    # the first reconcile wrote the claim and the Job; the refusal came after it and was queued
+    assert [e.message for e in results[0][0]] == ["Created PersistentVolumeClaim m-weights", "Created Job m-download"]
+    assert plans[0].status["phase"] == "Downloading" and queued[0] == ((md.namespace, md.name), None)
+    for p in plans[1:]:  # said by the next ones, which do not try again
+        ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+        assert p.status["phase"] == "Failed" and ready["reason"] == "ApplyRejected"
+        assert ready["message"].startswith("Service m was refused by the API server: 422 Invalid; fix")
+    assert kube.log.count(("start", "Service")) == 1
+
+
+def test_a_refused_service_is_tried_again_with_another_body_or_later():
+    kube = SlowServiceKube(service_fails=422)
+    changed_body = actions()
+    changed_body.actions[0].body["spec"]["ports"][0]["port"] = 8080
+
+    def a_minute_later(controller):
+        for refused in controller.refused.values():
+            refused.at -= controller_mod.REFUSED_RETRY
+
+    _, queued, _ = reconciles(kube, [actions(), changed_body])
+    assert kube.log.count(("start", "Service")) == 2  # another body: tried at once
+    kube.log.clear()
+    _, queued, _ = reconciles(kube, [actions(), actions()], between=a_minute_later)
+    assert kube.log.count(("start", "Service")) == 2
+    kube.service_fails = None  # applied at last: no longer said
+    results, _, _ = reconciles(kube, [actions()])
+    assert kube.later[-1].message == "Created Service m"
+
+
+def test_a_service_that_failed_on_the_way_is_tried_again_shortly():
+    kube = SlowServiceKube(service_fails=503)
+    plans = [actions()]
+    _, queued, md = reconciles(kube, plans)
+    assert queued == [((md.namespace, md.name), controller_mod.TRANSIENT_RETRY)]
+    assert plans[0].status["phase"] == "Downloading" and kube.later == []
 
 
 # --- once more after a write, since its echo is no news -------------------------------------
@@ -162,5 +229,5 @@ def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed,
     monkeypatch.setattr(controller, "_report", report)
     monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Ready"}))
     md = make_md({"model": {"repo": "org/tiny"}})
-    asyncio.run(controller._reconcile(("ns", md.name), md, {}, safetensors()))
-    assert added == ([("ns", md.name)] if again else [])
+    asyncio.run(controller._reconcile((md.namespace, md.name), md, {}, safetensors()))
+    assert added == ([(md.namespace, md.name)] if again else [])

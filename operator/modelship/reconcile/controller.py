@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
@@ -40,6 +41,18 @@ Key = tuple[str, str]  # (namespace, name)
 WORKERS = 16
 Resolution = api.ResolvedModel | ResolveError | SpecError
 RESOLVING_GRACE = 1.0  # seconds a resolution may take before the status says `Resolving`
+# A Service is applied in the background (`_apply_in_background`): the API server allocates
+# ClusterIPs one at a time (bench/README.md §7), and a reconcile holding a worker for that
+# would hold up every other ModelDeployment's. One the API server refused is tried again when
+# its body changes, or REFUSED_RETRY seconds later; one that failed on the way, TRANSIENT_RETRY.
+REFUSED_RETRY, TRANSIENT_RETRY = 60.0, 2.0
+
+
+@dataclass
+class Refused:
+    body: str  # the digest of the body that was refused
+    message: str
+    at: float  # time.monotonic()
 
 
 def source_hash(spec: api.ModelDeploymentSpec) -> str:
@@ -57,6 +70,8 @@ class Controller:
         self.follow_failures: dict[Key, str] = {}  # the last failed Follow re-check
         self.volume_locks: dict[Key, asyncio.Lock] = {}  # (namespace, claim) of a shared volume
         self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)
+        self.background: dict[Key, asyncio.Task] = {}  # a Service's apply going on, one per ModelDeployment
+        self.refused: dict[Key, Refused] = {}  # a Service the API server refused, until applied
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -81,6 +96,7 @@ class Controller:
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.queue.forget(key)
             self.autoscaler.forget(key)
+            self.refused.pop(key, None)
             self.metrics.record_phase(key, None)
             return None  # the garbage collector removes the children through their owner references
         try:
@@ -141,23 +157,70 @@ class Controller:
         return observe.observe(md, claim, reads)
 
     async def _execute(self, md: api.ModelDeployment, p: Plan) -> tuple[list[Event], bool]:
-        """The plan's actions, in its order, the Service's beside the rest (it depends on
-        nothing and nothing on it: a download never waits for a ClusterIP to be allocated);
-        the Events that announce them (posted after the status: `_report`) and whether any
-        changed an object in the watch cache (`Kube.execute`). A child the API
-        server refuses for good stops the rest of its lane and goes into the status; a
-        transient failure is raised once both lanes stopped, what was done announced."""
-        lanes = [[a for a in p.actions if a.kind == "Service"], [a for a in p.actions if a.kind != "Service"]]
-        done: list[list[Event]] = [[], []]
+        """The plan's actions, in its order, but the Service's, which goes in the background (it
+        depends on nothing and nothing on it: a download never waits for a ClusterIP); the
+        Events that announce them (posted after the status: `_report`) and whether any changed
+        an object in the watch cache (`Kube.execute`). A child the API server refuses for good
+        stops the rest and goes into the status; a transient failure is raised, what was done
+        announced."""
+        service = next((a for a in p.actions if a.kind == "Service"), None)
+        if service is not None:
+            self._apply_in_background(md, p, service)
+        done: list[Event] = []
         changed: list[bool] = []
-        results = await asyncio.gather(*(self._execute_lane(md, p, lane, out, changed)
-                                         for lane, out in zip(lanes, done) if lane), return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            for event in done[0] + done[1]:  # what was done is announced all the same
+        try:
+            await self._execute_lane(md, p, [a for a in p.actions if a.kind != "Service"], done, changed)
+        except BaseException:
+            for event in done:  # what was done is announced all the same
                 self.kube.post_event_later(md, event)
-            raise failed  # (a co-owned object others are changing too: try again shortly)
-        return done[0] + done[1], any(changed)
+            raise  # (a co-owned object others are changing too: try again shortly)
+        return done, any(changed)
+
+    def _apply_in_background(self, md: api.ModelDeployment, p: Plan, action) -> None:
+        """Start the apply unless one is going on (its end reconciles again). A refusal is
+        said in the status at every reconcile until an apply succeeds; it is tried again only
+        with another body or REFUSED_RETRY seconds later (not at each reconcile it starts)."""
+        key = (md.namespace, md.name)
+        if key in self.background:
+            return
+        refused = self.refused.get(key)
+        if refused is not None:
+            status.rejected(md, p, refused.message, clock.now())
+            if refused.body == digest([action.body]) and time.monotonic() - refused.at < REFUSED_RETRY:
+                return
+        task = asyncio.ensure_future(self._apply(key, md, action))
+        self.background[key] = task
+        task.add_done_callback(lambda t: self.background.pop(key) if self.background.get(key) is t else None)
+
+    async def _apply(self, key: Key, md: api.ModelDeployment, action) -> None:
+        try:
+            changed = await asyncio.to_thread(self.kube.execute, action, md.namespace)
+        except Exception as e:  # noqa: BLE001 - said, and tried again
+            if isinstance(e, ApiException) and not is_transient(e):
+                message = f"{action.kind} {action.name} was refused by the API server: {refusal(e)}"
+                self.refused[key] = Refused(digest([action.body]), message, time.monotonic())
+                self.queue.add(key)  # to say it
+            else:
+                why = f"{e.status} {e.reason}" if isinstance(e, ApiException) else f"{type(e).__name__}: {e}"
+                log.warning("applying %s %s for %s/%s failed (%s); trying again in %.0fs", action.kind, action.name,
+                            md.namespace, md.name, why, TRANSIENT_RETRY)
+                self.queue.add(key, after=TRANSIENT_RETRY)
+            return
+        self.refused.pop(key, None)
+        self.metrics.child_writes.labels(action.kind, action.verb).inc()
+        self._failpoint()
+        message = f"{action.past_tense()} {action.kind} {action.name}"
+        log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
+        self.kube.post_event_later(md, Event("Normal", action.past_tense(), message))
+        if changed:  # its watch event is no news: see it
+            self.queue.add(key)
+
+    async def close(self) -> None:
+        """Stop the reconciles and the applies going on in the background."""
+        for task in list(self.background.values()):
+            task.cancel()
+        await asyncio.gather(*self.background.values(), return_exceptions=True)
+        await self.queue.close()
 
     async def _execute_lane(self, md: api.ModelDeployment, p: Plan, actions: list, done: list[Event],
                             changed: list[bool]) -> None:

@@ -135,7 +135,7 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
         memo.stop.set()
         await memo.resync
         await memo.poller
-        await memo.controller.queue.close()
+        await memo.controller.close()
 
 
 @kopf.on.probe(id="queue")

@@ -14,7 +14,7 @@ facts once, and decides in stages, each over those facts:
 
 The plan's actions are executed in that order, each stage's in the order it lists them (the
 volume's ledger names a snapshot before the Job that puts it there); the Service's, which
-depend on nothing, beside them. The status, conditions
+depend on nothing, in the background (`Controller._execute`). The status, conditions
 included, is written by one `StatusWriter`. The controller executes the plan; the unit tests
 call `plan()` directly.
 """
