@@ -160,6 +160,44 @@ def test_one_apply_of_the_service_at_a_time():
     assert kube.log.count(("start", "Service")) == 1
 
 
+def test_a_few_services_are_applied_at_once():
+    """The API server allocates ClusterIPs one at a time: more applies at once would only hold
+    threads that the reconciles need."""
+    import threading
+
+    class Counting(SlowServiceKube):
+        def __init__(self):
+            super().__init__()
+            self.now, self.most, self.lock = 0, 0, threading.Lock()
+
+        def execute(self, action, namespace):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            try:
+                return super().execute(action, namespace)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    kube = Counting()
+
+    async def many():
+        controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
+        controller.queue.add = lambda key, after=None: None
+        for i in range(10):
+            md = make_md({"model": {"repo": "org/tiny"}})
+            md.metadata["name"] = f"m{i}"
+            await controller._execute(md, Plan([Action("apply", "Service", f"m{i}", {})], {"conditions": []}))
+        await asyncio.sleep(0.3 * 10 / controller_mod.SERVICE_APPLIES + 0.5)
+        await controller.close()
+
+    from modelship.reconcile.types import Action, Plan
+
+    asyncio.run(many())
+    assert kube.log.count(("end", "Service")) == 10 and kube.most == controller_mod.SERVICE_APPLIES
+
+
 def test_a_refused_service_is_said_and_not_tried_at_every_reconcile(monkeypatch):
     kube = SlowServiceKube(service_fails=422)
     plans = [actions(), actions(), actions()]

@@ -46,6 +46,9 @@ RESOLVING_GRACE = 1.0  # seconds a resolution may take before the status says `R
 # would hold up every other ModelDeployment's. One the API server refused is tried again when
 # its body changes, or REFUSED_RETRY seconds later; one that failed on the way, TRANSIENT_RETRY.
 REFUSED_RETRY, TRANSIENT_RETRY = 60.0, 2.0
+# Those applies at once: more only wait in the API server, holding threads the reconciles need
+# (serially 6 ms a Service on the quiet test bed, 16 at once 119 ms each: the same rate).
+SERVICE_APPLIES = 4
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Controller:
         self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)
         self.background: dict[Key, asyncio.Task] = {}  # a Service's apply going on, one per ModelDeployment
         self.refused: dict[Key, Refused] = {}  # a Service the API server refused, until applied
+        self.service_slots = asyncio.Semaphore(SERVICE_APPLIES)
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -194,7 +198,8 @@ class Controller:
 
     async def _apply(self, key: Key, md: api.ModelDeployment, action) -> None:
         try:
-            changed = await asyncio.to_thread(self.kube.execute, action, md.namespace)
+            async with self.service_slots:
+                changed = await asyncio.to_thread(self.kube.execute, action, md.namespace)
         except Exception as e:  # noqa: BLE001 - said, and tried again
             if isinstance(e, ApiException) and not is_transient(e):
                 message = f"{action.kind} {action.name} was refused by the API server: {refusal(e)}"
