@@ -269,3 +269,34 @@ def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed,
     md = make_md({"model": {"repo": "org/tiny"}})
     asyncio.run(controller._reconcile((md.namespace, md.name), md, {}, safetensors()))
     assert added == ([(md.namespace, md.name)] if again else [])
+
+
+def test_the_progress_of_hundreds_of_downloads_is_read_less_often(monkeypatch):
+    """Each running download's log is read every 3 s (the plan's pace) while few run; all of
+    them together at most FOLLOW_READS a second when hundreds do."""
+    from modelship.reconcile.types import Plan
+
+    controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
+
+    async def execute(md, p):
+        return [], False
+
+    async def report(key, md, old, p, done):
+        return False
+
+    monkeypatch.setattr(controller, "_scale", lambda *a: None)
+    monkeypatch.setattr(controller, "_execute", execute)
+    monkeypatch.setattr(controller, "_report", report)
+    monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Downloading"}, requeue_after=3.0))
+    md = make_md({"model": {"repo": "org/tiny"}})
+    key = (md.namespace, md.name)
+
+    def requeue(others: int) -> float:
+        async def observe(md):
+            controller.following = {("ns", f"other-{i}") for i in range(others)} | {key}
+
+        monkeypatch.setattr(controller, "_observe", observe)
+        return asyncio.run(controller._reconcile(key, md, {}, safetensors()))
+
+    assert requeue(0) == 3.0 and requeue(9) == 3.0
+    assert requeue(499) == 500 / controller_mod.FOLLOW_READS  # 25 s: 20 reads a second in all

@@ -49,6 +49,9 @@ REFUSED_RETRY, TRANSIENT_RETRY = 60.0, 2.0
 # Those applies at once: more only wait in the API server, holding threads the reconciles need
 # (serially 6 ms a Service on the quiet test bed, 16 at once 119 ms each: the same rate).
 SERVICE_APPLIES = 4
+# The log tails read for the progress of running downloads, all of them together, a second at
+# most: each is read every 3 s (the plan's pace) while few run, less often when hundreds do.
+FOLLOW_READS = 20.0
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Controller:
         self.background: dict[Key, asyncio.Task] = {}  # a Service's apply going on, one per ModelDeployment
         self.refused: dict[Key, Refused] = {}  # a Service the API server refused, until applied
         self.service_slots = asyncio.Semaphore(SERVICE_APPLIES)
+        self.following: set[Key] = set()  # the ModelDeployments whose running downloads are read
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -101,6 +105,7 @@ class Controller:
             self.queue.forget(key)
             self.autoscaler.forget(key)
             self.refused.pop(key, None)
+            self.following.discard(key)
             self.metrics.record_phase(key, None)
             return None  # the garbage collector removes the children through their owner references
         try:
@@ -127,10 +132,13 @@ class Controller:
         changed |= await self._report(key, md, body.get("status") or {}, p, done)
         if changed:  # once more, seeing what it wrote (whose watch events are no news: handlers.remember)
             self.queue.add(key)
+        requeue = p.requeue_after
+        if requeue is not None and key in self.following:
+            requeue = max(requeue, len(self.following) / FOLLOW_READS)
         if md.spec.model.revision_policy == "Follow":  # ask the Hub again in a while (sooner after a failure)
             wait = 30.0 if key in self.follow_failures else float(self.settings.follow_interval_seconds)
-            return min(p.requeue_after or float("inf"), wait)
-        return p.requeue_after
+            return min(requeue or float("inf"), wait)
+        return requeue
 
     def _scale(self, md: api.ModelDeployment, resolution: Resolution, observed: Observed) -> View | None:
         """Tell the autoscaler what runs (and whether the scheduler finds no room for it); its
@@ -153,7 +161,9 @@ class Controller:
         the observed state of them."""
         claim = claim_name(md)
         reads = await asyncio.to_thread(self.kube.read, md, claim)
-        for job in observe.downloads_to_follow(md, reads):
+        follow = observe.downloads_to_follow(md, reads)
+        (self.following.add if follow else self.following.discard)((md.namespace, md.name))
+        for job in follow:
             pods = await asyncio.to_thread(self.kube.job_pods, md.namespace, job)
             source = observe.progress_pod(pods)
             tail = await asyncio.to_thread(self.kube.log_tail, source) if source else ""
