@@ -125,3 +125,15 @@ def test_a_running_pods_log_is_read_every_time_a_finished_ones_once(kube):
     assert kube.log_tail(pod("Succeeded")) == "log of fetch-abc #3\n"
     assert kube.log_tail(pod("Failed", uid="u2")) == "log of fetch-abc #4\n"  # another pod: its own
     assert kube.core.log_reads == 4
+
+
+def test_a_finished_pods_log_that_cannot_be_had_is_not_asked_for_again(kube):
+    def refused(name, namespace, **_):
+        kube.core.log_reads += 1
+        raise ApiException(status=500, reason="dial tcp: connection refused")  # no kubelet there
+
+    kube.core.read_namespaced_pod_log = refused
+    assert kube.log_tail(pod("Running")) == "" and kube.log_tail(pod("Running")) == ""
+    assert kube.core.log_reads == 2  # running: asked again (its log grows)
+    assert kube.log_tail(pod("Succeeded")) == "" and kube.log_tail(pod("Succeeded")) == ""
+    assert kube.core.log_reads == 3

@@ -257,7 +257,9 @@ class Kube:
 
     def log_tail(self, pod: dict, lines: int = 200) -> str:
         """The last lines a pod logged ("" when they cannot be had); those of a pod that
-        finished are read once (a Job is marked complete some time after its pod ended)."""
+        finished are asked for once, whatever the answer (a Job is marked complete some time
+        after its pod ended; a node whose kubelet cannot be reached stays so; a failed pod's
+        error is in its status, `observe.last_failure`)."""
         meta = pod["metadata"]
         uid = meta.get("uid") if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
         with self.memo_lock:
@@ -267,7 +269,7 @@ class Kube:
             tail = self.core.read_namespaced_pod_log(meta["name"], meta["namespace"], tail_lines=lines,
                                                      _preload_content=False).data.decode(errors="replace")
         except ApiException:
-            return ""
+            tail = ""
         if uid and len(tail) <= FINAL_LOGS_BYTES // 64:
             with self.memo_lock:
                 self.final_logs[uid] = tail
