@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from modelship.reconcile import background
 from modelship.reconcile import controller as controller_mod
 from modelship.reconcile.controller import Controller
 from modelship.reconcile.metrics import ControllerMetrics
@@ -103,18 +104,29 @@ class SlowServiceKube(Kube):
         self.later.append(event)
 
 
-def actions():
+def actions(requeue_after=None):
     from modelship.reconcile.types import Action, Plan
 
     return Plan([Action("apply", "Service", "m", {"spec": {"ports": [{"port": 80}]}}),
                  Action("apply", "PersistentVolumeClaim", "m-weights", {}),
-                 Action("apply", "Job", "m-download", {})], {"conditions": [], "phase": "Downloading"})
+                 Action("apply", "Job", "m-download", {})], {"conditions": [], "phase": "Downloading"},
+                requeue_after=requeue_after)
 
 
-def reconciles(kube: SlowServiceKube, plans: list, between=None):
-    """`_execute` of each plan, one after the other, then the applies left in the background;
-    what each returned, and the keys the controller queued (and after how long)."""
-    controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
+async def settled(controller: Controller) -> None:
+    """Until no Service's apply is going on (30 s at most: a loaded machine)."""
+    for _ in range(600):
+        if not controller.services.running:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("a Service's apply did not end")
+
+
+def reconciles(kube: SlowServiceKube, plans: list, between=None, controller=None):
+    """`_execute` of each plan, one after the other, each left to let its background apply end
+    (`between(controller)` then); what each returned, the keys the controller queued (and
+    after how long), and the ModelDeployment."""
+    controller = controller or Controller(Settings(), kube, Resolver(0), ControllerMetrics())
     queued: list = []
     md = make_md({"model": {"repo": "org/tiny"}})
 
@@ -123,7 +135,7 @@ def reconciles(kube: SlowServiceKube, plans: list, between=None):
         out = []
         for p in plans:
             out.append(await controller._execute(md, p))
-            await asyncio.sleep(0.5)  # the Service's apply ends meanwhile
+            await settled(controller)
             if between:
                 between(controller)
         await controller.close()
@@ -153,7 +165,7 @@ def test_one_apply_of_the_service_at_a_time():
         md = make_md({"model": {"repo": "org/tiny"}})
         await controller._execute(md, actions())
         await controller._execute(md, actions())  # while the first is going on
-        await asyncio.sleep(0.5)
+        await settled(controller)
         await controller.close()
 
     asyncio.run(twice())
@@ -164,6 +176,8 @@ def test_a_few_services_are_applied_at_once():
     """The API server allocates ClusterIPs one at a time: more applies at once would only hold
     threads that the reconciles need."""
     import threading
+
+    from modelship.reconcile.types import Action, Plan
 
     class Counting(SlowServiceKube):
         def __init__(self):
@@ -189,54 +203,100 @@ def test_a_few_services_are_applied_at_once():
             md = make_md({"model": {"repo": "org/tiny"}})
             md.metadata["name"] = f"m{i}"
             await controller._execute(md, Plan([Action("apply", "Service", f"m{i}", {})], {"conditions": []}))
-        await asyncio.sleep(0.3 * 10 / controller_mod.SERVICE_APPLIES + 0.5)
+        await settled(controller)
         await controller.close()
 
-    from modelship.reconcile.types import Action, Plan
-
     asyncio.run(many())
-    assert kube.log.count(("end", "Service")) == 10 and kube.most == controller_mod.SERVICE_APPLIES
+    assert kube.log.count(("end", "Service")) == 10 and kube.most == background.SERVICE_APPLIES
 
 
-def test_a_refused_service_is_said_and_not_tried_at_every_reconcile(monkeypatch):
+def test_a_refused_service_is_said_and_not_tried_at_every_reconcile():
     kube = SlowServiceKube(service_fails=422)
-    plans = [actions(), actions(), actions()]
+    plans = [actions(), actions(requeue_after=3.0), actions()]
     results, queued, md = reconciles(kube, plans)
-    # the first reconcile wrote the claim and the Job; the refusal came after it and was queued
+    # the first reconcile wrote the claim and the Job; the refusal came after it: queued to be
+    # said at once, and to be tried again a minute later
     assert [e.message for e in results[0][0]] == ["Created PersistentVolumeClaim m-weights", "Created Job m-download"]
-    assert plans[0].status["phase"] == "Downloading" and queued[0] == ((md.namespace, md.name), None)
+    assert plans[0].status["phase"] == "Downloading"
+    key = (md.namespace, md.name)
+    assert queued[:2] == [(key, None), (key, background.REFUSED_RETRY)]
     for p in plans[1:]:  # said by the next ones, which do not try again
         ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
         assert p.status["phase"] == "Failed" and ready["reason"] == "ApplyRejected"
         assert ready["message"].startswith("Service m was refused by the API server: 422 Invalid; fix")
+    assert plans[1].requeue_after == 3.0  # the download's progress is still followed
     assert kube.log.count(("start", "Service")) == 1
 
 
-def test_a_refused_service_is_tried_again_with_another_body_or_later():
+def test_a_refusal_is_said_while_it_is_tried_again():
+    """No flapping: the reconciles during a retry say the refusal too."""
+    kube = SlowServiceKube(service_fails=422)
+    controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
+    md = make_md({"model": {"repo": "org/tiny"}})
+    plans = [actions(), actions(), actions()]
+
+    async def go():
+        controller.queue.add = lambda key, after=None: None
+        await controller._execute(md, plans[0])
+        await settled(controller)
+        for refused in controller.services.refused.values():
+            refused.at -= background.REFUSED_RETRY
+        await controller._execute(md, plans[1])  # tries again...
+        await controller._execute(md, plans[2])  # ...and this one runs while it does
+        await settled(controller)
+        await controller.close()
+
+    asyncio.run(go())
+    assert kube.log.count(("start", "Service")) == 2
+    assert [p.status["phase"] for p in plans] == ["Downloading", "Failed", "Failed"]
+
+
+def test_a_refused_service_is_tried_again_with_another_body_or_later_and_forgotten_once_applied():
     kube = SlowServiceKube(service_fails=422)
     changed_body = actions()
     changed_body.actions[0].body["spec"]["ports"][0]["port"] = 8080
 
     def a_minute_later(controller):
-        for refused in controller.refused.values():
-            refused.at -= controller_mod.REFUSED_RETRY
+        for refused in controller.services.refused.values():
+            refused.at -= background.REFUSED_RETRY
 
-    _, queued, _ = reconciles(kube, [actions(), changed_body])
+    reconciles(kube, [actions(), changed_body])
     assert kube.log.count(("start", "Service")) == 2  # another body: tried at once
     kube.log.clear()
-    _, queued, _ = reconciles(kube, [actions(), actions()], between=a_minute_later)
-    assert kube.log.count(("start", "Service")) == 2
-    kube.service_fails = None  # applied at last: no longer said
-    results, _, _ = reconciles(kube, [actions()])
-    assert kube.later[-1].message == "Created Service m"
+    controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
+
+    def fixed_a_minute_later(controller):
+        a_minute_later(controller)
+        kube.service_fails = None  # (the quota was raised, say)
+
+    plans = [actions(), actions()]
+    reconciles(kube, plans, between=fixed_a_minute_later, controller=controller)
+    assert kube.log.count(("start", "Service")) == 2 and kube.later[-1].message == "Created Service m"
+    assert [p.status["phase"] for p in plans] == ["Downloading", "Failed"]  # (said while tried again)
+    assert controller.services.refused == {}  # applied at last: no longer said
+    controller.services.closing = False
+    after = actions()
+    reconciles(kube, [after], controller=controller)
+    assert after.status["phase"] == "Downloading"
 
 
-def test_a_service_that_failed_on_the_way_is_tried_again_shortly():
+def test_a_service_that_failed_on_the_way_is_tried_again_with_back_off():
     kube = SlowServiceKube(service_fails=503)
-    plans = [actions()]
+    plans = [actions(), actions()]
     _, queued, md = reconciles(kube, plans)
-    assert queued == [((md.namespace, md.name), controller_mod.TRANSIENT_RETRY)]
-    assert plans[0].status["phase"] == "Downloading" and kube.later == []
+    key = (md.namespace, md.name)
+    assert queued == [(key, background.TRANSIENT_RETRY), (key, 2 * background.TRANSIENT_RETRY)]
+    assert [p.status["phase"] for p in plans] == ["Downloading", "Downloading"] and kube.later == []
+
+
+def test_a_gone_modeldeployment_is_forgotten():
+    kube = SlowServiceKube(service_fails=422)
+    controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
+    reconciles(kube, [actions()], controller=controller)
+    controller.following.add(("ns1", "tiny"))
+    assert controller.services.refused
+    controller.forget(("ns1", "tiny"))
+    assert controller.services.refused == {} and controller.following == set()
 
 
 # --- once more after a write, since its echo is no news -------------------------------------

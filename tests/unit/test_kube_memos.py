@@ -137,3 +137,28 @@ def test_a_finished_pods_log_that_cannot_be_had_is_not_asked_for_again(kube):
     assert kube.core.log_reads == 2  # running: asked again (its log grows)
     assert kube.log_tail(pod("Succeeded")) == "" and kube.log_tail(pod("Succeeded")) == ""
     assert kube.core.log_reads == 3
+
+
+def test_an_api_server_away_or_busy_is_asked_again_and_every_entry_counts(kube):
+    answers = iter([ApiException(status=429, reason="Too Many Requests"), ApiException(status=0, reason="away")])
+
+    def busy(name, namespace, **_):
+        kube.core.log_reads += 1
+        raise next(answers)
+
+    kube.core.read_namespaced_pod_log = busy
+    assert kube.log_tail(pod("Succeeded")) == "" and kube.log_tail(pod("Succeeded")) == ""
+    assert kube.core.log_reads == 2 and not kube.final_logs
+    # a pod whose log could not be had is kept as "", and still counts against the bound
+    kube.core.read_namespaced_pod_log = lambda *a, **k: (_ for _ in ()).throw(ApiException(status=500))
+    for i in range(3):
+        kube.log_tail(pod("Failed", uid=f"u{i}"))
+    assert len(kube.final_logs) == 3 and kube.final_logs.currsize >= 3 * 200
+
+
+def test_an_apply_forgets_that_it_was_absent(kube):
+    assert deployment(kube) is None
+    create(kube)
+    kube.absent[("Deployment", "ns", "m")] = time.monotonic() - 10  # a read that raced the apply
+    create(kube)
+    assert ("Deployment", "ns", "m") not in kube.absent

@@ -96,14 +96,15 @@ class Held(NamedTuple):
     uid: str | None
     labels: dict
     data: bytes  # the object as compact JSON, managedFields left out
+    ours: bool = False  # the answer to the operator's own write (its watch event is no news)
 
     @classmethod
-    def of(cls, obj: dict) -> Held:
+    def of(cls, obj: dict, ours: bool = False) -> Held:
         meta = obj.get("metadata") or {}
         if "managedFields" in meta:  # half of a pod's size, and nothing here reads it
             obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
         return cls(_version(obj), meta.get("uid"), meta.get("labels") or {},
-                   json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+                   json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(), ours)
 
     def load(self) -> dict:
         return json.loads(self.data)
@@ -126,14 +127,15 @@ class WatchCache:
 
     # --- what comes in --------------------------------------------------------------------
 
-    def put(self, kind: str, obj: dict) -> bool:
-        """An object as the API server showed it (a watch event, a listing, a write's answer);
-        whether the store's copy changed (not when it held that version, or a newer one)."""
+    def put(self, kind: str, obj: dict, ours: bool = False) -> bool:
+        """An object as the API server showed it (a watch event, a listing, `ours`: the answer
+        to the operator's own write); whether the store's copy changed (not when it held that
+        version, or a newer one)."""
         with self.lock:
-            return self._put(kind, obj)
+            return self._put(kind, obj, ours)
 
-    def _put(self, kind: str, obj: dict) -> bool:
-        key, held = _key(obj), Held.of(obj)
+    def _put(self, kind: str, obj: dict, ours: bool = False) -> bool:
+        key, held = _key(obj), Held.of(obj, ours)
         uid, new = held.uid, held.version
         if uid in self.gone:
             went = self.gone[uid]
@@ -167,8 +169,10 @@ class WatchCache:
 
     def event(self, kind: str, raw: dict) -> bool:
         """A watch event as Kopf hands it over (`type` None: the initial listing); whether it
-        is news: not when the store holds that object at that version or a newer one already
-        (the echo of the operator's own write, whose answer went in first; a listing again)."""
+        is news: not when the store holds the answer to the operator's own write of that object
+        at that version or a newer one (its echo: the reconcile that wrote it runs again by
+        itself). A version a listing put in first is news all the same: nothing else may have
+        enqueued anyone for it (a resync round that failed half-way enqueues nobody)."""
         obj = raw.get("object") or {}
         if raw.get("type") == "DELETED":
             ns, name = _key(obj)
@@ -180,9 +184,10 @@ class WatchCache:
         new = _version(obj)
         with self.lock:
             held = self.objects[kind].get(_key(obj))
-            echo = held is not None and held.uid == meta.get("uid") and None not in (new, held.version) \
-                and new <= held.version
-            self._put(kind, obj)
+            echo = held is not None and held.ours and held.uid == meta.get("uid") \
+                and None not in (new, held.version) and new <= held.version
+            if not echo:
+                self._put(kind, obj)
         return not echo
 
     def replace(self, kind: str, namespace: str | None, items: list[dict], version: str | None) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
@@ -24,6 +23,7 @@ from ..manifests.serving import resources
 from ..settings import Settings
 from . import observe, status
 from .autoscaler import Autoscaler, View
+from .background import BackgroundApplies
 from .facts import unschedulable
 from .kube import Kube, is_transient, refusal
 from .metrics import ControllerMetrics
@@ -41,24 +41,9 @@ Key = tuple[str, str]  # (namespace, name)
 WORKERS = 16
 Resolution = api.ResolvedModel | ResolveError | SpecError
 RESOLVING_GRACE = 1.0  # seconds a resolution may take before the status says `Resolving`
-# A Service is applied in the background (`_apply_in_background`): the API server allocates
-# ClusterIPs one at a time (bench/README.md §7), and a reconcile holding a worker for that
-# would hold up every other ModelDeployment's. One the API server refused is tried again when
-# its body changes, or REFUSED_RETRY seconds later; one that failed on the way, TRANSIENT_RETRY.
-REFUSED_RETRY, TRANSIENT_RETRY = 60.0, 2.0
-# Those applies at once: more only wait in the API server, holding threads the reconciles need
-# (serially 6 ms a Service on the quiet test bed, 16 at once 119 ms each: the same rate).
-SERVICE_APPLIES = 4
 # The log tails read for the progress of running downloads, all of them together, a second at
 # most: each is read every 3 s (the plan's pace) while few run, less often when hundreds do.
 FOLLOW_READS = 20.0
-
-
-@dataclass
-class Refused:
-    body: str  # the digest of the body that was refused
-    message: str
-    at: float  # time.monotonic()
 
 
 def source_hash(spec: api.ModelDeploymentSpec) -> str:
@@ -76,13 +61,17 @@ class Controller:
         self.follow_failures: dict[Key, str] = {}  # the last failed Follow re-check
         self.volume_locks: dict[Key, asyncio.Lock] = {}  # (namespace, claim) of a shared volume
         self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)
-        self.background: dict[Key, asyncio.Task] = {}  # a Service's apply going on, one per ModelDeployment
-        self.refused: dict[Key, Refused] = {}  # a Service the API server refused, until applied
-        self.service_slots = asyncio.Semaphore(SERVICE_APPLIES)
+        self.services = BackgroundApplies(kube, self.queue, metrics, self._failpoint)
         self.following: set[Key] = set()  # the ModelDeployments whose running downloads are read
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
+
+    def forget(self, key: Key) -> None:
+        """What is kept of a ModelDeployment that went (or cannot be read): a Service's apply
+        going on for it ends unseen (the garbage collector takes a Service of a gone owner)."""
+        self.services.forget(key)
+        self.following.discard(key)
 
     async def _handle(self, key: Key) -> float | None:
         started, m = time.monotonic(), self.metrics
@@ -104,14 +93,14 @@ class Controller:
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.queue.forget(key)
             self.autoscaler.forget(key)
-            self.refused.pop(key, None)
-            self.following.discard(key)
+            self.forget(key)
             self.metrics.record_phase(key, None)
             return None  # the garbage collector removes the children through their owner references
         try:
             md = api.ModelDeployment.model_validate(body)
         except ValidationError as e:  # the CRD admitted it, so this is a newer or older schema
             log.error("ModelDeployment %s/%s does not match this operator's API: %s", namespace, name, e)
+            self.forget(key)
             return None
         resolution = await self._resolve_saying(key, md)
         if on_shared_cache(md):
@@ -179,7 +168,7 @@ class Controller:
         announced."""
         service = next((a for a in p.actions if a.kind == "Service"), None)
         if service is not None:
-            self._apply_in_background(md, p, service)
+            self.services.start(md, p, service)
         done: list[Event] = []
         changed: list[bool] = []
         try:
@@ -190,52 +179,11 @@ class Controller:
             raise  # (a co-owned object others are changing too: try again shortly)
         return done, any(changed)
 
-    def _apply_in_background(self, md: api.ModelDeployment, p: Plan, action) -> None:
-        """Start the apply unless one is going on (its end reconciles again). A refusal is
-        said in the status at every reconcile until an apply succeeds; it is tried again only
-        with another body or REFUSED_RETRY seconds later (not at each reconcile it starts)."""
-        key = (md.namespace, md.name)
-        if key in self.background:
-            return
-        refused = self.refused.get(key)
-        if refused is not None:
-            status.rejected(md, p, refused.message, clock.now())
-            if refused.body == digest([action.body]) and time.monotonic() - refused.at < REFUSED_RETRY:
-                return
-        task = asyncio.ensure_future(self._apply(key, md, action))
-        self.background[key] = task
-        task.add_done_callback(lambda t: self.background.pop(key) if self.background.get(key) is t else None)
-
-    async def _apply(self, key: Key, md: api.ModelDeployment, action) -> None:
-        try:
-            async with self.service_slots:
-                changed = await asyncio.to_thread(self.kube.execute, action, md.namespace)
-        except Exception as e:  # noqa: BLE001 - said, and tried again
-            if isinstance(e, ApiException) and not is_transient(e):
-                message = f"{action.kind} {action.name} was refused by the API server: {refusal(e)}"
-                self.refused[key] = Refused(digest([action.body]), message, time.monotonic())
-                self.queue.add(key)  # to say it
-            else:
-                why = f"{e.status} {e.reason}" if isinstance(e, ApiException) else f"{type(e).__name__}: {e}"
-                log.warning("applying %s %s for %s/%s failed (%s); trying again in %.0fs", action.kind, action.name,
-                            md.namespace, md.name, why, TRANSIENT_RETRY)
-                self.queue.add(key, after=TRANSIENT_RETRY)
-            return
-        self.refused.pop(key, None)
-        self.metrics.child_writes.labels(action.kind, action.verb).inc()
-        self._failpoint()
-        message = f"{action.past_tense()} {action.kind} {action.name}"
-        log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
-        self.kube.post_event_later(md, Event("Normal", action.past_tense(), message))
-        if changed:  # its watch event is no news: see it
-            self.queue.add(key)
-
     async def close(self) -> None:
-        """Stop the reconciles and the applies going on in the background."""
-        for task in list(self.background.values()):
-            task.cancel()
-        await asyncio.gather(*self.background.values(), return_exceptions=True)
+        """Stop the reconciles, then the Services' applies going on in the background."""
+        self.services.closing = True
         await self.queue.close()
+        await self.services.close()
 
     async def _execute_lane(self, md: api.ModelDeployment, p: Plan, actions: list, done: list[Event],
                             changed: list[bool]) -> None:

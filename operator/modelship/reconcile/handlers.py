@@ -164,11 +164,12 @@ async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, r
     controller: Controller | None = memo.get("controller")
     if controller is None:
         return
-    if not remember(controller, KINDS[resource.plural], event):
-        return
+    news = remember(controller, KINDS[resource.plural], event)
     if labels.get(DEPLOYMENT_LABEL):
-        controller.enqueue(namespace, labels[DEPLOYMENT_LABEL])
-    else:  # an object of the shared cache (its volume, its download Jobs): every owner cares
+        if news:
+            controller.enqueue(namespace, labels[DEPLOYMENT_LABEL])
+    else:  # an object of the shared cache (its volume, its download Jobs): every owner cares,
+        # echo or not (only the one that wrote it runs again by itself)
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == api.KIND:
                 controller.enqueue(namespace, ref["name"])

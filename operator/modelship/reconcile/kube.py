@@ -74,7 +74,8 @@ class Kube:
         self.events = EventQueue(self.post_event)  # one thread: in order; bounded
         self.memo_lock = threading.Lock()  # (the readers are threads)
         self.absent: TTLCache = TTLCache(maxsize=8192, ttl=ABSENT_FOR)  # (kind, ns, name) -> when it was 404
-        self.final_logs: LRUCache = LRUCache(maxsize=FINAL_LOGS_BYTES, getsizeof=len)  # pod uid -> its tail
+        # pod uid -> its tail ("" when it could not be had), each counted with its bookkeeping
+        self.final_logs: LRUCache = LRUCache(maxsize=FINAL_LOGS_BYTES, getsizeof=lambda tail: len(tail) + 200)
 
     def _plain(self, obj) -> dict:
         """An object of the client library as the API server sent it (camelCase dicts)."""
@@ -142,7 +143,7 @@ class Kube:
         written = self.custom.patch_namespaced_custom_object_status(
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
             _content_type=JSON_PATCH)
-        return self.cache is not None and isinstance(written, dict) and self.cache.put(MD_KIND, written)
+        return self.cache is not None and isinstance(written, dict) and self.cache.put(MD_KIND, written, ours=True)
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         """The value, or None if the Secret or its key is missing."""
@@ -268,8 +269,10 @@ class Kube:
         try:
             tail = self.core.read_namespaced_pod_log(meta["name"], meta["namespace"], tail_lines=lines,
                                                      _preload_content=False).data.decode(errors="replace")
-        except ApiException:
-            tail = ""
+        except ApiException as e:
+            if e.status in (0, 429):  # the API server away or busy: ask again next time
+                return ""
+            tail = ""  # (a node without a reachable kubelet: 500 at every try)
         if uid and len(tail) <= FINAL_LOGS_BYTES // 64:
             with self.memo_lock:
                 self.final_logs[uid] = tail
@@ -293,9 +296,12 @@ class Kube:
                   "Service": self.core.patch_namespaced_service,
                   "Job": self.batch.patch_namespaced_job,
                   "Deployment": self.apps.patch_namespaced_deployment}[kind]
-            return self._wrote(kind, fn(name, namespace, action.body, force=True, _content_type=APPLY,
-                                        field_manager=action.field_manager or self.field_manager,
-                                        _preload_content=False))
+            changed = self._wrote(kind, fn(name, namespace, action.body, force=True, _content_type=APPLY,
+                                           field_manager=action.field_manager or self.field_manager,
+                                           _preload_content=False))
+            with self.memo_lock:  # (a read that raced the apply may have found it absent)
+                self.absent.pop((kind, namespace, name), None)
+            return changed
         # Only Jobs are ever deleted (a superseded or failed download, a finished collection);
         # the rest goes with the ModelDeployment, by the garbage collector. The chart grants no more.
         assert kind == "Job", f"the operator deletes only Jobs, not a {kind}"
@@ -313,7 +319,7 @@ class Kube:
         cache at once, not when its watch event comes (its JSON as sent: the client library's
         models would cost a round of conversions each way); whether that changed the cache's
         copy (a write that changed nothing keeps the object's version: no news, no echo)."""
-        return self.cache is not None and self.cache.put(kind, json.loads(response.data))
+        return self.cache is not None and self.cache.put(kind, json.loads(response.data), ours=True)
 
     def post_event_later(self, md: api.ModelDeployment, event: Event) -> None:
         """`post_event` in the background, after those posted before it (the oldest waiting
