@@ -6,7 +6,7 @@ server. `run.use_io_threads` sizes it for the reconciles."""
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 
 import pytest
 
@@ -15,28 +15,37 @@ from modelship.reconcile.run import IO_THREADS, use_io_threads
 
 pytestmark = pytest.mark.timeout(20)
 
-CALL = 0.3  # seconds one blocking call takes
-
-
-async def blocking_calls(n: int) -> float:
-    """n calls of CALL seconds at once, as n reconciles make them; how long they all took."""
-    start = time.monotonic()
-    await asyncio.gather(*(asyncio.to_thread(time.sleep, CALL) for _ in range(n)))
-    return time.monotonic() - start
-
-
 def test_there_is_a_thread_for_every_reconcile_and_more():
     assert IO_THREADS >= 2 * WORKERS
 
 
 def test_as_many_blocking_calls_as_io_threads_run_at_once():
-    async def scenario() -> float:
+    """IO_THREADS calls that each wait for all the others: they all end only if they all run at
+    once (with fewer threads the barrier breaks), whatever else loads the machine."""
+    barrier = threading.Barrier(IO_THREADS, timeout=10)
+
+    async def scenario() -> None:
         pool = use_io_threads(asyncio.get_running_loop())
         try:
-            await blocking_calls(IO_THREADS)  # the threads are started
-            return await blocking_calls(IO_THREADS)
+            await asyncio.gather(*(asyncio.to_thread(barrier.wait) for _ in range(IO_THREADS)))
         finally:
             pool.shutdown(wait=False)
 
-    # One round of CALL, not two or more (the default executor's 6 threads on two cores: six rounds).
-    assert asyncio.run(scenario()) < 1.8 * CALL
+    asyncio.run(scenario())
+    assert not barrier.broken
+
+
+def test_the_default_executor_would_not_have_run_them_at_once():
+    """(What the test above would catch: the loop's default executor, min(32, CPUs + 4) threads.)"""
+    import os
+
+    if min(32, (os.cpu_count() or 1) + 4) >= IO_THREADS:
+        pytest.skip("this machine's default executor is as large")
+    barrier = threading.Barrier(IO_THREADS, timeout=0.5)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(asyncio.to_thread(barrier.wait) for _ in range(IO_THREADS)),
+                             return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert barrier.broken
