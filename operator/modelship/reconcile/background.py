@@ -22,7 +22,6 @@ from .. import api, clock
 from ..manifests import digest
 from . import status
 from .kube import Kube, is_transient, refusal
-from .metrics import ControllerMetrics
 from .types import Action, Event, Plan
 from .workqueue import WorkQueue
 
@@ -45,8 +44,10 @@ class Refused:
 
 
 class BackgroundApplies:
-    def __init__(self, kube: Kube, queue: WorkQueue, metrics: ControllerMetrics, failpoint: Callable[[], None]):
-        self.kube, self.queue, self.metrics, self.failpoint = kube, queue, metrics, failpoint
+    def __init__(self, kube: Kube, queue: WorkQueue,
+                 written: Callable[[api.ModelDeployment, Action], Event]):
+        # `written`: the controller's bookkeeping of a child write done (counted, logged, its Event)
+        self.kube, self.queue, self.written = kube, queue, written
         self.running: dict[Key, asyncio.Task] = {}  # an apply going on, one per ModelDeployment
         self.refused: dict[Key, Refused] = {}  # what the API server refused, until an apply succeeds
         self.failures: dict[Key, int] = {}  # applies failed on the way in a row (the back-off)
@@ -82,11 +83,7 @@ class BackgroundApplies:
             return
         self.refused.pop(key, None)
         self.failures.pop(key, None)
-        self.metrics.child_writes.labels(action.kind, action.verb).inc()
-        self.failpoint()
-        message = f"{action.past_tense()} {action.kind} {action.name}"
-        log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
-        self.kube.post_event_later(md, Event("Normal", action.past_tense(), message))
+        self.kube.post_event_later(md, self.written(md, action))
         if changed:  # its watch event is no news: see it
             self.queue.add(key)
 

@@ -61,7 +61,7 @@ class Controller:
         self.follow_failures: dict[Key, str] = {}  # the last failed Follow re-check
         self.volume_locks: dict[Key, asyncio.Lock] = {}  # (namespace, claim) of a shared volume
         self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)
-        self.services = BackgroundApplies(kube, self.queue, metrics, self._failpoint)
+        self.services = BackgroundApplies(kube, self.queue, self._written)
         self.following: set[Key] = set()  # the ModelDeployments whose running downloads are read
 
     def enqueue(self, namespace: str, name: str) -> None:
@@ -196,11 +196,16 @@ class Controller:
                 status.rejected(md, p, f"{action.kind} {action.name} was refused by the API server: {refusal(e)}",
                                 clock.now())
                 return
-            self.metrics.child_writes.labels(action.kind, action.verb).inc()
-            self._failpoint()
-            message = f"{action.past_tense()} {action.kind} {action.name}"
-            log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
-            done.append(Event("Normal", action.past_tense(), message))
+            done.append(self._written(md, action))
+
+    def _written(self, md: api.ModelDeployment, action) -> Event:
+        """A child write done, in the reconcile or in the background: counted, logged, and the
+        Event that announces it (the fail point may end the process here)."""
+        self.metrics.child_writes.labels(action.kind, action.verb).inc()
+        self._failpoint()
+        message = f"{action.past_tense()} {action.kind} {action.name}"
+        log.info("%s (for ModelDeployment %s/%s)", message, md.namespace, md.name)
+        return Event("Normal", action.past_tense(), message)
 
     def _failpoint(self) -> None:
         if self.writes_left is not None:
