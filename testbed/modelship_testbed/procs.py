@@ -9,7 +9,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -41,6 +43,22 @@ def stop(proc: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> i
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+def collect_stderr(proc: subprocess.Popen) -> Callable[[], str]:
+    """Read a started process's stderr (a text pipe) as it comes, so that a chatty process
+    never blocks on a pipe nobody reads (64 KiB fill in seconds). Returns what gives all of it,
+    once the process has exited (call it after `stop`)."""
+    parts: list[str] = []
+    reader = threading.Thread(target=lambda: parts.extend(proc.stderr), name=f"stderr-{proc.pid}", daemon=True)
+    reader.start()
+
+    def said() -> str:
+        proc.wait()
+        reader.join(10)
+        return "".join(parts)
+
+    return said
 
 
 def start_time(pid: int) -> str | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from modelship_testbed.procs import stop
+from modelship_testbed.procs import collect_stderr, stop
 
 from ..conftest import wait_for
 from .conftest import free_port, md_status, preload_claim
@@ -52,11 +52,12 @@ class Router:
              "--port", str(self.port), "--allow-cidr", "127.0.0.0/8", "--scrape-interval", "0.5", *flags],
             env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True)
+        self.said = collect_stderr(self.proc)
         wait_for(lambda: httpx.get(f"{self.url}/health", timeout=2).status_code == 200, 20, "the router to start")
 
     def close(self) -> None:
         code = stop(self.proc, 20)
-        said = self.proc.stderr.read()
+        said = self.said()
         assert code in (0, -15) and "Traceback" not in said, said[-3000:]
 
     def load(self) -> dict:

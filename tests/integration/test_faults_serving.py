@@ -110,6 +110,8 @@ class RegistryOnly:
         import sys
         from pathlib import Path
 
+        from modelship_testbed.procs import collect_stderr
+
         from .conftest import free_port
 
         self.namespace = namespace
@@ -119,6 +121,7 @@ class RegistryOnly:
              "--port", str(port), "--scrape-interval", "0"],
             env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True)
+        self.said = collect_stderr(self.proc)
         wait_for(lambda: httpx.get(f"{self.url}/health", timeout=2).status_code == 200, 20, "the router to start")
 
     def models(self) -> dict:
@@ -137,7 +140,7 @@ class RegistryOnly:
         from modelship_testbed.procs import stop
 
         code = stop(self.proc, 20)
-        said = self.proc.stderr.read()
+        said = self.said()
         assert code in (0, -15) and "Traceback" not in said, said[-3000:]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from modelship_testbed.procs import stop
+from modelship_testbed.procs import collect_stderr, stop
 
 from ..conftest import wait_for
 from .conftest import free_port, md_status, preload_claim
@@ -37,6 +37,7 @@ def start_router(cluster, namespace: str, port: int, *flags: str) -> subprocess.
                              "--host", "127.0.0.1", "--port", str(port), "--allow-cidr", "127.0.0.0/8", *flags],
                             env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    proc.said = collect_stderr(proc)
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 20,
              "the router to start")
     return proc
@@ -44,7 +45,7 @@ def start_router(cluster, namespace: str, port: int, *flags: str) -> subprocess.
 
 def stop_router(proc: subprocess.Popen) -> None:
     code = stop(proc, 20)  # killed rather than left running; the assert below says so
-    said = proc.stderr.read()
+    said = proc.said()
     print("\n".join(line for line in said.splitlines() if '"path"' not in line)[-5000:])  # (with a failure's report)
     assert code in (0, -15) and "Traceback" not in said, said[-3000:]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from modelship_testbed.procs import stop
+from modelship_testbed.procs import collect_stderr, stop
 
 HOST = "127.0.0.1"
 HI = [{"role": "user", "content": "hi"}]
@@ -37,13 +37,16 @@ def wait_http(url: str, what: str, timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
-def start(argv: list[str], health: str, what: str) -> subprocess.Popen:
+def start(argv: list[str], health: str, what: str, drained: bool = True) -> subprocess.Popen:
+    """A process, once it answers `health`. Its stderr is read as it comes (`proc.said()` gives
+    it all once it has exited), unless `drained` is False: then it is a pipe nobody reads."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.said = collect_stderr(proc) if drained else proc.stderr.read
     try:
         wait_http(health, what)
     except AssertionError:
         proc.kill()
-        raise AssertionError(f"{what} did not start: {proc.communicate()[1][-2000:]}") from None
+        raise AssertionError(f"{what} did not start: {proc.said()[-2000:]}") from None
     return proc
 
 
@@ -86,7 +89,7 @@ def static_router(tmp_path_factory, config: dict, *flags: str):
                   "--port", str(port), *flags], f"{url}/health", "router")
     yield url
     code = stop(proc, 20)  # uvicorn drains, then exits by the signal it was sent
-    said = proc.stderr.read()
+    said = proc.said()
     assert code in (0, -15) and "Traceback" not in said, said[-3000:]
 
 
@@ -555,3 +558,36 @@ def test_two_router_replicas_send_every_turn_of_a_conversation_to_one_engine(bac
     finally:
         for p in procs:
             stop(p, 20)
+
+
+def test_a_stderr_nobody_reads_stops_no_request_and_not_the_exit(backends, tmp_path):
+    """The access log (a line a request) fills a pipe's 64 KiB in a few hundred requests. The
+    router's stderr here is a pipe never read until it has exited: every request is still
+    answered, and SIGTERM still stops it (its log goes by a thread of its own)."""
+    import concurrent.futures
+
+    path = tmp_path / "static.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "tiny", "engine": "tgi", "endpoints": backends}]}))
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    proc = start([str(Path(sys.executable).with_name("modelship")), "router", "--static", str(path), "--host", HOST,
+                  "--port", str(port)], f"{url}/health", "router", drained=False)
+    try:
+        def one(i: int) -> int:
+            return httpx.post(f"{url}/v1/completions", timeout=10,
+                              json={"model": "tiny", "prompt": f"request {i}", "max_tokens": 1}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(one, range(600))) == [200] * 600
+        time.sleep(1)  # (the last lines handed over: the writer is blocked on the full pipe)
+        assert "modelship_router_access_log_dropped_lines_total 0.0" in httpx.get(f"{url}/metrics").text
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+        assert code in (0, -15) and time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = proc.said()
+    assert said.count('"path":"/v1/completions"') >= 150 and "Traceback" not in said  # (a pipe's worth at least)

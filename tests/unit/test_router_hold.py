@@ -479,7 +479,7 @@ def test_the_router_command_holds_within_its_flags(tmp_path):
         assert held.status_code == 503 and error(held)["code"] == "model_starting"
     finally:
         stop(proc, 10)
-    said = proc.stderr.read()
+    said = proc.said()
     assert "Traceback" not in said, said[-3000:]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from .accesslog import AccessLog
+from .accesslog import AccessLog, Backlog, BacklogStream
 from .app import Router
 from .callers import read_keys
 from .registry import Registry, load_static
@@ -125,7 +125,7 @@ def build(static: str | None, limits: Limits, api_keys: list[str] | dict[str, st
     if settings is not None:
         configure(router, settings)
         if settings.access_log:
-            router.access = AccessLog()
+            router.access = AccessLog(on_drop=router.metrics.log_dropped.inc)
 
             def write_log(loop: asyncio.AbstractEventLoop) -> None:
                 router.background.append(loop.create_task(router.access.run()))
@@ -228,8 +228,10 @@ def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: s
     raise_open_files()
     from .connection import protocol
 
+    backlog = log_to_backlog(router)
+    # log_config=None: uvicorn's loggers keep no handler of their own and go to the root's.
     config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http=protocol(header_timeout), lifespan="on",
-                            access_log=False, log_level=log_level, timeout_graceful_shutdown=drain_seconds,
+                            access_log=False, log_level=log_level, log_config=None, timeout_graceful_shutdown=drain_seconds,
                             backlog=4096, timeout_keep_alive=75, proxy_headers=False,
                             server_header=False)
     # The loop is ours to make: uvicorn's `loop=` only applies when uvicorn makes the loop.
@@ -237,3 +239,22 @@ def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: s
         runner.run(uvicorn.Server(config).serve())
     if router.access is not None:
         router.access.flush()  # (what the last half second gathered)
+    backlog.close()  # (2 s at most to write what waits: a blocked stderr does not hold the exit)
+
+
+def log_to_backlog(router: Router) -> Backlog:
+    """The router's log lines go to stderr the way its access log does, by a thread of their
+    own (accesslog.Backlog): a stderr that blocks stops no request. Returns that Backlog."""
+    if router.access is not None and router.access.backlog is not None:
+        backlog = router.access.backlog
+    else:
+        backlog = Backlog(on_drop=router.metrics.log_dropped.inc)
+    handler = logging.StreamHandler(BacklogStream(backlog))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("modelship").setLevel(logging.INFO)  # (a reloaded keys file is said)
+    return backlog
