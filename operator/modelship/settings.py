@@ -192,6 +192,10 @@ class Settings(BaseSettings):
                                         description="Retries of a failed download pod before the Job fails.")
     download_deadline_seconds: int = Field(6 * 3600, ge=60,
                                            description="A download Job running longer than this fails.")
+    max_concurrent_downloads: int = Field(32, ge=0,
+                                          description="Download Jobs in flight in the cluster at once; the others "
+                                                      "wait in line (DownloadQueued), first come first served. "
+                                                      "0: no bound.")
     startup_timeout_seconds: int = Field(1800, ge=60,
                                          description="How long an engine may take to load the model before its "
                                                      "startup probe gives up and the pod restarts.")

@@ -406,6 +406,50 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
 
 # ReadWriteMany: Jobs run on the local node, where files really land. (On ReadWriteOnce, a
 # collection runs where the volume is attached: next to the serving pods, here kwok nodes.)
+def test_the_download_window_runs_one_job_at_a_time_and_every_model_gets_its_turn(
+        cluster, namespace, core, operator, kwok_pools, tmp_path):
+    """maxConcurrentDownloads 1, four ModelDeployments on one pre-loaded claim (their Jobs run
+    on a kwok pool, which completes them): each Job is made only once the one before it has
+    completed, the others say DownloadQueued meanwhile, and every one becomes Ready."""
+    operator.start(pools=kwok_pools, config={"downloadPool": "cpu", "maxConcurrentDownloads": 1})
+    pv = f"{namespace}-window"
+    core.create_persistent_volume({
+        "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(tmp_path)},
+                 "claimRef": {"namespace": namespace, "name": "weights"}}})
+    try:
+        core.create_namespaced_persistent_volume_claim(namespace, {
+            "metadata": {"name": "weights"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                     "resources": {"requests": {"storage": "1Gi"}}}})
+        names = [f"w{i}" for i in range(4)]
+        for name in names:
+            cluster.apply(tiny(name, repo="modelship-test/tiny-llama-GGUF") | {"spec": {
+                "model": {"repo": "modelship-test/tiny-llama-GGUF"}, "pool": "cpu",
+                "storage": {"existingClaim": "weights"}}}, namespace)
+        reasons: set[str] = set()
+
+        def all_ready() -> bool:
+            statuses = [md_status(cluster, namespace, n) for n in names]
+            reasons.update(condition(st, "Downloaded").get("reason", "") for st in statuses)
+            return all(st.get("phase") == "Ready" for st in statuses)
+
+        wait_for(all_ready, 180, "every ModelDeployment to be Ready",
+                 lambda: cluster.kubectl("get", "md,job", "-n", namespace, "-o", "wide") + operator.log()[-3000:])
+        assert "DownloadQueued" in reasons, reasons
+        jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json"))["items"]
+        spans = sorted((j["metadata"]["creationTimestamp"], j["status"]["completionTime"]) for j in jobs)
+        assert len(spans) == 4, spans
+        for (_, done), (made, _) in zip(spans, spans[1:]):  # (RFC 3339 in UTC: they sort as text)
+            assert made >= done, f"a Job made at {made}, before the one before it completed at {done}: {spans}"
+        metrics = operator.metrics()
+        assert "modelship_downloads_queued 0.0" in metrics and "modelship_downloads_in_flight 0.0" in metrics
+    finally:
+        cluster.kubectl("delete", "md", "--all", "-n", namespace, "--wait=true", check=False)
+        core.delete_persistent_volume(pv)
+
+
 SHARED_RWX = {"sharedCache": True, "accessMode": "ReadWriteMany"}
 
 

@@ -31,6 +31,7 @@ from .plan import plan
 from .policy import choose_engine, place
 from .resolve import Resolver
 from .types import Event, JobPods, Observed, Plan, ResolveError, SpecError
+from .window import DownloadWindow
 from .workqueue import WorkQueue
 
 log = logging.getLogger("modelship")
@@ -63,6 +64,8 @@ class Controller:
         self.autoscaler = Autoscaler(self.enqueue, settings.autoscaler.interval_seconds)
         self.services = BackgroundApplies(kube, self.queue, self._written)
         self.following: set[Key] = set()  # the ModelDeployments whose running downloads are read
+        self.window = DownloadWindow(settings.max_concurrent_downloads, self.enqueue)
+        metrics.follow_window(self.window)
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -72,12 +75,14 @@ class Controller:
         going on for it ends unseen (the garbage collector takes a Service of a gone owner)."""
         self.services.forget(key)
         self.following.discard(key)
+        self.window.forget(key)
 
     async def _handle(self, key: Key) -> float | None:
         started, m = time.monotonic(), self.metrics
         try:
             requeue = await self.reconcile(*key)
         except Exception as e:
+            self.window.passed(key)  # (a place in the download window kept for it goes to the next)
             m.reconciles.labels("error").inc()
             if not is_transient(e):
                 log.exception("reconcile of %s/%s failed unexpectedly", *key)
@@ -115,7 +120,8 @@ class Controller:
         observed = await self._observe(md)
         follow_failure = self.follow_failures.get(key) if isinstance(resolution, api.ResolvedModel) else None
         scale = self._scale(md, resolution, observed)
-        p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale)
+        p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale, self.window)
+        self.window.settle(key, p.download_job)
         p.events += (scale.events if scale else []) + self.autoscaler.pop_events(key)
         done, changed = await self._execute(md, p)
         changed |= await self._report(key, md, body.get("status") or {}, p, done)

@@ -34,6 +34,14 @@ class ControllerMetrics:
         self.phases: dict[tuple[str, str], str] = {}  # (namespace, name) -> the phase last written
         r.register(_Phases(self.phases))
 
+    def follow_window(self, window) -> None:
+        """The download window's gauges, read when scraped."""
+        Gauge("modelship_downloads_in_flight", "Download Jobs made and not finished (at most "
+              "maxConcurrentDownloads, but right after a start).", registry=self.registry).set_function(
+            lambda: window.in_flight)
+        Gauge("modelship_downloads_queued", "ModelDeployments waiting in line for a download to start.",
+              registry=self.registry).set_function(lambda: window.queued)
+
     def leading(self, yes: bool) -> None:
         self.leader.set(1 if yes else 0)
 

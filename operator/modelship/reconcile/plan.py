@@ -33,14 +33,16 @@ from .facts import Facts, JobFacts
 from .policy import check_ownership, check_settings, check_storage, place
 from .status import StatusWriter
 from .types import Action, Event, Observed, Plan, ResolveError, SpecError
+from .window import DownloadWindow
 
 
 def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecError, observed: Observed,
          settings: Settings, now: str, endpoint: str, follow_failure: str | None = None,
-         scale: View | None = None) -> Plan:
+         scale: View | None = None, window: DownloadWindow | None = None) -> Plan:
     """`follow_failure`: why asking the Hub whether a followed branch moved failed (the
     resolution is then the commit served so far). `scale`: the autoscaler's replicas and
-    status, with autoscaling on."""
+    status, with autoscaling on. `window`: the downloads in flight in the cluster, asked for a
+    place before a new download Job is made (None: no bound)."""
     facts = Facts.of(md, observed)
     status = StatusWriter(md, facts, now, scale)
     if isinstance(resolution, (SpecError, ResolveError)):
@@ -62,7 +64,7 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
                                                f"{md.namespace}: create it, or remove existingClaim to let the "
                                                f"operator create a volume", "Pending", actions, 15.0)
     actions += volume_stage(md, resolved, observed, facts, settings)
-    download = download_stage(md, resolved, facts, observed, settings, endpoint, now)
+    download = download_stage(md, resolved, facts, observed, settings, endpoint, now, window)
     status.download(download.progress)
     if download.blocked:
         return status.blocked(download.reason, download.message, "Failed", actions + download.actions,
@@ -71,8 +73,12 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     actions += download.actions
     if not download.done:
         status.available(downloaded=False)
-        status.set("Ready", "False", "Downloading", download.message)
-        return status.finish("Downloading", actions, [], 3.0)  # the Job's log is read for progress
+        status.set("Ready", "False", download.reason if download.queued else "Downloading", download.message)
+        # A running Job's log is read for progress; one in line is woken when its turn comes
+        # (and looks again in a minute all the same).
+        p = status.finish("Downloading", actions, [], 60.0 if download.queued else 3.0)
+        p.download_job = download.in_flight
+        return p
     return serving_stage(md, resolved, placement, observed, facts, settings, status, actions, scale)
 
 
@@ -160,6 +166,11 @@ class Download:
     progress: dict  # status.download
     actions: list[Action] = field(default_factory=list)
     requeue: float | None = None  # when to look again (a full volume: when its Job is tried again)
+    in_flight: str | None = None  # the download Job running, or made now
+
+    @property
+    def queued(self) -> bool:
+        return self.state == "Queued"
 
     @property
     def done(self) -> bool:
@@ -236,7 +247,7 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
 
 
 def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, observed: Observed,
-                   settings: Settings, endpoint: str, now: str) -> Download:
+                   settings: Settings, endpoint: str, now: str, window: DownloadWindow | None = None) -> Download:
     cache, claim = manifests.on_shared_cache(md), manifests.claim_name(md)
     pin = facts.serving_node if md.spec.storage.access_mode == "ReadWriteOnce" and not cache else None
     serving = facts.served.key() if facts.served.repo and facts.served.sha != resolved.sha else None
@@ -264,16 +275,21 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
     if refill:
         if current is not None:  # its name is the download's: it must go before the download runs again
             actions.append(Action("delete", "Job", name, exists=True))
+        elif not _place(md, name, window):
+            return _queued(md, name, window, progress, actions)
         else:
             actions += apply_if_needed(job, None)
         return Download(state, "False", "Downloading", f"the files of {resolved.repo}@{resolved.sha[:7]} are no longer on "
-                        f"volume {claim}: {refill}; downloading them again", progress, actions)
+                        f"volume {claim}: {refill}; downloading them again", progress, actions,
+                        in_flight=None if current is not None else name)
     collecting = facts.running_collection()
     if current is None and collecting is not None:  # downloads wait for the collection, and it for them
         return Download("Absent", "False", "WaitingForCollection", f"waiting for Job {collecting.name}, which removes "
                         f"snapshots nothing uses any more from volume {claim}, to finish before downloading",
                         progress, actions)
     if current is None:  # a Job's pod template is immutable; its name already fingerprints it
+        if not _place(md, name, window):
+            return _queued(md, name, window, progress, actions)
         actions += apply_if_needed(job, None)
     elif cache and not current.owned:  # another ModelDeployment's download of the same files: join it
         if "podFailurePolicy" not in current.body.get("spec", {}):  # made by an older operator: the field
@@ -282,7 +298,18 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
     eta = f", about {progress['etaSeconds']} s left" if "etaSeconds" in progress else ""
     return Download(state, "False", "Downloading", f"downloading {len(resolved.files)} files with Job {name}: "
                     f"{human_bytes(progress['bytesDone'])} of {human_bytes(resolved.total_bytes)} "
-                    f"({progress['percent']}%){eta}" + (f"; last attempt: {said}" if said else ""), progress, actions)
+                    f"({progress['percent']}%){eta}" + (f"; last attempt: {said}" if said else ""), progress, actions,
+                    in_flight=name)
+
+
+def _place(md: ModelDeployment, job: str, window: DownloadWindow | None) -> bool:
+    return window is None or window.take((md.namespace, md.name), job)
+
+
+def _queued(md: ModelDeployment, job: str, window: DownloadWindow, progress: dict, actions: list[Action]) -> Download:
+    return Download("Queued", "False", "DownloadQueued", f"waiting to download: {window.size} downloads run at once "
+                    f"in the cluster (the operator's maxConcurrentDownloads), and Job {job} starts when one of them "
+                    "ends", progress, actions)
 
 
 # --- 4. serving, and 5. collection -----------------------------------------------------------

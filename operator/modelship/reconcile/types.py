@@ -79,6 +79,7 @@ class Plan:
     status: dict  # the whole new status
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    download_job: str | None = None  # the download Job in flight after this plan (running, or made now)
 
 
 @dataclass
