@@ -283,6 +283,9 @@ def main() -> None:
     ap.add_argument("--heartbeats", choices=("default", "slow"), default="default",
                     help="default: the test bed's kwok keeps the nodes; slow: a kwok of the bench's own, which "
                     "renews their leases every 15 s and patches their status every 10-20 minutes")
+    ap.add_argument("--cluster-only", action="store_true", help="no operator: the bench makes each one's Service, "
+                    "Job and (once the Job completed) Deployment itself, to measure the cluster's floor "
+                    "(scale_floor.py)")
     ap.add_argument("--router-only", action="store_true", help="the router part only, with ModelDeployments and "
                     "EndpointSlices made by the bench (no operator, nodes or pods)")
     args = ap.parse_args()
@@ -305,6 +308,16 @@ def main() -> None:
         sc.create_nodes(core, args.nodes, args.heartbeats)
         sc.wait_until(lambda: sc.ready_nodes(core) >= args.nodes, 300, f"{args.nodes} Ready nodes", every=2)
         print(f"{args.nodes} kwok nodes Ready in {time.monotonic() - start:.1f} s", flush=True)
+        if args.cluster_only:
+            import scale_floor
+
+            sc.make_volume(core, namespace, str(work / "weights"))
+            floor = scale_floor.run(api, namespace, args.models, model, args.timeout)
+            print(f"the cluster alone, {args.models} ModelDeployments on {args.nodes} nodes: Services and Jobs made "
+                  f"{floor['services and jobs made']:.1f} s, all Jobs complete and Deployments made (the floor of "
+                  f"\"all reconciled\") {floor['all made']:.1f} s, all Deployments Available "
+                  f"{floor['all available']:.1f} s")
+            return
         figures, mine, every = operator_part(args, api, cluster, namespace, work)
         report(args, figures, mine, every)
         if not args.no_router:

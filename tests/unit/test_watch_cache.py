@@ -225,7 +225,7 @@ def test_a_watch_event_is_in_the_cache_before_its_reconcile_is_enqueued():
 
     cache, seen = WatchCache(("Job",)), []
     controller = types.SimpleNamespace(kube=types.SimpleNamespace(cache=cache),
-                                       enqueue=lambda ns, name: seen.append((ns, name, cache.get("Job", ns, "j"))))
+                                       enqueue_soon=lambda ns, name: seen.append((ns, name, cache.get("Job", ns, "j"))))
     job = obj("j", 3, **{"modelship.io/deployment": "m"})
     asyncio.run(handlers.child_changed(labels=job["metadata"]["labels"], namespace="ns", meta=job["metadata"],
                                        event={"type": "ADDED", "object": job}, memo=kopf.Memo(controller=controller),

@@ -302,3 +302,26 @@ def test_forget_drops_timer_and_failures():
 
     drive(scenario)
     assert calls == 1
+
+
+def test_news_of_children_in_a_burst_is_one_reconcile_and_a_queued_one_takes_it_all():
+    async def scenario():
+        runs: list[float] = []
+
+        async def handler(key):
+            runs.append(asyncio.get_running_loop().time())
+
+        q = WorkQueue(handler, workers=2)
+        start = asyncio.get_running_loop().time()
+        for _ in range(5):  # a burst of five child events
+            q.add_soon("k", 0.2)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.4)
+        assert len(runs) == 1 and 0.19 <= runs[0] - start <= 0.35
+        q.add("k")  # queued at once (its own change) ...
+        q.add_soon("k", 0.2)  # ... so news meanwhile needs no reconcile of its own
+        await asyncio.sleep(0.4)
+        assert len(runs) == 2
+        await q.close()
+
+    asyncio.run(scenario())

@@ -45,6 +45,9 @@ RESOLVING_GRACE = 1.0  # seconds a resolution may take before the status says `R
 # The log tails read for the progress of running downloads, all of them together, a second at
 # most: each is read every 3 s (the plan's pace) while few run, less often when hundreds do.
 FOLLOW_READS = 20.0
+# A child's news is gathered this long into one reconcile (a ModelDeployment's own change is
+# reconciled at once): its Job's and Deployment's pods change state in bursts.
+CHILD_NEWS = 0.5
 
 
 def source_hash(spec: api.ModelDeploymentSpec) -> str:
@@ -69,6 +72,10 @@ class Controller:
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
+
+    def enqueue_soon(self, namespace: str, name: str) -> None:
+        """A child of it changed: reconcile within CHILD_NEWS seconds, with the rest of the burst."""
+        self.queue.add_soon((namespace, name), CHILD_NEWS)
 
     def forget(self, key: Key) -> None:
         """What is kept of a ModelDeployment that went (or cannot be read): a Service's apply

@@ -167,12 +167,12 @@ async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, r
     news = remember(controller, KINDS[resource.plural], event)
     if labels.get(DEPLOYMENT_LABEL):
         if news:
-            controller.enqueue(namespace, labels[DEPLOYMENT_LABEL])
+            controller.enqueue_soon(namespace, labels[DEPLOYMENT_LABEL])
     else:  # an object of the shared cache (its volume, its download Jobs): every owner cares,
         # echo or not (only the one that wrote it runs again by itself)
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == api.KIND:
-                controller.enqueue(namespace, ref["name"])
+                controller.enqueue_soon(namespace, ref["name"])
 
 
 for resource in CHILD_RESOURCES:

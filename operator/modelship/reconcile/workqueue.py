@@ -54,6 +54,13 @@ class WorkQueue:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
+    def add_soon(self, key: Hashable, within: float) -> None:
+        """Reconcile `key` within `within` seconds: the news of a child, which often comes in a
+        burst (a Job's pod made, scheduled, running, done; a Deployment's pods each ready), is
+        gathered into one reconcile. Nothing to add while one is queued: it has not read yet."""
+        if key not in self.queued:
+            self.add(key, after=within)
+
     def _fire(self, key: Hashable) -> None:
         self.timers.pop(key, None)
         self.add(key)

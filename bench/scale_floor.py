@@ -1,0 +1,78 @@
+"""Benchmark 7's floor: the cluster's own part of "all reconciled", with no operator.
+
+`bench/scale.py --cluster-only` makes the same ModelDeployments, then does by itself, with
+the operator's own builders (`modelship.manifests`), the least any operator must: for each,
+its Service and its download Job at once, and its Deployment as soon as its Job has
+completed; no status, no Event, no read but one listing of the Jobs a second. The time until
+every one has its Service and Deployment is what the API server, the Job controller,
+the scheduler and kwok need for that on this machine: no operator can take less.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from kubernetes import client
+
+import scale_cluster as sc
+
+GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
+
+
+def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: float) -> dict[str, float]:
+    from modelship import api as mapi
+    from modelship import manifests
+    from modelship.reconcile.policy import place
+    from modelship.settings import Settings
+    from tests.integration.conftest import catalog
+
+    settings = Settings(pools=sc.POOLS, download_pool=sc.POOL, default_gpu_pool=f"{sc.POOL}-gpu",
+                        default_cpu_pool=sc.POOL)
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    batch, apps = client.BatchV1Api(api), client.AppsV1Api(api)
+    entry = next(e for e in catalog() if e["repo"] == make_model(0)["spec"]["model"]["repo"])
+    resolved = mapi.ResolvedModel.model_validate(entry)
+    start = time.monotonic()
+    mds: dict[str, mapi.ModelDeployment] = {}
+
+    def first(i: int) -> None:
+        body = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, make_model(i))
+        md = mapi.ModelDeployment.model_validate(body)
+        mds[md.name] = md
+        core.create_namespaced_service(namespace, manifests.service(md))
+        batch.create_namespaced_job(namespace, manifests.download_job(md, resolved, "http://127.0.0.1:9", settings))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(first, range(count)))
+    out = {"services and jobs made": time.monotonic() - start}
+    print(f"  {out['services and jobs made']:6.1f} s: {count} ModelDeployments, Services and Jobs made", flush=True)
+    made: set[str] = set()
+    job_of = {manifests.download_job(md, resolved, "http://127.0.0.1:9", settings)["metadata"]["name"]: name
+              for name, md in mds.items()}
+
+    def deploy(name: str) -> None:
+        md = mds[name]
+        apps.create_namespaced_deployment(namespace, manifests.deployment(md, resolved, place(md, resolved.engine,
+                                                                                              settings), settings))
+
+    with ThreadPoolExecutor(16) as pool:
+        while len(made) < count and time.monotonic() - start < timeout:
+            done = [job_of[j.metadata.name] for j in batch.list_namespaced_job(namespace).items
+                    if j.metadata.name in job_of and any(c.type == "Complete" and c.status == "True"
+                                                         for c in j.status.conditions or [])]
+            new = [n for n in done if n not in made]
+            made.update(new)
+            list(pool.map(deploy, new))
+            print(f"  {time.monotonic() - start:6.1f} s: {len(made)}/{count} Jobs complete and Deployments made",
+                  flush=True)
+            time.sleep(1.0)
+    out["all made"] = time.monotonic() - start if len(made) == count else float("inf")
+    while time.monotonic() - start < timeout:
+        available = sum(1 for d in apps.list_namespaced_deployment(namespace).items
+                        if any(c.type == "Available" and c.status == "True" for c in d.status.conditions or []))
+        if available == count:
+            break
+        time.sleep(1.0)
+    out["all available"] = time.monotonic() - start if available == count else float("inf")
+    return out
