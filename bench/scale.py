@@ -31,6 +31,9 @@ users of a shared test bed, and measures:
   it was waiting), and from its log, how long each step of a ModelDeployment's path took.
 
 Then the router part (`scale_router.py`). Everything is deleted at the end, on Ctrl-C too.
+
+`--cluster-only` runs no operator: the bench itself makes what the operator would, the least
+of it (`scale_floor.py`), to measure the cluster's floor under "all reconciled".
 """
 
 from __future__ import annotations
