@@ -289,6 +289,8 @@ def main() -> None:
     ap.add_argument("--cluster-only", action="store_true", help="no operator: the bench makes each one's Service, "
                     "Job and (once the Job completed) Deployment itself, to measure the cluster's floor "
                     "(scale_floor.py)")
+    ap.add_argument("--floor-extras", default="", help="with --cluster-only: comma-separated requests of the "
+                    "operator's to add to the floor (status, gets, events)")
     ap.add_argument("--router-only", action="store_true", help="the router part only, with ModelDeployments and "
                     "EndpointSlices made by the bench (no operator, nodes or pods)")
     args = ap.parse_args()
@@ -315,7 +317,8 @@ def main() -> None:
             import scale_floor
 
             sc.make_volume(core, namespace, str(work / "weights"))
-            floor = scale_floor.run(api, namespace, args.models, model, args.timeout)
+            extras = frozenset(x for x in args.floor_extras.split(",") if x)
+            floor = scale_floor.run(api, namespace, args.models, model, args.timeout, extras)
             print(f"the cluster alone, {args.models} ModelDeployments on {args.nodes} nodes: Services and Jobs made "
                   f"{floor['services and jobs made']:.1f} s, all Jobs complete and Deployments made (the floor of "
                   f"\"all reconciled\") {floor['all made']:.1f} s, all Deployments Available "

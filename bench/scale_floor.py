@@ -20,7 +20,11 @@ import scale_cluster as sc
 GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
 
 
-def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: float) -> dict[str, float]:
+def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: float,
+        extras: frozenset[str] = frozenset()) -> dict[str, float]:
+    """`extras`: requests the operator makes on top of the floor, added to see what they cost:
+    `status` (a status write at each step: 2 a ModelDeployment), `gets` (a GET of the Service
+    and of the Deployment before each is made: 2), `events` (an Event at each step: 2)."""
     from modelship import api as mapi
     from modelship import manifests
     from modelship.reconcile.policy import place
@@ -40,8 +44,29 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
         body = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, make_model(i))
         md = mapi.ModelDeployment.model_validate(body)
         mds[md.name] = md
+        absent(core.read_namespaced_service, md.name)
         core.create_namespaced_service(namespace, manifests.service(md))
         batch.create_namespaced_job(namespace, manifests.download_job(md, resolved, "http://127.0.0.1:9", settings))
+        said(md, "Downloading")
+
+    def absent(read, name: str) -> None:
+        if "gets" in extras:
+            try:
+                read(name, namespace)
+            except client.ApiException as e:
+                if e.status != 404:
+                    raise
+
+    def said(md, phase: str) -> None:
+        if "status" in extras:
+            custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, md.name, {
+                "status": {"phase": phase, "observedGeneration": 1}})
+        if "events" in extras:
+            core.create_namespaced_event(namespace, {
+                "metadata": {"generateName": f"{md.name}."}, "type": "Normal", "reason": phase,
+                "message": f"{md.name} is {phase}", "involvedObject": {
+                    "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "name": md.name,
+                    "namespace": namespace, "uid": md.metadata["uid"]}})
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(first, range(count)))
@@ -53,8 +78,10 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
 
     def deploy(name: str) -> None:
         md = mds[name]
+        absent(apps.read_namespaced_deployment, name)
         apps.create_namespaced_deployment(namespace, manifests.deployment(md, resolved, place(md, resolved.engine,
                                                                                               settings), settings))
+        said(md, "Starting")
 
     with ThreadPoolExecutor(16) as pool:
         while len(made) < count and time.monotonic() - start < timeout:
