@@ -404,8 +404,6 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     assert md_status(cluster, namespace, "follower")["phase"] == "Ready"
 
 
-# ReadWriteMany: Jobs run on the local node, where files really land. (On ReadWriteOnce, a
-# collection runs where the volume is attached: next to the serving pods, here kwok nodes.)
 def test_the_download_window_runs_one_job_at_a_time_and_every_model_gets_its_turn(
         cluster, namespace, core, operator, kwok_pools, tmp_path):
     """maxConcurrentDownloads 1, four ModelDeployments on one pre-loaded claim (their Jobs run
@@ -429,8 +427,14 @@ def test_the_download_window_runs_one_job_at_a_time_and_every_model_gets_its_tur
                 "model": {"repo": "modelship-test/tiny-llama-GGUF"}, "pool": "cpu",
                 "storage": {"existingClaim": "weights"}}}, namespace)
         reasons: set[str] = set()
+        most = 0  # Jobs seen not finished at once
 
         def all_ready() -> bool:
+            nonlocal most
+            jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json"))["items"]
+            most = max(most, sum(1 for j in jobs if not any(c["type"] in ("Complete", "Failed") and
+                                                            c["status"] == "True"
+                                                            for c in j.get("status", {}).get("conditions") or [])))
             statuses = [md_status(cluster, namespace, n) for n in names]
             reasons.update(condition(st, "Downloaded").get("reason", "") for st in statuses)
             return all(st.get("phase") == "Ready" for st in statuses)
@@ -438,6 +442,7 @@ def test_the_download_window_runs_one_job_at_a_time_and_every_model_gets_its_tur
         wait_for(all_ready, 180, "every ModelDeployment to be Ready",
                  lambda: cluster.kubectl("get", "md,job", "-n", namespace, "-o", "wide") + operator.log()[-3000:])
         assert "DownloadQueued" in reasons, reasons
+        assert most == 1, f"{most} Jobs were seen running at once"
         jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json"))["items"]
         spans = sorted((j["metadata"]["creationTimestamp"], j["status"]["completionTime"]) for j in jobs)
         assert len(spans) == 4, spans
@@ -450,6 +455,8 @@ def test_the_download_window_runs_one_job_at_a_time_and_every_model_gets_its_tur
         core.delete_persistent_volume(pv)
 
 
+# ReadWriteMany: Jobs run on the local node, where files really land. (On ReadWriteOnce, a
+# collection runs where the volume is attached: next to the serving pods, here kwok nodes.)
 SHARED_RWX = {"sharedCache": True, "accessMode": "ReadWriteMany"}
 
 

@@ -360,3 +360,62 @@ def test_the_progress_of_hundreds_of_downloads_is_read_less_often(monkeypatch):
 
     assert requeue(0) == 3.0 and requeue(9) == 3.0
     assert requeue(499) == 500 / controller_mod.FOLLOW_READS  # 25 s: 20 reads a second in all
+
+
+# --- the download window's place, as the controller keeps it ----------------------------------
+
+
+class RefusingJobKube(SlowServiceKube):
+    """The Job's apply is refused for good (a quota on Jobs: 403)."""
+
+    def execute(self, action, namespace):
+        from kubernetes.client.rest import ApiException
+
+        if action.kind == "Job":
+            raise ApiException(status=403, reason="Forbidden: exceeded quota: count/jobs.batch")
+        return super().execute(action, namespace)
+
+
+def test_a_download_job_refused_for_good_frees_its_place_in_the_window():
+    """A ModelDeployment whose Job the API server refuses holds no place: the others' turn comes."""
+    kube = RefusingJobKube()
+    controller = Controller(Settings(max_concurrent_downloads=1), kube, Resolver(0), ControllerMetrics())
+    woken: list = []
+    controller.window.wake = lambda ns, name: woken.append(name)
+
+    async def go():
+        p = actions()
+        md = make_md({"model": {"repo": "org/tiny"}})
+        key = (md.namespace, md.name)
+        assert controller.window.take(key, "m-download")
+        p.download_job = "m-download"  # (what plan() says when it takes the place)
+        assert not controller.window.take(("ns1", "other"), "other-download")  # in line behind it
+        await controller._execute(md, p)
+        controller.window.settle(key, p.download_job)  # as `_reconcile` does after `_execute`
+        await settled(controller)
+        await controller.close()
+        return p
+
+    p = asyncio.run(go())
+    assert p.download_job is None and p.status["phase"] == "Failed"
+    assert controller.window.in_flight == 0 and woken == ["other"]
+
+
+def test_a_reconcile_that_fails_passes_a_place_kept_for_it_on():
+    controller = Controller(Settings(max_concurrent_downloads=1), Kube(), Resolver(0), ControllerMetrics())
+    woken: list = []
+    controller.window.wake = lambda ns, name: woken.append(name)
+    w = controller.window
+    w.take(("ns1", "a"), "ja")
+    w.take(("ns1", "b"), "jb")
+    w.take(("ns1", "c"), "jc")
+    w.settle(("ns1", "a"), None)  # a's Job ended: b's turn
+    assert woken == ["b"]
+
+    async def boom(*_):
+        raise RuntimeError("the API server went away")
+
+    controller.reconcile = boom
+    with pytest.raises(RuntimeError):
+        asyncio.run(controller._handle(("ns1", "b")))
+    assert woken == ["b", "c"]  # b's place went on to c

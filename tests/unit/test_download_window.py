@@ -58,15 +58,34 @@ def test_one_woken_that_needs_no_place_any_more_passes_it_on():
     assert woken == ["m2", "m3"]
 
 
-def test_a_woken_reconcile_that_fails_passes_its_place_on_and_asks_again_when_retried():
+def test_a_woken_reconcile_that_fails_passes_its_place_on_and_keeps_its_place_in_line():
+    w, woken = window(1)
+    for i in (1, 2, 3, 4):
+        w.take(md(i), f"j{i}")
+    w.settle(md(1), None)
+    w.passed(md(2))  # its reconcile failed: retried later, with back-off
+    assert woken == ["m2", "m3"]
+    assert w.take(md(3), "j3") and not w.take(md(2), "j2")  # the retry waits again ...
+    assert list(w.waiting) == [md(2), md(4)]  # ... ahead of those who asked after it
+    w.settle(md(3), None)
+    assert woken == ["m2", "m3", "m2"]
+
+
+def test_a_new_revision_gives_up_the_place_of_the_job_it_replaces():
+    w, woken = window(1)
+    assert w.take(md(1), "j1-old")
+    assert not w.take(md(2), "j2")
+    assert w.take(md(1), "j1-new") and w.in_flight == 1 and w.job_of[md(1)] == (NS, "j1-new")
+
+
+def test_a_deletion_the_watch_missed_frees_its_places_at_the_next_listing():
     w, woken = window(1)
     w.take(md(1), "j1")
     w.take(md(2), "j2")
-    w.take(md(3), "j3")
-    w.settle(md(1), None)
-    w.passed(md(2))
-    assert woken == ["m2", "m3"]
-    assert w.take(md(3), "j3") and not w.take(md(2), "j2")
+    known = w.known()
+    w.take(md(3), "j3")  # (asked while the listing ran: not in it, and kept)
+    w.keep_only({md(2)}, known)  # m1 is gone
+    assert woken == ["m2"] and md(3) in w.waiting and md(1) not in w.job_of
 
 
 def test_a_job_shared_by_several_takes_one_place_and_leaves_with_the_last():

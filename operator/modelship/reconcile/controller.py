@@ -128,9 +128,9 @@ class Controller:
         follow_failure = self.follow_failures.get(key) if isinstance(resolution, api.ResolvedModel) else None
         scale = self._scale(md, resolution, observed)
         p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale, self.window)
-        self.window.settle(key, p.download_job)
         p.events += (scale.events if scale else []) + self.autoscaler.pop_events(key)
         done, changed = await self._execute(md, p)
+        self.window.settle(key, p.download_job)  # (None if its apply was refused: `_execute_lane`)
         changed |= await self._report(key, md, body.get("status") or {}, p, done)
         if changed:  # once more, seeing what it wrote (whose watch events are no news: handlers.remember)
             self.queue.add(key)
@@ -208,6 +208,8 @@ class Controller:
                     raise
                 status.rejected(md, p, f"{action.kind} {action.name} was refused by the API server: {refusal(e)}",
                                 clock.now())
+                if action.kind == "Job" and action.name == p.download_job:
+                    p.download_job = None  # not in flight: its place in the download window is free
                 return
             done.append(self._written(md, action))
 
@@ -328,8 +330,11 @@ class Controller:
         kind it holds, which primes it and drops what a watch missed (`cache.py`)."""
         while not stop.is_set():
             try:
-                for namespace, name in await asyncio.to_thread(self.kube.list_mds, self.settings.namespaces):
+                known = self.window.known()  # (one made while the listing runs is not in it, and stays)
+                listed = await asyncio.to_thread(self.kube.list_mds, self.settings.namespaces)
+                for namespace, name in listed:
                     self.enqueue(namespace, name)
+                self.window.keep_only(set(listed), known)  # (a deletion the watch missed frees its places)
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 log.warning("resync could not list ModelDeployments: %s", e)
             memory.trim()  # the round's listings were parsed and dropped: give their pages back

@@ -1,8 +1,10 @@
-"""The decisions: a pure function from (desired, observed) to (actions, status).
+"""The decisions: a function from (desired, observed) to (actions, status).
 
-`plan()` never talks to the API server. It takes the ModelDeployment, the outcome of
-resolution, the children the operator observed and the settings, parses the children into
-facts once, and decides in stages, each over those facts:
+`plan()` never talks to the API server. Its one effect is on the download window it is given
+(`window.py`): a new download Job takes a place in it, or its ModelDeployment waits in line.
+It takes the ModelDeployment, the outcome of resolution, the children the operator observed
+and the settings, parses the children into facts once, and decides in stages, each over
+those facts:
 
 1. the Service, which does not depend on the weights;
 2. the volume: created unless the user brought one; grown, never shrunk;

@@ -1,9 +1,11 @@
 """The download window: at most `size` download Jobs in flight in the cluster at once.
 
-A Job is in flight from the apply that makes it until it has finished (complete or failed)
-or is gone. A ModelDeployment that needs a new download while the window is full is said
-`DownloadQueued` in its status and waits in line; each time a Job leaves the window, the
-first in line is reconciled again (first come, first served).
+A Job is in flight from the reconcile that decides to make it until a reconcile of its
+ModelDeployment sees it finished (complete or failed) or gone, or its apply refused. A
+ModelDeployment that needs a new download while the window is full is said `DownloadQueued`
+in its status and waits in line; each time a Job leaves the window, the first in line is
+reconciled again, in the order they asked (one whose turn came while its reconcile was
+failing keeps its place; after an operator restart, the order they are reconciled again).
 
 Why: a Hub rate-limits the requests of one token or address, and the cluster's egress is
 shared; 500 ModelDeployments made at once would otherwise start 500 downloads together. (It
@@ -29,50 +31,72 @@ class DownloadWindow:
         self.wake = wake  # reconcile this ModelDeployment again (namespace, name)
         self.jobs: dict[Key, set[Key]] = {}  # each Job in flight -> the ModelDeployments it downloads for
         self.job_of: dict[Key, Key] = {}  # ModelDeployment -> its Job in flight
-        self.waiting: dict[Key, None] = {}  # the line, in order
+        self.waiting: dict[Key, int] = {}  # the line, in order: ModelDeployment -> when it joined (a count)
+        self.joined: dict[Key, int] = {}  # when each ModelDeployment in line or woken first joined
         self.woken: set[Key] = set()  # taken from the line for a free place, not reconciled since
+        self.count = 0
 
     def take(self, md: Key, job: str) -> bool:
         """Whether `md` may make download Job `job` (in its namespace) now; if it may, the Job
-        counts from now on, else `md` waits in line."""
+        counts from now on, else `md` waits in line (at the place it first joined it)."""
         key = (md[0], job)
+        old = self.job_of.get(md)
+        # its own Job that this one replaces (a new revision) leaves the window with it
+        own = 1 if old is not None and old != key and self.jobs.get(old) == {md} else 0
         promised = len(self.woken) - (md in self.woken)  # places kept for others woken from the line
-        if key in self.jobs or not self.size or len(self.jobs) + promised < self.size:
+        if key in self.jobs or not self.size or len(self.jobs) - own + promised < self.size:
+            if old != key:
+                self._release(md)
             self._hold(md, key)
-            self.waiting.pop(md, None)
-            self.woken.discard(md)
+            self._leave_line(md)
             return True
-        self.waiting.setdefault(md)
         self.woken.discard(md)
+        if md not in self.waiting:
+            seq = self.joined.get(md)
+            if seq is None:
+                seq = self.joined[md] = self.count = self.count + 1
+                self.waiting[md] = seq
+            else:  # back in line where it first joined it (its turn came while it was failing)
+                self.waiting[md] = seq
+                self.waiting = dict(sorted(self.waiting.items(), key=lambda kv: kv[1]))
         return False
 
     def settle(self, md: Key, job: str | None) -> None:
-        """After a reconcile of `md`: the download Job it has in flight now (None: none). A Job
-        that left the window lets the next in line in; so does one woken that needs no place
-        any more."""
+        """After a reconcile of `md`: the download Job it has in flight now (None: none, or
+        its apply was refused). A Job that left the window lets the next in line in; so does
+        one woken that needs no place any more."""
         key = (md[0], job) if job else None
         if self.job_of.get(md) != key:
             self._release(md)
             if key is not None:
                 self._hold(md, key)
-        if key is not None:
-            self.waiting.pop(md, None)
-        self.woken.discard(md)
+        if key is not None or md not in self.waiting:
+            self._leave_line(md)
         self._let_in()
 
     def passed(self, md: Key) -> None:
-        """A reconcile of `md` ended before it planned (it failed, and is tried again later):
-        a place kept for it goes to the next in line."""
+        """A reconcile of `md` ended before it planned (it failed, and is tried again later
+        with back-off): a place kept for it goes to the next in line; its retry, if it must
+        wait, waits where it first joined the line."""
         if md in self.woken:
-            self.woken.discard(md)  # (its retry asks again, and waits in line if it must)
+            self.woken.discard(md)
             self._let_in()
 
     def forget(self, md: Key) -> None:
         """`md` is gone: its place and its place in line are free."""
         self._release(md)
-        self.waiting.pop(md, None)
-        self.woken.discard(md)
+        self._leave_line(md)
         self._let_in()
+
+    def known(self) -> set[Key]:
+        """The ModelDeployments the window holds something of (a place, or one in line)."""
+        return set(self.job_of) | set(self.waiting) | self.woken
+
+    def keep_only(self, present: set[Key], known: set[Key]) -> None:
+        """After a listing of every ModelDeployment: those `known` before it began and not in
+        it are gone (a deletion the watch missed), and their places with them."""
+        for md in known - present:
+            self.forget(md)
 
     @property
     def in_flight(self) -> int:
@@ -81,6 +105,11 @@ class DownloadWindow:
     @property
     def queued(self) -> int:
         return len(self.waiting) + len(self.woken)
+
+    def _leave_line(self, md: Key) -> None:
+        self.waiting.pop(md, None)
+        self.woken.discard(md)
+        self.joined.pop(md, None)
 
     def _hold(self, md: Key, job: Key) -> None:
         self.jobs.setdefault(job, set()).add(md)

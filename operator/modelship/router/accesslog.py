@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import select
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -63,7 +64,11 @@ class Backlog:
                     return
                 data = b"".join(self.waiting)
                 self.waiting.clear()
-            _write_all(self.fd, data)
+            if not _write_all(self.fd, data):
+                with self.cond:
+                    self.dropped += data.count(b"\n")
+                if self.on_drop is not None:
+                    self.on_drop(data.count(b"\n"))
             with self.cond:
                 self.size -= len(data)
                 self.cond.notify_all()
@@ -133,12 +138,16 @@ class AccessLog:
             self.flush()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes) -> bool:
+    """Write all of `data`, waiting while the descriptor takes nothing (one set non-blocking
+    by whoever shares it is waited on, not spun on); False if it is closed (the lines are
+    lost, the router goes on)."""
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view):]
         except BlockingIOError:
-            continue
+            select.select([], [fd], [], 1.0)
         except OSError:
-            return  # (stderr closed: the lines are lost, the router goes on)
+            return False
+    return True

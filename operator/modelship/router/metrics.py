@@ -40,8 +40,9 @@ class Metrics:
         self.limited = Counter("modelship_router_rate_limited_total", "Requests refused with 429 by a limit, by "
                                "caller, model and limit (requests, tokens, concurrent).",
                                ["caller", "model", "limit"], registry=r)
-        self.log_dropped = Counter("modelship_router_access_log_dropped_lines", "Access log lines dropped because "
-                                   "stderr took none for a while (8 MiB waiting): the requests went on.", registry=r)
+        self.log_dropped = Counter("modelship_router_access_log_dropped_lines", "Lines for stderr (the access log's "
+                                   "and the router's own log) dropped: stderr took none for a while (8 MiB "
+                                   "waiting) or was closed; the requests went on.", registry=r)
         if registry is not None:
             r.register(RegistryCollector(registry))
         self._children: dict[tuple, object] = {}

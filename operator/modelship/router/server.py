@@ -235,11 +235,13 @@ def serve(router: Router, host: str, port: int, drain_seconds: int, log_level: s
                             backlog=4096, timeout_keep_alive=75, proxy_headers=False,
                             server_header=False)
     # The loop is ours to make: uvicorn's `loop=` only applies when uvicorn makes the loop.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(uvicorn.Server(config).serve())
-    if router.access is not None:
-        router.access.flush()  # (what the last half second gathered)
-    backlog.close()  # (2 s at most to write what waits: a blocked stderr does not hold the exit)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(uvicorn.Server(config).serve())
+    finally:  # (uvicorn exits the process when it cannot bind: the line that says why is written)
+        if router.access is not None:
+            router.access.flush()  # (what the last half second gathered)
+        backlog.close()  # (2 s at most to write what waits: a blocked stderr does not hold the exit)
 
 
 def log_to_backlog(router: Router) -> Backlog:
