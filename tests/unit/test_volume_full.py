@@ -12,7 +12,7 @@ import pytest
 
 from modelship import manifests, weights
 from modelship.reconcile.observe import downloads_to_follow
-from modelship.reconcile.plan import VOLUME_FULL_RETRY
+from modelship.reconcile.download import VOLUME_FULL_RETRY
 from modelship.reconcile.types import Reads
 
 from .test_fetch import GGUF, SHA, hub, run as fetch_run, spec  # noqa: F401 - the fixture
