@@ -118,7 +118,7 @@ def apply_all(api: client.ApiClient, namespace: str, count: int) -> dict[str, fl
 def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: float,
                   op: LocalOperator) -> dict[str, float]:
     start, out = time.monotonic(), {}
-    metrics = sr.scrape(op.metrics())
+    metrics, cpu = sr.scrape(op.metrics()), sr.CpuByProcess()
     out["created"] = apply_all(api, namespace, count)
     out["applied"] = time.monotonic() - start
     last = -1
@@ -131,6 +131,7 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
         if ready == count:
             out["ready"] = time.monotonic() - start
             out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), out["ready"])
+            out["machine"] = cpu.took(out["ready"])
             return out
         if done + ready != last:
             print(f"  {time.monotonic() - start:6.1f} s: {done}/{count} reconciled, {ready} Ready", flush=True)
@@ -140,6 +141,7 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
     # measured all the same, and the report says how far it got.
     done, out["ready count"] = progress(api, namespace)
     out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), time.monotonic() - start)
+    out["machine"] = cpu.took(time.monotonic() - start)
     out.setdefault("reconciled", float("inf"))
     print(f"  not all Ready after {timeout:.0f} s: {done} reconciled, {out['ready count']} Ready", flush=True)
     return out
@@ -260,6 +262,7 @@ def report(args, figures: dict, mine: Counter, every: Counter) -> None:
               "(events NodeNotReady): the API server or kwok fell behind; the figures after that are not the operator's")
     print("the operator's own metrics:")
     print(sr.describe("first create until all Ready", figures["to ready"]))
+    print(figures["machine"])
     print(sr.describe("idle window", figures["idle"]))
     print("  its requests until all Ready, as the API server timed them (audit log; how many, median, p90, "
           "in all):\n    " + "; ".join(f"{w} {n}, {m * 1e3:.0f} ms, {p * 1e3:.0f} ms, {t:.0f} s"
@@ -318,11 +321,13 @@ def main() -> None:
 
             sc.make_volume(core, namespace, str(work / "weights"))
             extras = frozenset(x for x in args.floor_extras.split(",") if x)
+            cpu, began = sr.CpuByProcess(), time.monotonic()
             floor = scale_floor.run(api, namespace, args.models, model, args.timeout, extras)
             print(f"the cluster alone, {args.models} ModelDeployments on {args.nodes} nodes: Services and Jobs made "
                   f"{floor['services and jobs made']:.1f} s, all Jobs complete and Deployments made (the floor of "
                   f"\"all reconciled\") {floor['all made']:.1f} s, all Deployments Available "
                   f"{floor['all available']:.1f} s")
+            print(cpu.took(time.monotonic() - began))
             return
         figures, mine, every = operator_part(args, api, cluster, namespace, work)
         report(args, figures, mine, every)

@@ -5,9 +5,13 @@ path to Ready).
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
+from collections import Counter
 from datetime import datetime
+
+import psutil
 
 # The operator's metrics that scale.py compares between two moments.
 METRICS = ("process_cpu_seconds_total", "process_resident_memory_bytes", "modelship_reconcile_duration_seconds_sum",
@@ -46,6 +50,40 @@ def describe(part: str, f: dict[str, float]) -> str:
             f"{f['reconciles']:.0f} reconciles, {f['reconcile seconds']:.0f} s in all (mean {f['mean reconcile'] * 1e3:.0f} ms, "
             f"{f['in flight']:.1f} at a time): at most {f['cpu bound of reconcile time']:.0%} of it the operator's CPU, "
             f"the rest waiting on the API server (or the event loop); RSS then {f['rss']:.0f} MiB")
+
+
+class CpuByProcess:
+    """The CPU seconds every process on the machine used between `__init__` and `took()`, by
+    name (the test bed's API server, etcd, controllers and kwoks, the operator, this bench):
+    where the machine's cores went. A process that ended in between is not counted."""
+
+    def __init__(self) -> None:
+        self.start, self.before = psutil.cpu_times(), self._now()
+
+    @staticmethod
+    def _now() -> dict[int, tuple[str, float]]:
+        out = {}
+        for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+            t, cmd = p.info["cpu_times"], p.info["cmdline"] or []
+            if t is None:
+                continue
+            name = p.info["name"] or "?"
+            if name.startswith("python") or name == "modelship":  # which Python program it runs
+                name = next((os.path.basename(a) for a in cmd[1:] if not a.startswith("-")), name)
+                name = {"operator": "modelship operator"}.get(name, name)
+            out[p.pid] = (name, t.user + t.system)
+        return out
+
+    def took(self, wall: float) -> str:
+        now, end = self._now(), psutil.cpu_times()
+        used = Counter()
+        for pid, (name, cpu) in now.items():
+            used[name] += cpu - (self.before[pid][1] if pid in self.before and self.before[pid][0] == name else 0.0)
+        busy = sum(getattr(end, f) - getattr(self.start, f) for f in ("user", "system", "nice", "irq", "softirq"))
+        idle = (end.idle - self.start.idle) + (getattr(end, "iowait", 0.0) - getattr(self.start, "iowait", 0.0))
+        top = ", ".join(f"{n} {c:.0f} s" for n, c in used.most_common(8) if c >= 0.5)
+        return (f"  the machine's CPU over those {wall:.1f} s: {busy:.0f} s busy, {idle:.0f} s idle "
+                f"({busy / (busy + idle):.0%} busy of {psutil.cpu_count()} cores); by process: {top}")
 
 
 # The operator's log lines (cli.py's format) that mark a ModelDeployment's steps.
