@@ -74,6 +74,16 @@ def control_plane_qps() -> tuple[str, ...]:
         raise SystemExit(f"{QPS_ENV}={qps!r}: give a whole number of requests a second, e.g. 100")
     return (f"--kube-api-qps={qps}", f"--kube-api-burst={qps}")
 
+
+# The API server's /debug/pprof, when MODELSHIP_TESTBED_PROFILING=1 is set for `modelship testbed
+# up`: where its CPU goes under a bench (`kubectl get --raw '/debug/pprof/profile?seconds=60'`,
+# then `go tool pprof -top`; bench/README.md §7). Off by default, as on a real cluster.
+PROFILING_ENV = "MODELSHIP_TESTBED_PROFILING"
+
+
+def profiling() -> str:
+    return f"--profiling={'true' if os.environ.get(PROFILING_ENV, '').strip() == '1' else 'false'}"
+
 def component_specs(cfg: TestbedConfig) -> list[Spec]:
     d = cfg.dir
     p = pki.Pki(d / "pki")
@@ -102,7 +112,7 @@ def component_specs(cfg: TestbedConfig) -> list[Spec]:
             f"--kubelet-client-certificate={p.cert('apiserver-kubelet-client')}",
             f"--kubelet-client-key={p.key('apiserver-kubelet-client')}",
             f"--kubelet-certificate-authority={p.ca}", "--kubelet-preferred-address-types=InternalIP",
-            "--profiling=false", "--event-ttl=1h",
+            profiling(), "--event-ttl=1h",
             # What ServiceAccounts do, for the least-privilege check (modelship_testbed.audit):
             # JSON lines, rotated at 50 MB with 3 old files kept, so a long run cannot fill the disk.
             f"--audit-policy-file={d / AUDIT_POLICY_FILE}", f"--audit-log-path={d / 'logs' / 'audit.log'}",
