@@ -177,6 +177,14 @@ def test_job_complete_creates_the_deployment():
     assert p.status["download"]["bytesDone"] == GGUF_BYTES and p.status["download"]["percent"] == 100
     assert p.status["phase"] == "Starting"
     assert cond(p, "Ready")["reason"] == "RollingOut"
+    # The status written after the apply says what comes next, not that there is no Deployment:
+    # the reconcile that sees the Deployment in the cache then has nothing to write.
+    a = cond(p, "Available")
+    assert (a["status"], a["reason"], a["message"]) == \
+        ("False", "NoReplicaReady", "waiting for the engine to load the model and pass its probes")
+    dep = {**obs_deployment(md, r), "status": {}}  # as the apply's answer has it: its controller has not seen it
+    after = run(make_md(status=p.status), r, observed(md, r, "Complete", deployment=dep))
+    assert after.actions == [] and after.status == p.status
 
 
 def test_ready_and_settled_deployment():

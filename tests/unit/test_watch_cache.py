@@ -300,3 +300,40 @@ def test_a_downloads_pods_come_from_the_cache_oldest_first():
     cache.replace("Pod", "ns", pods, "6")
     assert [p["metadata"]["name"] for p in kube.job_pods("ns", "m-download")] == ["p1", "p2"]
     assert kube.core.selectors == []
+
+
+def test_listings_by_selector_answer_as_a_scan_of_every_object_would_through_any_changes():
+    """The index by namespace and label (what `list` looks at instead of every object) stays
+    true through puts, relabelling, watch deletes, our own deletes and listings that prune."""
+    import random
+
+    rnd = random.Random(7)
+    c = WatchCache(("Pod",))
+    selectors = ["a=1", "a=1,b=x", "a in (1,2)", "a!=1", "b", "!b", "a=1,b notin (x)", "a==2,b=y", None]
+    version = 0
+    for step in range(3000):
+        version += 1
+        ns, name = rnd.choice(["n1", "n2"]), f"p{rnd.randrange(30)}"
+        labels = {k: rnd.choice(vals) for k, vals in (("a", "123"), ("b", "xy")) if rnd.random() < 0.7}
+        what = rnd.random()
+        if what < 0.6:
+            c.put("Pod", {"metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}", "labels": labels,
+                                       "resourceVersion": str(version)}})
+        elif what < 0.75:
+            c.event("Pod", {"type": "DELETED", "object": {"metadata": {
+                "name": name, "namespace": ns, "uid": f"{ns}/{name}", "resourceVersion": str(version)}}})
+        elif what < 0.85:
+            c.remove("Pod", ns, name)
+        else:
+            keep = {(ns, n) for (n_, n) in c.objects["Pod"] if n_ == ns and rnd.random() < 0.8}
+            c.prune("Pod", ns, keep, str(version))
+        for sel in selectors:
+            for where in ("n1", "n2"):
+                scan = sorted(n for (n_, n), h in c.objects["Pod"].items()
+                              if n_ == where and (sel is None or matches(sel, h.labels)))
+                assert [o["metadata"]["name"] for o in c.list("Pod", where, sel)] == scan, (step, sel, where)
+    # nothing indexed that is not held
+    held = {(ns, name) for (ns, name) in c.objects["Pod"]}
+    assert {(ns, n) for ns, names in c.names["Pod"].items() for n in names} == held
+    assert all((ns, n) in held and c.objects["Pod"][(ns, n)].labels.get(k) == v
+               for (ns, k, v), names in c.labelled["Pod"].items() for n in names)

@@ -29,6 +29,7 @@ modelship` are watched and listed, so an object *absent* by name may still exist
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -62,12 +63,18 @@ def parse_selector(selector: str) -> list[tuple[str, str, frozenset[str]]]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _terms(selector: str) -> tuple[tuple[str, str, frozenset[str]], ...]:
+    """`parse_selector`, once per selector (a reconcile asks with the same few every time)."""
+    return tuple(parse_selector(selector))
+
+
 def matches(selector: str, labels: dict | None) -> bool:
     """Whether an object with these labels is one the API server lists for this selector."""
-    return _match(parse_selector(selector), labels or {})
+    return _match(_terms(selector), labels or {})
 
 
-def _match(terms: list[tuple[str, str, frozenset[str]]], labels: dict) -> bool:
+def _match(terms, labels: dict) -> bool:
     for key, op, vals in terms:
         have = labels.get(key)
         ok = {"=": have in vals, "in": have in vals,
@@ -124,6 +131,40 @@ class WatchCache:
         self.gone: OrderedDict[str, int | None] = OrderedDict()
         self.forget_after = forget_after
         self.lock = threading.Lock()
+        # The names of each kind by namespace, and by namespace and label (key, value): a listing
+        # by selector looks at the objects its equality terms name, not at every object of the
+        # kind (a reconcile lists its pods and Jobs; with 500 ModelDeployments a scan of some
+        # 1,500 pods each time was the largest share of the operator's own CPU, bench §7).
+        self.names: dict[str, dict[str, set[str]]] = {kind: {} for kind in kinds}
+        self.labelled: dict[str, dict[tuple[str, str, str], set[str]]] = {kind: {} for kind in kinds}
+
+    def _store(self, kind: str, key: Key, held: Held) -> None:
+        have = self.objects[kind].get(key)
+        if have is not None:
+            self._unindex(kind, key, have)
+        self.objects[kind][key] = held
+        ns, name = key
+        self.names[kind].setdefault(ns, set()).add(name)
+        for label in held.labels.items():
+            self.labelled[kind].setdefault((ns, *label), set()).add(name)
+
+    def _drop(self, kind: str, key: Key) -> None:
+        held = self.objects[kind].pop(key)
+        self._unindex(kind, key, held)
+        names = self.names[kind].get(key[0])
+        if names is not None:
+            names.discard(key[1])
+            if not names:
+                del self.names[kind][key[0]]
+
+    def _unindex(self, kind: str, key: Key, held: Held) -> None:
+        ns, name = key
+        for label in held.labels.items():
+            names = self.labelled[kind].get((ns, *label))
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self.labelled[kind][(ns, *label)]
 
     # --- what comes in --------------------------------------------------------------------
 
@@ -149,7 +190,7 @@ class WatchCache:
         # grow): kept out.
         if old is not None and new is not None and new < old:
             return False
-        self.objects[kind][key] = held
+        self._store(kind, key, held)
         return have is None or have.uid != uid or new is None or new != old
 
     def remove(self, kind: str, namespace: str, name: str, uid: str | None = None,
@@ -160,7 +201,7 @@ class WatchCache:
             have = self.objects[kind].get((namespace, name))
             held = have.uid if have is not None else None
             if have is not None and (uid is None or held in (uid, None)):
-                del self.objects[kind][(namespace, name)]  # (else a newer object of that name: kept)
+                self._drop(kind, (namespace, name))  # (else a newer object of that name: kept)
             uid = uid or held
             if uid:
                 self.gone[uid] = None if version is None or self.gone.get(uid, 0) is None else version
@@ -211,7 +252,7 @@ class WatchCache:
                     continue
                 v = held.version
                 if listed_at is None or v is None or v <= listed_at:
-                    del self.objects[kind][key]
+                    self._drop(kind, key)
             self.listed[kind].add(namespace)
 
     # --- what goes out --------------------------------------------------------------------
@@ -228,9 +269,13 @@ class WatchCache:
 
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
         """Fresh objects, by name."""
+        terms = _terms(selector) if selector else ()
         with self.lock:
-            found = sorted((name, h) for (ns, name), h in self.objects[kind].items() if ns == namespace)
-        if selector:
-            terms = parse_selector(selector)
-            found = [(name, h) for name, h in found if _match(terms, h.labels)]
+            names = self.names[kind].get(namespace, set())
+            for key, op, vals in terms:  # the fewest names an equality term allows
+                if op in ("=", "in") and len(vals) == 1:
+                    names = min(names, self.labelled[kind].get((namespace, key, next(iter(vals))), set()), key=len)
+            objects = self.objects[kind]
+            found = [(name, objects[(namespace, name)]) for name in names]
+        found = sorted((name, h) for name, h in found if _match(terms, h.labels))
         return [h.load() for _, h in found]

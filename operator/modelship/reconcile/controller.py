@@ -25,7 +25,7 @@ from . import observe, status
 from .autoscaler import Autoscaler, View
 from .background import BackgroundApplies
 from .facts import unschedulable
-from .kube import Kube, is_transient, refusal
+from .kube import MISS, Kube, is_transient, refusal
 from .metrics import ControllerMetrics
 from .plan import plan
 from .policy import choose_engine, place
@@ -101,7 +101,9 @@ class Controller:
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         key = (namespace, name)
-        body = await asyncio.to_thread(self.kube.get_md, namespace, name)
+        body = self.kube.get_md(namespace, name, ask=False)  # (the watch cache's copy, at once)
+        if body is MISS:
+            body = await asyncio.to_thread(self.kube.get_md, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.queue.forget(key)
             self.autoscaler.forget(key)

@@ -43,6 +43,8 @@ ABSENT_KINDS = ("Deployment", "Service")
 ABSENT_FOR, FRESH_FOR = 120.0, 2.0
 LIST_PAGE = 250  # objects per page of the resync's listings
 FINAL_LOGS_BYTES = 4 << 20  # the log tails of finished pods kept (they do not change), in all
+# A read with `ask=False` that the watch cache (or the 404 memo) cannot answer: it needs the API server.
+MISS = object()
 
 
 def is_transient(e: Exception) -> bool:
@@ -83,10 +85,12 @@ class Kube:
 
     # --- the ModelDeployment ---------------------------------------------------------------
 
-    def get_md(self, namespace: str, name: str) -> dict | None:
+    def get_md(self, namespace: str, name: str, ask: bool = True) -> dict | None:
         _, cached = self._cached(MD_KIND, namespace, name)
         if cached is not None:  # (absent: asked all the same, a reconcile of a deleted one is rare)
             return cached
+        if not ask:
+            return MISS
         try:
             return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
         except ApiException as e:
@@ -165,7 +169,7 @@ class Kube:
 
     # --- reading the children --------------------------------------------------------------
 
-    def _get(self, kind: str, fn, name: str, namespace: str) -> dict | None:
+    def _get(self, kind: str, fn, name: str, namespace: str, ask: bool = True) -> dict | None:
         known, cached = self._cached(kind, namespace, name)
         if known:
             return cached
@@ -173,6 +177,8 @@ class Kube:
         with self.memo_lock:
             if key in self.absent:
                 return None
+        if not ask:
+            return MISS
         try:
             return self._plain(fn(name, namespace))
         except ApiException as e:
@@ -218,36 +224,44 @@ class Kube:
             raise ApiException(status=404, reason="Not Found")
         return items[0]
 
-    def _list(self, kind: str, namespace: str, selector: str, live) -> list[dict]:
+    def _list(self, kind: str, namespace: str, selector: str, live, ask: bool = True) -> list[dict]:
         """Objects by label selector: from the watch cache once it listed the kind."""
         if self.cache is not None and self.cache.synced(kind, namespace):
             return self.cache.list(kind, namespace, selector)
+        if not ask:
+            return MISS
         return [self._plain(o) for o in live(namespace, label_selector=selector).items]
 
     def read(self, md: api.ModelDeployment, claim: str) -> Reads:
         """Everything that may be a child of `md` or share its volume (the log tails of running
         downloads aside: `read_job_pods`), from the watch cache where it holds them. The reads
         that go to the API server are independent and go at once: one round trip instead of
-        five, which is most of what a change waits for."""
+        five, which is most of what a change waits for. What the watch cache answers is read
+        here, in the caller's thread: a hand-over to a reader costs more than the read."""
         ns, own = md.namespace, f"{DEPLOYMENT_LABEL}={md.name}"
         cache = on_shared_cache(md)
         jobs = f"{SHARED_CACHE}={SHARED_CLAIM}" if cache else f"{own},{COMPONENT} in (download,collect)"
         # On the shared cache every serving pod of the namespace may mount the volume.
         pods = f"{MANAGED_BY}=modelship,{COMPONENT}=server" if cache else f"{own},{COMPONENT}=server"
         calls = {
-            "jobs": lambda: self._list("Job", ns, jobs, self.batch.list_namespaced_job),
-            "server_pods": lambda: self._list("Pod", ns, pods, self.core.list_namespaced_pod),
-            "neighbours": lambda: (self._neighbours(ns) if cache else []),
-            "pvc": lambda: self._get("PersistentVolumeClaim", self._claim, claim, ns),
-            "deployment": lambda: self._get("Deployment", self.apps.read_namespaced_deployment, md.name, ns),
-            "service": lambda: self._get("Service", self.core.read_namespaced_service, md.name, ns),
+            "jobs": lambda ask=True: self._list("Job", ns, jobs, self.batch.list_namespaced_job, ask),
+            "server_pods": lambda ask=True: self._list("Pod", ns, pods, self.core.list_namespaced_pod, ask),
+            "neighbours": lambda ask=True: (self._neighbours(ns, ask) if cache else []),
+            "pvc": lambda ask=True: self._get("PersistentVolumeClaim", self._claim, claim, ns, ask),
+            "deployment": lambda ask=True: self._get("Deployment", self.apps.read_namespaced_deployment, md.name, ns,
+                                                     ask),
+            "service": lambda ask=True: self._get("Service", self.core.read_namespaced_service, md.name, ns, ask),
         }
-        futures = {k: self.readers.submit(fn) for k, fn in calls.items()}
-        return Reads(**{k: f.result() for k, f in futures.items()})
+        got = {k: fn(ask=False) for k, fn in calls.items()}
+        futures = {k: self.readers.submit(calls[k]) for k, v in got.items() if v is MISS}
+        got.update({k: f.result() for k, f in futures.items()})
+        return Reads(**got)
 
-    def _neighbours(self, ns: str) -> list[dict]:
+    def _neighbours(self, ns: str, ask: bool = True) -> list[dict]:
         if self.cache is not None and self.cache.synced(MD_KIND, ns):
             return self.cache.list(MD_KIND, ns)
+        if not ask:
+            return MISS
         return self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]
 
     def job_pods(self, namespace: str, job: str) -> list[dict]:

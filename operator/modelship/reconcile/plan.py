@@ -138,7 +138,7 @@ def serving_stage(md: ModelDeployment, resolved: ResolvedModel, placement: Place
         actions += more
         if failed:
             status.add_to_message("Downloaded", failed)
-    status.available(downloaded=True)
+    status.available(downloaded=True, creating=observed.deployment is None)
     rollout = facts.rollout
     settled = not rolling and rollout.exists and rollout.settled
     note = scale.note if scale else ""

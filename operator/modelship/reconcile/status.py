@@ -122,10 +122,12 @@ class StatusWriter:
     def download(self, progress: dict) -> None:
         self.fields["download"] = progress
 
-    def available(self, downloaded: bool | None) -> None:
-        """Available: from what runs now (an older revision may still serve)."""
+    def available(self, downloaded: bool | None, creating: bool = False) -> None:
+        """Available: from what runs now (an older revision may still serve). `creating`: this
+        reconcile makes the Deployment, so the status written after it says what comes next
+        (no second status write, and no reconcile, only to say the Deployment now exists)."""
         rollout = self.facts.rollout
-        if not rollout.exists:
+        if not rollout.exists and not creating:
             reason = "WaitingForDownload" if downloaded is False else "NotCreated"
             self.set("Available", "False", reason, "no serving replica yet")
         elif rollout.ready > 0:
