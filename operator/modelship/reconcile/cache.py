@@ -15,9 +15,11 @@ How it stays true:
 - **Order**: within one object (one uid), an older resourceVersion never replaces a newer
   one (etcd's versions are integers; where one is not, the newer arrival wins).
 
-How it holds them: each object as its compact JSON (bytes), with its version, uid and labels
-beside it for the bookkeeping and the selectors. A reader gets a fresh object parsed from it (they
-may change what they are given), which is no slower than the deep copy it replaces, and the store
+How it holds them: each object as its compact JSON (bytes, by orjson: for a 2.5 KB
+ModelDeployment 2.5 times as fast to read as the standard library's and 15 times to write),
+with its version, uid and labels beside it for the bookkeeping and the selectors. A reader gets
+a fresh object parsed from it (they may change what they are given), which is no slower than
+the deep copy it replaces, and the store
 is several times smaller than the same objects as Python dicts: at 500 ModelDeployments it holds
 some 4,000 objects (bench/README.md §7). `managedFields` is left out (nothing here reads it).
 
@@ -30,11 +32,12 @@ modelship` are watched and listed, so an object *absent* by name may still exist
 from __future__ import annotations
 
 import functools
-import json
 import re
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
+
+import orjson
 
 MD_KIND = "ModelDeployment"
 Key = tuple[str, str]  # (namespace, name)
@@ -111,10 +114,10 @@ class Held(NamedTuple):
         if "managedFields" in meta:  # half of a pod's size, and nothing here reads it
             obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
         return cls(_version(obj), meta.get("uid"), meta.get("labels") or {},
-                   json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(), ours)
+                   orjson.dumps(obj), ours)
 
     def load(self) -> dict:
-        return json.loads(self.data)
+        return orjson.loads(self.data)
 
 
 class WatchCache:

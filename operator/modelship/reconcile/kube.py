@@ -18,6 +18,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 from cachetools import LRUCache, TTLCache
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -131,7 +132,7 @@ class Kube:
         if kind == MD_KIND:
             args = (api.GROUP, api.VERSION) + ((namespace,) if namespace else ()) + (api.PLURAL,)
             fn = self.custom.list_namespaced_custom_object if namespace else self.custom.list_cluster_custom_object
-            return json.loads(fn(*args, **kw).data)
+            return orjson.loads(fn(*args, **kw).data)
         group, plural = {"Job": (self.batch, "job"), "Pod": (self.core, "pod"), "Service": (self.core, "service"),
                          "Deployment": (self.apps, "deployment"),
                          "PersistentVolumeClaim": (self.core, "persistent_volume_claim")}[kind]
@@ -139,7 +140,7 @@ class Kube:
             resp = getattr(group, f"list_{plural}_for_all_namespaces")(**kw)
         else:
             resp = getattr(group, f"list_namespaced_{plural}")(namespace, **kw)
-        return json.loads(resp.data)
+        return orjson.loads(resp.data)
 
     def write_status(self, namespace: str, name: str, status: dict) -> bool:
         """Replace the whole status (a merge patch would keep nested fields that went away);
@@ -333,7 +334,7 @@ class Kube:
         cache at once, not when its watch event comes (its JSON as sent: the client library's
         models would cost a round of conversions each way); whether that changed the cache's
         copy (a write that changed nothing keeps the object's version: no news, no echo)."""
-        return self.cache is not None and self.cache.put(kind, json.loads(response.data), ours=True)
+        return self.cache is not None and self.cache.put(kind, orjson.loads(response.data), ours=True)
 
     def post_event_later(self, md: api.ModelDeployment, event: Event) -> None:
         """`post_event` in the background, after those posted before it (the oldest waiting
