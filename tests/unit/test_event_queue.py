@@ -66,3 +66,38 @@ def test_the_operators_events_go_through_the_bounded_queue():
     kube = Kube(client.ApiClient(), "modelship")
     assert isinstance(kube.events, EventQueue) and kube.events.limit == LIMIT == 1000
     assert kube.events.post == kube.post_event
+
+
+def test_events_of_different_objects_go_at_once_and_one_objects_in_order():
+    """Four threads: four objects' Events posted at once (one thread was the bottleneck of a
+    burst); a second Event of an object waits for its first, whichever thread is free."""
+    started: list[tuple[str, int]] = []
+    gate = threading.Event()
+    lock = threading.Lock()
+    four = threading.Barrier(5)
+
+    def post(obj: str, n: int) -> None:
+        with lock:
+            started.append((obj, n))
+        if n == 0:
+            four.wait(5)  # all four first Events are being posted at the same time
+            gate.wait(5)
+
+    q = EventQueue(post, threads=4, key=lambda obj, n: obj)
+    for n in range(3):
+        for obj in "abcd":
+            q.submit(obj, n)
+    four.wait(5)
+    with lock:
+        assert sorted(started) == [(o, 0) for o in "abcd"]  # no object's second before its first ended
+    gate.set()
+    assert q.join(5)
+    for obj in "abcd":
+        assert [n for o, n in started if o == obj] == [0, 1, 2]
+
+
+def test_the_operators_events_go_four_at_once_by_modeldeployment():
+    kube = Kube(client.ApiClient(), "modelship")
+    assert len(kube.events._threads) == 4
+    md = type("MD", (), {"namespace": "ns", "name": "m"})()
+    assert kube.events.key(md, object()) == ("ns", "m")

@@ -100,6 +100,11 @@ def _key(obj: dict) -> Key:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
+# orjson writes into a buffer larger than its answer and shrinks it in place: kept as it comes,
+# each object held twice its size in the malloc heap (5,000 ModelDeployments: 54 MiB resident
+# instead of 27). The store keeps a copy of the exact size instead (3 us for 2.5 KB).
+
+
 class Held(NamedTuple):
     """One object in the store."""
     version: int | None
@@ -114,7 +119,7 @@ class Held(NamedTuple):
         if "managedFields" in meta:  # half of a pod's size, and nothing here reads it
             obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
         return cls(_version(obj), meta.get("uid"), meta.get("labels") or {},
-                   orjson.dumps(obj), ours)
+                   bytes(memoryview(orjson.dumps(obj))), ours)  # (a copy: see above Held)
 
     def load(self) -> dict:
         return orjson.loads(self.data)

@@ -27,6 +27,7 @@ from .. import api, clock
 from ..endpointslices import ready_urls
 from ..manifests import COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, on_shared_cache
 from .cache import MD_KIND, WatchCache
+from .event_queue import THREADS as EVENT_THREADS
 from .event_queue import EventQueue
 from .types import Action, Event, Reads
 
@@ -74,7 +75,8 @@ class Kube:
         self.cache = cache  # the watch cache the reads answer from where it holds the answer (cache.py)
         # For the reads of one reconcile at once (the controller runs 4 at a time).
         self.readers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube-read")
-        self.events = EventQueue(self.post_event)  # one thread: in order; bounded
+        # A few threads; one ModelDeployment's Events in order; bounded.
+        self.events = EventQueue(self.post_event, threads=EVENT_THREADS, key=lambda md, _: (md.namespace, md.name))
         self.memo_lock = threading.Lock()  # (the readers are threads)
         self.absent: TTLCache = TTLCache(maxsize=8192, ttl=ABSENT_FOR)  # (kind, ns, name) -> when it was 404
         # pod uid -> its tail ("" when it could not be had), each counted with its bookkeeping
