@@ -82,7 +82,10 @@ PROFILING_ENV = "MODELSHIP_TESTBED_PROFILING"
 
 
 def profiling() -> str:
-    return f"--profiling={'true' if os.environ.get(PROFILING_ENV, '').strip() == '1' else 'false'}"
+    value = os.environ.get(PROFILING_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise SystemExit(f"{PROFILING_ENV}={value!r}: give 1 to serve the API server's /debug/pprof, or 0")
+    return f"--profiling={'true' if value == '1' else 'false'}"
 
 def component_specs(cfg: TestbedConfig) -> list[Spec]:
     d = cfg.dir
