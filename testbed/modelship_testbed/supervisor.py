@@ -87,6 +87,7 @@ def profiling() -> str:
         raise SystemExit(f"{PROFILING_ENV}={value!r}: give 1 to serve the API server's /debug/pprof, or 0")
     return f"--profiling={'true' if value == '1' else 'false'}"
 
+
 def component_specs(cfg: TestbedConfig) -> list[Spec]:
     d = cfg.dir
     p = pki.Pki(d / "pki")

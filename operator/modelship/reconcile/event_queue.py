@@ -2,9 +2,9 @@
 (the `key` of a submission) in order, and bounded: an API server that is slow or away must not
 let the ones waiting grow the operator's memory without end. One thread posted some 10 a second
 on a busy test bed, fewer than 500 ModelDeployments made (bench/README.md §7): the backlog
-outlasted the burst by minutes. Past `limit` waiting, the oldest waiting one is dropped (Events are best effort,
-and the newest say most about now); the drops are counted and said in a warning at most once
-every `warn_every` seconds."""
+outlasted the burst by minutes. Past `limit` waiting, the oldest waiting one is dropped (Events
+are best effort, and the newest say most about now); the drops are counted and said in a
+warning at most once every `warn_every` seconds."""
 
 from __future__ import annotations
 

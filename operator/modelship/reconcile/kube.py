@@ -27,8 +27,7 @@ from .. import api, clock
 from ..endpointslices import ready_urls
 from ..manifests import COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, on_shared_cache
 from .cache import MD_KIND, WatchCache
-from .event_queue import THREADS as EVENT_THREADS
-from .event_queue import EventQueue
+from .event_queue import THREADS as EVENT_THREADS, EventQueue
 from .types import Action, Event, Reads
 
 log = logging.getLogger("modelship")
