@@ -6,8 +6,9 @@
 Weights already present: every ModelDeployment uses one claim bound to a volume from the
 start (`storage.existingClaim`), and the operator's download pool is the bench's kwok pool,
 where kwok completes a Job's pod as soon as it runs: the operator goes through its download
-stage (it makes the verifying Job, sees it complete) and nothing is fetched. The models come
-from the integration tests' catalog, so no Hub is asked either.
+stage (the verifying Job, which the ModelDeployments on one claim share, is made and seen
+complete) and nothing is fetched. The models come from the integration tests' catalog, so no
+Hub is asked either.
 
 `--heartbeats slow` gives the bench's nodes a kwok of their own that renews their leases every
 15 s and patches their status every 10-20 minutes (`scale_cluster.BenchKwok`), instead of the

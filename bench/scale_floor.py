@@ -2,8 +2,9 @@
 
 `bench/scale.py --cluster-only` makes the same ModelDeployments, then does by itself, with
 the operator's own builders (`modelship.manifests`), the least any operator must: for each,
-its Service and its download Job at once, and its Deployment as soon as its Job has
-completed; no status, no Event, no read but one listing of the Jobs a second. The time until
+its Service and its download Job at once (one Job for those that share it: one claim, one
+repo@sha), and its Deployment as soon as its Job has completed; no status, no Event, no read
+but one listing of the Jobs a second. The time until
 every one has its Service and Deployment is what the API server, the Job controller,
 the scheduler and kwok need for that on this machine: no operator can take less.
 """
@@ -46,7 +47,12 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
         mds[md.name] = md
         absent(core.read_namespaced_service, md.name)
         core.create_namespaced_service(namespace, manifests.service(md))
-        batch.create_namespaced_job(namespace, manifests.download_job(md, resolved, "http://127.0.0.1:9", settings))
+        try:
+            batch.create_namespaced_job(namespace, manifests.download_job(md, resolved, "http://127.0.0.1:9",
+                                                                          settings))
+        except client.ApiException as e:
+            if e.status != 409:  # (made already for another ModelDeployment that shares it)
+                raise
         said(md, "Downloading")
 
     def absent(read, name: str) -> None:
@@ -73,8 +79,10 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
     out = {"services and jobs made": time.monotonic() - start}
     print(f"  {out['services and jobs made']:6.1f} s: {count} ModelDeployments, Services and Jobs made", flush=True)
     made: set[str] = set()
-    job_of = {manifests.download_job(md, resolved, "http://127.0.0.1:9", settings)["metadata"]["name"]: name
-              for name, md in mds.items()}
+    waiting: dict[str, list[str]] = {}  # each Job -> the ModelDeployments that wait for it
+    for name, md in mds.items():
+        waiting.setdefault(manifests.download_job(md, resolved, "http://127.0.0.1:9", settings)["metadata"]["name"],
+                           []).append(name)
 
     def deploy(name: str) -> None:
         md = mds[name]
@@ -85,9 +93,10 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
 
     with ThreadPoolExecutor(16) as pool:
         while len(made) < count and time.monotonic() - start < timeout:
-            done = [job_of[j.metadata.name] for j in batch.list_namespaced_job(namespace).items
-                    if j.metadata.name in job_of and any(c.type == "Complete" and c.status == "True"
-                                                         for c in j.status.conditions or [])]
+            done = [n for j in batch.list_namespaced_job(namespace).items
+                    if j.metadata.name in waiting and any(c.type == "Complete" and c.status == "True"
+                                                          for c in j.status.conditions or [])
+                    for n in waiting[j.metadata.name]]
             new = [n for n in done if n not in made]
             made.update(new)
             list(pool.map(deploy, new))

@@ -92,25 +92,31 @@ WROTE = re.compile(r"^(\w+) (Service|Job|Deployment) (\S+) \(for ModelDeployment
 PHASE = re.compile(r"^ModelDeployment (\S+)/(\S+) is (\w+)$")
 # (label, from, to): the steps of a ModelDeployment's path, as the operator's log shows them
 # ("[cluster]": the moments the API server's objects record, to the second).
+# ModelDeployments on one claim share one Job: "Job applied" is the first to make or join it.
 STEPS = (("created → Service and Job applied (operator)", "start", "Job"),
          ("Job applied → Job complete (cluster: its pod scheduled, run by kwok; the Job controller)", "Job",
           "Job complete"),
          ("Job complete → Deployment applied (operator: sees it, acts)", "Job complete", "Deployment"),
          ("Deployment applied → Available (cluster: 2 pods scheduled, Running, Ready)", "Deployment", "Available"),
          ("Available → Ready in the status (operator: sees the pods and endpoints, writes it)", "Available", "Ready"))
-LABEL = "modelship.io/deployment"  # manifests.DEPLOYMENT_LABEL
 
 
 def cluster_times(api, namespace: str) -> dict[str, dict[str, float]]:
-    """When each ModelDeployment's download Job completed and its Deployment became Available,
-    as those objects record it (whole seconds)."""
+    """When each ModelDeployment's download Job completed (the Job its status says completed:
+    ModelDeployments on one claim share one) and its Deployment became Available, as those
+    objects record it (whole seconds)."""
     from kubernetes import client
 
     out: dict[str, dict[str, float]] = {}
-    for job in client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=LABEL).items:
-        done = job.status.completion_time
-        if done is not None:
-            out.setdefault(job.metadata.labels[LABEL], {})["Job complete"] = done.timestamp()
+    done = {job.metadata.name: job.status.completion_time.timestamp()
+            for job in client.BatchV1Api(api).list_namespaced_job(
+                namespace, label_selector="app.kubernetes.io/managed-by=modelship").items
+            if job.status.completion_time is not None}
+    for md in client.CustomObjectsApi(api).list_namespaced_custom_object(
+            "modelship.io", "v1alpha1", namespace, "modeldeployments")["items"]:
+        job = ((md.get("status") or {}).get("download") or {}).get("completedJob")
+        if job in done:
+            out.setdefault(md["metadata"]["name"], {})["Job complete"] = done[job]
     for dep in client.AppsV1Api(api).list_namespaced_deployment(namespace).items:
         for c in dep.status.conditions or []:
             if c.type == "Available" and c.status == "True":

@@ -507,7 +507,8 @@ class StorageSpec(ApiType):
     existing_claim: str | None = Field(
         None, description="Use this PersistentVolumeClaim, which exists already (for example pre-loaded in an "
                           "air-gapped cluster), instead of creating one. Files already there in the Hub cache "
-                          "layout are checked, not downloaded again.",
+                          "layout are checked, not downloaded again. ModelDeployments that name one claim share "
+                          "the Job that puts (or checks) a repo@sha there.",
         json_schema_extra=cel_string(253, rule(f"self.matches('{DNS_SUBDOMAIN}')",
                                                "must be a PersistentVolumeClaim name")))
 

@@ -404,28 +404,33 @@ def test_follow_rolls_to_the_new_commit_of_a_branch_and_says_so(cluster, namespa
     assert md_status(cluster, namespace, "follower")["phase"] == "Ready"
 
 
-def test_the_download_window_runs_one_job_at_a_time_and_every_model_gets_its_turn(
+def test_the_download_window_runs_one_job_at_a_time_and_models_on_one_claim_share_theirs(
         cluster, namespace, core, operator, kwok_pools, tmp_path):
-    """maxConcurrentDownloads 1, four ModelDeployments on one pre-loaded claim (their Jobs run
-    on a kwok pool, which completes them): each Job is made only once the one before it has
-    completed, the others say DownloadQueued meanwhile, and every one becomes Ready."""
+    """maxConcurrentDownloads 1, four ModelDeployments on two pre-loaded claims, two on each
+    (their Jobs run on a kwok pool, which completes them): the two on a claim share one Job,
+    owned by them and no other; the second Job is made only once the first has completed, the
+    others say DownloadQueued meanwhile, and every one becomes Ready."""
     operator.start(pools=kwok_pools, config={"downloadPool": "cpu", "maxConcurrentDownloads": 1})
-    pv = f"{namespace}-window"
-    core.create_persistent_volume({
-        "metadata": {"name": pv},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(tmp_path)},
-                 "claimRef": {"namespace": namespace, "name": "weights"}}})
+    claims = {"weights-a": ["w0", "w1"], "weights-b": ["w2", "w3"]}
+    pvs = [f"{namespace}-{claim}" for claim in claims]
     try:
-        core.create_namespaced_persistent_volume_claim(namespace, {
-            "metadata": {"name": "weights"},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                     "resources": {"requests": {"storage": "1Gi"}}}})
-        names = [f"w{i}" for i in range(4)]
-        for name in names:
-            cluster.apply(tiny(name, repo="modelship-test/tiny-llama-GGUF") | {"spec": {
-                "model": {"repo": "modelship-test/tiny-llama-GGUF"}, "pool": "cpu",
-                "storage": {"existingClaim": "weights"}}}, namespace)
+        for pv, claim in zip(pvs, claims):
+            (tmp_path / claim).mkdir()
+            core.create_persistent_volume({
+                "metadata": {"name": pv},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                         "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(tmp_path / claim)},
+                         "claimRef": {"namespace": namespace, "name": claim}}})
+            core.create_namespaced_persistent_volume_claim(namespace, {
+                "metadata": {"name": claim},
+                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                         "resources": {"requests": {"storage": "1Gi"}}}})
+        for claim, names in claims.items():
+            for name in names:
+                cluster.apply(tiny(name, repo="modelship-test/tiny-llama-GGUF") | {"spec": {
+                    "model": {"repo": "modelship-test/tiny-llama-GGUF"}, "pool": "cpu",
+                    "storage": {"existingClaim": claim}}}, namespace)
+        names = [n for group in claims.values() for n in group]
         reasons: set[str] = set()
         most = 0  # Jobs seen not finished at once
 
@@ -444,15 +449,25 @@ def test_the_download_window_runs_one_job_at_a_time_and_every_model_gets_its_tur
         assert "DownloadQueued" in reasons, reasons
         assert most == 1, f"{most} Jobs were seen running at once"
         jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json"))["items"]
+        by_claim = {j["metadata"]["labels"]["modelship.io/claim"]: j for j in jobs}
+        assert len(jobs) == 2 and sorted(by_claim) == sorted(claims), [j["metadata"]["name"] for j in jobs]
+        for claim, job in by_claim.items():  # made by the first on it; the other joined it if it ran still
+            owners = {r["name"] for r in job["metadata"]["ownerReferences"]}
+            assert owners and owners <= set(claims[claim]), (claim, owners)
+            assert {md_status(cluster, namespace, n)["download"]["completedJob"] for n in claims[claim]} == {
+                job["metadata"]["name"]}
         spans = sorted((j["metadata"]["creationTimestamp"], j["status"]["completionTime"]) for j in jobs)
-        assert len(spans) == 4, spans
         for (_, done), (made, _) in zip(spans, spans[1:]):  # (RFC 3339 in UTC: they sort as text)
             assert made >= done, f"a Job made at {made}, before the one before it completed at {done}: {spans}"
         metrics = operator.metrics()
         assert "modelship_downloads_queued 0.0" in metrics and "modelship_downloads_in_flight 0.0" in metrics
     finally:
         cluster.kubectl("delete", "md", "--all", "-n", namespace, "--wait=true", check=False)
-        core.delete_persistent_volume(pv)
+        for pv in pvs:
+            try:
+                core.delete_persistent_volume(pv)
+            except Exception:  # noqa: BLE001 - not made
+                pass
 
 
 # ReadWriteMany: Jobs run on the local node, where files really land. (On ReadWriteOnce, a

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..api import JOB_NAME_MAX, ModelDeployment, ResolvedFile, ResolvedModel
 from ..settings import Settings
-from .meta import KEEP, REPO, REVISION, cache_labels, claim_name, digest, finish, labels, on_shared_cache
+from .meta import KEEP, REPO, REVISION, claim_name, digest, finish, shares_volume_jobs, volume_job_labels
 from .pods import FETCH_UID, pin, restricted_container, restricted_pod, schedule
 from .volume import MODELS_MOUNT
 
@@ -61,8 +61,8 @@ def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: s
                 env: list[dict], pin_node: str | None, annotations: dict[str, str], identity: list,
                 backoff: int, deadline: int, fail_job_on: int | None = None) -> dict:
     """A Job of the modelship image that works on the weights' volume (and on nothing else)."""
-    cache = on_shared_cache(md)
-    job_labels = cache_labels(component) if cache else labels(md, component)
+    shared = shares_volume_jobs(md)
+    job_labels = volume_job_labels(md, component)
     pod = {
         "metadata": {"labels": dict(job_labels)},
         "spec": {
@@ -84,10 +84,11 @@ def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: s
     }
     if settings.download_pool:
         schedule(pod["spec"], settings.pools[settings.download_pool])
-    # On the shared cache: named by what it does alone, so ModelDeployments of one repo@sha share one Job.
-    # A Job's name is a label value of its pods: at most 63 characters, so the digest gives way
-    # to a long name (48, the longest the CRD admits, leaves 6 hex digits for `-collect-`).
-    prefix = f"{'modelship' if cache else md.name}-{verb}-"
+    # On a shared volume: named by what it does alone (its pod names the claim), so ModelDeployments
+    # of one repo@sha share one Job. A Job's name is a label value of its pods: at most 63
+    # characters, so the digest gives way to a long name (48, the longest the CRD admits, leaves
+    # 6 hex digits for `-collect-`).
+    prefix = f"{'modelship' if shared else md.name}-{verb}-"
     name = prefix + digest([*identity, pod], min(8, JOB_NAME_MAX - len(prefix)))
     if pin_node:
         pin(pod["spec"], pin_node)
@@ -97,4 +98,4 @@ def _volume_job(md: ModelDeployment, settings: Settings, component: str, verb: s
         "spec": {"backoffLimit": backoff, "activeDeadlineSeconds": deadline, "template": pod,
                  **({"podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
                      "containerName": verb, "operator": "In", "values": [fail_job_on]}}]}} if fail_job_on else {})},
-    }, md, co_owned=cache)
+    }, md, co_owned=shared)

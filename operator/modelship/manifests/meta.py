@@ -23,6 +23,7 @@ SNAPSHOT_PREFIX = "snapshot.modelship.io/"  # a volume's ledger: one annotation 
 DEPLOYMENT_LABEL = "modelship.io/deployment"
 SHARED_CACHE = "modelship.io/shared-cache"
 SHARED_CLAIM = "modelship-cache"  # the namespace's shared, content-addressed cache volume
+CLAIM_LABEL = "modelship.io/claim"  # the Jobs that work on a user's claim: which claim (`claim_label`)
 COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 
@@ -41,6 +42,22 @@ def cache_labels(component: str) -> dict[str, str]:
     particular: they carry no ModelDeployment's name."""
     return {"app.kubernetes.io/name": "modelship", COMPONENT: component, MANAGED_BY: "modelship",
             SHARED_CACHE: SHARED_CLAIM}
+
+
+def claim_label(claim: str) -> str:
+    """The value of CLAIM_LABEL for a claim: its name, or a digest of a name too long for a label."""
+    return claim if len(claim) <= 63 else f"sha-{digest(claim, 32)}"
+
+
+def volume_job_labels(md: ModelDeployment, component: str) -> dict[str, str]:
+    """The labels of a Job that works on its volume: its own, or those of a volume shared by
+    several ModelDeployments (the shared cache, a claim of the user's), which name none."""
+    if on_shared_cache(md):
+        return cache_labels(component)
+    if md.spec.storage.existing_claim:
+        return {"app.kubernetes.io/name": "modelship", COMPONENT: component, MANAGED_BY: "modelship",
+                CLAIM_LABEL: claim_label(md.spec.storage.existing_claim)}
+    return labels(md, component)
 
 
 def selector(md: ModelDeployment) -> dict[str, str]:
@@ -85,6 +102,13 @@ def on_shared_cache(md: ModelDeployment) -> bool:
     """Whether the weights live on the namespace's shared cache volume (a claim of the user's
     own wins over storage.sharedCache)."""
     return md.spec.storage.shared_cache and not md.spec.storage.existing_claim
+
+
+def shares_volume_jobs(md: ModelDeployment) -> bool:
+    """Whether the Jobs on its volume are shared with the other ModelDeployments that use the
+    volume: on the shared cache, and on a claim of the user's (several may name one). Such a
+    Job is named by what it does alone, so one Job puts one repo@sha on one volume, co-owned."""
+    return on_shared_cache(md) or bool(md.spec.storage.existing_claim)
 
 
 def claim_name(md: ModelDeployment) -> str:

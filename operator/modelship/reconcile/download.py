@@ -4,6 +4,9 @@ One Job per (revision, files, volume); stale ones go; a finished one is remember
 files can still be there (the volume's ledger names them, and the claim is the one it filled);
 a Job that found the volume full is made again every VOLUME_FULL_RETRY seconds; a new Job takes
 a place in the download window (`window.py`), or its ModelDeployment waits in line.
+
+On a volume several ModelDeployments use (the shared cache, a claim of the user's) they share
+the Job that puts one repo@sha there: JOB_OWNERS_MAX of them own it, the others follow it.
 """
 
 from __future__ import annotations
@@ -109,6 +112,31 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
                     max(left, 1.0))
 
 
+# A shared download Job is owned by at most this many of the ModelDeployments that wait for it:
+# enough that it outlives most deletions among them (the garbage collector deletes it with its
+# last owner), few enough that 500 ModelDeployments on one claim do not each add themselves to
+# it (an owner reference and a field manager each: a write of a Job that grows every time). The
+# others follow it without owning it; the download window knows them and wakes them when it
+# changes (`DownloadWindow.followers`). Should every owner go first, the Job goes with them and
+# the next reconcile of a follower makes it again: it resumes from the bytes already there.
+JOB_OWNERS_MAX = 8
+
+
+def _stale(md: ModelDeployment, name: str, facts: Facts) -> list[Action]:
+    """Its Jobs on the volume other than `name`, to delete: on a volume of its own every one;
+    on a claim of the user's those it alone owns; on the shared cache none (they go with their
+    last owner, and a collection removes what they put there)."""
+    if manifests.on_shared_cache(md):
+        return []
+    shared = bool(md.spec.storage.existing_claim)
+    return [Action("delete", "Job", n, exists=True) for n, j in facts.downloads.items()
+            if n != name and (not shared or (j.owned and len(_owners(j)) == 1))]
+
+
+def _owners(job: JobFacts) -> list[dict]:
+    return job.body.get("metadata", {}).get("ownerReferences") or []
+
+
 def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, observed: Observed,
                    settings: Settings, endpoint: str, now: str, window: DownloadWindow | None = None) -> Download:
     cache, claim = manifests.on_shared_cache(md), manifests.claim_name(md)
@@ -117,8 +145,7 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
     job = manifests.download_job(md, resolved, endpoint, settings, pin_node=pin, serving=serving)
     name, key = job["metadata"]["name"], manifests.snapshot_key(resolved.repo, resolved.sha)
     current = facts.downloads.get(name)
-    # Stale Jobs go (on the shared cache they go with their last owner).
-    actions = [] if cache else [Action("delete", "Job", n, exists=True) for n in facts.downloads if n != name]
+    actions = _stale(md, name, facts)
     state, why, refill = _download_state(md, name, current, facts, key)
     progress = _progress(md, resolved, name, state, observed.download_progress.get(name) or {}, facts.volume.uid)
     said = observed.download_errors.get(name)
@@ -154,7 +181,8 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
         if not _place(md, name, window):
             return _queued(md, name, window, progress, actions)
         actions += apply_if_needed(job, None)
-    elif cache and not current.owned:  # another ModelDeployment's download of the same files: join it
+    elif manifests.shares_volume_jobs(md) and not current.owned and len(_owners(current)) < JOB_OWNERS_MAX:
+        # another ModelDeployment's download of the same files onto the same volume: join it
         if "podFailurePolicy" not in current.body.get("spec", {}):  # made by an older operator: the field
             job["spec"].pop("podFailurePolicy", None)  # cannot be added to a Job that exists (422)
         actions += apply_if_needed(job, current.body)

@@ -168,11 +168,14 @@ async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, r
     if labels.get(DEPLOYMENT_LABEL):
         if news:
             controller.enqueue_soon(namespace, labels[DEPLOYMENT_LABEL])
-    else:  # an object of the shared cache (its volume, its download Jobs): every owner cares,
+    else:  # an object of a shared volume (the shared cache, its download Jobs; a download Job on a
+        # claim of the user's): every owner cares, and every ModelDeployment waiting for the Job,
         # echo or not (only the one that wrote it runs again by itself)
-        for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") == api.KIND:
-                controller.enqueue_soon(namespace, ref["name"])
+        waiting = {ref["name"] for ref in meta.get("ownerReferences") or [] if ref.get("kind") == api.KIND}
+        if resource.plural == "jobs":
+            waiting |= {name for _, name in controller.window.followers(namespace, meta["name"])}
+        for md in sorted(waiting):
+            controller.enqueue_soon(namespace, md)
 
 
 for resource in CHILD_RESOURCES:

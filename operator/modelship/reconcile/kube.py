@@ -25,7 +25,8 @@ from kubernetes.client.rest import ApiException
 
 from .. import api, clock
 from ..endpointslices import ready_urls
-from ..manifests import COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, on_shared_cache
+from ..manifests import (CLAIM_LABEL, COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, claim_label,
+                         on_shared_cache)
 from .cache import MD_KIND, WatchCache
 from .event_queue import THREADS as EVENT_THREADS, EventQueue
 from .types import Action, Event, Reads
@@ -234,6 +235,16 @@ class Kube:
             return MISS
         return [self._plain(o) for o in live(namespace, label_selector=selector).items]
 
+    def _list_any(self, kind: str, namespace: str, selectors: list[str], live, ask: bool = True) -> list[dict]:
+        """Objects that match any of the selectors, each once."""
+        found: dict[str, dict] = {}
+        for selector in selectors:
+            got = self._list(kind, namespace, selector, live, ask)
+            if got is MISS:
+                return MISS
+            found.update((o["metadata"]["name"], o) for o in got if o["metadata"]["name"] not in found)
+        return list(found.values())
+
     def read(self, md: api.ModelDeployment, claim: str) -> Reads:
         """Everything that may be a child of `md` or share its volume (the log tails of running
         downloads aside: `read_job_pods`), from the watch cache where it holds them. The reads
@@ -242,11 +253,15 @@ class Kube:
         here, in the caller's thread: a hand-over to a reader costs more than the read."""
         ns, own = md.namespace, f"{DEPLOYMENT_LABEL}={md.name}"
         cache = on_shared_cache(md)
-        jobs = f"{SHARED_CACHE}={SHARED_CLAIM}" if cache else f"{own},{COMPONENT} in (download,collect)"
+        # On a shared volume, every Job on it; on a claim of the user's also its own Jobs from
+        # before they were shared (an older operator's: stale, to delete).
+        jobs = [f"{SHARED_CACHE}={SHARED_CLAIM}"] if cache else [f"{own},{COMPONENT} in (download,collect)"]
+        if md.spec.storage.existing_claim:
+            jobs.insert(0, f"{CLAIM_LABEL}={claim_label(md.spec.storage.existing_claim)}")
         # On the shared cache every serving pod of the namespace may mount the volume.
         pods = f"{MANAGED_BY}=modelship,{COMPONENT}=server" if cache else f"{own},{COMPONENT}=server"
         calls = {
-            "jobs": lambda ask=True: self._list("Job", ns, jobs, self.batch.list_namespaced_job, ask),
+            "jobs": lambda ask=True: self._list_any("Job", ns, jobs, self.batch.list_namespaced_job, ask),
             "server_pods": lambda ask=True: self._list("Pod", ns, pods, self.core.list_namespaced_pod, ask),
             "neighbours": lambda ask=True: (self._neighbours(ns, ask) if cache else []),
             "pvc": lambda ask=True: self._get("PersistentVolumeClaim", self._claim, claim, ns, ask),

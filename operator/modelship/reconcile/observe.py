@@ -14,7 +14,7 @@ import json
 
 from ..api import ModelDeployment
 from ..manifests import (COMPONENT, DEPLOYMENT_LABEL, REPO, REVISION, SHARED_CACHE, SHARED_CLAIM, on_shared_cache,
-                         owned_by, snapshot_key)
+                         owned_by, shares_volume_jobs, snapshot_key)
 from .types import Observed, Reads
 
 PROGRESS_PREFIX = '{"event"'  # a progress line of `modelship fetch` (a JSON object per line)
@@ -38,9 +38,10 @@ def _component(obj: dict) -> str | None:
 
 
 def volume_jobs(md: ModelDeployment, jobs: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(downloads, collections) on its volume: its own, or on the shared cache every one."""
-    uid, cache = md.metadata.get("uid"), on_shared_cache(md)
-    mine = [j for j in jobs if cache or owned_by(j, uid)]
+    """(downloads, collections) on its volume: its own, or on a shared volume (the shared
+    cache, a claim of the user's) every one."""
+    uid, shared = md.metadata.get("uid"), shares_volume_jobs(md)
+    mine = [j for j in jobs if shared or owned_by(j, uid)]
     return ([j for j in mine if _component(j) == "download"], [j for j in mine if _component(j) == "collect"])
 
 

@@ -15,7 +15,8 @@ does not make a busy control plane faster: on the scale bench the cluster comple
 What the window knows is what the reconciles told it: a Job already running when the operator
 starts (or a new leader takes over) counts from the first reconcile of its ModelDeployment
 on, so right after a start the window can hold more than `size` Jobs for a resync round. Two
-ModelDeployments that share one Job (the namespace's shared cache) take one place in it.
+ModelDeployments that share one Job (on the shared cache, or a claim of the user's) take one
+place in it; the window knows who waits for each Job, owner of it or not (`followers`).
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class DownloadWindow:
         self._release(md)
         self._leave_line(md)
         self._let_in()
+
+    def followers(self, namespace: str, job: str) -> set[Key]:
+        """The ModelDeployments that wait for download Job `job` (in `namespace`) to finish."""
+        return set(self.jobs.get((namespace, job), ()))
 
     def known(self) -> set[Key]:
         """The ModelDeployments the window holds something of (a place, or one in line)."""
