@@ -89,8 +89,9 @@ class Peak:
                 return
 
 
-def progress(api: client.ApiClient, namespace: str) -> tuple[int, int]:
-    """(reconciled, Ready) ModelDeployments, as defined in this file's docstring. The listings
+def progress(api: client.ApiClient, namespace: str) -> tuple[int, int, Counter]:
+    """(reconciled, Ready) ModelDeployments, as defined in this file's docstring, and what the
+    others lack (how many lack a current status, their Deployment, their Service). The listings
     are read as the JSON they come in (the client library's models cost this bench some 20 s of
     CPU a run, on the cores the measured operator and cluster share)."""
     custom, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)
@@ -100,12 +101,16 @@ def progress(api: client.ApiClient, namespace: str) -> tuple[int, int]:
             if d["spec"].get("replicas") == 2}
     svcs = {s["metadata"]["name"] for s in orjson.loads(core.list_namespaced_service(namespace, **raw).data)["items"]}
     done = ready = 0
+    lacking: Counter = Counter()
     for md in mds:
         name, st = md["metadata"]["name"], md.get("status") or {}
-        if st.get("observedGeneration") == md["metadata"]["generation"] and name in deps and name in svcs:
+        lacks = [what for what, has in (("status", st.get("observedGeneration") == md["metadata"]["generation"]),
+                                        ("Deployment", name in deps), ("Service", name in svcs)) if not has]
+        lacking.update(lacks)
+        if not lacks:
             done += 1
             ready += st.get("phase") == "Ready"
-    return done, ready
+    return done, ready, lacking
 
 
 def apply_all(api: client.ApiClient, namespace: str, count: int) -> dict[str, float]:
@@ -131,7 +136,7 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
     while time.monotonic() - start < timeout:
         if op.proc.poll() is not None:
             raise SystemExit("the operator exited: " + op.log()[-2000:])
-        done, ready = progress(api, namespace)
+        done, ready, lacking = progress(api, namespace)
         if done == count and "reconciled" not in out:
             out["reconciled"] = time.monotonic() - start
         if ready == count:
@@ -140,12 +145,14 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
             out["machine"] = cpu.took(out["ready"])
             return out
         if done + ready != last:
-            print(f"  {time.monotonic() - start:6.1f} s: {done}/{count} reconciled, {ready} Ready", flush=True)
+            lacks = ", ".join(f"{n} {what}" for what, n in sorted(lacking.items()))
+            print(f"  {time.monotonic() - start:6.1f} s: {done}/{count} reconciled, {ready} Ready"
+                  + (f" (the others lack: {lacks})" if lacks else ""), flush=True)
             last = done + ready
         time.sleep(1.0)
     # Not all Ready in time (the scheduler, kwok and the API server saturated): the rest is
     # measured all the same, and the report says how far it got.
-    done, out["ready count"] = progress(api, namespace)
+    done, out["ready count"], _ = progress(api, namespace)
     out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), time.monotonic() - start)
     out["machine"] = cpu.took(time.monotonic() - start)
     out.setdefault("reconciled", float("inf"))

@@ -345,11 +345,16 @@ def wait_phase(cluster: Cluster, op: "LocalOperator | HelmOperator", name: str, 
 
 
 def children(cluster: Cluster, namespace: str, name: str) -> dict[str, list[str]]:
+    """Per kind, the names of what the operator made for one ModelDeployment: labelled with its
+    name, or (a Job on a volume it shares: the shared cache, a claim of the user's) owned by it."""
     out = {}
     for kind in ("deployments", "jobs", "services", "persistentvolumeclaims"):
-        items = json.loads(cluster.kubectl("get", kind, "-n", namespace, "-l", f"modelship.io/deployment={name}",
+        items = json.loads(cluster.kubectl("get", kind, "-n", namespace, "-l", "app.kubernetes.io/managed-by=modelship",
                                            "-o", "json"))["items"]
-        out[kind] = sorted(i["metadata"]["name"] for i in items)
+        out[kind] = sorted(i["metadata"]["name"] for i in items
+                           if (i["metadata"].get("labels") or {}).get("modelship.io/deployment") == name
+                           or (kind == "jobs" and any(r.get("kind") == "ModelDeployment" and r.get("name") == name
+                                                      for r in i["metadata"].get("ownerReferences") or [])))
     return out
 
 

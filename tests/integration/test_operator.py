@@ -104,7 +104,8 @@ def test_llamacpp_with_weights_on_the_volume_becomes_ready_and_answers(cluster, 
     assert row[1].split()[1:6] == ["llamacpp", "1", "1", "Ready", SMOLLM2_SHA[:7]]
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.kind=ModelDeployment")
-    assert "Created Deployment smollm2" in events and "Created Job smollm2-fetch-" in events
+    # (on a claim of the user's, the Job is named for what it does: the ModelDeployments on it share it)
+    assert "Created Deployment smollm2" in events and "Created Job modelship-fetch-" in events
     # Level-based: a child changed by hand is put back (here a field that does not restart pods).
     cluster.kubectl("patch", "deployment", "smollm2", "-n", namespace, "-p", '{"spec":{"revisionHistoryLimit":9}}')
     wait_for(lambda: get(cluster, "deployment", "smollm2", namespace)["spec"]["revisionHistoryLimit"] == 3, 30,

@@ -156,3 +156,60 @@ def test_a_model_on_a_users_claim_reads_every_job_on_it_and_its_own_older_ones()
     finally:
         kube.readers.shutdown()
     assert sorted(j["metadata"]["name"] for j in reads.jobs) == sorted([shared["metadata"]["name"], "a-fetch-0ld"])
+
+
+def test_a_full_volume_under_a_shared_job_is_retried_by_an_owner_not_by_every_follower():
+    from .test_volume_full import full_job
+
+    owner, follower = claim_md("a", "uid-a"), claim_md("b", "uid-b")
+    job = full_job(owner, gguf())
+    job["metadata"]["uid"] = "job-uid-1"
+    for md, deletes in ((owner, [("delete", job["metadata"]["name"], {"uid": "job-uid-1"})]), (follower, [])):
+        p = run(md, gguf(), Observed(pvc=users_claim(), jobs=[job], service=obs_service(md)),
+                now="2025-01-01T00:01:00Z")
+        assert cond(p, "Downloaded")["reason"] == "VolumeFull"
+        assert [(a.verb, a.name, a.body) for a in p.actions if a.kind == "Job"] == deletes
+
+
+def test_a_stale_job_another_model_waits_for_is_not_deleted():
+    from modelship.reconcile.plan import plan
+
+    md = claim_md("a", "uid-a")
+    old = obs_job(md, gguf())  # running, its alone
+    old["metadata"]["name"] = "modelship-fetch-0ld"
+    window = DownloadWindow(0, lambda ns, name: None)
+    obs = Observed(pvc=users_claim(), jobs=[obs_job(md, gguf(), "Complete"), old], service=obs_service(md))
+    assert [a.name for a in plan(md, gguf(), obs, settings(), "2025-01-01T00:00:00Z", ENDPOINT, window=window).actions
+            if a.verb == "delete"] == ["modelship-fetch-0ld"]
+    window.take((NS, "b"), "modelship-fetch-0ld")  # another follows it
+    assert not [a for a in plan(md, gguf(), obs, settings(), "2025-01-01T00:00:00Z", ENDPOINT, window=window).actions
+                if a.verb == "delete"]
+
+
+class Jobs:
+    """The client's Job deletes, answered as the API server would with a uid precondition."""
+
+    def __init__(self, uid: str):
+        self.uid, self.deleted = uid, []
+
+    def delete_namespaced_job(self, name, namespace, body):
+        from kubernetes.client.rest import ApiException
+
+        if body.preconditions is not None and body.preconditions.uid != self.uid:
+            raise ApiException(status=409, reason="Conflict: Precondition failed: UID in precondition")
+        self.deleted.append((name, body.propagation_policy))
+
+
+def test_a_job_is_deleted_only_if_it_is_still_the_one_that_was_read():
+    from kubernetes import client
+
+    from modelship.reconcile.kube import Kube
+    from modelship.reconcile.types import Action
+
+    kube = Kube(client.ApiClient(), "modelship")
+    kube.batch = Jobs("made-again")
+    assert kube.execute(Action("delete", "Job", "j", {"uid": "read-before"}, exists=True), NS) is False
+    assert kube.batch.deleted == []  # made again under its name meanwhile: it stays
+    kube.execute(Action("delete", "Job", "j", {"uid": "made-again"}, exists=True), NS)
+    assert kube.batch.deleted == [("j", "Background")]
+    kube.readers.shutdown()

@@ -145,20 +145,23 @@ def test_the_failed_time_as_the_client_library_writes_it_is_read_too():
     assert [(a.verb, a.name) for a in run(md, r, obs, now="2025-01-01T00:00:30Z").actions] == [("delete", name)]
 
 
-def test_joining_a_shared_download_made_by_an_older_operator_adds_no_pod_failure_policy():
-    """podFailurePolicy cannot be added to a Job that exists (422): a Job an older operator
-    made, joined after the upgrade, is applied without it."""
+def test_joining_a_shared_download_applies_ones_owner_reference_alone():
+    """A Job's template cannot change (422): a join applies its owner reference and nothing
+    else, whether the Job was made by an older operator (no podFailurePolicy) or by a sharer
+    whose template differs (pinned to the node of a ReadWriteOnce volume)."""
     first, r = make_md({"storage": {"sharedCache": True}}), gguf()
     raw = first.model_dump(by_alias=True, exclude_none=True)
     raw["metadata"].update(name="second", uid="uid-second")
     second = type(first).model_validate(raw)
-    job = obs_job(first, r, "Running")
-    job["spec"].pop("podFailurePolicy")
-    obs = observed(second, r, None)
-    obs.jobs = [job]
-    applied = [a for a in run(second, r, obs).actions if a.kind == "Job" and a.verb == "apply"]
-    assert applied and all("podFailurePolicy" not in a.body["spec"] for a in applied), applied
-    job = obs_job(first, r, "Running")  # one of this operator's: applied as it is
-    obs.jobs = [job]
-    applied = [a for a in run(second, r, obs).actions if a.kind == "Job" and a.verb == "apply"]
-    assert applied and all("podFailurePolicy" in a.body["spec"] for a in applied), applied
+    older = obs_job(first, r, "Running")
+    older["spec"].pop("podFailurePolicy")
+    pinned = obs_job(first, r, "Running")
+    pinned["spec"]["template"]["spec"]["affinity"] = {"nodeAffinity": {}}
+    for job in (older, pinned, obs_job(first, r, "Running")):
+        obs = observed(second, r, None)
+        obs.jobs = [job]
+        [join] = [a for a in run(second, r, obs).actions if a.kind == "Job"]
+        assert (join.verb, join.name, join.exists) == ("apply", job["metadata"]["name"], True)
+        assert set(join.body) == {"apiVersion", "kind", "metadata"} and "spec" not in join.body
+        assert [o["uid"] for o in join.body["metadata"]["ownerReferences"]] == ["uid-second"]
+        assert join.field_manager == "modelship/ns1/second"

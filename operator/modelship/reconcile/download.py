@@ -102,7 +102,7 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
     failed = next((c.get("lastTransitionTime") for c in (current.body.get("status") or {}).get("conditions") or []
                    if c.get("type") == "Failed" and c.get("status") == "True"), None) or now
     left = VOLUME_FULL_RETRY - (clock.parse(now) - clock.parse(failed)).total_seconds()
-    actions = [Action("delete", "Job", name, exists=True)] if left <= 0 else []
+    actions = [delete(current)] if left <= 0 and current.owned else []
     # the pod's own line (bytes written and free), unless only its exit code is known
     detail = f" ({said.removeprefix('Error: ')})" if said and "(exit code " not in said else ""
     return Download("Failed", "False", "VolumeFull", f"volume {claim} is full: download Job {name} stopped{detail}"
@@ -122,15 +122,25 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
 JOB_OWNERS_MAX = 8
 
 
-def _stale(md: ModelDeployment, name: str, facts: Facts) -> list[Action]:
+def delete(job: JobFacts) -> Action:
+    """Delete this very Job: not one made again under its name since it was read (by a
+    ModelDeployment that shares it), which the API server refuses (the uid precondition)."""
+    return Action("delete", "Job", job.name, {"uid": job.body.get("metadata", {}).get("uid")}, exists=True)
+
+
+def _stale(md: ModelDeployment, name: str, facts: Facts, window: DownloadWindow | None) -> list[Action]:
     """Its Jobs on the volume other than `name`, to delete: on a volume of its own every one;
-    on a claim of the user's those it alone owns; on the shared cache none (they go with their
-    last owner, and a collection removes what they put there)."""
+    on a claim of the user's those it alone owns and no other ModelDeployment waits for; on the
+    shared cache none (they go with their last owner, and a collection removes what they put
+    there)."""
     if manifests.on_shared_cache(md):
         return []
-    shared = bool(md.spec.storage.existing_claim)
-    return [Action("delete", "Job", n, exists=True) for n, j in facts.downloads.items()
-            if n != name and (not shared or (j.owned and len(_owners(j)) == 1))]
+    if not md.spec.storage.existing_claim:
+        return [delete(j) for n, j in facts.downloads.items() if n != name]
+    me = (md.namespace, md.name)
+    return [delete(j) for n, j in facts.downloads.items()
+            if n != name and j.owned and len(_owners(j)) == 1
+            and not (window is not None and window.followers(md.namespace, n) - {me})]
 
 
 def _owners(job: JobFacts) -> list[dict]:
@@ -145,7 +155,7 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
     job = manifests.download_job(md, resolved, endpoint, settings, pin_node=pin, serving=serving)
     name, key = job["metadata"]["name"], manifests.snapshot_key(resolved.repo, resolved.sha)
     current = facts.downloads.get(name)
-    actions = _stale(md, name, facts)
+    actions = _stale(md, name, facts, window)
     state, why, refill = _download_state(md, name, current, facts, key)
     progress = _progress(md, resolved, name, state, observed.download_progress.get(name) or {}, facts.volume.uid)
     said = observed.download_errors.get(name)
@@ -164,7 +174,8 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
                         f"{resolved.short_sha or resolved.sha[:7]} are on volume {claim}", progress, actions)
     if refill:
         if current is not None:  # its name is the download's: it must go before the download runs again
-            actions.append(Action("delete", "Job", name, exists=True))
+            if current.owned or not manifests.shares_volume_jobs(md):  # (a follower waits for an owner)
+                actions.append(delete(current))
         elif not _place(md, name, window):
             return _queued(md, name, window, progress, actions)
         else:
@@ -183,14 +194,25 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
         actions += apply_if_needed(job, None)
     elif manifests.shares_volume_jobs(md) and not current.owned and len(_owners(current)) < JOB_OWNERS_MAX:
         # another ModelDeployment's download of the same files onto the same volume: join it
-        if "podFailurePolicy" not in current.body.get("spec", {}):  # made by an older operator: the field
-            job["spec"].pop("podFailurePolicy", None)  # cannot be added to a Job that exists (422)
-        actions += apply_if_needed(job, current.body)
+        actions.append(_join(job))
     eta = f", about {progress['etaSeconds']} s left" if "etaSeconds" in progress else ""
     return Download(state, "False", "Downloading", f"downloading {len(resolved.files)} files with Job {name}: "
                     f"{human_bytes(progress['bytesDone'])} of {human_bytes(resolved.total_bytes)} "
                     f"({progress['percent']}%){eta}" + (f"; last attempt: {said}" if said else ""), progress, actions,
                     in_flight=name)
+
+
+def _join(job: dict) -> Action:
+    """Add oneself to a Job's owners: an apply of one's owner reference alone, with one's own
+    field manager (every owner keeps its share). Nothing else of the Job is applied: a Job's
+    template cannot change, and the sharers' may differ (one pinned to the node of a ReadWriteOnce
+    volume, one not yet; one made by an older operator, without podFailurePolicy)."""
+    meta = job["metadata"]
+    body = {"apiVersion": job["apiVersion"], "kind": job["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                         "ownerReferences": meta["ownerReferences"]}}
+    return Action("apply", "Job", meta["name"], body, exists=True,
+                  field_manager=manifests.field_manager_of(meta["ownerReferences"][0], job))
 
 
 def _place(md: ModelDeployment, job: str, window: DownloadWindow | None) -> bool:

@@ -336,9 +336,14 @@ class Kube:
         # Only Jobs are ever deleted (a superseded or failed download, a finished collection);
         # the rest goes with the ModelDeployment, by the garbage collector. The chart grants no more.
         assert kind == "Job", f"the operator deletes only Jobs, not a {kind}"
+        uid = (action.body or {}).get("uid")  # the very Job that was read, not one made since under its name
+        options = client.V1DeleteOptions(propagation_policy="Background",
+                                         preconditions=client.V1Preconditions(uid=uid) if uid else None)
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.batch.delete_namespaced_job(name, namespace, body=options)
         except ApiException as e:
+            if e.status == 409:  # another Job has its name now (the uid precondition): it stays
+                return False
             if e.status != 404:
                 raise
         if self.cache is not None:
