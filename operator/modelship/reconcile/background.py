@@ -1,9 +1,9 @@
 """The children a reconcile applies without waiting for them: the Service.
 
 It depends on nothing and nothing depends on it, and the API server allocates ClusterIPs one
-at a time: a reconcile that held a worker for that held up every other ModelDeployment's
-(bench/README.md §7). An apply's end reconciles its ModelDeployment again. One apply per
-ModelDeployment at a time, SERVICE_APPLIES at once in all; a refusal is said in the status by
+at a time (SERVICE_APPLIES): a reconcile that held a worker for that held up every other
+ModelDeployment's (bench/README.md §7). An apply's end reconciles its ModelDeployment again.
+One apply per ModelDeployment at a time, SERVICE_APPLIES at once in all; a refusal is said in the status by
 the reconciles after it (`start`) and tried again when the body changes or REFUSED_RETRY
 seconds later; any other failure is tried again with back-off, as a failed reconcile is.
 """
@@ -31,8 +31,12 @@ Key = tuple[str, str]  # (namespace, name)
 # A refused apply is tried again after REFUSED_RETRY seconds (sooner with another body); one
 # that failed on the way after TRANSIENT_RETRY, doubled at each failure in a row.
 REFUSED_RETRY, TRANSIENT_RETRY = 60.0, 2.0
-# Those applies at once: more only wait in the API server, holding threads the reconciles need
-# (serially 6 ms a Service on the quiet test bed, 16 at once 119 ms each: the same rate).
+# Those applies at once: more only wait in the API server, holding threads the reconciles need.
+# The API server allocates ClusterIPs one at a time: a mutex around each allocation, held across
+# a loopback create of the address's IPAddress object (`ipallocator.MetaAllocator`, seen in its
+# goroutine dump). Quiet, that is some 65 Services a second at 4 or 16 at once; on the busy scale
+# bench about 10 a second whatever the number: 2, 4, 8, 12 at once took 221, 374-465, 1,125,
+# 2,281 ms each (bench/README.md §7, "Stop 31").
 SERVICE_APPLIES = 4
 
 
