@@ -213,3 +213,21 @@ def test_a_job_is_deleted_only_if_it_is_still_the_one_that_was_read():
     kube.execute(Action("delete", "Job", "j", {"uid": "made-again"}, exists=True), NS)
     assert kube.batch.deleted == [("j", "Background")]
     kube.readers.shutdown()
+
+
+def test_a_follower_whose_job_went_with_its_owners_makes_it_again():
+    """Every owner deleted while the download ran: the garbage collector took the Job with
+    them, and the next reconcile of a ModelDeployment that followed it makes it again (the
+    files already on the claim are kept: it resumes)."""
+    md = claim_md("late", "uid-late")
+    job = owned_by_many(obs_job(claim_md("a", "uid-a"), gguf()), JOB_OWNERS_MAX)
+    obs = Observed(pvc=users_claim(), jobs=[job], service=obs_service(md))
+    following = run(md, gguf(), obs)
+    assert not [a for a in following.actions if a.kind == "Job"]
+    obs.jobs = []  # gone with its owners
+    again = run(ModelDeployment.model_validate({**md.model_dump(by_alias=True, exclude_none=True),
+                                                "status": following.status}), gguf(), obs)
+    [make] = [a for a in again.actions if a.kind == "Job"]
+    assert (make.verb, make.name, make.exists) == ("apply", job["metadata"]["name"], False)
+    assert make.body["metadata"]["ownerReferences"][0]["uid"] == "uid-late"  # its own now
+    assert again.download_job == job["metadata"]["name"] and cond(again, "Downloaded")["reason"] == "Downloading"
