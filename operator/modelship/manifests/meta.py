@@ -37,11 +37,15 @@ def labels(md: ModelDeployment, component: str) -> dict[str, str]:
             COMPONENT: component, MANAGED_BY: "modelship", DEPLOYMENT_LABEL: md.name}
 
 
+def _unnamed_labels(component: str) -> dict[str, str]:
+    """The labels of an object that belongs to no ModelDeployment in particular."""
+    return {"app.kubernetes.io/name": "modelship", COMPONENT: component, MANAGED_BY: "modelship"}
+
+
 def cache_labels(component: str) -> dict[str, str]:
     """Objects of the shared cache belong to every ModelDeployment that uses them, none in
     particular: they carry no ModelDeployment's name."""
-    return {"app.kubernetes.io/name": "modelship", COMPONENT: component, MANAGED_BY: "modelship",
-            SHARED_CACHE: SHARED_CLAIM}
+    return {**_unnamed_labels(component), SHARED_CACHE: SHARED_CLAIM}
 
 
 def claim_label(claim: str) -> str:
@@ -55,8 +59,7 @@ def volume_job_labels(md: ModelDeployment, component: str) -> dict[str, str]:
     if on_shared_cache(md):
         return cache_labels(component)
     if md.spec.storage.existing_claim:
-        return {"app.kubernetes.io/name": "modelship", COMPONENT: component, MANAGED_BY: "modelship",
-                CLAIM_LABEL: claim_label(md.spec.storage.existing_claim)}
+        return {**_unnamed_labels(component), CLAIM_LABEL: claim_label(md.spec.storage.existing_claim)}
     return labels(md, component)
 
 

@@ -3,9 +3,10 @@
 It depends on nothing and nothing depends on it, and the API server allocates ClusterIPs one
 at a time (SERVICE_APPLIES): a reconcile that held a worker for that held up every other
 ModelDeployment's (bench/README.md §7). An apply's end reconciles its ModelDeployment again.
-One apply per ModelDeployment at a time, SERVICE_APPLIES at once in all; a refusal is said in the status by
-the reconciles after it (`start`) and tried again when the body changes or REFUSED_RETRY
-seconds later; any other failure is tried again with back-off, as a failed reconcile is.
+One apply per ModelDeployment at a time, SERVICE_APPLIES at once in all; a refusal is said in
+the status by the reconciles after it (`start`) and tried again when the body changes or
+REFUSED_RETRY seconds later; any other failure is tried again with back-off, as a failed
+reconcile is.
 """
 
 from __future__ import annotations

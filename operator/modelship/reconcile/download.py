@@ -102,7 +102,7 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
     failed = next((c.get("lastTransitionTime") for c in (current.body.get("status") or {}).get("conditions") or []
                    if c.get("type") == "Failed" and c.get("status") == "True"), None) or now
     left = VOLUME_FULL_RETRY - (clock.parse(now) - clock.parse(failed)).total_seconds()
-    actions = [delete(current)] if left <= 0 and current.owned else []
+    actions = delete(current) if left <= 0 else []
     # the pod's own line (bytes written and free), unless only its exit code is known
     detail = f" ({said.removeprefix('Error: ')})" if said and "(exit code " not in said else ""
     return Download("Failed", "False", "VolumeFull", f"volume {claim} is full: download Job {name} stopped{detail}"
@@ -122,10 +122,13 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
 JOB_OWNERS_MAX = 8
 
 
-def delete(job: JobFacts) -> Action:
-    """Delete this very Job: not one made again under its name since it was read (by a
+def delete(job: JobFacts) -> list[Action]:
+    """Delete this very Job if this ModelDeployment owns it (a follower of a shared Job waits for an
+    owner to), and only this Job: not one made again under its name since it was read (by a
     ModelDeployment that shares it), which the API server refuses (the uid precondition)."""
-    return Action("delete", "Job", job.name, {"uid": job.body.get("metadata", {}).get("uid")}, exists=True)
+    if not job.owned:
+        return []
+    return [Action("delete", "Job", job.name, {"uid": job.body.get("metadata", {}).get("uid")}, exists=True)]
 
 
 def _stale(md: ModelDeployment, name: str, facts: Facts, window: DownloadWindow | None) -> list[Action]:
@@ -135,12 +138,12 @@ def _stale(md: ModelDeployment, name: str, facts: Facts, window: DownloadWindow 
     there)."""
     if manifests.on_shared_cache(md):
         return []
-    if not md.spec.storage.existing_claim:
-        return [delete(j) for n, j in facts.downloads.items() if n != name]
-    me = (md.namespace, md.name)
-    return [delete(j) for n, j in facts.downloads.items()
-            if n != name and j.owned and len(_owners(j)) == 1
-            and not (window is not None and window.followers(md.namespace, n) - {me})]
+    stale = [j for n, j in facts.downloads.items() if n != name]
+    if md.spec.storage.existing_claim:  # only those no other ModelDeployment owns or waits for
+        me = (md.namespace, md.name)
+        stale = [j for j in stale if len(_owners(j)) == 1
+                 and not (window is not None and window.followers(md.namespace, j.name) - {me})]
+    return [a for j in stale for a in delete(j)]
 
 
 def _owners(job: JobFacts) -> list[dict]:
@@ -174,8 +177,7 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
                         f"{resolved.short_sha or resolved.sha[:7]} are on volume {claim}", progress, actions)
     if refill:
         if current is not None:  # its name is the download's: it must go before the download runs again
-            if current.owned or not manifests.shares_volume_jobs(md):  # (a follower waits for an owner)
-                actions.append(delete(current))
+            actions += delete(current)
         elif not _place(md, name, window):
             return _queued(md, name, window, progress, actions)
         else:

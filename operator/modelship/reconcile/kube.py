@@ -242,7 +242,8 @@ class Kube:
             got = self._list(kind, namespace, selector, live, ask)
             if got is MISS:
                 return MISS
-            found.update((o["metadata"]["name"], o) for o in got if o["metadata"]["name"] not in found)
+            for o in got:
+                found.setdefault(o["metadata"]["name"], o)
         return list(found.values())
 
     def read(self, md: api.ModelDeployment, claim: str) -> Reads:
