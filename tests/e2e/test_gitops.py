@@ -154,6 +154,21 @@ class Stack:
         return json.dumps({n: brief(n) for n in self.watch.apps}, indent=1)[-6000:] + "\n" + self.cluster.kubectl(
             "get", "md,deploy,pod,job,pvc", "-n", self.models, "-o", "wide", check=False)
 
+    def diagnose(self, model: str) -> str:
+        """What a failed answer needs to be understood: the model's status, the pods (restarts
+        included), the Events, and the last lines of every router's and engine's log."""
+        k = lambda *a: self.cluster.kubectl(*a, check=False)  # noqa: E731
+        out = [k("get", "md", model, "-n", self.models, "-o", "jsonpath={.status}"),
+               k("get", "pods", "-n", self.models, "-o", "wide"), k("get", "pods", "-n", self.system, "-o", "wide"),
+               k("get", "events", "-n", self.models, "--sort-by=.lastTimestamp")]
+        for ns, selector in ((self.system, "app.kubernetes.io/component=router"),
+                             (self.models, f"app.kubernetes.io/instance={model}")):
+            for pod in json.loads(k("get", "pods", "-n", ns, "-l", selector, "-o", "json") or "{}").get("items", []):
+                name = pod["metadata"]["name"]
+                out += [f"--- {ns}/{name}", k("logs", name, "-n", ns, "--all-containers", "--tail=40"),
+                        k("logs", name, "-n", ns, "--all-containers", "--previous", "--tail=20")]
+        return "\n".join(out)[-20000:]
+
     def md(self, name: str) -> dict:
         return json.loads(self.cluster.kubectl("get", "md", name, "-n", self.models, "-o", "json"))
 
@@ -250,7 +265,7 @@ def test_both_applications_sync_and_the_model_goes_progressing_then_healthy(stac
                            "--max-tokens", "16", "--temperature", "0"], input="What is the capital of France?\n",
                           capture_output=True, text=True, timeout=180,
                           env={**os.environ, "KUBECONFIG": stack.cluster.kubeconfig, "NO_COLOR": "1"})
-    assert chat.returncode == 0 and chat.stdout.strip(), (chat.stdout, chat.stderr)
+    assert chat.returncode == 0 and chat.stdout.strip(), (chat.stdout, chat.stderr, stack.diagnose("smollm2"))
     assert not stack.watch.drifts, stack.watch.drifts
     report(stack, "the download, the start and the first answer", stack.watch.seen[0].t)
 

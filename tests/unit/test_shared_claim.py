@@ -231,3 +231,32 @@ def test_a_follower_whose_job_went_with_its_owners_makes_it_again():
     assert (make.verb, make.name, make.exists) == ("apply", job["metadata"]["name"], False)
     assert make.body["metadata"]["ownerReferences"][0]["uid"] == "uid-late"  # its own now
     assert again.download_job == job["metadata"]["name"] and cond(again, "Downloaded")["reason"] == "Downloading"
+
+
+def test_the_followers_of_a_failed_shared_job_are_woken_when_it_is_deleted_to_retry():
+    """A failed Job takes no place in the window, but whoever waits for it to be deleted and
+    made again (the user's fix) is woken by its deletion, owner of it or not: none of them
+    says `DownloadFailed` until its next resync while the retry runs."""
+    from modelship.reconcile.plan import plan
+
+    seen: list[tuple[str, str]] = []
+    window = DownloadWindow(1, lambda ns, name: None)
+    follower = claim_md("b", "uid-b")
+    job = owned_by_many(obs_job(claim_md("a", "uid-a"), gguf(), "Failed", "pod failed"), JOB_OWNERS_MAX)
+    name = job["metadata"]["name"]
+    p = plan(follower, gguf(), Observed(pvc=users_claim(), jobs=[job], service=obs_service(follower)), settings(),
+             "2025-01-01T00:00:00Z", ENDPOINT, window=window)
+    assert cond(p, "Downloaded")["reason"] == "DownloadFailed" and (p.download_job, p.failed_job) == (None, name)
+    window.settle((NS, "b"), p.download_job, p.failed_job)
+    assert window.in_flight == 0 and window.take((NS, "c"), "another-job")  # it holds no place
+    assert window.followers(NS, name) == {(NS, "b")}
+    controller = types.SimpleNamespace(kube=types.SimpleNamespace(cache=None), window=window,
+                                       enqueue_soon=lambda ns, md: seen.append((ns, md)))
+    asyncio.run(handlers.child_changed(labels=job["metadata"]["labels"], namespace=NS, meta=job["metadata"],
+                                       event={"type": "DELETED", "object": job}, memo=kopf.Memo(controller=controller),
+                                       resource=kopf.Resource("batch", "v1", "jobs")))
+    assert (NS, "b") in seen and len(seen) == JOB_OWNERS_MAX + 1
+    window.settle((NS, "b"), name)  # its next reconcile makes (or joins) the Job again: it waits for that one now
+    assert window.followers(NS, name) == {(NS, "b")} and window.failed == {}
+    window.forget((NS, "b"))
+    assert window.followers(NS, name) == set() and window.known() == {(NS, "c")}

@@ -132,7 +132,7 @@ class Controller:
         p = plan(md, resolution, observed, self.settings, clock.now(), endpoint, follow_failure, scale, self.window)
         p.events += (scale.events if scale else []) + self.autoscaler.pop_events(key)
         done, changed = await self._execute(md, p)
-        self.window.settle(key, p.download_job)  # (None if its apply was refused: `_execute_lane`)
+        self.window.settle(key, p.download_job, p.failed_job)  # (None if its apply was refused: `_execute_lane`)
         changed |= await self._report(key, md, body.get("status") or {}, p, done)
         if changed:  # once more, seeing what it wrote (whose watch events are no news: handlers.remember)
             self.queue.add(key)

@@ -33,6 +33,7 @@ class Download:
     actions: list[Action] = field(default_factory=list)
     requeue: float | None = None  # when to look again (a full volume: when its Job is tried again)
     in_flight: str | None = None  # the download Job running, or made now
+    failed: str | None = None  # the failed download Job it waits for (deleted to be retried)
 
     @property
     def queued(self) -> bool:
@@ -108,8 +109,7 @@ def volume_full(current: JobFacts | None, now: str, name: str, claim: str, said:
     return Download("Failed", "False", "VolumeFull", f"volume {claim} is full: download Job {name} stopped{detail}"
                     "; grow the claim (spec.storage.size, or the existing claim) or free space on it: the download is "
                     f"tried again every {VOLUME_FULL_RETRY:.0f} s and resumes from the bytes already there", progress,
-                    actions,
-                    max(left, 1.0))
+                    actions, max(left, 1.0), failed=name)
 
 
 # A shared download Job is owned by at most this many of the ModelDeployments that wait for it:
@@ -167,7 +167,7 @@ def download_stage(md: ModelDeployment, resolved: ResolvedModel, facts: Facts, o
     if state == "Failed":
         return Download(state, "False", "DownloadFailed", f"download Job {name} failed ({why})" + (f": {said}" if said else "")
                         + f"; see `kubectl logs job/{name}`, fix the cause, then delete the Job to retry",
-                        progress, actions)
+                        progress, actions, failed=name)
     if not md.spec.storage.existing_claim and not facts.volume.holds(key):
         # The volume's ledger names the snapshot before the Job that puts it there runs.
         actions.insert(0, Action("annotate", "PersistentVolumeClaim", claim,

@@ -69,8 +69,9 @@ def plan(md: ModelDeployment, resolution: ResolvedModel | ResolveError | SpecErr
     download = download_stage(md, resolved, facts, observed, settings, endpoint, now, window)
     status.download(download.progress)
     if download.blocked:
-        return status.blocked(download.reason, download.message, "Failed", actions + download.actions,
-                              download.requeue)
+        p = status.blocked(download.reason, download.message, "Failed", actions + download.actions, download.requeue)
+        p.failed_job = download.failed
+        return p
     status.set("Downloaded", download.condition, download.reason, download.message + volume_note(md, facts))
     actions += download.actions
     if not download.done:

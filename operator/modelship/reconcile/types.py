@@ -80,6 +80,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     download_job: str | None = None  # the download Job in flight after this plan (running, or made now)
+    failed_job: str | None = None  # a failed download Job it waits for someone to delete (not in flight)
 
 
 @dataclass

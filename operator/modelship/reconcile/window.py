@@ -35,6 +35,8 @@ class DownloadWindow:
         self.waiting: dict[Key, int] = {}  # the line, in order: ModelDeployment -> when it joined (a count)
         self.joined: dict[Key, int] = {}  # when each ModelDeployment in line or woken first joined
         self.woken: set[Key] = set()  # taken from the line for a free place, not reconciled since
+        self.failed: dict[Key, set[Key]] = {}  # each failed Job (no place) -> the ModelDeployments it failed for
+        self.failed_of: dict[Key, Key] = {}  # ModelDeployment -> the failed Job it waits to be deleted
         self.count = 0
 
     def take(self, md: Key, job: str) -> bool:
@@ -62,10 +64,15 @@ class DownloadWindow:
                 self.waiting = dict(sorted(self.waiting.items(), key=lambda kv: kv[1]))
         return False
 
-    def settle(self, md: Key, job: str | None) -> None:
+    def settle(self, md: Key, job: str | None, failed: str | None = None) -> None:
         """After a reconcile of `md`: the download Job it has in flight now (None: none, or
-        its apply was refused). A Job that left the window lets the next in line in; so does
-        one woken that needs no place any more."""
+        its apply was refused), and the failed one it waits for, if any (it takes no place, but
+        whoever shares it is woken when it changes or goes: `followers`). A Job that left the
+        window lets the next in line in; so does one woken that needs no place any more."""
+        self._unwatch(md)
+        if failed:
+            self.failed_of[md] = (md[0], failed)
+            self.failed.setdefault((md[0], failed), set()).add(md)
         key = (md[0], job) if job else None
         if self.job_of.get(md) != key:
             self._release(md)
@@ -86,16 +93,18 @@ class DownloadWindow:
     def forget(self, md: Key) -> None:
         """`md` is gone: its place and its place in line are free."""
         self._release(md)
+        self._unwatch(md)
         self._leave_line(md)
         self._let_in()
 
     def followers(self, namespace: str, job: str) -> set[Key]:
-        """The ModelDeployments that wait for download Job `job` (in `namespace`) to finish."""
-        return set(self.jobs.get((namespace, job), ()))
+        """The ModelDeployments that wait for download Job `job` (in `namespace`) to finish, or,
+        failed, to be deleted and made again."""
+        return set(self.jobs.get((namespace, job), ())) | self.failed.get((namespace, job), set())
 
     def known(self) -> set[Key]:
         """The ModelDeployments the window holds something of (a place, or one in line)."""
-        return set(self.job_of) | set(self.waiting) | self.woken
+        return set(self.job_of) | set(self.waiting) | self.woken | set(self.failed_of)
 
     def keep_only(self, present: set[Key], known: set[Key]) -> None:
         """After a listing of every ModelDeployment: those `known` before it began and not in
@@ -119,6 +128,14 @@ class DownloadWindow:
     def _hold(self, md: Key, job: Key) -> None:
         self.jobs.setdefault(job, set()).add(md)
         self.job_of[md] = job
+
+    def _unwatch(self, md: Key) -> None:
+        job = self.failed_of.pop(md, None)
+        if job is not None:
+            waiting = self.failed.get(job, set())
+            waiting.discard(md)
+            if not waiting:
+                self.failed.pop(job, None)
 
     def _release(self, md: Key) -> None:
         job = self.job_of.pop(md, None)
