@@ -16,7 +16,8 @@ What the window knows is what the reconciles told it: a Job already running when
 starts (or a new leader takes over) counts from the first reconcile of its ModelDeployment
 on, so right after a start the window can hold more than `size` Jobs for a resync round. Two
 ModelDeployments that share one Job (on the shared cache, or a claim of the user's) take one
-place in it; the window knows who waits for each Job, owner of it or not (`followers`).
+place in it; the window knows who waits for each Job, owner of it or not (`followers`), and
+who waits for a failed one to be deleted and made again (it takes no place).
 """
 
 from __future__ import annotations
