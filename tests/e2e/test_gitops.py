@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,14 +158,22 @@ class Stack:
     def diagnose(self, model: str) -> str:
         """What a failed answer needs to be understood: the model's status, the pods (restarts
         included), the Events, and the last lines of every router's and engine's log."""
-        k = lambda *a: self.cluster.kubectl(*a, check=False)  # noqa: E731
-        out = [k("get", "md", model, "-n", self.models, "-o", "jsonpath={.status}"),
-               k("get", "pods", "-n", self.models, "-o", "wide"), k("get", "pods", "-n", self.system, "-o", "wide"),
-               k("get", "events", "-n", self.models, "--sort-by=.lastTimestamp")]
+        out: list[str] = []
+
+        def k(*args: str) -> str:  # (never raises: what it shows must not hide the failure itself)
+            try:
+                return self.cluster.kubectl(*args, check=False)
+            except Exception as e:  # noqa: BLE001
+                return f"kubectl {' '.join(args)}: {e!r}"
+
+        out += [k("get", "md", model, "-n", self.models, "-o", "jsonpath={.status}"),
+                k("get", "pods", "-n", self.models, "-o", "wide"), k("get", "pods", "-n", self.system, "-o", "wide"),
+                k("get", "events", "-n", self.models, "--sort-by=.lastTimestamp")]
         for ns, selector in ((self.system, "app.kubernetes.io/component=router"),
                              (self.models, f"app.kubernetes.io/instance={model}")):
-            for pod in json.loads(k("get", "pods", "-n", ns, "-l", selector, "-o", "json") or "{}").get("items", []):
-                name = pod["metadata"]["name"]
+            names = k("get", "pods", "-n", ns, "-l", selector, "-o", "jsonpath={.items[*].metadata.name}")
+            pods = names.split()
+            for name in pods if all(re.fullmatch(r"[a-z0-9][a-z0-9.-]*", n) for n in pods) else []:
                 out += [f"--- {ns}/{name}", k("logs", name, "-n", ns, "--all-containers", "--tail=40"),
                         k("logs", name, "-n", ns, "--all-containers", "--previous", "--tail=20")]
         return "\n".join(out)[-20000:]

@@ -167,7 +167,7 @@ def test_a_full_volume_under_a_shared_job_is_retried_by_an_owner_not_by_every_fo
     for md, deletes in ((owner, [("delete", job["metadata"]["name"], {"uid": "job-uid-1"})]), (follower, [])):
         p = run(md, gguf(), Observed(pvc=users_claim(), jobs=[job], service=obs_service(md)),
                 now="2025-01-01T00:01:00Z")
-        assert cond(p, "Downloaded")["reason"] == "VolumeFull"
+        assert cond(p, "Downloaded")["reason"] == "VolumeFull" and p.failed_job == job["metadata"]["name"]
         assert [(a.verb, a.name, a.body) for a in p.actions if a.kind == "Job"] == deletes
 
 
@@ -260,3 +260,57 @@ def test_the_followers_of_a_failed_shared_job_are_woken_when_it_is_deleted_to_re
     assert window.followers(NS, name) == {(NS, "b")} and window.failed == {}
     window.forget((NS, "b"))
     assert window.followers(NS, name) == set() and window.known() == {(NS, "c")}
+
+
+def test_a_failed_job_its_only_owner_left_for_a_new_revision_is_deleted_for_its_followers():
+    """Its only owner moved to another revision: the failed Job it leaves behind goes (its
+    followers cannot delete it, and its deletion wakes them to make it again), unlike a
+    running one they wait for."""
+    from modelship.reconcile.plan import plan
+
+    from .test_volume_full import full_job
+
+    owner, follower = claim_md("a", "uid-a"), claim_md("b", "uid-b")
+    job = full_job(owner, gguf())
+    job["metadata"]["uid"] = "job-uid-1"
+    window = DownloadWindow(0, lambda ns, name: None)
+    window.settle((NS, "b"), None, job["metadata"]["name"])
+    newer = gguf().model_copy(update={"sha": "c" * 40, "short_sha": "ccccccc"})
+    obs = Observed(pvc=users_claim(), jobs=[job], service=obs_service(owner))
+    p = plan(owner, newer, obs, settings(), "2025-01-01T00:00:10Z", ENDPOINT, window=window)
+    assert [(a.verb, a.name) for a in p.actions if a.kind == "Job" and a.verb == "delete"] == \
+        [("delete", job["metadata"]["name"])]
+    window.settle((NS, "b"), job["metadata"]["name"])  # had it been running, and followed:
+    job["status"] = {"active": 1}
+    p = plan(owner, newer, obs, settings(), "2025-01-01T00:00:10Z", ENDPOINT, window=window)
+    assert not [a for a in p.actions if a.kind == "Job" and a.verb == "delete"]
+
+
+def test_a_reconcile_tells_the_window_the_failed_job_it_waits_for(monkeypatch):
+    """The controller hands the plan's failed Job to the window (`settle`), as it does the Job
+    in flight."""
+    from modelship.reconcile import controller as controller_mod
+    from modelship.reconcile.types import Plan
+
+    from .test_controller_writes import Controller, ControllerMetrics, Kube, Resolver, Settings
+
+    controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
+
+    async def observe(md):
+        return None
+
+    async def execute(md, p):
+        return [], False
+
+    async def report(key, md, old, p, done):
+        return False
+
+    monkeypatch.setattr(controller, "_observe", observe)
+    monkeypatch.setattr(controller, "_scale", lambda *a: None)
+    monkeypatch.setattr(controller, "_execute", execute)
+    monkeypatch.setattr(controller, "_report", report)
+    monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Failed"}, failed_job="modelship-fetch-x"))
+    md = claim_md("b", "uid-b")
+    asyncio.run(controller._reconcile((NS, "b"), md, {}, gguf()))
+    assert controller.window.followers(NS, "modelship-fetch-x") == {(NS, "b")}
+    assert controller.window.followers(NS, "modelship-fetch-x", failed=False) == set()

@@ -141,8 +141,10 @@ def _stale(md: ModelDeployment, name: str, facts: Facts, window: DownloadWindow 
     stale = [j for n, j in facts.downloads.items() if n != name]
     if md.spec.storage.existing_claim:  # only those no other ModelDeployment owns or waits for
         me = (md.namespace, md.name)
+        # (those that wait for it to finish; not those that wait for a failed one to be deleted:
+        # they cannot delete it, and its deletion wakes them to make it again)
         stale = [j for j in stale if len(_owners(j)) == 1
-                 and not (window is not None and window.followers(md.namespace, j.name) - {me})]
+                 and not (window is not None and window.followers(md.namespace, j.name, failed=False) - {me})]
     return [a for j in stale for a in delete(j)]
 
 

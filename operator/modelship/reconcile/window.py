@@ -79,7 +79,7 @@ class DownloadWindow:
             self._release(md)
             if key is not None:
                 self._hold(md, key)
-        if key is not None or md not in self.waiting:
+        if key is not None or failed or md not in self.waiting:
             self._leave_line(md)
         self._let_in()
 
@@ -98,13 +98,15 @@ class DownloadWindow:
         self._leave_line(md)
         self._let_in()
 
-    def followers(self, namespace: str, job: str) -> set[Key]:
-        """The ModelDeployments that wait for download Job `job` (in `namespace`) to finish, or,
-        failed, to be deleted and made again."""
-        return set(self.jobs.get((namespace, job), ())) | self.failed.get((namespace, job), set())
+    def followers(self, namespace: str, job: str, failed: bool = True) -> set[Key]:
+        """The ModelDeployments that wait for download Job `job` (in `namespace`) to finish, and
+        (unless not `failed`) those that wait for it, failed, to be deleted and made again."""
+        waiting = set(self.jobs.get((namespace, job), ()))
+        return waiting | self.failed.get((namespace, job), set()) if failed else waiting
 
     def known(self) -> set[Key]:
-        """The ModelDeployments the window holds something of (a place, or one in line)."""
+        """The ModelDeployments the window holds something of (a place, one in line, a failed
+        Job it waits for)."""
         return set(self.job_of) | set(self.waiting) | self.woken | set(self.failed_of)
 
     def keep_only(self, present: set[Key], known: set[Key]) -> None:
