@@ -301,17 +301,10 @@ def test_a_gone_modeldeployment_is_forgotten():
 
 # --- once more after a write, since its echo is no news -------------------------------------
 
-@pytest.mark.parametrize("changed,wrote,again", [(True, False, True), (False, True, True), (False, False, False)])
-def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed, wrote, again):
-    """The watch events of the operator's own writes start no reconcile (cache.WatchCache.event),
-    so the reconcile that wrote runs once more by itself, to see what it wrote; one that changed
-    nothing (nothing to do, or writes that kept every object's version) does not (no loop)."""
-    from modelship.reconcile.types import Plan
 
-    controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
-    added = []
-    monkeypatch.setattr(controller.queue, "add", lambda key, after=None: added.append(key))
-
+def stub_steps(monkeypatch, controller: Controller, changed: bool = False, wrote: bool = False) -> None:
+    """A reconcile's steps around its plan, stubbed: it observes nothing, scales nothing,
+    executes and reports as told (`changed`, `wrote`)."""
     async def observe(md):
         return None
 
@@ -325,6 +318,19 @@ def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed,
     monkeypatch.setattr(controller, "_scale", lambda *a: None)
     monkeypatch.setattr(controller, "_execute", execute)
     monkeypatch.setattr(controller, "_report", report)
+
+
+@pytest.mark.parametrize("changed,wrote,again", [(True, False, True), (False, True, True), (False, False, False)])
+def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed, wrote, again):
+    """The watch events of the operator's own writes start no reconcile (cache.WatchCache.event),
+    so the reconcile that wrote runs once more by itself, to see what it wrote; one that changed
+    nothing (nothing to do, or writes that kept every object's version) does not (no loop)."""
+    from modelship.reconcile.types import Plan
+
+    controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
+    added = []
+    monkeypatch.setattr(controller.queue, "add", lambda key, after=None: added.append(key))
+    stub_steps(monkeypatch, controller, changed, wrote)
     monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Ready"}))
     md = make_md({"model": {"repo": "org/tiny"}})
     asyncio.run(controller._reconcile((md.namespace, md.name), md, {}, safetensors()))
@@ -337,16 +343,7 @@ def test_the_progress_of_hundreds_of_downloads_is_read_less_often(monkeypatch):
     from modelship.reconcile.types import Plan
 
     controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
-
-    async def execute(md, p):
-        return [], False
-
-    async def report(key, md, old, p, done):
-        return False
-
-    monkeypatch.setattr(controller, "_scale", lambda *a: None)
-    monkeypatch.setattr(controller, "_execute", execute)
-    monkeypatch.setattr(controller, "_report", report)
+    stub_steps(monkeypatch, controller)  # (its `_observe` is set for each call below)
     monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Downloading"}, requeue_after=3.0))
     md = make_md({"model": {"repo": "org/tiny"}})
     key = (md.namespace, md.name)

@@ -292,23 +292,10 @@ def test_a_reconcile_tells_the_window_the_failed_job_it_waits_for(monkeypatch):
     from modelship.reconcile import controller as controller_mod
     from modelship.reconcile.types import Plan
 
-    from .test_controller_writes import Controller, ControllerMetrics, Kube, Resolver, Settings
+    from .test_controller_writes import Controller, ControllerMetrics, Kube, Resolver, Settings, stub_steps
 
     controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
-
-    async def observe(md):
-        return None
-
-    async def execute(md, p):
-        return [], False
-
-    async def report(key, md, old, p, done):
-        return False
-
-    monkeypatch.setattr(controller, "_observe", observe)
-    monkeypatch.setattr(controller, "_scale", lambda *a: None)
-    monkeypatch.setattr(controller, "_execute", execute)
-    monkeypatch.setattr(controller, "_report", report)
+    stub_steps(monkeypatch, controller)
     monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Failed"}, failed_job="modelship-fetch-x"))
     md = claim_md("b", "uid-b")
     asyncio.run(controller._reconcile((NS, "b"), md, {}, gguf()))

@@ -70,10 +70,9 @@ class DownloadWindow:
         its apply was refused), and the failed one it waits for, if any (it takes no place, but
         whoever shares it is woken when it changes or goes: `followers`). A Job that left the
         window lets the next in line in; so does one woken that needs no place any more."""
-        self._unwatch(md)
+        _unlink(self.failed, self.failed_of, md)
         if failed:
-            self.failed_of[md] = (md[0], failed)
-            self.failed.setdefault((md[0], failed), set()).add(md)
+            _link(self.failed, self.failed_of, md, (md[0], failed))
         key = (md[0], job) if job else None
         if self.job_of.get(md) != key:
             self._release(md)
@@ -94,7 +93,7 @@ class DownloadWindow:
     def forget(self, md: Key) -> None:
         """`md` is gone: its place and its place in line are free."""
         self._release(md)
-        self._unwatch(md)
+        _unlink(self.failed, self.failed_of, md)
         self._leave_line(md)
         self._let_in()
 
@@ -129,24 +128,10 @@ class DownloadWindow:
         self.joined.pop(md, None)
 
     def _hold(self, md: Key, job: Key) -> None:
-        self.jobs.setdefault(job, set()).add(md)
-        self.job_of[md] = job
-
-    def _unwatch(self, md: Key) -> None:
-        job = self.failed_of.pop(md, None)
-        if job is not None:
-            waiting = self.failed.get(job, set())
-            waiting.discard(md)
-            if not waiting:
-                self.failed.pop(job, None)
+        _link(self.jobs, self.job_of, md, job)
 
     def _release(self, md: Key) -> None:
-        job = self.job_of.pop(md, None)
-        if job is not None:
-            owners = self.jobs.get(job, set())
-            owners.discard(md)
-            if not owners:
-                self.jobs.pop(job, None)
+        _unlink(self.jobs, self.job_of, md)
 
     def _let_in(self) -> None:
         """Wake as many of the line as there are free places not promised to one woken already."""
@@ -160,3 +145,19 @@ class DownloadWindow:
             self.woken.add(md)
             self.wake(*md)
             free -= 1
+
+
+def _link(by_job: dict[Key, set[Key]], job_of: dict[Key, Key], md: Key, job: Key) -> None:
+    """Record that `md` waits for `job`, in both directions (`jobs`/`job_of`, `failed`/`failed_of`)."""
+    by_job.setdefault(job, set()).add(md)
+    job_of[md] = job
+
+
+def _unlink(by_job: dict[Key, set[Key]], job_of: dict[Key, Key], md: Key) -> None:
+    """Forget the Job `md` waits for, and the Job itself once nobody waits for it."""
+    job = job_of.pop(md, None)
+    if job is not None:
+        waiting = by_job.get(job, set())
+        waiting.discard(md)
+        if not waiting:
+            by_job.pop(job, None)
