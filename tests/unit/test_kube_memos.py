@@ -24,11 +24,11 @@ class Apps:
         self.existing: dict | None = None
         self.reads, self.patches = 0, 0
 
-    def read_namespaced_deployment(self, name, namespace, **_):
+    def read_namespaced_deployment(self, name, namespace, _preload_content=True, **_):
         self.reads += 1
         if self.existing is None:
             raise ApiException(status=404, reason="Not Found")
-        return self.existing
+        return self.existing if _preload_content else SimpleNamespace(data=json.dumps(self.existing).encode())
 
     def patch_namespaced_deployment(self, name, namespace, body, **_):
         self.patches += 1
