@@ -140,10 +140,9 @@ class RecordingQueue(WorkQueue):
         super().__init__(*args, **kwargs)
         self.delays: list[float] = []
 
-    def add(self, key, after=None):
-        if after:
-            self.delays.append(after)
-        super().add(key, after)
+    def _later(self, timers, key, after):
+        self.delays.append(after)
+        super()._later(timers, key, after)
 
 
 def test_failure_is_retried_with_backoff_and_the_count_resets_after_success():
@@ -165,7 +164,7 @@ def test_failure_is_retried_with_backoff_and_the_count_resets_after_success():
         await until(lambda: len(times) == 3)  # fail, retry (fail), retry (ok)
         await settle(q)
         assert len(times) == 3
-        assert "k" not in q.failures and not q.timers  # success resets; nothing scheduled
+        assert "k" not in q.failures and not q.timers and not q.requeues  # success resets; nothing scheduled
         q.add("k")  # fails once more: the backoff starts again from the base
         await until(lambda: len(times) == 5)
         await settle(q)
@@ -294,9 +293,9 @@ def test_forget_drops_timer_and_failures():
     async def scenario():
         q = WorkQueue(handler, base_backoff=0.02)
         q.add("k")
-        await until(lambda: calls == 1 and "k" in q.timers)
+        await until(lambda: calls == 1 and "k" in q.requeues)
         q.forget("k")
-        assert "k" not in q.failures and "k" not in q.timers
+        assert "k" not in q.failures and "k" not in q.requeues
         await asyncio.sleep(0.06)
         await q.close()
 
@@ -325,3 +324,74 @@ def test_news_of_children_in_a_burst_is_one_reconcile_and_a_queued_one_takes_it_
         await q.close()
 
     asyncio.run(scenario())
+
+
+def test_a_reconcile_supersedes_the_requeue_and_the_news_asked_for_before_it():
+    """A reconcile reads everything afresh: the look again that an earlier one asked for, and
+    the news gathered for it, are not reconciled once more after it."""
+    calls: list[float] = []
+
+    async def handler(key):
+        calls.append(asyncio.get_running_loop().time())
+        return 0.3 if len(calls) == 1 else None  # the first asks to look again in 0.3 s
+
+    async def scenario():
+        q = WorkQueue(handler)
+        q.add("k")
+        await until(lambda: len(calls) == 1 and "k" in q.requeues)
+        q.add_soon("k", 0.05)  # a child's news...
+        await until(lambda: len(calls) == 2)  # ...reconciled: it supersedes the 0.3 s look
+        assert not q.requeues and not q.news
+        q.add_soon("k", 0.2)  # news again, then the key's own change before it is due
+        q.add("k")
+        await until(lambda: len(calls) == 3)
+        await asyncio.sleep(0.4)  # neither the first look nor the news comes
+        assert len(calls) == 3
+        await q.close()
+
+    drive(scenario)
+
+
+def test_news_that_comes_during_a_reconcile_is_reconciled_after_it():
+    started, release, calls = asyncio.Event(), asyncio.Event(), []
+
+    async def handler(key):
+        calls.append(key)
+        if len(calls) == 1:
+            started.set()
+            await release.wait()
+
+    async def scenario():
+        q = WorkQueue(handler)
+        q.add("k")
+        await started.wait()
+        q.add_soon("k", 0.01)  # the reconcile may have read before it came
+        release.set()
+        await until(lambda: len(calls) == 2)
+        await settle(q)
+        await q.close()
+
+    drive(scenario)
+    assert calls == ["k", "k"]
+
+
+def test_what_others_ask_for_later_is_not_superseded():
+    """A Service's apply tried again later (`BackgroundApplies`) is not the reconcile's to drop."""
+    calls: list[float] = []
+
+    async def handler(key):
+        calls.append(asyncio.get_running_loop().time())
+
+    async def scenario():
+        q = WorkQueue(handler)
+        start = asyncio.get_running_loop().time()
+        q.add("k", after=0.1)
+        q.add_soon("k", 0.01)  # a child's news, due sooner, does not replace it
+        await until(lambda: len(calls) == 2)
+        assert calls[0] - start < 0.09 and calls[1] - start >= 0.099
+        q.add("k", after=0.05)
+        q.add("k")  # nor does a reconcile in between
+        await until(lambda: len(calls) == 4)
+        await q.close()
+
+    drive(scenario)

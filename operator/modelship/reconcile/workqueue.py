@@ -6,6 +6,11 @@
 - A reconcile may ask to be looked at again later; one that raises is retried with
   exponential backoff (capped), and the backoff resets after a success.
 - At most `workers` reconciles run at once.
+- Unlike controller-runtime's, a reconcile supersedes what an earlier one asked for (its
+  requeue) and the news gathered for it (`add_soon`): it reads everything afresh, and asks
+  for itself again if it needs to. What others ask for later (`add(key, after=...)`: a
+  Service's apply tried again) is kept apart and stays: in one timer per key, earliest
+  first, a child's news due in 0.5 s used to replace a retry due in a minute.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ class WorkQueue:
         self.running: set[Hashable] = set()
         self.dirty: set[Hashable] = set()
         self.failures: dict[Hashable, int] = {}
-        self.timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self.timers: dict[Hashable, asyncio.TimerHandle] = {}  # asked for by others: kept
+        # Superseded by the key's next reconcile: the news gathered for it (`add_soon`), and
+        # what its last reconcile asked for (a requeue, a retry after a failure).
+        self.news: dict[Hashable, asyncio.TimerHandle] = {}
+        self.requeues: dict[Hashable, asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
 
@@ -37,20 +46,14 @@ class WorkQueue:
     def add(self, key: Hashable, after: float | None = None) -> None:
         if self.closed:
             return
-        loop = asyncio.get_running_loop()
         if after:
-            timer = self.timers.get(key)
-            due = loop.time() + after
-            if timer is None or timer.when() > due:
-                if timer:
-                    timer.cancel()
-                self.timers[key] = loop.call_at(due, self._fire, key)
+            self._later(self.timers, key, after)
             return
         if key in self.running:
             self.dirty.add(key)
         elif key not in self.queued:
             self.queued.add(key)
-            task = loop.create_task(self._run(key))
+            task = asyncio.get_running_loop().create_task(self._run(key))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -58,23 +61,37 @@ class WorkQueue:
         """Reconcile `key` within `within` seconds: the news of a child, which often comes in a
         burst (a Job's pod made, scheduled, running, done; a Deployment's pods each ready), is
         gathered into one reconcile. Nothing to add while one is queued: it has not read yet."""
-        if key not in self.queued:
-            self.add(key, after=within)
+        if key not in self.queued and not self.closed:
+            self._later(self.news, key, within)
 
-    def _fire(self, key: Hashable) -> None:
-        self.timers.pop(key, None)
+    def _later(self, timers: dict, key: Hashable, after: float) -> None:
+        """Add `key` in `after` seconds, unless one of these `timers` adds it sooner."""
+        loop = asyncio.get_running_loop()
+        timer, due = timers.get(key), loop.time() + after
+        if timer is None or timer.when() > due:
+            if timer:
+                timer.cancel()
+            timers[key] = loop.call_at(due, self._fire, timers, key)
+
+    def _fire(self, timers: dict, key: Hashable) -> None:
+        timers.pop(key, None)
         self.add(key)
 
+    def _cancel(self, key: Hashable, *kinds: dict) -> None:
+        for timers in kinds:
+            timer = timers.pop(key, None)
+            if timer:
+                timer.cancel()
+
     def forget(self, key: Hashable) -> None:
-        timer = self.timers.pop(key, None)
-        if timer:
-            timer.cancel()
+        self._cancel(key, self.timers, self.news, self.requeues)
         self.failures.pop(key, None)
 
     async def _run(self, key: Hashable) -> None:
         async with self.sem:
             self.queued.discard(key)
             self.running.add(key)
+            self._cancel(key, self.news, self.requeues)  # (what this reconcile reads supersedes them)
             requeue: float | None = None
             try:
                 requeue = await self.handler(key)
@@ -92,13 +109,14 @@ class WorkQueue:
                 self.dirty.discard(key)
                 self.add(key)
             elif requeue:
-                self.add(key, after=requeue)
+                self._later(self.requeues, key, requeue)
 
     async def close(self) -> None:
         self.closed = True
-        for timer in self.timers.values():
-            timer.cancel()
-        self.timers.clear()
+        for timers in (self.timers, self.news, self.requeues):
+            for timer in timers.values():
+                timer.cancel()
+            timers.clear()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
