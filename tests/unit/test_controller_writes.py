@@ -26,6 +26,10 @@ class Kube:
     def write_status(self, namespace: str, name: str, status: dict) -> None:
         self.written.append(status)
 
+    def get_md(self, namespace: str, name: str, ask: bool = True):
+        """The watch cache's copy after the status write: its answer (`cached`, as set)."""
+        return getattr(self, "cached", None)
+
 
 class Resolver:
     def __init__(self, delay: float, answer=None):
@@ -320,19 +324,33 @@ def stub_steps(monkeypatch, controller: Controller, changed: bool = False, wrote
     monkeypatch.setattr(controller, "_report", report)
 
 
-@pytest.mark.parametrize("changed,wrote,again", [(True, False, True), (False, True, True), (False, False, False)])
-def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed, wrote, again):
+@pytest.mark.parametrize("changed,wrote,child_action,answer_generation,again", [
+    (True, False, False, 1, True),  # a child written: see it
+    (False, True, True, 1, True),  # the status written beside a child action (which changed nothing)
+    (False, True, False, 2, True),  # the status's answer shows a newer spec: a change came in with it
+    (False, True, False, None, True),  # the status's answer is not in the watch cache: cannot tell
+    (False, True, False, 1, False),  # the status alone, as planned: planning again gives it again
+    (False, False, False, 1, False),  # nothing changed (nothing to do, or writes that kept every version)
+])
+def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed, wrote, child_action,
+                                                           answer_generation, again):
     """The watch events of the operator's own writes start no reconcile (cache.WatchCache.event),
-    so the reconcile that wrote runs once more by itself, to see what it wrote; one that changed
-    nothing (nothing to do, or writes that kept every object's version) does not (no loop)."""
-    from modelship.reconcile.types import Plan
+    so a reconcile that wrote runs once more by itself, to see what it wrote; one that changed
+    nothing does not (no loop), nor one that wrote only the status its plan made with nothing
+    else to do (test_plan.py: `settled_plan`), unless that write's answer brought a newer spec."""
+    from modelship.reconcile.types import Action, Plan
 
-    controller = Controller(Settings(), Kube(), Resolver(0), ControllerMetrics())
+    kube = Kube()
+    controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
     added = []
     monkeypatch.setattr(controller.queue, "add", lambda key, after=None: added.append(key))
     stub_steps(monkeypatch, controller, changed, wrote)
-    monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan([], {"phase": "Ready"}))
+    steps = [Action("apply", "Service", "tiny", {})] + ([Action("apply", "Job", "tiny-fetch", {})] if child_action else [])
+    monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan(steps, {"phase": "Ready"}))
     md = make_md({"model": {"repo": "org/tiny"}})
+    md.metadata["uid"] = "u1"
+    if answer_generation is not None:
+        kube.cached = {"metadata": {"name": md.name, "uid": "u1", "generation": answer_generation}}
     asyncio.run(controller._reconcile((md.namespace, md.name), md, {}, safetensors()))
     assert added == ([(md.namespace, md.name)] if again else [])
 
@@ -416,3 +434,21 @@ def test_a_reconcile_that_fails_passes_a_place_kept_for_it_on():
     with pytest.raises(RuntimeError):
         asyncio.run(controller._handle(("ns1", "b")))
     assert woken == ["b", "c"]  # b's place went on to c
+
+
+def test_the_hub_is_asked_again_when_the_check_is_due_not_an_interval_after_each_reconcile():
+    """A reconcile supersedes the last one's requeue (workqueue.py), so a Follow model's says
+    when its check is due: reconciled often, it is still asked at its interval."""
+    from datetime import datetime, timedelta, timezone
+
+    settings = Settings(follow_interval_seconds=300)
+    controller = Controller(settings, Kube(), Resolver(0), ControllerMetrics())
+    key = ("ns1", "tiny")
+    ago = (datetime.now(timezone.utc) - timedelta(seconds=100)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert controller._follow_wait(key, safetensors().model_copy(update={"resolved_at": ago})) == \
+        pytest.approx(200, abs=5)
+    long_ago = (datetime.now(timezone.utc) - timedelta(seconds=900)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert controller._follow_wait(key, safetensors().model_copy(update={"resolved_at": long_ago})) == 1.0
+    assert controller._follow_wait(key, safetensors()) == 300  # never asked: a whole interval
+    controller.follow_failures[key] = "HubUnreachable: down"
+    assert controller._follow_wait(key, safetensors().model_copy(update={"resolved_at": ago})) == 30.0

@@ -13,6 +13,7 @@ import pytest
 from modelship import manifests
 from modelship.api import ModelDeployment, ModelDeploymentStatus, ResolvedModel
 from modelship.reconcile.facts import pod_problems
+from modelship.reconcile import plan as plan_module
 from modelship.reconcile.plan import plan
 from modelship.reconcile.policy import choose_engine, place
 from modelship.reconcile.types import Observed, ResolveError, SpecError
@@ -51,6 +52,25 @@ def safetensors() -> ResolvedModel:
         "repo": "org/tiny", "revision": "main", "sha": "d" * 40, "shortSha": "ddddddd", "engine": "tgi",
         "format": "safetensors", "files": files, "totalBytes": sum(f["size"] for f in files),
     })
+
+
+def settled_plan(md, resolution, observed, *args, **kwargs):
+    """`plan`, checked for what the controller relies on to skip a reconcile
+    (`Controller._unsettled`): a plan with nothing to do but its status (the Service's apply
+    aside) plans that very status again, and nothing to do, once the status is written."""
+    p = plan_module.plan(md, resolution, observed, *args, **kwargs)
+    if p.status and not [a for a in p.actions if a.kind != "Service"]:
+        again = plan_module.plan(ModelDeployment.model_validate(
+            {**md.model_dump(by_alias=True, exclude_none=True, mode="json"), "status": copy.deepcopy(p.status)}),
+                                 resolution, observed, *args, **kwargs)
+        assert again.status == p.status, "planning again on the status it wrote changed the status"
+        assert not [a for a in again.actions if a.kind != "Service"], "planning again on its status found work"
+    return p
+
+
+@pytest.fixture(autouse=True)
+def every_plan_settles(monkeypatch):
+    monkeypatch.setitem(globals(), "plan", settled_plan)
 
 
 def settings() -> Settings:
