@@ -99,6 +99,27 @@ def unschedulable(pods: list[dict]) -> str | None:
     return None
 
 
+def serving_node(pods: list[dict]) -> str | None:
+    """A node where one of the serving pods (not being deleted) runs."""
+    return next((p["spec"]["nodeName"] for p in pods
+                 if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
+
+
+def serving_pod_news(pod: dict) -> tuple:
+    """All that the operator reads of a serving pod (`Facts.of`, `observe.volume_readers`, the
+    autoscaler's count of pods), as one comparable value: a change of the pod that leaves it
+    the same is no news to reconcile. Most of a rollout's are such: a pod started, turned
+    Ready (its Deployment's status says that, and is watched too). The test compares it with
+    what those readers make of thousands of changed pods (tests/unit/test_pod_news.py)."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    notes, phase = meta.get("annotations") or {}, status.get("phase")
+    claims = sorted(str((v.get("persistentVolumeClaim") or {}).get("claimName")) for v in spec.get("volumes") or [])
+    return (meta.get("name"), meta.get("uid"), bool(meta.get("deletionTimestamp")),
+            sorted((meta.get("labels") or {}).items()), notes.get(REPO), notes.get(REVISION), spec.get("nodeName"),
+            claims, phase if phase in ("Succeeded", "Failed") else None,
+            pod_problems([pod], limit=1 << 30), crash_looping([pod]), unschedulable([pod]))
+
+
 def _served(deployment: dict | None) -> Served:
     notes = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
     return Served(notes.get(REPO), notes.get(REVISION), int(notes.get(WEIGHTS_BYTES, 0)))
@@ -143,11 +164,9 @@ class Facts:
     @classmethod
     def of(cls, md: ModelDeployment, observed: Observed) -> "Facts":
         uid = md.metadata.get("uid")
-        node = next((p["spec"]["nodeName"] for p in observed.pods
-                     if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")), None)
         return cls(_served(observed.deployment), _rollout(observed.deployment), _volume(observed.pvc, uid),
                    {j["metadata"]["name"]: _job(j, uid) for j in observed.jobs},
-                   [_job(j, uid) for j in observed.collect_jobs], node, pod_problems(observed.pods),
+                   [_job(j, uid) for j in observed.collect_jobs], serving_node(observed.pods), pod_problems(observed.pods),
                    unschedulable(observed.pods), crash_looping(observed.pods))
 
     def running_download(self) -> bool:

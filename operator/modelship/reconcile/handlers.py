@@ -25,10 +25,11 @@ import kopf
 
 from .. import api
 from ..login import api_client, in_cluster, in_cluster_server
-from ..manifests import DEPLOYMENT_LABEL, MANAGED_BY
+from ..manifests import COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY
 from ..settings import Settings, load
 from .cache import MD_KIND, WatchCache
 from .controller import Controller
+from .facts import serving_pod_news
 from .kube import Kube
 from .metrics import ControllerMetrics
 from .resolve import CatalogResolver, HubResolver
@@ -164,7 +165,11 @@ async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, r
     controller: Controller | None = memo.get("controller")
     if controller is None:
         return
-    news = remember(controller, KINDS[resource.plural], event)
+    kind = KINDS[resource.plural]
+    before = _serving_pod(controller, kind, labels, meta, event)
+    news = remember(controller, kind, event)
+    if news and before is not None and serving_pod_news(before) == serving_pod_news(event.get("object") or {}):
+        news = False  # (a serving pod's change that the operator does not read: it started, turned Ready)
     if labels.get(DEPLOYMENT_LABEL):
         if news:
             controller.enqueue_soon(namespace, labels[DEPLOYMENT_LABEL])
@@ -176,6 +181,15 @@ async def child_changed(labels: dict, namespace: str, meta: dict, event: dict, r
             waiting |= {name for _, name in controller.window.followers(namespace, meta["name"])}
         for md in sorted(waiting):
             controller.enqueue_soon(namespace, md)
+
+
+def _serving_pod(controller: Controller, kind: str, labels: dict, meta: dict, event: dict) -> dict | None:
+    """The watch cache's copy of a serving pod that this event changes, before the change
+    (None for any other object or event)."""
+    cache = controller.kube.cache
+    if cache is None or kind != "Pod" or labels.get(COMPONENT) != "server" or event.get("type") != "MODIFIED":
+        return None
+    return cache.get(kind, meta.get("namespace") or "", meta.get("name") or "")
 
 
 for resource in CHILD_RESOURCES:
