@@ -324,6 +324,35 @@ def stub_steps(monkeypatch, controller: Controller, changed: bool = False, wrote
     monkeypatch.setattr(controller, "_report", report)
 
 
+def test_a_service_wanted_while_another_apply_goes_on_is_applied_after_it_even_if_that_changed_nothing():
+    class Unchanged(SlowServiceKube):
+        def execute(self, action, namespace):
+            super().execute(action, namespace)
+            return False  # (the Service was already as this body says)
+
+    from modelship.reconcile.types import Action, Plan
+
+    def service(port: int) -> Plan:
+        return Plan([Action("apply", "Service", "m", {"spec": {"ports": [{"port": port}]}})], {"conditions": []})
+
+    for newer, again in ((8080, True), (80, False)):
+        kube = Unchanged()
+        controller = Controller(Settings(), kube, Resolver(0), ControllerMetrics())
+        queued = []
+
+        async def go():
+            controller.queue.add = lambda key, after=None: queued.append(key)
+            md = make_md({"model": {"repo": "org/tiny"}})
+            await controller._execute(md, service(80))
+            await controller._execute(md, service(newer))  # while the first apply goes on: not started
+            await settled(controller)
+            await controller.close()
+
+        asyncio.run(go())
+        assert kube.log.count(("start", "Service")) == 1
+        assert bool(queued) == again, (newer, queued)
+
+
 @pytest.mark.parametrize("changed,wrote,child_action,answer_generation,again", [
     (True, False, False, 1, True),  # a child written: see it
     (False, True, True, 1, True),  # the status written beside a child action (which changed nothing)
@@ -331,6 +360,7 @@ def stub_steps(monkeypatch, controller: Controller, changed: bool = False, wrote
     (False, True, False, None, True),  # the status's answer is not in the watch cache: cannot tell
     (False, True, False, 1, False),  # the status alone, as planned: planning again gives it again
     (False, False, False, 1, False),  # nothing changed (nothing to do, or writes that kept every version)
+    (False, True, False, "shared", True),  # on the shared cache, a new status.resolved: its neighbours read anew
 ])
 def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed, wrote, child_action,
                                                            answer_generation, again):
@@ -347,8 +377,13 @@ def test_a_reconcile_that_changed_something_runs_once_more(monkeypatch, changed,
     stub_steps(monkeypatch, controller, changed, wrote)
     steps = [Action("apply", "Service", "tiny", {})] + ([Action("apply", "Job", "tiny-fetch", {})] if child_action else [])
     monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan(steps, {"phase": "Ready"}))
-    md = make_md({"model": {"repo": "org/tiny"}})
+    shared = answer_generation == "shared"
+    md = make_md({"model": {"repo": "org/tiny"}, **({"storage": {"sharedCache": True}} if shared else {})})
     md.metadata["uid"] = "u1"
+    if shared:
+        answer_generation = 1
+        monkeypatch.setattr(controller_mod, "plan", lambda *a: Plan(steps, {"phase": "Queued",
+                                                                            "resolved": safetensors().wire()}))
     if answer_generation is not None:
         kube.cached = {"metadata": {"name": md.name, "uid": "u1", "generation": answer_generation}}
     asyncio.run(controller._reconcile((md.namespace, md.name), md, {}, safetensors()))

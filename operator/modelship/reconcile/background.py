@@ -56,6 +56,9 @@ class BackgroundApplies:
         self.running: dict[Key, asyncio.Task] = {}  # an apply going on, one per ModelDeployment
         self.refused: dict[Key, Refused] = {}  # what the API server refused, until an apply succeeds
         self.failures: dict[Key, int] = {}  # applies failed on the way in a row (the back-off)
+        # The body the latest reconcile wanted (its digest): one that came while another apply
+        # was going on is seen to when that one ends, even if it changed nothing.
+        self.wanted: dict[Key, str] = {}
         self.slots = asyncio.Semaphore(SERVICE_APPLIES)
         self.closing = False
 
@@ -65,6 +68,7 @@ class BackgroundApplies:
         tried again with another body, or REFUSED_RETRY seconds later (a reconcile is queued
         for then), not at each reconcile."""
         key = (md.namespace, md.name)
+        self.wanted[key] = digest([action.body])
         refused = self.refused.get(key)
         if refused is not None:
             requeue = p.requeue_after  # (the rest of the plan goes on: its own pace is kept)
@@ -89,8 +93,8 @@ class BackgroundApplies:
         self.refused.pop(key, None)
         self.failures.pop(key, None)
         self.kube.post_event_later(md, self.written(md, action))
-        if changed:  # its watch event is no news: see it
-            self.queue.add(key)
+        if changed or self.wanted.get(key, digest([action.body])) != digest([action.body]):
+            self.queue.add(key)  # its watch event is no news: see it (or apply what was wanted since)
 
     def _failed(self, key: Key, md: api.ModelDeployment, action: Action, e: Exception) -> None:
         """A refusal goes into the status (the next reconcile says it) and is tried again
@@ -116,6 +120,7 @@ class BackgroundApplies:
         takes a Service whose owner is gone)."""
         self.refused.pop(key, None)
         self.failures.pop(key, None)
+        self.wanted.pop(key, None)
         task = self.running.get(key)
         if task is not None:
             task.cancel()

@@ -133,8 +133,9 @@ class Controller:
         p.events += (scale.events if scale else []) + self.autoscaler.pop_events(key)
         done, changed = await self._execute(md, p)
         self.window.settle(key, p.download_job, p.failed_job)  # (None if its apply was refused: `_execute_lane`)
-        wrote = await self._report(key, md, body.get("status") or {}, p, done)
-        if changed or (wrote and self._unsettled(md, p)):
+        old = body.get("status") or {}
+        wrote = await self._report(key, md, old, p, done)
+        if changed or (wrote and self._unsettled(md, old, p)):
             self.queue.add(key)  # once more, seeing what it wrote (whose watch events are no news: handlers.remember)
         requeue = p.requeue_after
         if requeue is not None and key in self.following:
@@ -143,11 +144,13 @@ class Controller:
             return min(requeue or float("inf"), self._follow_wait(key, resolution))
         return requeue
 
-    def _unsettled(self, md: api.ModelDeployment, p: Plan) -> bool:
+    def _unsettled(self, md: api.ModelDeployment, old: dict, p: Plan) -> bool:
         """Whether a reconcile that wrote its status (and changed no child) must run once more.
         Not when its plan had nothing to do but the status (the Service's apply aside, which
-        reconciles by itself when it ends): planning again on the status it wrote gives that
-        status again and nothing to do (tests/unit/test_plan.py checks this of every such plan).
+        reconciles by itself when it ends, or when a newer body was wanted meanwhile): planning
+        again on the status it wrote gives that status again and nothing to do
+        (tests/unit/test_plan.py checks this of every such plan), the same observations given;
+        a new `status.resolved` changes what it observes of its neighbours on the shared cache.
         But when the status write's answer shows a newer spec (or another object), a change
         the user made meanwhile came in with it, and that change's own watch event is then no
         news (`WatchCache.event`): this is the only reconcile that will see it. In a burst of 500
@@ -155,6 +158,8 @@ class Controller:
         about 530 are (bench/README.md §7, stop 33)."""
         if any(a.kind != "Service" for a in p.actions):
             return True
+        if on_shared_cache(md) and p.status.get("resolved") != old.get("resolved"):
+            return True  # (what it reads of its neighbours there depends on it: observe.py)
         now = self.kube.get_md(md.namespace, md.name, ask=False)
         return not isinstance(now, dict) or now["metadata"].get("generation") != md.metadata.get("generation") \
             or now["metadata"].get("uid") != md.metadata.get("uid")
@@ -294,7 +299,7 @@ class Controller:
         if key in self.follow_failures:
             return 30.0
         if isinstance(resolution, api.ResolvedModel) and resolution.resolved_at:
-            return max(1.0, interval - clock.seconds_since(resolution.resolved_at))
+            return min(interval, max(1.0, interval - clock.seconds_since(resolution.resolved_at)))
         return interval
 
     def _follow_due(self, have: api.ResolvedModel, key: Key) -> bool:

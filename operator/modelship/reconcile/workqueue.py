@@ -108,7 +108,7 @@ class WorkQueue:
             if key in self.dirty:
                 self.dirty.discard(key)
                 self.add(key)
-            elif requeue:
+            elif requeue and not self.closed:
                 self._later(self.requeues, key, requeue)
 
     async def close(self) -> None:
