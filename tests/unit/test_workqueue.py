@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Callable
 
 import pytest
 
@@ -212,11 +213,18 @@ def test_returned_delay_requeues():
     assert times[1] - times[0] >= 0.019
 
 
-def test_earlier_delayed_add_wins():
+def stamping() -> tuple[list[float], Callable]:
+    """A handler that notes when each reconcile ran (the loop's clock), and its notes."""
     calls: list[float] = []
 
     async def handler(key):
         calls.append(asyncio.get_running_loop().time())
+
+    return calls, handler
+
+
+def test_earlier_delayed_add_wins():
+    calls, handler = stamping()
 
     async def scenario():
         q = WorkQueue(handler)
@@ -377,10 +385,7 @@ def test_news_that_comes_during_a_reconcile_is_reconciled_after_it():
 
 def test_what_others_ask_for_later_is_not_superseded():
     """A Service's apply tried again later (`BackgroundApplies`) is not the reconcile's to drop."""
-    calls: list[float] = []
-
-    async def handler(key):
-        calls.append(asyncio.get_running_loop().time())
+    calls, handler = stamping()
 
     async def scenario():
         q = WorkQueue(handler)

@@ -93,7 +93,8 @@ class BackgroundApplies:
         self.refused.pop(key, None)
         self.failures.pop(key, None)
         self.kube.post_event_later(md, self.written(md, action))
-        if changed or self.wanted.get(key, digest([action.body])) != digest([action.body]):
+        applied = digest([action.body])
+        if changed or self.wanted.get(key, applied) != applied:
             self.queue.add(key)  # its watch event is no news: see it (or apply what was wanted since)
 
     def _failed(self, key: Key, md: api.ModelDeployment, action: Action, e: Exception) -> None:

@@ -61,11 +61,14 @@ class WorkQueue:
         """Reconcile `key` within `within` seconds: the news of a child, which often comes in a
         burst (a Job's pod made, scheduled, running, done; a Deployment's pods each ready), is
         gathered into one reconcile. Nothing to add while one is queued: it has not read yet."""
-        if key not in self.queued and not self.closed:
+        if key not in self.queued:
             self._later(self.news, key, within)
 
     def _later(self, timers: dict, key: Hashable, after: float) -> None:
-        """Add `key` in `after` seconds, unless one of these `timers` adds it sooner."""
+        """Add `key` in `after` seconds, unless one of these `timers` adds it sooner (nothing
+        once the queue is closed)."""
+        if self.closed:
+            return
         loop = asyncio.get_running_loop()
         timer, due = timers.get(key), loop.time() + after
         if timer is None or timer.when() > due:
@@ -108,7 +111,7 @@ class WorkQueue:
             if key in self.dirty:
                 self.dirty.discard(key)
                 self.add(key)
-            elif requeue and not self.closed:
+            elif requeue:
                 self._later(self.requeues, key, requeue)
 
     async def close(self) -> None:
