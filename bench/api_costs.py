@@ -18,7 +18,8 @@ operator's own code (`modelship.manifests`, `reconcile.plan`):
 
 Part 2, what the CRD's schema costs a status write: the same write against copies of the
 ModelDeployment CRD under other groups (`VARIANTS`): as shipped; without the CEL rules
-(`x-kubernetes-validations`) of its `spec`; without any; with a status that has no schema.
+(`x-kubernetes-validations`) of its `spec`; without any; with a status that has no schema;
+with each rule made to skip a value that did not change (`optionalOldSelf`).
 The API server evaluates every rule of the object at every status write, though the status
 subresource cannot change the spec (ratcheting drops their errors, not their evaluation).
 
@@ -28,14 +29,14 @@ Part 3, the Services: 200 Services made 4 at once (as the operator does), alone 
 waits for the CPU, that is, on everything else it serves.
 
 Each part runs `--rounds` times, interleaved, so that the spread shows. Run it on a test bed
-nothing else uses (`modelship testbed up`): the CPU is the processes', whoever asked. Every
-namespace and CRD copy it makes is deleted at the end, on Ctrl-C too.
+nothing else uses (`modelship testbed up`; it installs the CRD from `crds/`): the CPU is the
+processes', whoever asked. Every namespace and CRD copy it makes is deleted at the end, on
+Ctrl-C too, and it waits until they are gone.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import threading
@@ -124,13 +125,24 @@ def control_plane() -> list[psutil.Process]:
     return found
 
 
+def run_all(fn: Callable[[int], None], items: range, at_once: int) -> None:
+    """fn over the items, at_once at a time; on an error or Ctrl-C the requests not yet sent
+    are dropped, not waited for."""
+    pool = ThreadPoolExecutor(at_once)
+    try:
+        list(pool.map(fn, items))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
 def measure(processes: list[psutil.Process], fn: Callable[[int], None], count: int, at_once: int,
             offset: int) -> tuple[float, dict[str, float], float]:
     """(requests a second, control-plane CPU ms per request by process, client CPU ms per request)."""
     me = psutil.Process()
     before, mine, start = cpu_of(processes), me.cpu_times(), time.monotonic()
-    with ThreadPoolExecutor(at_once) as pool:
-        list(pool.map(fn, range(offset, offset + count)))
+    run_all(fn, range(offset, offset + count), at_once)
     took = time.monotonic() - start
     after, mine_after = cpu_of(processes), me.cpu_times()
     client_ms = (mine_after.user + mine_after.system - mine.user - mine.system) * 1000 / count
@@ -154,7 +166,24 @@ VARIANTS: dict[str, Callable[[dict], None]] = {
     "no CEL rules at all": _strip_rules,
     "status without a schema": lambda schema: schema["properties"].update(
         status={"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+    "rules skip unchanged values": lambda schema: _guard_rules(schema["properties"]["spec"]),
 }
+
+
+def _guard_rules(node: dict, correlatable: bool = True) -> None:
+    """Each rule of a node Kubernetes can pair with its old value skips that value unchanged
+    (`optionalOldSelf`); the transition rules, which compare with it already, stay as they are."""
+    if correlatable:
+        for rule in node.get("x-kubernetes-validations") or []:
+            if "oldSelf" not in rule["rule"]:
+                rule["rule"] = f"(oldSelf.hasValue() && self == oldSelf.value()) || ({rule['rule']})"
+                rule["optionalOldSelf"] = True
+    for child in (node.get("properties") or {}).values():
+        _guard_rules(child, correlatable)
+    if isinstance(node.get("additionalProperties"), dict):
+        _guard_rules(node["additionalProperties"], correlatable)
+    if isinstance(node.get("items"), dict):  # the items of a list pair up only by a map key
+        _guard_rules(node["items"], correlatable and node.get("x-kubernetes-list-type") == "map")
 
 
 def crd_copy(group: str, variant: str) -> dict:
@@ -163,6 +192,8 @@ def crd_copy(group: str, variant: str) -> dict:
     crd = yaml.safe_load(CRD.read_text())
     crd["metadata"] = {"name": f"{PLURAL}.{group}"}
     crd["spec"]["group"] = group
+    for short in ("shortNames", "categories"):  # (`kubectl get md` stays the real one's)
+        crd["spec"]["names"].pop(short, None)
     for version in crd["spec"]["versions"]:
         VARIANTS[variant](version["schema"]["openAPIV3Schema"])
     return crd
@@ -185,13 +216,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of each part")
     args = ap.parse_args()
     processes = control_plane()
-    _, api, namespace = open_testbed("api-costs")
+    cluster, api, namespace = open_testbed("api-costs")
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     apps, ext = client.AppsV1Api(api), client.ApiextensionsV1Api(api)
-    bodies = Bodies(namespace)
     groups: list[str] = []
     threads = max(16, args.at_once)
     try:
+        bodies = Bodies(namespace)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        cluster.wait_established(f"{PLURAL}.{GROUP}")
         for i in range(threads):
             core.create_namespaced_config_map(namespace, {"metadata": {"name": f"c{i}"}, "data": {"n": "0"}})
         status_of = {}
@@ -204,7 +237,7 @@ def main() -> None:
 
         def status_write(group: str, how: str = "json") -> Callable[[int], None]:
             def write(i: int) -> None:
-                status = {**bodies.status, "replicas": i % 3}  # (a different status each time)
+                status = {**bodies.status, "replicas": i % 3}  # (a different status from the last)
                 if how == "json":
                     custom.patch_namespaced_custom_object_status(group, VERSION, namespace, PLURAL, f"m{i % threads}",
                                                                  [{"op": "add", "path": "/status", "value": status}],
@@ -251,7 +284,7 @@ def main() -> None:
         print(f"1. per request, {args.requests} of each kind, {args.at_once} at once (CPU ms per request)", flush=True)
         print(f"   {'kind':18s} {'a second':>9s} {'API server':>11s} {'etcd':>6s} {'ctrl-mgr':>9s} {'client':>7s}")
         offset = 0
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
             for name, fn in kinds:
                 rate, cpu, mine = measure(processes, fn, args.requests, args.at_once, offset)
                 offset += args.requests
@@ -261,61 +294,108 @@ def main() -> None:
         print("\n2. the status write against copies of the CRD (CPU ms per write)", flush=True)
         for k, variant in enumerate(VARIANTS):
             group = f"v{k}-{uuid.uuid4().hex[:5]}.bench.modelship.io"
+            groups.append(f"{PLURAL}.{group}")  # (before it exists: deleted at the end whatever happens)
             ext.create_custom_resource_definition(crd_copy(group, variant))
-            groups.append(f"{PLURAL}.{group}")
             established(ext, f"{PLURAL}.{group}")
             models(group)
             status_of[variant] = status_write(group)
         time.sleep(SETTLE)  # (each new CRD has the API server rebuild its OpenAPI documents for a while)
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
             for variant in VARIANTS:
-                rate, cpu, _ = measure(processes, status_of[variant], args.requests, args.at_once, 0)
-                print(f"   {variant:26s} {rate:5.0f} a second, API server {cpu['kube-apiserver']:5.2f} ms, "
+                rate, cpu, _ = measure(processes, status_of[variant], args.requests, args.at_once, offset)
+                offset += args.requests
+                print(f"   {variant:28s} {rate:5.0f} a second, API server {cpu['kube-apiserver']:5.2f} ms, "
                       f"etcd {cpu['etcd']:4.2f} ms", flush=True)
 
-        print(f"\n3. 200 Services made 4 at once, alone and while threads write statuses", flush=True)
-        made = [0]
+        print("\n3. 200 Services made 4 at once, alone and while threads write statuses", flush=True)
         for r in range(args.rounds):
             for writers in (0, 4, 8, 16):
-                stop, written = threading.Event(), [0]
-
-                def load(k: int) -> None:
-                    n = k
-                    while not stop.is_set():
-                        status_of[GROUP](n)
-                        written[0] += 1
-                        n += threads
-
-                loaders = [threading.Thread(target=load, args=(k,)) for k in range(writers)]
-                for t in loaders:
-                    t.start()
-                time.sleep(1.0 if writers else 0.0)
-                w0, took = written[0], []
-                start = time.monotonic()
-
-                def one(i: int) -> None:
-                    t0 = time.monotonic()
-                    service(i)
-                    took.append(time.monotonic() - t0)
-
-                with ThreadPoolExecutor(4) as pool:
-                    list(pool.map(one, range(10**6 + made[0], 10**6 + made[0] + 200)))
-                elapsed = time.monotonic() - start
-                made[0] += 200
-                stop.set()
-                for t in loaders:
-                    t.join()
-                print(f"   {writers:2d} status writers: {200 / elapsed:5.0f} Services a second, "
-                      f"{statistics.median(took) * 1000:5.0f} ms each (median); "
-                      f"{(written[0] - w0) / elapsed:4.0f} status writes a second meanwhile", flush=True)
+                services_under_writes(service, status_of[GROUP], writers, 10**6 * (r + 1) + writers * 1000, threads)
     finally:
-        for name in groups:
+        clean_up(core, ext, namespace, groups)
+
+
+def services_under_writes(service: Callable[[int], None], write: Callable[[int], None], writers: int,
+                          first: int, threads: int) -> None:
+    """200 Services made 4 at once while `writers` threads write statuses; the writers stop
+    whatever happens, and their failures are counted, not lost."""
+    stop = threading.Event()
+    written, failed = [0] * writers, [0] * writers
+
+    def load(k: int) -> None:
+        n = k
+        while not stop.is_set():
             try:
-                ext.delete_custom_resource_definition(name)
-            except client.ApiException:
-                pass
+                write(n)
+                written[k] += 1
+            except Exception:  # noqa: BLE001 - counted and said
+                failed[k] += 1
+                time.sleep(0.1)
+            n += threads
+
+    loaders = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(writers)]
+    took: list[float] = []
+
+    def one(i: int) -> None:
+        t0 = time.monotonic()
+        service(i)
+        took.append(time.monotonic() - t0)
+
+    try:
+        for t in loaders:
+            t.start()
+        time.sleep(1.0 if writers else 0.0)
+        w0, start = sum(written), time.monotonic()
+        run_all(one, range(first, first + 200), 4)
+        elapsed = time.monotonic() - start
+        w1 = sum(written)
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join()
+    note = f" ({sum(failed)} failed)" if sum(failed) else ""
+    print(f"   {writers:2d} status writers: {200 / elapsed:5.0f} Services a second, "
+          f"{statistics.median(took) * 1000:5.0f} ms each (median); "
+          f"{(w1 - w0) / elapsed:4.0f} status writes a second meanwhile{note}", flush=True)
+
+
+def clean_up(core: client.CoreV1Api, ext: client.ApiextensionsV1Api, namespace: str, groups: list[str]) -> None:
+    """Delete the CRD copies and the namespace, each whatever became of the others, and wait
+    until they are gone (so that the next run starts on a quiet API server)."""
+    for name in groups:
+        try:
+            ext.delete_custom_resource_definition(name)
+        except Exception as e:  # noqa: BLE001 - said; the rest is still deleted
+            if getattr(e, "status", None) != 404:
+                print(f"api_costs: could not delete CRD {name}: {e}", file=sys.stderr)
+    try:
         core.delete_namespace(namespace)
+    except Exception as e:  # noqa: BLE001
+        print(f"api_costs: could not delete namespace {namespace}: {e}", file=sys.stderr)
+        return
+    print(f"deleting namespace {namespace} and {len(groups)} CRD copies ...", flush=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        left = [n for n in groups if _exists(lambda n=n: ext.read_custom_resource_definition(n))]
+        if not left and not _exists(lambda: core.read_namespace(namespace)):
+            return
+        time.sleep(2.0)
+    print(f"api_costs: namespace {namespace} or a CRD copy was still there after 180 s", file=sys.stderr)
+
+
+def _exists(read: Callable[[], object]) -> bool:
+    try:
+        read()
+        return True
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except client.ApiException as e:
+        sys.exit(f"api_costs: the API server refused a request: {e.status} {e.reason}: "
+                 f"{(e.body or '').strip()[:300]}")
