@@ -63,12 +63,10 @@ class CatalogResolver:
     def entries(self) -> tuple[ResolvedModel, ...]:
         """The catalog's entries (shared between callers, never changed by them)."""
         try:
-            found = self._cached()
-            if found is not None:
+            if (found := self._cached()) is not None:
                 return found
             with self._reading:
-                found = self._cached()
-                if found is not None:
+                if (found := self._cached()) is not None:
                     return found
                 st = self.path.stat()
                 stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -86,11 +84,8 @@ class CatalogResolver:
 
     def _cached(self) -> tuple[ResolvedModel, ...] | None:
         """The entries kept, if the file is as it was when they were read (OSError when it is gone)."""
-        st = self.path.stat()
-        read = self._read
-        if read is not None and read[0] == (st.st_mtime_ns, st.st_size, st.st_ino):
-            return read[1]
-        return None
+        st, read = self.path.stat(), self._read
+        return read[1] if read is not None and read[0] == (st.st_mtime_ns, st.st_size, st.st_ino) else None
 
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
         same_repo = [e for e in self.entries() if e.repo == source.repo]
