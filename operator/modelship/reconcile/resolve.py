@@ -49,30 +49,33 @@ def quant_matches(wanted: str, model: ResolvedModel) -> bool:
 RECENT_NS = 2_000_000_000  # a catalog file changed less than 2 s ago is read again at the next resolution
 
 
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """(mtime, size, inode): what tells a file changed (OSError when it is gone)."""
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 class CatalogResolver:
     """Pre-resolved models from a YAML list of `status.resolved` entries."""
 
     def __init__(self, path: Path, fallback: Resolver | None = None):
         self.path, self.fallback = path, fallback
-        # The entries last read, and the file's (mtime, size, inode) then: parsed again only when
-        # the file changed (a ConfigMap's update swaps its inode). YAML parsing was 2.9% of the
-        # operator's CPU in a 500-model burst, each reconcile reading the file anew.
+        # The entries last read and the file's stamp then, parsed again when the file changes (a
+        # ConfigMap's update swaps its inode): parsing was 2.9% of the CPU of a 500-model burst.
         self._read: tuple[tuple[int, int, int], tuple[ResolvedModel, ...]] | None = None
         self._reading = threading.Lock()  # (the reconciles that miss at once parse it once)
 
     def entries(self) -> tuple[ResolvedModel, ...]:
         """The catalog's entries (shared between callers, never changed by them)."""
         try:
-            if (found := self._cached()) is not None:
+            if (found := self._cached(_stamp(self.path))) is not None:
                 return found
             with self._reading:
-                if (found := self._cached()) is not None:
+                stamp = _stamp(self.path)
+                if (found := self._cached(stamp)) is not None:
                     return found
-                st = self.path.stat()
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-                # A file changed less than RECENT_NS ago may change again within the same tick
-                # of its clock, size and all: read, but not kept ("racy git").
-                recent = time.time_ns() - st.st_mtime_ns < RECENT_NS
+                # Changed moments ago, it may change again within one tick of its clock, size and all
+                recent = time.time_ns() - stamp[0] < RECENT_NS
                 data = yaml.safe_load(self.path.read_text()) or []
                 found = tuple(ResolvedModel.model_validate(e) for e in data)
         except (OSError, yaml.YAMLError, ValidationError, TypeError) as e:
@@ -82,10 +85,10 @@ class CatalogResolver:
         self._read = None if recent else (stamp, found)
         return found
 
-    def _cached(self) -> tuple[ResolvedModel, ...] | None:
-        """The entries kept, if the file is as it was when they were read (OSError when it is gone)."""
-        st, read = self.path.stat(), self._read
-        return read[1] if read is not None and read[0] == (st.st_mtime_ns, st.st_size, st.st_ino) else None
+    def _cached(self, stamp: tuple[int, int, int]) -> tuple[ResolvedModel, ...] | None:
+        """The entries kept, if the file's stamp is what it was when they were read."""
+        read = self._read
+        return read[1] if read is not None and read[0] == stamp else None
 
     def resolve(self, source: ModelSource, endpoint: str, token: str | None) -> ResolvedModel:
         same_repo = [e for e in self.entries() if e.repo == source.repo]
