@@ -54,6 +54,15 @@ def write(path, text: str, age_s: float = 60.0) -> None:
     os.utime(path, ns=(at, at))
 
 
+def resolved_once(tmp_path) -> tuple:
+    """A catalog file (changed a minute ago) and its resolver, which has resolved it once."""
+    path = tmp_path / "catalog.yaml"
+    write(path, entry("1" * 40))
+    catalog = CatalogResolver(path)
+    assert sha_of(catalog) == "1" * 40
+    return path, catalog
+
+
 def test_the_catalog_is_parsed_once_for_many_resolutions(tmp_path, parses):
     path = tmp_path / "catalog.yaml"
     write(path, entry("1" * 40))
@@ -63,20 +72,14 @@ def test_the_catalog_is_parsed_once_for_many_resolutions(tmp_path, parses):
 
 
 def test_a_catalog_edited_in_place_is_read_again(tmp_path, parses):
-    path = tmp_path / "catalog.yaml"
-    write(path, entry("1" * 40))
-    catalog = CatalogResolver(path)
-    assert sha_of(catalog) == "1" * 40
+    path, catalog = resolved_once(tmp_path)
     write(path, entry("2" * 40), age_s=30)  # the same size: only the time tells
     assert sha_of(catalog) == "2" * 40
     assert parses[0] == 2
 
 
 def test_a_catalog_that_only_changed_size_is_read_again(tmp_path, parses):
-    path = tmp_path / "catalog.yaml"
-    write(path, entry("1" * 40))
-    catalog = CatalogResolver(path)
-    assert sha_of(catalog) == "1" * 40
+    path, catalog = resolved_once(tmp_path)
     st = path.stat()
     path.write_text(entry("5" * 40, quant="Q8_0") + "# longer\n")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same time, the same inode
@@ -99,10 +102,8 @@ def test_a_catalog_changed_twice_within_one_tick_of_its_clock_is_not_served_stal
 
 
 def test_a_catalog_replaced_by_another_file_is_read_again_even_with_the_same_time_and_size(tmp_path, parses):
-    path, new = tmp_path / "catalog.yaml", tmp_path / "catalog.new"
-    write(path, entry("1" * 40))
-    catalog = CatalogResolver(path)
-    assert sha_of(catalog) == "1" * 40
+    path, catalog = resolved_once(tmp_path)
+    new = tmp_path / "catalog.new"
     st = path.stat()
     new.write_text(entry("3" * 40))
     os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -143,10 +144,7 @@ def test_the_entries_are_the_same_objects_unchanged_by_a_resolution(tmp_path):
 
 
 def test_a_catalog_that_goes_away_is_said_not_served_from_memory(tmp_path):
-    path = tmp_path / "catalog.yaml"
-    write(path, entry("1" * 40))
-    catalog = CatalogResolver(path)
-    assert sha_of(catalog) == "1" * 40
+    path, catalog = resolved_once(tmp_path)
     path.unlink()
     with pytest.raises(ResolveError) as e:
         sha_of(catalog)
@@ -155,10 +153,7 @@ def test_a_catalog_that_goes_away_is_said_not_served_from_memory(tmp_path):
 
 
 def test_a_catalog_that_turns_unparseable_is_said_and_read_again_once_fixed(tmp_path):
-    path = tmp_path / "catalog.yaml"
-    write(path, entry("1" * 40))
-    catalog = CatalogResolver(path)
-    assert sha_of(catalog) == "1" * 40
+    path, catalog = resolved_once(tmp_path)
     write(path, "- repo: [unclosed\n", age_s=30)
     with pytest.raises(ResolveError) as e:
         sha_of(catalog)
