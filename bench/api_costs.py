@@ -199,16 +199,6 @@ def crd_copy(group: str, variant: str) -> dict:
     return crd
 
 
-def established(ext: client.ApiextensionsV1Api, name: str) -> None:
-    for _ in range(120):
-        conditions = ext.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            time.sleep(1.0)  # (the new resource's handler is served a moment after)
-            return
-        time.sleep(0.25)
-    raise SystemExit(f"api_costs: CRD {name} not Established after 30 s")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=400, help="requests of each kind in a round")
@@ -296,7 +286,8 @@ def main() -> None:
             group = f"v{k}-{uuid.uuid4().hex[:5]}.bench.modelship.io"
             groups.append(f"{PLURAL}.{group}")  # (before it exists: deleted at the end whatever happens)
             ext.create_custom_resource_definition(crd_copy(group, variant))
-            established(ext, f"{PLURAL}.{group}")
+            cluster.wait_established(f"{PLURAL}.{group}")
+            time.sleep(1.0)  # (the new resource's handler is served a moment after)
             models(group)
             status_of[variant] = status_write(group)
         time.sleep(SETTLE)  # (each new CRD has the API server rebuild its OpenAPI documents for a while)
