@@ -1,7 +1,7 @@
 """What each kind of request the operator makes costs the test bed's control plane, and why
 the Services are the last thing `scale.py`'s 500 ModelDeployments wait for.
 
-    .venv/bin/python bench/api_costs.py [--requests 400] [--at-once 8] [--rounds 2]
+    .venv/bin/python bench/api_costs.py [--requests 400] [--at-once 8] [--rounds 2] [--profile FILE]
 
 Part 1, per request: `--requests` of each kind, `--at-once` at a time, and the CPU time the
 API server, etcd and the controller-manager used meanwhile (their processes', psutil),
@@ -28,6 +28,16 @@ Part 3, the Services: 200 Services made 4 at once (as the operator does), alone 
 (`service_rate.py`), so how fast Services come depends on how long each of its requests
 waits for the CPU, that is, on everything else it serves.
 
+`--profile FILE` adds, after part 1, 20 s of the API server's CPU profile while `--at-once`
+threads write statuses (the test bed started with `MODELSHIP_TESTBED_PROFILING=1`); read it
+with `go tool pprof -top -cum ~/.cache/modelship/kubernetes-v*/bin/kube-apiserver FILE`
+(bench/README.md §7, "Stop 35": where a status write's CPU goes).
+
+Part 4, the same 200 Services while 8 threads write statuses of each copy of part 2: how much
+of what the status writes take from the Services is their schema's (the rules' evaluation
+allocates, and the API server's garbage collector then slows every request, the ClusterIP
+allocation's too).
+
 Each part runs `--rounds` times, interleaved, so that the spread shows. Run it on a test bed
 nothing else uses (`modelship testbed up`; it installs the CRD from `crds/`): the CPU is the
 processes', whoever asked. Every namespace and CRD copy it makes is deleted at the end, on
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -204,6 +215,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="requests of each kind in a round")
     ap.add_argument("--at-once", type=int, default=8, help="requests at a time")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of each part")
+    ap.add_argument("--profile", type=Path, help="save the API server's CPU profile during status writes here")
     args = ap.parse_args()
     processes = control_plane()
     cluster, api, namespace = open_testbed("api-costs")
@@ -281,6 +293,10 @@ def main() -> None:
                 print(f"   {name:18s} {rate:9.0f} {cpu['kube-apiserver']:11.2f} {cpu['etcd']:6.2f} "
                       f"{cpu['kube-controller-manager']:9.2f} {mine:7.2f}", flush=True)
 
+        if args.profile:
+            profile_status_writes(cluster, status_of[GROUP], args.profile, args.at_once, offset)
+            offset += 10**6
+
         print("\n2. the status write against copies of the CRD (CPU ms per write)", flush=True)
         for k, variant in enumerate(VARIANTS):
             group = f"v{k}-{uuid.uuid4().hex[:5]}.bench.modelship.io"
@@ -302,12 +318,46 @@ def main() -> None:
         for r in range(args.rounds):
             for writers in (0, 4, 8, 16):
                 services_under_writes(service, status_of[GROUP], writers, 10**6 * (r + 1) + writers * 1000, threads)
+
+        print("\n4. 200 Services made 4 at once while 8 threads write statuses of each copy of the CRD", flush=True)
+        for r in range(args.rounds):
+            for k, variant in enumerate(VARIANTS):
+                services_under_writes(service, status_of[variant], 8, 10**7 * (r + 1) + k * 1000, threads, variant)
     finally:
         clean_up(core, ext, namespace, groups)
 
 
+def profile_status_writes(cluster, write: Callable[[int], None], path: Path, at_once: int, offset: int) -> None:
+    """The API server's CPU profile (20 s) while `at_once` threads write statuses."""
+    stop, counts = threading.Event(), [0] * at_once
+
+    def writer(k: int) -> None:
+        i = offset + k
+        while not stop.is_set():
+            write(i)
+            counts[k], i = counts[k] + 1, i + at_once
+
+    threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(at_once)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2.0)  # (the writes under way before the profile starts)
+        proc = subprocess.run([cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "--raw",
+                               "/debug/pprof/profile?seconds=20"], capture_output=True, timeout=60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if proc.returncode != 0:
+        sys.exit(f"api_costs: the API server gave no profile ({proc.stderr.decode(errors='replace').strip()}): "
+                 f"start the test bed with MODELSHIP_TESTBED_PROFILING=1")
+    path.write_bytes(proc.stdout)
+    print(f"\n   the API server's CPU profile, 20 s of {sum(counts)} status writes, {at_once} at once: {path}",
+          flush=True)
+
+
 def services_under_writes(service: Callable[[int], None], write: Callable[[int], None], writers: int,
-                          first: int, threads: int) -> None:
+                          first: int, threads: int, label: str = "") -> None:
     """200 Services made 4 at once while `writers` threads write statuses; the writers stop
     whatever happens, and their failures are counted, not lost."""
     stop = threading.Event()
@@ -345,7 +395,7 @@ def services_under_writes(service: Callable[[int], None], write: Callable[[int],
         for t in loaders:
             t.join()
     note = f" ({sum(failed)} failed)" if sum(failed) else ""
-    print(f"   {writers:2d} status writers: {200 / elapsed:5.0f} Services a second, "
+    print(f"   {label or f'{writers:2d} status writers':28s} {200 / elapsed:5.0f} Services a second, "
           f"{statistics.median(took) * 1000:5.0f} ms each (median); "
           f"{(w1 - w0) / elapsed:4.0f} status writes a second meanwhile{note}", flush=True)
 
