@@ -202,6 +202,9 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(60, gt=0,
                                   description="Every ModelDeployment is reconciled at least this often, even "
                                               "without events.")
+    api_in_flight: int = Field(0, ge=0, description="Most of the operator's requests in the API server at once (its "
+                                                   "Service creations and pod log reads aside), to spare an API "
+                                                   "server it shares; 0: no limit.")
     cache_reads: bool = Field(True, description="Reconciles read the children and ModelDeployments from the "
                                                 "operator's watch cache instead of asking the API server each time.")
     metrics_port: int = Field(9090, description="Port of the Prometheus `/metrics`; 0: off.")

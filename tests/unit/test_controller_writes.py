@@ -8,10 +8,12 @@ import asyncio
 import time
 
 import pytest
+from kubernetes import client
 
 from modelship.reconcile import background
 from modelship.reconcile import controller as controller_mod
 from modelship.reconcile.controller import Controller
+from modelship.reconcile.in_flight import InFlight
 from modelship.reconcile.metrics import ControllerMetrics
 from modelship.reconcile.types import ResolveError
 from modelship.settings import Settings
@@ -22,6 +24,7 @@ from .test_plan import make_md, safetensors
 class Kube:
     def __init__(self):
         self.written: list[dict] = []
+        self.in_flight = InFlight(client.ApiClient(), 1)  # (the real gate: `ungated` marks the thread)
 
     def write_status(self, namespace: str, name: str, status: dict) -> None:
         self.written.append(status)
@@ -97,6 +100,8 @@ class SlowServiceKube(Kube):
         from kubernetes.client.rest import ApiException
 
         self.log.append(("start", action.kind))
+        if getattr(self.in_flight.free, "on", False):
+            self.log.append(("ungated", action.kind))
         if action.kind == "Service":
             time.sleep(0.3)
             if self.service_fails:
@@ -155,6 +160,8 @@ def test_a_download_does_not_wait_for_the_service():
     assert [e.message for e in done] == ["Created PersistentVolumeClaim m-weights", "Created Job m-download"]
     assert changed
     assert kube.log.index(("end", "Job")) < kube.log.index(("end", "Service"))
+    # the Service's apply goes outside the limit of requests in flight (in_flight.py), the others do not
+    assert [kind for what, kind in kube.log if what == "ungated"] == ["Service"]
     # the Service's end is announced and reconciled (its watch event is no news)
     assert [e.message for e in kube.later] == ["Created Service m"]
     assert queued == [((md.namespace, md.name), None)]

@@ -37,7 +37,8 @@ REFUSED_RETRY, TRANSIENT_RETRY = 60.0, 2.0
 # a loopback create of the address's IPAddress object (`ipallocator.MetaAllocator`, seen in its
 # goroutine dump). Quiet, that is some 65 Services a second at 4 or 16 at once; on the busy scale
 # bench about 10 a second whatever the number: 2, 4, 8, 12 at once took 221, 374-465, 1,125,
-# 2,281 ms each (bench/README.md §7, "Stop 31").
+# 2,281 ms each (bench/README.md §7, "Stop 31"). These applies are outside the operator's limit
+# of requests in flight (`apiInFlight`, in_flight.py), which is there to keep the rest from slowing them.
 SERVICE_APPLIES = 4
 
 
@@ -86,7 +87,8 @@ class BackgroundApplies:
     async def _apply(self, key: Key, md: api.ModelDeployment, action: Action) -> None:
         try:
             async with self.slots:
-                changed = await asyncio.to_thread(self.kube.execute, action, md.namespace)
+                changed = await asyncio.to_thread(self.kube.in_flight.ungated, self.kube.execute, action,
+                                                    md.namespace)
         except Exception as e:  # noqa: BLE001 - said, and tried again
             self._failed(key, md, action, e)
             return

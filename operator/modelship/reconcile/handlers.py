@@ -106,7 +106,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     metrics = memo.get("metrics") or ControllerMetrics()
     cache = WatchCache((*KINDS.values(), MD_KIND), whole={KINDS[p] for p in UNFILTERED} | {MD_KIND}) \
         if config.cache_reads else None
-    memo.controller = Controller(config, Kube(client_, config.field_manager, cache), resolver, metrics)
+    memo.controller = Controller(config, Kube(client_, config.field_manager, cache, config.api_in_flight), resolver, metrics)
     memo.stop = asyncio.Event()
     memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
     poller = RouterPoller(config.autoscaler, memo.controller.autoscaler, memo.controller.kube.router_urls)

@@ -29,6 +29,7 @@ from ..manifests import (CLAIM_LABEL, COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, S
                          on_shared_cache)
 from .cache import MD_KIND, WatchCache
 from .event_queue import THREADS as EVENT_THREADS, EventQueue
+from .in_flight import InFlight
 from .types import Action, Event, Reads
 
 log = logging.getLogger("modelship")
@@ -73,8 +74,10 @@ def refusal(e: ApiException) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, field_manager: str, cache: WatchCache | None = None):
+    def __init__(self, api_client: client.ApiClient, field_manager: str, cache: WatchCache | None = None,
+                 in_flight: int = 0):
         self.client = api_client
+        self.in_flight = InFlight(api_client, in_flight)  # (in_flight.py: the limit, and what is outside it)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
@@ -307,8 +310,8 @@ class Kube:
             if uid in self.final_logs:
                 return self.final_logs[uid]
         try:
-            tail = self.core.read_namespaced_pod_log(meta["name"], meta["namespace"], tail_lines=lines,
-                                                     _preload_content=False).data.decode(errors="replace")
+            tail = self.in_flight.ungated(self.core.read_namespaced_pod_log, meta["name"], meta["namespace"],
+                                          tail_lines=lines, _preload_content=False).data.decode(errors="replace")
         except ApiException as e:
             if e.status in (0, 429):  # the API server away or busy: ask again next time
                 return ""
