@@ -29,7 +29,8 @@ class FakeServer:
             self.most = max(self.most, self.now)
             self.timeouts.append(_request_timeout)
         try:
-            self.release.wait(10)
+            if "stuck" in url:
+                self.release.wait(10)
             time.sleep(self.hold)
             return url
         finally:
@@ -75,8 +76,12 @@ def test_ungated_requests_pass_a_full_gate():
     assert server.now == 2  # the third waits for a slot
     done = []
     t = threading.Thread(target=lambda: done.append(gate.ungated(api.rest_client.request, "PATCH", "/services/s")))
-    server.release.set()  # (the ungated one must not need this, but nothing may hang after the test)
     t.start()
+    deadline = time.monotonic() + 5
+    while server.now < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.now == 3  # in the server beside the two that hold the slots, the third still waiting
+    server.release.set()
     t.join(5)
     for s in stuck:
         s.join(5)
@@ -87,7 +92,7 @@ def test_ungated_only_in_its_own_call_and_thread():
     server = FakeServer()
     server.release.clear()
     api, gate = gated(1, server)
-    holder = threading.Thread(target=api.rest_client.request, args=("GET", "/held"))
+    holder = threading.Thread(target=api.rest_client.request, args=("GET", "/stuck-held"))
     holder.start()
     while server.now < 1:
         time.sleep(0.01)
@@ -150,3 +155,41 @@ def test_log_reads_go_outside_the_limit():
     pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u"}, "status": {"phase": "Running"}}
     assert kube.log_tail(pod) == "last line"
     assert seen == [True]
+
+
+def test_the_answer_is_read_within_the_slot():
+    """The client reads an answer's body after `request` returns: the gate reads it first, so
+    a slot is held until the whole answer is in (from the request's start to its body's end,
+    never two at once at a limit of 1)."""
+    lock, now, most = threading.Lock(), [0], [0]
+
+    class Answer:
+        def read(self):
+            time.sleep(0.05)  # (the body still coming)
+            with lock:
+                now[0] -= 1
+            return b"{}"
+
+    def request(*args, **kwargs):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        return Answer()
+
+    api = client.ApiClient()
+    api.rest_client.request = request
+    InFlight(api, 1)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: api.rest_client.request("GET", "/"), range(8)))
+    assert most[0] == 1
+
+
+def test_a_timed_out_request_is_transient():
+    """What the timeout raises is tried again with back-off, not logged as unexpected."""
+    import urllib3
+
+    from modelship.reconcile.kube import is_transient
+
+    assert is_transient(urllib3.exceptions.ReadTimeoutError(None, "/apis", "read timed out"))
+    assert is_transient(urllib3.exceptions.MaxRetryError(None, "/apis"))
+    assert not is_transient(ValueError("a bug"))

@@ -6,21 +6,22 @@ ModelDeployments on the scale bench the operator sent 3,500-3,900 reconciles' wo
 requests with up to some 40 in flight (16 reconciles, their readers, the Event threads). With
 at most 4 in flight it ran a third of the reconciles (a reconcile that waits for a slot
 gathers the events that come meanwhile) on less CPU (16-20 s against 22-25 s); but each
-ModelDeployment's Deployment and `Ready` status came some 20-35 s later in the burst, and all reconciled took as long (53-71 s against 65-85 s without, within the
+ModelDeployment's Deployment came some 15-23 s later in the burst and its `Ready` 24-35 s, and all reconciled took as long (53-71 s against 65 s without, within the
 bench's spread): bench/README.md §7, "Stop 35". Hence off by default.
 
 Why a limit at all helps the Services: the API server allocates ClusterIPs one at a time (a
 mutex held across a loopback create of the address's `IPAddress`), and that request shares
 the CPU with every other in flight: 200 Services came at 96-219 a second alone, 15-26 while
-4 threads wrote statuses, 9-12 with 8, 5-7 with 16, whatever the writes cost
-(`bench/api_costs.py`, parts 3 and 4).
+4 threads wrote statuses, 9-12 with 8, 5-7 with 16; what the writes cost matters much less
+(`bench/api_costs.py`, parts 3 and 4: 10-13 a second beside 8 writers whatever the CRD's rules).
 
 Outside the limit (`ungated`): the Service applies, which have their own
 (`background.SERVICE_APPLIES`), and the pod log reads, which the API server answers only once
 it has heard from the kubelet.
 
 A request without a timeout of its own gets TIMEOUT: a connection that hangs never holds a
-slot, or a reconcile, for ever.
+slot, or a reconcile, for ever (urllib3 tries a GET again on its own, so a GET that times out
+every time takes up to four times that). What a timeout raises is transient (`kube.is_transient`).
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ class InFlight:
                 kwargs["_request_timeout"] = TIMEOUT
             if slots is None or getattr(free, "on", False):
                 return send(*args, **kwargs)
-            with slots:
-                return send(*args, **kwargs)
+            with slots:  # (to the end of the answer: the client reads it after `request` returns)
+                answer = send(*args, **kwargs)
+                if hasattr(answer, "read"):
+                    answer.read()
+                return answer
 
         rest.request = request
 

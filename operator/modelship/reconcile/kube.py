@@ -19,6 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
+import urllib3
 from cachetools import LRUCache, TTLCache
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -54,7 +55,7 @@ def is_transient(e: Exception) -> bool:
     """Worth retrying: the API server is busy, away, or the object changed under us."""
     if isinstance(e, ApiException):
         return e.status in (0, 409, 429) or e.status >= 500
-    return isinstance(e, (ConnectionError, TimeoutError, OSError))
+    return isinstance(e, (ConnectionError, TimeoutError, OSError, urllib3.exceptions.HTTPError))
 
 
 def answer(response) -> bytes:
@@ -312,6 +313,8 @@ class Kube:
         try:
             tail = self.in_flight.ungated(self.core.read_namespaced_pod_log, meta["name"], meta["namespace"],
                                           tail_lines=lines, _preload_content=False).data.decode(errors="replace")
+        except urllib3.exceptions.HTTPError:  # (timed out: ask again next time)
+            return ""
         except ApiException as e:
             if e.status in (0, 429):  # the API server away or busy: ask again next time
                 return ""
