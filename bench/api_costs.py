@@ -327,60 +327,58 @@ def main() -> None:
         clean_up(core, ext, namespace, groups)
 
 
+class Writers:
+    """`count` threads that write statuses (`write(i)`, i from `first + k` by `step`) until the
+    block ends, whatever happens; their writes and failures are counted, not lost."""
+
+    def __init__(self, write: Callable[[int], None], count: int, first: int, step: int):
+        self.write, self.first, self.step = write, first, step
+        self.stop = threading.Event()
+        self.written, self.failed = [0] * count, [0] * count
+        self.threads = [threading.Thread(target=self._load, args=(k,), daemon=True) for k in range(count)]
+
+    def _load(self, k: int) -> None:
+        n = self.first + k
+        while not self.stop.is_set():
+            try:
+                self.write(n)
+                self.written[k] += 1
+            except Exception:  # noqa: BLE001 - counted and said
+                self.failed[k] += 1
+                time.sleep(0.1)
+            n += self.step
+
+    def __enter__(self) -> "Writers":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+    def note(self) -> str:
+        return f" ({sum(self.failed)} failed)" if sum(self.failed) else ""
+
+
 def profile_status_writes(cluster, write: Callable[[int], None], path: Path, at_once: int, offset: int) -> None:
     """The API server's CPU profile (20 s) while `at_once` threads write statuses."""
-    stop, counts, failed = threading.Event(), [0] * at_once, [0] * at_once
-
-    def writer(k: int) -> None:
-        i = offset + k
-        while not stop.is_set():
-            try:
-                write(i)
-                counts[k] += 1
-            except Exception:  # noqa: BLE001 - counted and said
-                failed[k] += 1
-                time.sleep(0.1)
-            i += at_once
-
-    threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(at_once)]
-    for t in threads:
-        t.start()
-    try:
+    with Writers(write, at_once, offset, at_once) as writers:
         time.sleep(2.0)  # (the writes under way before the profile starts)
         proc = subprocess.run([cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "--raw",
                                "/debug/pprof/profile?seconds=20"], capture_output=True, timeout=60)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     if proc.returncode != 0:
         sys.exit(f"api_costs: the API server gave no profile ({proc.stderr.decode(errors='replace').strip()}): "
                  f"start the test bed with MODELSHIP_TESTBED_PROFILING=1")
     path.write_bytes(proc.stdout)
-    note = f" ({sum(failed)} failed)" if sum(failed) else ""
-    print(f"\n   the API server's CPU profile, 20 s of {sum(counts)} status writes{note}, {at_once} at once: {path}",
-          flush=True)
+    print(f"\n   the API server's CPU profile, 20 s of {sum(writers.written)} status writes{writers.note()}, "
+          f"{at_once} at once: {path}", flush=True)
 
 
 def services_under_writes(service: Callable[[int], None], write: Callable[[int], None], writers: int,
                           first: int, threads: int, label: str = "") -> None:
-    """200 Services made 4 at once while `writers` threads write statuses; the writers stop
-    whatever happens, and their failures are counted, not lost."""
-    stop = threading.Event()
-    written, failed = [0] * writers, [0] * writers
-
-    def load(k: int) -> None:
-        n = k
-        while not stop.is_set():
-            try:
-                write(n)
-                written[k] += 1
-            except Exception:  # noqa: BLE001 - counted and said
-                failed[k] += 1
-                time.sleep(0.1)
-            n += threads
-
-    loaders = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(writers)]
+    """200 Services made 4 at once while `writers` threads write statuses (`Writers`)."""
     took: list[float] = []
 
     def one(i: int) -> None:
@@ -388,19 +386,13 @@ def services_under_writes(service: Callable[[int], None], write: Callable[[int],
         service(i)
         took.append(time.monotonic() - t0)
 
-    try:
-        for t in loaders:
-            t.start()
+    with Writers(write, writers, 0, threads) as load:
         time.sleep(1.0 if writers else 0.0)
-        w0, start = sum(written), time.monotonic()
+        w0, start = sum(load.written), time.monotonic()
         run_all(one, range(first, first + 200), 4)
         elapsed = time.monotonic() - start
-        w1 = sum(written)
-    finally:
-        stop.set()
-        for t in loaders:
-            t.join()
-    note = f" ({sum(failed)} failed)" if sum(failed) else ""
+        w1 = sum(load.written)
+    note = load.note()
     print(f"   {label or f'{writers:2d} status writers':28s} {200 / elapsed:5.0f} Services a second, "
           f"{statistics.median(took) * 1000:5.0f} ms each (median); "
           f"{(w1 - w0) / elapsed:4.0f} status writes a second meanwhile{note}", flush=True)
