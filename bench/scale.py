@@ -22,6 +22,8 @@ users of a shared test bed, and measures:
 - reconciled: from the first create until every ModelDeployment's `status.observedGeneration`
   is its `metadata.generation` and its Service and Deployment (2 replicas) exist; and until
   every one is `phase: Ready` (this also takes the scheduler, kwok and the EndpointSlices);
+  both as a watch of each of the three kinds tells them, looked at every 0.25 s
+  (`scale_watch.py`; until stop 36, listings of all three every second);
 - the operator's peak RSS (psutil, every 0.2 s);
 - once idle: the operator's requests per object per minute, watches left out, over
   `--idle-seconds` (the audit log; and apiserver_request_total's deltas over the same
@@ -52,12 +54,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
 import psutil  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 import scale_cluster as sc  # noqa: E402
 import scale_report as sr  # noqa: E402
+from scale_watch import POLL, Progress  # noqa: E402
 from testbed_cluster import open_testbed  # noqa: E402
 from tests.conftest import Cluster  # noqa: E402
 from tests.integration.conftest import LocalOperator, service_account_kubeconfig  # noqa: E402
@@ -89,30 +91,6 @@ class Peak:
                 return
 
 
-def progress(api: client.ApiClient, namespace: str) -> tuple[int, int, Counter]:
-    """(reconciled, Ready) ModelDeployments, as defined in this file's docstring, and what the
-    others lack (how many lack a current status, their Deployment, their Service). The listings
-    are read as the JSON they come in (the client library's models cost this bench some 20 s of
-    CPU a run, on the cores the measured operator and cluster share)."""
-    custom, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)
-    raw = {"_preload_content": False}
-    mds = orjson.loads(custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **raw).data)["items"]
-    deps = {d["metadata"]["name"] for d in orjson.loads(apps.list_namespaced_deployment(namespace, **raw).data)["items"]
-            if d["spec"].get("replicas") == 2}
-    svcs = {s["metadata"]["name"] for s in orjson.loads(core.list_namespaced_service(namespace, **raw).data)["items"]}
-    done = ready = 0
-    lacking: Counter = Counter()
-    for md in mds:
-        name, st = md["metadata"]["name"], md.get("status") or {}
-        lacks = [what for what, has in (("status", st.get("observedGeneration") == md["metadata"]["generation"]),
-                                        ("Deployment", name in deps), ("Service", name in svcs)) if not has]
-        lacking.update(lacks)
-        if not lacks:
-            done += 1
-            ready += st.get("phase") == "Ready"
-    return done, ready, lacking
-
-
 def apply_all(api: client.ApiClient, namespace: str, count: int) -> dict[str, float]:
     """Create them; each one's create time (epoch seconds), by name."""
     custom, created = client.CustomObjectsApi(api), {}
@@ -130,29 +108,34 @@ def reconcile_all(api: client.ApiClient, namespace: str, count: int, timeout: fl
                   op: LocalOperator) -> dict[str, float]:
     start, out = time.monotonic(), {}
     metrics, cpu = sr.scrape(op.metrics()), sr.CpuByProcess()
-    out["created"] = apply_all(api, namespace, count)
-    out["applied"] = time.monotonic() - start
-    last = -1
-    while time.monotonic() - start < timeout:
-        if op.proc.poll() is not None:
-            raise SystemExit("the operator exited: " + op.log()[-2000:])
-        done, ready, lacking = progress(api, namespace)
-        if done == count and "reconciled" not in out:
-            out["reconciled"] = time.monotonic() - start
-        if ready == count:
-            out["ready"] = time.monotonic() - start
-            out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), out["ready"])
-            out["machine"] = cpu.took(out["ready"])
-            return out
-        if done + ready != last:
-            lacks = ", ".join(f"{n} {what}" for what, n in sorted(lacking.items()))
-            print(f"  {time.monotonic() - start:6.1f} s: {done}/{count} reconciled, {ready} Ready"
-                  + (f" (the others lack: {lacks})" if lacks else ""), flush=True)
-            last = done + ready
-        time.sleep(1.0)
-    # Not all Ready in time (the scheduler, kwok and the API server saturated): the rest is
-    # measured all the same, and the report says how far it got.
-    done, out["ready count"], _ = progress(api, namespace)
+    watched = Progress(api, namespace)  # (watched, not listed: scale_watch.py)
+    try:
+        out["created"] = apply_all(api, namespace, count)
+        out["applied"] = time.monotonic() - start
+        last, said = -1, 0.0
+        while time.monotonic() - start < timeout:
+            if op.proc.poll() is not None:
+                raise SystemExit("the operator exited: " + op.log()[-2000:])
+            done, ready, lacking = watched.counts()
+            now = time.monotonic() - start
+            if done == count and "reconciled" not in out:
+                out["reconciled"] = now
+            if ready == count:
+                out["ready"] = now
+                out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), out["ready"])
+                out["machine"] = cpu.took(out["ready"])
+                return out
+            if done + ready != last and now - said >= 1.0:
+                lacks = ", ".join(f"{n} {what}" for what, n in sorted(lacking.items()))
+                print(f"  {now:6.1f} s: {done}/{count} reconciled, {ready} Ready"
+                      + (f" (the others lack: {lacks})" if lacks else ""), flush=True)
+                last, said = done + ready, now
+            time.sleep(POLL)
+        # Not all Ready in time (the scheduler, kwok and the API server saturated): the rest is
+        # measured all the same, and the report says how far it got.
+        done, out["ready count"], _ = watched.counts()
+    finally:
+        watched.stop()
     out["to ready"] = sr.cpu_vs_wait(metrics, sr.scrape(op.metrics()), time.monotonic() - start)
     out["machine"] = cpu.took(time.monotonic() - start)
     out.setdefault("reconciled", float("inf"))

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from kubernetes import client
 
 import scale_cluster as sc
+from scale_watch import POLL, Progress
 
 GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
 
@@ -38,6 +39,7 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
     batch, apps = client.BatchV1Api(api), client.AppsV1Api(api)
     entry = next(e for e in catalog() if e["repo"] == make_model(0)["spec"]["model"]["repo"])
     resolved = mapi.ResolvedModel.model_validate(entry)
+    watched = Progress(api, namespace)  # the Deployments' Available, as scale.py watches them
     start = time.monotonic()
     mds: dict[str, mapi.ModelDeployment] = {}
 
@@ -104,11 +106,13 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
                   flush=True)
             time.sleep(1.0)
     out["all made"] = time.monotonic() - start if len(made) == count else float("inf")
-    while time.monotonic() - start < timeout:
-        available = sum(1 for d in apps.list_namespaced_deployment(namespace).items
-                        if any(c.type == "Available" and c.status == "True" for c in d.status.conditions or []))
-        if available == count:
-            break
-        time.sleep(1.0)
+    try:
+        while time.monotonic() - start < timeout:
+            available = watched.available()
+            if available == count:
+                break
+            time.sleep(POLL)
+    finally:
+        watched.stop()
     out["all available"] = time.monotonic() - start if available == count else float("inf")
     return out

@@ -1,0 +1,114 @@
+"""What `scale.py`'s progress cost the machine it measures until stop 36: with N of each
+present, the API server's, etcd's and this process's CPU per round of listing the
+ModelDeployments (each with a status like the operator's), the Deployments and the Services
+of one namespace, as the JSON they come in, against the same machine idle before and after.
+
+    .venv/bin/python bench/scale_listings.py [--count 500] [--rounds 20]
+
+on a test bed with the CRD (`modelship testbed up`, then `kubectl apply -f crds/`). Since stop
+36, `scale.py` watches the three kinds instead (`scale_watch.py`): a change is sent once, and
+a look at the counts asks nothing of the API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+import psutil  # noqa: E402
+from kubernetes import client  # noqa: E402
+
+from scale import model  # noqa: E402
+from scale_watch import GROUP, PLURAL, VERSION  # noqa: E402
+from testbed_cluster import open_testbed  # noqa: E402
+
+
+def status_like_the_operators() -> dict:
+    from modelship import api as mapi
+    from tests.integration.conftest import catalog
+
+    entry = next(e for e in catalog() if e["repo"] == model(0)["spec"]["model"]["repo"])
+    conditions = [{"type": t, "status": "False", "reason": "Progressing", "message": "x" * 120,
+                   "lastTransitionTime": "2026-12-04T00:00:00Z", "observedGeneration": 1}
+                  for t in ("Ready", "Reconciling", "Stalled", "Resolved", "Downloaded", "Available")]
+    return {"phase": "Starting", "observedGeneration": 1, "replicas": 2, "readyReplicas": 0,
+            "selector": "app=x", "conditions": conditions,
+            "resolved": mapi.ResolvedModel.model_validate(entry).wire()}
+
+
+def make(api: client.ApiClient, namespace: str, count: int) -> None:
+    custom, core, apps = client.CustomObjectsApi(api), client.CoreV1Api(api), client.AppsV1Api(api)
+    status = status_like_the_operators()
+
+    def one(i: int) -> None:
+        name, labels = f"m{i:04d}", {"app": f"m{i:04d}"}
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model(i))
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        core.create_namespaced_service(namespace, {"metadata": {"name": name, "labels": labels}, "spec": {
+            "selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}})
+        container = {"name": "engine", "image": "engine", "args": ["--flag"] * 20,
+                     "env": [{"name": f"E{j}", "value": "v" * 30} for j in range(15)]}
+        apps.create_namespaced_deployment(namespace, {"metadata": {"name": name}, "spec": {
+            "replicas": 0, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}}})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(count)))
+
+
+def listing_round(api: client.ApiClient, namespace: str) -> int:
+    """The three listings of scale.py's progress until stop 36; how many objects came."""
+    raw = {"_preload_content": False}
+    answers = (client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **raw),
+               client.AppsV1Api(api).list_namespaced_deployment(namespace, **raw),
+               client.CoreV1Api(api).list_namespaced_service(namespace, **raw))
+    return sum(len(orjson.loads(a.data)["items"]) for a in answers)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    _, api, namespace = open_testbed("bench-listings")
+    try:
+        print(f"making {args.count} ModelDeployments, Deployments and Services in {namespace}", flush=True)
+        make(api, namespace, args.count)
+        time.sleep(30)  # the controllers done with them
+        procs = {p.info["name"]: p for p in psutil.process_iter(["name"]) if p.info["name"] in ("kube-apiserver", "etcd")}
+        procs["this bench"] = psutil.Process()
+
+        def cpu() -> dict[str, float]:
+            return {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+
+        per_second = {}
+        for what in ("idle", "listings", "idle again"):
+            before, start = cpu(), time.monotonic()
+            for _ in range(args.rounds):
+                if what == "listings":
+                    assert listing_round(api, namespace) == 3 * args.count
+                else:
+                    time.sleep(0.5)
+            wall, after = time.monotonic() - start, cpu()
+            used = {n: after[n] - before[n] for n in procs}
+            if what != "listings":
+                per_second[what] = {n: used[n] / wall for n in procs}
+                print(f"{what}: CPU ms a second: " + ", ".join(f"{n} {1000 * v:.0f}" for n, v in per_second[what].items()))
+                continue
+            idle = per_second["idle"]
+            print(f"listings: {args.rounds} rounds in {wall:.1f} s; CPU ms a round, the idle rate taken out: "
+                  + ", ".join(f"{n} {1000 * (used[n] - idle[n] * wall) / args.rounds:.0f}" for n in procs), flush=True)
+    finally:
+        client.CoreV1Api(api).delete_namespace(namespace)
+        print(f"deleted namespace {namespace}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""What `scale.py` reads of the cluster while it waits: one watch of each kind it counts (the
+ModelDeployments, their Deployments and Services, in the bench's namespace), each kept as a
+summary by name in a thread of its own.
+
+It replaces listing all three every second: at 500 of each, one round of those listings
+cost the API server some tens of milliseconds of CPU (and the bench about as much), 60-90
+rounds in a run, on the cores the operator and the cluster it measures share (bench/README.md
+§7, "Stop 36"). A watch sends each change once.
+
+A watch that ends (the API server's `timeoutSeconds`, a dropped connection) starts again from
+the last version it saw; one whose version is gone (410) lists again, and the listing
+replaces what it held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Callable
+
+import orjson
+from kubernetes import client
+
+GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
+WATCH_SECONDS = 60  # each watch request's own end (the API server's `timeoutSeconds`)
+POLL = 0.25  # how often the benches look at what is watched (seconds)
+
+
+def _md(obj: dict) -> tuple:
+    st = obj.get("status") or {}
+    return obj["metadata"].get("generation"), st.get("observedGeneration"), st.get("phase")
+
+
+def _deployment(obj: dict) -> tuple:
+    available = any(c.get("type") == "Available" and c.get("status") == "True"
+                    for c in (obj.get("status") or {}).get("conditions") or [])
+    return obj["spec"].get("replicas"), available
+
+
+def _service(obj: dict) -> bool:
+    return True
+
+
+class Watched:
+    """One kind in one namespace: `summary(obj)` of each object, by name."""
+
+    def __init__(self, list_fn: Callable, namespace: str, summary: Callable[[dict], object]):
+        self.list_fn, self.namespace, self.summary = list_fn, namespace, summary
+        self.items: dict[str, object] = {}
+        self.lock, self.stopping = threading.Lock(), threading.Event()
+        self.version = self._list()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _list(self) -> str:
+        body = orjson.loads(self.list_fn(self.namespace, _preload_content=False).data)
+        with self.lock:
+            self.items = {o["metadata"]["name"]: self.summary(o) for o in body["items"]}
+        return body["metadata"]["resourceVersion"]
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._watch()
+            except Exception:  # noqa: BLE001 - a dropped connection: watch again from where it was
+                if not self.stopping.is_set():
+                    time.sleep(0.5)
+
+    def _watch(self) -> None:
+        answer = self.list_fn(self.namespace, watch=True, resource_version=self.version,
+                              allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
+                              _preload_content=False)
+        try:
+            for line in answer:
+                if self.stopping.is_set():
+                    return
+                if not line.strip():
+                    continue
+                event = orjson.loads(line)
+                kind, obj = event["type"], event["object"]
+                if kind == "ERROR":
+                    if obj.get("code") == 410:  # too old a version: list again
+                        self.version = self._list()
+                    return
+                self.version = obj["metadata"]["resourceVersion"]
+                if kind == "BOOKMARK":
+                    continue
+                name = obj["metadata"]["name"]
+                with self.lock:
+                    if kind == "DELETED":
+                        self.items.pop(name, None)
+                    else:
+                        self.items[name] = self.summary(obj)
+        finally:
+            answer.release_conn()
+
+    def snapshot(self) -> dict[str, object]:
+        with self.lock:
+            return dict(self.items)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class Progress:
+    """The ModelDeployments, Deployments and Services of `namespace`, watched."""
+
+    def __init__(self, api: client.ApiClient, namespace: str):
+        custom = client.CustomObjectsApi(api)
+
+        def models(namespace: str, **kw):
+            return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)
+
+        self.models = Watched(models, namespace, _md)
+        self.deployments = Watched(client.AppsV1Api(api).list_namespaced_deployment, namespace, _deployment)
+        self.services = Watched(client.CoreV1Api(api).list_namespaced_service, namespace, _service)
+
+    def counts(self) -> tuple[int, int, Counter]:
+        """(reconciled, Ready) ModelDeployments, as scale.py's docstring defines them, and what
+        the others lack (a current status, their Deployment of 2 replicas, their Service)."""
+        deps = {n for n, (replicas, _) in self.deployments.snapshot().items() if replicas == 2}
+        svcs = self.services.snapshot()
+        done = ready = 0
+        lacking: Counter = Counter()
+        for name, (generation, observed, phase) in self.models.snapshot().items():
+            lacks = [what for what, has in (("status", observed == generation), ("Deployment", name in deps),
+                                            ("Service", name in svcs)) if not has]
+            lacking.update(lacks)
+            if not lacks:
+                done += 1
+                ready += phase == "Ready"
+        return done, ready, lacking
+
+    def available(self) -> int:
+        """How many Deployments say `Available`."""
+        return sum(1 for _, available in self.deployments.snapshot().values() if available)
+
+    def stop(self) -> None:
+        for w in (self.models, self.deployments, self.services):
+            w.stop()
