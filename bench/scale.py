@@ -59,12 +59,11 @@ from kubernetes import client  # noqa: E402
 
 import scale_cluster as sc  # noqa: E402
 import scale_report as sr  # noqa: E402
-from scale_watch import POLL, Progress  # noqa: E402
+from scale_watch import GROUP, PLURAL, POLL, VERSION, Progress  # noqa: E402
 from testbed_cluster import open_testbed  # noqa: E402
 from tests.conftest import Cluster  # noqa: E402
 from tests.integration.conftest import LocalOperator, service_account_kubeconfig  # noqa: E402
 
-GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
 SPEC_HASH = "modelship.io/spec-hash"
 
 
@@ -312,6 +311,11 @@ def main() -> None:
         sc.create_nodes(core, args.nodes, args.heartbeats)
         sc.wait_until(lambda: sc.ready_nodes(core) >= args.nodes, 300, f"{args.nodes} Ready nodes", every=2)
         print(f"{args.nodes} kwok nodes Ready in {time.monotonic() - start:.1f} s", flush=True)
+        # The burst starts on a cluster of nodes in service, not on one still taking them in
+        sc.wait_until(lambda: sc.ready_nodes(core, in_service=True) >= args.nodes, 300,
+                      f"{args.nodes} nodes in service", every=2)
+        print(f"{args.nodes} kwok nodes in service (the node controller's not-ready taint lifted) in "
+              f"{time.monotonic() - start:.1f} s", flush=True)
         if args.cluster_only:
             import scale_floor
 

@@ -4,7 +4,8 @@
 the operator's own builders (`modelship.manifests`), the least any operator must: for each,
 its Service and its download Job at once (one Job for those that share it: one claim, one
 repo@sha), and its Deployment as soon as its Job has completed; no status, no Event, no read
-but one listing of the Jobs a second. The time until
+but one listing of the Jobs a second (and a watch of the Deployments, for when they are
+Available). The time until
 every one has its Service and Deployment is what the API server, the Job controller,
 the scheduler and kwok need for that on this machine: no operator can take less.
 """
@@ -17,13 +18,21 @@ from concurrent.futures import ThreadPoolExecutor
 from kubernetes import client
 
 import scale_cluster as sc
-from scale_watch import POLL, Progress
-
-GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
+from scale_watch import GROUP, PLURAL, POLL, VERSION, available, deployments
 
 
 def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: float,
         extras: frozenset[str] = frozenset()) -> dict[str, float]:
+    """The floor's figures (`_run`), the Deployments watched from before the first is made."""
+    watched = deployments(api, namespace)  # whether they are Available, watched as scale.py does
+    try:
+        return _run(api, namespace, count, make_model, timeout, extras, watched)
+    finally:
+        watched.stop()
+
+
+def _run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: float,
+         extras: frozenset[str], watched) -> dict[str, float]:
     """`extras`: requests the operator makes on top of the floor, added to see what they cost:
     `status` (a status write at each step: 2 a ModelDeployment), `gets` (a GET of the Service
     and of the Deployment before each is made: 2), `events` (an Event at each step: 2)."""
@@ -39,7 +48,6 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
     batch, apps = client.BatchV1Api(api), client.AppsV1Api(api)
     entry = next(e for e in catalog() if e["repo"] == make_model(0)["spec"]["model"]["repo"])
     resolved = mapi.ResolvedModel.model_validate(entry)
-    watched = Progress(api, namespace)  # the Deployments' Available, as scale.py watches them
     start = time.monotonic()
     mds: dict[str, mapi.ModelDeployment] = {}
 
@@ -106,13 +114,11 @@ def run(api: client.ApiClient, namespace: str, count: int, make_model, timeout: 
                   flush=True)
             time.sleep(1.0)
     out["all made"] = time.monotonic() - start if len(made) == count else float("inf")
-    try:
-        while time.monotonic() - start < timeout:
-            available = watched.available()
-            if available == count:
-                break
-            time.sleep(POLL)
-    finally:
-        watched.stop()
-    out["all available"] = time.monotonic() - start if available == count else float("inf")
+    ready = 0
+    while time.monotonic() - start < timeout:
+        ready = available(watched)
+        if ready == count:
+            break
+        time.sleep(POLL)
+    out["all available"] = time.monotonic() - start if ready == count else float("inf")
     return out

@@ -1,7 +1,8 @@
 """What `scale.py`'s progress cost the machine it measures until stop 36: with N of each
 present, the API server's, etcd's and this process's CPU per round of listing the
 ModelDeployments (each with a status like the operator's), the Deployments and the Services
-of one namespace, as the JSON they come in, against the same machine idle before and after.
+of one namespace, as the JSON they come in, less the machine's own rate when idle (the
+mean of a window before and one after).
 
     .venv/bin/python bench/scale_listings.py [--count 500] [--rounds 20]
 
@@ -83,28 +84,32 @@ def main() -> None:
         make(api, namespace, args.count)
         time.sleep(30)  # the controllers done with them
         procs = {p.info["name"]: p for p in psutil.process_iter(["name"]) if p.info["name"] in ("kube-apiserver", "etcd")}
+        if set(procs) != {"kube-apiserver", "etcd"}:
+            raise SystemExit(f"found {sorted(procs)} of the test bed's kube-apiserver and etcd: is it up?")
         procs["this bench"] = psutil.Process()
 
         def cpu() -> dict[str, float]:
             return {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
 
-        per_second = {}
+        rates, used = {}, {}
         for what in ("idle", "listings", "idle again"):
             before, start = cpu(), time.monotonic()
             for _ in range(args.rounds):
                 if what == "listings":
-                    assert listing_round(api, namespace) == 3 * args.count
+                    came = listing_round(api, namespace)
+                    if came != 3 * args.count:
+                        raise SystemExit(f"a round listed {came} objects, not {3 * args.count}")
                 else:
                     time.sleep(0.5)
             wall, after = time.monotonic() - start, cpu()
-            used = {n: after[n] - before[n] for n in procs}
+            used[what] = wall, {n: after[n] - before[n] for n in procs}
             if what != "listings":
-                per_second[what] = {n: used[n] / wall for n in procs}
-                print(f"{what}: CPU ms a second: " + ", ".join(f"{n} {1000 * v:.0f}" for n, v in per_second[what].items()))
-                continue
-            idle = per_second["idle"]
-            print(f"listings: {args.rounds} rounds in {wall:.1f} s; CPU ms a round, the idle rate taken out: "
-                  + ", ".join(f"{n} {1000 * (used[n] - idle[n] * wall) / args.rounds:.0f}" for n in procs), flush=True)
+                rates[what] = {n: used[what][1][n] / wall for n in procs}
+                print(f"{what}: CPU ms a second: " + ", ".join(f"{n} {1000 * v:.0f}" for n, v in rates[what].items()))
+        wall, cpu_used = used["listings"]
+        idle = {n: (rates["idle"][n] + rates["idle again"][n]) / 2 for n in procs}
+        print(f"listings: {args.rounds} rounds in {wall:.1f} s; CPU ms a round, the mean idle rate taken out: "
+              + ", ".join(f"{n} {1000 * (cpu_used[n] - idle[n] * wall) / args.rounds:.0f}" for n in procs), flush=True)
     finally:
         client.CoreV1Api(api).delete_namespace(namespace)
         print(f"deleted namespace {namespace}")

@@ -3,17 +3,18 @@ ModelDeployments, their Deployments and Services, in the bench's namespace), eac
 summary by name in a thread of its own.
 
 It replaces listing all three every second: at 500 of each, one round of those listings
-cost the API server some tens of milliseconds of CPU (and the bench about as much), 60-90
+cost the API server some 115 ms of CPU and the bench some 145 ms (`scale_listings.py`), 45-50
 rounds in a run, on the cores the operator and the cluster it measures share (bench/README.md
 §7, "Stop 36"). A watch sends each change once.
 
 A watch that ends (the API server's `timeoutSeconds`, a dropped connection) starts again from
-the last version it saw; one whose version is gone (410) lists again, and the listing
-replaces what it held.
+the last version it saw; one whose version is gone (410), or that the API server ends with
+any other error, lists again, and the listing replaces what it held.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from kubernetes import client
 GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
 WATCH_SECONDS = 60  # each watch request's own end (the API server's `timeoutSeconds`)
 POLL = 0.25  # how often the benches look at what is watched (seconds)
+TIMEOUT = (10, 60)  # seconds: to connect, and between two reads of a listing
 
 
 def _md(obj: dict) -> tuple:
@@ -49,50 +51,63 @@ class Watched:
         self.list_fn, self.namespace, self.summary = list_fn, namespace, summary
         self.items: dict[str, object] = {}
         self.lock, self.stopping = threading.Lock(), threading.Event()
+        self.answer = None  # the watch going on (closed by `stop`)
+        self.said = False  # a failure printed already (the first only)
         self.version = self._list()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _list(self) -> str:
-        body = orjson.loads(self.list_fn(self.namespace, _preload_content=False).data)
+        body = orjson.loads(self.list_fn(self.namespace, _preload_content=False,
+                                         _request_timeout=TIMEOUT).data)
         with self.lock:
             self.items = {o["metadata"]["name"]: self.summary(o) for o in body["items"]}
         return body["metadata"]["resourceVersion"]
 
     def _run(self) -> None:
+        relist = False
         while not self.stopping.is_set():
             try:
-                self._watch()
-            except Exception:  # noqa: BLE001 - a dropped connection: watch again from where it was
-                if not self.stopping.is_set():
+                if relist:  # (its version gone, or the watch ended by an error)
                     time.sleep(0.5)
+                    self.version, relist = self._list(), False
+                relist = not self._watch()
+            except Exception as e:  # noqa: BLE001 - a dropped connection, or the API server's refusal
+                if self.stopping.is_set():
+                    return
+                if not self.said:
+                    print(f"  (the bench's watch of {self.namespace} failed, and watches again: {e!r:.300})",
+                          file=sys.stderr, flush=True)
+                    self.said = True
+                relist = isinstance(e, client.ApiException) and e.status == 410
+                time.sleep(0.5)
 
-    def _watch(self) -> None:
-        answer = self.list_fn(self.namespace, watch=True, resource_version=self.version,
-                              allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
-                              _preload_content=False)
+    def _watch(self) -> bool:
+        """One watch request, to its end; False if an error event ended it."""
+        self.answer = answer = self.list_fn(
+            self.namespace, watch=True, resource_version=self.version, allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS, _preload_content=False, _request_timeout=(TIMEOUT[0], WATCH_SECONDS + 30))
         try:
             for line in answer:
                 if self.stopping.is_set():
-                    return
+                    return True
                 if not line.strip():
                     continue
                 event = orjson.loads(line)
                 kind, obj = event["type"], event["object"]
-                if kind == "ERROR":
-                    if obj.get("code") == 410:  # too old a version: list again
-                        self.version = self._list()
-                    return
+                if kind == "ERROR":  # (410: too old a version; anything else: start afresh too)
+                    return False
+                if kind != "BOOKMARK":
+                    name = obj["metadata"]["name"]
+                    with self.lock:
+                        if kind == "DELETED":
+                            self.items.pop(name, None)
+                        else:
+                            self.items[name] = self.summary(obj)
                 self.version = obj["metadata"]["resourceVersion"]
-                if kind == "BOOKMARK":
-                    continue
-                name = obj["metadata"]["name"]
-                with self.lock:
-                    if kind == "DELETED":
-                        self.items.pop(name, None)
-                    else:
-                        self.items[name] = self.summary(obj)
+            return True
         finally:
+            answer.close()  # (a watch cut short must not go back to the pool)
             answer.release_conn()
 
     def snapshot(self) -> dict[str, object]:
@@ -101,6 +116,22 @@ class Watched:
 
     def stop(self) -> None:
         self.stopping.set()
+        answer = self.answer
+        if answer is not None:
+            try:
+                answer.shutdown()  # (unblocks the read going on: urllib3 2.3+)
+            except Exception:  # noqa: BLE001 - it ends within WATCH_SECONDS anyway
+                pass
+
+
+def deployments(api: client.ApiClient, namespace: str) -> Watched:
+    """The Deployments of `namespace`: (spec.replicas, whether `Available`) by name."""
+    return Watched(client.AppsV1Api(api).list_namespaced_deployment, namespace, _deployment)
+
+
+def available(watched: Watched) -> int:
+    """How many of `deployments(...)` say `Available`."""
+    return sum(1 for _, ok in watched.snapshot().values() if ok)
 
 
 class Progress:
@@ -113,7 +144,7 @@ class Progress:
             return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)
 
         self.models = Watched(models, namespace, _md)
-        self.deployments = Watched(client.AppsV1Api(api).list_namespaced_deployment, namespace, _deployment)
+        self.deployments = deployments(api, namespace)
         self.services = Watched(client.CoreV1Api(api).list_namespaced_service, namespace, _service)
 
     def counts(self) -> tuple[int, int, Counter]:
@@ -131,10 +162,6 @@ class Progress:
                 done += 1
                 ready += phase == "Ready"
         return done, ready, lacking
-
-    def available(self) -> int:
-        """How many Deployments say `Available`."""
-        return sum(1 for _, available in self.deployments.snapshot().values() if available)
 
     def stop(self) -> None:
         for w in (self.models, self.deployments, self.services):
