@@ -1,5 +1,5 @@
 """Benchmark 7: the operator and the router at scale, on the test bed: N ModelDeployments
-(two replicas each) on M kwok nodes, with the weights already present.
+(two replicas each) on M kwok nodes in service, with the weights already present.
 
     .venv/bin/python bench/scale.py [--models 500] [--nodes 1000] [--heartbeats default|slow] [--no-router]
 
