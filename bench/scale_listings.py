@@ -1,8 +1,8 @@
 """What `scale.py`'s progress cost the machine it measures until stop 36: with N of each
-present, the API server's, etcd's and this process's CPU per round of listing the
-ModelDeployments (each with a status like the operator's), the Deployments and the Services
-of one namespace, as the JSON they come in, less the machine's own rate when idle (the
-mean of a window before and one after).
+present, the control plane's CPU (`api_costs.control_plane`) and this process's per round
+of listing the ModelDeployments (each with a status like the operator's), the Deployments
+and the Services of one namespace, as the JSON they come in, less each one's own rate when
+idle (the mean of a window before and one after).
 
     .venv/bin/python bench/scale_listings.py [--count 500] [--rounds 20]
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 from kubernetes import client  # noqa: E402
 
+from api_costs import control_plane, cpu_of  # noqa: E402
 from scale import model  # noqa: E402
 from scale_watch import GROUP, PLURAL, VERSION  # noqa: E402
 from testbed_cluster import open_testbed  # noqa: E402
@@ -83,33 +85,37 @@ def main() -> None:
         print(f"making {args.count} ModelDeployments, Deployments and Services in {namespace}", flush=True)
         make(api, namespace, args.count)
         time.sleep(30)  # the controllers done with them
-        procs = {p.info["name"]: p for p in psutil.process_iter(["name"]) if p.info["name"] in ("kube-apiserver", "etcd")}
-        if set(procs) != {"kube-apiserver", "etcd"}:
-            raise SystemExit(f"found {sorted(procs)} of the test bed's kube-apiserver and etcd: is it up?")
-        procs["this bench"] = psutil.Process()
+        processes, me = control_plane(), psutil.Process()
 
         def cpu() -> dict[str, float]:
-            return {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+            t = me.cpu_times()
+            return {**cpu_of(processes), "this bench": t.user + t.system}
 
-        rates, used = {}, {}
-        for what in ("idle", "listings", "idle again"):
+        def window(step: Callable[[], None]) -> tuple[float, dict[str, float]]:
+            """`step` args.rounds times: the wall time and each process's CPU seconds."""
             before, start = cpu(), time.monotonic()
             for _ in range(args.rounds):
-                if what == "listings":
-                    came = listing_round(api, namespace)
-                    if came != 3 * args.count:
-                        raise SystemExit(f"a round listed {came} objects, not {3 * args.count}")
-                else:
-                    time.sleep(0.5)
-            wall, after = time.monotonic() - start, cpu()
-            used[what] = wall, {n: after[n] - before[n] for n in procs}
-            if what != "listings":
-                rates[what] = {n: used[what][1][n] / wall for n in procs}
-                print(f"{what}: CPU ms a second: " + ", ".join(f"{n} {1000 * v:.0f}" for n, v in rates[what].items()))
-        wall, cpu_used = used["listings"]
-        idle = {n: (rates["idle"][n] + rates["idle again"][n]) / 2 for n in procs}
+                step()
+            after = cpu()
+            return time.monotonic() - start, {n: after[n] - before[n] for n in after}
+
+        def idle_rate(what: str) -> dict[str, float]:
+            wall, used = window(lambda: time.sleep(0.5))
+            rate = {n: v / wall for n, v in used.items()}
+            print(f"{what}: CPU ms a second: " + ", ".join(f"{n} {1000 * v:.0f}" for n, v in rate.items()))
+            return rate
+
+        def listing() -> None:
+            came = listing_round(api, namespace)
+            if came != 3 * args.count:
+                raise SystemExit(f"a round listed {came} objects, not {3 * args.count}")
+
+        before = idle_rate("idle")
+        wall, used = window(listing)
+        after = idle_rate("idle again")
         print(f"listings: {args.rounds} rounds in {wall:.1f} s; CPU ms a round, the mean idle rate taken out: "
-              + ", ".join(f"{n} {1000 * (cpu_used[n] - idle[n] * wall) / args.rounds:.0f}" for n in procs), flush=True)
+              + ", ".join(f"{n} {1000 * (v - (before[n] + after[n]) / 2 * wall) / args.rounds:.0f}"
+                          for n, v in used.items()), flush=True)
     finally:
         client.CoreV1Api(api).delete_namespace(namespace)
         print(f"deleted namespace {namespace}")

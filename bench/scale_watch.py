@@ -3,7 +3,7 @@ ModelDeployments, their Deployments and Services, in the bench's namespace), eac
 summary by name in a thread of its own.
 
 It replaces listing all three every second: at 500 of each, one round of those listings
-cost the API server some 115 ms of CPU and the bench some 145 ms (`scale_listings.py`), 45-50
+cost the API server some 100-115 ms of CPU and the bench 125-145 ms (`scale_listings.py`), 45-50
 rounds in a run, on the cores the operator and the cluster it measures share (bench/README.md
 §7, "Stop 36"). A watch sends each change once.
 
