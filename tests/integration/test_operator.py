@@ -280,6 +280,14 @@ def test_refusals_and_foreign_objects_become_conditions(cluster, namespace, oper
     assert condition(st, "Ready")["reason"] == "ResourceConflict"
     svc = get(cluster, "service", "taken", namespace)
     assert svc["spec"]["selector"] == {"app": "mine"} and not svc["metadata"].get("ownerReferences")
+    # one made while the operator runs: its watch of Services (whoever made them) tells it
+    cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "late"},
+                   "spec": {"selector": {"app": "mine"}, "ports": [{"port": 80}]}}, namespace)
+    cluster.apply(tiny("late"), namespace)
+    st = wait_phase(cluster, operator, "late", "Failed")
+    assert condition(st, "Ready")["reason"] == "ResourceConflict" and "Service late" in condition(st, "Ready")["message"]
+    svc = get(cluster, "service", "late", namespace)
+    assert not (svc["metadata"].get("labels") or {}) and not svc["metadata"].get("ownerReferences")
     warnings = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning,reason=ApplyRejected",
                                "-o", "name")
     assert len(warnings.split()) == 1

@@ -337,3 +337,24 @@ def test_listings_by_selector_answer_as_a_scan_of_every_object_would_through_any
     assert {(ns, n) for ns, names in c.names["Pod"].items() for n in names} == held
     assert all((ns, n) in held and c.objects["Pod"][(ns, n)].labels.get(k) == v
                for (ns, k, v), names in c.labelled["Pod"].items() for n in names)
+
+
+def test_the_operators_cache_knows_every_service_so_a_free_name_costs_no_request():
+    """A new ModelDeployment's Service name used to be asked for (a GET, and another before the
+    create): with Services watched whoever made them, the cache answers, and someone else's
+    Service of that name is there to be reported as a conflict, never taken over."""
+    from modelship.reconcile import handlers
+
+    cache = handlers.watch_cache()
+    kube = kube_with(cache)
+    asked = []
+    kube.core = types.SimpleNamespace(read_namespaced_service=lambda name, ns, **_: asked.append(name))
+    cache.replace("Service", "ns", [obj("theirs", 3)], "3")  # the resync's listing: no label selector
+    assert kube._get("Service", kube.core.read_namespaced_service, "m", "ns") is None
+    assert kube._get("Service", kube.core.read_namespaced_service, "theirs", "ns")["metadata"]["labels"] == {}
+    kube._confirm_absent("Service", "ns", "m")  # before the create: nothing memoised, nothing asked
+    assert asked == []
+    cache.event("Service", {"type": "ADDED", "object": obj("late", 4)})  # made since: seen by its event
+    assert kube._get("Service", kube.core.read_namespaced_service, "late", "ns") is not None and asked == []
+    assert handlers.watch_cache().whole >= {"Service", "PersistentVolumeClaim", "ModelDeployment"}
+    assert "Deployment" not in handlers.watch_cache().whole and "Pod" not in handlers.watch_cache().whole

@@ -26,7 +26,8 @@ Python dicts: at 500 ModelDeployments it holds some 4,000 objects (bench/README.
 What it does not hold: of most kinds only objects labelled `app.kubernetes.io/managed-by=
 modelship` are watched and listed, so an object *absent* by name may still exist unlabelled
 (a conflict): readers by name ask the API server when the store has none. The kinds in
-`whole` (the ModelDeployments, the claims) are watched and listed whole.
+`whole` (the ModelDeployments, the claims, the Services: `handlers.UNFILTERED`) are watched and
+listed whole.
 """
 
 from __future__ import annotations

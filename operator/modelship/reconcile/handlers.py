@@ -41,9 +41,12 @@ CHILD_RESOURCES = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"), ("v1"
                    ("v1", "persistentvolumeclaims"), ("v1", "pods"))
 KINDS = {"deployments": "Deployment", "jobs": "Job", "services": "Service", "persistentvolumeclaims":
          "PersistentVolumeClaim", "pods": "Pod"}  # the watch cache's kinds, by plural
-# Claims are watched whoever made them: `storage.existingClaim` names one the operator does not
-# label, and the watch cache then knows every claim (absent there is absent). They are few.
-UNFILTERED = ("persistentvolumeclaims",)
+# Kinds watched whoever made them: the watch cache then knows every one (absent there is absent).
+# Claims: `storage.existingClaim` names one the operator does not label. Services: so that a name
+# not taken is known without asking (a GET of each new ModelDeployment's Service name, and another
+# before the create: about 1,000 requests in a burst of 500, bench/README.md §7, "Stop 37"). Both
+# are few and seldom change; Deployments and pods, many and busy, are watched by label.
+UNFILTERED = ("persistentvolumeclaims", "services")
 OURS = {MANAGED_BY: "modelship"}
 
 
@@ -104,14 +107,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     hub = HubResolver(ca_bundle=config.hub_ca_bundle)
     resolver = CatalogResolver(config.catalog_file, fallback=hub) if config.catalog_file else hub
     metrics = memo.get("metrics") or ControllerMetrics()
-    cache = WatchCache((*KINDS.values(), MD_KIND), whole={KINDS[p] for p in UNFILTERED} | {MD_KIND}) \
-        if config.cache_reads else None
+    cache = watch_cache() if config.cache_reads else None
     memo.controller = Controller(config, Kube(client_, config.field_manager, cache, config.api_in_flight), resolver, metrics)
     memo.stop = asyncio.Event()
     memo.resync = asyncio.create_task(memo.controller.resync(memo.stop))
     poller = RouterPoller(config.autoscaler, memo.controller.autoscaler, memo.controller.kube.router_urls)
     memo.poller = asyncio.create_task(poller.run(memo.stop))
     log.info("modelship operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
+
+
+def watch_cache() -> WatchCache:
+    """The watch cache of every kind watched, those watched whoever made them held whole."""
+    return WatchCache((*KINDS.values(), MD_KIND), whole={KINDS[p] for p in UNFILTERED} | {MD_KIND})
 
 
 def check_crd(client_) -> None:

@@ -39,10 +39,11 @@ APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
-# The children the watch cache holds only when they are the operator's (it lists them by label):
-# a 404 for one of these names is believed for ABSENT_FOR seconds, not asked again at every
-# reconcile of a download (a model's Deployment does not exist until its weights are in). An
-# apply that creates one asks again first, unless the 404 is younger than FRESH_FOR seconds.
+# The children the watch cache may hold only when they are the operator's (a Deployment always;
+# a Service before the cache's first listing of them or without the cache): a 404 for one of these
+# names is believed for ABSENT_FOR seconds, not asked again at every reconcile of a download (a
+# model's Deployment does not exist until its weights are in). An apply that creates one asks
+# again first, unless the 404 is younger than FRESH_FOR seconds.
 ABSENT_KINDS = ("Deployment", "Service")
 ABSENT_FOR, FRESH_FOR = 120.0, 2.0
 LIST_PAGE = 250  # objects per page of the resync's listings
