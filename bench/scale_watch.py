@@ -134,6 +134,20 @@ def available(watched: Watched) -> int:
     return sum(1 for _, ok in watched.snapshot().values() if ok)
 
 
+def started(makers: list[Callable[[], Watched]]) -> list[Watched]:
+    """Each watch started in turn; when one cannot start (its listing refused), those started
+    already are stopped before the failure goes on: no watch is left running behind it."""
+    out: list[Watched] = []
+    try:
+        for make in makers:
+            out.append(make())
+    except BaseException:
+        for w in out:
+            w.stop()
+        raise
+    return out
+
+
 class Progress:
     """The ModelDeployments, Deployments and Services of `namespace`, watched."""
 
@@ -143,9 +157,10 @@ class Progress:
         def models(namespace: str, **kw):
             return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)
 
-        self.models = Watched(models, namespace, _md)
-        self.deployments = deployments(api, namespace)
-        self.services = Watched(client.CoreV1Api(api).list_namespaced_service, namespace, _service)
+        self.models, self.deployments, self.services = started([
+            lambda: Watched(models, namespace, _md),
+            lambda: deployments(api, namespace),
+            lambda: Watched(client.CoreV1Api(api).list_namespaced_service, namespace, _service)])
 
     def counts(self) -> tuple[int, int, Counter]:
         """(reconciled, Ready) ModelDeployments, as scale.py's docstring defines them, and what

@@ -133,3 +133,27 @@ def test_progress_counts_as_scale_py_defines_them():
     assert (done, ready) == (1, 1)  # m0 only: m1's status is behind, m2's Deployment is not of 2, m3 has no Service
     assert lacking == {"status": 1, "Deployment": 1, "Service": 1}
     progress.stop()
+
+
+def test_a_watch_that_cannot_start_stops_those_started_before_it():
+    first = FakeApi([([obj("a", 1)], 5)], [])
+
+    def refused(namespace, **_):
+        raise client.ApiException(status=403, reason="Forbidden")
+
+    made = []
+
+    def watch_first():
+        made.append(W.Watched(first, "ns", W._deployment))
+        return made[-1]
+
+    try:
+        W.started([watch_first, lambda: W.Watched(refused, "ns", W._service)])
+    except client.ApiException as e:
+        assert e.status == 403
+    else:
+        raise AssertionError("the refusal was not raised")
+    assert made and made[0].stopping.is_set()
+    [w] = W.started([lambda: W.Watched(FakeApi([([obj("b", 1)], 2)], []), "ns", W._deployment)])
+    assert w.snapshot() == {"b": (2, False)} and not w.stopping.is_set()
+    w.stop()
