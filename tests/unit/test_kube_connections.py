@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from kubernetes import client
@@ -49,10 +50,11 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self._answer(201, {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}})
 
-    def do_GET(self):
+    def do_GET(self):  # a listing by name (`fieldSelector=metadata.name=...`): the one object of that name
         self.server.requests.append(f"GET {self.path}")
-        self._answer(200, {"apiVersion": "apps/v1", "kind": "Deployment",
-                           "metadata": {"name": self.path.rsplit("/", 1)[-1], "namespace": "ns"}})
+        name = parse_qs(urlparse(self.path).query)["fieldSelector"][0].split("=", 1)[1]
+        self._answer(200, {"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "3"},
+                           "items": [{"metadata": {"name": name, "namespace": "ns"}}]})
 
 
 @pytest.fixture

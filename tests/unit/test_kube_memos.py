@@ -30,6 +30,15 @@ class Apps:
             raise ApiException(status=404, reason="Not Found")
         return self.existing if _preload_content else SimpleNamespace(data=json.dumps(self.existing).encode())
 
+    def list_namespaced_deployment(self, namespace, field_selector, _preload_content=True, **_):
+        """By name (`Kube._named`, before a create): what `read_namespaced_deployment` finds, as a list."""
+        name = field_selector.split("=", 1)[1]
+        try:
+            items = [self.read_namespaced_deployment(name, namespace)]
+        except ApiException:
+            items = []
+        return SimpleNamespace(data=json.dumps({"metadata": {}, "items": items}).encode())
+
     def patch_namespaced_deployment(self, name, namespace, body, **_):
         self.patches += 1
         return SimpleNamespace(data=json.dumps(body).encode())

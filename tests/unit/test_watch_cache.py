@@ -348,13 +348,22 @@ def test_the_operators_cache_knows_every_service_so_a_free_name_costs_no_request
     cache = handlers.watch_cache()
     kube = kube_with(cache)
     asked = []
-    kube.core = types.SimpleNamespace(read_namespaced_service=lambda name, ns, **_: asked.append(name))
+
+    def listing(namespace, field_selector=None, **_):
+        asked.append(field_selector)
+        return types.SimpleNamespace(data=json.dumps({"metadata": {}, "items": []}).encode())
+
+    kube.core = types.SimpleNamespace(list_namespaced_service=listing)
+    services = kube._named("Service")  # what `Kube.read` reads a Service with
+    assert kube._get("Service", services, "m", "ns") is None and asked == ["metadata.name=m"]  # not listed yet: asked
+    kube.absent.clear()
     cache.replace("Service", "ns", [obj("theirs", 3)], "3")  # the resync's listing: no label selector
-    assert kube._get("Service", kube.core.read_namespaced_service, "m", "ns") is None
-    assert kube._get("Service", kube.core.read_namespaced_service, "theirs", "ns")["metadata"]["labels"] == {}
+    asked.clear()
+    assert kube._get("Service", services, "m", "ns") is None
+    assert kube._get("Service", services, "theirs", "ns")["metadata"]["labels"] == {}
     kube._confirm_absent("Service", "ns", "m")  # before the create: nothing memoised, nothing asked
     assert asked == []
     cache.event("Service", {"type": "ADDED", "object": obj("late", 4)})  # made since: seen by its event
-    assert kube._get("Service", kube.core.read_namespaced_service, "late", "ns") is not None and asked == []
+    assert kube._get("Service", services, "late", "ns") is not None and asked == []
     assert handlers.watch_cache().whole >= {"Service", "PersistentVolumeClaim", "ModelDeployment"}
     assert "Deployment" not in handlers.watch_cache().whole and "Pod" not in handlers.watch_cache().whole

@@ -39,10 +39,9 @@ APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
-# The children the watch cache may hold only when they are the operator's (a Deployment always;
-# a Service before the cache's first listing of them or without the cache): a 404 for one of these
-# names is believed for ABSENT_FOR seconds, not asked again at every reconcile of a download (a
-# model's Deployment does not exist until its weights are in). An apply that creates one asks
+# A 404 for a Deployment (the watch cache holds only the operator's) or a Service (before its
+# first listing of them) is believed for ABSENT_FOR seconds, not asked at every reconcile of a
+# download (a model's Deployment comes once its weights are in). An apply that creates one asks
 # again first, unless the 404 is younger than FRESH_FOR seconds.
 ABSENT_KINDS = ("Deployment", "Service")
 ABSENT_FOR, FRESH_FOR = 120.0, 2.0
@@ -213,9 +212,8 @@ class Kube:
             since = self.absent.pop((kind, namespace, name), None)
         if since is None or time.monotonic() - since < FRESH_FOR:
             return
-        read = {"Deployment": self.apps.read_namespaced_deployment, "Service": self.core.read_namespaced_service}[kind]
         try:
-            answer(read(name, namespace, _preload_content=False))
+            self._named(kind)(name, namespace)
         except ApiException as e:
             if e.status == 404:
                 return
@@ -230,15 +228,18 @@ class Kube:
         obj = self.cache.get(kind, namespace, name)
         return obj is not None or kind in self.cache.whole, obj
 
-    def _claim(self, name: str, namespace: str):
-        """A claim by name, through `list` with a field selector: the watch cache holds claims
-        whole (it lists and watches them), so the API server is asked only before its first
-        listing, and the operator needs no `get` on claims."""
-        items = self.core.list_namespaced_persistent_volume_claim(
-            namespace, field_selector=f"metadata.name={name}").items
-        if not items:
-            raise ApiException(status=404, reason="Not Found")
-        return items[0]
+    def _named(self, kind: str):
+        """Read by name through `list` with a field selector: claims and Services (held whole by the
+        watch cache; no `get` of them granted: test_least_privilege.py), a Deployment before a create."""
+        plural = {"PersistentVolumeClaim": "persistent_volume_claim", "Service": "service", "Deployment": "deployment"}
+        live = getattr(self.apps if kind == "Deployment" else self.core, f"list_namespaced_{plural[kind]}")
+        def read(name: str, namespace: str) -> dict:
+            found = live(namespace, field_selector=f"metadata.name={name}", _preload_content=False)
+            items = orjson.loads(answer(found))["items"]
+            if not items:
+                raise ApiException(status=404, reason="Not Found")
+            return items[0]
+        return read
 
     def _list(self, kind: str, namespace: str, selector: str, live, ask: bool = True) -> list[dict]:
         """Objects by label selector: from the watch cache once it listed the kind."""
@@ -278,10 +279,11 @@ class Kube:
             "jobs": lambda ask=True: self._list_any("Job", ns, jobs, self.batch.list_namespaced_job, ask),
             "server_pods": lambda ask=True: self._list("Pod", ns, pods, self.core.list_namespaced_pod, ask),
             "neighbours": lambda ask=True: (self._neighbours(ns, ask) if cache else []),
-            "pvc": lambda ask=True: self._get("PersistentVolumeClaim", self._claim, claim, ns, ask),
+            "pvc": lambda ask=True: self._get("PersistentVolumeClaim", self._named("PersistentVolumeClaim"), claim, ns,
+                                              ask),
             "deployment": lambda ask=True: self._get("Deployment", self.apps.read_namespaced_deployment, md.name, ns,
                                                      ask),
-            "service": lambda ask=True: self._get("Service", self.core.read_namespaced_service, md.name, ns, ask),
+            "service": lambda ask=True: self._get("Service", self._named("Service"), md.name, ns, ask),
         }
         got = {k: fn(ask=False) for k, fn in calls.items()}
         futures = {k: self.readers.submit(calls[k]) for k, v in got.items() if v is MISS}
