@@ -188,7 +188,7 @@ def test_a_timed_out_request_is_transient():
     """What the timeout raises is tried again with back-off, not logged as unexpected."""
     import urllib3
 
-    from modelship.reconcile.kube import is_transient
+    from modelship.reconcile.answers import is_transient
 
     assert is_transient(urllib3.exceptions.ReadTimeoutError(None, "/apis", "read timed out"))
     assert is_transient(urllib3.exceptions.MaxRetryError(None, "/apis"))

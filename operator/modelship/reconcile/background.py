@@ -22,7 +22,8 @@ from kubernetes.client.rest import ApiException
 from .. import api, clock
 from ..manifests import digest
 from . import status
-from .kube import Kube, is_transient, refusal
+from .answers import is_transient, refusal
+from .kube import Kube
 from .types import Action, Event, Plan
 from .workqueue import WorkQueue
 

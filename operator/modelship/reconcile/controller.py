@@ -25,7 +25,8 @@ from . import observe, status
 from .autoscaler import Autoscaler, View
 from .background import BackgroundApplies
 from .facts import unschedulable
-from .kube import MISS, Kube, is_transient, refusal
+from .answers import is_transient, refusal
+from .kube import MISS, Kube
 from .metrics import ControllerMetrics
 from .plan import plan
 from .policy import choose_engine, place

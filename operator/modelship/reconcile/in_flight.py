@@ -21,7 +21,7 @@ it has heard from the kubelet.
 
 A request without a timeout of its own gets TIMEOUT: a connection that hangs never holds a
 slot, or a reconcile, for ever (urllib3 tries a GET again on its own, so a GET that times out
-every time takes up to four times that). What a timeout raises is transient (`kube.is_transient`).
+every time takes up to four times that). What a timeout raises is transient (`answers.is_transient`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from .. import api, clock
 from ..endpointslices import ready_urls
 from ..manifests import (CLAIM_LABEL, COMPONENT, DEPLOYMENT_LABEL, MANAGED_BY, SHARED_CACHE, SHARED_CLAIM, claim_label,
                          on_shared_cache)
+from .answers import answer
 from .cache import MD_KIND, WatchCache
 from .event_queue import THREADS as EVENT_THREADS, EventQueue
 from .in_flight import InFlight
@@ -46,32 +47,12 @@ MERGE_PATCH = "application/merge-patch+json"
 ABSENT_KINDS = ("Deployment", "Service")
 ABSENT_FOR, FRESH_FOR = 120.0, 2.0
 LIST_PAGE = 250  # objects per page of the resync's listings
+# Each child kind's API (a Kube attribute) and the plural its list calls are named by.
+LISTS = {"Job": ("batch", "job"), "Pod": ("core", "pod"), "Service": ("core", "service"),
+         "Deployment": ("apps", "deployment"), "PersistentVolumeClaim": ("core", "persistent_volume_claim")}
 FINAL_LOGS_BYTES = 4 << 20  # the log tails of finished pods kept (they do not change), in all
 # A read with `ask=False` that the watch cache (or the 404 memo) cannot answer: it needs the API server.
 MISS = object()
-
-
-def is_transient(e: Exception) -> bool:
-    """Worth retrying: the API server is busy, away, or the object changed under us."""
-    if isinstance(e, ApiException):
-        return e.status in (0, 409, 429) or e.status >= 500
-    return isinstance(e, (ConnectionError, TimeoutError, OSError, urllib3.exceptions.HTTPError))
-
-
-def answer(response) -> bytes:
-    """The body of an answer asked for with `_preload_content=False`, read to its end: only
-    then does its connection go back to the pool. One left unread is closed when dropped, and
-    the next request opens another, a TLS handshake on both sides: every Event posted did that
-    (1,522 in a burst of 500 ModelDeployments, bench/README.md §7)."""
-    return response.data
-
-
-def refusal(e: ApiException) -> str:
-    """The API server's own words for a refused request."""
-    try:
-        return json.loads(e.body).get("message") or str(e.reason)
-    except (TypeError, ValueError):
-        return f"{e.status} {e.reason}"
 
 
 class Kube:
@@ -147,9 +128,7 @@ class Kube:
             args = (api.GROUP, api.VERSION) + ((namespace,) if namespace else ()) + (api.PLURAL,)
             fn = self.custom.list_namespaced_custom_object if namespace else self.custom.list_cluster_custom_object
             return orjson.loads(fn(*args, **kw).data)
-        group, plural = {"Job": (self.batch, "job"), "Pod": (self.core, "pod"), "Service": (self.core, "service"),
-                         "Deployment": (self.apps, "deployment"),
-                         "PersistentVolumeClaim": (self.core, "persistent_volume_claim")}[kind]
+        group, plural = getattr(self, LISTS[kind][0]), LISTS[kind][1]
         if namespace is None:
             resp = getattr(group, f"list_{plural}_for_all_namespaces")(**kw)
         else:
@@ -229,10 +208,8 @@ class Kube:
         return obj is not None or kind in self.cache.whole, obj
 
     def _named(self, kind: str):
-        """Read by name through `list` with a field selector: claims and Services (held whole by the
-        watch cache; no `get` of them granted: test_least_privilege.py), a Deployment before a create."""
-        plural = {"PersistentVolumeClaim": "persistent_volume_claim", "Service": "service", "Deployment": "deployment"}
-        live = getattr(self.apps if kind == "Deployment" else self.core, f"list_namespaced_{plural[kind]}")
+        """Read by name with a field selector: claims, Services (no `get` granted), a Deployment before a create."""
+        live = getattr(getattr(self, LISTS[kind][0]), f"list_namespaced_{LISTS[kind][1]}")
         def read(name: str, namespace: str) -> dict:
             found = live(namespace, field_selector=f"metadata.name={name}", _preload_content=False)
             items = orjson.loads(answer(found))["items"]
