@@ -365,5 +365,13 @@ def test_the_operators_cache_knows_every_service_so_a_free_name_costs_no_request
     assert asked == []
     cache.event("Service", {"type": "ADDED", "object": obj("late", 4)})  # made since: seen by its event
     assert kube._get("Service", services, "late", "ns") is not None and asked == []
+    # made by someone else between the read that found the name free and the (background) create:
+    # refused before the apply, never taken over; one of ours there (an earlier apply's) is applied again
+    with pytest.raises(kube_mod.ApiException) as refused:
+        kube._confirm_absent("Service", "ns", "late")
+    assert refused.value.status == 409 and "someone else" in refused.value.reason
+    cache.event("Service", {"type": "ADDED", "object": obj("mine", 5, **{"modelship.io/deployment": "mine"})})
+    kube._confirm_absent("Service", "ns", "mine")
+    assert asked == []
     assert handlers.watch_cache().whole >= {"Service", "PersistentVolumeClaim", "ModelDeployment"}
     assert "Deployment" not in handlers.watch_cache().whole and "Pod" not in handlers.watch_cache().whole

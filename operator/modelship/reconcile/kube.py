@@ -185,18 +185,23 @@ class Kube:
 
     def _confirm_absent(self, kind: str, namespace: str, name: str) -> None:
         """Before an apply that creates a child: a name last seen absent a while ago (the 404
-        memo) is asked for again. Something found there now (made meanwhile by someone else)
+        memo) is asked for again; one the watch cache holds now (its event came since the read: a kind
+        held whole has no memo) is looked at there. Something found (made meanwhile by someone else)
         is not taken over: a conflict (transient), and the next reconcile reads it and says so."""
         with self.memo_lock:
             since = self.absent.pop((kind, namespace, name), None)
-        if since is None or time.monotonic() - since < FRESH_FOR:
-            return
-        try:
-            self._named(kind)(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
+        there = self._cached(kind, namespace, name)[1]
+        if there is not None and (there["metadata"].get("labels") or {}).get(DEPLOYMENT_LABEL) == name:
+            return  # one of ours (an earlier apply's answer): applied again
+        if there is None:
+            if since is None or time.monotonic() - since < FRESH_FOR:
                 return
-            raise
+            try:
+                self._named(kind)(name, namespace)
+            except ApiException as e:
+                if e.status == 404:
+                    return
+                raise
         raise ApiException(status=409, reason=f"{kind} {name} was made by someone else since it was read")
 
     def _cached(self, kind: str, namespace: str, name: str) -> tuple[bool, dict | None]:
